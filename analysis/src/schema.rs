@@ -1,0 +1,199 @@
+//! The result file schema (`result.json`), version [`SCHEMA_VERSION`]. Documented field by
+//! field in docs/result-schema.md; a change that renames or removes a field bumps the version.
+//!
+//! Plain strings and numbers on purpose: results outlive the code that wrote them and are
+//! read by other tools (jq, Python), so nothing here depends on the workload types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Stats;
+
+pub const SCHEMA_NAME: &str = "pinstorm-result";
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub schema: String,
+    pub schema_version: u32,
+    pub run_id: String,
+    /// Free-form name of what was tested (a patch set, a machine), from `--label`.
+    pub label: Option<String>,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub finished: Option<String>,
+    /// True only when every job of the scenario ran to its end.
+    pub complete: bool,
+    /// The signal that stopped the run early (`SIGINT`, `SIGTERM`), if any.
+    pub interrupted: Option<String>,
+    /// The error that stopped the run early, if any.
+    pub error: Option<String>,
+    pub command: Vec<String>,
+    pub tool: Tool,
+    pub scenario: ScenarioRecord,
+    pub environment: Environment,
+    pub backings: Vec<BackingRecord>,
+    pub probe: Vec<ProbeRow>,
+    pub bench: Vec<BenchRow>,
+    pub expectations: Option<ExpectationsRecord>,
+    pub pin_counters: Option<PinCounters>,
+    pub hugepages: Option<HugepageRecord>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioRecord {
+    pub name: String,
+    /// The file or preset it came from.
+    pub origin: String,
+    pub seed: u64,
+    /// The scenario text as run (after command-line overrides, re-serialized).
+    pub text: String,
+}
+
+/// The machine and kernel a result was measured on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub machine: String,
+    pub hostname: String,
+    pub cmdline: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub mem_total_bytes: u64,
+    /// `RLIMIT_MEMLOCK`; `None` is unlimited.
+    pub memlock_soft_bytes: Option<u64>,
+    pub memlock_hard_bytes: Option<u64>,
+    pub cap_ipc_lock: bool,
+    pub euid: u32,
+    pub io_uring_disabled: Option<String>,
+    pub hugepages_total: u64,
+    pub hugepages_free: u64,
+    pub hugepage_size_bytes: u64,
+    pub thp_enabled: Option<String>,
+    /// Sysctls that change what pinning does, as read at the start of the run.
+    pub sysctls: BTreeMap<String, String>,
+    pub boot_id: Option<String>,
+    /// True when this environment is a QEMU guest started by pinstorm's lab.
+    pub virtualized: Option<String>,
+}
+
+/// One backing as set up for the run, or why it could not be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackingRecord {
+    pub backing: String,
+    /// `ok` or `notrun`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub fs: Option<String>,
+    pub mount_source: Option<String>,
+    pub mount_options: Option<String>,
+    pub page_size: Option<u64>,
+}
+
+/// One cell of the capability matrix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRow {
+    pub pin: String,
+    pub backing: String,
+    pub fs: String,
+    pub map: String,
+    pub access: String,
+    /// Bytes registered (the requested size rounded up to the backing's page size).
+    pub size: u64,
+    /// `ok`, an errno name such as `EFAULT`, or `notrun`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// `STATX_ATTR_DAX` of the file; null where unknown or not run.
+    pub dax: Option<bool>,
+    /// After an `ok` pin: `ok` when the device's write was seen in the mapping and read back
+    /// intact, `mismatch`, or the errno of the device I/O.
+    pub device_io: Option<String>,
+    /// What the expectations file says for this cell, if anything.
+    pub expected: Option<String>,
+    /// `as-expected`, `differs`, `no-expectation` or `notrun`.
+    pub verdict: String,
+    /// Why the expectation is what it is (the rule's `why`).
+    pub expected_because: Option<String>,
+}
+
+/// One latency row of the pin benchmark.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    pub pin: String,
+    pub backing: String,
+    pub fs: String,
+    pub map: String,
+    pub access: String,
+    /// Requested region size in bytes.
+    pub size: u64,
+    /// `register`, `unregister`, or `cycle` (register + unregister).
+    pub op: String,
+    pub threads: usize,
+    /// `ok`, the errno that stopped the cell, or `notrun`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    #[serde(flatten)]
+    pub stats: Option<Stats>,
+    pub ops_per_sec: Option<f64>,
+    pub ns_per_4k_page: Option<f64>,
+    /// Median of the same syscalls made in a tight loop, interleaved with this row's
+    /// measurement.
+    pub baseline_p50_ns: Option<u64>,
+    /// `(p50 / baseline_p50 - 1) * 100`.
+    pub overhead_pct: Option<f64>,
+    /// HdrHistogram V2 compressed, base64; values in nanoseconds.
+    pub histogram: Option<String>,
+    pub baseline_histogram: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExpectationsRecord {
+    pub origin: String,
+    pub checked: usize,
+    pub differing: usize,
+    pub without_expectation: usize,
+}
+
+/// `/proc/vmstat` `nr_foll_pin_acquired - nr_foll_pin_released` around the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PinCounters {
+    pub outstanding_before: i64,
+    pub outstanding_after: i64,
+    /// How long after the last release the counters took to come back (pins can be
+    /// released asynchronously), in milliseconds.
+    pub settle_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HugepageRecord {
+    pub requested: u64,
+    pub free_after_reserve: u64,
+    pub page_size_bytes: u64,
+    /// `vm/nr_hugepages` before the run changed it (restored at the end), if it did.
+    pub nr_hugepages_restored_to: Option<String>,
+}
+
+impl RunResult {
+    /// Parse and check the schema name and version.
+    pub fn from_json(text: &str) -> anyhow::Result<RunResult> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let schema = v.get("schema").and_then(|s| s.as_str()).unwrap_or("");
+        if schema != SCHEMA_NAME {
+            anyhow::bail!("not a pinstorm result (schema {schema:?})");
+        }
+        let ver = v.get("schema_version").and_then(|s| s.as_u64()).unwrap_or(0);
+        if ver != u64::from(SCHEMA_VERSION) {
+            anyhow::bail!("result schema version {ver}, this pinstorm reads version {SCHEMA_VERSION}");
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+}

@@ -1,0 +1,254 @@
+//! The pin-latency benchmark: register + unregister cycles per pin path x backing x size,
+//! each half and the whole cycle recorded in its own HdrHistogram.
+//!
+//! Next to every cell, the same syscalls are made in a tight loop (the pin path's
+//! `TightLoop`), interleaved in blocks with the measured cycles so both see the same machine
+//! state; the row carries both medians, which shows the harness's own overhead.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::schema::BenchRow;
+use pinstorm_workloads::backing::{Backing, RegionError, RegionSpec};
+use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_workloads::scenario::BenchJob;
+use pinstorm_workloads::units::Size;
+
+use crate::host::{BackingSet, Progress};
+use crate::signals;
+
+/// Cycles per block before switching between the measured path and the tight loop.
+const BLOCK: u64 = 32;
+
+#[derive(Default)]
+struct Hists {
+    register: Latency,
+    unregister: Latency,
+    cycle: Latency,
+}
+
+impl Hists {
+    fn record(&mut self, reg: Duration, unreg: Duration) {
+        let r = reg.as_nanos() as u64;
+        let u = unreg.as_nanos() as u64;
+        self.register.record(r);
+        self.unregister.record(u);
+        self.cycle.record(r + u);
+    }
+
+    fn merge(&mut self, o: &Hists) {
+        self.register.merge(&o.register);
+        self.unregister.merge(&o.unregister);
+        self.cycle.merge(&o.cycle);
+    }
+}
+
+/// Why a cell stopped: a kernel errno is a measured outcome; the rest is notrun.
+enum CellStop {
+    Errno(String, String),
+    NotRun(String),
+    Tool(anyhow::Error),
+}
+
+struct ThreadResult {
+    ours: Hists,
+    base: Hists,
+    stop: Option<CellStop>,
+}
+
+fn worker(
+    kind: PinKind,
+    backing: &dyn Backing,
+    spec: RegionSpec,
+    job: &BenchJob,
+    deadline_after: Duration,
+    start: &Barrier,
+) -> ThreadResult {
+    let mut res = ThreadResult { ours: Hists::default(), base: Hists::default(), stop: None };
+    let prepared = (|| {
+        let region = backing.region(&spec).map_err(|e| match e {
+            RegionError::Kernel { op, errno } => CellStop::NotRun(format!("making the region failed: {op}: {errno}")),
+            RegionError::Tool(e) => CellStop::Tool(e),
+        })?;
+        let path = kind.path();
+        let pinner = path.pinner().map_err(pin_stop)?;
+        let tight = if job.baseline { path.tight_loop() } else { None };
+        Ok((region, pinner, tight))
+    })();
+    // Everyone meets at the barrier, even a thread that failed, so nobody waits forever.
+    start.wait();
+    let (region, mut pinner, mut tight) = match prepared {
+        Ok(p) => p,
+        Err(s) => {
+            res.stop = Some(s);
+            return res;
+        }
+    };
+    let target = region.pin_target();
+    let mut cycle = |rec: Option<&mut Hists>| -> Result<(), CellStop> {
+        let t0 = Instant::now();
+        pinner.register(target).map_err(pin_stop)?;
+        let t1 = Instant::now();
+        pinner.unregister().map_err(pin_stop)?;
+        let t2 = Instant::now();
+        if let Some(h) = rec {
+            h.record(t1 - t0, t2 - t1);
+        }
+        Ok(())
+    };
+    let run = (|| -> Result<(), CellStop> {
+        for _ in 0..job.warmup {
+            cycle(None)?;
+            if let Some(t) = tight.as_mut() {
+                t.cycle(target).map_err(pin_stop)?;
+            }
+        }
+        let deadline = Instant::now() + deadline_after;
+        let want = job.iterations.get();
+        let mut done = 0;
+        while done < want && Instant::now() < deadline && signals::pending().is_none() {
+            let n = BLOCK.min(want - done);
+            for _ in 0..n {
+                cycle(Some(&mut res.ours))?;
+            }
+            if let Some(t) = tight.as_mut() {
+                for _ in 0..n {
+                    let (r, u) = t.cycle(target).map_err(pin_stop)?;
+                    res.base.record(r, u);
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    })();
+    if let Err(s) = run {
+        res.stop = Some(s);
+    }
+    res
+}
+
+fn pin_stop(e: PinError) -> CellStop {
+    match e {
+        PinError::Kernel { op, errno } => CellStop::Errno(errno.name(), format!("{op}: {errno}")),
+        PinError::NotRun(r) => CellStop::NotRun(r),
+        PinError::Tool(e) => CellStop::Tool(e),
+    }
+}
+
+pub struct BenchContext<'a> {
+    pub backings: &'a BackingSet,
+    pub memlock_hint: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn empty_row(pin: PinKind, backing: &str, fs: &str, spec: &RegionSpec, requested: Size, threads: usize, outcome: String, reason: String) -> BenchRow {
+    BenchRow {
+        pin: pin.name().into(),
+        backing: backing.into(),
+        fs: fs.into(),
+        map: spec.map.name().into(),
+        access: spec.access.name().into(),
+        size: requested.bytes(),
+        op: "cycle".into(),
+        threads,
+        outcome,
+        reason: Some(reason),
+        stats: None,
+        ops_per_sec: None,
+        ns_per_4k_page: None,
+        baseline_p50_ns: None,
+        overhead_pct: None,
+        histogram: None,
+        baseline_histogram: None,
+    }
+}
+
+pub fn run(job: &BenchJob, ctx: &BenchContext, progress: &Progress, out: &mut Vec<BenchRow>) -> anyhow::Result<()> {
+    let threads = job.threads.get();
+    for &pin in &job.pins {
+        let avail = pin.path().availability();
+        for &kind in &job.backings {
+            for &size in &job.sizes {
+                signals::check()?;
+                let spec = RegionSpec { size, map: job.map, access: job.access };
+                progress.step(&format!("bench {pin} {kind} {size}"));
+                let backing = match ctx.backings.get(kind) {
+                    Ok(b) => b,
+                    Err(r) => {
+                        out.push(empty_row(pin, kind.name(), "", &spec, size, threads, "notrun".into(), r.to_string()));
+                        continue;
+                    }
+                };
+                let fs = backing.info().fs.clone();
+                if let Availability::NotRun(r) = &avail {
+                    out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, "notrun".into(), r.clone()));
+                    continue;
+                }
+                let barrier = Barrier::new(threads);
+                let results: Vec<ThreadResult> = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|_| s.spawn(|| worker(pin, backing, spec, job, job.max_time.0, &barrier)))
+                        .collect();
+                    handles.into_iter().map(|h| h.join().expect("bench worker panicked")).collect()
+                });
+                let mut ours = Hists::default();
+                let mut base = Hists::default();
+                let mut stop = None;
+                for r in results {
+                    ours.merge(&r.ours);
+                    base.merge(&r.base);
+                    if stop.is_none() {
+                        stop = r.stop;
+                    }
+                }
+                match stop {
+                    Some(CellStop::Tool(e)) => return Err(e.context(format!("bench {pin} {kind} {size}"))),
+                    Some(CellStop::NotRun(r)) => {
+                        out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, "notrun".into(), r));
+                        continue;
+                    }
+                    Some(CellStop::Errno(name, mut reason)) if ours.cycle.count() == 0 => {
+                        if name == "ENOMEM" {
+                            if let Some(h) = &ctx.memlock_hint {
+                                reason.push_str(&format!(" ({h})"));
+                            }
+                        }
+                        out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, name, reason));
+                        continue;
+                    }
+                    _ => {}
+                }
+                let pages = (size.round_up(4096).bytes() / 4096).max(1) as f64;
+                for (op, h, b) in [
+                    ("register", &ours.register, &base.register),
+                    ("unregister", &ours.unregister, &base.unregister),
+                    ("cycle", &ours.cycle, &base.cycle),
+                ] {
+                    let st = h.stats();
+                    let bst = (b.count() > 0).then(|| b.stats());
+                    out.push(BenchRow {
+                        pin: pin.name().into(),
+                        backing: kind.name().into(),
+                        fs: fs.clone(),
+                        map: spec.map.name().into(),
+                        access: spec.access.name().into(),
+                        size: size.bytes(),
+                        op: op.into(),
+                        threads,
+                        outcome: "ok".into(),
+                        reason: None,
+                        ops_per_sec: (st.mean_ns > 0.0).then(|| threads as f64 * 1e9 / st.mean_ns),
+                        ns_per_4k_page: (op == "cycle").then(|| st.p50_ns as f64 / pages),
+                        baseline_p50_ns: bst.as_ref().map(|b| b.p50_ns),
+                        overhead_pct: bst.as_ref().map(|b| (st.p50_ns as f64 / b.p50_ns.max(1) as f64 - 1.0) * 100.0),
+                        histogram: Some(h.encode()),
+                        baseline_histogram: (b.count() > 0).then(|| b.encode()),
+                        stats: Some(st),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The capability probe: for every pin path x backing x map x access, take one pin on a
+//! fresh region and record what the kernel answered. Only afterwards is the expectation
+//! looked up, to flag the cell.
+
+use pinstorm_analysis::expect::{judge, Cell, Expectations};
+use pinstorm_analysis::kernel::KernelRelease;
+use pinstorm_analysis::schema::ProbeRow;
+use pinstorm_workloads::backing::{Access, RegionError, RegionSpec};
+use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
+use pinstorm_workloads::scenario::ProbeJob;
+
+use crate::host::{BackingSet, Progress};
+use crate::signals;
+
+/// A deterministic byte pattern from a seed (splitmix64), so a device write is
+/// recognisable and a replay writes the same bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// After a successful pin: let the device write a pattern, check the CPU sees it through
+/// the mapping, let the device read it back.
+fn device_io(pinner: &mut dyn Pinner, region: &pinstorm_workloads::backing::Region, seed: u64) -> String {
+    let len = 4096.min(region.mapping.len());
+    let pat = pattern(seed, len);
+    if region.spec.access == Access::Rw {
+        match pinner.device_write(0, &pat) {
+            Ok(n) if n == len => {}
+            Ok(n) => return format!("short-write({n}/{len})"),
+            Err(PinError::Kernel { errno, .. }) => return errno.name(),
+            Err(e) => return format!("error: {e}"),
+        }
+        let mut seen = vec![0u8; len];
+        region.mapping.read_at(0, &mut seen);
+        if seen != pat {
+            return "mismatch(write-not-visible)".into();
+        }
+    }
+    match pinner.device_read(0, len) {
+        Ok(back) => {
+            let mut cpu = vec![0u8; len];
+            region.mapping.read_at(0, &mut cpu);
+            if back == cpu {
+                "ok".into()
+            } else {
+                "mismatch(read)".into()
+            }
+        }
+        Err(PinError::Kernel { errno, .. }) => errno.name(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+pub struct ProbeContext<'a> {
+    pub backings: &'a BackingSet,
+    pub expectations: &'a Expectations,
+    pub kernel: &'a KernelRelease,
+    pub seed: u64,
+    pub memlock_hint: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    ctx: &ProbeContext,
+    pin: &str,
+    backing: &str,
+    fs: &str,
+    spec: &RegionSpec,
+    outcome: String,
+    reason: Option<String>,
+    dax: Option<bool>,
+    device_io: Option<String>,
+) -> ProbeRow {
+    let cell = Cell {
+        pin,
+        backing,
+        fs,
+        map: spec.map.name(),
+        access: spec.access.name(),
+        dax,
+    };
+    let (verdict, rule) = judge(ctx.expectations, &cell, ctx.kernel, &outcome);
+    ProbeRow {
+        pin: pin.into(),
+        backing: backing.into(),
+        fs: fs.into(),
+        map: spec.map.name().into(),
+        access: spec.access.name().into(),
+        size: spec.size.bytes(),
+        outcome,
+        reason,
+        dax,
+        device_io,
+        expected: rule.map(|r| r.outcome.clone()),
+        verdict: verdict.into(),
+        expected_because: rule.map(|r| r.why.clone()),
+    }
+}
+
+/// Run the probe job; rows are appended to `out` as they are measured, so an interrupted
+/// probe keeps what it saw.
+pub fn run(job: &ProbeJob, ctx: &ProbeContext, progress: &Progress, out: &mut Vec<ProbeRow>) -> anyhow::Result<()> {
+    for &kind in &job.backings {
+        for &pin in &job.pins {
+            let path: Box<dyn PinPath> = pin.path();
+            let path_avail = path.availability();
+            for &map in &job.maps {
+                for &access in &job.access {
+                    signals::check()?;
+                    let spec = RegionSpec { size: job.size, map, access };
+                    progress.step(&format!("probe {pin} {kind} {} {}", map.name(), access.name()));
+                    let backing = match ctx.backings.get(kind) {
+                        Ok(b) => b,
+                        Err(reason) => {
+                            out.push(row(ctx, pin.name(), kind.name(), "", &spec, "notrun".into(), Some(reason.to_string()), None, None));
+                            continue;
+                        }
+                    };
+                    let fs = backing.info().fs.clone();
+                    if let Availability::NotRun(r) = &path_avail {
+                        out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r.clone()), None, None));
+                        continue;
+                    }
+                    let region = match backing.region(&spec) {
+                        Ok(r) => r,
+                        Err(RegionError::Kernel { op, errno }) => {
+                            let mut why = format!("making the region failed: {op}: {errno}");
+                            if kind.uses_hugetlb() {
+                                why.push_str(" (not enough free huge pages?)");
+                            }
+                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(why), None, None));
+                            continue;
+                        }
+                        Err(RegionError::Tool(e)) => return Err(e.context(format!("making a {kind} region"))),
+                    };
+                    let spec = region.spec;
+                    let mut pinner = match path.pinner() {
+                        Ok(p) => p,
+                        Err(PinError::Kernel { op, errno }) => {
+                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(format!("setting up the pin path: {op}: {errno}")), region.dax, None));
+                            continue;
+                        }
+                        Err(PinError::NotRun(r)) => {
+                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r), region.dax, None));
+                            continue;
+                        }
+                        Err(PinError::Tool(e)) => return Err(e),
+                    };
+                    let r = match pinner.register(region.pin_target()) {
+                        Ok(()) => {
+                            let dio = job.device_io.then(|| device_io(pinner.as_mut(), &region, ctx.seed));
+                            pinner.unregister().map_err(|e| anyhow::anyhow!("unregister after a successful probe: {e}"))?;
+                            row(ctx, pin.name(), kind.name(), &fs, &spec, "ok".into(), None, region.dax, dio)
+                        }
+                        Err(PinError::Kernel { op, errno }) => {
+                            let mut reason = format!("{op}: {errno}");
+                            if errno.name() == "ENOMEM" {
+                                if let Some(h) = &ctx.memlock_hint {
+                                    reason.push_str(&format!(" ({h})"));
+                                }
+                            }
+                            row(ctx, pin.name(), kind.name(), &fs, &spec, errno.name(), Some(reason), region.dax, None)
+                        }
+                        Err(PinError::NotRun(r)) => row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r), region.dax, None),
+                        Err(PinError::Tool(e)) => return Err(e),
+                    };
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern;
+
+    #[test]
+    fn patterns_are_deterministic_per_seed() {
+        assert_eq!(pattern(7, 100), pattern(7, 100));
+        assert_ne!(pattern(7, 100), pattern(8, 100));
+        assert_eq!(pattern(7, 13).len(), 13);
+    }
+}

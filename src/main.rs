@@ -1,0 +1,254 @@
+//! `pinstorm`: a thin command line over the workloads, runners and analysis libraries.
+
+mod cli;
+
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use cli::{BenchCommand, Cli, Command, Format, Global};
+use pinstorm_analysis::expect::Expectations;
+use pinstorm_analysis::summary;
+use pinstorm_runners::host::{self, RunOptions};
+use pinstorm_workloads::backing::{BackingKind, SetupEnv};
+use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::scenario::{BenchJob, ProbeJob, Scenario, PRESETS};
+use pinstorm_workloads::scratch::{self, ScratchRoot};
+
+/// An error in what the user gave us (exit 2), as opposed to one met while running (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct BadInput(anyhow::Error);
+
+fn bad<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| BadInput(e).into())
+}
+
+fn results_root(g: &Global) -> Result<PathBuf> {
+    let p = match (&g.results, std::env::var_os("PINSTORM_RESULTS")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => std::env::current_dir()
+            .context("the current directory is gone; give --results")?
+            .join("results"),
+    };
+    bad(scratch::checked_write_path(&p, "--results (or PINSTORM_RESULTS)"))
+}
+
+fn scratch_root(g: &Global) -> Result<PathBuf> {
+    let p = match (&g.scratch_root, std::env::var_os("PINSTORM_SCRATCH_ROOT")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => {
+            let t = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            bad(scratch::checked_write_path(&t, "TMPDIR"))?.join("pinstorm")
+        }
+    };
+    bad(scratch::checked_write_path(&p, "--scratch-root (or PINSTORM_SCRATCH_ROOT)"))
+}
+
+fn expectations(g: &Global) -> Result<Expectations> {
+    match &g.expectations {
+        None => Ok(Expectations::builtin()),
+        Some(p) => {
+            let text = bad(std::fs::read_to_string(p).with_context(|| format!("--expectations {}", p.display())))?;
+            bad(Expectations::parse(&text, &p.display().to_string()))
+        }
+    }
+}
+
+fn run_scenario(g: &Global, scenario: Scenario, origin: String) -> Result<ExitCode> {
+    let scratch_dir = match &g.scratch_dir {
+        Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
+        None => None,
+    };
+    let opts = RunOptions {
+        scenario,
+        origin,
+        results_root: results_root(g)?,
+        scratch_root: scratch_root(g)?,
+        scratch_dir,
+        label: g.label.clone(),
+        expectations: expectations(g)?,
+        command: std::env::args().collect(),
+        progress: !g.quiet,
+        verbose: !g.quiet,
+    };
+    let outcome = host::run(&opts)?;
+    match g.format {
+        Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
+        Format::Json => {
+            // probe and bench print their rows; run prints the whole result.
+            let value = match &opts.command.get(1).map(String::as_str) {
+                Some("probe") => serde_json::to_value(&outcome.result.probe)?,
+                Some("bench") => {
+                    let mut rows = outcome.result.bench.clone();
+                    for r in &mut rows {
+                        r.histogram = None;
+                        r.baseline_histogram = None;
+                    }
+                    serde_json::to_value(rows)?
+                }
+                _ => serde_json::to_value(&outcome.result)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            if !g.quiet {
+                eprintln!("pinstorm: result written to {}", outcome.path.display());
+            }
+        }
+    }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
+}
+
+fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
+    if v.is_empty() {
+        default
+    } else {
+        v
+    }
+}
+
+fn cmd_list(g: &Global) -> Result<ExitCode> {
+    let env = SetupEnv { is_root: pinstorm_workloads::is_root(), scratch_dir: g.scratch_dir.clone() };
+    let avail = |a: Availability| match a {
+        Availability::Usable => ("usable".to_string(), String::new()),
+        Availability::NotRun(r) => ("notrun".to_string(), r),
+    };
+    let pins: Vec<_> = PinKind::ALL
+        .iter()
+        .map(|p| {
+            let (s, r) = avail(p.path().availability());
+            serde_json::json!({"name": p.name(), "status": s, "reason": r, "description": p.describe()})
+        })
+        .collect();
+    let backings: Vec<_> = BackingKind::ALL
+        .iter()
+        .map(|b| {
+            let (s, r) = avail(b.availability(&env));
+            serde_json::json!({"name": b.name(), "status": s, "reason": r, "description": b.describe()})
+        })
+        .collect();
+    let scenarios: Vec<_> = PRESETS
+        .iter()
+        .map(|(name, text)| {
+            let desc = Scenario::parse(text, name).map(|s| s.description).unwrap_or_default();
+            serde_json::json!({"name": name, "file": format!("configs/{name}.toml"), "description": desc})
+        })
+        .collect();
+    let layout_ops: Vec<serde_json::Value> = Vec::new();
+    if g.format == Format::Json {
+        let v = serde_json::json!({"pin_paths": pins, "backings": backings, "layout_operations": layout_ops, "scenarios": scenarios});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let section = |title: &str, items: &[serde_json::Value]| {
+        println!("{title}:");
+        for i in items {
+            let status = i["status"].as_str().unwrap_or("");
+            println!("  {:<14} {:<7} {}", i["name"].as_str().unwrap_or(""), status, i["description"].as_str().unwrap_or(""));
+            if let Some(r) = i["reason"].as_str().filter(|r| !r.is_empty()) {
+                println!("  {:<14} {:<7} why: {r}", "", "");
+            }
+        }
+        println!();
+    };
+    section("Pin paths", &pins);
+    section("Backings", &backings);
+    println!("Layout operations:\n  none in this build (truncate, punch-hole, reflink, ... come with layout storms)\n");
+    println!("Scenarios (presets, compiled in; a file path works too):");
+    for s in &scenarios {
+        println!("  {:<14} {:<22} {}", s["name"].as_str().unwrap_or(""), s["file"].as_str().unwrap_or(""), s["description"].as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_cleanup(g: &Global) -> Result<ExitCode> {
+    let root_path = scratch_root(g)?;
+    if !root_path.exists() {
+        println!("nothing to clean: {} does not exist", root_path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let root = ScratchRoot::open(&root_path)?;
+    let lines = pinstorm_runners::cleanup::clean_leftovers(&root);
+    if lines.is_empty() {
+        println!("nothing to clean under {}", root_path.display());
+    }
+    let problems = lines.iter().any(|l| l.contains("PROBLEM"));
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(if problems { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    match &cli.command {
+        Command::Run(a) => {
+            let (mut s, _text, origin) = bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
+            if let Some(seed) = a.seed {
+                s.seed = seed;
+            }
+            if !a.backing.is_empty() {
+                if let Some(p) = &mut s.probe {
+                    p.backings = a.backing.clone();
+                }
+                if let Some(b) = &mut s.bench {
+                    b.backings = a.backing.clone();
+                }
+            }
+            run_scenario(g, s, origin)
+        }
+        Command::Probe(a) => {
+            let d = ProbeJob::default();
+            let job = ProbeJob {
+                pins: or_default(a.pins.clone(), d.pins),
+                backings: or_default(a.backings.clone(), d.backings),
+                maps: or_default(a.maps.iter().map(|m| (*m).into()).collect(), d.maps),
+                access: or_default(a.access.iter().map(|m| (*m).into()).collect(), d.access),
+                size: a.size,
+                device_io: !a.no_device_io,
+            };
+            let s = Scenario { name: "probe".into(), description: "pinstorm probe".into(), seed: 1, probe: Some(job), bench: None };
+            run_scenario(g, s, "command line".into())
+        }
+        Command::Bench(BenchCommand::Pin(a)) => {
+            let d = BenchJob::default();
+            let Some(threads) = NonZeroUsize::new(a.threads) else { bail!(BadInput(anyhow::anyhow!("--threads must be at least 1"))) };
+            let Some(iterations) = NonZeroU64::new(a.iterations) else { bail!(BadInput(anyhow::anyhow!("--iterations must be at least 1"))) };
+            let job = BenchJob {
+                pins: or_default(a.pins.clone(), d.pins),
+                backings: or_default(a.backings.clone(), d.backings),
+                sizes: or_default(a.sizes.clone(), d.sizes),
+                map: a.map.into(),
+                access: a.access.into(),
+                threads,
+                warmup: a.warmup,
+                iterations,
+                max_time: a.max_time,
+                baseline: !a.no_baseline,
+            };
+            let s = Scenario { name: "bench-pin".into(), description: "pinstorm bench pin".into(), seed: 1, probe: None, bench: Some(job) };
+            run_scenario(g, s, "command line".into())
+        }
+        Command::List => cmd_list(g),
+        Command::Cleanup => cmd_cleanup(g),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pinstorm: error: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Scratch filesystems on loop devices: a sparse image in the run directory, `mkfs`, a loop
+//! device, a mount in the run directory. Undone in reverse on drop; journaled before each
+//! step so a later run can undo it after SIGKILL.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{BackingKind, NotRun, SetupEnv};
+use crate::pin::Availability;
+use crate::scratch::{self, JournalEntry, RunScratch};
+
+/// Size of each image. Sparse, so it costs only what the filesystem writes; xfs needs at
+/// least 300 MiB since xfsprogs 5.19.
+const IMAGE_SIZE: u64 = 512 << 20;
+
+fn mkfs_command(kind: BackingKind) -> (&'static str, &'static [&'static str], &'static str) {
+    match kind {
+        BackingKind::Ext4 => ("mkfs.ext4", &["-F", "-q", "-E", "nodiscard"], "e2fsprogs"),
+        BackingKind::Xfs => ("mkfs.xfs", &["-f", "-q", "-K", "-m", "reflink=1"], "xfsprogs"),
+        BackingKind::Btrfs => ("mkfs.btrfs", &["-f", "-q", "-K"], "btrfs-progs"),
+        _ => unreachable!("not a loop filesystem: {kind}"),
+    }
+}
+
+/// Find a program in PATH or the sbin directories (root's tools live there, and a PATH
+/// from sudo or a service manager may lack them).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+pub(super) fn availability(kind: BackingKind, env: &SetupEnv) -> Availability {
+    let (mkfs, _, package) = mkfs_command(kind);
+    if !env.is_root {
+        return Availability::NotRun(format!(
+            "a scratch {kind} on a loop device needs root (mount, losetup)"
+        ));
+    }
+    if find_program(mkfs).is_none() {
+        return Availability::NotRun(format!("{mkfs} not found (install {package})"));
+    }
+    if find_program("losetup").is_none() {
+        return Availability::NotRun("losetup not found (install util-linux/mount)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Availability::NotRun("no /dev/loop-control (kernel without loop device support)".into());
+    }
+    Availability::Usable
+}
+
+pub struct LoopFs {
+    image: PathBuf,
+    dev: Option<PathBuf>,
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+fn run(cmd: &mut Command) -> Result<String, NotRun> {
+    let out = cmd
+        .output()
+        .map_err(|e| NotRun(format!("running {:?}: {e}", cmd.get_program())))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(NotRun(format!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            err.lines().take(3).collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl LoopFs {
+    pub fn create(kind: BackingKind, scratch: &RunScratch) -> Result<LoopFs, NotRun> {
+        let fs = kind.name();
+        let image = scratch.dir().join(format!("{fs}.img"));
+        let mnt = scratch.dir().join(format!("{fs}.mnt"));
+        let mut lfs = LoopFs {
+            image: image.clone(),
+            dev: None,
+            mnt: mnt.clone(),
+            mounted: false,
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&image)
+            .map_err(|e| NotRun(format!("creating {}: {e}", image.display())))?;
+        f.set_len(IMAGE_SIZE)
+            .map_err(|e| NotRun(format!("sizing {}: {e}", image.display())))?;
+        drop(f);
+        let (mkfs, args, _) = mkfs_command(kind);
+        let mkfs = find_program(mkfs).ok_or_else(|| NotRun(format!("{mkfs} not found")))?;
+        run(Command::new(mkfs).args(args).arg(&image))?;
+        scratch
+            .record(&JournalEntry::Loop { image: image.clone() })
+            .map_err(|e| NotRun(format!("{e:#}")))?;
+        let losetup = find_program("losetup").ok_or_else(|| NotRun("losetup not found".into()))?;
+        let dev = run(Command::new(losetup).args(["--find", "--show"]).arg(&image))?;
+        lfs.dev = Some(PathBuf::from(&dev));
+        std::fs::create_dir(&mnt).map_err(|e| NotRun(format!("mkdir {}: {e}", mnt.display())))?;
+        scratch
+            .record(&JournalEntry::Mount(mnt.clone()))
+            .map_err(|e| NotRun(format!("{e:#}")))?;
+        rustix::mount::mount(dev.as_str(), &mnt, fs, rustix::mount::MountFlags::empty(), None)
+            .map_err(|e| NotRun(format!("mount -t {fs} {dev} {}: {e}", mnt.display())))?;
+        lfs.mounted = true;
+        Ok(lfs)
+    }
+
+    pub fn mount_point(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn device(&self) -> Option<&Path> {
+        self.dev.as_deref()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = scratch::unmount(&self.mnt) {
+                eprintln!("pinstorm: {e:#}");
+            }
+        }
+        if let Some(dev) = &self.dev {
+            if let Err(e) = scratch::detach_loop(dev) {
+                eprintln!("pinstorm: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.mnt);
+    }
+}

@@ -1,0 +1,350 @@
+//! Backings: the memory a pin is taken on.
+//!
+//! Each kind is one module behind the [`Backing`] trait: anonymous memory, anonymous hugetlb,
+//! memfd (also `MFD_HUGETLB`), tmpfs and hugetlbfs files, files in a directory the user named
+//! as scratch, and scratch filesystems (ext4, xfs with reflink, btrfs) made on loop devices.
+//! A backing is set up once per run ([`BackingKind::setup`]) and then hands out [`Region`]s:
+//! a fresh file (where there is one) mapped shared or private, read-write or read-only.
+//!
+//! This module owns the files and mounts it creates and nothing else: it writes only inside
+//! the run's scratch directory or a user-named scratch directory (see `scratch`).
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pin::{Availability, PinTarget};
+use crate::scratch::{RunScratch, ScratchFile};
+use crate::sys::{Errno, Mapping};
+use crate::units::Size;
+
+mod anon;
+mod dir;
+mod loopfs;
+mod memfd;
+
+pub use loopfs::LoopFs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackingKind {
+    Anon,
+    AnonHugetlb,
+    Memfd,
+    MemfdHugetlb,
+    Tmpfs,
+    Hugetlbfs,
+    Ext4,
+    Xfs,
+    Btrfs,
+    ScratchDir,
+}
+
+impl BackingKind {
+    pub const ALL: &'static [BackingKind] = &[
+        BackingKind::Anon,
+        BackingKind::AnonHugetlb,
+        BackingKind::Memfd,
+        BackingKind::MemfdHugetlb,
+        BackingKind::Tmpfs,
+        BackingKind::Hugetlbfs,
+        BackingKind::Ext4,
+        BackingKind::Xfs,
+        BackingKind::Btrfs,
+        BackingKind::ScratchDir,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackingKind::Anon => "anon",
+            BackingKind::AnonHugetlb => "anon-hugetlb",
+            BackingKind::Memfd => "memfd",
+            BackingKind::MemfdHugetlb => "memfd-hugetlb",
+            BackingKind::Tmpfs => "tmpfs",
+            BackingKind::Hugetlbfs => "hugetlbfs",
+            BackingKind::Ext4 => "ext4",
+            BackingKind::Xfs => "xfs",
+            BackingKind::Btrfs => "btrfs",
+            BackingKind::ScratchDir => "scratch-dir",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            BackingKind::Anon => "anonymous memory (MAP_ANONYMOUS)",
+            BackingKind::AnonHugetlb => "anonymous huge pages (MAP_HUGETLB); needs free huge pages",
+            BackingKind::Memfd => "memfd_create() file (shmem)",
+            BackingKind::MemfdHugetlb => "memfd_create(MFD_HUGETLB) file; needs free huge pages",
+            BackingKind::Tmpfs => "file on a private tmpfs mount (root) or in /dev/shm",
+            BackingKind::Hugetlbfs => "file on a private hugetlbfs mount; needs root",
+            BackingKind::Ext4 => "file on a scratch ext4 made on a loop device; needs root and mkfs.ext4",
+            BackingKind::Xfs => "file on a scratch xfs (-m reflink=1) on a loop device; needs root and mkfs.xfs",
+            BackingKind::Btrfs => "file on a scratch btrfs on a loop device; needs root and mkfs.btrfs",
+            BackingKind::ScratchDir => "file in the directory named by --scratch-dir (any filesystem, e.g. DAX)",
+        }
+    }
+
+    /// Whether the backing's memory is made of huge pages from the hugetlb pool.
+    pub fn uses_hugetlb(self) -> bool {
+        matches!(
+            self,
+            BackingKind::AnonHugetlb | BackingKind::MemfdHugetlb | BackingKind::Hugetlbfs
+        )
+    }
+
+    pub fn parse(name: &str) -> Result<BackingKind, String> {
+        BackingKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = BackingKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown backing {name:?} (known: {})", known.join(", "))
+            })
+    }
+
+    /// A cheap check of whether this backing can be set up here, without creating anything.
+    pub fn availability(self, ctx: &SetupEnv) -> Availability {
+        match self {
+            BackingKind::Anon | BackingKind::Memfd => Availability::Usable,
+            BackingKind::AnonHugetlb | BackingKind::MemfdHugetlb => hugetlb_availability(ctx),
+            BackingKind::Tmpfs => {
+                if ctx.is_root || Path::new("/dev/shm").is_dir() {
+                    Availability::Usable
+                } else {
+                    Availability::NotRun("not root and no /dev/shm to make tmpfs files in".into())
+                }
+            }
+            BackingKind::Hugetlbfs => {
+                if !ctx.is_root {
+                    Availability::NotRun("mounting a private hugetlbfs needs root".into())
+                } else {
+                    hugetlb_availability(ctx)
+                }
+            }
+            BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs => loopfs::availability(self, ctx),
+            BackingKind::ScratchDir => match &ctx.scratch_dir {
+                Some(_) => Availability::Usable,
+                None => Availability::NotRun(
+                    "no --scratch-dir given (name a directory on the filesystem to test, e.g. a DAX mount)".into(),
+                ),
+            },
+        }
+    }
+
+    /// Set the backing up for a run (mounts, loop devices, directories).
+    pub fn setup(self, ctx: &SetupEnv, scratch: &RunScratch) -> Result<Box<dyn Backing>, NotRun> {
+        if let Availability::NotRun(r) = self.availability(ctx) {
+            return Err(NotRun(r));
+        }
+        match self {
+            BackingKind::Anon => Ok(Box::new(anon::Anon::new(false))),
+            BackingKind::AnonHugetlb => Ok(Box::new(anon::Anon::new(true))),
+            BackingKind::Memfd => Ok(Box::new(memfd::Memfd::new(false))),
+            BackingKind::MemfdHugetlb => Ok(Box::new(memfd::Memfd::new(true))),
+            BackingKind::Tmpfs => dir::DirBacking::tmpfs(ctx, scratch).map(boxed),
+            BackingKind::Hugetlbfs => dir::DirBacking::hugetlbfs(scratch).map(boxed),
+            BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs => {
+                dir::DirBacking::loop_fs(self, scratch).map(boxed)
+            }
+            BackingKind::ScratchDir => {
+                dir::DirBacking::user_dir(ctx.scratch_dir.as_deref().expect("checked above"), scratch)
+                    .map(boxed)
+            }
+        }
+    }
+}
+
+fn boxed(b: dir::DirBacking) -> Box<dyn Backing> {
+    Box::new(b)
+}
+
+fn hugetlb_availability(ctx: &SetupEnv) -> Availability {
+    let (total, free, _) = crate::sysctl::hugepage_counts();
+    if free > 0 || ctx.is_root {
+        Availability::Usable
+    } else {
+        Availability::NotRun(format!(
+            "no free huge pages (HugePages_Total {total}, free {free}); run as root so pinstorm can reserve them, or raise vm.nr_hugepages"
+        ))
+    }
+}
+
+impl fmt::Display for BackingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a backing or region could not be made, in words for the `notrun` reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRun(pub String);
+
+/// What a backing's setup may use.
+#[derive(Clone, Debug, Default)]
+pub struct SetupEnv {
+    pub is_root: bool,
+    /// The directory the user named as scratch (`--scratch-dir`), already checked.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapKind {
+    Shared,
+    Private,
+}
+
+impl MapKind {
+    pub const ALL: &'static [MapKind] = &[MapKind::Shared, MapKind::Private];
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Shared => "shared",
+            MapKind::Private => "private",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Rw,
+    Ro,
+}
+
+impl Access {
+    pub const ALL: &'static [Access] = &[Access::Rw, Access::Ro];
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Rw => "rw",
+            Access::Ro => "ro",
+        }
+    }
+}
+
+/// What to map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionSpec {
+    pub size: Size,
+    pub map: MapKind,
+    pub access: Access,
+}
+
+/// Where a backing's memory comes from, as recorded in results.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackingInfo {
+    pub backing: BackingKind,
+    /// Filesystem type (`tmpfs`, `xfs`, ...), or `anon` for anonymous memory.
+    pub fs: String,
+    pub mount_point: Option<PathBuf>,
+    pub mount_source: Option<String>,
+    pub mount_options: Option<String>,
+    /// The page size regions are rounded up to (huge page size for hugetlb backings).
+    pub page_size: u64,
+}
+
+/// A mapped region of a backing, with the file behind it (if any).
+pub struct Region {
+    pub mapping: Mapping,
+    pub spec: RegionSpec,
+    /// The backing file when there is one (memfd, tmpfs, ..., loop filesystems).
+    pub file: Option<RegionFile>,
+    /// `statx` `STATX_ATTR_DAX` of the file; `Some(false)` for anonymous memory; `None`
+    /// where the kernel does not report it.
+    pub dax: Option<bool>,
+}
+
+pub enum RegionFile {
+    /// A memfd: no path, no directory.
+    Memfd(File),
+    /// A file pinstorm created in a scratch directory.
+    Scratch(ScratchFile),
+}
+
+impl RegionFile {
+    pub fn file(&self) -> &File {
+        match self {
+            RegionFile::Memfd(f) => f,
+            RegionFile::Scratch(s) => s.file(),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            RegionFile::Memfd(_) => None,
+            RegionFile::Scratch(s) => Some(s.path()),
+        }
+    }
+}
+
+impl Region {
+    pub fn pin_target(&self) -> PinTarget {
+        PinTarget {
+            addr: self.mapping.addr(),
+            len: self.mapping.len(),
+        }
+    }
+}
+
+/// One kind of memory to pin, set up for this run.
+pub trait Backing: Send + Sync {
+    fn kind(&self) -> BackingKind;
+    fn info(&self) -> &BackingInfo;
+    /// Make a fresh region: a new file (where there is one) of `spec.size` rounded up to the
+    /// backing's page size, allocated, filled and mapped as asked, every page faulted in.
+    fn region(&self, spec: &RegionSpec) -> Result<Region, RegionError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The kernel refused a step of making the region (e.g. mmap of huge pages: ENOMEM).
+    #[error("{op}: {errno}")]
+    Kernel { op: &'static str, errno: Errno },
+    #[error("{0:#}")]
+    Tool(#[from] anyhow::Error),
+}
+
+/// Map `file` (already `len` bytes long) as `spec` asks.
+pub(crate) fn map_file(file: &File, len: usize, spec: &RegionSpec, hugetlb: bool) -> Result<Mapping, RegionError> {
+    Mapping::file(file.as_fd(), len, map_mode(spec, hugetlb)).map_err(|errno| RegionError::Kernel { op: "mmap", errno })
+}
+
+pub(crate) fn map_mode(spec: &RegionSpec, hugetlb: bool) -> crate::sys::MapMode {
+    crate::sys::MapMode {
+        shared: spec.map == MapKind::Shared,
+        writable: spec.access == Access::Rw,
+        hugetlb,
+        populate: true,
+    }
+}
+
+/// Give a fresh file its size with allocated blocks, filled with a recognisable pattern so
+/// a read-only mapping maps real data (not holes) and later oracles can tell generations
+/// apart. Uses `fallocate` and falls back to writing where it is not supported.
+pub(crate) fn size_file(file: &File, len: usize, hugetlb: bool) -> Result<(), RegionError> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    if hugetlb {
+        // hugetlbfs has no write(2); fallocate reserves the huge pages.
+        return fallocate(file, FallocateFlags::empty(), 0, len as u64)
+            .map_err(|e| RegionError::Kernel { op: "fallocate", errno: e.into() });
+    }
+    match fallocate(file, FallocateFlags::empty(), 0, len as u64) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(e) => return Err(RegionError::Kernel { op: "fallocate", errno: e.into() }),
+    }
+    use std::os::unix::fs::FileExt;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut off = 0usize;
+    while off < len {
+        let n = chunk.len().min(len - off);
+        file.write_all_at(&chunk[..n], off as u64)
+            .map_err(|e| RegionError::Kernel { op: "pwrite", errno: Errno::from_io(&e).unwrap_or(Errno(0)) })?;
+        off += n;
+    }
+    Ok(())
+}

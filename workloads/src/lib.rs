@@ -1,0 +1,36 @@
+//! pinstorm workloads: what is run against the kernel.
+//!
+//! - [`pin`]: pin paths (io_uring fixed buffers, ...) behind the `PinPath` / `Pinner` traits;
+//! - [`backing`]: the memory pinned (anonymous, memfd, tmpfs, hugetlbfs, loop-mounted
+//!   ext4/xfs/btrfs, a user scratch directory) behind the `Backing` trait;
+//! - [`scratch`], [`sysctl`], [`mounts`]: ownership of everything the tool creates or
+//!   changes, and the journal that lets a later run undo a killed one;
+//! - [`scenario`]: scenario files;
+//! - [`sys`]: the small unsafe edge (mappings, statx).
+//!
+//! Nothing here decides whether an outcome was expected or good: that is `analysis`.
+
+pub mod backing;
+pub mod mounts;
+pub mod pin;
+pub mod scenario;
+pub mod scratch;
+pub mod sys;
+pub mod sysctl;
+pub mod units;
+
+/// Whether this process may do what root may (mount, losetup, sysctls).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `/proc/vmstat` `nr_foll_pin_acquired - nr_foll_pin_released`: pages pinned with FOLL_PIN
+/// system-wide right now (5.6+). `None` where the counters do not exist.
+pub fn pinned_pages_outstanding() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<i64>().ok())
+    };
+    Some(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
+}

@@ -1,0 +1,169 @@
+//! Pin paths: the ways user space asks the kernel to pin pages for a "device".
+//!
+//! Like fio's ioengines, each path is one module behind one trait. A [`PinPath`] says whether
+//! it can run here and hands out [`Pinner`]s; a `Pinner` is one pinning context (an io_uring
+//! instance, an RDMA protection domain with its queue pair, a pipe for vmsplice) that holds at
+//! most one registered region at a time and can make the "device" write into or read out of
+//! it. A storm that wants many pins at once uses many pinners. Adding a path touches nothing
+//! but this module's registry.
+//!
+//! This module must not decide what an outcome means: it reports `ok` or the kernel's errno,
+//! and the expectations files decide whether that was expected.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::Errno;
+
+pub mod io_uring;
+
+/// The pin paths pinstorm knows. The serialized name is what scenario files and result
+/// rows use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PinKind {
+    /// io_uring fixed buffers: `IORING_REGISTER_BUFFERS` (FOLL_WRITE | FOLL_LONGTERM).
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl PinKind {
+    pub const ALL: &'static [PinKind] = &[PinKind::IoUring];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PinKind::IoUring => "io_uring",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            PinKind::IoUring => {
+                "io_uring fixed buffers (IORING_REGISTER_BUFFERS, long-term writable pin); device write = READ_FIXED, device read = WRITE_FIXED"
+            }
+        }
+    }
+
+    /// Build the path. Cheap: no kernel object is created until [`PinPath::pinner`].
+    pub fn path(self) -> Box<dyn PinPath> {
+        match self {
+            PinKind::IoUring => Box::new(io_uring::IoUringPath),
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<PinKind, String> {
+        PinKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = PinKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown pin path {name:?} (known: {})", known.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for PinKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether something can run on this machine; if not, the reason, in the words a
+/// kernel developer would want (like fstests' `_notrun`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Usable,
+    NotRun(String),
+}
+
+impl Availability {
+    pub fn is_usable(&self) -> bool {
+        matches!(self, Availability::Usable)
+    }
+}
+
+/// The user-space range to pin. Plain numbers on purpose: a pin outlives borrows (munmap
+/// before unregister is a scenario we test), so a pinner never holds a Rust reference to
+/// the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinTarget {
+    pub addr: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The kernel refused: this is a measured outcome, not a tool failure.
+    #[error("{op}: {errno}")]
+    Kernel { op: &'static str, errno: Errno },
+    /// Cannot run here (missing capability, device, limit), with the reason.
+    #[error("not run: {0}")]
+    NotRun(String),
+    /// The tool itself failed (bad state, short I/O, ...).
+    #[error("{0:#}")]
+    Tool(anyhow::Error),
+}
+
+impl PinError {
+    pub fn kernel(op: &'static str, err: &std::io::Error) -> PinError {
+        match Errno::from_io(err) {
+            Some(errno) => PinError::Kernel { op, errno },
+            None => PinError::Tool(anyhow::anyhow!("{op}: {err}")),
+        }
+    }
+}
+
+/// One way of pinning pages. Shared between threads; each thread asks for its own pinner.
+pub trait PinPath: Send + Sync {
+    fn kind(&self) -> PinKind;
+    /// Whether this path can run on this machine at all.
+    fn availability(&self) -> Availability;
+    /// A fresh pinning context for one thread.
+    fn pinner(&self) -> Result<Box<dyn Pinner>, PinError>;
+    /// The same register/unregister syscalls made directly in a tight loop, with no
+    /// pinstorm layers, so benchmarks can show the harness's own overhead.
+    fn tight_loop(&self) -> Option<Box<dyn TightLoop>> {
+        None
+    }
+}
+
+/// One pinning context, holding at most one registered region.
+///
+/// Dropping a pinner releases its pin (and its kernel objects).
+pub trait Pinner: Send {
+    /// Pin `target` (a long-term pin for io_uring and RDMA, a transient one for vmsplice).
+    fn register(&mut self, target: PinTarget) -> Result<(), PinError>;
+    /// Release the pin taken by `register`.
+    fn unregister(&mut self) -> Result<(), PinError>;
+    /// The currently registered range, if any.
+    fn registered(&self) -> Option<PinTarget>;
+    /// Let the device write `data` into the pinned pages at `offset` (bytes from the start of
+    /// the registered range). Returns the number of bytes the device reported written.
+    fn device_write(&mut self, offset: usize, data: &[u8]) -> Result<usize, PinError>;
+    /// Let the device read `len` bytes out of the pinned pages at `offset`.
+    fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError>;
+}
+
+/// The baseline of a pin path: register + unregister with the raw calls, timed inline.
+pub trait TightLoop: Send {
+    /// One register + unregister; returns the time each half took.
+    fn cycle(&mut self, target: PinTarget) -> Result<(Duration, Duration), PinError>;
+}
+
+/// Check that `offset..offset+len` lies inside the registered range.
+pub(crate) fn check_span(
+    registered: Option<PinTarget>,
+    offset: usize,
+    len: usize,
+) -> Result<PinTarget, PinError> {
+    let t = registered
+        .ok_or_else(|| PinError::Tool(anyhow::anyhow!("device I/O with no registered region")))?;
+    match offset.checked_add(len) {
+        Some(end) if end <= t.len => Ok(t),
+        _ => Err(PinError::Tool(anyhow::anyhow!(
+            "device I/O at {offset}+{len} outside the registered {} bytes",
+            t.len
+        ))),
+    }
+}

@@ -1,0 +1,229 @@
+//! The unsafe edge: memory mappings and the few raw operations no crate wraps safely.
+//!
+//! Everything above this module is safe code. Owns: [`Mapping`] (an `mmap` region whose `Drop`
+//! unmaps it), copies in and out of mappings that the kernel may be writing through a pin,
+//! `STATX_ATTR_DAX`, and errno naming. Must not touch: files or mounts (that is `backing` and
+//! `scratch`), and it never decides what a result means.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr::NonNull;
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// An errno returned by the kernel, printed by name (`EFAULT`) as kernel people read it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The symbolic name, e.g. `EFAULT`; `E<number>` for values nix does not know.
+    pub fn name(self) -> String {
+        let e = nix::errno::Errno::from_raw(self.0);
+        if e == nix::errno::Errno::UnknownErrno {
+            format!("E{}", self.0)
+        } else {
+            format!("{e:?}")
+        }
+    }
+
+    pub fn from_io(err: &std::io::Error) -> Option<Errno> {
+        err.raw_os_error().map(Errno)
+    }
+
+    /// The errno of a failed libc call (reads `errno` of this thread).
+    pub fn last() -> Errno {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+impl From<rustix::io::Errno> for Errno {
+    fn from(e: rustix::io::Errno) -> Self {
+        Errno(e.raw_os_error())
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let desc = std::io::Error::from_raw_os_error(self.0);
+        write!(f, "{} ({})", self.name(), desc.kind())
+    }
+}
+
+/// How a mapping shares its pages with the file or with other processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapMode {
+    pub shared: bool,
+    pub writable: bool,
+    pub hugetlb: bool,
+    /// Fault every page in before returning (`MAP_POPULATE`), so a pin measures pinning,
+    /// not first-touch faults.
+    pub populate: bool,
+}
+
+/// One `mmap`ed region. Unmapped on drop.
+///
+/// The kernel may write into these pages at any time through a pin (that is the point of
+/// the tool), so the region is never exposed as a Rust slice: reads and writes go through
+/// [`Mapping::read_at`] and [`Mapping::write_at`], which copy bytes with raw pointers.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    mode: MapMode,
+}
+
+// The mapping is plain memory owned by this value; moving it between threads is fine.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn flags(mode: MapMode) -> (ProtFlags, MapFlags) {
+        let prot = if mode.writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        let mut flags = if mode.shared {
+            MapFlags::SHARED
+        } else {
+            MapFlags::PRIVATE
+        };
+        if mode.populate {
+            flags |= MapFlags::POPULATE;
+        }
+        if mode.hugetlb {
+            flags |= MapFlags::HUGETLB;
+        }
+        (prot, flags)
+    }
+
+    /// Anonymous memory (`MAP_ANONYMOUS`, shared or private, optionally `MAP_HUGETLB`).
+    pub fn anonymous(len: usize, mode: MapMode) -> Result<Mapping, Errno> {
+        let (prot, flags) = Self::flags(mode);
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks aliases no Rust
+        // object; we own it until `Drop` unmaps it.
+        let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, prot, flags) }?;
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            len,
+            mode,
+        })
+    }
+
+    /// A mapping of `len` bytes of `fd` from offset 0.
+    pub fn file(fd: BorrowedFd<'_>, len: usize, mode: MapMode) -> Result<Mapping, Errno> {
+        let (prot, mut flags) = Self::flags(mode);
+        // MAP_HUGETLB is for anonymous memory; a hugetlbfs file is huge by itself.
+        flags.remove(MapFlags::HUGETLB);
+        // SAFETY: the kernel picks the address, so no Rust object is aliased. The file may be
+        // truncated under us (the tool does that on purpose); a later access of a page past
+        // EOF would raise SIGBUS, which is why this module never touches pages the caller did
+        // not ask for, and why callers only copy from ranges they know are backed.
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) }?;
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            len,
+            mode,
+        })
+    }
+
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn mode(&self) -> MapMode {
+        self.mode
+    }
+
+    /// Copy `buf.len()` bytes out of the mapping at `offset`.
+    ///
+    /// # Panics
+    /// If the range is outside the mapping.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        assert!(offset.checked_add(buf.len()).is_some_and(|end| end <= self.len));
+        // SAFETY: the range is inside our mapping (checked above) and `buf` is a distinct Rust
+        // allocation. The kernel may write the same pages concurrently through a pin; the
+        // copy then sees old or new bytes, which is exactly what the oracles want to observe.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
+        }
+    }
+
+    /// Copy `data` into the mapping at `offset` (the CPU's write, not the device's).
+    ///
+    /// # Panics
+    /// If the mapping is read-only or the range is outside it.
+    pub fn write_at(&self, offset: usize, data: &[u8]) {
+        assert!(self.mode.writable, "write_at on a read-only mapping");
+        assert!(offset.checked_add(data.len()).is_some_and(|end| end <= self.len));
+        // SAFETY: as in `read_at`; the mapping is writable (checked) so no SIGSEGV.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        }
+    }
+
+    /// Touch one byte per `page` bytes (read for read-only mappings, write otherwise) so
+    /// every page is present before a pin is taken.
+    pub fn touch(&self, page: usize) {
+        let mut off = 0;
+        while off < self.len {
+            // SAFETY: `off < len`, inside the mapping; volatile so the access is not elided.
+            unsafe {
+                let p = self.ptr.as_ptr().add(off);
+                let v = std::ptr::read_volatile(p);
+                if self.mode.writable {
+                    std::ptr::write_volatile(p, v);
+                }
+            }
+            off += page;
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and nothing borrows it (no slices are ever handed out).
+        // Pins taken on it keep their pages alive in the kernel independently of this range.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("len", &self.len)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// Whether the kernel says this open file is accessed with DAX (`statx` `STATX_ATTR_DAX`).
+/// `None` when the kernel does not report the attribute at all (older than 5.8).
+pub fn statx_dax(fd: impl AsFd) -> Result<Option<bool>, Errno> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+    let st = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+    // STATX_ATTR_DAX exists since 5.8; the mask says whether this kernel reports it.
+    if !st.stx_attributes_mask.contains(StatxAttributes::DAX) {
+        return Ok(None);
+    }
+    Ok(Some(st.stx_attributes.contains(StatxAttributes::DAX)))
+}
+
+/// The base page size of this machine.
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
