@@ -60,7 +60,15 @@ fn expectations(g: &Global) -> Result<Expectations> {
     }
 }
 
-fn run_scenario(g: &Global, scenario: Scenario, origin: String) -> Result<ExitCode> {
+/// What `--format json` prints on stdout: the rows of the job asked for, or the whole result.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JsonOut {
+    ProbeRows,
+    BenchRows,
+    Result,
+}
+
+fn run_scenario(g: &Global, scenario: Scenario, origin: String, json_out: JsonOut) -> Result<ExitCode> {
     let scratch_dir = match &g.scratch_dir {
         Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
         None => None,
@@ -81,10 +89,9 @@ fn run_scenario(g: &Global, scenario: Scenario, origin: String) -> Result<ExitCo
     match g.format {
         Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
         Format::Json => {
-            // probe and bench print their rows; run prints the whole result.
-            let value = match &opts.command.get(1).map(String::as_str) {
-                Some("probe") => serde_json::to_value(&outcome.result.probe)?,
-                Some("bench") => {
+            let value = match json_out {
+                JsonOut::ProbeRows => serde_json::to_value(&outcome.result.probe)?,
+                JsonOut::BenchRows => {
                     let mut rows = outcome.result.bench.clone();
                     for r in &mut rows {
                         r.histogram = None;
@@ -92,7 +99,7 @@ fn run_scenario(g: &Global, scenario: Scenario, origin: String) -> Result<ExitCo
                     }
                     serde_json::to_value(rows)?
                 }
-                _ => serde_json::to_value(&outcome.result)?,
+                JsonOut::Result => serde_json::to_value(&outcome.result)?,
             };
             println!("{}", serde_json::to_string_pretty(&value)?);
             if !g.quiet {
@@ -200,7 +207,7 @@ fn real_main() -> Result<ExitCode> {
                     b.backings = a.backing.clone();
                 }
             }
-            run_scenario(g, s, origin)
+            run_scenario(g, s, origin, JsonOut::Result)
         }
         Command::Probe(a) => {
             let d = ProbeJob::default();
@@ -213,7 +220,7 @@ fn real_main() -> Result<ExitCode> {
                 device_io: !a.no_device_io,
             };
             let s = Scenario { name: "probe".into(), description: "pinstorm probe".into(), seed: 1, probe: Some(job), bench: None };
-            run_scenario(g, s, "command line".into())
+            run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
         }
         Command::Bench(BenchCommand::Pin(a)) => {
             let d = BenchJob::default();
@@ -232,7 +239,7 @@ fn real_main() -> Result<ExitCode> {
                 baseline: !a.no_baseline,
             };
             let s = Scenario { name: "bench-pin".into(), description: "pinstorm bench pin".into(), seed: 1, probe: None, bench: Some(job) };
-            run_scenario(g, s, "command line".into())
+            run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }
         Command::List => cmd_list(g),
         Command::Cleanup => cmd_cleanup(g),

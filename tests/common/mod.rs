@@ -1,0 +1,191 @@
+//! Helpers shared by the integration tests: run the real binary in a sandbox of its own
+//! (results and scratch root under a fresh directory) and compare the machine's state
+//! before and after.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+pub fn pinstorm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pinstorm"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Tests that look at machine-wide state (mounts, loop devices, sysctls, pin counters)
+/// take this lock so that they do not see each other's work.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the machine looks like, as far as pinstorm could change it.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct MachineState {
+    pub mounts_below: Vec<String>,
+    pub loops_below: Vec<String>,
+    pub nr_hugepages: String,
+    pub lease_break_time: String,
+    pub pins_outstanding: i64,
+}
+
+pub fn machine_state(base: &Path) -> MachineState {
+    let base_s = base.to_string_lossy().to_string();
+    let mounts_below = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&base_s))
+        .collect();
+    let mut loops_below = Vec::new();
+    for e in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.starts_with(&base_s) {
+                loops_below.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
+            }
+        }
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let vmstat = read("/proc/vmstat");
+    let get = |k: &str| {
+        vmstat
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    MachineState {
+        mounts_below,
+        loops_below,
+        nr_hugepages: read("/proc/sys/vm/nr_hugepages"),
+        lease_break_time: read("/proc/sys/fs/lease-break-time"),
+        pins_outstanding: get("nr_foll_pin_acquired ") - get("nr_foll_pin_released "),
+    }
+}
+
+/// A private results directory and scratch root for one test.
+pub struct Sandbox {
+    pub base: PathBuf,
+    pub results: PathBuf,
+    pub scratch: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let base = PathBuf::from(format!("/tmp/pinstorm-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        Sandbox { results: base.join("results"), scratch: base.join("scratch"), base }
+    }
+
+    /// `pinstorm` with this sandbox's results directory and scratch root.
+    pub fn cmd(&self) -> Command {
+        let mut c = pinstorm();
+        c.arg("--results").arg(&self.results).arg("--scratch-root").arg(&self.scratch).arg("--quiet");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("running pinstorm")
+    }
+
+    /// Every result.json written under this sandbox.
+    pub fn results(&self) -> Vec<PathBuf> {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.file_name().is_some_and(|n| n == "result.json") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.results, &mut v);
+        v.sort();
+        v
+    }
+
+    /// Files left in the results tree other than result.json (a temporary file would mean
+    /// a non-atomic write).
+    pub fn stray_result_files(&self) -> Vec<PathBuf> {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if !p.file_name().is_some_and(|n| n == "result.json") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.results, &mut v);
+        v
+    }
+
+    pub fn leftover_run_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.scratch)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("run-")))
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // If a test failed half-way, leave no mount behind: unmount lazily, detach loops,
+        // then remove the directory (never across a mount point).
+        let st = machine_state(&self.base);
+        for m in st.mounts_below.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        for l in &st.loops_below {
+            if let Some(dev) = l.split(':').next() {
+                let _ = Command::new("losetup").arg("-d").arg(format!("/dev/{dev}")).status();
+            }
+        }
+        if machine_state(&self.base).mounts_below.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", stdout(o), stderr(o))
+    })
+}
+
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The machine state once it stops changing toward `want`: pins of a killed process are
+/// released by the kernel asynchronously (io_uring ring teardown runs as deferred work), so
+/// wait with a bound before comparing.
+pub fn settled_state(base: &Path, want: &MachineState) -> MachineState {
+    let start = std::time::Instant::now();
+    loop {
+        let now = machine_state(base);
+        if &now == want || start.elapsed() > std::time::Duration::from_secs(10) {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
