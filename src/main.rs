@@ -35,7 +35,10 @@ fn results_root(g: &Global) -> Result<PathBuf> {
             .context("the current directory is gone; give --results")?
             .join("results"),
     };
-    bad(scratch::checked_write_path(&p, "--results (or PINSTORM_RESULTS)"))
+    bad(scratch::checked_write_path(
+        &p,
+        "--results (or PINSTORM_RESULTS)",
+    ))
 }
 
 fn scratch_root(g: &Global) -> Result<PathBuf> {
@@ -43,18 +46,24 @@ fn scratch_root(g: &Global) -> Result<PathBuf> {
         (Some(p), _) => p.clone(),
         (None, Some(v)) => PathBuf::from(v),
         (None, None) => {
-            let t = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            let t = std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp".into());
             bad(scratch::checked_write_path(&t, "TMPDIR"))?.join("pinstorm")
         }
     };
-    bad(scratch::checked_write_path(&p, "--scratch-root (or PINSTORM_SCRATCH_ROOT)"))
+    bad(scratch::checked_write_path(
+        &p,
+        "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
+    ))
 }
 
 fn expectations(g: &Global) -> Result<Expectations> {
     match &g.expectations {
         None => Ok(Expectations::builtin()),
         Some(p) => {
-            let text = bad(std::fs::read_to_string(p).with_context(|| format!("--expectations {}", p.display())))?;
+            let text = bad(std::fs::read_to_string(p)
+                .with_context(|| format!("--expectations {}", p.display())))?;
             bad(Expectations::parse(&text, &p.display().to_string()))
         }
     }
@@ -68,7 +77,12 @@ enum JsonOut {
     Result,
 }
 
-fn run_scenario(g: &Global, scenario: Scenario, origin: String, json_out: JsonOut) -> Result<ExitCode> {
+fn run_scenario(
+    g: &Global,
+    scenario: Scenario,
+    origin: String,
+    json_out: JsonOut,
+) -> Result<ExitCode> {
     let scratch_dir = match &g.scratch_dir {
         Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
         None => None,
@@ -119,7 +133,10 @@ fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
 }
 
 fn cmd_list(g: &Global) -> Result<ExitCode> {
-    let env = SetupEnv { is_root: pinstorm_workloads::is_root(), scratch_dir: g.scratch_dir.clone() };
+    let env = SetupEnv {
+        is_root: pinstorm_workloads::is_root(),
+        scratch_dir: g.scratch_dir.clone(),
+    };
     let avail = |a: Availability| match a {
         Availability::Usable => ("usable".to_string(), String::new()),
         Availability::NotRun(r) => ("notrun".to_string(), r),
@@ -155,7 +172,12 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
         println!("{title}:");
         for i in items {
             let status = i["status"].as_str().unwrap_or("");
-            println!("  {:<14} {:<7} {}", i["name"].as_str().unwrap_or(""), status, i["description"].as_str().unwrap_or(""));
+            println!(
+                "  {:<14} {:<7} {}",
+                i["name"].as_str().unwrap_or(""),
+                status,
+                i["description"].as_str().unwrap_or("")
+            );
             if let Some(r) = i["reason"].as_str().filter(|r| !r.is_empty()) {
                 println!("  {:<14} {:<7} why: {r}", "", "");
             }
@@ -167,7 +189,12 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     println!("Layout operations:\n  none in this build (truncate, punch-hole, reflink, ... come with layout storms)\n");
     println!("Scenarios (presets, compiled in; a file path works too):");
     for s in &scenarios {
-        println!("  {:<14} {:<22} {}", s["name"].as_str().unwrap_or(""), s["file"].as_str().unwrap_or(""), s["description"].as_str().unwrap_or(""));
+        println!(
+            "  {:<14} {:<22} {}",
+            s["name"].as_str().unwrap_or(""),
+            s["file"].as_str().unwrap_or(""),
+            s["description"].as_str().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -187,7 +214,11 @@ fn cmd_cleanup(g: &Global) -> Result<ExitCode> {
     for l in lines {
         println!("{l}");
     }
-    Ok(if problems { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if problems {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn real_main() -> Result<ExitCode> {
@@ -195,7 +226,8 @@ fn real_main() -> Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Run(a) => {
-            let (mut s, _text, origin) = bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
+            let (mut s, _text, origin) =
+                bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
             if let Some(seed) = a.seed {
                 s.seed = seed;
             }
@@ -219,13 +251,23 @@ fn real_main() -> Result<ExitCode> {
                 size: a.size,
                 device_io: !a.no_device_io,
             };
-            let s = Scenario { name: "probe".into(), description: "pinstorm probe".into(), seed: 1, probe: Some(job), bench: None };
+            let s = Scenario {
+                name: "probe".into(),
+                description: "pinstorm probe".into(),
+                seed: 1,
+                probe: Some(job),
+                bench: None,
+            };
             run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
         }
         Command::Bench(BenchCommand::Pin(a)) => {
             let d = BenchJob::default();
-            let Some(threads) = NonZeroUsize::new(a.threads) else { bail!(BadInput(anyhow::anyhow!("--threads must be at least 1"))) };
-            let Some(iterations) = NonZeroU64::new(a.iterations) else { bail!(BadInput(anyhow::anyhow!("--iterations must be at least 1"))) };
+            let Some(threads) = NonZeroUsize::new(a.threads) else {
+                bail!(BadInput(anyhow::anyhow!("--threads must be at least 1")))
+            };
+            let Some(iterations) = NonZeroU64::new(a.iterations) else {
+                bail!(BadInput(anyhow::anyhow!("--iterations must be at least 1")))
+            };
             let job = BenchJob {
                 pins: or_default(a.pins.clone(), d.pins),
                 backings: or_default(a.backings.clone(), d.backings),
@@ -238,7 +280,13 @@ fn real_main() -> Result<ExitCode> {
                 max_time: a.max_time,
                 baseline: !a.no_baseline,
             };
-            let s = Scenario { name: "bench-pin".into(), description: "pinstorm bench pin".into(), seed: 1, probe: None, bench: Some(job) };
+            let s = Scenario {
+                name: "bench-pin".into(),
+                description: "pinstorm bench pin".into(),
+                seed: 1,
+                probe: None,
+                bench: Some(job),
+            };
             run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }
         Command::List => cmd_list(g),

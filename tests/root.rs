@@ -20,7 +20,9 @@ fn need_root(test: &str) -> bool {
 
 fn need_tools(test: &str, tools: &[&str]) -> bool {
     for t in tools {
-        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(t).exists());
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists());
         if !found {
             eprintln!("skipped {test}: {t} not installed");
             return false;
@@ -59,11 +61,23 @@ fn start_long_run(sb: &Sandbox) -> Child {
         .unwrap();
     let start = Instant::now();
     loop {
-        let probed = sb.results().first().map(|p| read_json(p)["probe"].as_array().map(|a| a.len()).unwrap_or(0)).unwrap_or(0);
+        let probed = sb
+            .results()
+            .first()
+            .map(|p| {
+                read_json(p)["probe"]
+                    .as_array()
+                    .map(|a| a.len())
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
         if probed > 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "the run never finished its probe");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the run never finished its probe"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -89,22 +103,38 @@ fn signal(child: &Child, sig: i32) {
 
 #[test]
 fn probe_measures_loop_filesystems_and_hugetlb_then_leaves_the_machine_as_found() {
-    if !need_root("loop probe") || !need_tools("loop probe", &["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "losetup"]) {
+    if !need_root("loop probe")
+        || !need_tools(
+            "loop probe",
+            &["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "losetup"],
+        )
+    {
         return;
     }
     let _g = serial();
     let sb = Sandbox::new("loopprobe");
     let before = machine_state(&sb.base);
     let o = sb.run(&[
-        "probe", "--backings", "ext4,xfs,btrfs,hugetlbfs,memfd-hugetlb,anon-hugetlb", "--format", "json",
+        "probe",
+        "--backings",
+        "ext4,xfs,btrfs,hugetlbfs,memfd-hugetlb,anon-hugetlb",
+        "--format",
+        "json",
     ]);
-    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}", stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}",
+        stderr(&o)
+    );
     let rows = json(&o);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 6 * 4);
     for r in rows {
         let outcome = r["outcome"].as_str().unwrap();
-        assert_ne!(outcome, "notrun", "as root with the tools installed every cell must be measured: {r}");
+        assert_ne!(
+            outcome, "notrun",
+            "as root with the tools installed every cell must be measured: {r}"
+        );
         assert!(outcome == "ok" || outcome.starts_with('E'), "{r}");
         let b = r["backing"].as_str().unwrap();
         if ["ext4", "xfs", "btrfs"].contains(&b) {
@@ -116,18 +146,32 @@ fn probe_measures_loop_filesystems_and_hugetlb_then_leaves_the_machine_as_found(
     for b in res["backings"].as_array().unwrap() {
         assert_eq!(b["outcome"], "ok", "{b}");
         if ["ext4", "xfs", "btrfs", "hugetlbfs"].contains(&b["backing"].as_str().unwrap()) {
-            assert!(b["mount_options"].as_str().is_some_and(|o| o.contains("rw")), "{b}");
+            assert!(
+                b["mount_options"]
+                    .as_str()
+                    .is_some_and(|o| o.contains("rw")),
+                "{b}"
+            );
             assert!(b["mount_source"].as_str().is_some(), "{b}");
         }
     }
-    assert!(res["hugepages"]["requested"].as_u64().unwrap() > 0, "hugetlb backings need a reservation");
-    assert_eq!(machine_state(&sb.base), before, "the probe must leave no mount, loop device, sysctl change or pin");
+    assert!(
+        res["hugepages"]["requested"].as_u64().unwrap() > 0,
+        "hugetlb backings need a reservation"
+    );
+    assert_eq!(
+        machine_state(&sb.base),
+        before,
+        "the probe must leave no mount, loop device, sysctl change or pin"
+    );
     assert!(sb.leftover_run_dirs().is_empty());
 }
 
 #[test]
 fn default_suite_twice_leaves_the_machine_as_found_each_time() {
-    if !need_root("default twice") || !need_tools("default twice", &["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs"]) {
+    if !need_root("default twice")
+        || !need_tools("default twice", &["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs"])
+    {
         return;
     }
     let _g = serial();
@@ -135,7 +179,12 @@ fn default_suite_twice_leaves_the_machine_as_found_each_time() {
     let before = machine_state(&sb.base);
     for i in 0..2 {
         let o = sb.run(&["run"]);
-        assert!(matches!(o.status.code(), Some(0) | Some(3)), "run {i}: {}\n{}", stdout(&o), stderr(&o));
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(3)),
+            "run {i}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
         assert_eq!(machine_state(&sb.base), before, "after run {i}");
     }
     let files = sb.results();
@@ -143,8 +192,15 @@ fn default_suite_twice_leaves_the_machine_as_found_each_time() {
     for f in files {
         let r = read_json(&f);
         assert_eq!(r["complete"], true);
-        assert!(r["bench"].as_array().unwrap().iter().any(|b| b["outcome"] == "ok"));
-        assert_eq!(r["pin_counters"]["outstanding_after"], r["pin_counters"]["outstanding_before"]);
+        assert!(r["bench"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["outcome"] == "ok"));
+        assert_eq!(
+            r["pin_counters"]["outstanding_after"],
+            r["pin_counters"]["outstanding_before"]
+        );
     }
 }
 
@@ -158,15 +214,26 @@ fn sigint_mid_run_keeps_what_was_measured_and_cleans_up() {
     let before = machine_state(&sb.base);
     let child = start_long_run(&sb);
     let during = machine_state(&sb.base);
-    assert!(!during.mounts_below.is_empty(), "the run should hold its mounts now: {during:?}");
+    assert!(
+        !during.mounts_below.is_empty(),
+        "the run should hold its mounts now: {during:?}"
+    );
     signal(&child, libc::SIGINT);
     let o = wait_with_timeout(child, Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(stdout(&o).contains("INTERRUPTED by SIGINT"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("INTERRUPTED by SIGINT"),
+        "{}",
+        stdout(&o)
+    );
     let r = read_json(&sb.results()[0]);
     assert_eq!(r["complete"], false);
     assert_eq!(r["interrupted"], "SIGINT");
-    assert_eq!(r["probe"].as_array().unwrap().len(), 3 * 4, "the probe's rows must survive the interruption");
+    assert_eq!(
+        r["probe"].as_array().unwrap().len(),
+        3 * 4,
+        "the probe's rows must survive the interruption"
+    );
     assert!(r["finished"].as_str().is_some());
     assert_eq!(machine_state(&sb.base), before);
     assert!(sb.leftover_run_dirs().is_empty());
@@ -201,17 +268,36 @@ fn sigkill_leftovers_are_found_and_removed_by_the_next_run() {
     signal(&child, libc::SIGKILL);
     let _ = wait_with_timeout(child, Duration::from_secs(30));
     let left = machine_state(&sb.base);
-    assert!(!left.mounts_below.is_empty(), "a killed run leaves its mounts: {left:?}");
-    assert!(!left.loops_below.is_empty(), "a killed run leaves its loop devices: {left:?}");
-    assert_ne!(left.nr_hugepages, before.nr_hugepages, "a killed run leaves its huge page reservation");
+    assert!(
+        !left.mounts_below.is_empty(),
+        "a killed run leaves its mounts: {left:?}"
+    );
+    assert!(
+        !left.loops_below.is_empty(),
+        "a killed run leaves its loop devices: {left:?}"
+    );
+    assert_ne!(
+        left.nr_hugepages, before.nr_hugepages,
+        "a killed run leaves its huge page reservation"
+    );
     assert_eq!(sb.leftover_run_dirs().len(), 1);
 
     // The next run, whatever it is, cleans up first and says so.
     let o = sb.run(&["probe", "--backings", "anon"]);
-    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}", stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}",
+        stderr(&o)
+    );
     let e = stderr(&o);
-    assert!(e.contains("cleaning up after a run that did not finish"), "{e}");
-    assert!(e.contains("unmounted") && e.contains("detached") && e.contains("restored vm/nr_hugepages"), "{e}");
+    assert!(
+        e.contains("cleaning up after a run that did not finish"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unmounted") && e.contains("detached") && e.contains("restored vm/nr_hugepages"),
+        "{e}"
+    );
     assert!(!e.contains("PROBLEM"), "{e}");
     assert_eq!(settled_state(&sb.base, &before), before);
     assert!(sb.leftover_run_dirs().is_empty());
@@ -240,21 +326,33 @@ fn cleanup_command_removes_what_a_killed_run_left() {
 /// Run pinstorm as `nobody`: no CAP_IPC_LOCK, no mounts, the memlock limit applies.
 #[test]
 fn without_root_unavailable_backings_are_notrun_with_a_reason() {
-    if !need_root("non-root (needs root to drop to nobody)") || !need_tools("non-root", &["setpriv"]) {
+    if !need_root("non-root (needs root to drop to nobody)")
+        || !need_tools("non-root", &["setpriv"])
+    {
         return;
     }
     let _g = serial();
     let sb = Sandbox::new("nonroot");
     let exe = env!("CARGO_BIN_EXE_pinstorm");
     let ok = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", exe, "--version"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe,
+            "--version",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("skipped non-root: user nobody cannot execute {exe}");
         return;
     }
-    std::fs::set_permissions(&sb.base, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        &sb.base,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let before = machine_state(&sb.base);
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", exe])
@@ -262,10 +360,21 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
         .arg(&sb.results)
         .arg("--scratch-root")
         .arg(&sb.scratch)
-        .args(["-q", "probe", "--backings", "anon,tmpfs,ext4,hugetlbfs", "--format", "json"])
+        .args([
+            "-q",
+            "probe",
+            "--backings",
+            "anon,tmpfs,ext4,hugetlbfs",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}", stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}",
+        stderr(&o)
+    );
     let rows = json(&o);
     for r in rows.as_array().unwrap() {
         match r["backing"].as_str().unwrap() {
@@ -284,13 +393,31 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
             .arg(&sb.results)
             .arg("--scratch-root")
             .arg(&sb.scratch)
-            .args(["-q", "bench", "pin", "--backings", "anon", "--sizes", "64M", "--iterations", "5", "--format", "json"])
+            .args([
+                "-q",
+                "bench",
+                "pin",
+                "--backings",
+                "anon",
+                "--sizes",
+                "64M",
+                "--iterations",
+                "5",
+                "--format",
+                "json",
+            ])
             .output()
             .unwrap();
         let rows = json(&o);
         let r = &rows.as_array().unwrap()[0];
-        assert_eq!(r["outcome"], "ENOMEM", "64 MiB over a {limit}-byte memlock limit: {r}");
-        assert!(r["reason"].as_str().unwrap().contains("RLIMIT_MEMLOCK"), "{r}");
+        assert_eq!(
+            r["outcome"], "ENOMEM",
+            "64 MiB over a {limit}-byte memlock limit: {r}"
+        );
+        assert!(
+            r["reason"].as_str().unwrap().contains("RLIMIT_MEMLOCK"),
+            "{r}"
+        );
     } else {
         eprintln!("memlock limit is at least 64 MiB here; the ENOMEM case is not exercised");
     }

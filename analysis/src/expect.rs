@@ -97,7 +97,11 @@ impl Expectations {
 
     pub fn builtin() -> Expectations {
         let mut all = Expectations {
-            origin: BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            origin: BUILTIN
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
             rules: Vec::new(),
         };
         for (name, text) in BUILTIN {
@@ -159,7 +163,14 @@ mod tests {
     use super::*;
 
     fn cell<'a>(fs: &'a str, map: &'a str, access: &'a str) -> Cell<'a> {
-        Cell { pin: "io_uring", backing: fs, fs, map, access, dax: Some(false) }
+        Cell {
+            pin: "io_uring",
+            backing: fs,
+            fs,
+            map,
+            access,
+            dax: Some(false),
+        }
     }
 
     #[test]
@@ -182,9 +193,18 @@ why = "Stoakes"
         .unwrap();
         let new = KernelRelease::parse("6.18.0").unwrap();
         let old = KernelRelease::parse("6.1.0").unwrap();
-        assert_eq!(e.lookup(&cell("xfs", "shared", "rw"), &new).unwrap().why, "Stoakes");
-        assert_eq!(e.lookup(&cell("xfs", "shared", "rw"), &old).unwrap().why, "general");
-        assert_eq!(e.lookup(&cell("xfs", "private", "rw"), &new).unwrap().why, "general");
+        assert_eq!(
+            e.lookup(&cell("xfs", "shared", "rw"), &new).unwrap().why,
+            "Stoakes"
+        );
+        assert_eq!(
+            e.lookup(&cell("xfs", "shared", "rw"), &old).unwrap().why,
+            "general"
+        );
+        assert_eq!(
+            e.lookup(&cell("xfs", "private", "rw"), &new).unwrap().why,
+            "general"
+        );
         let (v, _) = judge(&e, &cell("xfs", "shared", "rw"), &new, "ok");
         assert_eq!(v, verdict::DIFFERS);
         let (v, _) = judge(&e, &cell("xfs", "shared", "rw"), &new, "EFAULT");
@@ -193,9 +213,17 @@ why = "Stoakes"
 
     #[test]
     fn bad_rules_are_refused_with_the_file_name() {
-        let e = Expectations::parse("[[expect]]\noutcome = \"maybe\"\nwhy = \"x\"\n", "t.toml").unwrap_err();
-        assert!(e.to_string().contains("t.toml") && e.to_string().contains("errno name"), "{e}");
-        let e = Expectations::parse("[[expect]]\nfsx = \"xfs\"\noutcome = \"ok\"\nwhy = \"x\"\n", "t.toml").unwrap_err();
+        let e = Expectations::parse("[[expect]]\noutcome = \"maybe\"\nwhy = \"x\"\n", "t.toml")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("t.toml") && e.to_string().contains("errno name"),
+            "{e}"
+        );
+        let e = Expectations::parse(
+            "[[expect]]\nfsx = \"xfs\"\noutcome = \"ok\"\nwhy = \"x\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown field `fsx`"), "{e}");
     }
 

@@ -125,8 +125,14 @@ mod tests {
         let s = l.stats();
         assert_eq!(s.count, 1000);
         // 3 significant digits: within 0.1%.
-        assert!((s.p50_ns as f64 - 500_000.0).abs() / 500_000.0 < 0.002, "{s:?}");
-        assert!((s.p99_ns as f64 - 990_000.0).abs() / 990_000.0 < 0.002, "{s:?}");
+        assert!(
+            (s.p50_ns as f64 - 500_000.0).abs() / 500_000.0 < 0.002,
+            "{s:?}"
+        );
+        assert!(
+            (s.p99_ns as f64 - 990_000.0).abs() / 990_000.0 < 0.002,
+            "{s:?}"
+        );
         assert!(s.min_ns <= 1000 && s.max_ns >= 999_000);
     }
 }

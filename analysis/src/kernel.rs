@@ -20,7 +20,10 @@ impl KernelRelease {
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
-        let mut it = numeric.split('.').filter(|s| !s.is_empty()).map(|s| s.parse::<u32>());
+        let mut it = numeric
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u32>());
         let major = it.next()?.ok()?;
         let minor = it.next().and_then(|r| r.ok()).unwrap_or(0);
         let patch = it.next().and_then(|r| r.ok()).unwrap_or(0);
@@ -84,7 +87,10 @@ impl FromStr for KernelRange {
         if terms.is_empty() {
             return Err(format!("kernel range {s:?} is empty"));
         }
-        Ok(KernelRange { text: s.to_string(), terms })
+        Ok(KernelRange {
+            text: s.to_string(),
+            terms,
+        })
     }
 }
 
@@ -110,8 +116,14 @@ mod tests {
 
     #[test]
     fn releases_parse_with_local_versions() {
-        assert_eq!(KernelRelease::parse("6.18.44-fc-v657").unwrap().version, (6, 18, 44));
-        assert_eq!(KernelRelease::parse("6.12.0-rc3").unwrap().version, (6, 12, 0));
+        assert_eq!(
+            KernelRelease::parse("6.18.44-fc-v657").unwrap().version,
+            (6, 18, 44)
+        );
+        assert_eq!(
+            KernelRelease::parse("6.12.0-rc3").unwrap().version,
+            (6, 12, 0)
+        );
         assert_eq!(KernelRelease::parse("7.2").unwrap().version, (7, 2, 0));
         assert!(KernelRelease::parse("linux").is_none());
     }

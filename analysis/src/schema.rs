@@ -190,9 +190,14 @@ impl RunResult {
         if schema != SCHEMA_NAME {
             anyhow::bail!("not a pinstorm result (schema {schema:?})");
         }
-        let ver = v.get("schema_version").and_then(|s| s.as_u64()).unwrap_or(0);
+        let ver = v
+            .get("schema_version")
+            .and_then(|s| s.as_u64())
+            .unwrap_or(0);
         if ver != u64::from(SCHEMA_VERSION) {
-            anyhow::bail!("result schema version {ver}, this pinstorm reads version {SCHEMA_VERSION}");
+            anyhow::bail!(
+                "result schema version {ver}, this pinstorm reads version {SCHEMA_VERSION}"
+            );
         }
         Ok(serde_json::from_value(v)?)
     }

@@ -17,7 +17,12 @@ pub fn result_dir(root: &Path, kernel_release: &str, run_id: &str) -> PathBuf {
         .chars()
         .map(|c| if c == '/' || c.is_control() { '_' } else { c })
         .collect();
-    root.join(if k.is_empty() { "unknown-kernel".into() } else { k }).join(run_id)
+    root.join(if k.is_empty() {
+        "unknown-kernel".into()
+    } else {
+        k
+    })
+    .join(run_id)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -27,14 +32,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
     drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     File::open(dir).and_then(|d| d.sync_all()).ok();
     Ok(())
 }
@@ -48,6 +58,7 @@ pub fn write_result(dir: &Path, result: &RunResult) -> Result<PathBuf> {
 }
 
 pub fn read_result(path: &Path) -> Result<RunResult> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     RunResult::from_json(&text).with_context(|| format!("{}", path.display()))
 }

@@ -38,7 +38,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         let _ = writeln!(out, "  {}", s.join("  ").trim_end());
     };
     line(header.to_vec(), &mut out);
@@ -53,7 +57,10 @@ pub fn probe_table(rows: &[ProbeRow]) -> String {
         .iter()
         .map(|r| {
             let mark = match r.verdict.as_str() {
-                verdict::DIFFERS => format!("DIFFERS (expected {})", r.expected.as_deref().unwrap_or("?")),
+                verdict::DIFFERS => format!(
+                    "DIFFERS (expected {})",
+                    r.expected.as_deref().unwrap_or("?")
+                ),
                 verdict::NO_EXPECTATION => "no expectation".into(),
                 verdict::AS_EXPECTED => "as expected".into(),
                 _ => String::new(),
@@ -75,7 +82,20 @@ pub fn probe_table(rows: &[ProbeRow]) -> String {
             ]
         })
         .collect();
-    table(&["pin", "backing", "fs", "map", "access", "dax", "outcome", "device-io", "verdict"], &body)
+    table(
+        &[
+            "pin",
+            "backing",
+            "fs",
+            "map",
+            "access",
+            "dax",
+            "outcome",
+            "device-io",
+            "verdict",
+        ],
+        &body,
+    )
 }
 
 pub fn bench_table(rows: &[BenchRow]) -> String {
@@ -92,7 +112,9 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
                 human_ns(s.p99_ns as f64),
                 human_ns(s.max_ns as f64),
                 r.ops_per_sec.map(|v| format!("{v:.0}")).unwrap_or_default(),
-                r.ns_per_4k_page.map(|v| format!("{v:.1}")).unwrap_or_default(),
+                r.ns_per_4k_page
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_default(),
                 match (r.baseline_p50_ns, r.overhead_pct) {
                     (Some(b), Some(o)) => format!("{} ({o:+.1}%)", human_ns(b as f64)),
                     _ => String::new(),
@@ -109,7 +131,19 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
         })
         .collect();
     table(
-        &["pin", "backing", "size", "op", "count", "p50", "p99", "max", "ops/s", "ns/4K", "tight loop p50 (ours vs it)"],
+        &[
+            "pin",
+            "backing",
+            "size",
+            "op",
+            "count",
+            "p50",
+            "p99",
+            "max",
+            "ops/s",
+            "ns/4K",
+            "tight loop p50 (ours vs it)",
+        ],
         &body,
     )
 }
@@ -141,21 +175,43 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
                     );
                 }
                 _ => {
-                    let _ = writeln!(out, "  {:<14} notrun: {}", b.backing, b.reason.as_deref().unwrap_or(""));
+                    let _ = writeln!(
+                        out,
+                        "  {:<14} notrun: {}",
+                        b.backing,
+                        b.reason.as_deref().unwrap_or("")
+                    );
                 }
             }
         }
     }
     if !r.probe.is_empty() {
-        let size = r.probe.first().map(|p| human_size(p.size)).unwrap_or_default();
+        let size = r
+            .probe
+            .first()
+            .map(|p| human_size(p.size))
+            .unwrap_or_default();
         let _ = writeln!(out, "\nCapability probe ({size} regions):");
-        let ran: Vec<ProbeRow> = r.probe.iter().filter(|p| p.outcome != "notrun").cloned().collect();
+        let ran: Vec<ProbeRow> = r
+            .probe
+            .iter()
+            .filter(|p| p.outcome != "notrun")
+            .cloned()
+            .collect();
         out.push_str(&probe_table(&ran));
         let skipped = r.probe.len() - ran.len();
         if skipped > 0 {
-            let _ = writeln!(out, "  ({skipped} cells notrun: {} backings unavailable)", notrun.len());
+            let _ = writeln!(
+                out,
+                "  ({skipped} cells notrun: {} backings unavailable)",
+                notrun.len()
+            );
         }
-        let differ: Vec<&ProbeRow> = r.probe.iter().filter(|p| p.verdict == verdict::DIFFERS).collect();
+        let differ: Vec<&ProbeRow> = r
+            .probe
+            .iter()
+            .filter(|p| p.verdict == verdict::DIFFERS)
+            .collect();
         if let Some(x) = &r.expectations {
             if differ.is_empty() {
                 let _ = writeln!(
@@ -166,7 +222,12 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
                     x.without_expectation
                 );
             } else {
-                let _ = writeln!(out, "\n  {} cell(s) differ from {}:", differ.len(), x.origin);
+                let _ = writeln!(
+                    out,
+                    "\n  {} cell(s) differ from {}:",
+                    differ.len(),
+                    x.origin
+                );
                 for p in differ {
                     let _ = writeln!(
                         out,
@@ -203,7 +264,10 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
         let _ = writeln!(out, "note: {n}");
     }
     if let Some(sig) = &r.interrupted {
-        let _ = writeln!(out, "\nINTERRUPTED by {sig}: the result holds what was measured before it.");
+        let _ = writeln!(
+            out,
+            "\nINTERRUPTED by {sig}: the result holds what was measured before it."
+        );
     }
     if let Some(err) = &r.error {
         let _ = writeln!(out, "\nSTOPPED by an error: {err}");

@@ -65,15 +65,25 @@ fn worker(
     deadline_after: Duration,
     start: &Barrier,
 ) -> ThreadResult {
-    let mut res = ThreadResult { ours: Hists::default(), base: Hists::default(), stop: None };
+    let mut res = ThreadResult {
+        ours: Hists::default(),
+        base: Hists::default(),
+        stop: None,
+    };
     let prepared = (|| {
         let region = backing.region(&spec).map_err(|e| match e {
-            RegionError::Kernel { op, errno } => CellStop::NotRun(format!("making the region failed: {op}: {errno}")),
+            RegionError::Kernel { op, errno } => {
+                CellStop::NotRun(format!("making the region failed: {op}: {errno}"))
+            }
             RegionError::Tool(e) => CellStop::Tool(e),
         })?;
         let path = kind.path();
         let pinner = path.pinner().map_err(pin_stop)?;
-        let tight = if job.baseline { path.tight_loop() } else { None };
+        let tight = if job.baseline {
+            path.tight_loop()
+        } else {
+            None
+        };
         Ok((region, pinner, tight))
     })();
     // Everyone meets at the barrier, even a thread that failed, so nobody waits forever.
@@ -107,18 +117,24 @@ fn worker(
         let deadline = Instant::now() + deadline_after;
         let want = job.iterations.get();
         let mut done = 0;
+        let mut block = 0u64;
         while done < want && Instant::now() < deadline && signals::pending().is_none() {
             let n = BLOCK.min(want - done);
-            for _ in 0..n {
-                cycle(Some(&mut res.ours))?;
-            }
-            if let Some(t) = tight.as_mut() {
-                for _ in 0..n {
-                    let (r, u) = t.cycle(target).map_err(pin_stop)?;
-                    res.base.record(r, u);
+            // Alternate which side goes first, so neither always inherits the other's caches.
+            for side in [block % 2, (block + 1) % 2] {
+                if side == 0 {
+                    for _ in 0..n {
+                        cycle(Some(&mut res.ours))?;
+                    }
+                } else if let Some(t) = tight.as_mut() {
+                    for _ in 0..n {
+                        let (r, u) = t.cycle(target).map_err(pin_stop)?;
+                        res.base.record(r, u);
+                    }
                 }
             }
             done += n;
+            block += 1;
         }
         Ok(())
     })();
@@ -142,7 +158,16 @@ pub struct BenchContext<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn empty_row(pin: PinKind, backing: &str, fs: &str, spec: &RegionSpec, requested: Size, threads: usize, outcome: String, reason: String) -> BenchRow {
+fn empty_row(
+    pin: PinKind,
+    backing: &str,
+    fs: &str,
+    spec: &RegionSpec,
+    requested: Size,
+    threads: usize,
+    outcome: String,
+    reason: String,
+) -> BenchRow {
     BenchRow {
         pin: pin.name().into(),
         backing: backing.into(),
@@ -164,33 +189,65 @@ fn empty_row(pin: PinKind, backing: &str, fs: &str, spec: &RegionSpec, requested
     }
 }
 
-pub fn run(job: &BenchJob, ctx: &BenchContext, progress: &Progress, out: &mut Vec<BenchRow>) -> anyhow::Result<()> {
+pub fn run(
+    job: &BenchJob,
+    ctx: &BenchContext,
+    progress: &Progress,
+    out: &mut Vec<BenchRow>,
+) -> anyhow::Result<()> {
     let threads = job.threads.get();
     for &pin in &job.pins {
         let avail = pin.path().availability();
         for &kind in &job.backings {
             for &size in &job.sizes {
                 signals::check()?;
-                let spec = RegionSpec { size, map: job.map, access: job.access };
+                let spec = RegionSpec {
+                    size,
+                    map: job.map,
+                    access: job.access,
+                };
                 progress.step(&format!("bench {pin} {kind} {size}"));
                 let backing = match ctx.backings.get(kind) {
                     Ok(b) => b,
                     Err(r) => {
-                        out.push(empty_row(pin, kind.name(), "", &spec, size, threads, "notrun".into(), r.to_string()));
+                        out.push(empty_row(
+                            pin,
+                            kind.name(),
+                            "",
+                            &spec,
+                            size,
+                            threads,
+                            "notrun".into(),
+                            r.to_string(),
+                        ));
                         continue;
                     }
                 };
                 let fs = backing.info().fs.clone();
                 if let Availability::NotRun(r) = &avail {
-                    out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, "notrun".into(), r.clone()));
+                    out.push(empty_row(
+                        pin,
+                        kind.name(),
+                        &fs,
+                        &spec,
+                        size,
+                        threads,
+                        "notrun".into(),
+                        r.clone(),
+                    ));
                     continue;
                 }
                 let barrier = Barrier::new(threads);
                 let results: Vec<ThreadResult> = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..threads)
-                        .map(|_| s.spawn(|| worker(pin, backing, spec, job, job.max_time.0, &barrier)))
+                        .map(|_| {
+                            s.spawn(|| worker(pin, backing, spec, job, job.max_time.0, &barrier))
+                        })
                         .collect();
-                    handles.into_iter().map(|h| h.join().expect("bench worker panicked")).collect()
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("bench worker panicked"))
+                        .collect()
                 });
                 let mut ours = Hists::default();
                 let mut base = Hists::default();
@@ -203,9 +260,20 @@ pub fn run(job: &BenchJob, ctx: &BenchContext, progress: &Progress, out: &mut Ve
                     }
                 }
                 match stop {
-                    Some(CellStop::Tool(e)) => return Err(e.context(format!("bench {pin} {kind} {size}"))),
+                    Some(CellStop::Tool(e)) => {
+                        return Err(e.context(format!("bench {pin} {kind} {size}")))
+                    }
                     Some(CellStop::NotRun(r)) => {
-                        out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, "notrun".into(), r));
+                        out.push(empty_row(
+                            pin,
+                            kind.name(),
+                            &fs,
+                            &spec,
+                            size,
+                            threads,
+                            "notrun".into(),
+                            r,
+                        ));
                         continue;
                     }
                     Some(CellStop::Errno(name, mut reason)) if ours.cycle.count() == 0 => {
@@ -214,7 +282,16 @@ pub fn run(job: &BenchJob, ctx: &BenchContext, progress: &Progress, out: &mut Ve
                                 reason.push_str(&format!(" ({h})"));
                             }
                         }
-                        out.push(empty_row(pin, kind.name(), &fs, &spec, size, threads, name, reason));
+                        out.push(empty_row(
+                            pin,
+                            kind.name(),
+                            &fs,
+                            &spec,
+                            size,
+                            threads,
+                            name,
+                            reason,
+                        ));
                         continue;
                     }
                     _ => {}
@@ -241,7 +318,9 @@ pub fn run(job: &BenchJob, ctx: &BenchContext, progress: &Progress, out: &mut Ve
                         ops_per_sec: (st.mean_ns > 0.0).then(|| threads as f64 * 1e9 / st.mean_ns),
                         ns_per_4k_page: (op == "cycle").then(|| st.p50_ns as f64 / pages),
                         baseline_p50_ns: bst.as_ref().map(|b| b.p50_ns),
-                        overhead_pct: bst.as_ref().map(|b| (st.p50_ns as f64 / b.p50_ns.max(1) as f64 - 1.0) * 100.0),
+                        overhead_pct: bst
+                            .as_ref()
+                            .map(|b| (st.p50_ns as f64 / b.p50_ns.max(1) as f64 - 1.0) * 100.0),
                         histogram: Some(h.encode()),
                         baseline_histogram: (b.count() > 0).then(|| b.encode()),
                         stats: Some(st),

@@ -8,7 +8,10 @@ use pinstorm_workloads::scratch::{clean_leftover_run, ScratchRoot};
 pub fn clean_leftovers(root: &ScratchRoot) -> Vec<String> {
     let mut lines = Vec::new();
     for dir in root.leftover_runs() {
-        lines.push(format!("cleaning up after a run that did not finish: {}", dir.display()));
+        lines.push(format!(
+            "cleaning up after a run that did not finish: {}",
+            dir.display()
+        ));
         let c = clean_leftover_run(&dir);
         lines.extend(c.actions.into_iter().map(|a| format!("  {a}")));
         lines.extend(c.problems.into_iter().map(|p| format!("  PROBLEM: {p}")));

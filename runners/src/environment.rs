@@ -19,7 +19,9 @@ pub const SYSCTLS: &[&str] = &[
 ];
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn meminfo_kb(key: &str) -> u64 {
@@ -56,11 +58,19 @@ pub fn capture() -> Environment {
     let (total, free, hp_size) = pinstorm_workloads::sysctl::hugepage_counts();
     let sysctls: BTreeMap<String, String> = SYSCTLS
         .iter()
-        .filter_map(|n| pinstorm_workloads::sysctl::read(n).ok().map(|v| (n.to_string(), v)))
+        .filter_map(|n| {
+            pinstorm_workloads::sysctl::read(n)
+                .ok()
+                .map(|v| (n.to_string(), v))
+        })
         .collect();
     let virt = read_trim("/sys/class/dmi/id/sys_vendor")
         .filter(|v| v.contains("QEMU") || v.contains("KVM"))
-        .or_else(|| cpuinfo.contains(" hypervisor").then(|| "hypervisor".to_string()));
+        .or_else(|| {
+            cpuinfo
+                .contains(" hypervisor")
+                .then(|| "hypervisor".to_string())
+        });
     Environment {
         kernel_release: s(u.release()),
         kernel_version: s(u.version()),
@@ -68,7 +78,9 @@ pub fn capture() -> Environment {
         hostname: s(u.nodename()),
         cmdline: read_trim("/proc/cmdline").unwrap_or_default(),
         cpu_model,
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         mem_total_bytes: meminfo_kb("MemTotal:") * 1024,
         memlock_soft_bytes: memlock.current,
         memlock_hard_bytes: memlock.maximum,

@@ -18,8 +18,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pinstorm_analysis::expect::{verdict, Expectations};
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::{
-    BackingRecord, ExpectationsRecord, HugepageRecord, PinCounters, RunResult, ScenarioRecord, Tool,
-    SCHEMA_NAME, SCHEMA_VERSION,
+    BackingRecord, ExpectationsRecord, HugepageRecord, PinCounters, RunResult, ScenarioRecord,
+    Tool, SCHEMA_NAME, SCHEMA_VERSION,
 };
 use pinstorm_analysis::store;
 use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
@@ -63,7 +63,12 @@ impl RunOutcome {
         if self.result.error.is_some() {
             return 1;
         }
-        if self.result.probe.iter().any(|p| p.verdict == verdict::DIFFERS) {
+        if self
+            .result
+            .probe
+            .iter()
+            .any(|p| p.verdict == verdict::DIFFERS)
+        {
             return 3;
         }
         0
@@ -259,7 +264,10 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         interrupted: None,
         error: None,
         command: opts.command.clone(),
-        tool: Tool { name: "pinstorm".into(), version: env!("CARGO_PKG_VERSION").into() },
+        tool: Tool {
+            name: "pinstorm".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
         scenario: ScenarioRecord {
             name: opts.scenario.name.clone(),
             origin: opts.origin.clone(),
@@ -279,11 +287,24 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     log(opts, &format!("run {run_id}, result {}", path.display()));
 
     let pins_before = pinstorm_workloads::pinned_pages_outstanding();
-    let body = run_jobs(opts, &root, &run_id, scratch_dir, &kernel, &env, &mut result, &path);
+    let body = run_jobs(
+        opts,
+        &root,
+        &run_id,
+        scratch_dir,
+        &kernel,
+        &env,
+        &mut result,
+        &path,
+    );
     // Everything the jobs set up is gone by now (dropped inside run_jobs).
     if let Some(before) = pins_before {
         let (after, ms) = settle_pins(before, Duration::from_secs(5));
-        result.pin_counters = Some(PinCounters { outstanding_before: before, outstanding_after: after, settle_ms: ms });
+        result.pin_counters = Some(PinCounters {
+            outstanding_before: before,
+            outstanding_after: after,
+            settle_ms: ms,
+        });
         if after > before {
             result.notes.push(format!(
                 "{} pages were still pinned after every pin was released (leaked pins?)",
@@ -321,7 +342,10 @@ fn run_jobs(
     let s = &opts.scenario;
     let run_scratch = root.new_run(run_id)?;
     let is_root = pinstorm_workloads::is_root();
-    let setup_env = SetupEnv { is_root, scratch_dir };
+    let setup_env = SetupEnv {
+        is_root,
+        scratch_dir,
+    };
 
     let mut kinds: Vec<BackingKind> = Vec::new();
     if let Some(p) = &s.probe {
@@ -353,7 +377,9 @@ fn run_jobs(
         None
     };
 
-    let mut backings = BackingSet { map: BTreeMap::new() };
+    let mut backings = BackingSet {
+        map: BTreeMap::new(),
+    };
     for k in kinds {
         signals::check()?;
         log(opts, &format!("setting up {k}"));
@@ -394,7 +420,10 @@ fn run_jobs(
         }
         if let Some(job) = &s.bench {
             log(opts, "bench");
-            let ctx = bench::BenchContext { backings: &backings, memlock_hint: hint.clone() };
+            let ctx = bench::BenchContext {
+                backings: &backings,
+                memlock_hint: hint.clone(),
+            };
             let r = bench::run(job, &ctx, &progress, &mut result.bench);
             store::write_result(path.parent().expect("result dir"), result)?;
             r?;
@@ -411,11 +440,21 @@ fn run_jobs(
 }
 
 fn summarize_expectations(opts: &RunOptions, result: &mut RunResult) {
-    let measured: Vec<_> = result.probe.iter().filter(|p| p.verdict != verdict::NOTRUN).collect();
+    let measured: Vec<_> = result
+        .probe
+        .iter()
+        .filter(|p| p.verdict != verdict::NOTRUN)
+        .collect();
     result.expectations = Some(ExpectationsRecord {
         origin: opts.expectations.origin.clone(),
         checked: measured.len(),
-        differing: measured.iter().filter(|p| p.verdict == verdict::DIFFERS).count(),
-        without_expectation: measured.iter().filter(|p| p.verdict == verdict::NO_EXPECTATION).count(),
+        differing: measured
+            .iter()
+            .filter(|p| p.verdict == verdict::DIFFERS)
+            .count(),
+        without_expectation: measured
+            .iter()
+            .filter(|p| p.verdict == verdict::NO_EXPECTATION)
+            .count(),
     });
 }

@@ -30,7 +30,11 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// After a successful pin: let the device write a pattern, check the CPU sees it through
 /// the mapping, let the device read it back.
-fn device_io(pinner: &mut dyn Pinner, region: &pinstorm_workloads::backing::Region, seed: u64) -> String {
+fn device_io(
+    pinner: &mut dyn Pinner,
+    region: &pinstorm_workloads::backing::Region,
+    seed: u64,
+) -> String {
     let len = 4096.min(region.mapping.len());
     let pat = pattern(seed, len);
     if region.spec.access == Access::Rw {
@@ -109,7 +113,12 @@ fn row(
 
 /// Run the probe job; rows are appended to `out` as they are measured, so an interrupted
 /// probe keeps what it saw.
-pub fn run(job: &ProbeJob, ctx: &ProbeContext, progress: &Progress, out: &mut Vec<ProbeRow>) -> anyhow::Result<()> {
+pub fn run(
+    job: &ProbeJob,
+    ctx: &ProbeContext,
+    progress: &Progress,
+    out: &mut Vec<ProbeRow>,
+) -> anyhow::Result<()> {
     for &kind in &job.backings {
         for &pin in &job.pins {
             let path: Box<dyn PinPath> = pin.path();
@@ -117,18 +126,46 @@ pub fn run(job: &ProbeJob, ctx: &ProbeContext, progress: &Progress, out: &mut Ve
             for &map in &job.maps {
                 for &access in &job.access {
                     signals::check()?;
-                    let spec = RegionSpec { size: job.size, map, access };
-                    progress.step(&format!("probe {pin} {kind} {} {}", map.name(), access.name()));
+                    let spec = RegionSpec {
+                        size: job.size,
+                        map,
+                        access,
+                    };
+                    progress.step(&format!(
+                        "probe {pin} {kind} {} {}",
+                        map.name(),
+                        access.name()
+                    ));
                     let backing = match ctx.backings.get(kind) {
                         Ok(b) => b,
                         Err(reason) => {
-                            out.push(row(ctx, pin.name(), kind.name(), "", &spec, "notrun".into(), Some(reason.to_string()), None, None));
+                            out.push(row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                "",
+                                &spec,
+                                "notrun".into(),
+                                Some(reason.to_string()),
+                                None,
+                                None,
+                            ));
                             continue;
                         }
                     };
                     let fs = backing.info().fs.clone();
                     if let Availability::NotRun(r) = &path_avail {
-                        out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r.clone()), None, None));
+                        out.push(row(
+                            ctx,
+                            pin.name(),
+                            kind.name(),
+                            &fs,
+                            &spec,
+                            "notrun".into(),
+                            Some(r.clone()),
+                            None,
+                            None,
+                        ));
                         continue;
                     }
                     let region = match backing.region(&spec) {
@@ -138,29 +175,75 @@ pub fn run(job: &ProbeJob, ctx: &ProbeContext, progress: &Progress, out: &mut Ve
                             if kind.uses_hugetlb() {
                                 why.push_str(" (not enough free huge pages?)");
                             }
-                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(why), None, None));
+                            out.push(row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                &fs,
+                                &spec,
+                                "notrun".into(),
+                                Some(why),
+                                None,
+                                None,
+                            ));
                             continue;
                         }
-                        Err(RegionError::Tool(e)) => return Err(e.context(format!("making a {kind} region"))),
+                        Err(RegionError::Tool(e)) => {
+                            return Err(e.context(format!("making a {kind} region")))
+                        }
                     };
                     let spec = region.spec;
                     let mut pinner = match path.pinner() {
                         Ok(p) => p,
                         Err(PinError::Kernel { op, errno }) => {
-                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(format!("setting up the pin path: {op}: {errno}")), region.dax, None));
+                            out.push(row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                &fs,
+                                &spec,
+                                "notrun".into(),
+                                Some(format!("setting up the pin path: {op}: {errno}")),
+                                region.dax,
+                                None,
+                            ));
                             continue;
                         }
                         Err(PinError::NotRun(r)) => {
-                            out.push(row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r), region.dax, None));
+                            out.push(row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                &fs,
+                                &spec,
+                                "notrun".into(),
+                                Some(r),
+                                region.dax,
+                                None,
+                            ));
                             continue;
                         }
                         Err(PinError::Tool(e)) => return Err(e),
                     };
                     let r = match pinner.register(region.pin_target()) {
                         Ok(()) => {
-                            let dio = job.device_io.then(|| device_io(pinner.as_mut(), &region, ctx.seed));
-                            pinner.unregister().map_err(|e| anyhow::anyhow!("unregister after a successful probe: {e}"))?;
-                            row(ctx, pin.name(), kind.name(), &fs, &spec, "ok".into(), None, region.dax, dio)
+                            let dio = job
+                                .device_io
+                                .then(|| device_io(pinner.as_mut(), &region, ctx.seed));
+                            pinner.unregister().map_err(|e| {
+                                anyhow::anyhow!("unregister after a successful probe: {e}")
+                            })?;
+                            row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                &fs,
+                                &spec,
+                                "ok".into(),
+                                None,
+                                region.dax,
+                                dio,
+                            )
                         }
                         Err(PinError::Kernel { op, errno }) => {
                             let mut reason = format!("{op}: {errno}");
@@ -169,9 +252,29 @@ pub fn run(job: &ProbeJob, ctx: &ProbeContext, progress: &Progress, out: &mut Ve
                                     reason.push_str(&format!(" ({h})"));
                                 }
                             }
-                            row(ctx, pin.name(), kind.name(), &fs, &spec, errno.name(), Some(reason), region.dax, None)
+                            row(
+                                ctx,
+                                pin.name(),
+                                kind.name(),
+                                &fs,
+                                &spec,
+                                errno.name(),
+                                Some(reason),
+                                region.dax,
+                                None,
+                            )
                         }
-                        Err(PinError::NotRun(r)) => row(ctx, pin.name(), kind.name(), &fs, &spec, "notrun".into(), Some(r), region.dax, None),
+                        Err(PinError::NotRun(r)) => row(
+                            ctx,
+                            pin.name(),
+                            kind.name(),
+                            &fs,
+                            &spec,
+                            "notrun".into(),
+                            Some(r),
+                            region.dax,
+                            None,
+                        ),
                         Err(PinError::Tool(e)) => return Err(e),
                     };
                     out.push(r);

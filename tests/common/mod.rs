@@ -42,14 +42,23 @@ pub fn machine_state(base: &Path) -> MachineState {
         .filter(|m| m.starts_with(&base_s))
         .collect();
     let mut loops_below = Vec::new();
-    for e in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
             if b.starts_with(&base_s) {
                 loops_below.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
             }
         }
     }
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let vmstat = read("/proc/vmstat");
     let get = |k: &str| {
         vmstat
@@ -78,13 +87,21 @@ impl Sandbox {
         let base = PathBuf::from(format!("/tmp/pinstorm-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
-        Sandbox { results: base.join("results"), scratch: base.join("scratch"), base }
+        Sandbox {
+            results: base.join("results"),
+            scratch: base.join("scratch"),
+            base,
+        }
     }
 
     /// `pinstorm` with this sandbox's results directory and scratch root.
     pub fn cmd(&self) -> Command {
         let mut c = pinstorm();
-        c.arg("--results").arg(&self.results).arg("--scratch-root").arg(&self.scratch).arg("--quiet");
+        c.arg("--results")
+            .arg(&self.results)
+            .arg("--scratch-root")
+            .arg(&self.scratch)
+            .arg("--quiet");
         c
     }
 
@@ -118,7 +135,7 @@ impl Sandbox {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if !p.file_name().is_some_and(|n| n == "result.json") {
+                } else if p.file_name().is_none_or(|n| n != "result.json") {
                     out.push(p);
                 }
             }
@@ -134,7 +151,10 @@ impl Sandbox {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("run-")))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+            })
             .collect()
     }
 }
@@ -149,7 +169,10 @@ impl Drop for Sandbox {
         }
         for l in &st.loops_below {
             if let Some(dev) = l.split(':').next() {
-                let _ = Command::new("losetup").arg("-d").arg(format!("/dev/{dev}")).status();
+                let _ = Command::new("losetup")
+                    .arg("-d")
+                    .arg(format!("/dev/{dev}"))
+                    .status();
             }
         }
         if machine_state(&self.base).mounts_below.is_empty() {
@@ -168,7 +191,11 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", stdout(o), stderr(o))
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            stdout(o),
+            stderr(o)
+        )
     })
 }
 

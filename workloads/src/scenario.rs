@@ -185,7 +185,11 @@ impl Scenario {
             let at = line_of(text, section, key)
                 .map(|l| format!("line {l}: "))
                 .unwrap_or_default();
-            let name = if section.is_empty() { key.to_string() } else { format!("[{section}] {key}") };
+            let name = if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("[{section}] {key}")
+            };
             Err(ScenarioError {
                 origin: origin.to_string(),
                 message: format!("{at}{name}: {what}"),
@@ -252,7 +256,9 @@ impl Scenario {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let looks_like_preset = path.parent().is_none_or(|p| p.as_os_str().is_empty() || p.ends_with("configs"));
+        let looks_like_preset = path
+            .parent()
+            .is_none_or(|p| p.as_os_str().is_empty() || p.ends_with("configs"));
         if looks_like_preset {
             if let Some((name, text)) = PRESETS.iter().find(|(n, _)| *n == stem) {
                 let origin = format!("preset {name} (configs/{name}.toml)");
@@ -284,7 +290,9 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = "name = \"x\"\n[bench]\nsizes = [\"4K\"]\nbogus = 3\n";
-        let e = Scenario::parse(text, "configs/x.toml").unwrap_err().to_string();
+        let e = Scenario::parse(text, "configs/x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("configs/x.toml: "), "{e}");
         assert!(e.contains("line 4"), "{e}");
         assert!(e.contains("unknown field `bogus`"), "{e}");
@@ -299,7 +307,10 @@ mod tests {
         let e = Scenario::parse("name = \"x\"\n[probe]\nbackings = [\"zfs\"]\n", "f.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 3") && e.contains("unknown variant `zfs`"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("unknown variant `zfs`"),
+            "{e}"
+        );
         let e = Scenario::parse("name = \"x\"\n[bench]\nthreads = 0\n", "f.toml")
             .unwrap_err()
             .to_string();
@@ -307,12 +318,17 @@ mod tests {
         let e = Scenario::parse("name = \"x\"\n[bench]\nsizes = []\n", "f.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 3: [bench] sizes: must list at least one value"), "{e}");
+        assert!(
+            e.contains("line 3: [bench] sizes: must list at least one value"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_scenario_without_jobs_is_refused() {
-        let e = Scenario::parse("name = \"x\"\n", "f.toml").unwrap_err().to_string();
+        let e = Scenario::parse("name = \"x\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no job"), "{e}");
     }
 

@@ -89,13 +89,15 @@ impl ScratchRoot {
             .mode(0o644)
             .open(&lock_path)
             .with_context(|| format!("opening {:?}", lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
-            anyhow::anyhow!(
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                anyhow::anyhow!(
                 "another pinstorm run holds {:?} ({}); wait for it, or pick another --scratch-root",
                 lock_path,
                 e
             )
-        })?;
+            },
+        )?;
         Ok(ScratchRoot { path, _lock: lock })
     }
 
@@ -145,9 +147,14 @@ const JOURNAL: &str = "journal";
 pub enum JournalEntry {
     Owner(u32),
     /// A sysctl (path below /proc/sys) and its value before pinstorm changed it.
-    Sysctl { name: String, original: String },
+    Sysctl {
+        name: String,
+        original: String,
+    },
     Mount(PathBuf),
-    Loop { image: PathBuf },
+    Loop {
+        image: PathBuf,
+    },
     /// A directory pinstorm created outside the run directory (in a user scratch dir).
     Dir(PathBuf),
 }
@@ -294,7 +301,11 @@ pub fn clean_leftover_run(run_dir: &Path) -> Cleaned {
             .any(|e| matches!(e, JournalEntry::Loop { image } if *image == backing));
         if backing.starts_with(run_dir) || journaled {
             match detach_loop(&dev) {
-                Ok(()) => c.actions.push(format!("detached {} ({})", dev.display(), backing.display())),
+                Ok(()) => c.actions.push(format!(
+                    "detached {} ({})",
+                    dev.display(),
+                    backing.display()
+                )),
                 Err(e) => c.problems.push(format!("detach {}: {e:#}", dev.display())),
             }
         }
@@ -326,10 +337,15 @@ pub fn clean_leftover_run(run_dir: &Path) -> Cleaned {
     if mounts::mounts_below(run_dir).is_empty() {
         match std::fs::remove_dir_all(run_dir) {
             Ok(()) => c.actions.push(format!("removed {}", run_dir.display())),
-            Err(err) => c.problems.push(format!("remove {}: {err}", run_dir.display())),
+            Err(err) => c
+                .problems
+                .push(format!("remove {}: {err}", run_dir.display())),
         }
     } else {
-        c.problems.push(format!("{} still has mounts below it; left in place", run_dir.display()));
+        c.problems.push(format!(
+            "{} still has mounts below it; left in place",
+            run_dir.display()
+        ));
     }
     c
 }
@@ -341,8 +357,12 @@ pub fn unmount(path: &Path) -> Result<()> {
     for _ in 0..20 {
         match unmount(path, UnmountFlags::empty()) {
             Ok(()) => return Ok(()),
-            Err(rustix::io::Errno::BUSY) => std::thread::sleep(std::time::Duration::from_millis(50)),
-            Err(rustix::io::Errno::INVAL) if !mounts::mounts().iter().any(|m| m.mount_point == path) => {
+            Err(rustix::io::Errno::BUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(rustix::io::Errno::INVAL)
+                if !mounts::mounts().iter().any(|m| m.mount_point == path) =>
+            {
                 return Ok(())
             }
             Err(e) => return Err(anyhow::anyhow!("umount {:?}: {e}", path)),
@@ -374,11 +394,17 @@ mod tests {
 
     #[test]
     fn empty_and_relative_write_paths_are_hard_errors() {
-        let e = checked_write_path(Path::new(""), "--results").unwrap_err().to_string();
+        let e = checked_write_path(Path::new(""), "--results")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--results is empty"), "{e}");
-        let e = checked_write_path(Path::new("results"), "--results").unwrap_err().to_string();
+        let e = checked_write_path(Path::new("results"), "--results")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be an absolute path"), "{e}");
-        let e = checked_write_path(Path::new("/tmp/../etc"), "--results").unwrap_err().to_string();
+        let e = checked_write_path(Path::new("/tmp/../etc"), "--results")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'..'"), "{e}");
         assert!(checked_write_path(Path::new("/tmp/x"), "--results").is_ok());
     }
@@ -386,7 +412,9 @@ mod tests {
     #[test]
     fn system_directories_are_refused_as_scratch() {
         for d in ["/etc", "/", "/usr", "/tmp"] {
-            let e = checked_scratch_dir(Path::new(d), "--scratch-dir").unwrap_err().to_string();
+            let e = checked_scratch_dir(Path::new(d), "--scratch-dir")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("system directory"), "{d}: {e}");
         }
         let e = checked_scratch_dir(Path::new("/nonexistent/pinstorm"), "--scratch-dir")
@@ -399,9 +427,14 @@ mod tests {
     fn journal_lines_round_trip() {
         for e in [
             JournalEntry::Owner(42),
-            JournalEntry::Sysctl { name: "vm/nr_hugepages".into(), original: "0".into() },
+            JournalEntry::Sysctl {
+                name: "vm/nr_hugepages".into(),
+                original: "0".into(),
+            },
             JournalEntry::Mount("/tmp/pinstorm/run-x/xfs.mnt".into()),
-            JournalEntry::Loop { image: "/tmp/pinstorm/run-x/xfs.img".into() },
+            JournalEntry::Loop {
+                image: "/tmp/pinstorm/run-x/xfs.img".into(),
+            },
             JournalEntry::Dir("/scratch/pinstorm.x".into()),
         ] {
             assert_eq!(JournalEntry::parse(&e.line()), Some(e));
@@ -413,7 +446,10 @@ mod tests {
     fn a_second_run_on_the_same_scratch_root_is_refused() {
         let base = std::env::temp_dir().join(format!("pinstorm-test-lock-{}", std::process::id()));
         let first = ScratchRoot::open(&base).unwrap();
-        let e = ScratchRoot::open(&base).err().expect("second open must fail").to_string();
+        let e = ScratchRoot::open(&base)
+            .err()
+            .expect("second open must fail")
+            .to_string();
         assert!(e.contains("another pinstorm run holds"), "{e}");
         drop(first);
         let again = ScratchRoot::open(&base).unwrap();

@@ -153,12 +153,18 @@ impl Mapping {
     /// # Panics
     /// If the range is outside the mapping.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
-        assert!(offset.checked_add(buf.len()).is_some_and(|end| end <= self.len));
+        assert!(offset
+            .checked_add(buf.len())
+            .is_some_and(|end| end <= self.len));
         // SAFETY: the range is inside our mapping (checked above) and `buf` is a distinct Rust
         // allocation. The kernel may write the same pages concurrently through a pin; the
         // copy then sees old or new bytes, which is exactly what the oracles want to observe.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
         }
     }
 
@@ -168,7 +174,9 @@ impl Mapping {
     /// If the mapping is read-only or the range is outside it.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         assert!(self.mode.writable, "write_at on a read-only mapping");
-        assert!(offset.checked_add(data.len()).is_some_and(|end| end <= self.len));
+        assert!(offset
+            .checked_add(data.len())
+            .is_some_and(|end| end <= self.len));
         // SAFETY: as in `read_at`; the mapping is writable (checked) so no SIGSEGV.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())

@@ -20,7 +20,8 @@ pub fn read(name: &str) -> Result<String> {
 }
 
 pub fn write(name: &str, value: &str) -> Result<()> {
-    std::fs::write(path(name), value).with_context(|| format!("writing {value:?} to {}", path(name)))
+    std::fs::write(path(name), value)
+        .with_context(|| format!("writing {value:?} to {}", path(name)))
 }
 
 pub struct SysctlGuard {
@@ -50,7 +51,10 @@ impl SysctlGuard {
 impl Drop for SysctlGuard {
     fn drop(&mut self) {
         if let Err(e) = write(&self.name, &self.original) {
-            eprintln!("pinstorm: failed to restore {} to {}: {e:#}", self.name, self.original);
+            eprintln!(
+                "pinstorm: failed to restore {} to {}: {e:#}",
+                self.name, self.original
+            );
         }
     }
 }
@@ -74,7 +78,11 @@ pub fn hugepage_counts() -> (u64, u64, u64) {
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    (get("HugePages_Total:"), get("HugePages_Free:"), get("Hugepagesize:") * 1024)
+    (
+        get("HugePages_Total:"),
+        get("HugePages_Free:"),
+        get("Hugepagesize:") * 1024,
+    )
 }
 
 impl HugePageReservation {
@@ -87,7 +95,11 @@ impl HugePageReservation {
         let (total, free, page_size) = hugepage_counts();
         let guard = if free < pages {
             let want = total + (pages - free);
-            Some(SysctlGuard::set(scratch, "vm/nr_hugepages", &want.to_string())?)
+            Some(SysctlGuard::set(
+                scratch,
+                "vm/nr_hugepages",
+                &want.to_string(),
+            )?)
         } else {
             None
         };

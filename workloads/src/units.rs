@@ -45,7 +45,9 @@ impl FromStr for Size {
         if num.is_empty() {
             return Err(format!("invalid size {s:?}: expected a number with an optional K, M or G suffix, e.g. 4K or 2M"));
         }
-        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: number too large"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: number too large"))?;
         let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -150,7 +152,13 @@ impl fmt::Display for Span {
         if ns == 0 {
             return f.write_str("0s");
         }
-        for (div, unit) in [(3_600_000_000_000u128, "h"), (60_000_000_000, "m"), (1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")] {
+        for (div, unit) in [
+            (3_600_000_000_000u128, "h"),
+            (60_000_000_000, "m"),
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+        ] {
             if ns % div == 0 {
                 return write!(f, "{}{unit}", ns / div);
             }
@@ -174,9 +182,15 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused_with_a_reason() {
-        assert!("0".parse::<Size>().unwrap_err().contains("greater than zero"));
+        assert!("0"
+            .parse::<Size>()
+            .unwrap_err()
+            .contains("greater than zero"));
         assert!("2Q".parse::<Size>().unwrap_err().contains("unknown suffix"));
-        assert!("M".parse::<Size>().unwrap_err().contains("expected a number"));
+        assert!("M"
+            .parse::<Size>()
+            .unwrap_err()
+            .contains("expected a number"));
         assert!("-4K".parse::<Size>().is_err());
     }
 
@@ -189,7 +203,10 @@ mod tests {
 
     #[test]
     fn spans_parse_and_print() {
-        assert_eq!("500ms".parse::<Span>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Span>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("5s".parse::<Span>().unwrap().0, Duration::from_secs(5));
         assert_eq!("2m".parse::<Span>().unwrap().0, Duration::from_secs(120));
         assert_eq!(Span(Duration::from_millis(1500)).to_string(), "1500ms");

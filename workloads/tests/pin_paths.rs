@@ -16,11 +16,17 @@ fn io_uring_usable() -> bool {
 }
 
 fn with_backing(kind: BackingKind, test: &str, f: impl FnOnce(&dyn Backing)) {
-    let root_dir = std::env::temp_dir().join(format!("pinstorm-libtest-{test}-{}", std::process::id()));
+    let root_dir =
+        std::env::temp_dir().join(format!("pinstorm-libtest-{test}-{}", std::process::id()));
     let root = ScratchRoot::open(&root_dir).unwrap();
     let run = root.new_run("t").unwrap();
-    let env = SetupEnv { is_root: pinstorm_workloads::is_root(), scratch_dir: None };
-    let b = kind.setup(&env, &run).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    let env = SetupEnv {
+        is_root: pinstorm_workloads::is_root(),
+        scratch_dir: None,
+    };
+    let b = kind
+        .setup(&env, &run)
+        .unwrap_or_else(|e| panic!("{kind}: {e}"));
     f(b.as_ref());
     drop(b);
     drop(run);
@@ -34,7 +40,11 @@ fn device_write_lands_in_the_mapping(kind: BackingKind, map: MapKind, test: &str
     }
     with_backing(kind, test, |b| {
         let region = b
-            .region(&RegionSpec { size: Size(64 << 10), map, access: Access::Rw })
+            .region(&RegionSpec {
+                size: Size(64 << 10),
+                map,
+                access: Access::Rw,
+            })
             .unwrap();
         let mut pinner = PinKind::IoUring.path().pinner().unwrap();
         pinner.register(region.pin_target()).unwrap();
@@ -44,7 +54,10 @@ fn device_write_lands_in_the_mapping(kind: BackingKind, map: MapKind, test: &str
         assert_eq!(pinner.device_write(4096, &data).unwrap(), data.len());
         let mut seen = vec![0u8; data.len()];
         region.mapping.read_at(4096, &mut seen);
-        assert_eq!(seen, data, "the device's write must be visible through the mapping");
+        assert_eq!(
+            seen, data,
+            "the device's write must be visible through the mapping"
+        );
 
         region.mapping.write_at(0, b"cpu wrote this");
         assert_eq!(pinner.device_read(0, 14).unwrap(), b"cpu wrote this");
@@ -77,7 +90,11 @@ fn read_only_mapping_is_refused_for_a_writable_pin_with_an_errno() {
     }
     with_backing(BackingKind::Memfd, "ro", |b| {
         let region = b
-            .region(&RegionSpec { size: Size(4096), map: MapKind::Shared, access: Access::Ro })
+            .region(&RegionSpec {
+                size: Size(4096),
+                map: MapKind::Shared,
+                access: Access::Ro,
+            })
             .unwrap();
         let mut pinner = PinKind::IoUring.path().pinner().unwrap();
         match pinner.register(region.pin_target()) {
@@ -98,12 +115,22 @@ fn a_second_registration_on_one_pinner_is_a_tool_error_not_a_kernel_outcome() {
     }
     with_backing(BackingKind::Anon, "twice", |b| {
         let region = b
-            .region(&RegionSpec { size: Size(4096), map: MapKind::Private, access: Access::Rw })
+            .region(&RegionSpec {
+                size: Size(4096),
+                map: MapKind::Private,
+                access: Access::Rw,
+            })
             .unwrap();
         let mut pinner = PinKind::IoUring.path().pinner().unwrap();
         pinner.register(region.pin_target()).unwrap();
-        assert!(matches!(pinner.register(region.pin_target()), Err(PinError::Tool(_))));
-        assert!(matches!(pinner.device_write(4000, &[0u8; 200]), Err(PinError::Tool(_))));
+        assert!(matches!(
+            pinner.register(region.pin_target()),
+            Err(PinError::Tool(_))
+        ));
+        assert!(matches!(
+            pinner.device_write(4000, &[0u8; 200]),
+            Err(PinError::Tool(_))
+        ));
         pinner.unregister().unwrap();
         assert!(matches!(pinner.unregister(), Err(PinError::Tool(_))));
     });
@@ -116,9 +143,16 @@ fn tight_loop_baseline_registers_and_unregisters() {
     }
     with_backing(BackingKind::Anon, "tight", |b| {
         let region = b
-            .region(&RegionSpec { size: Size(2 << 20), map: MapKind::Private, access: Access::Rw })
+            .region(&RegionSpec {
+                size: Size(2 << 20),
+                map: MapKind::Private,
+                access: Access::Rw,
+            })
             .unwrap();
-        let mut t = PinKind::IoUring.path().tight_loop().expect("io_uring has a tight loop");
+        let mut t = PinKind::IoUring
+            .path()
+            .tight_loop()
+            .expect("io_uring has a tight loop");
         let (reg, unreg) = t.cycle(region.pin_target()).unwrap();
         assert!(reg.as_nanos() > 0 && unreg.as_nanos() > 0);
         // The pin is gone after the cycle: a pinner can register the same range again.

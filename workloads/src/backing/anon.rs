@@ -20,7 +20,11 @@ impl Anon {
         Anon {
             hugetlb,
             info: BackingInfo {
-                backing: if hugetlb { BackingKind::AnonHugetlb } else { BackingKind::Anon },
+                backing: if hugetlb {
+                    BackingKind::AnonHugetlb
+                } else {
+                    BackingKind::Anon
+                },
                 fs: if hugetlb { "anon-hugetlb" } else { "anon" }.into(),
                 mount_point: None,
                 mount_source: None,
@@ -47,7 +51,10 @@ impl Backing for Anon {
         mapping.touch(self.info.page_size as usize);
         Ok(Region {
             mapping,
-            spec: RegionSpec { size: Size(len as u64), ..*spec },
+            spec: RegionSpec {
+                size: Size(len as u64),
+                ..*spec
+            },
             file: None,
             dax: Some(false),
         })

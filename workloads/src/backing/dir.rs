@@ -11,8 +11,8 @@ use anyhow::Context;
 
 use super::loopfs::LoopFs;
 use super::{
-    map_file, size_file, Backing, BackingInfo, BackingKind, NotRun, Region, RegionError, RegionFile,
-    RegionSpec, SetupEnv,
+    map_file, size_file, Backing, BackingInfo, BackingKind, NotRun, Region, RegionError,
+    RegionFile, RegionSpec, SetupEnv,
 };
 use crate::mounts;
 use crate::scratch::{self, JournalEntry, RunScratch, ScratchFile};
@@ -40,8 +40,14 @@ fn mount_private(scratch: &RunScratch, fs: &str, data: &std::ffi::CStr) -> Resul
     scratch
         .record(&JournalEntry::Mount(mnt.clone()))
         .map_err(|e| NotRun(format!("{e:#}")))?;
-    rustix::mount::mount("pinstorm", &mnt, fs, rustix::mount::MountFlags::empty(), data)
-        .map_err(|e| NotRun(format!("mount -t {fs} on {}: {e}", mnt.display())))?;
+    rustix::mount::mount(
+        "pinstorm",
+        &mnt,
+        fs,
+        rustix::mount::MountFlags::empty(),
+        data,
+    )
+    .map_err(|e| NotRun(format!("mount -t {fs} on {}: {e}", mnt.display())))?;
     Ok(mnt)
 }
 
@@ -60,7 +66,12 @@ fn own_subdir(parent: &Path, scratch: &RunScratch) -> Result<PathBuf, NotRun> {
 }
 
 impl DirBacking {
-    fn new(kind: BackingKind, dir: PathBuf, hugetlb: bool, owned: Owned) -> Result<DirBacking, NotRun> {
+    fn new(
+        kind: BackingKind,
+        dir: PathBuf,
+        hugetlb: bool,
+        owned: Owned,
+    ) -> Result<DirBacking, NotRun> {
         let mut b = DirBacking {
             info: BackingInfo {
                 backing: kind,
@@ -96,7 +107,11 @@ impl DirBacking {
         let shm = Path::new("/dev/shm");
         match mounts::mount_of(shm) {
             Some(m) if m.fs_type == "tmpfs" => {}
-            _ => return Err(NotRun("/dev/shm is not a tmpfs and mounting one needs root".into())),
+            _ => {
+                return Err(NotRun(
+                    "/dev/shm is not a tmpfs and mounting one needs root".into(),
+                ))
+            }
         }
         let d = own_subdir(shm, scratch)?;
         DirBacking::new(BackingKind::Tmpfs, d.clone(), false, Owned::Dir(d))
@@ -109,11 +124,17 @@ impl DirBacking {
 
     pub fn loop_fs(kind: BackingKind, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         let lfs = LoopFs::create(kind, scratch)?;
-        DirBacking::new(kind, lfs.mount_point().to_path_buf(), false, Owned::Loop(lfs))
+        DirBacking::new(
+            kind,
+            lfs.mount_point().to_path_buf(),
+            false,
+            Owned::Loop(lfs),
+        )
     }
 
     pub fn user_dir(dir: &Path, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
-        let dir = scratch::checked_scratch_dir(dir, "--scratch-dir").map_err(|e| NotRun(format!("{e:#}")))?;
+        let dir = scratch::checked_scratch_dir(dir, "--scratch-dir")
+            .map_err(|e| NotRun(format!("{e:#}")))?;
         let d = own_subdir(&dir, scratch)?;
         DirBacking::new(BackingKind::ScratchDir, d.clone(), false, Owned::Dir(d))
     }
@@ -139,7 +160,10 @@ impl Backing for DirBacking {
             .map_err(|errno| RegionError::Kernel { op: "statx", errno })?;
         Ok(Region {
             mapping,
-            spec: RegionSpec { size: Size(len as u64), ..*spec },
+            spec: RegionSpec {
+                size: Size(len as u64),
+                ..*spec
+            },
             file: Some(RegionFile::Scratch(sf)),
             dax,
         })

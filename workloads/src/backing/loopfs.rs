@@ -16,7 +16,11 @@ const IMAGE_SIZE: u64 = 512 << 20;
 fn mkfs_command(kind: BackingKind) -> (&'static str, &'static [&'static str], &'static str) {
     match kind {
         BackingKind::Ext4 => ("mkfs.ext4", &["-F", "-q", "-E", "nodiscard"], "e2fsprogs"),
-        BackingKind::Xfs => ("mkfs.xfs", &["-f", "-q", "-K", "-m", "reflink=1"], "xfsprogs"),
+        BackingKind::Xfs => (
+            "mkfs.xfs",
+            &["-f", "-q", "-K", "-m", "reflink=1"],
+            "xfsprogs",
+        ),
         BackingKind::Btrfs => ("mkfs.btrfs", &["-f", "-q", "-K"], "btrfs-progs"),
         _ => unreachable!("not a loop filesystem: {kind}"),
     }
@@ -47,7 +51,9 @@ pub(super) fn availability(kind: BackingKind, env: &SetupEnv) -> Availability {
         return Availability::NotRun("losetup not found (install util-linux/mount)".into());
     }
     if !Path::new("/dev/loop-control").exists() {
-        return Availability::NotRun("no /dev/loop-control (kernel without loop device support)".into());
+        return Availability::NotRun(
+            "no /dev/loop-control (kernel without loop device support)".into(),
+        );
     }
     Availability::Usable
 }
@@ -98,7 +104,9 @@ impl LoopFs {
         let mkfs = find_program(mkfs).ok_or_else(|| NotRun(format!("{mkfs} not found")))?;
         run(Command::new(mkfs).args(args).arg(&image))?;
         scratch
-            .record(&JournalEntry::Loop { image: image.clone() })
+            .record(&JournalEntry::Loop {
+                image: image.clone(),
+            })
             .map_err(|e| NotRun(format!("{e:#}")))?;
         let losetup = find_program("losetup").ok_or_else(|| NotRun("losetup not found".into()))?;
         let dev = run(Command::new(losetup).args(["--find", "--show"]).arg(&image))?;
@@ -107,8 +115,14 @@ impl LoopFs {
         scratch
             .record(&JournalEntry::Mount(mnt.clone()))
             .map_err(|e| NotRun(format!("{e:#}")))?;
-        rustix::mount::mount(dev.as_str(), &mnt, fs, rustix::mount::MountFlags::empty(), None)
-            .map_err(|e| NotRun(format!("mount -t {fs} {dev} {}: {e}", mnt.display())))?;
+        rustix::mount::mount(
+            dev.as_str(),
+            &mnt,
+            fs,
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .map_err(|e| NotRun(format!("mount -t {fs} {dev} {}: {e}", mnt.display())))?;
         lfs.mounted = true;
         Ok(lfs)
     }

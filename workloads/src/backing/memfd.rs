@@ -5,7 +5,10 @@ use std::fs::File;
 
 use rustix::fs::{memfd_create, MemfdFlags};
 
-use super::{map_file, size_file, Backing, BackingInfo, BackingKind, Region, RegionError, RegionFile, RegionSpec};
+use super::{
+    map_file, size_file, Backing, BackingInfo, BackingKind, Region, RegionError, RegionFile,
+    RegionSpec,
+};
 use crate::units::Size;
 
 pub struct Memfd {
@@ -23,7 +26,11 @@ impl Memfd {
         Memfd {
             hugetlb,
             info: BackingInfo {
-                backing: if hugetlb { BackingKind::MemfdHugetlb } else { BackingKind::Memfd },
+                backing: if hugetlb {
+                    BackingKind::MemfdHugetlb
+                } else {
+                    BackingKind::Memfd
+                },
                 fs: if hugetlb { "hugetlbfs" } else { "tmpfs" }.into(),
                 mount_point: None,
                 mount_source: None,
@@ -49,7 +56,10 @@ impl Backing for Memfd {
             flags |= MemfdFlags::HUGETLB;
         }
         let file: File = memfd_create("pinstorm-region", flags)
-            .map_err(|e| RegionError::Kernel { op: "memfd_create", errno: e.into() })?
+            .map_err(|e| RegionError::Kernel {
+                op: "memfd_create",
+                errno: e.into(),
+            })?
             .into();
         let len = spec.size.round_up(self.info.page_size).as_usize();
         size_file(&file, len, self.hugetlb)?;
@@ -58,7 +68,10 @@ impl Backing for Memfd {
         let dax = crate::sys::statx_dax(&file).ok().flatten();
         Ok(Region {
             mapping,
-            spec: RegionSpec { size: Size(len as u64), ..*spec },
+            spec: RegionSpec {
+                size: Size(len as u64),
+                ..*spec
+            },
             file: Some(RegionFile::Memfd(file)),
             dax,
         })

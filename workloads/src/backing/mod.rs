@@ -80,10 +80,18 @@ impl BackingKind {
             BackingKind::MemfdHugetlb => "memfd_create(MFD_HUGETLB) file; needs free huge pages",
             BackingKind::Tmpfs => "file on a private tmpfs mount (root) or in /dev/shm",
             BackingKind::Hugetlbfs => "file on a private hugetlbfs mount; needs root",
-            BackingKind::Ext4 => "file on a scratch ext4 made on a loop device; needs root and mkfs.ext4",
-            BackingKind::Xfs => "file on a scratch xfs (-m reflink=1) on a loop device; needs root and mkfs.xfs",
-            BackingKind::Btrfs => "file on a scratch btrfs on a loop device; needs root and mkfs.btrfs",
-            BackingKind::ScratchDir => "file in the directory named by --scratch-dir (any filesystem, e.g. DAX)",
+            BackingKind::Ext4 => {
+                "file on a scratch ext4 made on a loop device; needs root and mkfs.ext4"
+            }
+            BackingKind::Xfs => {
+                "file on a scratch xfs (-m reflink=1) on a loop device; needs root and mkfs.xfs"
+            }
+            BackingKind::Btrfs => {
+                "file on a scratch btrfs on a loop device; needs root and mkfs.btrfs"
+            }
+            BackingKind::ScratchDir => {
+                "file in the directory named by --scratch-dir (any filesystem, e.g. DAX)"
+            }
         }
     }
 
@@ -150,10 +158,11 @@ impl BackingKind {
             BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs => {
                 dir::DirBacking::loop_fs(self, scratch).map(boxed)
             }
-            BackingKind::ScratchDir => {
-                dir::DirBacking::user_dir(ctx.scratch_dir.as_deref().expect("checked above"), scratch)
-                    .map(boxed)
-            }
+            BackingKind::ScratchDir => dir::DirBacking::user_dir(
+                ctx.scratch_dir.as_deref().expect("checked above"),
+                scratch,
+            )
+            .map(boxed),
         }
     }
 }
@@ -309,8 +318,14 @@ pub enum RegionError {
 }
 
 /// Map `file` (already `len` bytes long) as `spec` asks.
-pub(crate) fn map_file(file: &File, len: usize, spec: &RegionSpec, hugetlb: bool) -> Result<Mapping, RegionError> {
-    Mapping::file(file.as_fd(), len, map_mode(spec, hugetlb)).map_err(|errno| RegionError::Kernel { op: "mmap", errno })
+pub(crate) fn map_file(
+    file: &File,
+    len: usize,
+    spec: &RegionSpec,
+    hugetlb: bool,
+) -> Result<Mapping, RegionError> {
+    Mapping::file(file.as_fd(), len, map_mode(spec, hugetlb))
+        .map_err(|errno| RegionError::Kernel { op: "mmap", errno })
 }
 
 pub(crate) fn map_mode(spec: &RegionSpec, hugetlb: bool) -> crate::sys::MapMode {
@@ -329,13 +344,22 @@ pub(crate) fn size_file(file: &File, len: usize, hugetlb: bool) -> Result<(), Re
     use rustix::fs::{fallocate, FallocateFlags};
     if hugetlb {
         // hugetlbfs has no write(2); fallocate reserves the huge pages.
-        return fallocate(file, FallocateFlags::empty(), 0, len as u64)
-            .map_err(|e| RegionError::Kernel { op: "fallocate", errno: e.into() });
+        return fallocate(file, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
+            RegionError::Kernel {
+                op: "fallocate",
+                errno: e.into(),
+            }
+        });
     }
     match fallocate(file, FallocateFlags::empty(), 0, len as u64) {
         Ok(()) => {}
         Err(rustix::io::Errno::OPNOTSUPP) => {}
-        Err(e) => return Err(RegionError::Kernel { op: "fallocate", errno: e.into() }),
+        Err(e) => {
+            return Err(RegionError::Kernel {
+                op: "fallocate",
+                errno: e.into(),
+            })
+        }
     }
     use std::os::unix::fs::FileExt;
     let chunk = vec![0x5au8; 1 << 20];
@@ -343,7 +367,10 @@ pub(crate) fn size_file(file: &File, len: usize, hugetlb: bool) -> Result<(), Re
     while off < len {
         let n = chunk.len().min(len - off);
         file.write_all_at(&chunk[..n], off as u64)
-            .map_err(|e| RegionError::Kernel { op: "pwrite", errno: Errno::from_io(&e).unwrap_or(Errno(0)) })?;
+            .map_err(|e| RegionError::Kernel {
+                op: "pwrite",
+                errno: Errno::from_io(&e).unwrap_or(Errno(0)),
+            })?;
         off += n;
     }
     Ok(())

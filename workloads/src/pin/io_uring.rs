@@ -73,7 +73,8 @@ pub struct IoUringPinner {
 
 impl IoUringPinner {
     pub fn new() -> Result<Self, PinError> {
-        let ring = IoUring::new(RING_ENTRIES).map_err(|e| PinError::kernel("io_uring_setup", &e))?;
+        let ring =
+            IoUring::new(RING_ENTRIES).map_err(|e| PinError::kernel("io_uring_setup", &e))?;
         let staging = rustix::fs::memfd_create("pinstorm-staging", rustix::fs::MemfdFlags::CLOEXEC)
             .map(File::from)
             .map_err(|e| PinError::kernel("memfd_create", &e.into()))?;
@@ -85,7 +86,11 @@ impl IoUringPinner {
     }
 
     /// Submit one fixed-buffer request and wait for its completion.
-    fn run_one(&mut self, sqe: io_uring::squeue::Entry, op: &'static str) -> Result<usize, PinError> {
+    fn run_one(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+        op: &'static str,
+    ) -> Result<usize, PinError> {
         // SAFETY: the SQE points into the registered buffer (checked by `check_span`), whose
         // pages the kernel holds pinned for as long as it is registered, and at a staging file
         // we own; we wait for the completion before returning, so nothing outlives the call.
@@ -134,7 +139,9 @@ impl Pinner for IoUringPinner {
 
     fn unregister(&mut self) -> Result<(), PinError> {
         if self.registered.is_none() {
-            return Err(PinError::Tool(anyhow::anyhow!("unregister with nothing registered")));
+            return Err(PinError::Tool(anyhow::anyhow!(
+                "unregister with nothing registered"
+            )));
         }
         self.ring
             .submitter()

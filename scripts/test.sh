@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install what the tests need, then format check, lint,
+# every test, and one pass of each benchmark as a smoke test (timings are not asserted).
+#
+# As root it installs Debian packages and the root-only tests run for real (loop devices,
+# hugetlbfs, sysctls, SIGINT/SIGKILL cleanup). Without root those tests print why they skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# mkfs for the loop-device backings; losetup/mount/setpriv (util-linux, mount); a C compiler
+# for the independent probe the tests compare against.
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev)
+
+if [ "$(id -u)" = 0 ]; then
+    echo "== installing test dependencies: ${packages[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+else
+    echo "== not root: not installing packages; tests that need root will say they skipped"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --all-features
+
+echo "== benchmark smoke run (each benchmark once; no timing is checked)"
+cargo bench -p pinstorm-workloads --bench pin -- --test
+
+echo "== all tests passed"
