@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # mkfs for the loop-device backings; losetup/mount/setpriv (util-linux, mount); a C compiler
-# for the independent probe the tests compare against.
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev)
+# and liburing for the independent probes the tests compare against.
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev)
 
 if [ "$(id -u)" = 0 ]; then
     echo "== installing test dependencies: ${packages[*]}"

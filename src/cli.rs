@@ -26,6 +26,7 @@ Examples:
   pinstorm probe --format json          the capability matrix of this kernel, as JSON
   pinstorm bench pin --sizes 4K,2M --backings tmpfs,anon
   pinstorm run configs/quick.toml --label my-gup-series-v2
+  pinstorm run configs/truncate-vs-pin.toml --backing memfd --duration 5s --seed 7
   pinstorm probe --backings scratch-dir --scratch-dir /mnt/pmem0/scratch   (a DAX fs)";
 
 #[derive(Parser, Debug)]
@@ -114,6 +115,12 @@ pub struct RunArgs {
     /// Override the scenario's seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run storms (and the probe) with this mapping only.
+    #[arg(long, value_enum)]
+    pub map: Option<MapArg>,
+    /// Storm duration per cell (e.g. 5s).
+    #[arg(long)]
+    pub duration: Option<Span>,
 }
 
 #[derive(Args, Debug)]

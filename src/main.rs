@@ -14,6 +14,7 @@ use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::summary;
 use pinstorm_runners::host::{self, RunOptions};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
+use pinstorm_workloads::layout::LayoutKind;
 use pinstorm_workloads::pin::{Availability, PinKind};
 use pinstorm_workloads::scenario::{BenchJob, ProbeJob, Scenario, PRESETS};
 use pinstorm_workloads::scratch::{self, ScratchRoot};
@@ -162,7 +163,13 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
             serde_json::json!({"name": name, "file": format!("configs/{name}.toml"), "description": desc})
         })
         .collect();
-    let layout_ops: Vec<serde_json::Value> = Vec::new();
+    let layout_ops: Vec<_> = LayoutKind::ALL
+        .iter()
+        .map(|k| {
+            serde_json::json!({"name": k.name(), "status": "usable", "reason": "", "description": k.describe(),
+                "note": "whether a filesystem has it is measured in each storm (notrun with the reason when not)"})
+        })
+        .collect();
     if g.format == Format::Json {
         let v = serde_json::json!({"pin_paths": pins, "backings": backings, "layout_operations": layout_ops, "scenarios": scenarios});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -186,7 +193,11 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     };
     section("Pin paths", &pins);
     section("Backings", &backings);
-    println!("Layout operations:\n  none in this build (truncate, punch-hole, reflink, ... come with layout storms)\n");
+    println!("Layout operations (whether a filesystem has one is measured per storm; notrun with the reason if not):");
+    for l in &layout_ops {
+        println!("  {:<18} {}", l["name"].as_str().unwrap_or(""), l["description"].as_str().unwrap_or(""));
+    }
+    println!();
     println!("Scenarios (presets, compiled in; a file path works too):");
     for s in &scenarios {
         println!(
@@ -238,6 +249,27 @@ fn real_main() -> Result<ExitCode> {
                 if let Some(b) = &mut s.bench {
                     b.backings = a.backing.clone();
                 }
+                if let Some(st) = &mut s.storm {
+                    st.backings = a.backing.clone();
+                }
+            }
+            if let Some(m) = a.map {
+                if let Some(p) = &mut s.probe {
+                    p.maps = vec![m.into()];
+                }
+                if let Some(b) = &mut s.bench {
+                    b.map = m.into();
+                }
+                if let Some(st) = &mut s.storm {
+                    st.maps = vec![m.into()];
+                }
+            }
+            if let Some(d) = a.duration {
+                match &mut s.storm {
+                    Some(st) if !d.0.is_zero() => st.duration = d,
+                    Some(_) => bail!(BadInput(anyhow::anyhow!("--duration must be greater than zero"))),
+                    None => bail!(BadInput(anyhow::anyhow!("--duration applies to storms, and {} has no [storm] section", a.scenario))),
+                }
             }
             run_scenario(g, s, origin, JsonOut::Result)
         }
@@ -257,6 +289,7 @@ fn real_main() -> Result<ExitCode> {
                 seed: 1,
                 probe: Some(job),
                 bench: None,
+                storm: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
         }
@@ -286,6 +319,7 @@ fn real_main() -> Result<ExitCode> {
                 seed: 1,
                 probe: None,
                 bench: Some(job),
+                storm: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }

@@ -36,6 +36,9 @@ pub struct RunResult {
     pub backings: Vec<BackingRecord>,
     pub probe: Vec<ProbeRow>,
     pub bench: Vec<BenchRow>,
+    /// Layout storms against held pins, with their oracles.
+    #[serde(default)]
+    pub storms: Vec<StormResult>,
     pub expectations: Option<ExpectationsRecord>,
     pub pin_counters: Option<PinCounters>,
     pub hugepages: Option<HugepageRecord>,
@@ -153,6 +156,150 @@ pub struct BenchRow {
     /// HdrHistogram V2 compressed, base64; values in nanoseconds.
     pub histogram: Option<String>,
     pub baseline_histogram: Option<String>,
+}
+
+/// One storm: a pin path x backing x map cell, its measurements and its oracles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StormResult {
+    pub pin: String,
+    pub backing: String,
+    pub fs: String,
+    pub map: String,
+    /// `ok` (the storm ran) or `notrun`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub dax: Option<bool>,
+    pub pinners: usize,
+    pub disruptors: usize,
+    pub file_size: u64,
+    pub hold_ns: u64,
+    pub duration_ms: u64,
+    pub seed: u64,
+    pub totals: StormTotals,
+    /// Register latency of the pinners.
+    pub register: Option<crate::hist::Stats>,
+    pub register_histogram: Option<String>,
+    pub layout_ops: Vec<LayoutOpResult>,
+    /// Per second since the storm started.
+    pub timeline: Vec<TimelinePoint>,
+    pub oracle: Oracle,
+    /// The first operations each disruptor chose (a replay with the same seed repeats them).
+    pub sequence_head: Vec<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StormTotals {
+    pub registrations: u64,
+    /// Refused registrations by errno name.
+    pub register_errors: BTreeMap<String, u64>,
+    pub device_writes: u64,
+    pub device_write_errors: BTreeMap<String, u64>,
+    /// Device writes found in the file (shared mappings) or the memory (anonymous) afterwards.
+    pub verified: u64,
+    /// Device writes whose check overlapped a layout operation: not judged.
+    pub ambiguous: u64,
+    /// Device reads through the pin that did not return what the device had written.
+    pub readback_mismatches: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayoutOpResult {
+    pub op: String,
+    /// `ok`, or `notrun` when the filesystem or backing does not have the operation.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub count: u64,
+    /// Failures by errno name.
+    pub errors: BTreeMap<String, u64>,
+    pub stats: Option<crate::hist::Stats>,
+    pub histogram: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    pub second: u64,
+    pub registrations: u64,
+    pub register_errors: u64,
+    pub device_writes: u64,
+    pub layout_ops: u64,
+    pub layout_errors: u64,
+}
+
+/// The oracles of a storm. Every one has a `count`; `notrun` says why one could not judge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Oracle {
+    pub lost_write: OracleFinding,
+    pub stale_exposure: OracleFinding,
+    pub cross_file: OracleFinding,
+    pub leaked_pins: LeakedPins,
+    pub blocked: Blocked,
+    pub kernel_warnings: KernelWarnings,
+    /// Registrations refused although the expectations allow them, or allowed although
+    /// they say refused (only registrations that did not race a layout operation).
+    pub unexpected_outcomes: OracleFinding,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OracleFinding {
+    pub count: u64,
+    pub notrun: Option<String>,
+    pub note: Option<String>,
+    pub examples: Vec<Violation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The file (path, or `memfd:N`), and the byte range.
+    pub file: String,
+    pub offset: u64,
+    pub len: u64,
+    pub what: String,
+    /// Milliseconds since the storm started.
+    pub at_ms: f64,
+    /// What led there: the pin, the layout operations on the file since, the device write.
+    pub history: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakedPins {
+    /// Pages still pinned (FOLL_PIN, system-wide) after every pin handle was released, the
+    /// pinned files were unmapped and closed, and the settle bound passed.
+    pub count: u64,
+    /// How long the counters took to come back after the handles were released (at most
+    /// the bound).
+    pub settle_ms: u64,
+    /// Pages that stayed pinned after every handle was released, past the bound, and were
+    /// released only when the files were torn down (reported, not counted as leaked).
+    #[serde(default)]
+    pub held_until_teardown: u64,
+    pub notrun: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub count: u64,
+    pub threshold_ms: u64,
+    pub examples: Vec<BlockedOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockedOp {
+    pub thread: String,
+    pub op: String,
+    pub tid: i32,
+    /// When it started, ms since the storm started.
+    pub at_ms: f64,
+    /// How long it took in the end (after pins were released); null if it never returned.
+    pub blocked_ms: Option<f64>,
+    pub wchan: Option<String>,
+    pub stack: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelWarnings {
+    pub count: u64,
+    pub lines: Vec<String>,
+    pub notrun: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

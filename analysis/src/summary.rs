@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::expect::verdict;
-use crate::schema::{BenchRow, ProbeRow, RunResult};
+use crate::schema::{BenchRow, OracleFinding, ProbeRow, RunResult, StormResult};
 
 /// `850ns`, `1.52us`, `1.28ms`, `2.05s`.
 pub fn human_ns(ns: f64) -> String {
@@ -148,6 +148,104 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
     )
 }
 
+fn count_or_notrun(f: &OracleFinding) -> String {
+    match &f.notrun {
+        Some(_) if f.count == 0 => "notrun".into(),
+        _ => f.count.to_string(),
+    }
+}
+
+pub fn storm_table(storms: &[StormResult]) -> String {
+    let body: Vec<Vec<String>> = storms
+        .iter()
+        .map(|s| {
+            if s.outcome != "ok" {
+                return vec![
+                    s.pin.clone(),
+                    s.backing.clone(),
+                    s.fs.clone(),
+                    s.map.clone(),
+                    format!("notrun: {}", s.reason.as_deref().unwrap_or("")),
+                ];
+            }
+            let o = &s.oracle;
+            let t = &s.totals;
+            vec![
+                s.pin.clone(),
+                s.backing.clone(),
+                s.fs.clone(),
+                s.map.clone(),
+                format!("{}/{}", t.registrations, t.registrations + t.register_errors.values().sum::<u64>()),
+                t.device_writes.to_string(),
+                t.verified.to_string(),
+                t.ambiguous.to_string(),
+                count_or_notrun(&o.lost_write),
+                count_or_notrun(&o.stale_exposure),
+                count_or_notrun(&o.cross_file),
+                if o.leaked_pins.notrun.is_some() { "notrun".into() } else { o.leaked_pins.count.to_string() },
+                o.blocked.count.to_string(),
+                if o.kernel_warnings.notrun.is_some() { "notrun".into() } else { o.kernel_warnings.count.to_string() },
+                o.unexpected_outcomes.count.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["pin", "backing", "fs", "map", "pins ok/tried", "writes", "verified", "ambiguous", "LOST", "STALE", "CROSS", "leaked", "blocked", "kwarn", "unexpected"],
+        &body,
+    )
+}
+
+fn storm_details(out: &mut String, storms: &[StormResult]) {
+    let _ = writeln!(out, "  Layout operations per storm (count, p50, p99; errors; notrun reasons):");
+    for s in storms.iter().filter(|s| s.outcome == "ok") {
+        let ops: Vec<String> = s
+            .layout_ops
+            .iter()
+            .map(|l| match (&l.stats, l.outcome.as_str()) {
+                (_, "notrun") => format!("{} notrun ({})", l.op, l.reason.as_deref().unwrap_or("")),
+                (Some(st), _) => {
+                    let errs: Vec<String> = l.errors.iter().map(|(e, n)| format!("{e} x{n}")).collect();
+                    let errs = if errs.is_empty() { String::new() } else { format!(", errors {}", errs.join(" ")) };
+                    format!("{} {} ({} / {}{errs})", l.op, l.count, human_ns(st.p50_ns as f64), human_ns(st.p99_ns as f64))
+                }
+                (None, _) => format!("{} 0", l.op),
+            })
+            .collect();
+        if !ops.is_empty() {
+            let _ = writeln!(out, "    {} {} {}: {}", s.pin, s.backing, s.map, ops.join("; "));
+        }
+    }
+    for s in storms {
+        let o = &s.oracle;
+        for (name, f) in [("LOST WRITE", &o.lost_write), ("STALE EXPOSURE", &o.stale_exposure), ("CROSS-FILE", &o.cross_file), ("UNEXPECTED OUTCOME", &o.unexpected_outcomes)] {
+            if let Some(v) = f.examples.first() {
+                let _ = writeln!(out, "\n  {name} ({} in all) in {} {} {}: {} offset {}+{}", f.count, s.pin, s.backing, s.map, v.file, v.offset, v.len);
+                let _ = writeln!(out, "    {}", v.what);
+                for h in &v.history {
+                    let _ = writeln!(out, "      {h}");
+                }
+            }
+        }
+        for b in o.blocked.examples.iter().take(3) {
+            let _ = writeln!(
+                out,
+                "\n  BLOCKED in {} {} {}: {} in {} (tid {}) for {} (wchan {})",
+                s.pin,
+                s.backing,
+                s.map,
+                b.op,
+                b.thread,
+                b.tid,
+                b.blocked_ms.map(|m| format!("{m:.1} ms")).unwrap_or_else(|| "ever (never returned)".into()),
+                b.wchan.as_deref().unwrap_or("?")
+            );
+        }
+        for l in o.kernel_warnings.lines.iter().take(5) {
+            let _ = writeln!(out, "  KERNEL: {l}");
+        }
+    }
+}
+
 /// The whole summary of a run.
 pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
     let mut out = String::new();
@@ -252,6 +350,16 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
             first.map, first.access, first.threads
         );
         out.push_str(&bench_table(&r.bench));
+    }
+    if !r.storms.is_empty() {
+        let f = &r.storms[0];
+        let _ = writeln!(
+            out,
+            "\nLayout storms ({} pinner(s), {} disruptor(s), {} ms each, seed {}; LOST/STALE/CROSS are violations):",
+            f.pinners, f.disruptors, f.duration_ms, f.seed
+        );
+        out.push_str(&storm_table(&r.storms));
+        storm_details(&mut out, &r.storms);
     }
     if let Some(c) = &r.pin_counters {
         let _ = writeln!(

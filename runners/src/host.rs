@@ -28,7 +28,12 @@ use pinstorm_workloads::scratch::{self, ScratchRoot};
 use pinstorm_workloads::sysctl::HugePageReservation;
 
 use crate::signals::{self, Interrupted};
-use crate::{bench, cleanup, environment, probe};
+use crate::{bench, cleanup, environment, probe, storm};
+
+/// The tag written into every canary of a run: a hash of the run id.
+fn run_tag(run_id: &str) -> u32 {
+    run_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
 
 /// Everything a run needs besides the scenario.
 #[derive(Clone, Debug)]
@@ -160,15 +165,12 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// `20261122T043000Z-1a2b`: sortable by time, unique enough for one host.
+/// `20261122T043000.123Z-1a2b`: sorts by start time (to the millisecond), unique enough for
+/// one host.
 pub fn new_run_id() -> String {
-    let t = humantime::format_rfc3339_seconds(SystemTime::now())
-        .to_string()
-        .replace(['-', ':'], "");
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let now = SystemTime::now();
+    let t = humantime::format_rfc3339_millis(now).to_string().replace(['-', ':'], "");
+    let nanos = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let salt = (u64::from(nanos) ^ (u64::from(std::process::id()) << 16)) & 0xffff;
     format!("{t}-{salt:04x}")
 }
@@ -203,6 +205,11 @@ fn hugepages_needed(s: &Scenario, hp_size: u64) -> u64 {
         if b.backings.iter().any(|k| k.uses_hugetlb()) {
             let max = b.sizes.iter().map(|s| s.bytes()).max().unwrap_or(0);
             need = need.max(pages(max) * b.threads.get() as u64);
+        }
+    }
+    if let Some(st) = &s.storm {
+        if st.backings.iter().any(|k| k.uses_hugetlb()) {
+            need = need.max(pages(st.file_size.bytes()) * st.pinners.get() as u64);
         }
     }
     // Private mappings of hugetlb files copy on write into a second huge page.
@@ -277,6 +284,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         environment: env.clone(),
         backings: Vec::new(),
         probe: Vec::new(),
+        storms: Vec::new(),
         bench: Vec::new(),
         expectations: None,
         pin_counters: None,
@@ -354,6 +362,9 @@ fn run_jobs(
     if let Some(b) = &s.bench {
         kinds.extend(&b.backings);
     }
+    if let Some(st) = &s.storm {
+        kinds.extend(&st.backings);
+    }
     kinds.sort();
     kinds.dedup();
 
@@ -399,8 +410,14 @@ fn run_jobs(
         + s.bench
             .as_ref()
             .map(|b| (b.backings.len() * b.pins.len() * b.sizes.len()) as u64)
+            .unwrap_or(0)
+        + s.storm
+            .as_ref()
+            .map(|st| (st.backings.len() * st.pins.len() * st.maps.len()) as u64)
             .unwrap_or(0);
     let progress = Progress::new(opts.progress, total);
+    // Opened before any storm so only messages from this run are read.
+    let kmsg = std::sync::Mutex::new(crate::kmsg::Kmsg::open());
     let hint = memlock_hint(env);
 
     let outcome = (|| -> Result<()> {
@@ -425,6 +442,20 @@ fn run_jobs(
                 memlock_hint: hint.clone(),
             };
             let r = bench::run(job, &ctx, &progress, &mut result.bench);
+            store::write_result(path.parent().expect("result dir"), result)?;
+            r?;
+        }
+        if let Some(job) = &s.storm {
+            log(opts, "storm");
+            let ctx = storm::StormContext {
+                backings: &backings,
+                expectations: &opts.expectations,
+                kernel,
+                seed: s.seed,
+                run_tag: run_tag(run_id),
+                kmsg: &kmsg,
+            };
+            let r = storm::run(job, &ctx, &progress, &mut result.storms);
             store::write_result(path.parent().expect("result dir"), result)?;
             r?;
         }

@@ -1,7 +1,8 @@
 //! pinstorm runners: running scenarios on this host.
 //!
 //! - [`host`]: the run itself, from checking paths to the final result file;
-//! - [`probe`], [`bench`]: the jobs of a scenario;
+//! - [`probe`], [`bench`], [`storm`]: the jobs of a scenario;
+//! - [`watchdog`], [`kmsg`]: blocked syscalls and kernel warnings during storms;
 //! - [`environment`]: what machine and kernel a run is on;
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
 //! - [`cleanup`]: undoing what killed runs left.
@@ -12,5 +13,8 @@ pub mod bench;
 pub mod cleanup;
 pub mod environment;
 pub mod host;
+pub mod kmsg;
 pub mod probe;
 pub mod signals;
+pub mod storm;
+pub mod watchdog;

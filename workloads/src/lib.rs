@@ -5,12 +5,16 @@
 //!   ext4/xfs/btrfs, a user scratch directory) behind the `Backing` trait;
 //! - [`scratch`], [`sysctl`], [`mounts`]: ownership of everything the tool creates or
 //!   changes, and the journal that lets a later run undo a killed one;
+//! - [`layout`]: layout operations (truncate, punch, reflink, ...) behind `LayoutOp`;
+//! - [`canary`]: what the device writes, so oracles can tell where data came from;
 //! - [`scenario`]: scenario files;
 //! - [`sys`]: the small unsafe edge (mappings, statx).
 //!
 //! Nothing here decides whether an outcome was expected or good: that is `analysis`.
 
 pub mod backing;
+pub mod canary;
+pub mod layout;
 pub mod mounts;
 pub mod pin;
 pub mod scenario;

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::backing::{Access, BackingKind, MapKind};
+use crate::layout::LayoutKind;
 use crate::pin::PinKind;
 use crate::units::{Size, Span};
 
@@ -19,6 +20,10 @@ use crate::units::{Size, Span};
 pub const PRESETS: &[(&str, &str)] = &[
     ("default", include_str!("../../configs/default.toml")),
     ("quick", include_str!("../../configs/quick.toml")),
+    ("truncate-vs-pin", include_str!("../../configs/truncate-vs-pin.toml")),
+    ("punch-vs-pin", include_str!("../../configs/punch-vs-pin.toml")),
+    ("reflink-vs-pin", include_str!("../../configs/reflink-vs-pin.toml")),
+    ("mixed-layout-storm", include_str!("../../configs/mixed-layout-storm.toml")),
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,7 @@ pub struct Scenario {
     pub seed: u64,
     pub probe: Option<ProbeJob>,
     pub bench: Option<BenchJob>,
+    pub storm: Option<StormJob>,
 }
 
 /// `[probe]`: is a pin allowed? One registration per pin path x backing x map x access.
@@ -83,6 +89,83 @@ pub struct BenchJob {
     /// Also run the same syscalls in a tight loop, interleaved, to show harness overhead.
     #[serde(default = "yes")]
     pub baseline: bool,
+}
+
+/// `[storm]`: pinners register, hold, let the device write and read, and unregister, while
+/// disruptors change the layout of the pinned files; the oracles judge every write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormJob {
+    #[serde(default = "storm_pins")]
+    pub pins: Vec<PinKind>,
+    #[serde(default = "storm_backings")]
+    pub backings: Vec<BackingKind>,
+    #[serde(default = "storm_maps")]
+    pub maps: Vec<MapKind>,
+    /// Layout operations the disruptors pick from, uniformly.
+    #[serde(default = "storm_ops")]
+    pub ops: Vec<LayoutKind>,
+    /// Size of each pinned file (one per pinner), rounded up to the backing's page size.
+    #[serde(default = "two_mib")]
+    pub file_size: Size,
+    /// Pinner threads, each with its own file and pinner.
+    #[serde(default = "two")]
+    pub pinners: NonZeroUsize,
+    /// Disruptor threads; 0 runs the pinners alone (a baseline that must find nothing).
+    #[serde(default = "one_usize")]
+    pub disruptors: usize,
+    /// How long each pin is held before the device writes through it.
+    #[serde(default = "default_hold")]
+    pub hold: Span,
+    /// How long each pin path x backing x map cell storms.
+    #[serde(default = "default_duration")]
+    pub duration: Span,
+    /// Layout operations per second per disruptor; 0 is as fast as possible.
+    #[serde(default)]
+    pub rate: f64,
+    /// A syscall running longer than this is reported as blocked.
+    #[serde(default = "default_block_threshold")]
+    pub block_threshold: Span,
+    /// Examples kept per oracle.
+    #[serde(default = "default_examples")]
+    pub examples: usize,
+}
+
+fn storm_pins() -> Vec<PinKind> {
+    vec![PinKind::IoUring]
+}
+fn storm_backings() -> Vec<BackingKind> {
+    vec![BackingKind::Tmpfs]
+}
+fn storm_maps() -> Vec<MapKind> {
+    vec![MapKind::Shared]
+}
+fn storm_ops() -> Vec<LayoutKind> {
+    vec![LayoutKind::Truncate]
+}
+fn two() -> NonZeroUsize {
+    NonZeroUsize::new(2).unwrap()
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_hold() -> Span {
+    Span(std::time::Duration::from_millis(1))
+}
+fn default_duration() -> Span {
+    Span(std::time::Duration::from_secs(2))
+}
+fn default_block_threshold() -> Span {
+    Span(std::time::Duration::from_secs(1))
+}
+fn default_examples() -> usize {
+    5
+}
+
+impl Default for StormJob {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
 }
 
 fn default_seed() -> u64 {
@@ -198,11 +281,32 @@ impl Scenario {
         if s.name.trim().is_empty() {
             return err("", "name", "must not be empty");
         }
-        if s.probe.is_none() && s.bench.is_none() {
+        if s.probe.is_none() && s.bench.is_none() && s.storm.is_none() {
             return Err(ScenarioError {
                 origin: origin.into(),
-                message: "the scenario has no job: add a [probe] or [bench] section".into(),
+                message: "the scenario has no job: add a [probe], [bench] or [storm] section".into(),
             });
+        }
+        if let Some(st) = &s.storm {
+            for (key, empty) in [
+                ("pins", st.pins.is_empty()),
+                ("backings", st.backings.is_empty()),
+                ("maps", st.maps.is_empty()),
+                ("ops", st.ops.is_empty() && st.disruptors > 0),
+            ] {
+                if empty {
+                    return err("storm", key, "must list at least one value");
+                }
+            }
+            if st.duration.0.is_zero() {
+                return err("storm", "duration", "must be greater than zero");
+            }
+            if !(st.rate >= 0.0 && st.rate.is_finite()) {
+                return err("storm", "rate", "must be 0 (as fast as possible) or a positive number of operations per second");
+            }
+            if st.file_size.bytes() < 4096 {
+                return err("storm", "file_size", "must be at least 4K (one page)");
+            }
         }
         if let Some(p) = &s.probe {
             for (key, empty) in [

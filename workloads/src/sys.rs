@@ -235,3 +235,110 @@ pub fn statx_dax(fd: impl AsFd) -> Result<Option<bool>, Errno> {
 pub fn page_size() -> usize {
     rustix::param::page_size()
 }
+
+/// `struct file_clone_range` (include/uapi/linux/fs.h).
+#[repr(C)]
+struct FileCloneRange {
+    src_fd: i64,
+    src_offset: u64,
+    src_length: u64,
+    dest_offset: u64,
+}
+
+/// `struct file_dedupe_range` with exactly one `struct file_dedupe_range_info`.
+#[repr(C)]
+struct FileDedupeRangeOne {
+    src_offset: u64,
+    src_length: u64,
+    dest_count: u16,
+    reserved1: u16,
+    reserved2: u32,
+    // info[0]
+    dest_fd: i64,
+    dest_offset: u64,
+    bytes_deduped: u64,
+    status: i32,
+    reserved: u32,
+}
+
+/// The header of `struct file_dedupe_range`, whose size the ioctl number encodes.
+#[repr(C)]
+struct FileDedupeRangeHeader {
+    _src_offset: u64,
+    _src_length: u64,
+    _dest_count: u16,
+    _reserved1: u16,
+    _reserved2: u32,
+}
+
+/// `FICLONERANGE`: share `len` bytes of `src` at `src_off` into `dest` at `dest_off`.
+pub fn ficlonerange(dest: impl AsFd, src: impl AsFd, src_off: u64, len: u64, dest_off: u64) -> Result<(), Errno> {
+    use rustix::ioctl::{ioctl, opcode, Setter};
+    use std::os::fd::AsRawFd;
+    const OP: rustix::ioctl::Opcode = opcode::write::<FileCloneRange>(0x94, 13);
+    let arg = FileCloneRange {
+        src_fd: i64::from(src.as_fd().as_raw_fd()),
+        src_offset: src_off,
+        src_length: len,
+        dest_offset: dest_off,
+    };
+    // SAFETY: FICLONERANGE takes a pointer to a `struct file_clone_range`, which `arg` is
+    // (repr(C), same field order and sizes); the kernel only reads it during the call.
+    unsafe { ioctl(dest, Setter::<OP, FileCloneRange>::new(arg)) }.map_err(Errno::from)
+}
+
+/// What `FIDEDUPERANGE` did with one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dedupe {
+    /// The ranges were identical and now share blocks.
+    Same { bytes: u64 },
+    /// The ranges differed; nothing changed.
+    Differs,
+}
+
+/// `FIDEDUPERANGE`: share `len` bytes of `src` at `src_off` with `dest` at `dest_off` if
+/// they are identical.
+pub fn fideduperange(src: impl AsFd, src_off: u64, len: u64, dest: impl AsFd, dest_off: u64) -> Result<Dedupe, Errno> {
+    use rustix::ioctl::{ioctl, opcode, Updater};
+    use std::os::fd::AsRawFd;
+    const OP: rustix::ioctl::Opcode = opcode::read_write::<FileDedupeRangeHeader>(0x94, 54);
+    let mut arg = FileDedupeRangeOne {
+        src_offset: src_off,
+        src_length: len,
+        dest_count: 1,
+        reserved1: 0,
+        reserved2: 0,
+        dest_fd: i64::from(dest.as_fd().as_raw_fd()),
+        dest_offset: dest_off,
+        bytes_deduped: 0,
+        status: 0,
+        reserved: 0,
+    };
+    // SAFETY: FIDEDUPERANGE takes a `struct file_dedupe_range` followed by `dest_count` (1)
+    // `struct file_dedupe_range_info`; `arg` is exactly that layout (repr(C)). The kernel
+    // writes `bytes_deduped` and `status` back into it during the call.
+    unsafe { ioctl(src, Updater::<OP, FileDedupeRangeOne>::new(&mut arg)) }.map_err(Errno::from)?;
+    match arg.status {
+        0 => Ok(Dedupe::Same { bytes: arg.bytes_deduped }),
+        1 => Ok(Dedupe::Differs),
+        e if e < 0 => Err(Errno(-e)),
+        other => Err(Errno(other)),
+    }
+}
+
+/// Open `/proc/self/task/<tid>/{wchan,stack}` of a thread of this process, where readable
+/// (`stack` needs root). For the blocked-operation watchdog.
+pub fn thread_wait_state(tid: i32) -> (Option<String>, Option<String>) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/{f}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    (read("wchan"), read("stack"))
+}
+
+/// The kernel thread id of the calling thread.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}

@@ -164,7 +164,7 @@ impl Backing for DirBacking {
                 size: Size(len as u64),
                 ..*spec
             },
-            file: Some(RegionFile::Scratch(sf)),
+            file: Some(RegionFile::scratch(sf)),
             dax,
         })
     }

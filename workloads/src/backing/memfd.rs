@@ -72,7 +72,7 @@ impl Backing for Memfd {
                 size: Size(len as u64),
                 ..*spec
             },
-            file: Some(RegionFile::Memfd(file)),
+            file: Some(RegionFile::memfd(file)),
             dax,
         })
     }

@@ -267,7 +267,11 @@ pub struct Region {
     pub dax: Option<bool>,
 }
 
-pub enum RegionFile {
+/// The file behind a region. Only backings create these, so a `RegionFile` is always a file
+/// pinstorm made: layout operations take it and nothing else.
+pub struct RegionFile(FileInner);
+
+enum FileInner {
     /// A memfd: no path, no directory.
     Memfd(File),
     /// A file pinstorm created in a scratch directory.
@@ -275,17 +279,37 @@ pub enum RegionFile {
 }
 
 impl RegionFile {
+    pub(crate) fn memfd(f: File) -> RegionFile {
+        RegionFile(FileInner::Memfd(f))
+    }
+
+    pub(crate) fn scratch(f: ScratchFile) -> RegionFile {
+        RegionFile(FileInner::Scratch(f))
+    }
+
     pub fn file(&self) -> &File {
-        match self {
-            RegionFile::Memfd(f) => f,
-            RegionFile::Scratch(s) => s.file(),
+        match &self.0 {
+            FileInner::Memfd(f) => f,
+            FileInner::Scratch(s) => s.file(),
         }
     }
 
     pub fn path(&self) -> Option<&Path> {
-        match self {
-            RegionFile::Memfd(_) => None,
-            RegionFile::Scratch(s) => Some(s.path()),
+        match &self.0 {
+            FileInner::Memfd(_) => None,
+            FileInner::Scratch(s) => Some(s.path()),
+        }
+    }
+
+    /// A new, empty file next to this one (same directory, same filesystem), for reflink
+    /// and dedupe partners. `None` for a memfd, which has no directory.
+    pub fn sibling(&self, name: &str) -> anyhow::Result<Option<RegionFile>> {
+        match &self.0 {
+            FileInner::Memfd(_) => Ok(None),
+            FileInner::Scratch(s) => {
+                let dir = s.path().parent().expect("scratch files live in a directory");
+                Ok(Some(RegionFile::scratch(ScratchFile::create(dir, name)?)))
+            }
         }
     }
 }

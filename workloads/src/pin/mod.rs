@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys::Errno;
 
 pub mod io_uring;
+pub mod vmsplice;
 
 /// The pin paths pinstorm knows. The serialized name is what scenario files and result
 /// rows use.
@@ -25,14 +26,18 @@ pub enum PinKind {
     /// io_uring fixed buffers: `IORING_REGISTER_BUFFERS` (FOLL_WRITE | FOLL_LONGTERM).
     #[serde(rename = "io_uring")]
     IoUring,
+    /// vmsplice(2) into a pipe that is not read: transient page references.
+    #[serde(rename = "vmsplice")]
+    Vmsplice,
 }
 
 impl PinKind {
-    pub const ALL: &'static [PinKind] = &[PinKind::IoUring];
+    pub const ALL: &'static [PinKind] = &[PinKind::IoUring, PinKind::Vmsplice];
 
     pub fn name(self) -> &'static str {
         match self {
             PinKind::IoUring => "io_uring",
+            PinKind::Vmsplice => "vmsplice",
         }
     }
 
@@ -41,6 +46,9 @@ impl PinKind {
             PinKind::IoUring => {
                 "io_uring fixed buffers (IORING_REGISTER_BUFFERS, long-term writable pin); device write = READ_FIXED, device read = WRITE_FIXED"
             }
+            PinKind::Vmsplice => {
+                "vmsplice(2) into a pipe left unread (transient page references, read-only); device read = tee + read"
+            }
         }
     }
 
@@ -48,6 +56,7 @@ impl PinKind {
     pub fn path(self) -> Box<dyn PinPath> {
         match self {
             PinKind::IoUring => Box::new(io_uring::IoUringPath),
+            PinKind::Vmsplice => Box::new(vmsplice::VmsplicePath),
         }
     }
 

@@ -1,0 +1,332 @@
+//! Layout storms on this host's kernel: each oracle fires where the kernel really
+//! misbehaves (lost writes after truncate and punch on tmpfs, memfd and hugetlbfs) and stays
+//! silent where it cannot happen (anonymous memory, private mappings, refused pins).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Run a storm preset (or file) with overrides; returns the storms of the result.
+///
+/// Callers hold `serial()`: storms move the system-wide FOLL_PIN counters that the
+/// leaked-pins oracle reads, so two storms at once would see each other's pins.
+fn storm(sb: &Sandbox, scenario: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["run", scenario];
+    args.extend_from_slice(extra);
+    let o = sb.run(&args);
+    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}\n{}", stdout(&o), stderr(&o));
+    // Run ids sort by start time, to the millisecond.
+    let files = sb.results();
+    let r = read_json(files.last().unwrap());
+    assert_eq!(r["complete"], true, "{r}");
+    r["storms"].as_array().unwrap().clone()
+}
+
+fn by_backing<'a>(storms: &'a [serde_json::Value], backing: &str, map: &str) -> &'a serde_json::Value {
+    storms
+        .iter()
+        .find(|s| s["backing"] == backing && s["map"] == map)
+        .unwrap_or_else(|| panic!("no storm for {backing} {map}"))
+}
+
+fn count(s: &serde_json::Value, oracle: &str) -> u64 {
+    s["oracle"][oracle]["count"].as_u64().unwrap_or_else(|| panic!("no count for {oracle}: {s}"))
+}
+
+fn assert_no_violations(s: &serde_json::Value) {
+    for o in ["lost_write", "stale_exposure", "cross_file"] {
+        assert_eq!(count(s, o), 0, "{o} must not fire on {} {}: {}", s["backing"], s["map"], s["oracle"][o]);
+    }
+}
+
+fn in_memory_backings() -> &'static str {
+    if is_root() {
+        "tmpfs,memfd,hugetlbfs"
+    } else {
+        eprintln!("not root: hugetlbfs is left out (mounting it needs root)");
+        "tmpfs,memfd"
+    }
+}
+
+fn lost_writes_fire(preset: &str, test: &str) {
+    let sb = Sandbox::new(test);
+    let storms = storm(&sb, preset, &["--backing", in_memory_backings(), "--duration", "1s", "--seed", "3"]);
+    for s in &storms {
+        assert_eq!(s["outcome"], "ok", "{s}");
+        let lost = count(s, "lost_write");
+        assert!(lost > 0, "{preset}: the kernel loses writes under a pin on {}; the oracle must see it: {}", s["backing"], s["totals"]);
+        let ex = &s["oracle"]["lost_write"]["examples"][0];
+        assert_eq!(ex["len"], 4096);
+        assert!(ex["offset"].as_u64().unwrap() % 4096 == 0);
+        let history: Vec<&str> = ex["history"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+        assert!(history.first().unwrap().contains("pinned the whole file"), "{history:?}");
+        assert!(history.iter().any(|h| h.contains("device wrote the canary")), "{history:?}");
+        assert!(history.len() >= 4, "the operation that removed the pinned range is in the history: {history:?}");
+        assert!(s["totals"]["verified"].as_u64().unwrap() > 0, "most writes land: {}", s["totals"]);
+        // The truncated or punched data is gone (zeros): no stale data, no cross-file data.
+        assert_eq!(count(s, "stale_exposure"), 0);
+        assert_eq!(count(s, "cross_file"), 0);
+    }
+    assert_eq!(sb.leftover_run_dirs().len(), 0);
+}
+
+#[test]
+fn lost_write_detected_after_truncate_on_tmpfs_memfd_and_hugetlbfs() {
+    let _g = serial();
+    lost_writes_fire("truncate-vs-pin", "lost-truncate");
+}
+
+#[test]
+fn lost_write_detected_after_punch_hole_on_tmpfs_memfd_and_hugetlbfs() {
+    let _g = serial();
+    lost_writes_fire("punch-vs-pin", "lost-punch");
+}
+
+#[test]
+fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise() {
+    use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
+    use pinstorm_workloads::pin::PinKind;
+    use pinstorm_workloads::scratch::ScratchRoot;
+    use pinstorm_workloads::units::Size;
+    let _g = serial();
+    let sb = Sandbox::new("leak");
+    // Settles: nothing else pins meanwhile.
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "memfd", "--duration", "300ms"]);
+    assert_eq!(count(&storms[0], "leaked_pins"), 0, "{}", storms[0]["oracle"]["leaked_pins"]);
+
+    // Fires: a pin that outlives every handle the storm released (here held by this test
+    // process for the whole storm, which the system-wide counters cannot tell apart).
+    let root = ScratchRoot::open(&sb.base.join("lib-scratch")).unwrap();
+    let run = root.new_run("leak").unwrap();
+    let anon = BackingKind::Anon.setup(&SetupEnv::default(), &run).unwrap();
+    let region = anon.region(&RegionSpec { size: Size(2 << 20), map: MapKind::Private, access: Access::Rw }).unwrap();
+    let mut child = sb
+        .cmd()
+        .args(["run", "truncate-vs-pin", "--backing", "memfd", "--duration", "1s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+    pinner.register(region.pin_target()).unwrap();
+    let status = child.wait().unwrap();
+    pinner.unregister().unwrap();
+    assert!(matches!(status.code(), Some(0) | Some(3)));
+    let r = read_json(sb.results().last().unwrap());
+    let l = &r["storms"][0]["oracle"]["leaked_pins"];
+    assert!(l["count"].as_u64().unwrap() >= 512, "2 MiB of 4 KiB pages held across the storm: {l}");
+    assert!(l["settle_ms"].as_u64().unwrap() >= 5000, "it waited for the bound before reporting: {l}");
+    drop(pinner);
+    drop(region);
+    drop(anon);
+    drop(run);
+}
+
+#[test]
+fn no_false_reports_on_anonymous_memory() {
+    let _g = serial();
+    let sb = Sandbox::new("anon-baseline");
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "anon", "--duration", "500ms"]);
+    let s = by_backing(&storms, "anon", "shared");
+    assert_no_violations(s);
+    assert!(s["totals"]["verified"].as_u64().unwrap() > 0, "the device's writes were checked: {}", s["totals"]);
+    assert_eq!(s["layout_ops"][0]["outcome"], "notrun");
+    assert!(s["layout_ops"][0]["reason"].as_str().unwrap().contains("no file"));
+}
+
+#[test]
+fn no_false_reports_on_private_mappings() {
+    let _g = serial();
+    let sb = Sandbox::new("private-baseline");
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "tmpfs,memfd", "--map", "private", "--duration", "500ms"]);
+    for s in &storms {
+        assert_eq!(s["map"], "private");
+        assert_no_violations(s);
+        assert!(s["layout_ops"][0]["count"].as_u64().unwrap() > 0, "the layout really changed: {s}");
+        assert!(s["oracle"]["lost_write"]["note"].as_str().unwrap().contains("private"));
+    }
+}
+
+#[test]
+fn pins_the_kernel_refuses_report_no_violations() {
+    if !is_root() {
+        eprintln!("skipped: a scratch xfs needs root");
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("refused");
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "xfs", "--duration", "300ms"]);
+    let s = by_backing(&storms, "xfs", "shared");
+    assert_no_violations(s);
+    assert_eq!(s["totals"]["registrations"], 0, "{}", s["totals"]);
+    let refused: u64 = s["totals"]["register_errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(refused > 0, "{}", s["totals"]);
+    // The refusal is what this kernel's expectations say, so it is not "unexpected".
+    assert_eq!(count(s, "unexpected_outcomes"), 0, "{}", s["oracle"]["unexpected_outcomes"]);
+}
+
+#[test]
+fn the_oracle_section_has_a_count_under_every_key() {
+    let _g = serial();
+    let sb = Sandbox::new("oracle-keys");
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "memfd", "--duration", "300ms"]);
+    for key in ["lost_write", "stale_exposure", "cross_file", "leaked_pins", "blocked", "kernel_warnings"] {
+        assert!(storms[0]["oracle"][key]["count"].is_u64(), "{key}: {}", storms[0]["oracle"]);
+    }
+    let s = &storms[0];
+    assert!(!s["timeline"].as_array().unwrap().is_empty(), "a per-second time series");
+    assert!(s["register"]["p50_ns"].as_u64().unwrap() > 0);
+    assert!(s["register_histogram"].as_str().unwrap().len() > 10);
+    let op = &s["layout_ops"][0];
+    assert_eq!(op["op"], "truncate");
+    assert!(op["stats"]["p99_ns"].as_u64().unwrap() > 0 && op["histogram"].is_string());
+}
+
+#[test]
+fn same_seed_replays_the_same_operation_sequence() {
+    let _g = serial();
+    let sb = Sandbox::new("replay");
+    let f = sb.base.join("replay.toml");
+    std::fs::write(
+        &f,
+        "name = \"replay\"\nseed = 11\n[storm]\nbackings = [\"memfd\"]\nops = [\"truncate\", \"punch-hole\"]\nduration = \"300ms\"\nrate = 100\ndisruptors = 2\n",
+    )
+    .unwrap();
+    let file = f.to_str().unwrap();
+    let head = |extra: &[&str]| storm(&sb, file, extra)[0]["sequence_head"].clone();
+    let a = head(&[]);
+    let b = head(&[]);
+    let c = head(&["--seed", "12"]);
+    assert_eq!(a.as_array().unwrap().len(), 2, "one sequence per disruptor");
+    assert!(a[0].as_array().unwrap().len() >= 10, "{a}");
+    // Runs are cut by time, so compare the common prefix.
+    for d in 0..2 {
+        let (x, y) = (a[d].as_array().unwrap(), b[d].as_array().unwrap());
+        let n = x.len().min(y.len());
+        assert_eq!(x[..n], y[..n], "disruptor {d} must repeat its sequence under the same seed");
+    }
+    assert_ne!(a, c, "another seed, another sequence");
+}
+
+#[test]
+fn slow_syscalls_are_reported_as_blocked_and_the_storm_goes_on() {
+    let _g = serial();
+    // A threshold no real syscall stays under: the watchdog reports operations in flight,
+    // with the thread's wchan, and the storm still finishes on time.
+    let sb = Sandbox::new("blocked");
+    let f = sb.base.join("blocked.toml");
+    std::fs::write(
+        &f,
+        "name = \"blocked\"\n[storm]\nbackings = [\"memfd\"]\nfile_size = \"16M\"\nduration = \"500ms\"\nblock_threshold = \"1us\"\n",
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let storms = storm(&sb, f.to_str().unwrap(), &[]);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let b = &storms[0]["oracle"]["blocked"];
+    assert!(b["count"].as_u64().unwrap() > 0, "{b}");
+    let ex = &b["examples"][0];
+    assert!(ex["op"].as_str().is_some_and(|o| !o.is_empty()), "{ex}");
+    assert!(ex["tid"].as_i64().unwrap() > 0);
+    assert!(ex["blocked_ms"].as_f64().is_some(), "every reported operation returned and was timed: {ex}");
+}
+
+#[test]
+fn sigint_during_a_storm_keeps_the_storm_and_cleans_up() {
+    let _g = serial();
+    let sb = Sandbox::new("storm-sigint");
+    let before = machine_state(&sb.base);
+    let mut child = sb
+        .cmd()
+        .args(["run", "truncate-vs-pin", "--backing", "memfd", "--duration", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(40), "pinstorm did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let r = read_json(&sb.results()[0]);
+    assert_eq!(r["interrupted"], "SIGINT");
+    let s = &r["storms"][0];
+    assert!(s["duration_ms"].as_u64().unwrap() < 30_000, "the storm stopped early: {}", s["duration_ms"]);
+    assert!(s["totals"]["registrations"].as_u64().unwrap() > 0, "what it measured is kept");
+    assert_eq!(settled_state(&sb.base, &before), before);
+}
+
+// --- the independent lost-write probe -------------------------------------------------------
+
+fn build_lost_write_probe() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/lost_write_probe.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-lost-write-probe");
+    match Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).arg("-luring").output() {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => {
+            eprintln!("skipped: the independent lost-write probe needs liburing-dev: {}", stderr(&o));
+            None
+        }
+        Err(e) => {
+            eprintln!("skipped: no C compiler ({e})");
+            None
+        }
+    }
+}
+
+/// Raises vm/nr_hugepages for the independent probe, restores it on drop (also on panic).
+struct HugePages(String);
+
+impl HugePages {
+    fn reserve(n: u64) -> HugePages {
+        let old = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap().trim().to_string();
+        let want = old.parse::<u64>().unwrap() + n;
+        std::fs::write("/proc/sys/vm/nr_hugepages", want.to_string()).unwrap();
+        HugePages(old)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", &self.0);
+    }
+}
+
+#[test]
+fn lost_writes_match_an_independent_probe() {
+    let Some(probe) = build_lost_write_probe() else { return };
+    let _g = serial();
+    let sb = Sandbox::new("lost-indep");
+    let before = machine_state(&sb.base);
+    let storms = storm(&sb, "truncate-vs-pin", &["--backing", in_memory_backings(), "--duration", "500ms"]);
+    let shm = format!("file:/dev/shm/pinstorm-lw-{}", std::process::id());
+    let _hp = is_root().then(|| HugePages::reserve(2));
+    for s in &storms {
+        let kind = match s["backing"].as_str().unwrap() {
+            "tmpfs" => shm.as_str(),
+            "memfd" => "memfd",
+            "hugetlbfs" => "memfd-huge",
+            b => panic!("unexpected backing {b}"),
+        };
+        let o = Command::new(&probe).args([kind, "truncate", "2097152"]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let theirs = stdout(&o).trim().to_string();
+        let ours = if count(s, "lost_write") > 0 { "lost" } else { "kept" };
+        assert_eq!(ours, theirs, "pinstorm and the independent probe disagree on {}", s["backing"]);
+        // And without a layout change the independent probe keeps the write: the loss is
+        // caused by the truncate, not by the probe.
+        let o = Command::new(&probe).args([kind, "none", "2097152"]).output().unwrap();
+        assert_eq!(stdout(&o).trim(), "kept");
+    }
+    drop(_hp);
+    assert_eq!(settled_state(&sb.base, &before), before);
+}
