@@ -195,7 +195,11 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     section("Backings", &backings);
     println!("Layout operations (whether a filesystem has one is measured per storm; notrun with the reason if not):");
     for l in &layout_ops {
-        println!("  {:<18} {}", l["name"].as_str().unwrap_or(""), l["description"].as_str().unwrap_or(""));
+        println!(
+            "  {:<18} {}",
+            l["name"].as_str().unwrap_or(""),
+            l["description"].as_str().unwrap_or("")
+        );
     }
     println!();
     println!("Scenarios (presets, compiled in; a file path works too):");
@@ -267,8 +271,13 @@ fn real_main() -> Result<ExitCode> {
             if let Some(d) = a.duration {
                 match &mut s.storm {
                     Some(st) if !d.0.is_zero() => st.duration = d,
-                    Some(_) => bail!(BadInput(anyhow::anyhow!("--duration must be greater than zero"))),
-                    None => bail!(BadInput(anyhow::anyhow!("--duration applies to storms, and {} has no [storm] section", a.scenario))),
+                    Some(_) => bail!(BadInput(anyhow::anyhow!(
+                        "--duration must be greater than zero"
+                    ))),
+                    None => bail!(BadInput(anyhow::anyhow!(
+                        "--duration applies to storms, and {} has no [storm] section",
+                        a.scenario
+                    ))),
                 }
             }
             run_scenario(g, s, origin, JsonOut::Result)

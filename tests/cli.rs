@@ -180,7 +180,11 @@ fn probe_json_rows_carry_the_documented_keys_and_measured_outcomes() {
     );
     let rows = json(&o);
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 3 * 2 * 2, "3 backings x shared/private x rw/ro");
+    assert_eq!(
+        rows.len(),
+        3 * 2 * 2 * 2,
+        "3 backings x 2 pin paths x shared/private x rw/ro"
+    );
     for r in rows {
         for k in [
             "pin", "backing", "fs", "map", "access", "size", "outcome", "reason", "verdict",
@@ -193,10 +197,16 @@ fn probe_json_rows_carry_the_documented_keys_and_measured_outcomes() {
             "in-memory backings must be measured: {r}"
         );
         assert_eq!(r["size"], 2 << 20);
-        if outcome == "ok" && r["access"] == "rw" {
+        if outcome == "ok" && r["pin"] == "io_uring" && r["access"] == "rw" {
             assert_eq!(
                 r["device_io"], "ok",
                 "a device write through an allowed pin must land: {r}"
+            );
+        }
+        if outcome == "ok" && r["pin"] == "vmsplice" {
+            assert!(
+                r["device_io"].as_str().unwrap().starts_with("ok"),
+                "the pipe must read back the pinned pages: {r}"
             );
         }
     }
@@ -244,8 +254,8 @@ fn bench_pin_json_rows_carry_the_documented_keys() {
     let rows = rows.as_array().unwrap();
     assert_eq!(
         rows.len(),
-        2 * 2 * 3,
-        "2 backings x 2 sizes x register/unregister/cycle"
+        2 * 2 * 2 * 3,
+        "2 pin paths x 2 backings x 2 sizes x register/unregister/cycle"
     );
     for r in rows {
         for k in [

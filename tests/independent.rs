@@ -78,6 +78,8 @@ fn probe_agrees_with_an_independent_probe_on_in_memory_backings() {
     let sb = Sandbox::new("indep-mem");
     let o = sb.run(&[
         "probe",
+        "--pins",
+        "io_uring",
         "--backings",
         "anon,memfd,tmpfs",
         "--format",
@@ -178,6 +180,8 @@ fn probe_agrees_with_an_independent_probe_on_ext4_xfs_and_btrfs() {
         let scratch = lm.mnt.join("scratch");
         let o = sb.run(&[
             "probe",
+            "--pins",
+            "io_uring",
             "--backings",
             "scratch-dir",
             "--scratch-dir",

@@ -18,7 +18,12 @@ fn storm(sb: &Sandbox, scenario: &str, extra: &[&str]) -> Vec<serde_json::Value>
     let mut args = vec!["run", scenario];
     args.extend_from_slice(extra);
     let o = sb.run(&args);
-    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
     // Run ids sort by start time, to the millisecond.
     let files = sb.results();
     let r = read_json(files.last().unwrap());
@@ -26,7 +31,11 @@ fn storm(sb: &Sandbox, scenario: &str, extra: &[&str]) -> Vec<serde_json::Value>
     r["storms"].as_array().unwrap().clone()
 }
 
-fn by_backing<'a>(storms: &'a [serde_json::Value], backing: &str, map: &str) -> &'a serde_json::Value {
+fn by_backing<'a>(
+    storms: &'a [serde_json::Value],
+    backing: &str,
+    map: &str,
+) -> &'a serde_json::Value {
     storms
         .iter()
         .find(|s| s["backing"] == backing && s["map"] == map)
@@ -34,12 +43,21 @@ fn by_backing<'a>(storms: &'a [serde_json::Value], backing: &str, map: &str) -> 
 }
 
 fn count(s: &serde_json::Value, oracle: &str) -> u64 {
-    s["oracle"][oracle]["count"].as_u64().unwrap_or_else(|| panic!("no count for {oracle}: {s}"))
+    s["oracle"][oracle]["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count for {oracle}: {s}"))
 }
 
 fn assert_no_violations(s: &serde_json::Value) {
     for o in ["lost_write", "stale_exposure", "cross_file"] {
-        assert_eq!(count(s, o), 0, "{o} must not fire on {} {}: {}", s["backing"], s["map"], s["oracle"][o]);
+        assert_eq!(
+            count(s, o),
+            0,
+            "{o} must not fire on {} {}: {}",
+            s["backing"],
+            s["map"],
+            s["oracle"][o]
+        );
     }
 }
 
@@ -54,19 +72,55 @@ fn in_memory_backings() -> &'static str {
 
 fn lost_writes_fire(preset: &str, test: &str) {
     let sb = Sandbox::new(test);
-    let storms = storm(&sb, preset, &["--backing", in_memory_backings(), "--duration", "1s", "--seed", "3"]);
+    let storms = storm(
+        &sb,
+        preset,
+        &[
+            "--backing",
+            in_memory_backings(),
+            "--duration",
+            "1s",
+            "--seed",
+            "3",
+        ],
+    );
     for s in &storms {
         assert_eq!(s["outcome"], "ok", "{s}");
         let lost = count(s, "lost_write");
-        assert!(lost > 0, "{preset}: the kernel loses writes under a pin on {}; the oracle must see it: {}", s["backing"], s["totals"]);
+        assert!(
+            lost > 0,
+            "{preset}: the kernel loses writes under a pin on {}; the oracle must see it: {}",
+            s["backing"],
+            s["totals"]
+        );
         let ex = &s["oracle"]["lost_write"]["examples"][0];
         assert_eq!(ex["len"], 4096);
         assert!(ex["offset"].as_u64().unwrap() % 4096 == 0);
-        let history: Vec<&str> = ex["history"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
-        assert!(history.first().unwrap().contains("pinned the whole file"), "{history:?}");
-        assert!(history.iter().any(|h| h.contains("device wrote the canary")), "{history:?}");
-        assert!(history.len() >= 4, "the operation that removed the pinned range is in the history: {history:?}");
-        assert!(s["totals"]["verified"].as_u64().unwrap() > 0, "most writes land: {}", s["totals"]);
+        let history: Vec<&str> = ex["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        assert!(
+            history.first().unwrap().contains("pinned the whole file"),
+            "{history:?}"
+        );
+        assert!(
+            history
+                .iter()
+                .any(|h| h.contains("device wrote the canary")),
+            "{history:?}"
+        );
+        assert!(
+            history.len() >= 4,
+            "the operation that removed the pinned range is in the history: {history:?}"
+        );
+        assert!(
+            s["totals"]["verified"].as_u64().unwrap() > 0,
+            "most writes land: {}",
+            s["totals"]
+        );
         // The truncated or punched data is gone (zeros): no stale data, no cross-file data.
         assert_eq!(count(s, "stale_exposure"), 0);
         assert_eq!(count(s, "cross_file"), 0);
@@ -95,18 +149,40 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
     let _g = serial();
     let sb = Sandbox::new("leak");
     // Settles: nothing else pins meanwhile.
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "memfd", "--duration", "300ms"]);
-    assert_eq!(count(&storms[0], "leaked_pins"), 0, "{}", storms[0]["oracle"]["leaked_pins"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &["--backing", "memfd", "--duration", "300ms"],
+    );
+    assert_eq!(
+        count(&storms[0], "leaked_pins"),
+        0,
+        "{}",
+        storms[0]["oracle"]["leaked_pins"]
+    );
 
     // Fires: a pin that outlives every handle the storm released (here held by this test
     // process for the whole storm, which the system-wide counters cannot tell apart).
     let root = ScratchRoot::open(&sb.base.join("lib-scratch")).unwrap();
     let run = root.new_run("leak").unwrap();
     let anon = BackingKind::Anon.setup(&SetupEnv::default(), &run).unwrap();
-    let region = anon.region(&RegionSpec { size: Size(2 << 20), map: MapKind::Private, access: Access::Rw }).unwrap();
+    let region = anon
+        .region(&RegionSpec {
+            size: Size(2 << 20),
+            map: MapKind::Private,
+            access: Access::Rw,
+        })
+        .unwrap();
     let mut child = sb
         .cmd()
-        .args(["run", "truncate-vs-pin", "--backing", "memfd", "--duration", "1s"])
+        .args([
+            "run",
+            "truncate-vs-pin",
+            "--backing",
+            "memfd",
+            "--duration",
+            "1s",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -118,8 +194,14 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
     assert!(matches!(status.code(), Some(0) | Some(3)));
     let r = read_json(sb.results().last().unwrap());
     let l = &r["storms"][0]["oracle"]["leaked_pins"];
-    assert!(l["count"].as_u64().unwrap() >= 512, "2 MiB of 4 KiB pages held across the storm: {l}");
-    assert!(l["settle_ms"].as_u64().unwrap() >= 5000, "it waited for the bound before reporting: {l}");
+    assert!(
+        l["count"].as_u64().unwrap() >= 512,
+        "2 MiB of 4 KiB pages held across the storm: {l}"
+    );
+    assert!(
+        l["settle_ms"].as_u64().unwrap() >= 5000,
+        "it waited for the bound before reporting: {l}"
+    );
     drop(pinner);
     drop(region);
     drop(anon);
@@ -130,24 +212,52 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
 fn no_false_reports_on_anonymous_memory() {
     let _g = serial();
     let sb = Sandbox::new("anon-baseline");
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "anon", "--duration", "500ms"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &["--backing", "anon", "--duration", "500ms"],
+    );
     let s = by_backing(&storms, "anon", "shared");
     assert_no_violations(s);
-    assert!(s["totals"]["verified"].as_u64().unwrap() > 0, "the device's writes were checked: {}", s["totals"]);
+    assert!(
+        s["totals"]["verified"].as_u64().unwrap() > 0,
+        "the device's writes were checked: {}",
+        s["totals"]
+    );
     assert_eq!(s["layout_ops"][0]["outcome"], "notrun");
-    assert!(s["layout_ops"][0]["reason"].as_str().unwrap().contains("no file"));
+    assert!(s["layout_ops"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no file"));
 }
 
 #[test]
 fn no_false_reports_on_private_mappings() {
     let _g = serial();
     let sb = Sandbox::new("private-baseline");
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "tmpfs,memfd", "--map", "private", "--duration", "500ms"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &[
+            "--backing",
+            "tmpfs,memfd",
+            "--map",
+            "private",
+            "--duration",
+            "500ms",
+        ],
+    );
     for s in &storms {
         assert_eq!(s["map"], "private");
         assert_no_violations(s);
-        assert!(s["layout_ops"][0]["count"].as_u64().unwrap() > 0, "the layout really changed: {s}");
-        assert!(s["oracle"]["lost_write"]["note"].as_str().unwrap().contains("private"));
+        assert!(
+            s["layout_ops"][0]["count"].as_u64().unwrap() > 0,
+            "the layout really changed: {s}"
+        );
+        assert!(s["oracle"]["lost_write"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("private"));
     }
 }
 
@@ -159,26 +269,58 @@ fn pins_the_kernel_refuses_report_no_violations() {
     }
     let _g = serial();
     let sb = Sandbox::new("refused");
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "xfs", "--duration", "300ms"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &["--backing", "xfs", "--duration", "300ms"],
+    );
     let s = by_backing(&storms, "xfs", "shared");
     assert_no_violations(s);
     assert_eq!(s["totals"]["registrations"], 0, "{}", s["totals"]);
-    let refused: u64 = s["totals"]["register_errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let refused: u64 = s["totals"]["register_errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert!(refused > 0, "{}", s["totals"]);
     // The refusal is what this kernel's expectations say, so it is not "unexpected".
-    assert_eq!(count(s, "unexpected_outcomes"), 0, "{}", s["oracle"]["unexpected_outcomes"]);
+    assert_eq!(
+        count(s, "unexpected_outcomes"),
+        0,
+        "{}",
+        s["oracle"]["unexpected_outcomes"]
+    );
 }
 
 #[test]
 fn the_oracle_section_has_a_count_under_every_key() {
     let _g = serial();
     let sb = Sandbox::new("oracle-keys");
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", "memfd", "--duration", "300ms"]);
-    for key in ["lost_write", "stale_exposure", "cross_file", "leaked_pins", "blocked", "kernel_warnings"] {
-        assert!(storms[0]["oracle"][key]["count"].is_u64(), "{key}: {}", storms[0]["oracle"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &["--backing", "memfd", "--duration", "300ms"],
+    );
+    for key in [
+        "lost_write",
+        "stale_exposure",
+        "cross_file",
+        "leaked_pins",
+        "blocked",
+        "kernel_warnings",
+    ] {
+        assert!(
+            storms[0]["oracle"][key]["count"].is_u64(),
+            "{key}: {}",
+            storms[0]["oracle"]
+        );
     }
     let s = &storms[0];
-    assert!(!s["timeline"].as_array().unwrap().is_empty(), "a per-second time series");
+    assert!(
+        !s["timeline"].as_array().unwrap().is_empty(),
+        "a per-second time series"
+    );
     assert!(s["register"]["p50_ns"].as_u64().unwrap() > 0);
     assert!(s["register_histogram"].as_str().unwrap().len() > 10);
     let op = &s["layout_ops"][0];
@@ -207,7 +349,11 @@ fn same_seed_replays_the_same_operation_sequence() {
     for d in 0..2 {
         let (x, y) = (a[d].as_array().unwrap(), b[d].as_array().unwrap());
         let n = x.len().min(y.len());
-        assert_eq!(x[..n], y[..n], "disruptor {d} must repeat its sequence under the same seed");
+        assert_eq!(
+            x[..n],
+            y[..n],
+            "disruptor {d} must repeat its sequence under the same seed"
+        );
     }
     assert_ne!(a, c, "another seed, another sequence");
 }
@@ -232,7 +378,10 @@ fn slow_syscalls_are_reported_as_blocked_and_the_storm_goes_on() {
     let ex = &b["examples"][0];
     assert!(ex["op"].as_str().is_some_and(|o| !o.is_empty()), "{ex}");
     assert!(ex["tid"].as_i64().unwrap() > 0);
-    assert!(ex["blocked_ms"].as_f64().is_some(), "every reported operation returned and was timed: {ex}");
+    assert!(
+        ex["blocked_ms"].as_f64().is_some(),
+        "every reported operation returned and was timed: {ex}"
+    );
 }
 
 #[test]
@@ -242,7 +391,14 @@ fn sigint_during_a_storm_keeps_the_storm_and_cleans_up() {
     let before = machine_state(&sb.base);
     let mut child = sb
         .cmd()
-        .args(["run", "truncate-vs-pin", "--backing", "memfd", "--duration", "60s"])
+        .args([
+            "run",
+            "truncate-vs-pin",
+            "--backing",
+            "memfd",
+            "--duration",
+            "60s",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -252,7 +408,10 @@ fn sigint_during_a_storm_keeps_the_storm_and_cleans_up() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let start = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(40), "pinstorm did not stop after SIGINT");
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "pinstorm did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = child.wait_with_output().unwrap();
@@ -260,8 +419,15 @@ fn sigint_during_a_storm_keeps_the_storm_and_cleans_up() {
     let r = read_json(&sb.results()[0]);
     assert_eq!(r["interrupted"], "SIGINT");
     let s = &r["storms"][0];
-    assert!(s["duration_ms"].as_u64().unwrap() < 30_000, "the storm stopped early: {}", s["duration_ms"]);
-    assert!(s["totals"]["registrations"].as_u64().unwrap() > 0, "what it measured is kept");
+    assert!(
+        s["duration_ms"].as_u64().unwrap() < 30_000,
+        "the storm stopped early: {}",
+        s["duration_ms"]
+    );
+    assert!(
+        s["totals"]["registrations"].as_u64().unwrap() > 0,
+        "what it measured is kept"
+    );
     assert_eq!(settled_state(&sb.base, &before), before);
 }
 
@@ -270,10 +436,19 @@ fn sigint_during_a_storm_keeps_the_storm_and_cleans_up() {
 fn build_lost_write_probe() -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/lost_write_probe.c");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-lost-write-probe");
-    match Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).arg("-luring").output() {
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-luring")
+        .output()
+    {
         Ok(o) if o.status.success() => Some(out),
         Ok(o) => {
-            eprintln!("skipped: the independent lost-write probe needs liburing-dev: {}", stderr(&o));
+            eprintln!(
+                "skipped: the independent lost-write probe needs liburing-dev: {}",
+                stderr(&o)
+            );
             None
         }
         Err(e) => {
@@ -288,7 +463,10 @@ struct HugePages(String);
 
 impl HugePages {
     fn reserve(n: u64) -> HugePages {
-        let old = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap().trim().to_string();
+        let old = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+            .unwrap()
+            .trim()
+            .to_string();
         let want = old.parse::<u64>().unwrap() + n;
         std::fs::write("/proc/sys/vm/nr_hugepages", want.to_string()).unwrap();
         HugePages(old)
@@ -303,11 +481,17 @@ impl Drop for HugePages {
 
 #[test]
 fn lost_writes_match_an_independent_probe() {
-    let Some(probe) = build_lost_write_probe() else { return };
+    let Some(probe) = build_lost_write_probe() else {
+        return;
+    };
     let _g = serial();
     let sb = Sandbox::new("lost-indep");
     let before = machine_state(&sb.base);
-    let storms = storm(&sb, "truncate-vs-pin", &["--backing", in_memory_backings(), "--duration", "500ms"]);
+    let storms = storm(
+        &sb,
+        "truncate-vs-pin",
+        &["--backing", in_memory_backings(), "--duration", "500ms"],
+    );
     let shm = format!("file:/dev/shm/pinstorm-lw-{}", std::process::id());
     let _hp = is_root().then(|| HugePages::reserve(2));
     for s in &storms {
@@ -317,14 +501,28 @@ fn lost_writes_match_an_independent_probe() {
             "hugetlbfs" => "memfd-huge",
             b => panic!("unexpected backing {b}"),
         };
-        let o = Command::new(&probe).args([kind, "truncate", "2097152"]).output().unwrap();
+        let o = Command::new(&probe)
+            .args([kind, "truncate", "2097152"])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         let theirs = stdout(&o).trim().to_string();
-        let ours = if count(s, "lost_write") > 0 { "lost" } else { "kept" };
-        assert_eq!(ours, theirs, "pinstorm and the independent probe disagree on {}", s["backing"]);
+        let ours = if count(s, "lost_write") > 0 {
+            "lost"
+        } else {
+            "kept"
+        };
+        assert_eq!(
+            ours, theirs,
+            "pinstorm and the independent probe disagree on {}",
+            s["backing"]
+        );
         // And without a layout change the independent probe keeps the write: the loss is
         // caused by the truncate, not by the probe.
-        let o = Command::new(&probe).args([kind, "none", "2097152"]).output().unwrap();
+        let o = Command::new(&probe)
+            .args([kind, "none", "2097152"])
+            .output()
+            .unwrap();
         assert_eq!(stdout(&o).trim(), "kept");
     }
     drop(_hp);

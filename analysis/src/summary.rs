@@ -175,28 +175,59 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 s.backing.clone(),
                 s.fs.clone(),
                 s.map.clone(),
-                format!("{}/{}", t.registrations, t.registrations + t.register_errors.values().sum::<u64>()),
+                format!(
+                    "{}/{}",
+                    t.registrations,
+                    t.registrations + t.register_errors.values().sum::<u64>()
+                ),
                 t.device_writes.to_string(),
                 t.verified.to_string(),
                 t.ambiguous.to_string(),
                 count_or_notrun(&o.lost_write),
                 count_or_notrun(&o.stale_exposure),
                 count_or_notrun(&o.cross_file),
-                if o.leaked_pins.notrun.is_some() { "notrun".into() } else { o.leaked_pins.count.to_string() },
+                if o.leaked_pins.notrun.is_some() {
+                    "notrun".into()
+                } else {
+                    o.leaked_pins.count.to_string()
+                },
                 o.blocked.count.to_string(),
-                if o.kernel_warnings.notrun.is_some() { "notrun".into() } else { o.kernel_warnings.count.to_string() },
+                if o.kernel_warnings.notrun.is_some() {
+                    "notrun".into()
+                } else {
+                    o.kernel_warnings.count.to_string()
+                },
                 o.unexpected_outcomes.count.to_string(),
             ]
         })
         .collect();
     table(
-        &["pin", "backing", "fs", "map", "pins ok/tried", "writes", "verified", "ambiguous", "LOST", "STALE", "CROSS", "leaked", "blocked", "kwarn", "unexpected"],
+        &[
+            "pin",
+            "backing",
+            "fs",
+            "map",
+            "pins ok/tried",
+            "writes",
+            "verified",
+            "ambiguous",
+            "LOST",
+            "STALE",
+            "CROSS",
+            "leaked",
+            "blocked",
+            "kwarn",
+            "unexpected",
+        ],
         &body,
     )
 }
 
 fn storm_details(out: &mut String, storms: &[StormResult]) {
-    let _ = writeln!(out, "  Layout operations per storm (count, p50, p99; errors; notrun reasons):");
+    let _ = writeln!(
+        out,
+        "  Layout operations per storm (count, p50, p99; errors; notrun reasons):"
+    );
     for s in storms.iter().filter(|s| s.outcome == "ok") {
         let ops: Vec<String> = s
             .layout_ops
@@ -204,22 +235,49 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
             .map(|l| match (&l.stats, l.outcome.as_str()) {
                 (_, "notrun") => format!("{} notrun ({})", l.op, l.reason.as_deref().unwrap_or("")),
                 (Some(st), _) => {
-                    let errs: Vec<String> = l.errors.iter().map(|(e, n)| format!("{e} x{n}")).collect();
-                    let errs = if errs.is_empty() { String::new() } else { format!(", errors {}", errs.join(" ")) };
-                    format!("{} {} ({} / {}{errs})", l.op, l.count, human_ns(st.p50_ns as f64), human_ns(st.p99_ns as f64))
+                    let errs: Vec<String> =
+                        l.errors.iter().map(|(e, n)| format!("{e} x{n}")).collect();
+                    let errs = if errs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", errors {}", errs.join(" "))
+                    };
+                    format!(
+                        "{} {} ({} / {}{errs})",
+                        l.op,
+                        l.count,
+                        human_ns(st.p50_ns as f64),
+                        human_ns(st.p99_ns as f64)
+                    )
                 }
                 (None, _) => format!("{} 0", l.op),
             })
             .collect();
         if !ops.is_empty() {
-            let _ = writeln!(out, "    {} {} {}: {}", s.pin, s.backing, s.map, ops.join("; "));
+            let _ = writeln!(
+                out,
+                "    {} {} {}: {}",
+                s.pin,
+                s.backing,
+                s.map,
+                ops.join("; ")
+            );
         }
     }
     for s in storms {
         let o = &s.oracle;
-        for (name, f) in [("LOST WRITE", &o.lost_write), ("STALE EXPOSURE", &o.stale_exposure), ("CROSS-FILE", &o.cross_file), ("UNEXPECTED OUTCOME", &o.unexpected_outcomes)] {
+        for (name, f) in [
+            ("LOST WRITE", &o.lost_write),
+            ("STALE EXPOSURE", &o.stale_exposure),
+            ("CROSS-FILE", &o.cross_file),
+            ("UNEXPECTED OUTCOME", &o.unexpected_outcomes),
+        ] {
             if let Some(v) = f.examples.first() {
-                let _ = writeln!(out, "\n  {name} ({} in all) in {} {} {}: {} offset {}+{}", f.count, s.pin, s.backing, s.map, v.file, v.offset, v.len);
+                let _ = writeln!(
+                    out,
+                    "\n  {name} ({} in all) in {} {} {}: {} offset {}+{}",
+                    f.count, s.pin, s.backing, s.map, v.file, v.offset, v.len
+                );
                 let _ = writeln!(out, "    {}", v.what);
                 for h in &v.history {
                     let _ = writeln!(out, "      {h}");
@@ -236,7 +294,9 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
                 b.op,
                 b.thread,
                 b.tid,
-                b.blocked_ms.map(|m| format!("{m:.1} ms")).unwrap_or_else(|| "ever (never returned)".into()),
+                b.blocked_ms
+                    .map(|m| format!("{m:.1} ms"))
+                    .unwrap_or_else(|| "ever (never returned)".into()),
                 b.wchan.as_deref().unwrap_or("?")
             );
         }

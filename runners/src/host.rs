@@ -32,7 +32,9 @@ use crate::{bench, cleanup, environment, probe, storm};
 
 /// The tag written into every canary of a run: a hash of the run id.
 fn run_tag(run_id: &str) -> u32 {
-    run_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    run_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Everything a run needs besides the scenario.
@@ -169,8 +171,13 @@ fn now_rfc3339() -> String {
 /// one host.
 pub fn new_run_id() -> String {
     let now = SystemTime::now();
-    let t = humantime::format_rfc3339_millis(now).to_string().replace(['-', ':'], "");
-    let nanos = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let t = humantime::format_rfc3339_millis(now)
+        .to_string()
+        .replace(['-', ':'], "");
+    let nanos = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let salt = (u64::from(nanos) ^ (u64::from(std::process::id()) << 16)) & 0xffff;
     format!("{t}-{salt:04x}")
 }

@@ -14,7 +14,11 @@ pub struct Kmsg {
 /// Whether a kernel log line is one the oracle reports.
 pub fn interesting(line: &str) -> bool {
     let lower = line.to_ascii_lowercase();
-    line.contains("WARN") || line.contains("BUG") || line.contains("Oops") || lower.contains("pinned") || lower.contains("dax")
+    line.contains("WARN")
+        || line.contains("BUG")
+        || line.contains("Oops")
+        || lower.contains("pinned")
+        || lower.contains("dax")
 }
 
 impl Kmsg {
@@ -26,8 +30,14 @@ impl Kmsg {
             .open("/dev/kmsg");
         match f {
             Ok(mut f) => match f.seek(SeekFrom::End(0)) {
-                Ok(_) => Kmsg { file: Some(f), notrun: None },
-                Err(e) => Kmsg { file: None, notrun: Some(format!("cannot seek /dev/kmsg: {e}")) },
+                Ok(_) => Kmsg {
+                    file: Some(f),
+                    notrun: None,
+                },
+                Err(e) => Kmsg {
+                    file: None,
+                    notrun: Some(format!("cannot seek /dev/kmsg: {e}")),
+                },
             },
             Err(e) => Kmsg {
                 file: None,
@@ -41,7 +51,9 @@ impl Kmsg {
     /// Every new message since the last call (each `read` returns one record).
     pub fn take(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        let Some(f) = self.file.as_mut() else { return out };
+        let Some(f) = self.file.as_mut() else {
+            return out;
+        };
         let mut buf = vec![0u8; 8192];
         loop {
             match f.read(&mut buf) {
@@ -68,12 +80,18 @@ mod tests {
 
     #[test]
     fn warnings_and_dax_lines_are_kept_the_rest_dropped() {
-        assert!(interesting("WARNING: CPU: 1 PID: 42 at mm/gup.c:123 __gup_longterm_locked"));
+        assert!(interesting(
+            "WARNING: CPU: 1 PID: 42 at mm/gup.c:123 __gup_longterm_locked"
+        ));
         assert!(interesting("BUG: unable to handle page fault"));
         assert!(interesting("Oops: 0000 [#1] SMP"));
-        assert!(interesting("XFS (pmem0): DAX enabled. Warning: EXPERIMENTAL, use at your own risk"));
+        assert!(interesting(
+            "XFS (pmem0): DAX enabled. Warning: EXPERIMENTAL, use at your own risk"
+        ));
         assert!(interesting("page still pinned after truncate"));
         assert!(!interesting("XFS (loop0): Mounting V5 Filesystem"));
-        assert!(!interesting("EXT4-fs (loop1): mounted filesystem with ordered data mode"));
+        assert!(!interesting(
+            "EXT4-fs (loop1): mounted filesystem with ordered data mode"
+        ));
     }
 }

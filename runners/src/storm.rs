@@ -34,10 +34,12 @@ use pinstorm_analysis::expect::{Cell, Expectations};
 use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::{
-    Blocked, KernelWarnings, LayoutOpResult, LeakedPins, Oracle, OracleFinding, StormResult, StormTotals,
-    TimelinePoint, Violation,
+    Blocked, KernelWarnings, LayoutOpResult, LeakedPins, Oracle, OracleFinding, StormResult,
+    StormTotals, TimelinePoint, Violation,
 };
-use pinstorm_workloads::backing::{Access, BackingKind, MapKind, Region, RegionError, RegionFile, RegionSpec};
+use pinstorm_workloads::backing::{
+    Access, BackingKind, MapKind, Region, RegionError, RegionFile, RegionSpec,
+};
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::layout::{Effect, LayoutKind, LayoutTarget};
 use pinstorm_workloads::pin::{Availability, PinError, PinKind};
@@ -152,35 +154,66 @@ impl Shared {
     }
 
     /// Judge what a page holds instead of what it should: stale or cross-file.
-    fn classify_foreign(&self, f: &TrackedFile, page_off: u64, content: &[u8], at_ms: f64, history: &[String]) {
-        let PageContent::Canary(c) = canary::decode(content) else { return };
+    fn classify_foreign(
+        &self,
+        f: &TrackedFile,
+        page_off: u64,
+        content: &[u8],
+        at_ms: f64,
+        history: &[String],
+    ) {
+        let PageContent::Canary(c) = canary::decode(content) else {
+            return;
+        };
         let page = (page_off / PAGE) as usize;
-        let track = f.pages.lock().unwrap_or_else(|p| p.into_inner()).get(page).copied().unwrap_or_default();
+        let track = f
+            .pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(page)
+            .copied()
+            .unwrap_or_default();
         let mut fd = self.findings();
         let examples = self.examples;
         if c.run_tag != self.run_tag {
             if fd.seen.insert((f.id, page_off, c.event, "stale")) {
-                add(&mut fd.stale, examples, Violation {
-                    file: f.name.clone(),
-                    offset: page_off,
-                    len: PAGE,
-                    what: format!("holds a canary of another run (tag {:#x}, file {}, offset {})", c.run_tag, c.file_id, c.offset),
-                    at_ms,
-                    history: history.to_vec(),
-                });
+                add(
+                    &mut fd.stale,
+                    examples,
+                    Violation {
+                        file: f.name.clone(),
+                        offset: page_off,
+                        len: PAGE,
+                        what: format!(
+                            "holds a canary of another run (tag {:#x}, file {}, offset {})",
+                            c.run_tag, c.file_id, c.offset
+                        ),
+                        at_ms,
+                        history: history.to_vec(),
+                    },
+                );
             }
         } else if c.file_id != f.id {
             if fd.seen.insert((f.id, page_off, c.event, "cross")) {
-                add(&mut fd.cross, examples, Violation {
-                    file: f.name.clone(),
-                    offset: page_off,
-                    len: PAGE,
-                    what: format!("holds data the device wrote for file {} at offset {} (event {})", c.file_id, c.offset, c.event),
-                    at_ms,
-                    history: history.to_vec(),
-                });
+                add(
+                    &mut fd.cross,
+                    examples,
+                    Violation {
+                        file: f.name.clone(),
+                        offset: page_off,
+                        len: PAGE,
+                        what: format!(
+                            "holds data the device wrote for file {} at offset {} (event {})",
+                            c.file_id, c.offset, c.event
+                        ),
+                        at_ms,
+                        history: history.to_vec(),
+                    },
+                );
             }
-        } else if c.offset == page_off && !track.shifted && c.event < track.invalidated_at
+        } else if c.offset == page_off
+            && !track.shifted
+            && c.event < track.invalidated_at
             && fd.seen.insert((f.id, page_off, c.event, "stale"))
         {
             add(&mut fd.stale, examples, Violation {
@@ -206,7 +239,10 @@ impl Timeline {
         let s = (ms / 1000.0) as usize;
         while self.0.len() <= s {
             let second = self.0.len() as u64;
-            self.0.push(TimelinePoint { second, ..Default::default() });
+            self.0.push(TimelinePoint {
+                second,
+                ..Default::default()
+            });
         }
         &mut self.0[s]
     }
@@ -295,14 +331,20 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         if let Some((exp, why)) = &sh.expected {
             if clean && *exp != outcome {
                 let mut fd = sh.findings();
-                add(&mut fd.unexpected, sh.examples, Violation {
-                    file: f.name.clone(),
-                    offset: 0,
-                    len: target.len as u64,
-                    what: format!("registration gave {outcome}, the expectations say {exp} ({why})"),
-                    at_ms: now,
-                    history: vec![],
-                });
+                add(
+                    &mut fd.unexpected,
+                    sh.examples,
+                    Violation {
+                        file: f.name.clone(),
+                        offset: 0,
+                        len: target.len as u64,
+                        what: format!(
+                            "registration gave {outcome}, the expectations say {exp} ({why})"
+                        ),
+                        at_ms: now,
+                        history: vec![],
+                    },
+                );
             }
         }
         if r.is_err() {
@@ -322,7 +364,13 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         if can_write {
             let off = (rng.next_u64() % pages) * PAGE;
             let ev = sh.event();
-            let data = Canary { run_tag: sh.run_tag, file_id: f.id, offset: off, event: ev }.page(PAGE as usize);
+            let data = Canary {
+                run_tag: sh.run_tag,
+                file_id: f.id,
+                offset: off,
+                event: ev,
+            }
+            .page(PAGE as usize);
             let s0 = f.seq.load(SeqCst);
             sh.wd.begin(&slot, "device-write");
             let w = pinner.device_write(off as usize, &data);
@@ -332,7 +380,17 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
                 Ok(_) => {
                     out.totals.device_writes += 1;
                     out.timeline.at(wrote_ms).device_writes += 1;
-                    check_write(&sh, f, &mut out.totals, off, &data, clean, s0, (pin_event, pinned_ms), (ev, wrote_ms));
+                    check_write(
+                        &sh,
+                        f,
+                        &mut out.totals,
+                        off,
+                        &data,
+                        clean,
+                        s0,
+                        (pin_event, pinned_ms),
+                        (ev, wrote_ms),
+                    );
                     sh.wd.begin(&slot, "device-read");
                     let back = pinner.device_read(off as usize, PAGE as usize);
                     sh.wd.end(&slot);
@@ -341,7 +399,10 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
                     }
                 }
                 Err(PinError::Kernel { errno, .. }) => {
-                    *out.totals.device_write_errors.entry(errno.name()).or_default() += 1;
+                    *out.totals
+                        .device_write_errors
+                        .entry(errno.name())
+                        .or_default() += 1;
                 }
                 Err(PinError::NotRun(m)) => {
                     can_write = false;
@@ -406,14 +467,21 @@ fn check_write(
     let found = match canary::decode(&content) {
         PageContent::Zero => "zeros".to_string(),
         PageContent::Fill(b) => format!("a fill of {b:#04x} bytes"),
-        PageContent::Canary(c) => format!("a canary of file {} offset {} event {}", c.file_id, c.offset, c.event),
+        PageContent::Canary(c) => format!(
+            "a canary of file {} offset {} event {}",
+            c.file_id, c.offset, c.event
+        ),
         PageContent::Torn => "a torn page".into(),
         PageContent::Other => "other data".into(),
     };
     let read_ms = sh.wd.elapsed_ms();
-    let mut history = vec![format!("{pinned_ms:.3} ms: pinned the whole file (event {pin_event})")];
+    let mut history = vec![format!(
+        "{pinned_ms:.3} ms: pinned the whole file (event {pin_event})"
+    )];
     history.extend(f.history(pin_event));
-    history.push(format!("{wrote_ms:.3} ms: device wrote the canary of event {ev} at offset {off}"));
+    history.push(format!(
+        "{wrote_ms:.3} ms: device wrote the canary of event {ev} at offset {off}"
+    ));
     history.push(format!("{read_ms:.3} ms: the file read back {found}"));
     {
         let mut fd = sh.findings();
@@ -431,7 +499,12 @@ fn check_write(
     sh.classify_foreign(f, off, &content, read_ms, &history);
 }
 
-fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, seed: u64) -> DisruptorOut {
+fn disruptor_thread(
+    sh: Arc<Shared>,
+    slot_index: usize,
+    ops: Vec<LayoutKind>,
+    seed: u64,
+) -> DisruptorOut {
     let mut out = DisruptorOut::default();
     let slot = sh.wd.slot(slot_index);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -442,16 +515,27 @@ fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, se
         let k = (rng.next_u64() % ops.len() as u64) as usize;
         let fi = (rng.next_u64() % sh.files.len() as u64) as usize;
         let kind = ops[k];
-        let unsupported = sh.unsupported.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let unsupported = sh
+            .unsupported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         if unsupported >= ops.len() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        if sh.unsupported.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&kind) {
+        if sh
+            .unsupported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&kind)
+        {
             continue;
         }
         let f = &sh.files[fi];
-        let Some(file) = f.region.file.as_ref() else { break };
+        let Some(file) = f.region.file.as_ref() else {
+            break;
+        };
         let target = LayoutTarget {
             file,
             size: sh.size,
@@ -461,7 +545,11 @@ fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, se
             partners_missing: f.partners_missing.as_deref(),
         };
         if let Some(why) = boxed[k].unavailable(&target) {
-            sh.unsupported.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_insert(why);
+            sh.unsupported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(kind)
+                .or_insert(why);
             continue;
         }
         let ev = sh.event();
@@ -479,11 +567,17 @@ fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, se
             let mut pages = f.pages.lock().unwrap_or_else(|p| p.into_inner());
             let n = pages.len();
             let (from, to, shifted) = match effect {
-                Effect::Invalidated { offset, len } => (offset / PAGE, (offset + len).div_ceil(PAGE), false),
+                Effect::Invalidated { offset, len } => {
+                    (offset / PAGE, (offset + len).div_ceil(PAGE), false)
+                }
                 Effect::Shifted { offset } => (offset / PAGE, n as u64, true),
                 Effect::Shared { .. } => (0, 0, false),
             };
-            for p in pages.iter_mut().take(to.min(n as u64) as usize).skip(from as usize) {
+            for p in pages
+                .iter_mut()
+                .take(to.min(n as u64) as usize)
+                .skip(from as usize)
+            {
                 p.invalidated_at = ev;
                 p.shifted |= shifted;
             }
@@ -500,7 +594,13 @@ fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, se
             if log.len() == LOG {
                 log.pop_front();
             }
-            log.push_back((ev, format!("{:.3} ms: {kind} (event {ev}): {text}", now - took.as_secs_f64() * 1e3)));
+            log.push_back((
+                ev,
+                format!(
+                    "{:.3} ms: {kind} (event {ev}): {text}",
+                    now - took.as_secs_f64() * 1e3
+                ),
+            ));
         }
         if out.head.len() < HEAD {
             out.head.push(format!("{kind} file={fi}: {text}"));
@@ -534,7 +634,15 @@ fn disruptor_thread(sh: Arc<Shared>, slot_index: usize, ops: Vec<LayoutKind>, se
     out
 }
 
-fn notrun(pin: PinKind, kind: BackingKind, fs: &str, map: MapKind, job: &StormJob, seed: u64, reason: String) -> StormResult {
+fn notrun(
+    pin: PinKind,
+    kind: BackingKind,
+    fs: &str,
+    map: MapKind,
+    job: &StormJob,
+    seed: u64,
+    reason: String,
+) -> StormResult {
     StormResult {
         pin: pin.name().into(),
         backing: kind.name().into(),
@@ -569,7 +677,12 @@ fn thread_seed(seed: u64, cell: &str, role: u64, index: u64) -> u64 {
     h ^ seed.rotate_left(17) ^ (role << 56) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-pub fn run(job: &StormJob, ctx: &StormContext, progress: &Progress, out: &mut Vec<StormResult>) -> anyhow::Result<()> {
+pub fn run(
+    job: &StormJob,
+    ctx: &StormContext,
+    progress: &Progress,
+    out: &mut Vec<StormResult>,
+) -> anyhow::Result<()> {
     for &pin in &job.pins {
         for &kind in &job.backings {
             for &map in &job.maps {
@@ -592,14 +705,25 @@ fn make_partners(
     size: u64,
     ops: &[LayoutKind],
 ) -> (Option<RegionFile>, Option<RegionFile>, Option<String>) {
-    let needs_clone = ops.iter().any(|k| matches!(k, LayoutKind::ReflinkOut | LayoutKind::ReflinkRangeOut | LayoutKind::Dedupe));
+    let needs_clone = ops.iter().any(|k| {
+        matches!(
+            k,
+            LayoutKind::ReflinkOut | LayoutKind::ReflinkRangeOut | LayoutKind::Dedupe
+        )
+    });
     let needs_donor = ops.contains(&LayoutKind::ReflinkRangeIn);
     if !(needs_clone || needs_donor) {
         return (None, None, None);
     }
-    let Some(file) = region.file.as_ref() else { return (None, None, None) };
+    let Some(file) = region.file.as_ref() else {
+        return (None, None, None);
+    };
     if fs == "hugetlbfs" {
-        return (None, None, Some("hugetlbfs has no write(2) to prepare partner files with, and no reflink".into()));
+        return (
+            None,
+            None,
+            Some("hugetlbfs has no write(2) to prepare partner files with, and no reflink".into()),
+        );
     }
     let mut why = None;
     let mut make = |name: String, fill: Option<u8>| match file.sibling(&name) {
@@ -622,12 +746,26 @@ fn make_partners(
             None
         }
     };
-    let clone = if needs_clone { make(format!("clone-{i}"), None) } else { None };
-    let donor = if needs_donor { make(format!("donor-{i}"), Some(0xd0)) } else { None };
+    let clone = if needs_clone {
+        make(format!("clone-{i}"), None)
+    } else {
+        None
+    };
+    let donor = if needs_donor {
+        make(format!("donor-{i}"), Some(0xd0))
+    } else {
+        None
+    };
     (clone, donor, why)
 }
 
-fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind, map: MapKind) -> anyhow::Result<StormResult> {
+fn run_cell(
+    job: &StormJob,
+    ctx: &StormContext,
+    pin: PinKind,
+    kind: BackingKind,
+    map: MapKind,
+) -> anyhow::Result<StormResult> {
     let cell_name = format!("{pin}/{kind}/{}", map.name());
     let backing = match ctx.backings.get(kind) {
         Ok(b) => b,
@@ -641,10 +779,22 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
     let size = job.file_size.round_up(align).bytes();
     let mut files = Vec::new();
     for i in 0..job.pinners.get() {
-        let region = match backing.region(&RegionSpec { size: Size(size), map, access: Access::Rw }) {
+        let region = match backing.region(&RegionSpec {
+            size: Size(size),
+            map,
+            access: Access::Rw,
+        }) {
             Ok(r) => r,
             Err(RegionError::Kernel { op, errno }) => {
-                return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, format!("making region {i} failed: {op}: {errno}")))
+                return Ok(notrun(
+                    pin,
+                    kind,
+                    &info.fs,
+                    map,
+                    job,
+                    ctx.seed,
+                    format!("making region {i} failed: {op}: {errno}"),
+                ))
             }
             Err(RegionError::Tool(e)) => return Err(e),
         };
@@ -658,7 +808,10 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
             id: i as u32 + 1,
             name,
             seq: AtomicU64::new(0),
-            pages: Mutex::new(vec![PageTrack::default(); (region.mapping.len() as u64 / PAGE) as usize]),
+            pages: Mutex::new(vec![
+                PageTrack::default();
+                (region.mapping.len() as u64 / PAGE) as usize
+            ]),
             log: Mutex::new(VecDeque::new()),
             region,
             clone,
@@ -671,12 +824,21 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
     let expected = ctx
         .expectations
         .lookup(
-            &Cell { pin: pin.name(), backing: kind.name(), fs: &info.fs, map: map.name(), access: Access::Rw.name(), dax },
+            &Cell {
+                pin: pin.name(),
+                backing: kind.name(),
+                fs: &info.fs,
+                map: map.name(),
+                access: Access::Rw.name(),
+                dax,
+            },
             ctx.kernel,
         )
         .map(|r| (r.outcome.clone(), r.why.clone()));
     let disruptors = if file_backed { job.disruptors } else { 0 };
-    let mut names: Vec<String> = (0..job.pinners.get()).map(|i| format!("pinner-{i}")).collect();
+    let mut names: Vec<String> = (0..job.pinners.get())
+        .map(|i| format!("pinner-{i}"))
+        .collect();
     names.extend((0..disruptors).map(|j| format!("disruptor-{j}")));
     let wd = Watchdog::new(job.block_threshold.0, &names);
     let wd_thread = wd.run();
@@ -785,7 +947,9 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
         let at = wd.elapsed_ms();
         for f in &sh.files {
             let scan = |rf: &RegionFile, label: &str, is_clone: bool, is_donor: bool| {
-                let Ok(len) = rf.file().metadata().map(|m| m.len()) else { return };
+                let Ok(len) = rf.file().metadata().map(|m| m.len()) else {
+                    return;
+                };
                 let mut buf = vec![0u8; len as usize];
                 if rf.file().read_exact_at(&mut buf, 0).is_err() {
                     return;
@@ -805,8 +969,11 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
                             });
                         }
                         // A clone legitimately holds its source file's data, wherever it moved.
-                        PageContent::Canary(c) if is_clone && c.file_id == f.id && c.run_tag == sh.run_tag => {}
-                        PageContent::Canary(_) if !is_clone => sh.classify_foreign(f, off, page, at, &f.history(0)),
+                        PageContent::Canary(c)
+                            if is_clone && c.file_id == f.id && c.run_tag == sh.run_tag => {}
+                        PageContent::Canary(_) if !is_clone => {
+                            sh.classify_foreign(f, off, page, at, &f.history(0))
+                        }
                         PageContent::Canary(c) => {
                             let mut fd = sh.findings();
                             add(&mut fd.cross, sh.examples, Violation {
@@ -835,12 +1002,24 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
     }
 
     let mut kmsg_guard = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner());
-    let lines: Vec<String> = kmsg_guard.take().into_iter().filter(|l| kmsg::interesting(l)).collect();
-    let kernel_warnings = KernelWarnings { count: lines.len() as u64, lines, notrun: kmsg_guard.notrun.clone() };
+    let lines: Vec<String> = kmsg_guard
+        .take()
+        .into_iter()
+        .filter(|l| kmsg::interesting(l))
+        .collect();
+    let kernel_warnings = KernelWarnings {
+        count: lines.len() as u64,
+        lines,
+        notrun: kmsg_guard.notrun.clone(),
+    };
     drop(kmsg_guard);
 
     let mut layout_ops = Vec::new();
-    let unsupported = sh.unsupported.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let unsupported = sh
+        .unsupported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for &k in &job.ops {
         let mut lat = Latency::new();
         let mut count = 0;
@@ -863,7 +1042,12 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
         };
         layout_ops.push(LayoutOpResult {
             op: k.name().into(),
-            outcome: if reason.is_some() && count == 0 { "notrun" } else { "ok" }.into(),
+            outcome: if reason.is_some() && count == 0 {
+                "notrun"
+            } else {
+                "ok"
+            }
+            .into(),
             reason,
             count,
             errors,
@@ -877,7 +1061,9 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
     let mut findings = std::mem::take(&mut *sh.findings());
     match pin {
         PinKind::Vmsplice => {
-            let why = write_notrun.clone().unwrap_or_else(|| "this pin path has no device write".into());
+            let why = write_notrun
+                .clone()
+                .unwrap_or_else(|| "this pin path has no device write".into());
             findings.lost.notrun = Some(why.clone());
             findings.stale.note = Some(format!("only the end scan ran: {why}"));
         }
@@ -890,7 +1076,9 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
         _ => {}
     }
     if stuck > 0 {
-        findings.stale.notrun = Some(format!("{stuck} storm thread(s) never returned; the end scan was skipped"));
+        findings.stale.notrun = Some(format!(
+            "{stuck} storm thread(s) never returned; the end scan was skipped"
+        ));
         findings.cross.notrun = findings.stale.notrun.clone();
     }
     // Leaked pins: every pinner is gone; the kernel may release asynchronously, so wait with
@@ -906,7 +1094,10 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        ((after - before).max(0) as u64, t.elapsed().as_millis() as u64)
+        (
+            (after - before).max(0) as u64,
+            t.elapsed().as_millis() as u64,
+        )
     };
     let mut leaked = LeakedPins::default();
     match pins_before {
@@ -926,12 +1117,15 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
             }
         }
         Some(_) => {
-            leaked.notrun = Some(format!("{stuck} storm thread(s) never returned; their pins may still be held"));
+            leaked.notrun = Some(format!(
+                "{stuck} storm thread(s) never returned; their pins may still be held"
+            ));
             // Threads still inside the kernel hold the shared state; never unmap it under them.
             std::mem::forget(sh);
         }
         None => {
-            leaked.notrun = Some("no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into());
+            leaked.notrun =
+                Some("no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into());
             if stuck > 0 {
                 std::mem::forget(sh);
             }
@@ -965,7 +1159,10 @@ fn run_cell(job: &StormJob, ctx: &StormContext, pin: PinKind, kind: BackingKind,
             blocked: Blocked {
                 count: blocked_reports.len() as u64,
                 threshold_ms: job.block_threshold.0.as_millis() as u64,
-                examples: blocked_reports.into_iter().take(job.examples.max(1) * 4).collect(),
+                examples: blocked_reports
+                    .into_iter()
+                    .take(job.examples.max(1) * 4)
+                    .collect(),
             },
             kernel_warnings,
             unexpected_outcomes: findings.unexpected,

@@ -61,7 +61,8 @@ impl Watchdog {
     /// The calling thread is about to make `op`.
     pub fn begin(&self, slot: &Slot, op: &'static str) {
         if slot.tid.load(Ordering::Relaxed) == 0 {
-            slot.tid.store(pinstorm_workloads::sys::gettid(), Ordering::Relaxed);
+            slot.tid
+                .store(pinstorm_workloads::sys::gettid(), Ordering::Relaxed);
         }
         *slot.op.lock().unwrap_or_else(|p| p.into_inner()) = op;
         slot.started.store(self.now_ns(), Ordering::SeqCst);
@@ -73,7 +74,12 @@ impl Watchdog {
         let r = slot.report.swap(0, Ordering::SeqCst);
         if r > 0 && started > 0 {
             let took = self.now_ns().saturating_sub(started) as f64 / 1e6;
-            if let Some(rep) = self.reports.lock().unwrap_or_else(|p| p.into_inner()).get_mut(r as usize - 1) {
+            if let Some(rep) = self
+                .reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(r as usize - 1)
+            {
                 rep.blocked_ms = Some(took);
             }
         }
@@ -85,7 +91,10 @@ impl Watchdog {
         for s in &self.slots {
             let started = s.started.load(Ordering::SeqCst);
             // `started` may be a hair newer than `now`: the thread began after we read the clock.
-            if started == 0 || now.saturating_sub(started) < self.threshold.as_nanos() as u64 || s.report.load(Ordering::SeqCst) != 0 {
+            if started == 0
+                || now.saturating_sub(started) < self.threshold.as_nanos() as u64
+                || s.report.load(Ordering::SeqCst) != 0
+            {
                 continue;
             }
             let tid = s.tid.load(Ordering::Relaxed);
@@ -126,7 +135,10 @@ impl Watchdog {
     }
 
     pub fn reports(&self) -> Vec<BlockedOp> {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Milliseconds since the watchdog started (the storm's clock).
@@ -160,7 +172,10 @@ mod tests {
         assert_eq!(reps.len(), 1, "{reps:?}");
         assert_eq!(reps[0].op, "read(pipe)");
         assert_eq!(reps[0].blocked_ms, None, "still blocked");
-        assert!(reps[0].wchan.is_some(), "wchan of a blocked thread is readable: {reps:?}");
+        assert!(
+            reps[0].wchan.is_some(),
+            "wchan of a blocked thread is readable: {reps:?}"
+        );
         // Unblock it; the report gets its duration.
         rustix::io::write(&w, b"x").unwrap();
         t.join().unwrap();

@@ -58,10 +58,18 @@ pub fn decode(page: &[u8]) -> PageContent {
     }
     let first = page[0];
     if page.iter().all(|b| *b == first) {
-        return if first == 0 { PageContent::Zero } else { PageContent::Fill(first) };
+        return if first == 0 {
+            PageContent::Zero
+        } else {
+            PageContent::Fill(first)
+        };
     }
     if page.len() % RECORD != 0 || page[..8] != MAGIC {
-        return if page.windows(8).any(|w| w == MAGIC) { PageContent::Torn } else { PageContent::Other };
+        return if page.windows(8).any(|w| w == MAGIC) {
+            PageContent::Torn
+        } else {
+            PageContent::Other
+        };
     }
     let rec = &page[..RECORD];
     if page.chunks(RECORD).any(|c| c != rec) {
@@ -69,7 +77,12 @@ pub fn decode(page: &[u8]) -> PageContent {
     }
     let u32_at = |i: usize| u32::from_le_bytes(rec[i..i + 4].try_into().unwrap());
     let u64_at = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap());
-    PageContent::Canary(Canary { run_tag: u32_at(8), file_id: u32_at(12), offset: u64_at(16), event: u64_at(24) })
+    PageContent::Canary(Canary {
+        run_tag: u32_at(8),
+        file_id: u32_at(12),
+        offset: u64_at(16),
+        event: u64_at(24),
+    })
 }
 
 #[cfg(test)]
@@ -78,7 +91,12 @@ mod tests {
 
     #[test]
     fn canary_pages_round_trip() {
-        let c = Canary { run_tag: 7, file_id: 3, offset: 8192, event: 99 };
+        let c = Canary {
+            run_tag: 7,
+            file_id: 3,
+            offset: 8192,
+            event: 99,
+        };
         assert_eq!(decode(&c.page(4096)), PageContent::Canary(c));
     }
 
@@ -86,8 +104,20 @@ mod tests {
     fn zero_fill_and_torn_pages_are_told_apart() {
         assert_eq!(decode(&[0u8; 4096]), PageContent::Zero);
         assert_eq!(decode(&[0x5a; 4096]), PageContent::Fill(0x5a));
-        let a = Canary { run_tag: 1, file_id: 1, offset: 0, event: 1 }.page(4096);
-        let b = Canary { run_tag: 1, file_id: 2, offset: 0, event: 1 }.page(4096);
+        let a = Canary {
+            run_tag: 1,
+            file_id: 1,
+            offset: 0,
+            event: 1,
+        }
+        .page(4096);
+        let b = Canary {
+            run_tag: 1,
+            file_id: 2,
+            offset: 0,
+            event: 1,
+        }
+        .page(4096);
         let mut torn = a[..2048].to_vec();
         torn.extend_from_slice(&b[2048..]);
         assert_eq!(decode(&torn), PageContent::Torn);

@@ -20,10 +20,22 @@ use crate::units::{Size, Span};
 pub const PRESETS: &[(&str, &str)] = &[
     ("default", include_str!("../../configs/default.toml")),
     ("quick", include_str!("../../configs/quick.toml")),
-    ("truncate-vs-pin", include_str!("../../configs/truncate-vs-pin.toml")),
-    ("punch-vs-pin", include_str!("../../configs/punch-vs-pin.toml")),
-    ("reflink-vs-pin", include_str!("../../configs/reflink-vs-pin.toml")),
-    ("mixed-layout-storm", include_str!("../../configs/mixed-layout-storm.toml")),
+    (
+        "truncate-vs-pin",
+        include_str!("../../configs/truncate-vs-pin.toml"),
+    ),
+    (
+        "punch-vs-pin",
+        include_str!("../../configs/punch-vs-pin.toml"),
+    ),
+    (
+        "reflink-vs-pin",
+        include_str!("../../configs/reflink-vs-pin.toml"),
+    ),
+    (
+        "mixed-layout-storm",
+        include_str!("../../configs/mixed-layout-storm.toml"),
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -284,7 +296,8 @@ impl Scenario {
         if s.probe.is_none() && s.bench.is_none() && s.storm.is_none() {
             return Err(ScenarioError {
                 origin: origin.into(),
-                message: "the scenario has no job: add a [probe], [bench] or [storm] section".into(),
+                message: "the scenario has no job: add a [probe], [bench] or [storm] section"
+                    .into(),
             });
         }
         if let Some(st) = &s.storm {
@@ -302,7 +315,11 @@ impl Scenario {
                 return err("storm", "duration", "must be greater than zero");
             }
             if !(st.rate >= 0.0 && st.rate.is_finite()) {
-                return err("storm", "rate", "must be 0 (as fast as possible) or a positive number of operations per second");
+                return err(
+                    "storm",
+                    "rate",
+                    "must be 0 (as fast as possible) or a positive number of operations per second",
+                );
             }
             if st.file_size.bytes() < 4096 {
                 return err("storm", "file_size", "must be at least 4K (one page)");

@@ -272,7 +272,13 @@ struct FileDedupeRangeHeader {
 }
 
 /// `FICLONERANGE`: share `len` bytes of `src` at `src_off` into `dest` at `dest_off`.
-pub fn ficlonerange(dest: impl AsFd, src: impl AsFd, src_off: u64, len: u64, dest_off: u64) -> Result<(), Errno> {
+pub fn ficlonerange(
+    dest: impl AsFd,
+    src: impl AsFd,
+    src_off: u64,
+    len: u64,
+    dest_off: u64,
+) -> Result<(), Errno> {
     use rustix::ioctl::{ioctl, opcode, Setter};
     use std::os::fd::AsRawFd;
     const OP: rustix::ioctl::Opcode = opcode::write::<FileCloneRange>(0x94, 13);
@@ -298,7 +304,13 @@ pub enum Dedupe {
 
 /// `FIDEDUPERANGE`: share `len` bytes of `src` at `src_off` with `dest` at `dest_off` if
 /// they are identical.
-pub fn fideduperange(src: impl AsFd, src_off: u64, len: u64, dest: impl AsFd, dest_off: u64) -> Result<Dedupe, Errno> {
+pub fn fideduperange(
+    src: impl AsFd,
+    src_off: u64,
+    len: u64,
+    dest: impl AsFd,
+    dest_off: u64,
+) -> Result<Dedupe, Errno> {
     use rustix::ioctl::{ioctl, opcode, Updater};
     use std::os::fd::AsRawFd;
     const OP: rustix::ioctl::Opcode = opcode::read_write::<FileDedupeRangeHeader>(0x94, 54);
@@ -319,7 +331,9 @@ pub fn fideduperange(src: impl AsFd, src_off: u64, len: u64, dest: impl AsFd, de
     // writes `bytes_deduped` and `status` back into it during the call.
     unsafe { ioctl(src, Updater::<OP, FileDedupeRangeOne>::new(&mut arg)) }.map_err(Errno::from)?;
     match arg.status {
-        0 => Ok(Dedupe::Same { bytes: arg.bytes_deduped }),
+        0 => Ok(Dedupe::Same {
+            bytes: arg.bytes_deduped,
+        }),
         1 => Ok(Dedupe::Differs),
         e if e < 0 => Err(Errno(-e)),
         other => Err(Errno(other)),

@@ -307,7 +307,10 @@ impl RegionFile {
         match &self.0 {
             FileInner::Memfd(_) => Ok(None),
             FileInner::Scratch(s) => {
-                let dir = s.path().parent().expect("scratch files live in a directory");
+                let dir = s
+                    .path()
+                    .parent()
+                    .expect("scratch files live in a directory");
                 Ok(Some(RegionFile::scratch(ScratchFile::create(dir, name)?)))
             }
         }

@@ -26,13 +26,22 @@ impl LayoutOp for Dedupe {
         let clone = t.clone.expect("checked by unavailable()").file();
         let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
         let mut buf = vec![0u8; len as usize];
-        let io = |e: std::io::Error| err("copy for dedupe", Errno::from_io(&e).unwrap_or(Errno(libc::EIO)));
+        let io = |e: std::io::Error| {
+            err(
+                "copy for dedupe",
+                Errno::from_io(&e).unwrap_or(Errno(libc::EIO)),
+            )
+        };
         f.read_exact_at(&mut buf, off).map_err(io)?;
         clone.write_all_at(&buf, off).map_err(io)?;
-        let desc = match fideduperange(clone, off, len, f, off).map_err(|e| err("FIDEDUPERANGE", e))? {
-            Status::Same { bytes } => format!("dedupe {off}+{len}: {bytes} bytes shared"),
-            Status::Differs => format!("dedupe {off}+{len}: differs, nothing shared"),
-        };
-        Ok(Applied { effect: Effect::Shared { offset: off, len }, desc })
+        let desc =
+            match fideduperange(clone, off, len, f, off).map_err(|e| err("FIDEDUPERANGE", e))? {
+                Status::Same { bytes } => format!("dedupe {off}+{len}: {bytes} bytes shared"),
+                Status::Differs => format!("dedupe {off}+{len}: differs, nothing shared"),
+            };
+        Ok(Applied {
+            effect: Effect::Shared { offset: off, len },
+            desc,
+        })
     }
 }

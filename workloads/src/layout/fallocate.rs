@@ -17,7 +17,10 @@ impl LayoutOp for Fallocate {
     fn unavailable(&self, t: &LayoutTarget) -> Option<String> {
         let shifts = matches!(self.0, LayoutKind::CollapseRange | LayoutKind::InsertRange);
         (shifts && t.size / t.align < 2).then(|| {
-            format!("{} needs a file of at least two {}-byte units", self.0, t.align)
+            format!(
+                "{} needs a file of at least two {}-byte units",
+                self.0, t.align
+            )
         })
     }
 
@@ -27,9 +30,15 @@ impl LayoutOp for Fallocate {
             LayoutKind::PunchHole | LayoutKind::ZeroRange => {
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
                 let (flags, name) = if self.0 == LayoutKind::PunchHole {
-                    (FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, "fallocate(PUNCH_HOLE)")
+                    (
+                        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                        "fallocate(PUNCH_HOLE)",
+                    )
                 } else {
-                    (FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, "fallocate(ZERO_RANGE)")
+                    (
+                        FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                        "fallocate(ZERO_RANGE)",
+                    )
                 };
                 fallocate(f, flags, off, len).map_err(|e| err(name, e))?;
                 Ok(Applied {
@@ -38,24 +47,34 @@ impl LayoutOp for Fallocate {
                 })
             }
             LayoutKind::CollapseRange => {
-                let (off, len) = pick_range(rng, t.size, t.align, 1).expect("checked by unavailable()");
-                fallocate(f, FallocateFlags::COLLAPSE_RANGE, off, len).map_err(|e| err("fallocate(COLLAPSE_RANGE)", e))?;
+                let (off, len) =
+                    pick_range(rng, t.size, t.align, 1).expect("checked by unavailable()");
+                fallocate(f, FallocateFlags::COLLAPSE_RANGE, off, len)
+                    .map_err(|e| err("fallocate(COLLAPSE_RANGE)", e))?;
                 ftruncate(f, t.size).map_err(|e| LayoutError {
                     op: "ftruncate(extend)",
                     errno: e.into(),
                     partial: Some(Effect::Shifted { offset: off }),
                 })?;
-                Ok(Applied { effect: Effect::Shifted { offset: off }, desc: format!("collapse {off}+{len}") })
+                Ok(Applied {
+                    effect: Effect::Shifted { offset: off },
+                    desc: format!("collapse {off}+{len}"),
+                })
             }
             LayoutKind::InsertRange => {
-                let (off, len) = pick_range(rng, t.size, t.align, 1).expect("checked by unavailable()");
-                fallocate(f, FallocateFlags::INSERT_RANGE, off, len).map_err(|e| err("fallocate(INSERT_RANGE)", e))?;
+                let (off, len) =
+                    pick_range(rng, t.size, t.align, 1).expect("checked by unavailable()");
+                fallocate(f, FallocateFlags::INSERT_RANGE, off, len)
+                    .map_err(|e| err("fallocate(INSERT_RANGE)", e))?;
                 ftruncate(f, t.size).map_err(|e| LayoutError {
                     op: "ftruncate(shrink)",
                     errno: e.into(),
                     partial: Some(Effect::Shifted { offset: off }),
                 })?;
-                Ok(Applied { effect: Effect::Shifted { offset: off }, desc: format!("insert {off}+{len}") })
+                Ok(Applied {
+                    effect: Effect::Shifted { offset: off },
+                    desc: format!("insert {off}+{len}"),
+                })
             }
             other => unreachable!("not a fallocate operation: {other}"),
         }

@@ -62,24 +62,33 @@ impl LayoutKind {
 
     pub fn describe(self) -> &'static str {
         match self {
-            LayoutKind::Truncate => "ftruncate to 0 or a random aligned size, then back to full size",
+            LayoutKind::Truncate => {
+                "ftruncate to 0 or a random aligned size, then back to full size"
+            }
             LayoutKind::PunchHole => "fallocate(PUNCH_HOLE|KEEP_SIZE) of a random aligned range",
             LayoutKind::ZeroRange => "fallocate(ZERO_RANGE|KEEP_SIZE) of a random aligned range",
             LayoutKind::CollapseRange => "fallocate(COLLAPSE_RANGE), then re-extend to full size",
             LayoutKind::InsertRange => "fallocate(INSERT_RANGE), then truncate back to full size",
             LayoutKind::ReflinkOut => "FICLONE the whole pinned file into a clone file",
-            LayoutKind::ReflinkRangeOut => "FICLONERANGE a range of the pinned file into a clone file",
-            LayoutKind::ReflinkRangeIn => "FICLONERANGE a range of a donor file over the pinned file",
-            LayoutKind::Dedupe => "FIDEDUPERANGE a range of the pinned file against an identical copy",
+            LayoutKind::ReflinkRangeOut => {
+                "FICLONERANGE a range of the pinned file into a clone file"
+            }
+            LayoutKind::ReflinkRangeIn => {
+                "FICLONERANGE a range of a donor file over the pinned file"
+            }
+            LayoutKind::Dedupe => {
+                "FIDEDUPERANGE a range of the pinned file against an identical copy"
+            }
         }
     }
 
     pub fn op(self) -> Box<dyn LayoutOp> {
         match self {
             LayoutKind::Truncate => Box::new(truncate::Truncate),
-            LayoutKind::PunchHole | LayoutKind::ZeroRange | LayoutKind::CollapseRange | LayoutKind::InsertRange => {
-                Box::new(fallocate::Fallocate(self))
-            }
+            LayoutKind::PunchHole
+            | LayoutKind::ZeroRange
+            | LayoutKind::CollapseRange
+            | LayoutKind::InsertRange => Box::new(fallocate::Fallocate(self)),
             LayoutKind::ReflinkOut | LayoutKind::ReflinkRangeOut | LayoutKind::ReflinkRangeIn => {
                 Box::new(reflink::Reflink(self))
             }
@@ -88,10 +97,17 @@ impl LayoutKind {
     }
 
     pub fn parse(name: &str) -> Result<LayoutKind, String> {
-        LayoutKind::ALL.iter().copied().find(|k| k.name() == name).ok_or_else(|| {
-            let known: Vec<_> = LayoutKind::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown layout operation {name:?} (known: {})", known.join(", "))
-        })
+        LayoutKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = LayoutKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "unknown layout operation {name:?} (known: {})",
+                    known.join(", ")
+                )
+            })
     }
 }
 
@@ -155,7 +171,10 @@ impl LayoutError {
     /// The filesystem or kernel does not have this operation at all: report `notrun` once
     /// rather than an error storm. (EINVAL is not here: it is also a bad range.)
     pub fn is_unsupported(&self) -> bool {
-        matches!(self.errno.name().as_str(), "EOPNOTSUPP" | "ENOTTY" | "ENOSYS" | "EXDEV" | "ENOTSUP")
+        matches!(
+            self.errno.name().as_str(),
+            "EOPNOTSUPP" | "ENOTTY" | "ENOSYS" | "EXDEV" | "ENOTSUP"
+        )
     }
 }
 
@@ -169,7 +188,11 @@ pub trait LayoutOp: Send + Sync {
 }
 
 pub(crate) fn err(op: &'static str, e: impl Into<Errno>) -> LayoutError {
-    LayoutError { op, errno: e.into(), partial: None }
+    LayoutError {
+        op,
+        errno: e.into(),
+        partial: None,
+    }
 }
 
 /// A random aligned range inside `[0, size)`: `offset + len <= size - tail` where `tail` is
@@ -207,11 +230,15 @@ mod tests {
     fn the_same_seed_picks_the_same_ranges() {
         let a: Vec<_> = {
             let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(42);
-            (0..20).map(|_| pick_range(&mut r, 1 << 21, 4096, 0)).collect()
+            (0..20)
+                .map(|_| pick_range(&mut r, 1 << 21, 4096, 0))
+                .collect()
         };
         let b: Vec<_> = {
             let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(42);
-            (0..20).map(|_| pick_range(&mut r, 1 << 21, 4096, 0)).collect()
+            (0..20)
+                .map(|_| pick_range(&mut r, 1 << 21, 4096, 0))
+                .collect()
         };
         assert_eq!(a, b);
     }

@@ -16,7 +16,11 @@ impl LayoutOp for Reflink {
     }
 
     fn unavailable(&self, t: &LayoutTarget) -> Option<String> {
-        let partner = if self.0 == LayoutKind::ReflinkRangeIn { t.donor } else { t.clone };
+        let partner = if self.0 == LayoutKind::ReflinkRangeIn {
+            t.donor
+        } else {
+            t.clone
+        };
         partner.is_none().then(|| t.no_partner())
     }
 
@@ -26,19 +30,31 @@ impl LayoutOp for Reflink {
             LayoutKind::ReflinkOut => {
                 let clone = t.clone.expect("checked by unavailable()").file();
                 rustix::fs::ioctl_ficlone(clone, f).map_err(|e| err("FICLONE", e))?;
-                Ok(Applied { effect: Effect::Shared { offset: 0, len: t.size }, desc: "clone whole file out".into() })
+                Ok(Applied {
+                    effect: Effect::Shared {
+                        offset: 0,
+                        len: t.size,
+                    },
+                    desc: "clone whole file out".into(),
+                })
             }
             LayoutKind::ReflinkRangeOut => {
                 let clone = t.clone.expect("checked by unavailable()").file();
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
                 ficlonerange(clone, f, off, len, off).map_err(|e| err("FICLONERANGE(out)", e))?;
-                Ok(Applied { effect: Effect::Shared { offset: off, len }, desc: format!("clone {off}+{len} out") })
+                Ok(Applied {
+                    effect: Effect::Shared { offset: off, len },
+                    desc: format!("clone {off}+{len} out"),
+                })
             }
             LayoutKind::ReflinkRangeIn => {
                 let donor = t.donor.expect("checked by unavailable()").file();
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
                 ficlonerange(f, donor, off, len, off).map_err(|e| err("FICLONERANGE(in)", e))?;
-                Ok(Applied { effect: Effect::Invalidated { offset: off, len }, desc: format!("clone donor {off}+{len} in") })
+                Ok(Applied {
+                    effect: Effect::Invalidated { offset: off, len },
+                    desc: format!("clone donor {off}+{len} in"),
+                })
             }
             other => unreachable!("not a reflink operation: {other}"),
         }

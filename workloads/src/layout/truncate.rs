@@ -15,16 +15,26 @@ impl LayoutOp for Truncate {
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
         let units = t.size / t.align;
-        let new = if rng.next_u64() % 2 == 0 || units <= 1 { 0 } else { (rng.next_u64() % units) * t.align };
+        let new = if rng.next_u64() % 2 == 0 || units <= 1 {
+            0
+        } else {
+            (rng.next_u64() % units) * t.align
+        };
         let f = t.file.file();
         rustix::fs::ftruncate(f, new).map_err(|e| err("ftruncate(shrink)", e))?;
         rustix::fs::ftruncate(f, t.size).map_err(|e| LayoutError {
             op: "ftruncate(extend)",
             errno: e.into(),
-            partial: Some(Effect::Invalidated { offset: new, len: t.size - new }),
+            partial: Some(Effect::Invalidated {
+                offset: new,
+                len: t.size - new,
+            }),
         })?;
         Ok(Applied {
-            effect: Effect::Invalidated { offset: new, len: t.size - new },
+            effect: Effect::Invalidated {
+                offset: new,
+                len: t.size - new,
+            },
             desc: format!("truncate to {new}, back to {}", t.size),
         })
     }

@@ -59,9 +59,15 @@ fn pipe_capacity(len: usize) -> usize {
 }
 
 fn new_pipe(capacity: usize) -> Result<Pipe, PinError> {
-    let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-        .map_err(|e| PinError::Kernel { op: "pipe2", errno: e.into() })?;
-    fcntl_setpipe_size(&w, capacity).map_err(|e| PinError::Kernel { op: "F_SETPIPE_SZ", errno: e.into() })?;
+    let (r, w) =
+        pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(|e| PinError::Kernel {
+            op: "pipe2",
+            errno: e.into(),
+        })?;
+    fcntl_setpipe_size(&w, capacity).map_err(|e| PinError::Kernel {
+        op: "F_SETPIPE_SZ",
+        errno: e.into(),
+    })?;
     Ok(Pipe { r, w, held: 0 })
 }
 
@@ -89,7 +95,11 @@ impl VmsplicePinner {
         // A power of two number of pages no larger than the limit.
         let chunk = (max / 4096).max(1);
         let chunk = (1usize << (usize::BITS - 1 - chunk.leading_zeros())) * 4096;
-        VmsplicePinner { pipes: Vec::new(), chunk, registered: None }
+        VmsplicePinner {
+            pipes: Vec::new(),
+            chunk,
+            registered: None,
+        }
     }
 
     fn splice_in(&mut self, t: PinTarget) -> Result<(), PinError> {
@@ -100,8 +110,12 @@ impl VmsplicePinner {
             if idx == self.pipes.len() {
                 self.pipes.push(new_pipe(pipe_capacity(part))?);
             } else {
-                fcntl_setpipe_size(&self.pipes[idx].w, pipe_capacity(part))
-                    .map_err(|e| PinError::Kernel { op: "F_SETPIPE_SZ", errno: e.into() })?;
+                fcntl_setpipe_size(&self.pipes[idx].w, pipe_capacity(part)).map_err(|e| {
+                    PinError::Kernel {
+                        op: "F_SETPIPE_SZ",
+                        errno: e.into(),
+                    }
+                })?;
             }
             let mut off = 0;
             while off < part {
@@ -112,9 +126,19 @@ impl VmsplicePinner {
                 // SAFETY: vmsplice without SPLICE_F_GIFT only reads the user range (it takes
                 // page references); `iov` points at a mapping the caller keeps while the pin is
                 // registered, and the kernel does not keep the iovec itself.
-                let n = unsafe { libc::vmsplice(self.pipes[idx].w.as_raw_fd(), &iov, 1, libc::SPLICE_F_NONBLOCK) };
+                let n = unsafe {
+                    libc::vmsplice(
+                        self.pipes[idx].w.as_raw_fd(),
+                        &iov,
+                        1,
+                        libc::SPLICE_F_NONBLOCK,
+                    )
+                };
                 if n < 0 {
-                    return Err(PinError::Kernel { op: "vmsplice", errno: Errno::last() });
+                    return Err(PinError::Kernel {
+                        op: "vmsplice",
+                        errno: Errno::last(),
+                    });
                 }
                 if n == 0 {
                     return Err(PinError::Tool(anyhow::anyhow!("vmsplice made no progress")));
@@ -141,7 +165,9 @@ impl VmsplicePinner {
 impl Pinner for VmsplicePinner {
     fn register(&mut self, target: PinTarget) -> Result<(), PinError> {
         if self.registered.is_some() {
-            return Err(PinError::Tool(anyhow::anyhow!("vmsplice pinner already holds a registration")));
+            return Err(PinError::Tool(anyhow::anyhow!(
+                "vmsplice pinner already holds a registration"
+            )));
         }
         if let Err(e) = self.splice_in(target) {
             let _ = self.drain_all();
@@ -153,7 +179,9 @@ impl Pinner for VmsplicePinner {
 
     fn unregister(&mut self) -> Result<(), PinError> {
         if self.registered.is_none() {
-            return Err(PinError::Tool(anyhow::anyhow!("unregister with nothing registered")));
+            return Err(PinError::Tool(anyhow::anyhow!(
+                "unregister with nothing registered"
+            )));
         }
         self.drain_all()?;
         self.registered = None;
@@ -165,7 +193,10 @@ impl Pinner for VmsplicePinner {
     }
 
     fn device_write(&mut self, _offset: usize, _data: &[u8]) -> Result<usize, PinError> {
-        Err(PinError::NotRun("vmsplice pins are read-only: a pipe holds the pages, nothing writes through them".into()))
+        Err(PinError::NotRun(
+            "vmsplice pins are read-only: a pipe holds the pages, nothing writes through them"
+                .into(),
+        ))
     }
 
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError> {
@@ -181,15 +212,28 @@ impl Pinner for VmsplicePinner {
             loop {
                 match tee(p.r.as_fd(), &copy.w, p.held, SpliceFlags::NONBLOCK) {
                     Ok(_) => break,
-                    Err(rustix::io::Errno::AGAIN) if Instant::now() < deadline => std::thread::yield_now(),
-                    Err(e) => return Err(PinError::Kernel { op: "tee", errno: e.into() }),
+                    Err(rustix::io::Errno::AGAIN) if Instant::now() < deadline => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => {
+                        return Err(PinError::Kernel {
+                            op: "tee",
+                            errno: e.into(),
+                        })
+                    }
                 }
             }
             drop(copy.w);
-            std::fs::File::from(copy.r).read_to_end(&mut out).map_err(|e| PinError::kernel("read(pipe)", &e))?;
+            std::fs::File::from(copy.r)
+                .read_to_end(&mut out)
+                .map_err(|e| PinError::kernel("read(pipe)", &e))?;
         }
         if out.len() < offset + len {
-            return Err(PinError::Tool(anyhow::anyhow!("tee gave {} of {} bytes", out.len(), offset + len)));
+            return Err(PinError::Tool(anyhow::anyhow!(
+                "tee gave {} of {} bytes",
+                out.len(),
+                offset + len
+            )));
         }
         Ok(out[offset..offset + len].to_vec())
     }
