@@ -99,6 +99,7 @@ fn run_scenario(
         command: std::env::args().collect(),
         progress: !g.quiet,
         verbose: !g.quiet,
+        holder_exe: None,
     };
     let outcome = host::run(&opts)?;
     match g.format {
@@ -299,6 +300,7 @@ fn real_main() -> Result<ExitCode> {
                 probe: Some(job),
                 bench: None,
                 storm: None,
+                lease: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
         }
@@ -329,6 +331,7 @@ fn real_main() -> Result<ExitCode> {
                 probe: None,
                 bench: Some(job),
                 storm: None,
+                lease: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }
@@ -338,6 +341,13 @@ fn real_main() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The lease holder: a process of its own that pinstorm starts (not for people to call).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__lease-holder") {
+        let code =
+            pinstorm_workloads::lease::holder_main(args.get(2).map(String::as_str).unwrap_or(""));
+        return ExitCode::from(code as u8);
+    }
     match real_main() {
         Ok(c) => c,
         Err(e) => {

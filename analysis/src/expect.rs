@@ -133,6 +133,64 @@ impl Expectations {
     }
 }
 
+/// Expectations for the facts of lease lifecycle scenarios
+/// (`configs/expectations/leases.toml`): `[[fact]]` rules with `scenario`, `fact`, `value`,
+/// optional `kernel`, and `why`. Last match wins.
+#[derive(Clone, Debug, Default)]
+pub struct FactExpectations {
+    pub origin: String,
+    rules: Vec<FactRule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactRule {
+    scenario: OneOrMany,
+    fact: String,
+    pub value: String,
+    kernel: Option<KernelRange>,
+    pub why: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactFile {
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: String,
+    #[serde(default)]
+    fact: Vec<FactRule>,
+}
+
+pub const BUILTIN_FACTS: (&str, &str) = (
+    "configs/expectations/leases.toml",
+    include_str!("../../configs/expectations/leases.toml"),
+);
+
+impl FactExpectations {
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<FactExpectations> {
+        let f: FactFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+        Ok(FactExpectations {
+            origin: origin.into(),
+            rules: f.fact,
+        })
+    }
+
+    pub fn builtin() -> FactExpectations {
+        FactExpectations::parse(BUILTIN_FACTS.1, BUILTIN_FACTS.0)
+            .expect("built-in lease expectations parse")
+    }
+
+    pub fn lookup(&self, scenario: &str, fact: &str, kernel: &KernelRelease) -> Option<&FactRule> {
+        self.rules.iter().rev().find(|r| {
+            r.scenario.matches(scenario)
+                && r.fact == fact
+                && r.kernel.as_ref().is_none_or(|k| k.contains(kernel))
+        })
+    }
+}
+
 /// Verdict strings used in result rows.
 pub mod verdict {
     pub const AS_EXPECTED: &str = "as-expected";

@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Print phase messages on stderr.
     pub verbose: bool,
+    /// The pinstorm binary that runs lease holders (`__lease-holder`); default: this one.
+    pub holder_exe: Option<PathBuf>,
 }
 
 pub struct RunOutcome {
@@ -219,6 +221,11 @@ fn hugepages_needed(s: &Scenario, hp_size: u64) -> u64 {
             need = need.max(pages(st.file_size.bytes()) * st.pinners.get() as u64);
         }
     }
+    if let Some(l) = &s.lease {
+        if l.backings.iter().any(|k| k.uses_hugetlb()) {
+            need = need.max(pages(l.pin_size.bytes()) * 2);
+        }
+    }
     // Private mappings of hugetlb files copy on write into a second huge page.
     if need > 0 {
         need * 2
@@ -292,6 +299,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         backings: Vec::new(),
         probe: Vec::new(),
         storms: Vec::new(),
+        leases: None,
         bench: Vec::new(),
         expectations: None,
         pin_counters: None,
@@ -372,6 +380,9 @@ fn run_jobs(
     if let Some(st) = &s.storm {
         kinds.extend(&st.backings);
     }
+    if let Some(l) = &s.lease {
+        kinds.extend(&l.backings);
+    }
     kinds.sort();
     kinds.dedup();
 
@@ -421,6 +432,19 @@ fn run_jobs(
         + s.storm
             .as_ref()
             .map(|st| (st.backings.len() * st.pins.len() * st.maps.len()) as u64)
+            .unwrap_or(0)
+        + s.lease
+            .as_ref()
+            .map(|l| {
+                let breaks = if l.rounds > 0 {
+                    l.leases.len() * l.behaviours.len() * l.breakers.len()
+                } else {
+                    0
+                };
+                (l.backings.len()
+                    * (breaks + usize::from(l.overhead_cycles > 0) + l.lifecycle.len()))
+                    as u64
+            })
             .unwrap_or(0);
     let progress = Progress::new(opts.progress, total);
     // Opened before any storm so only messages from this run are read.
@@ -452,6 +476,34 @@ fn run_jobs(
             store::write_result(path.parent().expect("result dir"), result)?;
             r?;
         }
+        if let Some(job) = &s.lease {
+            log(opts, "leases");
+            let (lbt, _guard) = lease_break_time(job, &run_scratch, is_root, result)?;
+            let exe = match &opts.holder_exe {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .context("finding the pinstorm binary for lease holders")?,
+            };
+            let facts = pinstorm_analysis::expect::FactExpectations::builtin();
+            let ctx = crate::lease::LeaseContext {
+                backings: &backings,
+                facts: &facts,
+                kernel,
+                seed: s.seed,
+                run_tag: run_tag(run_id),
+                holder_exe: &exe,
+                lease_break_time_s: lbt,
+                expiry_notrun: (lbt > 10).then(|| {
+                    format!("waiting a lease out takes fs/lease-break-time ({lbt} s here); shortening it needs root")
+                }),
+            };
+            let mut out = result.leases.take().unwrap_or_default();
+            let r = crate::lease::run(job, &ctx, &progress, &mut out);
+            result.leases = Some(out);
+            store::write_result(path.parent().expect("result dir"), result)?;
+            r?;
+            // `_guard` restores fs/lease-break-time here, on every path out of this block.
+        }
         if let Some(job) = &s.storm {
             log(opts, "storm");
             let ctx = storm::StormContext {
@@ -475,6 +527,51 @@ fn run_jobs(
     drop(reservation);
     drop(run_scratch);
     outcome
+}
+
+/// Read fs/lease-break-time and, when something in the job waits a lease out and we are root,
+/// set it to the job's value for the run (journaled, restored by the returned guard).
+fn lease_break_time(
+    job: &pinstorm_workloads::scenario::LeaseJob,
+    scratch: &pinstorm_workloads::scratch::RunScratch,
+    is_root: bool,
+    result: &mut RunResult,
+) -> Result<(u64, Option<pinstorm_workloads::sysctl::SysctlGuard>)> {
+    use pinstorm_workloads::lease::{Behaviour, Lifecycle};
+    let original: u64 = pinstorm_workloads::sysctl::read("fs/lease-break-time")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45);
+    let waits = job.rounds > 0
+        && (job.behaviours.contains(&Behaviour::Hung)
+            || job.behaviours.contains(&Behaviour::Downgrading))
+        || job
+            .lifecycle
+            .iter()
+            .any(|l| matches!(l, Lifecycle::HungExpiry | Lifecycle::ScmRights));
+    let want = job.lease_break_time.0.as_secs().max(1);
+    let mut rec = pinstorm_analysis::schema::LeaseBreakTime {
+        original_s: Some(original),
+        used_s: Some(original),
+        restored: true,
+    };
+    let guard = if waits && is_root && want != original {
+        let g = pinstorm_workloads::sysctl::SysctlGuard::set(
+            scratch,
+            "fs/lease-break-time",
+            &want.to_string(),
+        )?;
+        rec.used_s = Some(want);
+        Some(g)
+    } else {
+        None
+    };
+    let used = rec.used_s.unwrap_or(original);
+    result
+        .leases
+        .get_or_insert_with(Default::default)
+        .lease_break_time = rec;
+    Ok((used, guard))
 }
 
 fn summarize_expectations(opts: &RunOptions, result: &mut RunResult) {

@@ -1,7 +1,7 @@
 //! pinstorm runners: running scenarios on this host.
 //!
 //! - [`host`]: the run itself, from checking paths to the final result file;
-//! - [`probe`], [`bench`], [`storm`]: the jobs of a scenario;
+//! - [`probe`], [`bench`], [`storm`], [`lease`]: the jobs of a scenario;
 //! - [`watchdog`], [`kmsg`]: blocked syscalls and kernel warnings during storms;
 //! - [`environment`]: what machine and kernel a run is on;
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod environment;
 pub mod host;
 pub mod kmsg;
+pub mod lease;
 pub mod probe;
 pub mod signals;
 pub mod storm;

@@ -6,6 +6,7 @@
 //! - [`scratch`], [`sysctl`], [`mounts`]: ownership of everything the tool creates or
 //!   changes, and the journal that lets a later run undo a killed one;
 //! - [`layout`]: layout operations (truncate, punch, reflink, ...) behind `LayoutOp`;
+//! - [`lease`]: file leases and the lease-holder process;
 //! - [`canary`]: what the device writes, so oracles can tell where data came from;
 //! - [`scenario`]: scenario files;
 //! - [`sys`]: the small unsafe edge (mappings, statx).
@@ -15,6 +16,7 @@
 pub mod backing;
 pub mod canary;
 pub mod layout;
+pub mod lease;
 pub mod mounts;
 pub mod pin;
 pub mod scenario;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backing::{Access, BackingKind, MapKind};
 use crate::layout::LayoutKind;
+use crate::lease::{Behaviour, BreakerKind, LeaseKind, Lifecycle};
 use crate::pin::PinKind;
 use crate::units::{Size, Span};
 
@@ -36,6 +37,18 @@ pub const PRESETS: &[(&str, &str)] = &[
         "mixed-layout-storm",
         include_str!("../../configs/mixed-layout-storm.toml"),
     ),
+    (
+        "lease-break-storm",
+        include_str!("../../configs/lease-break-storm.toml"),
+    ),
+    (
+        "lease-check-overhead",
+        include_str!("../../configs/lease-check-overhead.toml"),
+    ),
+    (
+        "lease-lifecycle",
+        include_str!("../../configs/lease-lifecycle.toml"),
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +63,7 @@ pub struct Scenario {
     pub probe: Option<ProbeJob>,
     pub bench: Option<BenchJob>,
     pub storm: Option<StormJob>,
+    pub lease: Option<LeaseJob>,
 }
 
 /// `[probe]`: is a pin allowed? One registration per pin path x backing x map x access.
@@ -141,6 +155,107 @@ pub struct StormJob {
     /// Examples kept per oracle.
     #[serde(default = "default_examples")]
     pub examples: usize,
+}
+
+/// `[lease]`: lease holders in processes of their own, breakers, lease-check overhead, the
+/// lifecycle scenarios of the 2019 debate, and a probe for layout leases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseJob {
+    /// File backings (a breaker needs a path: memfd and anonymous memory cannot take part).
+    #[serde(default = "lease_backings")]
+    pub backings: Vec<BackingKind>,
+    /// Lease-break rounds per lease x behaviour x breaker x backing; 0 skips break storms.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// Rounds for holders that may leave the breaker waiting out the lease-break-time (hung,
+    /// and downgrading ones whose downgrade the kernel refuses).
+    #[serde(default = "one_u32")]
+    pub hung_rounds: u32,
+    #[serde(default = "all_leases")]
+    pub leases: Vec<LeaseKind>,
+    #[serde(default = "all_behaviours")]
+    pub behaviours: Vec<Behaviour>,
+    #[serde(default = "all_breakers")]
+    pub breakers: Vec<BreakerKind>,
+    /// Breaks per second; 0 is back to back.
+    #[serde(default)]
+    pub rate: f64,
+    /// How long a delayed holder waits before releasing.
+    #[serde(default = "default_delay")]
+    pub delay: Span,
+    /// Write-lease holders also pin the file (io_uring, shared read-write mapping).
+    #[serde(default = "yes")]
+    pub pin: bool,
+    #[serde(default = "two_mib")]
+    pub pin_size: Size,
+    /// `fs/lease-break-time` for the run when something has to wait a lease out (root only;
+    /// restored afterwards). Whole seconds.
+    #[serde(default = "default_lbt")]
+    pub lease_break_time: Span,
+    /// Register + unregister cycles with and without a lease held (lease-check overhead);
+    /// 0 skips it.
+    #[serde(default)]
+    pub overhead_cycles: u32,
+    /// Lifecycle scenarios to run.
+    #[serde(default)]
+    pub lifecycle: Vec<Lifecycle>,
+    /// Probe `F_SETLEASE` with the 2019 RFC's layout-lease flags.
+    #[serde(default = "yes")]
+    pub layout_probe: bool,
+    /// `F_LAYOUT` and `F_EXCLUSIVE` as the RFC v2 numbered them; a patch set may renumber.
+    #[serde(default = "default_f_layout")]
+    pub f_layout: i32,
+    #[serde(default = "default_f_exclusive")]
+    pub f_exclusive: i32,
+    /// The holder's F_SETSIG signal, as SIGRTMIN + this.
+    #[serde(default = "one_i32")]
+    pub signal: i32,
+}
+
+fn lease_backings() -> Vec<BackingKind> {
+    vec![BackingKind::Tmpfs]
+}
+fn default_rounds() -> u32 {
+    20
+}
+fn one_u32() -> u32 {
+    1
+}
+fn one_i32() -> i32 {
+    1
+}
+fn all_leases() -> Vec<LeaseKind> {
+    vec![LeaseKind::Write, LeaseKind::Read]
+}
+fn all_behaviours() -> Vec<Behaviour> {
+    vec![
+        Behaviour::Cooperative,
+        Behaviour::Delayed,
+        Behaviour::Downgrading,
+        Behaviour::Hung,
+    ]
+}
+fn all_breakers() -> Vec<BreakerKind> {
+    BreakerKind::ALL.to_vec()
+}
+fn default_delay() -> Span {
+    Span(std::time::Duration::from_millis(5))
+}
+fn default_lbt() -> Span {
+    Span(std::time::Duration::from_secs(2))
+}
+fn default_f_layout() -> i32 {
+    16
+}
+fn default_f_exclusive() -> i32 {
+    32
+}
+
+impl Default for LeaseJob {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
 }
 
 fn storm_pins() -> Vec<PinKind> {
@@ -293,12 +408,32 @@ impl Scenario {
         if s.name.trim().is_empty() {
             return err("", "name", "must not be empty");
         }
-        if s.probe.is_none() && s.bench.is_none() && s.storm.is_none() {
+        if s.probe.is_none() && s.bench.is_none() && s.storm.is_none() && s.lease.is_none() {
             return Err(ScenarioError {
                 origin: origin.into(),
-                message: "the scenario has no job: add a [probe], [bench] or [storm] section"
-                    .into(),
+                message:
+                    "the scenario has no job: add a [probe], [bench], [storm] or [lease] section"
+                        .into(),
             });
+        }
+        if let Some(l) = &s.lease {
+            if l.backings.is_empty() {
+                return err("lease", "backings", "must list at least one value");
+            }
+            if l.lease_break_time.0.as_secs() == 0 {
+                return err(
+                    "lease",
+                    "lease_break_time",
+                    "must be at least 1s (the sysctl counts whole seconds)",
+                );
+            }
+            if !(l.rate >= 0.0 && l.rate.is_finite()) {
+                return err(
+                    "lease",
+                    "rate",
+                    "must be 0 (back to back) or a positive number of breaks per second",
+                );
+            }
         }
         if let Some(st) = &s.storm {
             for (key, empty) in [

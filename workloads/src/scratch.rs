@@ -231,8 +231,27 @@ impl Drop for RunScratch {
 /// drop.
 #[derive(Debug)]
 pub struct ScratchFile {
-    path: PathBuf,
+    path: ScratchPath,
     file: File,
+}
+
+/// The path of a file pinstorm created, with nothing of it open here (a lease holder must be
+/// the file's only opener). Unlinked on drop.
+#[derive(Debug)]
+pub struct ScratchPath {
+    path: PathBuf,
+}
+
+impl ScratchPath {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl ScratchFile {
@@ -246,21 +265,24 @@ impl ScratchFile {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .with_context(|| format!("creating scratch file {:?}", path))?;
-        Ok(ScratchFile { path, file })
+        Ok(ScratchFile {
+            path: ScratchPath { path },
+            file,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.path.path
     }
 
     pub fn file(&self) -> &File {
         &self.file
     }
-}
 
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// Close the descriptor, keep ownership of the file.
+    pub fn into_closed(self) -> ScratchPath {
+        drop(self.file);
+        self.path
     }
 }
 

@@ -50,8 +50,10 @@ impl fmt::Debug for Errno {
 
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let desc = std::io::Error::from_raw_os_error(self.0);
-        write!(f, "{} ({})", self.name(), desc.kind())
+        // "Bad address (os error 14)" -> "EFAULT (Bad address)"
+        let text = std::io::Error::from_raw_os_error(self.0).to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+        write!(f, "{} ({text})", self.name())
     }
 }
 
@@ -355,4 +357,78 @@ pub fn thread_wait_state(tid: i32) -> (Option<String>, Option<String>) {
 /// The kernel thread id of the calling thread.
 pub fn gettid() -> i32 {
     rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// `fcntl(fd, cmd, arg)` for the integer-argument commands libc has but no crate wraps
+/// (F_SETLEASE, F_GETLEASE, F_SETSIG).
+pub fn fcntl_int(fd: impl AsFd, cmd: i32, arg: i32) -> Result<i32, Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: these commands take an int argument and touch no memory of ours.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), cmd, arg) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Block `sig` in the calling thread, so it can be taken with [`wait_signal`] instead of
+/// being delivered to a handler.
+pub fn block_signal(sig: i32) {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait up to `timeout` for the blocked signal `sig`; returns the `si_fd` it carried (for a
+/// lease break signalled with F_SETSIG, the leased descriptor).
+pub fn wait_signal(sig: i32, timeout: std::time::Duration) -> Option<i32> {
+    // SAFETY: sigset_t and siginfo_t are plain data; sigtimedwait writes only into `info`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        loop {
+            let r = libc::sigtimedwait(&set, &mut info, &ts);
+            if r == sig {
+                // si_fd sits right after si_band in the SIGPOLL member of the union.
+                let raw = &info as *const libc::siginfo_t as *const u8;
+                let fd = *(raw.add(SIGINFO_FD_OFFSET) as *const i32);
+                return Some(fd);
+            }
+            if r < 0 && Errno::last().0 == libc::EINTR {
+                continue;
+            }
+            return None;
+        }
+    }
+}
+
+/// Offset of `si_fd` in `siginfo_t` on Linux: 3 ints of header, padding to 8, `si_band`
+/// (long), then `si_fd` (int): 24 on 64-bit, 16 on 32-bit.
+const SIGINFO_FD_OFFSET: usize = if std::mem::size_of::<libc::c_long>() == 8 {
+    24
+} else {
+    16
+};
+
+/// SIGRTMIN + n, as the C library numbers it.
+pub fn rt_signal(n: i32) -> i32 {
+    libc::SIGRTMIN() + n
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes of one boot, so a breaker
+/// and a lease holder can time the break between them.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }

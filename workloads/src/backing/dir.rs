@@ -149,6 +149,10 @@ impl Backing for DirBacking {
         &self.info
     }
 
+    fn dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
     fn region(&self, spec: &RegionSpec) -> Result<Region, RegionError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let sf = ScratchFile::create(&self.dir, &format!("region-{n}"))?;

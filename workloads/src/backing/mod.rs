@@ -330,6 +330,11 @@ impl Region {
 pub trait Backing: Send + Sync {
     fn kind(&self) -> BackingKind;
     fn info(&self) -> &BackingInfo;
+    /// The directory this backing makes its files in, if it has one (memfd and anonymous
+    /// memory do not).
+    fn dir(&self) -> Option<&Path> {
+        None
+    }
     /// Make a fresh region: a new file (where there is one) of `spec.size` rounded up to the
     /// backing's page size, allocated, filled and mapped as asked, every page faulted in.
     fn region(&self, spec: &RegionSpec) -> Result<Region, RegionError>;

@@ -85,6 +85,12 @@ impl IoUringPinner {
         })
     }
 
+    /// The ring's descriptor (for passing it to another process).
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to `self.ring` and lives as long as `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+    }
+
     /// Submit one fixed-buffer request and wait for its completion.
     fn run_one(
         &mut self,
