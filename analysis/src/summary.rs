@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use crate::expect::verdict;
-use crate::schema::{BenchRow, OracleFinding, ProbeRow, RunResult, StormResult};
+use crate::schema::{
+    BenchRow, LeaseResults, Measured, OracleFinding, ProbeRow, RunResult, StormResult,
+};
 
 /// `850ns`, `1.52us`, `1.28ms`, `2.05s`.
 pub fn human_ns(ns: f64) -> String {
@@ -306,6 +308,189 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
     }
 }
 
+fn p50(m: &Option<Measured>) -> String {
+    m.as_ref()
+        .map(|m| human_ns(m.stats.p50_ns as f64))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn counts(m: &std::collections::BTreeMap<String, u32>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn leases(out: &mut String, l: &LeaseResults) {
+    let lbt = &l.lease_break_time;
+    let lbt_text = match (lbt.original_s, lbt.used_s) {
+        (Some(o), Some(u)) if o != u => {
+            format!("fs/lease-break-time {u} s for the run ({o} s before, restored)")
+        }
+        (_, Some(u)) => format!("fs/lease-break-time {u} s"),
+        _ => String::new(),
+    };
+    if !l.breaks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nLease breaks ({lbt_text}; notify = breaker start to the holder's signal):"
+        );
+        let body: Vec<Vec<String>> = l
+            .breaks
+            .iter()
+            .map(|b| {
+                if b.outcome != "ok" {
+                    return vec![
+                        b.backing.clone(),
+                        b.lease.clone(),
+                        b.behaviour.clone(),
+                        b.breaker.clone(),
+                        format!("notrun: {}", b.reason.as_deref().unwrap_or("")),
+                    ];
+                }
+                vec![
+                    b.backing.clone(),
+                    b.lease.clone(),
+                    b.behaviour.clone(),
+                    b.breaker.clone(),
+                    format!("{}/{}", b.signalled, b.rounds),
+                    counts(&b.ended),
+                    counts(&b.breaker_results),
+                    p50(&b.notify),
+                    p50(&b.breaker_wait),
+                    p50(&b.acquire),
+                    p50(&b.release),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "backing",
+                "lease",
+                "holder",
+                "breaker",
+                "signalled",
+                "lease ended",
+                "breaker got",
+                "notify p50",
+                "wait p50",
+                "acquire p50",
+                "release p50",
+            ],
+            &body,
+        ));
+    }
+    if !l.overhead.is_empty() {
+        let _ = writeln!(out, "\nLease-check overhead (pin register + unregister with a write lease held vs without; median difference, 95% bootstrap CI):");
+        for o in &l.overhead {
+            match (
+                &o.without,
+                &o.with,
+                o.overhead_ns,
+                o.ci_low_ns,
+                o.ci_high_ns,
+            ) {
+                (Some(a), Some(b), Some(d), Some(lo), Some(hi)) => {
+                    let _ = writeln!(
+                        out,
+                        "  {:<10} without {}  with {}  difference {d:+.0} ns [{lo:+.0}, {hi:+.0}] ({:+.2}%) {}",
+                        o.backing,
+                        human_ns(a.stats.p50_ns as f64),
+                        human_ns(b.stats.p50_ns as f64),
+                        o.overhead_pct.unwrap_or(0.0),
+                        if o.significant == Some(true) { "SIGNIFICANT" } else { "not significant" }
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "  {:<10} notrun: {}",
+                        o.backing,
+                        o.reason.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    if !l.lifecycle.is_empty() {
+        let _ = writeln!(out, "\nLease lifecycle scenarios ({lbt_text}):");
+        for s in &l.lifecycle {
+            if s.outcome != "ok" {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}): notrun: {}",
+                    s.scenario,
+                    s.backing,
+                    s.reason.as_deref().unwrap_or("")
+                );
+                continue;
+            }
+            let f = |k: &str| s.facts.get(k).cloned().unwrap_or_else(|| "-".into());
+            let mut line = format!(
+                "  {} ({}): signal to {}; lease ended: {}; {} waited {:.1} ms (for {})",
+                s.scenario,
+                s.backing,
+                f("signalled_process"),
+                f("lease_ended"),
+                s.breaker,
+                s.breaker_wait_ms.unwrap_or(0.0),
+                f("breaker_waited_for")
+            );
+            if let Some(w) = s.facts.get("device_write_after_break") {
+                line.push_str(&format!("; device write after the break: {w}"));
+            }
+            let _ = writeln!(out, "{line}");
+            let judged: Vec<_> = s
+                .verdicts
+                .iter()
+                .filter(|v| v.verdict == verdict::AS_EXPECTED || v.verdict == verdict::DIFFERS)
+                .collect();
+            let differ: Vec<_> = judged
+                .iter()
+                .filter(|v| v.verdict == verdict::DIFFERS)
+                .collect();
+            if differ.is_empty() {
+                let _ = writeln!(out, "    {} facts as expected", judged.len());
+            }
+            for v in differ {
+                let _ = writeln!(
+                    out,
+                    "    DIFFERS: {} = {}, expected {} ({})",
+                    v.fact,
+                    v.measured,
+                    v.expected.as_deref().unwrap_or("?"),
+                    v.why.as_deref().unwrap_or("")
+                );
+            }
+            for v in &s.violations {
+                let _ = writeln!(out, "    PIN OUTLIVED LEASE: {}", v.what);
+            }
+        }
+    }
+    if let Some(p) = &l.layout_lease {
+        match p.outcome.as_str() {
+            "ok" => {
+                let _ = writeln!(
+                    out,
+                    "\nLayout leases: accepted ({})",
+                    p.answers
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "\nLayout leases: notrun: {}",
+                    p.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
 /// The whole summary of a run.
 pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
     let mut out = String::new();
@@ -420,6 +605,9 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
         );
         out.push_str(&storm_table(&r.storms));
         storm_details(&mut out, &r.storms);
+    }
+    if let Some(l) = &r.leases {
+        leases(&mut out, l);
     }
     if let Some(c) = &r.pin_counters {
         let _ = writeln!(

@@ -793,7 +793,7 @@ fn lifecycle(
             file: path.display().to_string(),
             offset: 0,
             len: 4096,
-            what: "pin outlived lease: after the lease was gone and the breaker truncated the file, the device's write through the still-registered pin is not in the file".into(),
+            what: "after the lease was gone and the breaker truncated the file, the device's write through the still-registered pin is not in the file".into(),
             at_ms: wait_ms,
             history: events.iter().filter_map(describe).collect(),
         });

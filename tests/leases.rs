@@ -1,0 +1,332 @@
+//! Leases on this host's kernel: holder behaviours, breaker kinds, lifecycle scenarios
+//! (checked against an independent probe), lease-check overhead, the layout-lease probe, and
+//! fs/lease-break-time put back on every exit path.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LBT: &str = "/proc/sys/fs/lease-break-time";
+
+fn lbt() -> String {
+    std::fs::read_to_string(LBT).unwrap().trim().to_string()
+}
+
+/// Sets fs/lease-break-time for the independent probe; puts it back on drop, also when the
+/// test fails.
+struct LeaseBreakTime(String);
+
+impl LeaseBreakTime {
+    fn set(v: u64) -> LeaseBreakTime {
+        let old = lbt();
+        std::fs::write(LBT, v.to_string()).unwrap();
+        LeaseBreakTime(old)
+    }
+}
+
+impl Drop for LeaseBreakTime {
+    fn drop(&mut self) {
+        let _ = std::fs::write(LBT, &self.0);
+    }
+}
+
+fn run_json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let o = sb.run(args);
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    read_json(sb.results().last().unwrap())
+}
+
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("skipped {test}: shortening fs/lease-break-time needs root");
+    false
+}
+
+#[test]
+fn every_holder_behaviour_and_breaker_kind_runs_and_reports_what_the_kernel_did() {
+    if !need_root("break storm") {
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("lease-breaks");
+    let before = lbt();
+    let f = sb.base.join("breaks.toml");
+    std::fs::write(
+        &f,
+        "name = \"breaks\"\n[lease]\nbackings = [\"tmpfs\"]\nrounds = 2\nhung_rounds = 1\nlease_break_time = \"1s\"\nlayout_probe = false\n",
+    )
+    .unwrap();
+    let r = run_json(&sb, &["run", f.to_str().unwrap()]);
+    assert_eq!(lbt(), before, "fs/lease-break-time is put back");
+    let l = &r["leases"];
+    assert_eq!(l["lease_break_time"]["used_s"], 1);
+    let breaks = l["breaks"].as_array().unwrap();
+    assert_eq!(
+        breaks.len(),
+        2 * 4 * 6,
+        "2 leases x 4 behaviours x 6 breakers"
+    );
+    let cell = |lease: &str, holder: &str, breaker: &str| {
+        breaks
+            .iter()
+            .find(|b| b["lease"] == lease && b["behaviour"] == holder && b["breaker"] == breaker)
+            .unwrap_or_else(|| panic!("{lease} {holder} {breaker}"))
+    };
+    for b in breaks {
+        if b["outcome"] == "notrun" {
+            assert_eq!(b["lease"], "read", "only read + downgrading is notrun: {b}");
+            assert!(b["reason"].as_str().unwrap().contains("downgrade"));
+            continue;
+        }
+        assert!(b["rounds"].as_u64().unwrap() >= 1, "{b}");
+        assert!(b["acquire"]["stats"]["p50_ns"].as_u64().unwrap() > 0, "{b}");
+        assert!(b["breaker_wait"]["histogram"].is_string());
+    }
+    // A cooperative write-lease holder is signalled every time and releases; the breaker
+    // waits only for it. The notification latency is measured across processes.
+    for breaker in ["open-rdwr", "open-rdonly", "truncate", "io-uring-openat"] {
+        let b = cell("write", "cooperative", breaker);
+        assert_eq!(b["signalled"], b["rounds"], "{b}");
+        assert_eq!(b["ended"]["unlock"], b["rounds"], "{b}");
+        assert!(b["notify"]["stats"]["p50_ns"].as_u64().unwrap() > 0);
+        assert!(
+            b["breaker_wait"]["stats"]["max_ns"].as_u64().unwrap() < 500_000_000,
+            "{b}"
+        );
+    }
+    // O_NONBLOCK breakers get EAGAIN at once, and the holder is still told.
+    for breaker in ["open-rdwr-nonblock", "open-rdonly-nonblock"] {
+        let b = cell("write", "cooperative", breaker);
+        assert_eq!(b["breaker_results"]["EAGAIN"], b["rounds"], "{b}");
+        assert_eq!(b["signalled"], b["rounds"], "{b}");
+    }
+    // A reader does not break a read lease.
+    let b = cell("read", "cooperative", "open-rdonly");
+    assert_eq!(b["signalled"], 0, "{b}");
+    // A hung holder makes a blocking breaker wait the lease-break-time in force (1 s).
+    for breaker in ["open-rdwr", "truncate", "io-uring-openat"] {
+        let b = cell("write", "hung", breaker);
+        let wait = b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap();
+        assert!(
+            (800_000_000..3_000_000_000).contains(&wait),
+            "breaker wait {wait} ns with a 1 s lease-break-time: {b}"
+        );
+        assert_eq!(b["ended"]["revoked"], 1, "{b}");
+    }
+    // A delayed holder makes the breaker wait about the delay (5 ms by default).
+    let b = cell("write", "delayed", "open-rdwr");
+    assert!(
+        b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap() >= 4_000_000,
+        "{b}"
+    );
+}
+
+/// Lifecycle facts that both pinstorm and the independent probe report.
+const SHARED_FACTS: &[&str] = &[
+    "signalled_process",
+    "lease_ended",
+    "breaker_waited_for",
+    "breaker_result",
+    "device_write_after_break",
+    "device_write_after_munmap",
+    "lease_after_close_of_original",
+    "ring_over_scm_rights",
+    "receiver_lease",
+];
+
+fn build_lease_probe() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/lease_probe.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-lease-probe");
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-Wno-unused-result", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-luring")
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => {
+            eprintln!(
+                "skipped: the independent lease probe needs liburing-dev: {}",
+                stderr(&o)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("skipped: no C compiler ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn lease_lifecycle_facts_agree_with_an_independent_probe() {
+    if !need_root("lease lifecycle") {
+        return;
+    }
+    let Some(probe) = build_lease_probe() else {
+        return;
+    };
+    let _g = serial();
+    let sb = Sandbox::new("lease-lifecycle");
+    let before = lbt();
+    let r = run_json(&sb, &["run", "lease-lifecycle"]);
+    assert_eq!(lbt(), before, "fs/lease-break-time is put back");
+    let l = &r["leases"];
+    let used = l["lease_break_time"]["used_s"].as_u64().unwrap();
+    let scenarios = l["lifecycle"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 7);
+    let _set = LeaseBreakTime::set(used);
+    let dir = PathBuf::from(format!(
+        "/dev/shm/pinstorm-lease-probe-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for s in scenarios {
+        let name = s["scenario"].as_str().unwrap();
+        assert_eq!(s["outcome"], "ok", "{s}");
+        assert!(s["breaker_wait_ms"].as_f64().is_some());
+        for fact in ["signalled_process", "lease_ended", "breaker_waited_for"] {
+            assert!(s["facts"][fact].is_string(), "{name} lacks {fact}: {s}");
+        }
+        let file = dir.join(name);
+        std::fs::write(&file, vec![0u8; 2 << 20]).unwrap();
+        let o = Command::new(&probe)
+            .args([name, file.to_str().unwrap(), &used.to_string()])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        let theirs: BTreeMap<String, String> = stdout(&o)
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        assert!(
+            !theirs.contains_key("error"),
+            "{name}: independent probe: {theirs:?}"
+        );
+        let mut compared = 0;
+        for fact in SHARED_FACTS {
+            if let (Some(ours), Some(t)) = (s["facts"][fact].as_str(), theirs.get(*fact)) {
+                assert_eq!(
+                    ours, t,
+                    "{name}: pinstorm says {fact} = {ours}, the independent probe {t}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(
+            compared >= 3,
+            "{name}: compared only {compared} facts: ours {} theirs {theirs:?}",
+            s["facts"]
+        );
+        // A lost device write after the break is reported as a violation.
+        if s["facts"]["device_write_after_break"] == "lost" {
+            assert_eq!(s["violations"].as_array().unwrap().len(), 1, "{s}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let probe = &l["layout_lease"];
+    assert_eq!(
+        probe["outcome"], "notrun",
+        "upstream has no layout leases: {probe}"
+    );
+    assert!(
+        probe["reason"].as_str().unwrap().contains("EINVAL"),
+        "{probe}"
+    );
+}
+
+#[test]
+fn lease_check_overhead_comes_with_a_confidence_interval() {
+    let _g = serial();
+    let sb = Sandbox::new("lease-overhead");
+    let f = sb.base.join("overhead.toml");
+    std::fs::write(&f, "name = \"overhead\"\n[lease]\nbackings = [\"tmpfs\"]\nrounds = 0\noverhead_cycles = 500\nlayout_probe = false\n").unwrap();
+    let r = run_json(&sb, &["run", f.to_str().unwrap()]);
+    let o = &r["leases"]["overhead"][0];
+    assert_eq!(o["outcome"], "ok", "{o}");
+    let (d, lo, hi) = (
+        o["overhead_ns"].as_f64().unwrap(),
+        o["ci_low_ns"].as_f64().unwrap(),
+        o["ci_high_ns"].as_f64().unwrap(),
+    );
+    assert!(lo <= d && d <= hi, "the estimate lies in its interval: {o}");
+    assert_eq!(o["confidence"], 0.95);
+    assert_eq!(o["without"]["stats"]["count"], 500);
+    assert_eq!(o["with"]["stats"]["count"], 500);
+    assert!(o["with"]["histogram"].as_str().unwrap().len() > 10);
+}
+
+#[test]
+fn lease_break_time_is_restored_when_the_run_is_interrupted_or_killed() {
+    if !need_root("lease-break-time restore") {
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("lease-lbt");
+    let before = lbt();
+    for (sig, code) in [(libc::SIGINT, Some(130)), (libc::SIGKILL, None)] {
+        let mut child = sb
+            .cmd()
+            .args(["run", "lease-lifecycle"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while lbt() == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the run never shortened fs/lease-break-time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), code);
+        if sig == libc::SIGKILL {
+            assert_ne!(lbt(), before, "a killed run cannot restore it itself");
+            let o = sb.run(&["cleanup"]);
+            assert!(
+                stdout(&o).contains("restored fs/lease-break-time"),
+                "{}",
+                stdout(&o)
+            );
+        }
+        assert_eq!(lbt(), before);
+        // No holder process outlives the run (a killed run's holders die with their pipes or
+        // wait on them; give them a moment).
+        let start = Instant::now();
+        loop {
+            let left = Command::new("pgrep")
+                .args(["-f", "__lease-holder"])
+                .output()
+                .map(|o| stdout(&o))
+                .unwrap_or_default();
+            if left.trim().is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "lease holders left behind: {left}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
