@@ -163,11 +163,7 @@ fn probe_measures_loop_filesystems_and_hugetlb_then_leaves_the_machine_as_found(
         res["hugepages"]["requested"].as_u64().unwrap() > 0,
         "hugetlb backings need a reservation"
     );
-    assert_eq!(
-        machine_state(&sb.base),
-        before,
-        "the probe must leave no mount, loop device, sysctl change or pin"
-    );
+    assert_left_as_found(&sb.base, &before);
     assert!(sb.leftover_run_dirs().is_empty());
 }
 
@@ -189,7 +185,7 @@ fn default_suite_twice_leaves_the_machine_as_found_each_time() {
             stdout(&o),
             stderr(&o)
         );
-        assert_eq!(machine_state(&sb.base), before, "after run {i}");
+        assert_left_as_found(&sb.base, &before);
     }
     let files = sb.results();
     assert_eq!(files.len(), 2);
@@ -201,9 +197,11 @@ fn default_suite_twice_leaves_the_machine_as_found_each_time() {
             .unwrap()
             .iter()
             .any(|b| b["outcome"] == "ok"));
-        assert_eq!(
-            r["pin_counters"]["outstanding_after"],
-            r["pin_counters"]["outstanding_before"]
+        assert!(
+            r["pin_counters"]["outstanding_after"].as_i64()
+                <= r["pin_counters"]["outstanding_before"].as_i64(),
+            "no pages left pinned by the run: {}",
+            r["pin_counters"]
         );
     }
 }
@@ -239,7 +237,7 @@ fn sigint_mid_run_keeps_what_was_measured_and_cleans_up() {
         "the probe's rows must survive the interruption"
     );
     assert!(r["finished"].as_str().is_some());
-    assert_eq!(machine_state(&sb.base), before);
+    assert_left_as_found(&sb.base, &before);
     assert!(sb.leftover_run_dirs().is_empty());
     assert!(sb.stray_result_files().is_empty());
 }
@@ -257,7 +255,7 @@ fn sigterm_mid_run_cleans_up_too() {
     let o = wait_with_timeout(child, Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
     assert_eq!(read_json(&sb.results()[0])["interrupted"], "SIGTERM");
-    assert_eq!(machine_state(&sb.base), before);
+    assert_left_as_found(&sb.base, &before);
 }
 
 #[test]
@@ -303,7 +301,7 @@ fn sigkill_leftovers_are_found_and_removed_by_the_next_run() {
         "{e}"
     );
     assert!(!e.contains("PROBLEM"), "{e}");
-    assert_eq!(settled_state(&sb.base, &before), before);
+    assert_left_as_found(&sb.base, &before);
     assert!(sb.leftover_run_dirs().is_empty());
 }
 
@@ -322,7 +320,7 @@ fn cleanup_command_removes_what_a_killed_run_left() {
     let o = sb.run(&["cleanup"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("unmounted"), "{}", stdout(&o));
-    assert_eq!(settled_state(&sb.base, &before), before);
+    assert_left_as_found(&sb.base, &before);
     let o = sb.run(&["cleanup"]);
     assert!(stdout(&o).contains("nothing to clean"), "{}", stdout(&o));
 }
@@ -425,5 +423,5 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     } else {
         eprintln!("memlock limit is at least 64 MiB here; the ENOMEM case is not exercised");
     }
-    assert_eq!(machine_state(&sb.base), before);
+    assert_left_as_found(&sb.base, &before);
 }

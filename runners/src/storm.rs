@@ -314,6 +314,9 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         let r = pinner.register(target);
         let took = t0.elapsed();
         sh.wd.end(&slot);
+        // The pin's event comes before the second look at the sequence number (see the
+        // disruptor): every operation that did not overlap the registration is ordered.
+        let pin_event = sh.event();
         let clean = a == f.seq.load(SeqCst) && a % 2 == 0;
         let now = sh.wd.elapsed_ms();
         let outcome = match &r {
@@ -356,7 +359,6 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         out.register.record(took.as_nanos() as u64);
         out.totals.registrations += 1;
         out.timeline.at(now).registrations += 1;
-        let pin_event = sh.event();
         let pinned_ms = now;
         if !sh.hold.is_zero() {
             std::thread::sleep(sh.hold);
@@ -552,8 +554,10 @@ fn disruptor_thread(
                 .or_insert(why);
             continue;
         }
-        let ev = sh.event();
+        // Busy first, then the event: an operation that runs after a clean pin then always
+        // has an event number above that pin's.
         f.seq.fetch_add(1, SeqCst);
+        let ev = sh.event();
         sh.wd.begin(&slot, kind.name());
         let t0 = Instant::now();
         let r = boxed[k].apply(&target, &mut rng);
@@ -582,7 +586,6 @@ fn disruptor_thread(
                 p.shifted |= shifted;
             }
         }
-        f.seq.fetch_add(1, SeqCst);
         let now = sh.wd.elapsed_ms();
         let text = match &r {
             Ok(a) => a.desc.clone(),
@@ -602,6 +605,8 @@ fn disruptor_thread(
                 ),
             ));
         }
+        // Only now may a pinner judge writes again: the page marks and the log are complete.
+        f.seq.fetch_add(1, SeqCst);
         if out.head.len() < HEAD {
             out.head.push(format!("{kind} file={fi}: {text}"));
         }

@@ -203,15 +203,30 @@ pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-/// The machine state once it stops changing toward `want`: pins of a killed process are
-/// released by the kernel asynchronously (io_uring ring teardown runs as deferred work), so
-/// wait with a bound before comparing.
-pub fn settled_state(base: &Path, want: &MachineState) -> MachineState {
+impl MachineState {
+    /// Left as found: the same mounts, loop devices and sysctls, and no more pinned pages
+    /// than before (the pin counters are system-wide, and pins of processes that exited are
+    /// released asynchronously, so fewer is fine: an earlier test's releases landing).
+    pub fn as_found(&self, before: &MachineState) -> bool {
+        self.mounts_below == before.mounts_below
+            && self.loops_below == before.loops_below
+            && self.nr_hugepages == before.nr_hugepages
+            && self.lease_break_time == before.lease_break_time
+            && self.pins_outstanding <= before.pins_outstanding
+    }
+}
+
+/// Wait (bounded) until the machine is as found, then assert it: pins of a killed process
+/// are released by the kernel asynchronously (io_uring ring teardown is deferred work).
+pub fn assert_left_as_found(base: &Path, before: &MachineState) {
     let start = std::time::Instant::now();
     loop {
         let now = machine_state(base);
-        if &now == want || start.elapsed() > std::time::Duration::from_secs(10) {
-            return now;
+        if now.as_found(before) {
+            return;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            panic!("the machine is not as found:\n  before: {before:?}\n  after:  {now:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
