@@ -26,7 +26,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --all-features
+# Bounded: a hang must fail the run quickly, not eat CI's whole budget.
+timeout --signal=KILL 1800 cargo test --workspace --all-features
 
 echo "== benchmark smoke run (each benchmark once; no timing is checked)"
 cargo bench -p pinstorm-workloads --bench pin -- --test

@@ -323,11 +323,16 @@ pub struct LeaseBreakTime {
     pub restored: bool,
 }
 
-/// A histogram with its statistics.
+/// A histogram with its statistics, and (where the raw samples were kept) a 95% bootstrap
+/// confidence interval of the median.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
     pub stats: crate::hist::Stats,
     pub histogram: String,
+    #[serde(default)]
+    pub median_ci_low_ns: Option<f64>,
+    #[serde(default)]
+    pub median_ci_high_ns: Option<f64>,
 }
 
 /// One lease x holder behaviour x breaker x backing cell of a break storm.

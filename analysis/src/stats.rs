@@ -90,3 +90,41 @@ mod tests {
         assert!(lo <= 0.0 && 0.0 <= hi, "{lo} {hi}");
     }
 }
+
+/// The median of `v` and its percentile-bootstrap interval at `confidence`.
+pub fn bootstrap_median_ci(v: &[u64], iters: usize, confidence: f64, seed: u64) -> (f64, f64, f64) {
+    let m = median(v);
+    if v.len() < 2 || iters == 0 {
+        return (m, m, m);
+    }
+    let mut rng = SplitMix(seed);
+    let mut draws = Vec::with_capacity(iters);
+    let mut r = vec![0u64; v.len()];
+    for _ in 0..iters {
+        for x in r.iter_mut() {
+            *x = v[(rng.next() % v.len() as u64) as usize];
+        }
+        draws.push(median(&r));
+    }
+    draws.sort_by(|x, y| x.total_cmp(y));
+    let tail = (1.0 - confidence) / 2.0;
+    let lo = draws[((iters as f64 * tail) as usize).min(iters - 1)];
+    let hi = draws[((iters as f64 * (1.0 - tail)) as usize).min(iters - 1)];
+    (m, lo, hi)
+}
+
+#[cfg(test)]
+mod median_ci_tests {
+    use super::*;
+
+    #[test]
+    fn the_median_lies_in_its_interval_and_the_interval_narrows_with_more_samples() {
+        let small: Vec<u64> = (0..20).map(|i| 1000 + (i * 7919 % 500)).collect();
+        let large: Vec<u64> = (0..2000).map(|i| 1000 + (i * 7919 % 500)).collect();
+        let (m, lo, hi) = bootstrap_median_ci(&small, 500, 0.95, 3);
+        assert!(lo <= m && m <= hi);
+        let (m2, lo2, hi2) = bootstrap_median_ci(&large, 500, 0.95, 3);
+        assert!(lo2 <= m2 && m2 <= hi2);
+        assert!(hi2 - lo2 < hi - lo, "[{lo2}, {hi2}] vs [{lo}, {hi}]");
+    }
+}

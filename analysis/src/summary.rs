@@ -309,9 +309,18 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
 }
 
 fn p50(m: &Option<Measured>) -> String {
-    m.as_ref()
-        .map(|m| human_ns(m.stats.p50_ns as f64))
-        .unwrap_or_else(|| "-".into())
+    match m {
+        None => "-".into(),
+        Some(m) => match (m.median_ci_low_ns, m.median_ci_high_ns) {
+            (Some(lo), Some(hi)) => format!(
+                "{} [{}, {}]",
+                human_ns(m.stats.p50_ns as f64),
+                human_ns(lo),
+                human_ns(hi)
+            ),
+            _ => human_ns(m.stats.p50_ns as f64),
+        },
+    }
 }
 
 fn counts(m: &std::collections::BTreeMap<String, u32>) -> String {
@@ -333,7 +342,7 @@ pub fn leases(out: &mut String, l: &LeaseResults) {
     if !l.breaks.is_empty() {
         let _ = writeln!(
             out,
-            "\nLease breaks ({lbt_text}; notify = breaker start to the holder's signal):"
+            "\nLease breaks ({lbt_text}; notify = breaker start to the holder's signal; medians with 95% bootstrap intervals):"
         );
         let body: Vec<Vec<String>> = l
             .breaks

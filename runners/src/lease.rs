@@ -233,7 +233,31 @@ fn measured(l: &Latency) -> Option<Measured> {
     (l.count() > 0).then(|| Measured {
         stats: l.stats(),
         histogram: l.encode(),
+        median_ci_low_ns: None,
+        median_ci_high_ns: None,
     })
+}
+
+/// Samples kept raw as well as in a histogram, for a confidence interval of the median.
+#[derive(Default)]
+struct Samples {
+    hist: Latency,
+    raw: Vec<u64>,
+}
+
+impl Samples {
+    fn record(&mut self, v: u64) {
+        self.hist.record(v);
+        self.raw.push(v);
+    }
+
+    fn measured(&self, seed: u64) -> Option<Measured> {
+        let mut m = measured(&self.hist)?;
+        let (_, lo, hi) = stats::bootstrap_median_ci(&self.raw, 1000, 0.95, seed);
+        m.median_ci_low_ns = Some(lo);
+        m.median_ci_high_ns = Some(hi);
+        Some(m)
+    }
 }
 
 /// A file of `size` bytes that pinstorm created in the backing's directory, closed again:
@@ -430,10 +454,10 @@ fn break_cell(
     cfg.pin_len = pinned.then_some(size as usize);
     let mut h = Holder::spawn(ctx.holder_exe, &cfg)?;
     let (mut acquire, mut release, mut notify, mut bwait) = (
-        Latency::new(),
-        Latency::new(),
-        Latency::new(),
-        Latency::new(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
     );
     let mut ended: BTreeMap<String, u32> = BTreeMap::new();
     let mut results: BTreeMap<String, u32> = BTreeMap::new();
@@ -548,10 +572,10 @@ fn break_cell(
         signalled,
         ended,
         breaker_results: results,
-        acquire: measured(&acquire),
-        release: measured(&release),
-        notify: measured(&notify),
-        breaker_wait: measured(&bwait),
+        acquire: acquire.measured(ctx.seed),
+        release: release.measured(ctx.seed),
+        notify: notify.measured(ctx.seed),
+        breaker_wait: bwait.measured(ctx.seed),
         lease_break_time_s: Some(ctx.lease_break_time_s),
     })
 }
@@ -849,6 +873,74 @@ fn describe(e: &Event) -> Option<String> {
     })
 }
 
+/// The 2019 RFC's promises, on a kernel that accepts layout leases: a long-term pin without
+/// the lease is refused; with an exclusive layout lease held, truncating the pinned range
+/// fails with ETXTBSY instead of waiting or losing data; the lease cannot be released while
+/// pins exist. Each check records what the kernel answered.
+fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, String>) {
+    use pinstorm_workloads::pin::{io_uring::IoUringPinner, PinError, PinTarget, Pinner};
+    use pinstorm_workloads::sys::{MapMode, Mapping};
+    use std::os::fd::AsFd;
+    let size = job.pin_size.bytes();
+    let Ok(file) = lease_file(b, "layout-lease-rfc", size) else {
+        return;
+    };
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file.path())
+    else {
+        return;
+    };
+    let mode = MapMode {
+        shared: true,
+        writable: true,
+        hugetlb: false,
+        populate: true,
+    };
+    let Ok(map) = Mapping::file(f.as_fd(), size as usize, mode) else {
+        return;
+    };
+    let target = PinTarget {
+        addr: map.addr(),
+        len: size as usize,
+    };
+    let answer = |r: Result<(), PinError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(PinError::Kernel { errno, .. }) => errno.name(),
+        Err(e) => e.to_string(),
+    };
+    let Ok(mut pinner) = IoUringPinner::new() else {
+        return;
+    };
+    let r = pinner.register(target);
+    if r.is_ok() {
+        let _ = pinner.unregister();
+    }
+    checks.insert("pin_without_layout_lease (RFC: refused)".into(), answer(r));
+    let layout = job.f_layout | libc::F_RDLCK | job.f_exclusive;
+    let took = pinstorm_workloads::sys::fcntl_int(&f, libc::F_SETLEASE, layout);
+    checks.insert(
+        "exclusive_layout_lease".into(),
+        took.map(|_| "ok".to_string()).unwrap_or_else(|e| e.name()),
+    );
+    let r = pinner.register(target);
+    let pinned = r.is_ok();
+    checks.insert("pin_with_layout_lease (RFC: ok)".into(), answer(r));
+    if pinned {
+        let t = rustix::fs::ftruncate(&f, 0)
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| Errno::from(e).name());
+        checks.insert("truncate_of_pinned_range (RFC: ETXTBSY)".into(), t);
+        let u = lease::set_lease(&f, None, 0)
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| e.name());
+        checks.insert("release_lease_while_pinned (RFC: refused)".into(), u);
+        let _ = pinner.unregister();
+    }
+    let _ = lease::set_lease(&f, None, 0);
+}
+
 /// Probe `F_SETLEASE` with the RFC's layout-lease flags. Upstream has none: EINVAL.
 fn layout_probe(job: &LeaseJob, b: &dyn Backing) -> LayoutLeaseProbe {
     let mut p = LayoutLeaseProbe {
@@ -895,10 +987,7 @@ fn layout_probe(job: &LeaseJob, b: &dyn Backing) -> LayoutLeaseProbe {
     }
     if accepted {
         p.outcome = "ok".into();
-        p.checks.insert(
-            "rfc_checks".into(),
-            "layout leases accepted: the RFC's checks (pin refused without the lease, ETXTBSY on truncate of a pinned range, no release while pinned) need the patch set's semantics; record the answers above and run the lease-lifecycle preset against it".into(),
-        );
+        rfc_checks(job, b, &mut p.checks);
     } else {
         p.reason = Some(format!(
             "this kernel has no layout leases: F_SETLEASE with F_LAYOUT ({}) answered {}",

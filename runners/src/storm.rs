@@ -1176,3 +1176,120 @@ fn run_cell(
     };
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinstorm_workloads::backing::SetupEnv;
+    use pinstorm_workloads::scratch::ScratchRoot;
+
+    /// One memfd-backed tracked file inside a `Shared`, as a storm would have it.
+    fn with_shared(test: &str, f: impl FnOnce(&Shared)) {
+        let dir =
+            std::env::temp_dir().join(format!("pinstorm-storm-unit-{test}-{}", std::process::id()));
+        let root = ScratchRoot::open(&dir).unwrap();
+        let run = root.new_run("t").unwrap();
+        let backing = BackingKind::Memfd
+            .setup(&SetupEnv::default(), &run)
+            .unwrap();
+        let region = backing
+            .region(&RegionSpec {
+                size: Size(4 * PAGE),
+                map: MapKind::Shared,
+                access: Access::Rw,
+            })
+            .unwrap();
+        let sh = Shared {
+            files: vec![TrackedFile {
+                id: 1,
+                name: "memfd:0".into(),
+                seq: AtomicU64::new(0),
+                pages: Mutex::new(vec![PageTrack::default(); 4]),
+                log: Mutex::new(VecDeque::new()),
+                region,
+                clone: None,
+                donor: None,
+                partners_missing: None,
+            }],
+            events: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            wd: Watchdog::new(Duration::from_secs(1), &["t".to_string()]),
+            unsupported: Mutex::new(BTreeMap::new()),
+            findings: Mutex::new(Findings::default()),
+            run_tag: 7,
+            hold: Duration::ZERO,
+            examples: 5,
+            shared_map: true,
+            expected: None,
+            size: 4 * PAGE,
+            align: PAGE,
+            rate: 0.0,
+        };
+        f(&sh);
+        drop(sh);
+        drop(backing);
+        drop(run);
+        drop(root);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn canary(file_id: u32, offset: u64, event: u64, run_tag: u32) -> Vec<u8> {
+        Canary {
+            run_tag,
+            file_id,
+            offset,
+            event,
+        }
+        .page(PAGE as usize)
+    }
+
+    #[test]
+    fn another_files_canary_is_cross_file_corruption() {
+        with_shared("cross", |sh| {
+            sh.classify_foreign(&sh.files[0], PAGE, &canary(2, PAGE, 3, 7), 1.0, &[]);
+            let f = sh.findings();
+            assert_eq!(f.cross.count, 1);
+            assert!(
+                f.cross.examples[0].what.contains("for file 2"),
+                "{:?}",
+                f.cross.examples[0]
+            );
+            assert_eq!(f.stale.count, 0);
+        });
+    }
+
+    #[test]
+    fn own_data_from_before_an_invalidation_is_stale_exposure() {
+        with_shared("stale", |sh| {
+            sh.files[0].pages.lock().unwrap()[1].invalidated_at = 10;
+            // Written at event 5, removed by the operation at event 10, still there: stale.
+            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 5, 7), 1.0, &[]);
+            // Written after the operation: fine.
+            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 11, 7), 1.0, &[]);
+            // The same finding is counted once.
+            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 5, 7), 1.0, &[]);
+            assert_eq!(sh.findings().stale.count, 1);
+        });
+    }
+
+    #[test]
+    fn moved_data_and_data_of_other_runs_are_told_apart() {
+        with_shared("moved", |sh| {
+            {
+                let mut pages = sh.files[0].pages.lock().unwrap();
+                pages[2].invalidated_at = 10;
+                pages[2].shifted = true;
+            }
+            // After collapse/insert, data may legitimately sit anywhere: not judged.
+            sh.classify_foreign(&sh.files[0], 2 * PAGE, &canary(1, 2 * PAGE, 5, 7), 1.0, &[]);
+            assert_eq!(sh.findings().stale.count, 0);
+            // A canary from another run is data from an earlier life of these blocks.
+            sh.classify_foreign(&sh.files[0], 0, &canary(1, 0, 1, 99), 1.0, &[]);
+            assert_eq!(sh.findings().stale.count, 1);
+            // Zeros and fill are not canaries: nothing to judge.
+            sh.classify_foreign(&sh.files[0], 0, &vec![0u8; PAGE as usize], 1.0, &[]);
+            let f = sh.findings();
+            assert_eq!(f.stale.count + f.cross.count, 1);
+        });
+    }
+}

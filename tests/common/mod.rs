@@ -71,7 +71,7 @@ pub fn machine_state(base: &Path) -> MachineState {
         loops_below,
         nr_hugepages: read("/proc/sys/vm/nr_hugepages"),
         lease_break_time: read("/proc/sys/fs/lease-break-time"),
-        pins_outstanding: get("nr_foll_pin_acquired ") - get("nr_foll_pin_released "),
+        pins_outstanding: (get("nr_foll_pin_acquired ") - get("nr_foll_pin_released ")).max(0),
     }
 }
 

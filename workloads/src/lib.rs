@@ -32,11 +32,19 @@ pub fn is_root() -> bool {
 
 /// `/proc/vmstat` `nr_foll_pin_acquired - nr_foll_pin_released`: pages pinned with FOLL_PIN
 /// system-wide right now (5.6+). `None` where the counters do not exist.
+///
+/// The counters are summed from per-CPU deltas that the kernel folds in lazily, so the
+/// difference can be off by a few pages, even negative, for a moment. As root the deltas are
+/// folded first (`vm/stat_refresh`); a negative difference is reported as 0.
 pub fn pinned_pages_outstanding() -> Option<i64> {
+    if is_root() {
+        // Any write folds every CPU's pending deltas into the totals (Documentation/admin-guide/sysctl/vm.rst).
+        let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
+    }
     let text = std::fs::read_to_string("/proc/vmstat").ok()?;
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k)?.trim().parse::<i64>().ok())
     };
-    Some(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
+    Some((get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?).max(0))
 }
