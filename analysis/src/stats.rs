@@ -56,11 +56,18 @@ pub fn bootstrap_median_diff(
         }
         draws.push(median(&rb) - median(&ra));
     }
-    draws.sort_by(|x, y| x.total_cmp(y));
-    let tail = (1.0 - confidence) / 2.0;
-    let lo = draws[((iters as f64 * tail) as usize).min(iters - 1)];
-    let hi = draws[((iters as f64 * (1.0 - tail)) as usize).min(iters - 1)];
+    let (lo, hi) = percentile_interval(draws, confidence);
     (diff, lo, hi)
+}
+
+/// The central `confidence` interval of bootstrap draws (percentile method).
+fn percentile_interval(mut draws: Vec<f64>, confidence: f64) -> (f64, f64) {
+    draws.sort_by(|x, y| x.total_cmp(y));
+    let n = draws.len();
+    let tail = (1.0 - confidence) / 2.0;
+    let lo = draws[((n as f64 * tail) as usize).min(n - 1)];
+    let hi = draws[((n as f64 * (1.0 - tail)) as usize).min(n - 1)];
+    (lo, hi)
 }
 
 #[cfg(test)]
@@ -106,10 +113,7 @@ pub fn bootstrap_median_ci(v: &[u64], iters: usize, confidence: f64, seed: u64) 
         }
         draws.push(median(&r));
     }
-    draws.sort_by(|x, y| x.total_cmp(y));
-    let tail = (1.0 - confidence) / 2.0;
-    let lo = draws[((iters as f64 * tail) as usize).min(iters - 1)];
-    let hi = draws[((iters as f64 * (1.0 - tail)) as usize).min(iters - 1)];
+    let (lo, hi) = percentile_interval(draws, confidence);
     (m, lo, hi)
 }
 

@@ -322,20 +322,7 @@ pub fn run(
             progress.step(&format!("lease-check overhead {kind}"));
             out.overhead.push(match &backing {
                 Ok(b) => overhead(job, ctx, *b)?,
-                Err(e) => LeaseOverhead {
-                    backing: kind.name().into(),
-                    fs: String::new(),
-                    outcome: "notrun".into(),
-                    reason: Some(e.0.clone()),
-                    without: None,
-                    with: None,
-                    overhead_ns: None,
-                    ci_low_ns: None,
-                    ci_high_ns: None,
-                    confidence: 0.95,
-                    overhead_pct: None,
-                    significant: None,
-                },
+                Err(e) => overhead_notrun(kind.name(), "", e.0.clone()),
             });
         }
         for &l in &job.lifecycle {
@@ -580,13 +567,12 @@ fn break_cell(
     })
 }
 
-fn overhead(job: &LeaseJob, ctx: &LeaseContext, b: &dyn Backing) -> anyhow::Result<LeaseOverhead> {
-    let fs = b.info().fs.clone();
-    let mut r = LeaseOverhead {
-        backing: b.kind().name().into(),
-        fs: fs.clone(),
+fn overhead_notrun(backing: &str, fs: &str, reason: String) -> LeaseOverhead {
+    LeaseOverhead {
+        backing: backing.into(),
+        fs: fs.into(),
         outcome: "notrun".into(),
-        reason: None,
+        reason: Some(reason),
         without: None,
         with: None,
         overhead_ns: None,
@@ -595,7 +581,13 @@ fn overhead(job: &LeaseJob, ctx: &LeaseContext, b: &dyn Backing) -> anyhow::Resu
         confidence: 0.95,
         overhead_pct: None,
         significant: None,
-    };
+    }
+}
+
+fn overhead(job: &LeaseJob, ctx: &LeaseContext, b: &dyn Backing) -> anyhow::Result<LeaseOverhead> {
+    let fs = b.info().fs.clone();
+    let mut r = overhead_notrun(b.kind().name(), &fs, String::new());
+    r.reason = None;
     let size = job.pin_size.bytes();
     let file = match lease_file(b, "lease-overhead", size) {
         Ok(f) => f,

@@ -821,6 +821,20 @@ fn lease_name(r: Result<i32, Errno>) -> String {
     }
 }
 
+/// fork(2) in the holder, which is single-threaded (a fresh exec of pinstorm that started no
+/// threads), so the child may run ordinary Rust code. `None` (reported) when fork fails.
+fn fork_holder(out: &Out) -> Option<libc::pid_t> {
+    // SAFETY: see above: no other thread can hold a lock the child would inherit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        out.emit(&Event::Error {
+            message: format!("fork: {}", Errno::last().name()),
+        });
+        return None;
+    }
+    Some(pid)
+}
+
 /// The parent takes the lease and pins the file; it forks, and the child keeps the pinning
 /// ring while the parent closes its copy: the child holds the pin, the parent the lease.
 /// The child also tries a registration of its own on the inherited mapping (a fact).
@@ -853,14 +867,7 @@ fn fork_child_pins(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
             })
         }
     };
-    // SAFETY: the holder process is single-threaded (a fresh exec of pinstorm that started
-    // no threads), so the child may run ordinary Rust code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return out.emit(&Event::Error {
-            message: format!("fork: {}", Errno::last().name()),
-        });
-    }
+    let Some(pid) = fork_holder(out) else { return };
     if pid == 0 {
         drop(to_child_w);
         let mut pin = pin;
@@ -955,13 +962,7 @@ fn scm_rights(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
             })
         }
     };
-    // SAFETY: single-threaded process (see fork_child_pins).
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return out.emit(&Event::Error {
-            message: format!("fork: {}", Errno::last().name()),
-        });
-    }
+    let Some(pid) = fork_holder(out) else { return };
     if pid == 0 {
         drop(a);
         drop(file);
