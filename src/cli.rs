@@ -13,7 +13,8 @@ Exit status:
   0    every measured cell agrees with the expectations (or has none)
   1    the run stopped on an error (the result file says which)
   2    bad command line, scenario file or path
-  3    the run completed and some probe cell DIFFERS from the expectations
+  3    the run completed, and a probe cell or a lease lifecycle fact DIFFERS from the
+       expectations, or a storm saw a registration the expectations did not expect
   130  interrupted by SIGINT (143: SIGTERM); what was measured is kept
 
 Results go to RESULTS/<kernel-release>/<run-id>/result.json (schema: docs/result-schema.md).

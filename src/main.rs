@@ -203,12 +203,11 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
         );
     }
     println!();
-    println!("Scenarios (presets, compiled in; a file path works too):");
+    println!("Scenarios (presets compiled in from configs/NAME.toml; a file path works too):");
     for s in &scenarios {
         println!(
-            "  {:<14} {:<22} {}",
+            "  {:<21} {}",
             s["name"].as_str().unwrap_or(""),
-            s["file"].as_str().unwrap_or(""),
             s["description"].as_str().unwrap_or("")
         );
     }

@@ -606,11 +606,13 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
         out.push_str(&bench_table(&r.bench));
     }
     if !r.storms.is_empty() {
+        // Anonymous memory has no file and so no disruptors: describe the job by its largest.
         let f = &r.storms[0];
+        let disruptors = r.storms.iter().map(|s| s.disruptors).max().unwrap_or(0);
         let _ = writeln!(
             out,
             "\nLayout storms ({} pinner(s), {} disruptor(s), {} ms each, seed {}; LOST/STALE/CROSS are violations):",
-            f.pinners, f.disruptors, f.duration_ms, f.seed
+            f.pinners, disruptors, f.duration_ms, f.seed
         );
         out.push_str(&storm_table(&r.storms));
         storm_details(&mut out, &r.storms);
