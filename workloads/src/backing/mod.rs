@@ -373,7 +373,18 @@ pub(crate) fn map_mode(spec: &RegionSpec, hugetlb: bool) -> crate::sys::MapMode 
 /// a read-only mapping maps real data (not holes) and later oracles can tell generations
 /// apart. Uses `fallocate` and falls back to writing where it is not supported.
 pub(crate) fn size_file(file: &File, len: usize, hugetlb: bool) -> Result<(), RegionError> {
-    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::fs::FallocateFlags;
+    // shmem's fallocate gives up with EINTR when a signal is pending (seen under virtme's
+    // init in a lab guest): retry, as write(2) loops do.
+    let fallocate = |f: &File, flags: FallocateFlags, off: u64, len: u64| {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::fallocate(f, flags, off, len) {
+                Err(rustix::io::Errno::INTR) if tries < 1000 => tries += 1,
+                r => return r,
+            }
+        }
+    };
     if hugetlb {
         // hugetlbfs has no write(2); fallocate reserves the huge pages.
         return fallocate(file, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
