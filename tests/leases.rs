@@ -330,3 +330,65 @@ fn lease_break_time_is_restored_when_the_run_is_interrupted_or_killed() {
         }
     }
 }
+
+/// Without root the lease-break-time cannot be shortened: scenarios that wait a lease out
+/// are notrun with the reason, the others run, quickly (a holder that broke its own lease
+/// would make them wait the default 45 s).
+#[test]
+fn without_root_expiry_scenarios_are_notrun_and_the_rest_run() {
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root (to drop to nobody) and setpriv");
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("lease-nonroot");
+    std::fs::set_permissions(
+        &sb.base,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let f = sb.base.join("nonroot.toml");
+    std::fs::write(&f, "name = \"nonroot\"\n[lease]\nrounds = 0\nlifecycle = [\"dup-close\", \"munmap-before-unregister\", \"hung-expiry\"]\nlayout_probe = false\n").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let start = Instant::now();
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_pinstorm"),
+        ])
+        .arg("--results")
+        .arg(&sb.results)
+        .arg("--scratch-root")
+        .arg(&sb.scratch)
+        .args(["-q", "run", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    let r = read_json(sb.results().last().unwrap());
+    let l = &r["leases"]["lifecycle"];
+    for s in l.as_array().unwrap() {
+        if s["scenario"] == "hung-expiry" {
+            assert_eq!(s["outcome"], "notrun", "{s}");
+            assert!(
+                s["reason"].as_str().unwrap().contains("lease-break-time"),
+                "{s}"
+            );
+        } else {
+            assert_eq!(s["outcome"], "ok", "{s}");
+            assert_eq!(s["facts"]["lease_at_ready"], "write", "{s}");
+            assert_eq!(s["facts"]["breaker_waited_for"], "holder", "{s}");
+        }
+    }
+}

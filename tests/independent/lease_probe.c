@@ -76,8 +76,9 @@ static int pin(struct pin *pn, int fd)
 	return io_uring_register_buffers(&pn->ring, &iov, 1);
 }
 
-/* The device writes 4 KiB of 0xc3 at offset 0; is it in the file? */
-static const char *device_write(struct pin *pn)
+/* The device writes 4 KiB of 0xc3 at offset 0; is it in the file? Read back through
+ * `fd`, which this process already has: a new open would break its own lease. */
+static const char *device_write(struct pin *pn, int fd)
 {
 	int src = memfd_create("src", 0);
 	static char buf[4096], back[4096];
@@ -92,9 +93,7 @@ static const char *device_write(struct pin *pn)
 	io_uring_cqe_seen(&pn->ring, cqe);
 	if (res < 0)
 		return strerrorname_np(-res);
-	int f = open(path, O_RDONLY);
-	ssize_t n = pread(f, back, sizeof(back), 0);
-	close(f);
+	ssize_t n = pread(fd, back, sizeof(back), 0);
 	return (n == sizeof(back) && !memcmp(buf, back, sizeof(buf))) ? "kept" : "lost";
 }
 
@@ -188,7 +187,7 @@ int main(int argc, char **argv)
 			int hung = !strcmp(sc, "hung-expiry");
 			if (!hung) {
 				munmap(pn.p, LEN);
-				fact("device_write_after_munmap", device_write(&pn));
+				fact("device_write_after_munmap", device_write(&pn, fd));
 			}
 			write(ready[1], "r", 1);
 			if (wait_sig(wait_ms)) {
@@ -199,7 +198,7 @@ int main(int argc, char **argv)
 					fact("lease_ended", fcntl(fd, F_SETLEASE, F_UNLCK) ? "unlock-failed" : "unlock");
 			}
 			read(go[0], &b, 1);
-			fact("device_write_after_break", device_write(&pn));
+			fact("device_write_after_break", device_write(&pn, fd));
 		} else if (!strcmp(sc, "killed-while-waiting")) {
 			if (take_lease(fd))
 				_exit(1);
@@ -215,7 +214,7 @@ int main(int argc, char **argv)
 			pid_t c = fork();
 			if (c == 0) {
 				read(cgo[0], &b, 1);
-				fact("device_write_after_break", device_write(&pn));
+				fact("device_write_after_break", device_write(&pn, fd));
 				_exit(0);
 			}
 			close(pn.ring.ring_fd); /* the child holds the pin */
@@ -253,7 +252,7 @@ int main(int argc, char **argv)
 				fact("signalled_process", got ? "receiver" : "none");
 				fact("lease_ended", fcntl(lfd, F_GETLEASE) == F_UNLCK ? "revoked" : "held");
 				read(go[0], &b, 1);
-				fact("device_write_after_break", device_write(&pn));
+				fact("device_write_after_break", device_write(&pn, lfd));
 				_exit(0);
 			}
 			close(sv[1]);

@@ -338,8 +338,10 @@ impl Pin {
         })
     }
 
-    /// The device writes a canary page at offset 0; read the file back through `path`.
-    fn device_write(&mut self, path: &std::path::Path, run_tag: u32, event: u64) -> String {
+    /// The device writes a canary page at offset 0; read the file back through `via`, a
+    /// descriptor this process already has: opening the file again would break the
+    /// holder's own lease.
+    fn device_write(&mut self, via: &File, run_tag: u32, event: u64) -> String {
         let data = Canary {
             run_tag,
             file_id: 0,
@@ -353,7 +355,7 @@ impl Pin {
             Err(e) => return format!("error: {e}"),
         }
         let mut back = vec![0u8; 4096];
-        match File::open(path).and_then(|f| f.read_exact_at(&mut back, 0)) {
+        match via.read_exact_at(&mut back, 0) {
             Ok(()) if back == data => "kept".into(),
             Ok(()) => "lost".into(),
             // A file truncated to 0 has nothing at offset 0: the write is not in it.
@@ -703,6 +705,7 @@ fn lifecycle(out: &Out, cfg: &HolderConfig, l: Lifecycle) {
             };
             drop(file);
             out.fact("lease_after_close_of_original", lease_name(get_lease(&dup)));
+            out.fact("lease_at_ready", lease_name(get_lease(&dup)));
             out.emit(&Event::Ready {
                 round: 0,
                 acquire_ns,
@@ -758,12 +761,14 @@ fn lifecycle(out: &Out, cfg: &HolderConfig, l: Lifecycle) {
             };
             if l == Lifecycle::MunmapBeforeUnregister {
                 pin.munmap();
-                let r = pin.device_write(&cfg.path, cfg.run_tag, 1);
+                let r = pin.device_write(&file, cfg.run_tag, 1);
                 out.emit(&Event::DeviceWrite {
                     phase: "after-munmap".into(),
                     result: r,
                 });
             }
+            // Whatever the holder did so far must not have cost it its lease.
+            out.fact("lease_at_ready", lease_name(get_lease(&file)));
             out.emit(&Event::Ready {
                 round: 0,
                 acquire_ns,
@@ -788,7 +793,7 @@ fn lifecycle(out: &Out, cfg: &HolderConfig, l: Lifecycle) {
             out.fact("pin_registered_after_lease_gone", "yes");
             // The orchestrator lets the breaker (a truncate) finish, then asks for the write.
             if command().as_deref() == Some("write") {
-                let r = pin.device_write(&cfg.path, cfg.run_tag, 2);
+                let r = pin.device_write(&file, cfg.run_tag, 2);
                 out.emit(&Event::DeviceWrite {
                     phase: "after-break".into(),
                     result: r,
@@ -896,7 +901,7 @@ fn fork_child_pins(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
         let _ = rustix::io::write(&from_child_w, b"p");
         let mut b = [0u8; 1];
         if rustix::io::read(&to_child_r, &mut b).unwrap_or(0) == 1 {
-            let r = pin.device_write(&cfg.path, cfg.run_tag, 2);
+            let r = pin.device_write(&file, cfg.run_tag, 2);
             out.emit(&Event::DeviceWrite {
                 phase: "after-break".into(),
                 result: r,
@@ -1017,6 +1022,17 @@ fn scm_rights(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
             // Write through the ring the receiver holds: the one that came over SCM_RIGHTS,
             // put where the inherited copy was (the ring's queues are mapped here since the
             // fork), or else the inherited one.
+            // Read back through the received lease descriptor (opening the file anew while
+            // a lease exists would break it).
+            let Some(lease_file) = fds.first().and_then(|f| f.try_clone().ok()).map(File::from)
+            else {
+                out.emit(&Event::DeviceWrite {
+                    phase: "after-break".into(),
+                    result: "no lease fd received".into(),
+                });
+                // SAFETY: end the forked receiver.
+                unsafe { libc::_exit(0) };
+            };
             let r = match fds.get(1) {
                 Some(ring) => {
                     let slot = pin.pinner.ring_fd().as_raw_fd();
@@ -1025,10 +1041,10 @@ fn scm_rights(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
                     if unsafe { libc::dup2(ring.as_raw_fd(), slot) } < 0 {
                         format!("dup2: {}", Errno::last().name())
                     } else {
-                        pin.device_write(&cfg.path, cfg.run_tag, 2)
+                        pin.device_write(&lease_file, cfg.run_tag, 2)
                     }
                 }
-                None => pin.device_write(&cfg.path, cfg.run_tag, 2),
+                None => pin.device_write(&lease_file, cfg.run_tag, 2),
             };
             out.emit(&Event::DeviceWrite {
                 phase: "after-break".into(),
