@@ -160,16 +160,8 @@ fn count_or_notrun(f: &OracleFinding) -> String {
 pub fn storm_table(storms: &[StormResult]) -> String {
     let body: Vec<Vec<String>> = storms
         .iter()
+        .filter(|s| s.outcome == "ok")
         .map(|s| {
-            if s.outcome != "ok" {
-                return vec![
-                    s.pin.clone(),
-                    s.backing.clone(),
-                    s.fs.clone(),
-                    s.map.clone(),
-                    format!("notrun: {}", s.reason.as_deref().unwrap_or("")),
-                ];
-            }
             let o = &s.oracle;
             let t = &s.totals;
             vec![
@@ -203,7 +195,7 @@ pub fn storm_table(storms: &[StormResult]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "pin",
             "backing",
@@ -222,7 +214,18 @@ pub fn storm_table(storms: &[StormResult]) -> String {
             "unexpected",
         ],
         &body,
-    )
+    );
+    for s in storms.iter().filter(|s| s.outcome != "ok") {
+        let _ = writeln!(
+            out,
+            "  {} {} {}: notrun: {}",
+            s.pin,
+            s.backing,
+            s.map,
+            s.reason.as_deref().unwrap_or("")
+        );
+    }
+    out
 }
 
 fn storm_details(out: &mut String, storms: &[StormResult]) {
