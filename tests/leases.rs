@@ -341,21 +341,7 @@ fn without_root_expiry_scenarios_are_notrun_and_the_rest_run() {
         return;
     }
     let exe = env!("CARGO_BIN_EXE_pinstorm");
-    let runs = Command::new("setpriv")
-        // A second exec, from the unprivileged process, as pinstorm's own children are made
-        // (the first exec by setpriv can succeed where a later one is refused).
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/bin/sh",
-            "-c",
-            "exec \"$0\" --version",
-            exe,
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !runs {
+    if !nobody_can_run_pinstorm() {
         eprintln!("skipped: user nobody cannot execute {exe} (a private build directory)");
         return;
     }
@@ -370,13 +356,7 @@ fn without_root_expiry_scenarios_are_notrun_and_the_rest_run() {
     std::fs::write(&f, "name = \"nonroot\"\n[lease]\nrounds = 0\nlifecycle = [\"dup-close\", \"munmap-before-unregister\", \"hung-expiry\"]\nlayout_probe = false\n").unwrap();
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let start = Instant::now();
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_pinstorm"),
-        ])
+    let o = pinstorm_as_nobody()
         .arg("--results")
         .arg(&sb.results)
         .arg("--scratch-root")

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -336,21 +336,7 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     let _g = serial();
     let sb = Sandbox::new("nonroot");
     let exe = env!("CARGO_BIN_EXE_pinstorm");
-    let ok = Command::new("setpriv")
-        // A second exec, from the unprivileged process, as pinstorm's own children are made
-        // (the first exec by setpriv can succeed where a later one is refused).
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/bin/sh",
-            "-c",
-            "exec \"$0\" --version",
-            exe,
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
+    if !nobody_can_run_pinstorm() {
         eprintln!("skipped non-root: user nobody cannot execute {exe}");
         return;
     }
@@ -360,8 +346,7 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     )
     .unwrap();
     let before = machine_state(&sb.base);
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", exe])
+    let o = pinstorm_as_nobody()
         .arg("--results")
         .arg(&sb.results)
         .arg("--scratch-root")
@@ -393,8 +378,7 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     }
     let memlock = read_json(&sb.results()[0])["environment"]["memlock_soft_bytes"].as_u64();
     if let Some(limit) = memlock.filter(|l| *l < (64 << 20)) {
-        let o = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", exe])
+        let o = pinstorm_as_nobody()
             .arg("--results")
             .arg(&sb.results)
             .arg("--scratch-root")

@@ -15,7 +15,7 @@ use pinstorm_workloads::pin::{Availability, PinError, PinKind};
 use pinstorm_workloads::scenario::BenchJob;
 use pinstorm_workloads::units::Size;
 
-use crate::host::{BackingSet, Progress};
+use crate::host::{with_memlock_hint, BackingSet, Progress};
 use crate::signals;
 
 /// Cycles per block before switching between the measured path and the tight loop.
@@ -276,12 +276,8 @@ pub fn run(
                         ));
                         continue;
                     }
-                    Some(CellStop::Errno(name, mut reason)) if ours.cycle.count() == 0 => {
-                        if name == "ENOMEM" {
-                            if let Some(h) = &ctx.memlock_hint {
-                                reason.push_str(&format!(" ({h})"));
-                            }
-                        }
+                    Some(CellStop::Errno(name, reason)) if ours.cycle.count() == 0 => {
+                        let reason = with_memlock_hint(reason, &name, ctx.memlock_hint.as_deref());
                         out.push(empty_row(
                             pin,
                             kind.name(),

@@ -197,6 +197,14 @@ fn memlock_hint(env: &pinstorm_analysis::schema::Environment) -> Option<String> 
     })
 }
 
+/// A refusal's reason, with the memlock explanation when the kernel said ENOMEM.
+pub fn with_memlock_hint(mut reason: String, errno: &str, hint: Option<&str>) -> String {
+    if let (true, Some(h)) = (errno == "ENOMEM", hint) {
+        reason.push_str(&format!(" ({h})"));
+    }
+    reason
+}
+
 /// Huge pages the scenario can hold at once: one region per probe cell, one region per
 /// bench thread.
 fn hugepages_needed(s: &Scenario, hp_size: u64) -> u64 {

@@ -9,7 +9,7 @@ use pinstorm_workloads::backing::{Access, RegionError, RegionSpec};
 use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
 
-use crate::host::{BackingSet, Progress};
+use crate::host::{with_memlock_hint, BackingSet, Progress};
 use crate::signals;
 
 /// A deterministic byte pattern from a seed (splitmix64), so a device write is
@@ -142,36 +142,38 @@ pub fn run(
                         map.name(),
                         access.name()
                     ));
+                    // A cell of this pin path and backing, and the same with `notrun`.
+                    let cell = |fs: &str,
+                                spec: &RegionSpec,
+                                outcome: String,
+                                reason: Option<String>,
+                                dax,
+                                dio| {
+                        row(
+                            ctx,
+                            pin.name(),
+                            kind.name(),
+                            fs,
+                            spec,
+                            outcome,
+                            reason,
+                            dax,
+                            dio,
+                        )
+                    };
+                    let notrun = |fs: &str, spec: &RegionSpec, reason: String, dax| {
+                        cell(fs, spec, "notrun".into(), Some(reason), dax, None)
+                    };
                     let backing = match ctx.backings.get(kind) {
                         Ok(b) => b,
                         Err(reason) => {
-                            out.push(row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                "",
-                                &spec,
-                                "notrun".into(),
-                                Some(reason.to_string()),
-                                None,
-                                None,
-                            ));
+                            out.push(notrun("", &spec, reason.to_string(), None));
                             continue;
                         }
                     };
                     let fs = backing.info().fs.clone();
                     if let Availability::NotRun(r) = &path_avail {
-                        out.push(row(
-                            ctx,
-                            pin.name(),
-                            kind.name(),
-                            &fs,
-                            &spec,
-                            "notrun".into(),
-                            Some(r.clone()),
-                            None,
-                            None,
-                        ));
+                        out.push(notrun(&fs, &spec, r.clone(), None));
                         continue;
                     }
                     let region = match backing.region(&spec) {
@@ -181,17 +183,7 @@ pub fn run(
                             if kind.uses_hugetlb() {
                                 why.push_str(" (not enough free huge pages?)");
                             }
-                            out.push(row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                &fs,
-                                &spec,
-                                "notrun".into(),
-                                Some(why),
-                                None,
-                                None,
-                            ));
+                            out.push(notrun(&fs, &spec, why, None));
                             continue;
                         }
                         Err(RegionError::Tool(e)) => {
@@ -202,31 +194,12 @@ pub fn run(
                     let mut pinner = match path.pinner() {
                         Ok(p) => p,
                         Err(PinError::Kernel { op, errno }) => {
-                            out.push(row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                &fs,
-                                &spec,
-                                "notrun".into(),
-                                Some(format!("setting up the pin path: {op}: {errno}")),
-                                region.dax,
-                                None,
-                            ));
+                            let why = format!("setting up the pin path: {op}: {errno}");
+                            out.push(notrun(&fs, &spec, why, region.dax));
                             continue;
                         }
                         Err(PinError::NotRun(r)) => {
-                            out.push(row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                &fs,
-                                &spec,
-                                "notrun".into(),
-                                Some(r),
-                                region.dax,
-                                None,
-                            ));
+                            out.push(notrun(&fs, &spec, r, region.dax));
                             continue;
                         }
                         Err(PinError::Tool(e)) => return Err(e),
@@ -239,48 +212,17 @@ pub fn run(
                             pinner.unregister().map_err(|e| {
                                 anyhow::anyhow!("unregister after a successful probe: {e}")
                             })?;
-                            row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                &fs,
-                                &spec,
-                                "ok".into(),
-                                None,
-                                region.dax,
-                                dio,
-                            )
+                            cell(&fs, &spec, "ok".into(), None, region.dax, dio)
                         }
                         Err(PinError::Kernel { op, errno }) => {
-                            let mut reason = format!("{op}: {errno}");
-                            if errno.name() == "ENOMEM" {
-                                if let Some(h) = &ctx.memlock_hint {
-                                    reason.push_str(&format!(" ({h})"));
-                                }
-                            }
-                            row(
-                                ctx,
-                                pin.name(),
-                                kind.name(),
-                                &fs,
-                                &spec,
-                                errno.name(),
-                                Some(reason),
-                                region.dax,
-                                None,
-                            )
+                            let reason = with_memlock_hint(
+                                format!("{op}: {errno}"),
+                                &errno.name(),
+                                ctx.memlock_hint.as_deref(),
+                            );
+                            cell(&fs, &spec, errno.name(), Some(reason), region.dax, None)
                         }
-                        Err(PinError::NotRun(r)) => row(
-                            ctx,
-                            pin.name(),
-                            kind.name(),
-                            &fs,
-                            &spec,
-                            "notrun".into(),
-                            Some(r),
-                            region.dax,
-                            None,
-                        ),
+                        Err(PinError::NotRun(r)) => notrun(&fs, &spec, r, region.dax),
                         Err(PinError::Tool(e)) => return Err(e),
                     };
                     out.push(r);

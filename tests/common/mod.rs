@@ -11,6 +11,36 @@ pub fn pinstorm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pinstorm"))
 }
 
+/// `pinstorm` run as user nobody (uid and gid 65534, no supplementary groups).
+pub fn pinstorm_as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_pinstorm"),
+    ]);
+    c
+}
+
+/// Whether user nobody can run this build, checked with a second exec from the
+/// unprivileged process, as pinstorm's own children are made (the first exec by setpriv can
+/// succeed where a later one is refused, e.g. a build under a private 0700 directory).
+pub fn nobody_can_run_pinstorm() -> bool {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            "exec \"$0\" --version",
+        ])
+        .arg(env!("CARGO_BIN_EXE_pinstorm"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -373,6 +373,20 @@ impl Pin {
     }
 }
 
+/// Pin the file, or report the refusal (`None`).
+fn pin_or_refuse(out: &Out, file: &File, len: usize) -> Option<Pin> {
+    match Pin::new(file, len) {
+        Ok(p) => Some(p),
+        Err(errno) => {
+            out.emit(&Event::Refused {
+                what: "pin".into(),
+                errno,
+            });
+            None
+        }
+    }
+}
+
 /// Wait until the kernel takes the lease away or downgrades it (lease-break-time), up to
 /// `limit`; emits `Revoked`.
 fn wait_revoked(out: &Out, fd: impl AsFd, limit: Duration) {
@@ -565,14 +579,11 @@ fn rounds(out: &Out, cfg: &HolderConfig) {
                 })
             }
         };
-        let mut pin = match cfg.pin_len.map(|len| Pin::new(&file, len)) {
-            Some(Ok(p)) => Some(p),
-            Some(Err(e)) => {
-                return out.emit(&Event::Refused {
-                    what: "pin".into(),
-                    errno: e,
-                })
-            }
+        let mut pin = match cfg.pin_len {
+            Some(len) => match pin_or_refuse(out, &file, len) {
+                Some(p) => Some(p),
+                None => return,
+            },
             None => None,
         };
         let Some(acquire_ns) = take_lease(out, cfg, &file) else {
@@ -715,14 +726,8 @@ fn lifecycle(out: &Out, cfg: &HolderConfig, l: Lifecycle) {
             }
         }
         Lifecycle::CloseBeforeUnpin => {
-            let mut pin = match Pin::new(&file, len) {
-                Ok(p) => p,
-                Err(e) => {
-                    return out.emit(&Event::Refused {
-                        what: "pin".into(),
-                        errno: e,
-                    })
-                }
+            let Some(mut pin) = pin_or_refuse(out, &file, len) else {
+                return;
             };
             let Some(acquire_ns) = take_lease(out, cfg, &file) else {
                 return;
@@ -747,14 +752,8 @@ fn lifecycle(out: &Out, cfg: &HolderConfig, l: Lifecycle) {
             }
         }
         Lifecycle::MunmapBeforeUnregister | Lifecycle::HungExpiry => {
-            let mut pin = match Pin::new(&file, len) {
-                Ok(p) => p,
-                Err(e) => {
-                    return out.emit(&Event::Refused {
-                        what: "pin".into(),
-                        errno: e,
-                    })
-                }
+            let Some(mut pin) = pin_or_refuse(out, &file, len) else {
+                return;
             };
             let Some(acquire_ns) = take_lease(out, cfg, &file) else {
                 return;
@@ -844,14 +843,8 @@ fn fork_holder(out: &Out) -> Option<libc::pid_t> {
 /// ring while the parent closes its copy: the child holds the pin, the parent the lease.
 /// The child also tries a registration of its own on the inherited mapping (a fact).
 fn fork_child_pins(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
-    let pin = match Pin::new(&file, len) {
-        Ok(p) => p,
-        Err(e) => {
-            return out.emit(&Event::Refused {
-                what: "pin".into(),
-                errno: e,
-            })
-        }
+    let Some(pin) = pin_or_refuse(out, &file, len) else {
+        return;
     };
     let Some(acquire_ns) = take_lease(out, cfg, &file) else {
         return;
@@ -942,14 +935,8 @@ fn scm_rights(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
         recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
         RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
     };
-    let mut pin = match Pin::new(&file, len) {
-        Ok(p) => p,
-        Err(e) => {
-            return out.emit(&Event::Refused {
-                what: "pin".into(),
-                errno: e,
-            })
-        }
+    let Some(mut pin) = pin_or_refuse(out, &file, len) else {
+        return;
     };
     let Some(acquire_ns) = take_lease(out, cfg, &file) else {
         return;
