@@ -434,3 +434,70 @@ pub fn kill_leftover(pgid_file: &Path, run_dir: &Path) -> Option<String> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape<'a>(accel: &'a Accel, pmem: PmemMode) -> GuestShape<'a> {
+        GuestShape {
+            boot: Path::new("/cache/kernels/k/boot/vmlinuz-6.1.0-56-amd64"),
+            accel,
+            stage: Path::new("/cache/runs/r/stage"),
+            pmem,
+            nvdimm_image: Path::new("/cache/runs/r/nvdimm.img"),
+            memory_mib: 2048,
+            cpus: 2,
+            exec: "/bin/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
+        }
+    }
+
+    #[test]
+    fn the_guest_never_gets_a_writable_host_root_or_network() {
+        let tcg = Accel {
+            kvm: false,
+            reason: String::new(),
+        };
+        for pmem in [PmemMode::Nvdimm, PmemMode::Memmap, PmemMode::None] {
+            let a = vng_args(&shape(&tcg, pmem));
+            assert!(!a.iter().any(|x| x == "--rw"), "{a:?}");
+            assert!(!a.iter().any(|x| x.starts_with("--network")), "{a:?}");
+            // The only writable host directory is the run's staging directory.
+            let rw: Vec<_> = a
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.starts_with("--rwdir"))
+                .map(|(i, x)| {
+                    if x.as_str() == "--rwdir" {
+                        a[i + 1].clone()
+                    } else {
+                        x.trim_start_matches("--rwdir=").to_string()
+                    }
+                })
+                .collect();
+            assert_eq!(rw, ["/cache/runs/r/stage"], "{a:?}");
+            assert!(a.iter().any(|x| x == "--disable-kvm"));
+        }
+        let a = vng_args(&shape(&tcg, PmemMode::Nvdimm));
+        let q = a.iter().find(|x| x.starts_with("--qemu-opts=")).unwrap();
+        assert!(q.contains("nvdimm=on") && q.contains("label-size=128K"));
+        assert!(q.contains("mem-path=/cache/runs/r/nvdimm.img"));
+        let m = vng_args(&shape(&tcg, PmemMode::Memmap));
+        assert!(m
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains("memmap=1G!2048M")));
+    }
+
+    #[test]
+    fn vng_runs_with_home_and_tmpdir_inside_the_cache() {
+        let env = vng_env(
+            Path::new("/cache/venv/bin/vng"),
+            Path::new("/cache/runs/r/home"),
+            Path::new("/cache/runs/r/tmp"),
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("HOME").as_deref(), Some("/cache/runs/r/home"));
+        assert_eq!(get("TMPDIR").as_deref(), Some("/cache/runs/r/tmp"));
+        assert!(get("PATH").unwrap().starts_with("/cache/venv/bin:"));
+    }
+}
