@@ -124,6 +124,7 @@ fn run_scenario(
         scratch_dir,
         dax_dirs: g.dax_dirs()?,
         devdax: g.devdax.clone(),
+        unavailable: Default::default(),
         label: g.label.clone(),
         expectations: expectations(g)?,
         command: std::env::args().collect(),
@@ -170,6 +171,7 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
         scratch_dir: g.scratch_dir.clone(),
         dax_dirs: g.dax_dirs()?,
         devdax: g.devdax.clone(),
+        unavailable: Default::default(),
     };
     let avail = |a: Availability| match a {
         Availability::Usable => ("usable".to_string(), String::new()),

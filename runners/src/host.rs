@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub dax_dirs: BTreeMap<String, PathBuf>,
     /// A device-dax device named as scratch (`--devdax`).
     pub devdax: Option<PathBuf>,
+    /// Backings known to be unavailable, with the reason (see `SetupEnv::unavailable`).
+    pub unavailable: BTreeMap<String, String>,
     pub label: Option<String>,
     pub expectations: Expectations,
     pub command: Vec<String>,
@@ -383,6 +385,7 @@ fn run_jobs(
         scratch_dir,
         dax_dirs: opts.dax_dirs.clone(),
         devdax: opts.devdax.clone(),
+        unavailable: opts.unavailable.clone(),
     };
 
     let mut kinds: Vec<BackingKind> = Vec::new();

@@ -416,6 +416,22 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         )
     })
     .collect();
+    // What the guest could not set up is the notrun reason of its backing.
+    let mut unavailable: BTreeMap<String, String> = BTreeMap::new();
+    for f in report.facts.iter().filter(|f| f.outcome != "ok") {
+        let backings: &[&str] = match f.name.as_str() {
+            "fsdax-xfs" => &["xfs-dax"],
+            "fsdax-ext4" => &["ext4-dax"],
+            "devdax" => &["devdax"],
+            "pmem" => &["xfs-dax", "ext4-dax", "devdax"],
+            _ => &[],
+        };
+        for b in backings {
+            unavailable
+                .entry(b.to_string())
+                .or_insert_with(|| format!("lab guest: {}", f.detail));
+        }
+    }
     let opts = RunOptions {
         scenario,
         origin: plan.origin.clone(),
@@ -424,6 +440,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         scratch_dir: None,
         dax_dirs: targets.dax_dirs,
         devdax: targets.devdax,
+        unavailable,
         label: plan.label.clone(),
         expectations,
         command: std::env::args().collect(),

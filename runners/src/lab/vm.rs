@@ -218,10 +218,13 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
             ));
         }
         PmemMode::Memmap => {
-            // 1 GiB of the guest's RAM above 2 GiB becomes legacy e820 pmem.
+            // 512 MiB of the guest's RAM at 1 GiB becomes legacy e820 pmem: inside the low
+            // RAM that q35 maps below 2 GiB when the guest has more than 2.75 GiB (above it is
+            // the PCI hole, not RAM), and clear of the firmware's reservation at its top edge
+            // (a range touching it is split in two and nd_e820 gives up).
             a.push("--memory".into());
             a.push(format!("{}M", s.memory_mib + 1024));
-            append.push(format!("memmap=1G!{}M", s.memory_mib.max(2048)));
+            append.push("memmap=512M!1G".into());
         }
         PmemMode::None => {
             a.push("--memory".into());
@@ -485,7 +488,7 @@ mod tests {
         let m = vng_args(&shape(&tcg, PmemMode::Memmap));
         assert!(m
             .iter()
-            .any(|x| x.starts_with("--append=") && x.contains("memmap=1G!2048M")));
+            .any(|x| x.starts_with("--append=") && x.contains("memmap=512M!1G")));
     }
 
     #[test]

@@ -144,6 +144,9 @@ impl BackingKind {
 
     /// A cheap check of whether this backing can be set up here, without creating anything.
     pub fn availability(self, ctx: &SetupEnv) -> Availability {
+        if let Some(why) = ctx.unavailable.get(self.name()) {
+            return Availability::NotRun(why.clone());
+        }
         match self {
             BackingKind::Anon | BackingKind::Memfd => Availability::Usable,
             BackingKind::AnonHugetlb | BackingKind::MemfdHugetlb => hugetlb_availability(ctx),
@@ -255,6 +258,9 @@ pub struct SetupEnv {
     pub dax_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// A device-dax character device the user named as scratch (`--devdax`).
     pub devdax: Option<PathBuf>,
+    /// Why a backing cannot be set up, known before the run (e.g. a lab guest whose
+    /// namespace could not be made): by backing name, reported as its notrun reason.
+    pub unavailable: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
