@@ -19,11 +19,14 @@
 pub mod catalog;
 pub mod compare;
 pub mod expect;
+pub mod export;
 pub mod gate;
 pub mod hist;
 pub mod kernel;
 pub mod metrics;
+pub mod plot;
 pub mod render;
+pub mod report;
 pub mod schema;
 pub mod stats;
 pub mod store;
