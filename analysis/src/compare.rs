@@ -203,10 +203,56 @@ fn seed_of(s: &str) -> u64 {
     })
 }
 
-fn merged(hs: &[Latency]) -> Latency {
-    let mut m = Latency::new();
-    for h in hs {
-        m.merge(h);
+/// One metric on one side: every run's samples merged, and each run's quantiles (in the
+/// order of `CompareOptions::stats`). Histograms are folded in as runs are decoded, so a
+/// thousand runs never hold a thousand histograms in memory.
+#[derive(Clone, Debug, Default)]
+struct Pooled {
+    merged: Latency,
+    /// (run index, quantiles)
+    runs: Vec<(usize, Vec<f64>)>,
+}
+
+impl Pooled {
+    fn add(&mut self, run: usize, h: &Latency, qs: &[f64]) {
+        self.runs.push((
+            run,
+            qs.iter()
+                .map(|q| h.histogram().value_at_quantile(*q) as f64)
+                .collect(),
+        ));
+        self.merged.merge(h);
+    }
+
+    fn absorb(&mut self, other: Pooled) {
+        self.merged.merge(&other.merged);
+        self.runs.extend(other.runs);
+    }
+}
+
+type PoolMap = BTreeMap<(String, String), Pooled>;
+
+/// Every latency metric of `runs`, pooled per metric, decoding in parallel.
+fn pool(runs: &[&LoadedRun], qs: &[f64]) -> PoolMap {
+    let mut m = runs
+        .par_iter()
+        .enumerate()
+        .fold(PoolMap::new, |mut acc, (i, r)| {
+            for l in metrics::latencies(&r.result) {
+                acc.entry((l.kind.to_string(), l.key))
+                    .or_default()
+                    .add(i, &l.hist, qs);
+            }
+            acc
+        })
+        .reduce(PoolMap::new, |mut a, b| {
+            for (k, v) in b {
+                a.entry(k).or_default().absorb(v);
+            }
+            a
+        });
+    for p in m.values_mut() {
+        p.runs.sort_by_key(|r| r.0);
     }
     m
 }
@@ -214,24 +260,20 @@ fn merged(hs: &[Latency]) -> Latency {
 fn latency_change(
     kind: &str,
     key: &str,
-    stat: &str,
-    base: &[Latency],
-    cand: &[Latency],
+    (si, stat): (usize, &str),
+    base: &Pooled,
+    cand: &Pooled,
     o: &CompareOptions,
 ) -> LatencyChange {
     let q = stat_quantile(stat).expect("stats are checked when options are made");
-    let side = |hs: &[Latency]| {
-        let m = Ranked::from_histogram(merged(hs).histogram());
-        let per_run: Vec<f64> = hs
-            .iter()
-            .map(|h| h.histogram().value_at_quantile(q) as f64)
-            .collect();
+    let side = |p: &Pooled| {
+        let m = Ranked::from_histogram(p.merged.histogram());
         (
             SideStat {
-                runs: hs.len(),
+                runs: p.runs.len(),
                 samples: m.len(),
                 value_ns: m.quantile(q) as f64,
-                per_run_ns: per_run,
+                per_run_ns: p.runs.iter().map(|r| r.1[si]).collect(),
             },
             m,
         )
@@ -402,48 +444,29 @@ pub fn compare(
     cand: &[&LoadedRun],
     o: &CompareOptions,
 ) -> Comparison {
-    // Decode every histogram once, in parallel.
-    let decode = |runs: &[&LoadedRun]| -> Vec<Vec<metrics::LatencyMetric>> {
-        runs.par_iter()
-            .map(|r| metrics::latencies(&r.result))
-            .collect()
-    };
-    let (bm, cm) = rayon::join(|| decode(base), || decode(cand));
-    type ByKey = BTreeMap<(String, String), (Vec<Latency>, Vec<Latency>)>;
-    let mut by: ByKey = BTreeMap::new();
-    for run in bm {
-        for m in run {
-            by.entry((m.kind.to_string(), m.key))
-                .or_default()
-                .0
-                .push(m.hist);
-        }
-    }
-    for run in cm {
-        for m in run {
-            by.entry((m.kind.to_string(), m.key))
-                .or_default()
-                .1
-                .push(m.hist);
-        }
-    }
+    let qs: Vec<f64> = o.stats.iter().filter_map(|s| stat_quantile(s)).collect();
+    let (bp, cp) = rayon::join(|| pool(base, &qs), || pool(cand, &qs));
+    let empty = Pooled::default();
+    let keys: BTreeSet<&(String, String)> = bp.keys().chain(cp.keys()).collect();
     let mut only_in_base = Vec::new();
     let mut only_in_cand = Vec::new();
     let mut jobs = Vec::new();
-    for ((kind, key), (b, c)) in &by {
-        match (b.is_empty(), c.is_empty()) {
+    for k in keys {
+        let (kind, key) = k;
+        let (b, c) = (bp.get(k).unwrap_or(&empty), cp.get(k).unwrap_or(&empty));
+        match (b.runs.is_empty(), c.runs.is_empty()) {
             (false, true) => only_in_base.push(format!("{kind}: {key}")),
             (true, false) => only_in_cand.push(format!("{kind}: {key}")),
             _ => {
-                for stat in &o.stats {
-                    jobs.push((kind, key, stat, b, c));
+                for (si, stat) in o.stats.iter().enumerate() {
+                    jobs.push((kind, key, (si, stat.as_str()), b, c));
                 }
             }
         }
     }
     let mut latency: Vec<LatencyChange> = jobs
         .par_iter()
-        .map(|(kind, key, stat, b, c)| latency_change(kind, key, stat, b, c, o))
+        .map(|(kind, key, stat, b, c)| latency_change(kind, key, *stat, b, c, o))
         .collect();
     let order = |k: &str| {
         metrics::LATENCY_KINDS
@@ -536,6 +559,14 @@ pub fn compare(
 mod tests {
     use super::*;
 
+    fn pooled(hs: &[Latency]) -> Pooled {
+        let mut p = Pooled::default();
+        for (i, h) in hs.iter().enumerate() {
+            p.add(i, h, &[0.5]);
+        }
+        p
+    }
+
     fn lat(values: impl Iterator<Item = u64>) -> Latency {
         let mut l = Latency::new();
         for v in values {
@@ -549,14 +580,21 @@ mod tests {
         let o = CompareOptions::default();
         let a = lat((0..2000).map(|i| 10_000 + (i * 7919) % 2000));
         let b2 = lat((0..2000).map(|i| 2 * (10_000 + (i * 7919) % 2000)));
-        let c = latency_change("pin", "x", "p50", &[a.clone()], &[b2], &o);
+        let c = latency_change(
+            "pin",
+            "x",
+            (0, "p50"),
+            &pooled(&[a.clone()]),
+            &pooled(&[b2]),
+            &o,
+        );
         assert!(c.significant && c.mark == "slower", "{c:?}");
         assert!(c.change_pct > 90.0 && c.ci_low_pct > 0.0);
         assert_eq!(c.method, "bootstrap");
         // +20%: the interval excludes zero, but one run per side cannot tell that from
         // run-to-run noise.
         let b12 = lat((0..2000).map(|i| (10_000 + (i * 7919) % 2000) * 12 / 10));
-        let c = latency_change("pin", "x", "p50", &[a], &[b12], &o);
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&[a]), &pooled(&[b12]), &o);
         assert!(
             c.ci_low_pct > 0.0 && !c.significant && c.mark == "~",
             "{c:?}"
@@ -569,11 +607,11 @@ mod tests {
         let run = |base: u64| lat((0..1000).map(move |i| base + (i * 7919) % 100));
         let base = [run(10_000), run(10_100), run(9_900)];
         let slower = [run(12_000), run(12_100), run(11_950)];
-        let c = latency_change("pin", "x", "p50", &base, &slower, &o);
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&slower), &o);
         assert_eq!(c.method, "welch");
         assert!(c.significant && c.mark == "slower", "{c:?}");
         let noisy = [run(8_000), run(13_000), run(10_500)];
-        let c = latency_change("pin", "x", "p50", &base, &noisy, &o);
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&noisy), &o);
         assert!(!c.significant, "{c:?}");
     }
 }

@@ -70,6 +70,8 @@ pub struct PlotData {
     matrices: Vec<BTreeMap<(String, String), String>>,
     /// Per group: violations per run by oracle.
     violations: Vec<BTreeMap<&'static str, f64>>,
+    /// Every pin-latency cell, per group: (p50, p99) of all runs together, in ns.
+    pub pin_table: Vec<(String, Vec<Option<(u64, u64)>>)>,
     /// Per storm cell, per group: (second, registrations/s, layout ops/s), mean over runs.
     timelines: Vec<(String, Vec<Option<Vec<(f64, f64, f64)>>>)>,
 }
@@ -133,6 +135,22 @@ impl PlotData {
                     })
                     .collect();
                 (label, v)
+            })
+            .collect();
+        let pin_table = keys
+            .iter()
+            .filter(|(k, _)| k == "pin")
+            .map(|kk| {
+                let per = per_group
+                    .iter()
+                    .map(|m| {
+                        m.get(kk).map(|h| {
+                            let s = h.histogram();
+                            (s.value_at_quantile(0.5), s.value_at_quantile(0.99))
+                        })
+                    })
+                    .collect();
+                (kk.1.clone(), per)
             })
             .collect();
         let curves = keys
@@ -219,6 +237,7 @@ impl PlotData {
         PlotData {
             groups: names,
             bars,
+            pin_table,
             curves,
             matrices,
             violations,

@@ -326,43 +326,20 @@ pub fn render(
     }
 
     // Pin latency per kernel, side by side.
-    let mut cells: Vec<String> = Vec::new();
-    let mut per: Vec<std::collections::BTreeMap<String, (u64, u64)>> = Vec::new();
-    for (_, runs) in groups {
-        let mut m = std::collections::BTreeMap::new();
-        let mut merged: std::collections::BTreeMap<String, crate::hist::Latency> =
-            Default::default();
-        for r in runs {
-            for l in metrics::latencies(&r.result)
-                .into_iter()
-                .filter(|l| l.kind == "pin")
-            {
-                merged.entry(l.key).or_default().merge(&l.hist);
-            }
-        }
-        for (k, h) in merged {
-            let s = h.stats();
-            if !cells.contains(&k) {
-                cells.push(k.clone());
-            }
-            m.insert(k, (s.p50_ns, s.p99_ns));
-        }
-        per.push(m);
-    }
-    if !cells.is_empty() {
+    if !data.pin_table.is_empty() {
         out.push_str("<h2>Pin latency per kernel (p50 / p99, all runs of a group together)</h2>\n");
-        cells.sort();
         let mut header = vec!["cell".to_string()];
         header.extend(groups.iter().map(|g| g.0.clone()));
-        let rows: Vec<Vec<String>> = cells
+        let rows: Vec<Vec<String>> = data
+            .pin_table
             .iter()
-            .map(|c| {
-                let mut row = vec![esc(c)];
-                for m in &per {
-                    row.push(m.get(c).map_or("-".into(), |(a, b)| {
-                        format!("{} / {}", human_ns(*a as f64), human_ns(*b as f64))
-                    }));
-                }
+            .map(|(cell, per)| {
+                let mut row = vec![esc(cell)];
+                row.extend(per.iter().map(|v| {
+                    v.map_or("-".into(), |(a, b)| {
+                        format!("{} / {}", human_ns(a as f64), human_ns(b as f64))
+                    })
+                }));
                 row
             })
             .collect();
