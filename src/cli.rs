@@ -129,9 +129,9 @@ until=..., latest or latest=N (the newest N that match).
 For every latency metric measured on both sides (pin latency per benchmark cell, pins and
 layout operations during storms, lease breaks, lease-check overhead) it prints both sides,
 the change in %, a confidence interval and a mark: slower / faster when the change is
-significant, ~ when it is not. Significance: Welch's t-test across runs when both sides
-have 2+ runs; a bootstrap within runs otherwise, where changes under --single-run-noise
-(default 50%) count as run-to-run noise. Then the capability cells whose outcome changed
+significant, ~ when it is not. The interval: Welch's t-test across runs when both sides
+have 2+ runs, else a bootstrap within runs. Significant: the whole interval lies beyond
+--min-effect (5%), or beyond --single-run-noise (50%) when a side has a single run. Then the capability cells whose outcome changed
 (newly refused / allowed pins), violations per run by oracle, and a verdict line.
 docs/analysis.md explains how to read it.
 
@@ -163,10 +163,10 @@ pub struct CompareArgs {
     /// Confidence of the intervals.
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Smallest change (%) ever called significant.
+    /// Noise floor (%): a change is significant when its whole interval lies beyond it.
     #[arg(long, default_value_t = 5.0, value_name = "PCT")]
     pub min_effect: f64,
-    /// Smallest change (%) called significant when a side has a single run.
+    /// Noise floor (%) when a side has a single run (run-to-run noise is not measured).
     #[arg(long, default_value_t = 50.0, value_name = "PCT")]
     pub single_run_noise: f64,
     /// Quantiles to compare.

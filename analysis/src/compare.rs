@@ -9,13 +9,13 @@
 //! between two runs of the same configuration (on a busy machine, medians move by up to
 //! 1.7x run to run). A change is therefore called significant only when
 //!
-//! - its confidence interval excludes zero: Welch's t-test on the per-run values (in log
-//!   space) when both sides have at least two runs, which measures run-to-run noise; else a
-//!   bootstrap of the quantile from each side's histogram, which measures only sampling
-//!   noise within a run; and
-//! - its size reaches a minimum effect: `min_effect_pct` always, and `single_run_noise_pct`
-//!   (default 50%) when a side has a single run, since run-to-run noise cannot be measured
-//!   from one run.
+//! - its confidence interval (Welch's t-test on the per-run values, in log space, when both
+//!   sides have at least two runs, which measures run-to-run noise; else a bootstrap of the
+//!   quantile from each side's histogram, which measures only sampling noise within a run)
+//! - lies entirely beyond a noise floor: `min_effect_pct` (5%) always, and
+//!   `single_run_noise_pct` (50%) when a side has a single run, since run-to-run noise
+//!   cannot be measured from one run. The floor is symmetric in ratio: +50% slower,
+//!   1/1.5 - 1 = -33% faster.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -310,7 +310,12 @@ fn latency_change(
             )
         }
     };
-    let significant = (lo > 0.0 || hi < 0.0) && change_pct.abs() >= floor;
+    // Significant only when the whole interval lies beyond the noise floor, symmetric in
+    // ratio terms: +50% slower or 1/1.5 - 1 = -33% faster. An interval that merely excludes
+    // zero is not enough: a p99 from one run of 300 samples can move +800% [+26%, +4500%]
+    // on a rerun.
+    let faster_floor = (1.0 / (1.0 + floor / 100.0) - 1.0) * 100.0;
+    let significant = lo >= floor || hi <= faster_floor;
     let mark = match (significant, change_pct > 0.0) {
         (true, true) => "slower",
         (true, false) => "faster",

@@ -59,21 +59,27 @@ struct Estimate {
     high: f64,
 }
 
+/// Per cell (its label), one value per kernel group (none where the group lacks the cell).
+pub type PerGroup<T> = Vec<(String, Vec<Option<T>>)>;
+
+/// Charts not drawn, and why.
+pub type NotDrawn = Vec<(Chart, &'static str)>;
+
 /// Everything the charts draw, computed once from the runs.
 pub struct PlotData {
     pub groups: Vec<String>,
     /// Bench `cycle` cells: per cell, per group, (p50, p99).
-    bars: Vec<(String, Vec<Option<(Estimate, Estimate)>>)>,
+    bars: PerGroup<(Estimate, Estimate)>,
     /// Per latency cell, per group: (x = -log10(1 - q), latency ns): x = 2 is p99.
-    curves: Vec<(String, Vec<Option<Vec<(f64, f64)>>>)>,
+    curves: PerGroup<Vec<(f64, f64)>>,
     /// Per group: (row = pin map access, column = backing) -> outcome.
     matrices: Vec<BTreeMap<(String, String), String>>,
     /// Per group: violations per run by oracle.
     violations: Vec<BTreeMap<&'static str, f64>>,
     /// Every pin-latency cell, per group: (p50, p99) of all runs together, in ns.
-    pub pin_table: Vec<(String, Vec<Option<(u64, u64)>>)>,
+    pub pin_table: PerGroup<(u64, u64)>,
     /// Per storm cell, per group: (second, registrations/s, layout ops/s), mean over runs.
-    timelines: Vec<(String, Vec<Option<Vec<(f64, f64, f64)>>>)>,
+    timelines: PerGroup<Vec<(f64, f64, f64)>>,
 }
 
 fn estimate(r: &Ranked, q: f64, seed: u64) -> Estimate {
@@ -770,7 +776,7 @@ pub fn write_all(
     d: &PlotData,
     dir: &Path,
     formats: &[ImageFormat],
-) -> Result<(Vec<PlotFile>, Vec<(Chart, &'static str)>)> {
+) -> Result<(Vec<PlotFile>, NotDrawn)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut files = Vec::new();
     let mut missing = Vec::new();

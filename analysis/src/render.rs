@@ -36,8 +36,8 @@ fn significance_note(c: &Comparison) -> String {
     let o = &c.options;
     format!(
         "{:.0}% intervals of the change: Welch's t-test across runs when both sides have 2+ runs, \
-else a bootstrap within runs. A change is significant (marked slower/faster) when its interval \
-excludes 0 and it is at least {:.0}% ({:.0}% when a side has one run: run-to-run noise cannot be \
+else a bootstrap within runs. A change is significant (marked slower/faster) when its whole interval \
+lies beyond a noise floor of {:.0}% ({:.0}% when a side has one run: run-to-run noise cannot be \
 measured from one run; repeat runs for finer resolution). ~ means no significant change.",
         o.confidence * 100.0,
         o.min_effect_pct,

@@ -133,8 +133,8 @@ fn comparison_html(out: &mut String, c: &Comparison) {
     let _ = writeln!(
         out,
         "<p class=\"note\">{:.0}% intervals of the change (Welch's t-test across runs when both sides have 2+ runs, \
-else a bootstrap within runs). Significant (slower/faster) when the interval excludes 0 and the change is at \
-least {:.0}% ({:.0}% when a side has a single run, whose run-to-run noise cannot be measured). See docs/analysis.md.</p>",
+else a bootstrap within runs). Significant (slower/faster) when the whole interval lies beyond a noise floor of \
+{:.0}% ({:.0}% when a side has a single run, whose run-to-run noise cannot be measured). See docs/analysis.md.</p>",
         o.confidence * 100.0,
         o.min_effect_pct,
         o.min_effect_pct.max(o.single_run_noise_pct)
