@@ -124,7 +124,20 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
     );
     assert!(err.contains("p50>+10%") && err.contains("crossed"), "{err}");
 
-    // The same comparison as text and Markdown: marks and the verdict line.
+    // The same comparison as text and Markdown: marks, gates and the verdict line.
+    let o = sb
+        .cmd()
+        .arg("compare")
+        .arg(&base)
+        .arg(&cand)
+        .args(["--fail-on", "p50>+10%"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let t = stdout(&o);
+    assert!(t.contains("FAIL p50>+10%: crossed by"), "{t}");
+    // Shown with --nocapture: the example in docs/nightly.md.
+    eprintln!("{t}");
     let o = sb
         .cmd()
         .arg("compare")
