@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # mkfs for the loop-device backings; losetup/mount/setpriv (util-linux, mount); a C compiler
-# and liburing for the independent probes the tests compare against.
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev)
+# and liburing for the independent probes the tests compare against; chromium to check that
+# the HTML report renders (tests/analysis.rs; it must not skip in CI).
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev chromium)
 
 if [ "$(id -u)" = 0 ]; then
     echo "== installing test dependencies: ${packages[*]}"
@@ -33,5 +34,6 @@ timeout --signal=KILL 1800 cargo test --workspace --all-features
 
 echo "== benchmark smoke run (each benchmark once; no timing is checked)"
 cargo bench -p pinstorm-workloads --bench pin -- --test
+cargo bench -p pinstorm-analysis --bench analysis -- --test
 
 echo "== all tests passed"

@@ -15,6 +15,7 @@ Exit status:
   2    bad command line, scenario file or path
   3    the run completed, and a probe cell or a lease lifecycle fact DIFFERS from the
        expectations, or a storm saw a registration the expectations did not expect
+  4    compare: a --fail-on gate was crossed (the output names the gate and what crossed it)
   130  interrupted by SIGINT (143: SIGTERM); what was measured is kept
 
 Results go to RESULTS/<kernel-release>/<run-id>/result.json (schema: docs/result-schema.md).
@@ -28,7 +29,11 @@ Examples:
   pinstorm bench pin --sizes 4K,2M --backings tmpfs,anon
   pinstorm run configs/quick.toml --label my-gup-series-v2
   pinstorm run configs/truncate-vs-pin.toml --backing memfd --duration 5s --seed 7
-  pinstorm probe --backings scratch-dir --scratch-dir /mnt/pmem0/scratch   (a DAX fs)";
+  pinstorm probe --backings scratch-dir --scratch-dir /mnt/pmem0/scratch   (a DAX fs)
+  pinstorm compare results/6.12.0-1-amd64 results/7.0.0 --fail-on 'p50>+10%' --fail-on 'cross_file>0'
+  pinstorm compare kernel=6.12,label=base,latest kernel=6.12,label=my-series,latest
+  pinstorm plot $PWD/results --out $PWD/plots
+  pinstorm report $PWD/results --out $PWD/report.html";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,7 +91,7 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub expectations: Option<PathBuf>,
 
-    /// Output on stdout: a readable summary, or JSON for machines.
+    /// Output on stdout: a readable summary, JSON for machines, or Markdown (compare only).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -99,6 +104,7 @@ pub struct Global {
 pub enum Format {
     Text,
     Json,
+    Markdown,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +124,15 @@ pub enum Command {
     Lab(LabArgs),
     /// Undo what killed pinstorm runs left (mounts, loop devices, sysctls, files, lab guests).
     Cleanup(CleanupArgs),
+    /// Compare two sets of runs (baseline and candidate) with significance, and gate on
+    /// regressions.
+    Compare(CompareArgs),
+    /// Draw charts per kernel version (SVG and PNG) from result files.
+    Plot(PlotArgs),
+    /// Write one self-contained HTML report (charts, comparisons, environments, notruns).
+    Report(ReportArgs),
+    /// Export results as CSV, KTAP (kernel CI) or JUnit XML (generic CI).
+    Export(ExportArgs),
 }
 
 const LAB_HELP: &str = "\
@@ -213,15 +228,15 @@ pub struct LabArgs {
     /// Debian security mirror.
     #[arg(long, default_value = "http://deb.debian.org/debian-security")]
     pub security_mirror: String,
-    /// Test hook: make the guest kernel panic (panic) or never return (hang) instead of
-    /// running the scenario, to see the lab report it and go on.
     /// A shell command to run in each guest after the scenario, e.g. your own probe. It
     /// gets PINSTORM_LAB_XFS_DAX, PINSTORM_LAB_EXT4_DAX and PINSTORM_LAB_DEVDAX (the DAX
     /// targets, empty when not set up) and PINSTORM_LAB_WORK (a scratch directory path in
     /// the guest); its output is saved as guest-exec.log next to the result.
     #[arg(long, value_name = "CMD")]
     pub guest_exec: Option<String>,
-    /// KIND[:KERNEL] applies to one kernel of the matrix only.
+    /// Test hook: make the guest kernel panic (panic) or never return (hang) instead of
+    /// running the scenario, to see the lab report it and go on. KIND[:KERNEL] applies to
+    /// one kernel of the matrix only.
     #[arg(long, hide = true)]
     pub inject: Option<String>,
 }
@@ -238,6 +253,122 @@ pub struct CleanupArgs {
     /// Also clean what a killed `pinstorm lab` left in this cache (guests, run directories).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+}
+
+const COMPARE_HELP: &str = "\
+BASE and CAND are each a result file, a directory (every result.json below it), or a
+selector over the results directory (--results): comma-separated kernel=6.12 (a release
+prefix), label=NAME, scenario=NAME, host=NAME, run=ID-PREFIX, since=2026-01-01,
+until=..., latest or latest=N (the newest N that match).
+
+For every latency metric measured on both sides (pin latency per benchmark cell, pins and
+layout operations during storms, lease breaks, lease-check overhead) it prints both sides,
+the change in %, a confidence interval and a mark: slower / faster when the change is
+significant, ~ when it is not. The interval: Welch's t-test across runs when both sides
+have 2+ runs, else a bootstrap within runs. Significant: the whole interval lies beyond
+--min-effect (5%), or beyond --single-run-noise (50%) when a side has a single run. Then the capability cells whose outcome changed
+(newly refused / allowed pins), violations per run by oracle, and a verdict line.
+docs/analysis.md explains how to read it.
+
+Gates (--fail-on, repeatable; or fail_on = [...] in a --gates TOML file):
+  p50>+10%            a significant p50 change of more than +10% (also p90, p99, p999)
+  p99[tmpfs]>+20%     only metrics whose cell contains \"tmpfs\"
+  violations>0        any violation in the candidate (per run); also lost_write,
+                      stale_exposure, cross_file, leaked_pins, blocked, kernel_warnings,
+                      lifecycle, differs (cells that differ from the expectations)
+  lost_write>+10      ten more per run than the baseline; lost_write>+50%: half as many more
+  refused>0           a pin newly refused (allowed>0: newly allowed; outcomes>0: any change)
+Exit status: 0 no gate crossed, 4 a gate crossed, 2 bad input (path, selector, gate), 1 error.";
+
+#[derive(Args, Debug)]
+#[command(after_help = COMPARE_HELP)]
+pub struct CompareArgs {
+    /// The baseline: result file, directory, or selector (kernel=6.12,label=base,latest).
+    #[arg(value_name = "BASE")]
+    pub base: String,
+    /// The candidate: result file, directory, or selector.
+    #[arg(value_name = "CAND")]
+    pub cand: String,
+    /// Fail (exit 4) when this threshold is crossed, e.g. 'p99>+10%', 'violations>0'.
+    #[arg(long = "fail-on", value_name = "EXPR")]
+    pub fail_on: Vec<String>,
+    /// A TOML file with fail_on = ["...", ...] (at the top or under [compare]).
+    #[arg(long, value_name = "FILE")]
+    pub gates: Option<PathBuf>,
+    /// Confidence of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Noise floor (%): a change is significant when its whole interval lies beyond it.
+    #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+    pub min_effect: f64,
+    /// Noise floor (%) when a side has a single run (run-to-run noise is not measured).
+    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    pub single_run_noise: f64,
+    /// Quantiles to compare.
+    #[arg(long, value_delimiter = ',', default_value = "p50,p99")]
+    pub stats: Vec<String>,
+    /// Also write the comparison as Markdown to this file (absolute path).
+    #[arg(long, value_name = "FILE")]
+    pub markdown_out: Option<PathBuf>,
+    /// Also write the comparison as JSON to this file (absolute path).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Result files or directories (default: the results directory).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Directory to write the images to (absolute; created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Image formats.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "svg,png")]
+    pub formats: Vec<ImageArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImageArg {
+    Svg,
+    Png,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Result files or directories (default: the results directory).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The HTML file to write (absolute path).
+    #[arg(long, value_name = "FILE.html")]
+    pub out: PathBuf,
+    /// Title of the report.
+    #[arg(long, default_value = "pinstorm report")]
+    pub title: String,
+    /// The group the others are compared against, as a kernel release prefix or
+    /// "RELEASE (LABEL)" (default: the lowest kernel version).
+    #[arg(long, value_name = "GROUP")]
+    pub base: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// csv, ktap or junit.
+    #[arg(value_enum)]
+    pub to: ExportFormat,
+    /// Result files or directories (default: the results directory).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Write to this file (absolute path) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Ktap,
+    Junit,
 }
 
 #[derive(Args, Debug)]

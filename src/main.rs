@@ -9,9 +9,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use cli::{BenchCommand, Cli, Command, Format, Global};
+use cli::{
+    BenchCommand, Cli, Command, CompareArgs, ExportArgs, ExportFormat, Format, Global, ImageArg,
+    PlotArgs, ReportArgs,
+};
+use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
+use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::expect::Expectations;
-use pinstorm_analysis::summary;
+use pinstorm_analysis::gate::{self, Gate};
+use pinstorm_analysis::{export, plot, render, report, summary};
 use pinstorm_runners::host::{self, RunOptions};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
@@ -135,6 +141,7 @@ fn run_scenario(
     let outcome = host::run(&opts)?;
     match g.format {
         Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
+        Format::Markdown => unreachable!("refused before the run"),
         Format::Json => {
             let value = match json_out {
                 JsonOut::ProbeRows => serde_json::to_value(&outcome.result.probe)?,
@@ -350,7 +357,7 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         let ks = lab::fetch(&opts)?;
         match g.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&ks)?),
-            Format::Text => {
+            Format::Text | Format::Markdown => {
                 for k in ks {
                     println!(
                         "{}\t{}\t{}\t{}",
@@ -367,7 +374,7 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
     let out = lab::run(&opts)?;
     match g.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out.kernels)?),
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             println!(
                 "pinstorm lab: {} kernel(s), scenario {}",
                 out.kernels.len(),
@@ -423,9 +430,222 @@ fn cmd_cleanup(g: &Global, a: &cli::CleanupArgs) -> Result<ExitCode> {
     })
 }
 
+/// A path to write to: checked like every other (absolute, no `..`).
+fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
+    bad(scratch::checked_write_path(p, what))
+}
+
+/// Load results, saying on stderr which files were skipped and why.
+fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
+    let paths = if paths.is_empty() {
+        vec![results_root(g)?]
+    } else {
+        paths.to_vec()
+    };
+    let c = bad(Catalog::load(&paths))?;
+    for s in &c.skipped {
+        eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
+    }
+    Ok(c)
+}
+
+/// One side of a comparison: a file or directory, or a selector over the results root.
+fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result<Vec<LoadedRun>> {
+    let p = PathBuf::from(arg);
+    let runs = if p.exists() {
+        load(&[p], g)?.runs
+    } else if Selector::looks_like(arg) {
+        let sel = bad(Selector::parse(arg).map_err(|e| anyhow::anyhow!("{what}: {e}")))?;
+        if root.is_none() {
+            *root = Some(load(&[], g)?);
+        }
+        let cat = root.as_ref().expect("loaded above");
+        cat.select(&sel).into_iter().cloned().collect()
+    } else {
+        bail!(BadInput(anyhow::anyhow!(
+            "{what} {arg:?}: no such file or directory, and not a selector ({SELECTOR_KEYS})"
+        )))
+    };
+    if runs.is_empty() {
+        bail!(BadInput(anyhow::anyhow!(
+            "{what} {arg:?} holds no result that could be loaded"
+        )));
+    }
+    Ok(runs)
+}
+
+fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
+    let mut gates: Vec<Gate> = bad(a.fail_on.iter().map(|e| Gate::parse(e)).collect())?;
+    if let Some(f) = &a.gates {
+        let text =
+            bad(std::fs::read_to_string(f).with_context(|| format!("--gates {}", f.display())))?;
+        gates.extend(bad(gate::from_toml(&text, &f.display().to_string()))?);
+    }
+    if !(a.confidence > 0.0 && a.confidence < 1.0) {
+        bail!(BadInput(anyhow::anyhow!(
+            "--confidence must be between 0 and 1, e.g. 0.95"
+        )));
+    }
+    if a.min_effect < 0.0 || a.single_run_noise < 0.0 {
+        bail!(BadInput(anyhow::anyhow!(
+            "--min-effect and --single-run-noise are percentages >= 0"
+        )));
+    }
+    if let Some(s) = a.stats.iter().find(|s| compare::stat_quantile(s).is_none()) {
+        bail!(BadInput(anyhow::anyhow!(
+            "--stats {s:?}: known are {}",
+            compare::STATS
+        )));
+    }
+    let md_out = a
+        .markdown_out
+        .as_deref()
+        .map(|p| out_path(p, "--markdown-out"))
+        .transpose()?;
+    let json_out = a
+        .json_out
+        .as_deref()
+        .map(|p| out_path(p, "--json-out"))
+        .transpose()?;
+    let mut root = None;
+    let base = side(&a.base, "BASE", g, &mut root)?;
+    let cand = side(&a.cand, "CAND", g, &mut root)?;
+    let opts = CompareOptions {
+        confidence: a.confidence,
+        min_effect_pct: a.min_effect,
+        single_run_noise_pct: a.single_run_noise,
+        stats: a.stats.clone(),
+        ..CompareOptions::default()
+    };
+    let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
+    let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
+    let crossed = gate::apply(&mut cmp, &gates);
+    let json = serde_json::to_string_pretty(&cmp)? + "\n";
+    match g.format {
+        Format::Text => print!("{}", render::text(&cmp)),
+        Format::Markdown => print!("{}", render::markdown(&cmp)),
+        Format::Json => print!("{json}"),
+    }
+    if let Some(p) = md_out {
+        pinstorm_analysis::store::write_atomic(&p, render::markdown(&cmp).as_bytes())?;
+    }
+    if let Some(p) = json_out {
+        pinstorm_analysis::store::write_atomic(&p, json.as_bytes())?;
+    }
+    if crossed {
+        for gr in cmp.gates.iter().filter(|g| g.crossed) {
+            eprintln!("pinstorm: gate {} crossed by {}", gr.expr, gr.by.join("; "));
+        }
+        return Ok(ExitCode::from(4));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_plot(g: &Global, a: &PlotArgs) -> Result<ExitCode> {
+    let out = out_path(&a.out, "--out")?;
+    let cat = load(&a.paths, g)?;
+    if cat.runs.is_empty() {
+        bail!(BadInput(anyhow::anyhow!(
+            "no result could be loaded from the paths given"
+        )));
+    }
+    let groups = cat.groups();
+    let data = plot::PlotData::new(&groups);
+    let formats: Vec<plot::ImageFormat> = a
+        .formats
+        .iter()
+        .map(|f| match f {
+            ImageArg::Svg => plot::ImageFormat::Svg,
+            ImageArg::Png => plot::ImageFormat::Png,
+        })
+        .collect();
+    let (files, missing) = plot::write_all(&data, &out, &formats)?;
+    if g.format == Format::Json {
+        let v = serde_json::json!({
+            "groups": data.groups,
+            "files": files,
+            "not_drawn": missing.iter().map(|(c, why)| serde_json::json!({"chart": c, "why": why})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} run(s) in {} group(s): {}",
+            cat.runs.len(),
+            groups.len(),
+            data.groups.join(", ")
+        );
+        for f in &files {
+            println!("  {} ({}x{})", f.path.display(), f.width, f.height);
+        }
+        for (c, why) in &missing {
+            println!("  {}: not drawn, {why}", c.name());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_report(g: &Global, a: &ReportArgs) -> Result<ExitCode> {
+    let out = out_path(&a.out, "--out")?;
+    let cat = load(&a.paths, g)?;
+    if cat.runs.is_empty() {
+        bail!(BadInput(anyhow::anyhow!(
+            "no result could be loaded from the paths given"
+        )));
+    }
+    let mut groups = cat.groups();
+    if let Some(b) = &a.base {
+        let Some(i) = groups.iter().position(|(name, _)| {
+            name == b || pinstorm_analysis::catalog::release_matches(name, b)
+        }) else {
+            bail!(BadInput(anyhow::anyhow!(
+                "--base {b:?} names no group; the groups are: {}",
+                groups
+                    .iter()
+                    .map(|g| g.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        };
+        let base = groups.remove(i);
+        groups.insert(0, base);
+    }
+    let html = report::render(&cat, &groups, &CompareOptions::default(), &a.title)?;
+    pinstorm_analysis::store::write_atomic(&out, html.as_bytes())?;
+    if !g.quiet {
+        eprintln!(
+            "pinstorm: report of {} run(s) in {} group(s) written to {}",
+            cat.runs.len(),
+            groups.len(),
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_export(g: &Global, a: &ExportArgs) -> Result<ExitCode> {
+    let out = a.out.as_deref().map(|p| out_path(p, "--out")).transpose()?;
+    let cat = load(&a.paths, g)?;
+    let runs: Vec<&LoadedRun> = cat.runs.iter().collect();
+    let text = match a.to {
+        ExportFormat::Csv => export::csv::render(&runs),
+        ExportFormat::Ktap => export::ktap::render(&runs),
+        ExportFormat::Junit => export::junit::render(&runs),
+    };
+    match out {
+        Some(p) => pinstorm_analysis::store::write_atomic(&p, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let g = &cli.global;
+    if g.format == Format::Markdown && !matches!(cli.command, Command::Compare(_)) {
+        bail!(BadInput(anyhow::anyhow!(
+            "--format markdown is for pinstorm compare; use text or json here"
+        )));
+    }
     match &cli.command {
         Command::Run(a) => {
             let (mut s, _text, origin) =
@@ -524,6 +744,10 @@ fn real_main() -> Result<ExitCode> {
         Command::List => cmd_list(g),
         Command::Lab(a) => cmd_lab(g, a),
         Command::Cleanup(a) => cmd_cleanup(g, a),
+        Command::Compare(a) => cmd_compare(g, a),
+        Command::Plot(a) => cmd_plot(g, a),
+        Command::Report(a) => cmd_report(g, a),
+        Command::Export(a) => cmd_export(g, a),
     }
 }
 

@@ -6,13 +6,27 @@
 //! - [`kernel`]: kernel releases and version ranges;
 //! - [`expect`]: expectation files and the verdict for each probe cell;
 //! - [`store`]: where results go and how they are written (atomically);
-//! - [`summary`]: the human summary printed after a run.
+//! - [`summary`]: the human summary printed after a run;
+//! - [`catalog`]: loading many results at once (in parallel) and selecting runs;
+//! - [`metrics`]: what a run measured (latencies, violations, capability cells, notruns);
+//! - [`compare`] and [`gate`]: two sets of runs side by side, and regression gates;
+//! - [`render`]: comparisons as text and Markdown;
+//! - [`plot`]: SVG and PNG charts per kernel version; [`report`]: one HTML file;
+//! - [`export`]: CSV, KTAP and JUnit XML.
 //!
 //! Nothing here runs anything against the kernel.
 
+pub mod catalog;
+pub mod compare;
 pub mod expect;
+pub mod export;
+pub mod gate;
 pub mod hist;
 pub mod kernel;
+pub mod metrics;
+pub mod plot;
+pub mod render;
+pub mod report;
 pub mod schema;
 pub mod stats;
 pub mod store;

@@ -1,0 +1,150 @@
+//! Analysis of 1,000 result files: load them (in parallel), then compare 500 against 500
+//! (two kernels). The budget is 5 s on the 2-core development machine.
+//!
+//! The files are generated here: each has 12 benchmark rows (2 backings x 2 sizes x 3 ops,
+//! 2,000 samples each, as `pinstorm run quick` writes with more iterations) and 24 probe
+//! cells. Timings only: what the numbers mean is tested on real runs in tests/analysis.rs.
+
+use std::path::{Path, PathBuf};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pinstorm_analysis::catalog::{Catalog, Selector};
+use pinstorm_analysis::compare::{compare, CompareOptions};
+use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::schema::*;
+
+fn result(i: usize, kernel: &str) -> RunResult {
+    let mut bench = Vec::new();
+    let mut seed = i as u64 * 7919 + 1;
+    for backing in ["anon", "tmpfs"] {
+        for size in [4096u64, 2 << 20] {
+            for op in ["register", "unregister", "cycle"] {
+                let mut l = Latency::new();
+                for _ in 0..2000 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    l.record(size / 4 + 500 + (seed >> 33) % (size / 8 + 200));
+                }
+                bench.push(BenchRow {
+                    pin: "io_uring".into(),
+                    backing: backing.into(),
+                    fs: backing.into(),
+                    map: "shared".into(),
+                    access: "rw".into(),
+                    size,
+                    op: op.into(),
+                    threads: 1,
+                    outcome: "ok".into(),
+                    reason: None,
+                    stats: Some(l.stats()),
+                    ops_per_sec: None,
+                    ns_per_4k_page: None,
+                    baseline_p50_ns: None,
+                    overhead_pct: None,
+                    histogram: Some(l.encode()),
+                    baseline_histogram: Some(l.encode()),
+                });
+            }
+        }
+    }
+    let mut probe = Vec::new();
+    for backing in ["anon", "memfd", "tmpfs", "hugetlbfs", "ext4", "xfs"] {
+        for map in ["shared", "private"] {
+            for access in ["rw", "ro"] {
+                probe.push(ProbeRow {
+                    pin: "io_uring".into(),
+                    backing: backing.into(),
+                    fs: backing.into(),
+                    map: map.into(),
+                    access: access.into(),
+                    size: 2 << 20,
+                    outcome: if access == "rw" {
+                        "ok".into()
+                    } else {
+                        "EFAULT".into()
+                    },
+                    reason: None,
+                    dax: Some(false),
+                    device_io: Some("ok".into()),
+                    expected: None,
+                    verdict: "no-expectation".into(),
+                    expected_because: None,
+                });
+            }
+        }
+    }
+    RunResult {
+        schema: SCHEMA_NAME.into(),
+        schema_version: SCHEMA_VERSION,
+        run_id: format!("20260101T000000.000Z-{i:04}"),
+        label: None,
+        started: format!("2026-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60),
+        finished: None,
+        complete: true,
+        interrupted: None,
+        error: None,
+        command: vec!["pinstorm".into(), "run".into(), "quick".into()],
+        tool: Tool {
+            name: "pinstorm".into(),
+            version: "bench".into(),
+        },
+        scenario: ScenarioRecord {
+            name: "quick".into(),
+            origin: "preset".into(),
+            seed: 1,
+            text: String::new(),
+        },
+        environment: Environment {
+            kernel_release: kernel.into(),
+            hostname: "bench".into(),
+            ..Environment::default()
+        },
+        backings: Vec::new(),
+        probe,
+        bench,
+        storms: Vec::new(),
+        leases: None,
+        expectations: None,
+        pin_counters: None,
+        hugepages: None,
+        notes: Vec::new(),
+    }
+}
+
+fn make_files(dir: &Path, n: usize) {
+    let _ = std::fs::remove_dir_all(dir);
+    for i in 0..n {
+        let kernel = if i % 2 == 0 { "6.12.0" } else { "7.0.0" };
+        let r = result(i, kernel);
+        pinstorm_analysis::store::write_result(&dir.join(kernel).join(&r.run_id), &r).unwrap();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("pinstorm-bench-analysis-{}", std::process::id()));
+    make_files(&dir, 1000);
+    let paths: Vec<PathBuf> = vec![dir.clone()];
+    let mut g = c.benchmark_group("analysis");
+    g.sample_size(10);
+    g.bench_function("load 1000 result files", |b| {
+        b.iter(|| {
+            let cat = Catalog::load(&paths).unwrap();
+            assert_eq!(cat.runs.len(), 1000);
+        })
+    });
+    g.bench_function("load and compare 500 vs 500 runs", |b| {
+        b.iter(|| {
+            let cat = Catalog::load(&paths).unwrap();
+            let base = cat.select(&Selector::parse("kernel=6.12").unwrap());
+            let cand = cat.select(&Selector::parse("kernel=7.0").unwrap());
+            let cmp = compare("6.12", &base, "7.0", &cand, &CompareOptions::default());
+            assert_eq!(cmp.latency.len(), 24);
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

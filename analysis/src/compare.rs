@@ -1,0 +1,622 @@
+//! Comparing two sets of runs (a baseline and a candidate: two kernels, a patch set and its
+//! base, tonight and last night), the way mmtests' compare-kernels and LKP's ncompare do:
+//! each latency metric side by side with its change, a confidence interval and a
+//! significance mark; the capability cells whose outcome changed; violation counts; and one
+//! verdict line. Rendering as text, Markdown and JSON is in [`crate::render`].
+//!
+//! Significance, and why it needs a noise floor: a run's histogram holds thousands of
+//! samples, so the interval of its median is narrow, far narrower than the difference
+//! between two runs of the same configuration (on a busy machine, medians move by up to
+//! 1.7x run to run). A change is therefore called significant only when
+//!
+//! - its confidence interval (Welch's t-test on the per-run values, in log space, when both
+//!   sides have at least two runs, which measures run-to-run noise; else a bootstrap of the
+//!   quantile from each side's histogram, which measures only sampling noise within a run)
+//! - lies entirely beyond a noise floor: `min_effect_pct` (5%) always, and
+//!   `single_run_noise_pct` (50%) when a side has a single run, since run-to-run noise
+//!   cannot be measured from one run. The floor is symmetric in ratio: +50% slower,
+//!   1/1.5 - 1 = -33% faster.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{LoadedRun, RunRef};
+use crate::hist::Latency;
+use crate::metrics::{self, VIOLATION_KINDS};
+use crate::stats::{interval, welch_interval, Ranked};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompareOptions {
+    /// Of the confidence intervals (0.95).
+    pub confidence: f64,
+    /// Smallest change, in percent, ever called significant.
+    pub min_effect_pct: f64,
+    /// Smallest change called significant when a side has a single run.
+    pub single_run_noise_pct: f64,
+    /// Bootstrap replicates.
+    pub iterations: usize,
+    /// Quantiles compared, as `p50`, `p90`, `p99`, `p999`.
+    pub stats: Vec<String>,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            confidence: 0.95,
+            min_effect_pct: 5.0,
+            single_run_noise_pct: 50.0,
+            iterations: 2000,
+            stats: vec!["p50".into(), "p99".into()],
+        }
+    }
+}
+
+/// `p50` -> 0.5, `p999` -> 0.999.
+pub fn stat_quantile(stat: &str) -> Option<f64> {
+    match stat {
+        "p50" => Some(0.5),
+        "p90" => Some(0.9),
+        "p99" => Some(0.99),
+        "p999" => Some(0.999),
+        _ => None,
+    }
+}
+
+pub const STATS: &str = "p50, p90, p99, p999";
+
+/// One side of a comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Side {
+    /// What the user named (a path or a selector).
+    pub name: String,
+    pub kernels: Vec<String>,
+    pub labels: Vec<String>,
+    pub runs: Vec<RunRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SideStat {
+    pub runs: usize,
+    /// Samples in all runs together.
+    pub samples: u64,
+    /// The quantile of all samples of the side together, in ns.
+    pub value_ns: f64,
+    /// The quantile of each run.
+    pub per_run_ns: Vec<f64>,
+}
+
+/// One latency metric on both sides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyChange {
+    pub kind: String,
+    pub key: String,
+    pub stat: String,
+    pub base: SideStat,
+    pub cand: SideStat,
+    /// `(cand / base - 1) * 100`.
+    pub change_pct: f64,
+    pub ci_low_pct: f64,
+    pub ci_high_pct: f64,
+    /// `welch` (across runs) or `bootstrap` (within runs).
+    pub method: String,
+    /// The smallest change called significant for this metric.
+    pub noise_floor_pct: f64,
+    pub significant: bool,
+    /// `slower`, `faster` (both significant) or `~` (no significant change).
+    pub mark: String,
+}
+
+/// A capability cell whose outcome is not the same on both sides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeChange {
+    pub cell: String,
+    pub fs: String,
+    pub base: String,
+    pub cand: String,
+    /// `newly refused`, `newly allowed`, `refusal changed`, `device io changed`,
+    /// `notrun on one side`, `inconsistent`, `only in base`, `only in candidate`.
+    pub change: String,
+    pub reason: Option<String>,
+}
+
+impl OutcomeChange {
+    /// Whether this is the kernel behaving differently (as opposed to a cell that could not
+    /// run on one side, or that exists on one side only).
+    pub fn is_behaviour(&self) -> bool {
+        matches!(
+            self.change.as_str(),
+            "newly refused"
+                | "newly allowed"
+                | "refusal changed"
+                | "device io changed"
+                | "inconsistent"
+        )
+    }
+}
+
+/// A count on both sides: the total over the side's runs and the mean per run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CountChange {
+    pub what: String,
+    pub base_total: u64,
+    pub cand_total: u64,
+    pub base_per_run: f64,
+    pub cand_per_run: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `REGRESSION`, `CHANGED`, `IMPROVED` or `NO SIGNIFICANT CHANGE`.
+    pub word: String,
+    pub line: String,
+    pub slower: usize,
+    pub faster: usize,
+    pub compared: usize,
+    pub newly_refused: usize,
+    pub newly_allowed: usize,
+    pub other_outcome_changes: usize,
+    /// Oracles with violations in the candidate and none in the baseline.
+    pub new_violation_kinds: Vec<String>,
+    pub gone_violation_kinds: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub base: Side,
+    pub cand: Side,
+    pub options: CompareOptions,
+    pub latency: Vec<LatencyChange>,
+    /// Latency metrics measured on one side only (`kind: key`).
+    pub only_in_base: Vec<String>,
+    pub only_in_cand: Vec<String>,
+    pub outcomes: Vec<OutcomeChange>,
+    pub violations: Vec<CountChange>,
+    pub differs: CountChange,
+    pub verdict: Verdict,
+    /// Filled by [`crate::gate::apply`].
+    #[serde(default)]
+    pub gates: Vec<crate::gate::GateResult>,
+}
+
+fn side(name: &str, runs: &[&LoadedRun]) -> Side {
+    let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| -> Vec<String> {
+        runs.iter()
+            .filter_map(|r| f(r))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    Side {
+        name: name.to_string(),
+        kernels: set(&|r| Some(r.kernel().to_string())),
+        labels: set(&|r| r.label().map(str::to_string)),
+        runs: runs.iter().map(|r| r.reference()).collect(),
+    }
+}
+
+fn seed_of(s: &str) -> u64 {
+    // FNV-1a: a fixed seed per metric, so the same inputs give the same intervals.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One metric on one side: every run's samples merged, and each run's quantiles (in the
+/// order of `CompareOptions::stats`). Histograms are folded in as runs are decoded, so a
+/// thousand runs never hold a thousand histograms in memory.
+#[derive(Clone, Debug, Default)]
+struct Pooled {
+    merged: Latency,
+    /// (run index, quantiles)
+    runs: Vec<(usize, Vec<f64>)>,
+}
+
+impl Pooled {
+    fn add(&mut self, run: usize, h: &Latency, qs: &[f64]) {
+        self.runs.push((
+            run,
+            qs.iter()
+                .map(|q| h.histogram().value_at_quantile(*q) as f64)
+                .collect(),
+        ));
+        self.merged.merge(h);
+    }
+
+    fn absorb(&mut self, other: Pooled) {
+        self.merged.merge(&other.merged);
+        self.runs.extend(other.runs);
+    }
+}
+
+type PoolMap = BTreeMap<(String, String), Pooled>;
+
+/// Every latency metric of `runs`, pooled per metric, decoding in parallel.
+fn pool(runs: &[&LoadedRun], qs: &[f64]) -> PoolMap {
+    let mut m = runs
+        .par_iter()
+        .enumerate()
+        .fold(PoolMap::new, |mut acc, (i, r)| {
+            for l in metrics::latencies(&r.result) {
+                acc.entry((l.kind.to_string(), l.key))
+                    .or_default()
+                    .add(i, &l.hist, qs);
+            }
+            acc
+        })
+        .reduce(PoolMap::new, |mut a, b| {
+            for (k, v) in b {
+                a.entry(k).or_default().absorb(v);
+            }
+            a
+        });
+    for p in m.values_mut() {
+        p.runs.sort_by_key(|r| r.0);
+    }
+    m
+}
+
+fn latency_change(
+    kind: &str,
+    key: &str,
+    (si, stat): (usize, &str),
+    base: &Pooled,
+    cand: &Pooled,
+    o: &CompareOptions,
+) -> LatencyChange {
+    let q = stat_quantile(stat).expect("stats are checked when options are made");
+    let side = |p: &Pooled| {
+        let m = Ranked::from_histogram(p.merged.histogram());
+        (
+            SideStat {
+                runs: p.runs.len(),
+                samples: m.len(),
+                value_ns: m.quantile(q) as f64,
+                per_run_ns: p.runs.iter().map(|r| r.1[si]).collect(),
+            },
+            m,
+        )
+    };
+    let (bs, br) = side(base);
+    let (cs, cr) = side(cand);
+    let change_pct = (cs.value_ns / bs.value_ns - 1.0) * 100.0;
+    let (method, lo, hi, floor) = match welch_interval(
+        &bs.per_run_ns.iter().map(|v| v.ln()).collect::<Vec<_>>(),
+        &cs.per_run_ns.iter().map(|v| v.ln()).collect::<Vec<_>>(),
+        o.confidence,
+    ) {
+        Some((_, lo, hi)) => (
+            "welch",
+            (lo.exp() - 1.0) * 100.0,
+            (hi.exp() - 1.0) * 100.0,
+            o.min_effect_pct,
+        ),
+        None => {
+            let seed = seed_of(&format!("{kind} {key} {stat}"));
+            let db = br.bootstrap_quantile(q, o.iterations, seed);
+            let dc = cr.bootstrap_quantile(q, o.iterations, seed ^ 0x5555_5555);
+            let ratios: Vec<f64> = db
+                .iter()
+                .zip(&dc)
+                .map(|(b, c)| (c / b - 1.0) * 100.0)
+                .collect();
+            let (lo, hi) = interval(ratios, o.confidence);
+            (
+                "bootstrap",
+                lo,
+                hi,
+                o.min_effect_pct.max(o.single_run_noise_pct),
+            )
+        }
+    };
+    // Significant only when the whole interval lies beyond the noise floor, symmetric in
+    // ratio terms: +50% slower or 1/1.5 - 1 = -33% faster. An interval that merely excludes
+    // zero is not enough: a p99 from one run of 300 samples can move +800% [+26%, +4500%]
+    // on a rerun.
+    let faster_floor = (1.0 / (1.0 + floor / 100.0) - 1.0) * 100.0;
+    let significant = lo >= floor || hi <= faster_floor;
+    let mark = match (significant, change_pct > 0.0) {
+        (true, true) => "slower",
+        (true, false) => "faster",
+        _ => "~",
+    };
+    LatencyChange {
+        kind: kind.to_string(),
+        key: key.to_string(),
+        stat: stat.to_string(),
+        base: bs,
+        cand: cs,
+        change_pct,
+        ci_low_pct: lo,
+        ci_high_pct: hi,
+        method: method.to_string(),
+        noise_floor_pct: floor,
+        significant,
+        mark: mark.to_string(),
+    }
+}
+
+/// Outcomes of a cell across a side's runs: `ok`, `EFAULT`, or `ok|EFAULT` when the runs
+/// disagree.
+fn outcome_set(cells: &[&metrics::Cell], f: impl Fn(&metrics::Cell) -> String) -> String {
+    cells
+        .iter()
+        .map(|c| f(c))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn outcome_changes(base: &[&LoadedRun], cand: &[&LoadedRun]) -> Vec<OutcomeChange> {
+    type Cells = BTreeMap<String, Vec<metrics::Cell>>;
+    let collect = |runs: &[&LoadedRun]| -> Cells {
+        let mut m: Cells = BTreeMap::new();
+        for r in runs {
+            for c in metrics::cells(&r.result) {
+                m.entry(c.key.clone()).or_default().push(c);
+            }
+        }
+        m
+    };
+    let (b, c) = (collect(base), collect(cand));
+    let keys: BTreeSet<&String> = b.keys().chain(c.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (bc, cc): (Vec<&metrics::Cell>, Vec<&metrics::Cell>) = (
+            b.get(k).map(|v| v.iter().collect()).unwrap_or_default(),
+            c.get(k).map(|v| v.iter().collect()).unwrap_or_default(),
+        );
+        let fs = cc
+            .first()
+            .or(bc.first())
+            .map(|c| c.fs.clone())
+            .unwrap_or_default();
+        let reason = cc
+            .iter()
+            .chain(&bc)
+            .find_map(|c| c.reason.clone().filter(|_| c.outcome != "ok"));
+        let (bo, co) = (
+            outcome_set(&bc, |c| c.outcome.clone()),
+            outcome_set(&cc, |c| c.outcome.clone()),
+        );
+        let change = if bc.is_empty() {
+            "only in candidate"
+        } else if cc.is_empty() {
+            "only in base"
+        } else if bo == co {
+            let dio = |cells: &[&metrics::Cell]| {
+                outcome_set(cells, |c| c.device_io.clone().unwrap_or_default())
+            };
+            if bo == "ok" && dio(&bc) != dio(&cc) {
+                out.push(OutcomeChange {
+                    cell: k.clone(),
+                    fs,
+                    base: format!("ok, device io {}", dio(&bc)),
+                    cand: format!("ok, device io {}", dio(&cc)),
+                    change: "device io changed".into(),
+                    reason: None,
+                });
+            }
+            continue;
+        } else if bo.contains('|') || co.contains('|') {
+            "inconsistent"
+        } else if bo == "notrun" || co == "notrun" {
+            "notrun on one side"
+        } else if bo == "ok" {
+            "newly refused"
+        } else if co == "ok" {
+            "newly allowed"
+        } else {
+            "refusal changed"
+        };
+        out.push(OutcomeChange {
+            cell: k.clone(),
+            fs,
+            base: if bc.is_empty() { "-".into() } else { bo },
+            cand: if cc.is_empty() { "-".into() } else { co },
+            change: change.into(),
+            reason,
+        });
+    }
+    out
+}
+
+fn count_change(
+    what: &str,
+    base: &[&LoadedRun],
+    cand: &[&LoadedRun],
+    f: impl Fn(&LoadedRun) -> u64,
+) -> CountChange {
+    let bt: u64 = base.iter().map(|r| f(r)).sum();
+    let ct: u64 = cand.iter().map(|r| f(r)).sum();
+    CountChange {
+        what: what.to_string(),
+        base_total: bt,
+        cand_total: ct,
+        base_per_run: bt as f64 / base.len().max(1) as f64,
+        cand_per_run: ct as f64 / cand.len().max(1) as f64,
+    }
+}
+
+/// Compare `cand` against `base`. Both must be non-empty (the caller says which selector
+/// or path matched nothing).
+pub fn compare(
+    base_name: &str,
+    base: &[&LoadedRun],
+    cand_name: &str,
+    cand: &[&LoadedRun],
+    o: &CompareOptions,
+) -> Comparison {
+    let qs: Vec<f64> = o.stats.iter().filter_map(|s| stat_quantile(s)).collect();
+    let (bp, cp) = rayon::join(|| pool(base, &qs), || pool(cand, &qs));
+    let empty = Pooled::default();
+    let keys: BTreeSet<&(String, String)> = bp.keys().chain(cp.keys()).collect();
+    let mut only_in_base = Vec::new();
+    let mut only_in_cand = Vec::new();
+    let mut jobs = Vec::new();
+    for k in keys {
+        let (kind, key) = k;
+        let (b, c) = (bp.get(k).unwrap_or(&empty), cp.get(k).unwrap_or(&empty));
+        match (b.runs.is_empty(), c.runs.is_empty()) {
+            (false, true) => only_in_base.push(format!("{kind}: {key}")),
+            (true, false) => only_in_cand.push(format!("{kind}: {key}")),
+            _ => {
+                for (si, stat) in o.stats.iter().enumerate() {
+                    jobs.push((kind, key, (si, stat.as_str()), b, c));
+                }
+            }
+        }
+    }
+    let mut latency: Vec<LatencyChange> = jobs
+        .par_iter()
+        .map(|(kind, key, stat, b, c)| latency_change(kind, key, *stat, b, c, o))
+        .collect();
+    let order = |k: &str| {
+        metrics::LATENCY_KINDS
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or(99)
+    };
+    latency
+        .sort_by(|a, b| (order(&a.kind), &a.key, &a.stat).cmp(&(order(&b.kind), &b.key, &b.stat)));
+
+    let outcomes = outcome_changes(base, cand);
+    let violations: Vec<CountChange> = VIOLATION_KINDS
+        .iter()
+        .map(|k| count_change(k, base, cand, |r| metrics::violations(&r.result)[k]))
+        .collect();
+    let differs = count_change("differs from expectations", base, cand, |r| {
+        metrics::differs(&r.result)
+    });
+
+    let slower = latency.iter().filter(|l| l.mark == "slower").count();
+    let faster = latency.iter().filter(|l| l.mark == "faster").count();
+    let n = |what: &str| outcomes.iter().filter(|c| c.change == what).count();
+    let (newly_refused, newly_allowed) = (n("newly refused"), n("newly allowed"));
+    let other =
+        outcomes.iter().filter(|c| c.is_behaviour()).count() - newly_refused - newly_allowed;
+    let new_kinds: Vec<String> = violations
+        .iter()
+        .filter(|v| v.base_total == 0 && v.cand_total > 0)
+        .map(|v| v.what.clone())
+        .collect();
+    let gone_kinds: Vec<String> = violations
+        .iter()
+        .filter(|v| v.base_total > 0 && v.cand_total == 0)
+        .map(|v| v.what.clone())
+        .collect();
+    let word = if slower > 0 || !new_kinds.is_empty() {
+        "REGRESSION"
+    } else if newly_refused + newly_allowed + other > 0 {
+        "CHANGED"
+    } else if faster > 0 || !gone_kinds.is_empty() {
+        "IMPROVED"
+    } else {
+        "NO SIGNIFICANT CHANGE"
+    };
+    let mut parts = vec![format!(
+        "{slower} of {} latency metrics significantly slower, {faster} faster",
+        latency.len()
+    )];
+    parts.push(format!(
+        "pins: {newly_refused} newly refused, {newly_allowed} newly allowed, {other} other outcome changes"
+    ));
+    let vb: u64 = violations.iter().map(|v| v.base_total).sum();
+    let vc: u64 = violations.iter().map(|v| v.cand_total).sum();
+    let mut v = format!("violations {vb} -> {vc}");
+    if !new_kinds.is_empty() {
+        v.push_str(&format!(" (new: {})", new_kinds.join(", ")));
+    }
+    if !gone_kinds.is_empty() {
+        v.push_str(&format!(" (gone: {})", gone_kinds.join(", ")));
+    }
+    parts.push(v);
+    let verdict = Verdict {
+        line: format!("{word}: {}", parts.join("; ")),
+        word: word.to_string(),
+        slower,
+        faster,
+        compared: latency.len(),
+        newly_refused,
+        newly_allowed,
+        other_outcome_changes: other,
+        new_violation_kinds: new_kinds,
+        gone_violation_kinds: gone_kinds,
+    };
+    Comparison {
+        base: side(base_name, base),
+        cand: side(cand_name, cand),
+        options: o.clone(),
+        latency,
+        only_in_base,
+        only_in_cand,
+        outcomes,
+        violations,
+        differs,
+        verdict,
+        gates: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled(hs: &[Latency]) -> Pooled {
+        let mut p = Pooled::default();
+        for (i, h) in hs.iter().enumerate() {
+            p.add(i, h, &[0.5]);
+        }
+        p
+    }
+
+    fn lat(values: impl Iterator<Item = u64>) -> Latency {
+        let mut l = Latency::new();
+        for v in values {
+            l.record(v);
+        }
+        l
+    }
+
+    #[test]
+    fn a_single_run_doubling_is_significant_and_small_shifts_are_noise() {
+        let o = CompareOptions::default();
+        let a = lat((0..2000).map(|i| 10_000 + (i * 7919) % 2000));
+        let b2 = lat((0..2000).map(|i| 2 * (10_000 + (i * 7919) % 2000)));
+        let c = latency_change(
+            "pin",
+            "x",
+            (0, "p50"),
+            &pooled(&[a.clone()]),
+            &pooled(&[b2]),
+            &o,
+        );
+        assert!(c.significant && c.mark == "slower", "{c:?}");
+        assert!(c.change_pct > 90.0 && c.ci_low_pct > 0.0);
+        assert_eq!(c.method, "bootstrap");
+        // +20%: the interval excludes zero, but one run per side cannot tell that from
+        // run-to-run noise.
+        let b12 = lat((0..2000).map(|i| (10_000 + (i * 7919) % 2000) * 12 / 10));
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&[a]), &pooled(&[b12]), &o);
+        assert!(
+            c.ci_low_pct > 0.0 && !c.significant && c.mark == "~",
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn with_repeated_runs_welch_judges_against_run_to_run_noise() {
+        let o = CompareOptions::default();
+        let run = |base: u64| lat((0..1000).map(move |i| base + (i * 7919) % 100));
+        let base = [run(10_000), run(10_100), run(9_900)];
+        let slower = [run(12_000), run(12_100), run(11_950)];
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&slower), &o);
+        assert_eq!(c.method, "welch");
+        assert!(c.significant && c.mark == "slower", "{c:?}");
+        let noisy = [run(8_000), run(13_000), run(10_500)];
+        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&noisy), &o);
+        assert!(!c.significant, "{c:?}");
+    }
+}

@@ -1,0 +1,242 @@
+//! A [`Comparison`] as a terminal table or Markdown (JSON is its serde form). The verdict
+//! line comes last, where a reader of a CI log looks first.
+
+use std::fmt::Write;
+
+use crate::compare::{Comparison, Side};
+use crate::summary::{human_ns, table};
+
+fn side_line(s: &Side) -> String {
+    let runs = s.runs.len();
+    let labels = if s.labels.is_empty() {
+        String::new()
+    } else {
+        format!(", label {}", s.labels.join(", "))
+    };
+    let scen: std::collections::BTreeSet<&str> =
+        s.runs.iter().map(|r| r.scenario.as_str()).collect();
+    let hosts: std::collections::BTreeSet<&str> = s.runs.iter().map(|r| r.host.as_str()).collect();
+    let incomplete = s.runs.iter().filter(|r| !r.complete).count();
+    format!(
+        "{}: kernel {}{labels}; {runs} run{} of {} on {}{}",
+        s.name,
+        s.kernels.join(", "),
+        if runs == 1 { "" } else { "s" },
+        scen.into_iter().collect::<Vec<_>>().join(", "),
+        hosts.into_iter().collect::<Vec<_>>().join(", "),
+        if incomplete > 0 {
+            format!(" ({incomplete} incomplete)")
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn significance_note(c: &Comparison) -> String {
+    let o = &c.options;
+    format!(
+        "{:.0}% intervals of the change: Welch's t-test across runs when both sides have 2+ runs, \
+else a bootstrap within runs. A change is significant (marked slower/faster) when its whole interval \
+lies beyond a noise floor of {:.0}% ({:.0}% when a side has one run: run-to-run noise cannot be \
+measured from one run; repeat runs for finer resolution). ~ means no significant change.",
+        o.confidence * 100.0,
+        o.min_effect_pct,
+        o.min_effect_pct.max(o.single_run_noise_pct)
+    )
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:+.1}%")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn latency_rows(c: &Comparison) -> Vec<Vec<String>> {
+    c.latency
+        .iter()
+        .map(|l| {
+            vec![
+                l.kind.clone(),
+                l.key.clone(),
+                l.stat.clone(),
+                human_ns(l.base.value_ns),
+                human_ns(l.cand.value_ns),
+                pct(l.change_pct),
+                format!("[{}, {}]", pct(l.ci_low_pct), pct(l.ci_high_pct)),
+                l.mark.clone(),
+            ]
+        })
+        .collect()
+}
+
+fn per_run(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn count_rows(c: &Comparison) -> Vec<Vec<String>> {
+    c.violations
+        .iter()
+        .chain(std::iter::once(&c.differs))
+        .map(|v| {
+            let mark = if v.base_total == 0 && v.cand_total > 0 {
+                "NEW"
+            } else if v.base_total > 0 && v.cand_total == 0 {
+                "gone"
+            } else if v.cand_per_run > v.base_per_run {
+                "more"
+            } else if v.cand_per_run < v.base_per_run {
+                "fewer"
+            } else {
+                "same"
+            };
+            vec![
+                v.what.clone(),
+                per_run(v.base_per_run),
+                per_run(v.cand_per_run),
+                mark.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn outcome_rows(c: &Comparison) -> Vec<Vec<String>> {
+    c.outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.cell.clone(),
+                o.fs.clone(),
+                o.base.clone(),
+                o.cand.clone(),
+                o.change.clone(),
+            ]
+        })
+        .collect()
+}
+
+const LAT_HEADER: [&str; 8] = [
+    "kind", "cell", "stat", "base", "cand", "change", "interval", "mark",
+];
+const COUNT_HEADER: [&str; 4] = ["oracle", "base/run", "cand/run", ""];
+const OUTCOME_HEADER: [&str; 5] = ["cell", "fs", "base", "cand", "change"];
+
+pub fn text(c: &Comparison) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Comparing");
+    let _ = writeln!(out, "  base {}", side_line(&c.base));
+    let _ = writeln!(out, "  cand {}", side_line(&c.cand));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Latency (change = cand / base - 1):");
+    if c.latency.is_empty() {
+        let _ = writeln!(out, "  no latency metric was measured on both sides");
+    } else {
+        out.push_str(&table(&LAT_HEADER, &latency_rows(c)));
+    }
+    for (what, v) in [("base", &c.only_in_base), ("candidate", &c.only_in_cand)] {
+        if !v.is_empty() {
+            let _ = writeln!(out, "  measured in the {what} only: {}", v.join("; "));
+        }
+    }
+    let _ = writeln!(out, "  {}", significance_note(c));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Capability cells whose outcome changed:");
+    if c.outcomes.is_empty() {
+        let _ = writeln!(out, "  none");
+    } else {
+        out.push_str(&table(&OUTCOME_HEADER, &outcome_rows(c)));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Violations and expectation differences (per run):");
+    out.push_str(&table(&COUNT_HEADER, &count_rows(c)));
+    if !c.gates.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Gates:");
+        for g in &c.gates {
+            if g.crossed {
+                let _ = writeln!(out, "  FAIL {}: crossed by", g.expr);
+                for b in &g.by {
+                    let _ = writeln!(out, "         {b}");
+                }
+            } else {
+                let _ = writeln!(out, "  pass {}", g.expr);
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Verdict: {}", c.verdict.line);
+    out
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn md_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n", header.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(|c| md_escape(c)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    out
+}
+
+pub fn markdown(c: &Comparison) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## pinstorm compare\n");
+    let _ = writeln!(out, "**Verdict: {}**\n", md_escape(&c.verdict.line));
+    let _ = writeln!(out, "- base {}", md_escape(&side_line(&c.base)));
+    let _ = writeln!(out, "- cand {}\n", md_escape(&side_line(&c.cand)));
+    let _ = writeln!(out, "### Latency\n");
+    let rows: Vec<Vec<String>> = latency_rows(c)
+        .into_iter()
+        .map(|mut r| {
+            if r[7] != "~" {
+                r[7] = format!("**{}**", r[7]);
+            }
+            r
+        })
+        .collect();
+    out.push_str(&md_table(&LAT_HEADER, &rows));
+    let _ = writeln!(out, "\n{}\n", significance_note(c));
+    for (what, v) in [("base", &c.only_in_base), ("candidate", &c.only_in_cand)] {
+        if !v.is_empty() {
+            let _ = writeln!(
+                out,
+                "Measured in the {what} only: {}\n",
+                md_escape(&v.join("; "))
+            );
+        }
+    }
+    let _ = writeln!(out, "### Capability cells whose outcome changed\n");
+    if c.outcomes.is_empty() {
+        let _ = writeln!(out, "None.\n");
+    } else {
+        out.push_str(&md_table(&OUTCOME_HEADER, &outcome_rows(c)));
+        out.push('\n');
+    }
+    let _ = writeln!(out, "### Violations (per run)\n");
+    out.push_str(&md_table(&COUNT_HEADER, &count_rows(c)));
+    if !c.gates.is_empty() {
+        let _ = writeln!(out, "\n### Gates\n");
+        for g in &c.gates {
+            if g.crossed {
+                let _ = writeln!(
+                    out,
+                    "- **FAIL** `{}`: {}",
+                    g.expr,
+                    md_escape(&g.by.join("; "))
+                );
+            } else {
+                let _ = writeln!(out, "- pass `{}`", g.expr);
+            }
+        }
+    }
+    out
+}

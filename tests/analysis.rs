@@ -1,0 +1,533 @@
+//! Analysis on results of real runs made here by the built binary: compare (with a planted
+//! regression and with two genuine reruns), gates, plots, the HTML report in headless
+//! Chromium, and the exporters.
+//!
+//! "Two kernels" in these tests are two real results of this host where the copy's
+//! `environment.kernel_release` was rewritten (said at each place); real guest kernels come
+//! from the QEMU lab. Planted regressions scale the histograms of a real result by 2 (the
+//! statistics are recomputed from the scaled histogram).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::schema::RunResult;
+
+/// One real run of a preset (or scenario file) into `sb`'s results; returns its result file.
+fn real_run(sb: &Sandbox, args: &[&str]) -> PathBuf {
+    let before = sb.results();
+    let o = sb.run(args);
+    assert!(
+        o.status.success() || o.status.code() == Some(3),
+        "pinstorm {args:?}: {}",
+        stderr(&o)
+    );
+    let after = sb.results();
+    let new: Vec<_> = after.into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(new.len(), 1, "one new result expected: {new:?}");
+    new[0].clone()
+}
+
+fn read(p: &Path) -> RunResult {
+    RunResult::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Write `r` as `<dir>/<kernel>/<run_id>/result.json` (as pinstorm lays results out).
+fn write(dir: &Path, r: &RunResult) -> PathBuf {
+    let d = dir.join(&r.environment.kernel_release).join(&r.run_id);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("result.json");
+    std::fs::write(&p, serde_json::to_string_pretty(r).unwrap()).unwrap();
+    p
+}
+
+/// A copy of a real result that claims another kernel (rewritten release and run id).
+fn as_kernel(r: &RunResult, release: &str) -> RunResult {
+    let mut c = r.clone();
+    c.environment.kernel_release = release.into();
+    c.run_id = format!("{}-as-{release}", r.run_id);
+    c
+}
+
+/// The planted regression: every benchmark histogram of a real result with each value
+/// doubled, its statistics recomputed from the scaled histogram.
+fn planted_2x(r: &RunResult) -> RunResult {
+    let mut c = r.clone();
+    c.run_id = format!("{}-planted-2x", r.run_id);
+    for row in c.bench.iter_mut() {
+        let Some(h) = row.histogram.as_deref() else {
+            continue;
+        };
+        let orig = Latency::decode(h).unwrap();
+        let mut scaled = Latency::new();
+        for v in orig.histogram().iter_recorded() {
+            for _ in 0..v.count_at_value() {
+                scaled.record(v.value_iterated_to() * 2);
+            }
+        }
+        row.stats = Some(scaled.stats());
+        row.histogram = Some(scaled.encode());
+    }
+    c
+}
+
+fn compare_json(
+    sb: &Sandbox,
+    base: &Path,
+    cand: &Path,
+    gates: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut c = sb.cmd();
+    c.args(["--format", "json", "compare"]).arg(base).arg(cand);
+    for g in gates {
+        c.args(["--fail-on", g]);
+    }
+    let o = c.output().unwrap();
+    (o.status.code(), json(&o), stderr(&o))
+}
+
+/// The runs of these tests measure latency: one at a time, never next to each other.
+fn quiet() -> std::sync::MutexGuard<'static, ()> {
+    serial()
+}
+
+#[test]
+fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
+    let _g = quiet();
+    let sb = Sandbox::new("an-planted");
+    let base = real_run(&sb, &["run", "quick"]);
+    let planted = planted_2x(&read(&base));
+    let other = sb.base.join("planted");
+    let cand = write(&other, &planted);
+
+    let (code, v, err) = compare_json(&sb, &base, &cand, &["p50>+10%", "violations>0"]);
+    assert_eq!(code, Some(4), "the gate must fail: {err}\n{v:#}");
+    assert_eq!(v["verdict"]["word"], "REGRESSION", "{v:#}");
+    let lat = v["latency"].as_array().unwrap();
+    let p50: Vec<_> = lat.iter().filter(|l| l["stat"] == "p50").collect();
+    assert!(!p50.is_empty());
+    for l in &p50 {
+        assert_eq!(l["mark"], "slower", "every p50 doubled: {l:#}");
+        let ch = l["change_pct"].as_f64().unwrap();
+        assert!((90.0..=110.0).contains(&ch), "{l:#}");
+        assert!(l["ci_low_pct"].as_f64().unwrap() > 0.0, "{l:#}");
+    }
+    let gates = v["gates"].as_array().unwrap();
+    assert_eq!(gates[0]["expr"], "p50>+10%");
+    assert_eq!(gates[0]["crossed"], true);
+    assert_eq!(
+        gates[1]["crossed"], false,
+        "no violation in a quick run: {v:#}"
+    );
+    assert!(err.contains("p50>+10%") && err.contains("crossed"), "{err}");
+
+    // The same comparison as text and Markdown: marks, gates and the verdict line.
+    let o = sb
+        .cmd()
+        .arg("compare")
+        .arg(&base)
+        .arg(&cand)
+        .args(["--fail-on", "p50>+10%"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let t = stdout(&o);
+    assert!(t.contains("FAIL p50>+10%: crossed by"), "{t}");
+    // Shown with --nocapture: the example in docs/nightly.md.
+    eprintln!("{t}");
+    let o = sb
+        .cmd()
+        .arg("compare")
+        .arg(&base)
+        .arg(&cand)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "no gate: exit 0 whatever the verdict"
+    );
+    let t = stdout(&o);
+    assert!(
+        t.contains("slower") && t.contains("Verdict: REGRESSION"),
+        "{t}"
+    );
+    let o = sb
+        .cmd()
+        .args(["--format", "markdown", "compare"])
+        .arg(&base)
+        .arg(&cand)
+        .output()
+        .unwrap();
+    let m = stdout(&o);
+    assert!(
+        m.contains("| kind | cell |") && m.contains("**slower**"),
+        "{m}"
+    );
+}
+
+#[test]
+fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
+    let _g = quiet();
+    let sb = Sandbox::new("an-rerun");
+    let a = real_run(&sb, &["run", "quick"]);
+    let b = real_run(&sb, &["run", "quick"]);
+    let gates = [
+        "p50>+10%",
+        "p99>+10%",
+        "p50<-10%",
+        "violations>+0",
+        "outcomes>0",
+    ];
+    let (code, v, err) = compare_json(&sb, &a, &b, &gates);
+    let flagged: Vec<_> = v["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["significant"] == true)
+        .collect();
+    assert!(flagged.is_empty(), "a rerun flagged: {flagged:#?}");
+    assert_eq!(code, Some(0), "{err}\n{:#}", v["gates"]);
+    assert_eq!(
+        v["verdict"]["word"], "NO SIGNIFICANT CHANGE",
+        "{:#}",
+        v["verdict"]
+    );
+    assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
+}
+
+#[test]
+fn selectors_pick_runs_by_kernel_and_bad_input_is_refused_with_exit_2() {
+    let sb = Sandbox::new("an-select");
+    let a = real_run(&sb, &["probe", "--backings", "anon,memfd"]);
+    // A second "kernel": the same real result with its release rewritten.
+    let r = read(&a);
+    write(&sb.results, &as_kernel(&r, "6.1.0-rewritten"));
+    // A broken file next to them is skipped, by path, and does not stop the comparison.
+    let broken = sb.results.join("broken/x/result.json");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(
+        &broken,
+        "{\"schema\": \"pinstorm-result\", \"schema_version\": 1, \"run",
+    )
+    .unwrap();
+
+    let base_sel = format!("kernel={}", r.environment.kernel_release);
+    let o = sb
+        .cmd()
+        .args(["--format", "json", "compare", "kernel=6.1", &base_sel])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["base"]["kernels"][0], "6.1.0-rewritten");
+    assert_eq!(
+        v["cand"]["kernels"][0],
+        r.environment.kernel_release.as_str()
+    );
+    assert!(
+        stderr(&o).contains(broken.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+
+    for (args, why) in [
+        (vec!["compare", "kernel=9.9", &base_sel], "holds no result"),
+        (vec!["compare", "kernal=6.1", &base_sel], "unknown key"),
+        (vec!["compare", "/nonexistent/x", &base_sel], "no such file"),
+        (
+            vec!["compare", "kernel=6.1", &base_sel, "--fail-on", "p99>10"],
+            "relative change",
+        ),
+        (vec!["plot", "--out", "plots"], "absolute"),
+    ] {
+        let o = sb.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// The width and height in a PNG's IHDR chunk.
+fn png_size(p: &Path) -> (u32, u32) {
+    let b = std::fs::read(p).unwrap();
+    assert_eq!(
+        &b[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        p.display()
+    );
+    assert_eq!(&b[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+/// Results of two "kernels" with a bench, a probe and a storm: real runs of this host, and
+/// copies of them whose kernel release is rewritten to 6.1.0-rewritten.
+fn two_kernels(sb: &Sandbox) -> PathBuf {
+    let q = real_run(sb, &["run", "quick"]);
+    let s = real_run(
+        sb,
+        &[
+            "run",
+            "truncate-vs-pin",
+            "--backing",
+            "memfd,anon",
+            "--duration",
+            "1s",
+        ],
+    );
+    for p in [q, s] {
+        write(&sb.results, &as_kernel(&read(&p), "6.1.0-rewritten"));
+    }
+    sb.results.clone()
+}
+
+#[test]
+fn plots_are_non_empty_images_of_the_reported_size_per_kernel() {
+    let _g = quiet();
+    let sb = Sandbox::new("an-plot");
+    let results = two_kernels(&sb);
+    let out = sb.base.join("plots");
+    let o = sb
+        .cmd()
+        .args(["--format", "json", "plot"])
+        .arg(&results)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    let groups: Vec<String> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert!(
+        groups[0].starts_with("6.1.0-rewritten"),
+        "kernel version order: {groups:?}"
+    );
+    let files = v["files"].as_array().unwrap();
+    for chart in [
+        "pin-latency",
+        "latency-percentiles",
+        "outcome-matrix",
+        "violations",
+        "storm-timeline",
+    ] {
+        for ext in ["svg", "png"] {
+            let f = files
+                .iter()
+                .find(|f| {
+                    f["path"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with(&format!("/{chart}.{ext}"))
+                })
+                .unwrap_or_else(|| panic!("{chart}.{ext} missing: {v:#}"));
+            let p = PathBuf::from(f["path"].as_str().unwrap());
+            let (w, h) = (
+                f["width"].as_u64().unwrap() as u32,
+                f["height"].as_u64().unwrap() as u32,
+            );
+            assert_eq!(w, 1400);
+            assert!(h >= 300);
+            let len = std::fs::metadata(&p).unwrap().len();
+            if ext == "png" {
+                assert_eq!(png_size(&p), (w, h), "{}", p.display());
+                // A blank 1400x300 PNG compresses to about 1 KiB; drawn ones are far larger.
+                assert!(len > 20_000, "{} is {len} bytes", p.display());
+            } else {
+                let s = std::fs::read_to_string(&p).unwrap();
+                assert!(
+                    s.contains(&format!("width=\"{w}\"")) && s.contains(&format!("height=\"{h}\""))
+                );
+                // Titles and the legend name both kernels.
+                for g in &groups {
+                    assert!(s.contains(g.as_str()), "{} does not name {g}", p.display());
+                }
+                assert!(s.matches("<text").count() > 10, "{}", p.display());
+            }
+        }
+    }
+}
+
+/// Chromium, if installed (Debian's `chromium`).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Load `html` in headless Chromium; returns the `<body>` tag after the page's own checks
+/// ran, and the console lines Chromium logged.
+fn render_in_chromium(browser: &str, html: &Path) -> (String, Vec<String>) {
+    let profile = html.with_extension("profile");
+    let o = Command::new(browser)
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    let dom = stdout(&o);
+    let body = dom
+        .find("<body")
+        .map(|i| dom[i..].split('>').next().unwrap().to_string())
+        .unwrap_or_default();
+    let console = stderr(&o)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (body, console)
+}
+
+fn attr(body: &str, name: &str) -> String {
+    let key = format!("{name}=\"");
+    body.split(&key)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{name} not set on <body>: {body}"))
+        .to_string()
+}
+
+#[test]
+fn the_report_renders_in_headless_chromium_with_every_plot_visible() {
+    let Some(browser) = chromium() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium is missing in CI (scripts/test.sh installs it)");
+        }
+        eprintln!("SKIP: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let _g = quiet();
+    let sb = Sandbox::new("an-report");
+    let results = two_kernels(&sb);
+    let html = sb.base.join("report.html");
+    let o = sb
+        .cmd()
+        .arg("report")
+        .arg(&results)
+        .arg("--out")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !text.contains("src=\"http") && !text.contains("href=\"http"),
+        "self-contained"
+    );
+    for needle in [
+        "6.1.0-rewritten",
+        "versus",
+        "Verdict:",
+        "notrun",
+        "cmdline",
+        "Pin latency per kernel",
+    ] {
+        assert!(text.contains(needle), "report lacks {needle:?}");
+    }
+
+    let (body, console) = render_in_chromium(browser, &html);
+    assert_eq!(attr(&body, "data-checked"), "yes", "{body}");
+    let plots: usize = attr(&body, "data-plots").parse().unwrap();
+    assert_eq!(plots, 5, "five charts expected: {body}");
+    assert_eq!(
+        attr(&body, "data-plots-visible"),
+        plots.to_string(),
+        "{body}"
+    );
+    assert_eq!(attr(&body, "data-errors"), "0", "{body}");
+    assert!(console.is_empty(), "console output: {console:#?}");
+
+    // The check can fail: the same report with one image's data broken.
+    let i = text.find("base64,").unwrap() + "base64,".len();
+    let broken = format!("{}AAAA{}", &text[..i], &text[i + 40..]);
+    let bad = sb.base.join("broken.html");
+    std::fs::write(&bad, broken).unwrap();
+    let (body, _) = render_in_chromium(browser, &bad);
+    assert_eq!(
+        attr(&body, "data-plots-visible"),
+        (plots - 1).to_string(),
+        "{body}"
+    );
+    assert!(!attr(&body, "data-plots-broken").is_empty());
+}
+
+#[test]
+fn exporters_write_ktap_with_skips_junit_and_csv() {
+    let sb = Sandbox::new("an-export");
+    // No --scratch-dir: the scratch-dir cells are notrun, with the reason.
+    let r = real_run(&sb, &["probe", "--backings", "anon,scratch-dir"]);
+    let cells = read(&r).probe.len();
+
+    let o = sb.run(&["export", "ktap", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let k = stdout(&o);
+    let lines: Vec<&str> = k.lines().collect();
+    assert_eq!(lines[0], "KTAP version 1");
+    assert_eq!(lines[1], "1..1");
+    // Each probe cell and the run itself are tests; the plan says how many.
+    assert!(k.contains(&format!("    1..{}", cells + 1)), "{k}");
+    let skips: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("scratch-dir") && l.contains("# SKIP"))
+        .collect();
+    assert!(
+        !skips.is_empty() && skips.iter().all(|l| l.contains("--scratch-dir")),
+        "{k}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("ok 1 ")
+            || lines.last().unwrap().starts_with("not ok 1 ")
+    );
+
+    let o = sb.run(&["export", "junit", r.to_str().unwrap()]);
+    let j = stdout(&o);
+    assert!(
+        j.starts_with("<?xml") && j.trim_end().ends_with("</testsuites>"),
+        "{j}"
+    );
+    assert_eq!(j.matches("<testcase ").count(), cells + 1);
+    assert!(j.contains("<skipped message=\""), "{j}");
+
+    let out = sb.base.join("r.csv");
+    let o = sb.run(&[
+        "export",
+        "csv",
+        r.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = std::fs::read_to_string(&out).unwrap();
+    let header = c.lines().next().unwrap();
+    assert!(header.starts_with("run_id,kernel_release,label"));
+    let cols = header.split(',').count();
+    let kind = header.split(',').position(|h| h == "kind").unwrap();
+    let probe_rows = c
+        .lines()
+        .filter(|l| l.split(',').nth(kind) == Some("probe"))
+        .count();
+    assert_eq!(probe_rows, cells);
+    for l in c.lines() {
+        assert_eq!(l.split(',').count(), cols, "ragged row: {l}");
+    }
+}
