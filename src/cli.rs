@@ -28,15 +28,16 @@ Examples:
   pinstorm bench pin --sizes 4K,2M --backings tmpfs,anon
   pinstorm run configs/quick.toml --label my-gup-series-v2
   pinstorm run configs/truncate-vs-pin.toml --backing memfd --duration 5s --seed 7
-  pinstorm probe --backings scratch-dir --scratch-dir /mnt/pmem0/scratch   (a DAX fs)";
+  pinstorm probe --backings scratch-dir --scratch-dir /mnt/pmem0/scratch   (a DAX fs)
+  pinstorm probe --pins rdma,rdma-odp --rdma-dev rxe0   (a build with --features rdma)";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "pinstorm",
     version,
     about = "Benchmark and stress suite for Linux long-term page pins racing file layout changes",
-    long_about = "pinstorm pins memory the way devices do (io_uring fixed buffers today; RDMA MRs, \
-vmsplice and gup_test later) on anonymous memory, memfd, tmpfs, hugetlbfs and files on \
+    long_about = "pinstorm pins memory the way devices do (io_uring fixed buffers, vmsplice, RDMA \
+memory registration with real RDMA WRITE/READ as the device) on anonymous memory, memfd, tmpfs, hugetlbfs and files on \
 ext4/xfs/btrfs scratch filesystems, measures which pins the kernel allows and how long \
 pinning takes, compares what it saw with per-kernel expectations, and stores every result \
 with the kernel it ran on.",
@@ -82,6 +83,16 @@ pub struct Global {
     /// No phase messages or progress bar on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// RDMA device for the `rdma` and `rdma-odp` pin paths (e.g. rxe0, mlx5_0; see
+    /// `pinstorm list`). Default: the first device with an active port. Overrides a
+    /// scenario's `[rdma] device`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub rdma_dev: Option<String>,
+
+    /// Port of the RDMA device (1-based). Default: its first active port.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub rdma_port: Option<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -147,6 +147,9 @@ fn worker(
 fn pin_stop(e: PinError) -> CellStop {
     match e {
         PinError::Kernel { op, errno } => CellStop::Errno(errno.name(), format!("{op}: {errno}")),
+        PinError::Device { op, status } => {
+            CellStop::Errno(status.clone(), format!("{op}: {status}"))
+        }
         PinError::NotRun(r) => CellStop::NotRun(r),
         PinError::Tool(e) => CellStop::Tool(e),
     }

@@ -468,6 +468,12 @@ fn run_jobs(
                 kernel,
                 seed: s.seed,
                 memlock_hint: hint.clone(),
+                rdma_device: job
+                    .pins
+                    .iter()
+                    .any(|p| p.is_rdma())
+                    .then(pinstorm_workloads::pin::rdma::device_name)
+                    .flatten(),
             };
             let r = probe::run(job, &ctx, &progress, &mut result.probe);
             summarize_expectations(opts, result);

@@ -49,7 +49,9 @@ fn device_io(
                 }
             }
             Ok(n) => return format!("short-write({n}/{len})"),
-            Err(PinError::Kernel { errno, .. }) => return errno.name(),
+            Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                return e.outcome().unwrap_or_default()
+            }
             Err(PinError::NotRun(_)) => read_only_path = true,
             Err(e) => return format!("error: {e}"),
         }
@@ -66,7 +68,9 @@ fn device_io(
                 "mismatch(read)".into()
             }
         }
-        Err(PinError::Kernel { errno, .. }) => errno.name(),
+        Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+            e.outcome().unwrap_or_default()
+        }
         Err(e) => format!("error: {e}"),
     }
 }
@@ -77,6 +81,8 @@ pub struct ProbeContext<'a> {
     pub kernel: &'a KernelRelease,
     pub seed: u64,
     pub memlock_hint: Option<String>,
+    /// The RDMA device the `rdma` paths use (for expectation rules with `rdma_device`).
+    pub rdma_device: Option<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -98,6 +104,10 @@ fn row(
         map: spec.map.name(),
         access: spec.access.name(),
         dax,
+        rdma_device: ctx
+            .rdma_device
+            .as_deref()
+            .filter(|_| pin.starts_with("rdma")),
     };
     let (verdict, rule) = judge(ctx.expectations, &cell, ctx.kernel, &outcome);
     ProbeRow {
@@ -193,8 +203,8 @@ pub fn run(
                     let spec = region.spec;
                     let mut pinner = match path.pinner() {
                         Ok(p) => p,
-                        Err(PinError::Kernel { op, errno }) => {
-                            let why = format!("setting up the pin path: {op}: {errno}");
+                        Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                            let why = format!("setting up the pin path: {e}");
                             out.push(notrun(&fs, &spec, why, region.dax));
                             continue;
                         }
@@ -222,6 +232,14 @@ pub fn run(
                             );
                             cell(&fs, &spec, errno.name(), Some(reason), region.dax, None)
                         }
+                        Err(PinError::Device { op, status }) => cell(
+                            &fs,
+                            &spec,
+                            status.clone(),
+                            Some(format!("{op}: {status}")),
+                            region.dax,
+                            None,
+                        ),
                         Err(PinError::NotRun(r)) => notrun(&fs, &spec, r, region.dax),
                         Err(PinError::Tool(e)) => return Err(e),
                     };

@@ -38,6 +38,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../configs/mixed-layout-storm.toml"),
     ),
     (
+        "rdma-vs-layout",
+        include_str!("../../configs/rdma-vs-layout.toml"),
+    ),
+    (
         "lease-break-storm",
         include_str!("../../configs/lease-break-storm.toml"),
     ),
@@ -64,6 +68,9 @@ pub struct Scenario {
     pub bench: Option<BenchJob>,
     pub storm: Option<StormJob>,
     pub lease: Option<LeaseJob>,
+    /// `[rdma]`: device, port and MR access flags of the `rdma` and `rdma-odp` pin paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<crate::pin::rdma::RdmaConfig>,
 }
 
 /// `[probe]`: is a pin allowed? One registration per pin path x backing x map x access.
