@@ -93,6 +93,11 @@ pub struct Global {
     /// Port of the RDMA device (1-based). Default: its first active port.
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     pub rdma_port: Option<u8>,
+
+    /// rdma-odp: do not prefetch new ODP registrations with ibv_advise_mr, so the device's
+    /// first write into each page faults (compare with `bench pin --device-write`).
+    #[arg(long, global = true)]
+    pub rdma_no_prefetch: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,6 +198,10 @@ pub struct BenchPinArgs {
     /// Skip the interleaved tight-loop baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Also time one 4 KiB device write through each fresh registration (op
+    /// `device-write`; for rdma-odp the device's page fault, or a prefetched write).
+    #[arg(long)]
+    pub device_write: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

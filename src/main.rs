@@ -92,8 +92,11 @@ fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
     if let Some(p) = g.rdma_port {
         cfg.port = Some(p);
     }
+    if g.rdma_no_prefetch {
+        cfg.prefetch = false;
+    }
     if let Some(s) = scenario {
-        if s.rdma.is_some() || g.rdma_dev.is_some() || g.rdma_port.is_some() {
+        if s.rdma.is_some() || g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
             s.rdma = Some(cfg.clone());
         }
     }
@@ -397,6 +400,7 @@ fn real_main() -> Result<ExitCode> {
                 iterations,
                 max_time: a.max_time,
                 baseline: !a.no_baseline,
+                device_write: a.device_write,
             };
             let s = Scenario {
                 name: "bench-pin".into(),

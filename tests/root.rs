@@ -116,6 +116,8 @@ fn probe_measures_loop_filesystems_and_hugetlb_then_leaves_the_machine_as_found(
     let before = machine_state(&sb.base);
     let o = sb.run(&[
         "probe",
+        "--pins",
+        "io_uring,vmsplice",
         "--backings",
         "ext4,xfs,btrfs,hugetlbfs,memfd-hugetlb,anon-hugetlb",
         "--format",

@@ -122,6 +122,11 @@ pub struct BenchJob {
     /// Also run the same syscalls in a tight loop, interleaved, to show harness overhead.
     #[serde(default = "yes")]
     pub baseline: bool,
+    /// After each recorded registration, time one device write of a 4 KiB page through it
+    /// (op `device-write`): for `rdma-odp` the device's page fault (first touch) or, with
+    /// `[rdma] prefetch`, a write into prefetched pages.
+    #[serde(default)]
+    pub device_write: bool,
 }
 
 /// `[storm]`: pinners register, hold, let the device write and read, and unregister, while
