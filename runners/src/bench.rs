@@ -58,6 +58,8 @@ struct ThreadResult {
     ours: Hists,
     base: Hists,
     stop: Option<CellStop>,
+    /// The pinner's note (e.g. an ODP prefetch that was skipped), for the rows' reason.
+    note: Option<String>,
 }
 
 fn worker(
@@ -72,6 +74,7 @@ fn worker(
         ours: Hists::default(),
         base: Hists::default(),
         stop: None,
+        note: None,
     };
     let prepared = (|| {
         let region = backing.region(&spec).map_err(|e| match e {
@@ -163,6 +166,7 @@ fn worker(
     if let Err(s) = run {
         res.stop = Some(s);
     }
+    res.note = pinner.note();
     res
 }
 
@@ -277,7 +281,9 @@ pub fn run(
                 let mut ours = Hists::default();
                 let mut base = Hists::default();
                 let mut stop = None;
+                let mut note = None;
                 for r in results {
+                    note = note.or(r.note);
                     ours.merge(&r.ours);
                     base.merge(&r.base);
                     if stop.is_none() {
@@ -340,7 +346,7 @@ pub fn run(
                         op: op.into(),
                         threads,
                         outcome: "ok".into(),
-                        reason: None,
+                        reason: note.clone(),
                         ops_per_sec: (st.mean_ns > 0.0).then(|| threads as f64 * 1e9 / st.mean_ns),
                         ns_per_4k_page: (op == "cycle").then(|| st.p50_ns as f64 / pages),
                         baseline_p50_ns: bst.as_ref().map(|b| b.p50_ns),

@@ -544,6 +544,12 @@ impl Pinner for RdmaPinner {
         self.registered
     }
 
+    fn note(&self) -> Option<String> {
+        self.prefetch_unsupported.then(|| {
+            "ibv_advise_mr: EOPNOTSUPP (the provider or device has no prefetch): ODP registrations were not prefetched".to_string()
+        })
+    }
+
     fn device_write(&mut self, offset: usize, data: &[u8]) -> Result<usize, PinError> {
         let t = check_span(self.registered, offset, data.len())?;
         let rkey = self.mr.as_ref().map(|m| m.rkey()).unwrap_or(0);
