@@ -19,6 +19,8 @@ if [ "$(id -u)" = 0 ]; then
     echo "== installing test dependencies: ${packages[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    # QEMU, virtme-ng (in a venv in the lab cache) and the guest's tools, for tests/lab.rs.
+    PINSTORM_SKIP_APT_UPDATE=1 bash scripts/lab-setup.sh
 else
     echo "== not root: not installing packages; tests that need root will say they skipped"
 fi

@@ -67,6 +67,17 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 
+    /// A directory on an FS-DAX filesystem you name as scratch, as FS=DIR (xfs or ext4),
+    /// for the `xfs-dax` / `ext4-dax` backings. Repeatable. A directory whose files do not
+    /// get STATX_ATTR_DAX is refused (notrun), never called DAX.
+    #[arg(long, global = true, value_name = "FS=DIR")]
+    pub dax_dir: Vec<String>,
+
+    /// A device-dax character device you name as scratch (its contents are overwritten),
+    /// for the `devdax` backing, e.g. /dev/dax0.0.
+    #[arg(long, global = true, value_name = "DEV")]
+    pub devdax: Option<PathBuf>,
+
     /// A name for what is being tested (kernel patch set, machine), stored in the result.
     #[arg(long, global = true)]
     pub label: Option<String>,
@@ -117,8 +128,132 @@ pub enum Command {
     Bench(BenchCommand),
     /// Show pin paths, backings, layout operations and scenarios, and which are usable here.
     List,
-    /// Undo what killed pinstorm runs left (mounts, loop devices, sysctls, files).
-    Cleanup,
+    /// Run a scenario in QEMU guests booted from real kernels (Debian packages or your own
+    /// build), with an emulated NVDIMM (FS-DAX xfs and ext4, device-dax) and soft-RoCE.
+    #[command(after_help = LAB_HELP)]
+    Lab(LabArgs),
+    /// Undo what killed pinstorm runs left (mounts, loop devices, sysctls, files, lab guests).
+    Cleanup(CleanupArgs),
+}
+
+const LAB_HELP: &str = "\
+Each kernel boots under QEMU with virtme-ng (the host's root, read-only, is the guest's
+userland, so the guest runs this very pinstorm binary and the host's ndctl, mkfs.xfs, rdma).
+The guest makes FS-DAX xfs (reflink) and ext4 on an emulated NVDIMM, mounted dax=always and
+checked with STATX_ATTR_DAX, a device-dax namespace with --devdax-namespace, and soft-RoCE (rxe0 on a
+dummy netdev; no network leaves the guest), then runs the scenario exactly as `pinstorm run`
+does. The backings xfs-dax, ext4-dax and devdax are the DAX targets; xfs/ext4/tmpfs in the
+same guest are the page-cache controls.
+
+Results: RESULTS/<guest kernel release>/<run-id>/result.json with a `lab` record (kernel
+source, KVM/TCG, vng and QEMU command lines, what the guest set up, console events) and
+console.log next to it. A guest that panics, oopses or hangs is reported with the console
+excerpt and the matrix goes on. Rerunning the same command resumes the matrix (kernels
+already measured are skipped; --fresh measures them again).
+
+Kernels are fetched from Debian's archive into the cache (signatures checked with
+debian-archive-keyring; never installed on the host); a second run downloads nothing.
+
+Exit status: 0 all kernels ran and agree with the expectations, 3 a probe cell differs,
+1 a guest panicked, hung, or could not be set up, 2 bad command line, 130/143 interrupted.
+
+Examples:
+  pinstorm lab                                         default scenario on deb:6.1,deb:6.12,deb:sid
+  pinstorm lab --kernels deb:6.12 --devdax-namespace dax-vs-pin
+  pinstorm lab --kernels path:/src/linux/arch/x86/boot/bzImage --modules /tmp/mods --label gup-v3
+  pinstorm lab --kernels tree:/src/linux --label my-series quick
+See docs/lab.md.";
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// A scenario file or preset, run in every guest.
+    #[arg(default_value = "default")]
+    pub scenario: String,
+    /// Kernels to boot, comma-separated: deb:6.1, deb:6.12, deb:sid, deb:VERSION,
+    /// deb:PACKAGE[=VERSION], path:BZIMAGE (with --modules), tree:KERNEL_BUILD_DIR.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "deb:6.1,deb:6.12,deb:sid"
+    )]
+    pub kernels: Vec<String>,
+    /// Modules for path: kernels: a directory holding lib/modules/RELEASE (an
+    /// INSTALL_MOD_PATH) or the release directory itself.
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// Where kernels, package lists, virtme-ng's venv and per-guest files live (absolute).
+    /// Default: $PINSTORM_CACHE, else $XDG_CACHE_HOME/pinstorm, else ~/.cache/pinstorm.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// The vng program (default: PATH, then CACHE/venv/bin/vng).
+    #[arg(long, value_name = "PATH")]
+    pub vng: Option<PathBuf>,
+    /// Acceleration: auto probes whether KVM really boots a kernel here, else TCG.
+    #[arg(long, value_parser = ["auto", "kvm", "tcg"], default_value = "auto")]
+    pub accel: String,
+    /// Persistent memory: nvdimm (labels, ndctl namespaces), memmap (legacy e820), none.
+    #[arg(long, value_enum, default_value_t = PmemArg::Nvdimm)]
+    pub pmem: PmemArg,
+    /// Also make a device-dax namespace in the guest, for the devdax backing (device-dax
+    /// allows long-term pins: the contrast case to FS-DAX).
+    #[arg(long)]
+    pub devdax_namespace: bool,
+    /// Do not set up soft-RoCE in the guest.
+    #[arg(long)]
+    pub no_rxe: bool,
+    /// Guest memory in MiB (the NVDIMM comes on top).
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u64,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: usize,
+    /// Watchdog: a guest that has not returned after this long is killed and reported.
+    #[arg(long, default_value = "10m")]
+    pub timeout: Span,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Refresh the Debian package lists even if they are less than a day old.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Only fetch and unpack the kernels into the cache (e.g. before going offline) and
+    /// print where they are; boot nothing.
+    #[arg(long)]
+    pub fetch_only: bool,
+    /// Measure every kernel again instead of resuming the matrix.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Debian mirror.
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    pub mirror: String,
+    /// Debian security mirror.
+    #[arg(long, default_value = "http://deb.debian.org/debian-security")]
+    pub security_mirror: String,
+    /// Test hook: make the guest kernel panic (panic) or never return (hang) instead of
+    /// running the scenario, to see the lab report it and go on.
+    /// A shell command to run in each guest after the scenario, e.g. your own probe. It
+    /// gets PINSTORM_LAB_XFS_DAX, PINSTORM_LAB_EXT4_DAX and PINSTORM_LAB_DEVDAX (the DAX
+    /// targets, empty when not set up) and PINSTORM_LAB_WORK (a scratch directory path in
+    /// the guest); its output is saved as guest-exec.log next to the result.
+    #[arg(long, value_name = "CMD")]
+    pub guest_exec: Option<String>,
+    /// KIND[:KERNEL] applies to one kernel of the matrix only.
+    #[arg(long, hide = true)]
+    pub inject: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PmemArg {
+    Nvdimm,
+    Memmap,
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Also clean what a killed `pinstorm lab` left in this cache (guests, run directories).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

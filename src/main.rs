@@ -42,6 +42,34 @@ fn results_root(g: &Global) -> Result<PathBuf> {
     ))
 }
 
+impl Global {
+    /// `--dax-dir FS=DIR`, each checked: FS is xfs or ext4, DIR an existing scratch directory.
+    fn dax_dirs(&self) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+        let mut out = std::collections::BTreeMap::new();
+        for v in &self.dax_dir {
+            let Some((fs, dir)) = v.split_once('=') else {
+                return bad(Err(anyhow::anyhow!(
+                    "--dax-dir {v:?}: expected FS=DIR, e.g. --dax-dir xfs=/mnt/pmem0/scratch"
+                )));
+            };
+            if !matches!(fs, "xfs" | "ext4") {
+                return bad(Err(anyhow::anyhow!(
+                    "--dax-dir {v:?}: filesystem {fs:?} is not one of xfs, ext4"
+                )));
+            }
+            let flag = format!("--dax-dir {fs}=");
+            let d = bad(scratch::checked_scratch_dir(
+                std::path::Path::new(dir),
+                &flag,
+            ))?;
+            if out.insert(fs.to_string(), d).is_some() {
+                return bad(Err(anyhow::anyhow!("--dax-dir {fs}= given twice")));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn scratch_root(g: &Global) -> Result<PathBuf> {
     let p = match (&g.scratch_root, std::env::var_os("PINSTORM_SCRATCH_ROOT")) {
         (Some(p), _) => p.clone(),
@@ -120,6 +148,8 @@ fn run_scenario(
         results_root: results_root(g)?,
         scratch_root: scratch_root(g)?,
         scratch_dir,
+        dax_dirs: g.dax_dirs()?,
+        devdax: g.devdax.clone(),
         label: g.label.clone(),
         expectations: expectations(g)?,
         command: std::env::args().collect(),
@@ -210,6 +240,8 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     let env = SetupEnv {
         is_root: pinstorm_workloads::is_root(),
         scratch_dir: g.scratch_dir.clone(),
+        dax_dirs: g.dax_dirs()?,
+        devdax: g.devdax.clone(),
     };
     let avail = |a: Availability| match a {
         Availability::Usable => ("usable".to_string(), String::new()),
@@ -291,14 +323,167 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_cleanup(g: &Global) -> Result<ExitCode> {
+/// The lab's cache: --cache, $PINSTORM_CACHE, $XDG_CACHE_HOME/pinstorm, ~/.cache/pinstorm.
+fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
+    let p = match (flag, std::env::var_os("PINSTORM_CACHE")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("pinstorm"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/pinstorm"),
+            _ => bad(Err(anyhow::anyhow!(
+                "no HOME or XDG_CACHE_HOME to put the lab cache in; give --cache DIR"
+            )))?,
+        },
+    };
+    bad(scratch::checked_write_path(
+        &p,
+        "--cache (or PINSTORM_CACHE)",
+    ))
+}
+
+fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
+    use pinstorm_runners::lab::{self, guest::PmemMode, kernels::KernelSpec};
+    let (scenario, text, origin) =
+        bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
+    let kernels = bad(a
+        .kernels
+        .iter()
+        .map(|k| {
+            KernelSpec::parse(k.trim(), a.modules.as_deref())
+                .map_err(|e| anyhow::anyhow!("--kernels: {e}"))
+        })
+        .collect::<Result<Vec<_>>>())?;
+    if a.modules.is_some() && !kernels.iter().any(|k| matches!(k, KernelSpec::Path { .. })) {
+        return bad(Err(anyhow::anyhow!(
+            "--modules only applies to path: kernels"
+        )));
+    }
+    if let Some(m) = &a.modules {
+        if !m.is_absolute() {
+            return bad(Err(anyhow::anyhow!(
+                "--modules must be an absolute path, got {:?}",
+                m
+            )));
+        }
+    }
+    let expectations = match &g.expectations {
+        None => None,
+        Some(p) => {
+            let t = bad(std::fs::read_to_string(p)
+                .with_context(|| format!("--expectations {}", p.display())))?;
+            bad(Expectations::parse(&t, &p.display().to_string()))?;
+            Some((t, p.display().to_string()))
+        }
+    };
+    let opts = lab::LabOptions {
+        kernels,
+        scenario_text: text,
+        origin,
+        scenario_name: scenario.name.clone(),
+        seed: a.seed,
+        label: g.label.clone(),
+        expectations,
+        results_root: results_root(g)?,
+        cache: lab_cache(a.cache.as_ref())?,
+        vng: a.vng.clone(),
+        accel: a.accel.clone(),
+        pmem: match a.pmem {
+            cli::PmemArg::Nvdimm => PmemMode::Nvdimm,
+            cli::PmemArg::Memmap => PmemMode::Memmap,
+            cli::PmemArg::None => PmemMode::None,
+        },
+        devdax: a.devdax_namespace,
+        rxe: !a.no_rxe,
+        memory_mib: a.memory,
+        cpus: a.cpus,
+        timeout: a.timeout.0,
+        refresh: a.refresh,
+        fresh: a.fresh,
+        mirror: a.mirror.clone(),
+        security_mirror: a.security_mirror.clone(),
+        inject: a.inject.clone(),
+        guest_exec: a.guest_exec.clone(),
+        guest_exe: None,
+        verbose: !g.quiet,
+    };
+    if let Some(i) = &a.inject {
+        let kind = i.split_once(':').map_or(i.as_str(), |(k, _)| k);
+        if !matches!(kind, "panic" | "hang") {
+            return bad(Err(anyhow::anyhow!(
+                "--inject {i:?}: KIND is panic or hang"
+            )));
+        }
+    }
+    bad(lab::check(&opts))?;
+    if !pinstorm_workloads::is_root() {
+        return bad(Err(anyhow::anyhow!(
+            "pinstorm lab needs root on the host (QEMU's NVDIMM backing, and the guest's mkfs/mount run as the host user)"
+        )));
+    }
+    if a.fetch_only {
+        let ks = lab::fetch(&opts)?;
+        match g.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&ks)?),
+            Format::Text => {
+                for k in ks {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        k.spec,
+                        k.release,
+                        k.boot.display(),
+                        k.source.join(" ")
+                    );
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = lab::run(&opts)?;
+    match g.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out.kernels)?),
+        Format::Text => {
+            println!(
+                "pinstorm lab: {} kernel(s), scenario {}",
+                out.kernels.len(),
+                opts.scenario_name
+            );
+            for k in &out.kernels {
+                println!(
+                    "  {:<14} {:<28} {:<11} {:>6.1}s  {}",
+                    k.spec,
+                    k.release.as_deref().unwrap_or("?"),
+                    k.status,
+                    k.wall_seconds,
+                    k.summary
+                );
+                if let Some(p) = &k.result {
+                    println!("  {:<14} result: {}", "", p.display());
+                }
+            }
+            println!("matrix state: {}", out.state_file.display());
+        }
+    }
+    Ok(ExitCode::from(out.exit_code() as u8))
+}
+
+fn cmd_cleanup(g: &Global, a: &cli::CleanupArgs) -> Result<ExitCode> {
+    let mut lab_lines = Vec::new();
+    if let Some(c) = &a.cache {
+        let c = lab_cache(Some(c))?;
+        lab_lines = pinstorm_runners::lab::cleanup(&c)?;
+    }
     let root_path = scratch_root(g)?;
     if !root_path.exists() {
+        for l in &lab_lines {
+            println!("{l}");
+        }
         println!("nothing to clean: {} does not exist", root_path.display());
         return Ok(ExitCode::SUCCESS);
     }
     let root = ScratchRoot::open(&root_path)?;
-    let lines = pinstorm_runners::cleanup::clean_leftovers(&root);
+    let mut lines = lab_lines;
+    lines.extend(pinstorm_runners::cleanup::clean_leftovers(&root));
     if lines.is_empty() {
         println!("nothing to clean under {}", root_path.display());
     }
@@ -415,7 +600,8 @@ fn real_main() -> Result<ExitCode> {
             run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }
         Command::List => cmd_list(g),
-        Command::Cleanup => cmd_cleanup(g),
+        Command::Lab(a) => cmd_lab(g, a),
+        Command::Cleanup(a) => cmd_cleanup(g, a),
     }
 }
 
@@ -426,6 +612,17 @@ fn main() -> ExitCode {
         let code =
             pinstorm_workloads::lease::holder_main(args.get(2).map(String::as_str).unwrap_or(""));
         return ExitCode::from(code as u8);
+    }
+    // The lab's guest agent: runs inside a QEMU guest that `pinstorm lab` booted.
+    if args.get(1).map(String::as_str) == Some("__lab-guest") {
+        let plan = std::path::PathBuf::from(args.get(2).map(String::as_str).unwrap_or(""));
+        return match pinstorm_runners::lab::guest::main(&plan) {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("pinstorm lab guest: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match real_main() {
         Ok(c) => c,

@@ -46,6 +46,10 @@ pub struct RunOptions {
     pub results_root: PathBuf,
     pub scratch_root: PathBuf,
     pub scratch_dir: Option<PathBuf>,
+    /// Directories on FS-DAX filesystems named as scratch, by filesystem (`--dax-dir`).
+    pub dax_dirs: BTreeMap<String, PathBuf>,
+    /// A device-dax device named as scratch (`--devdax`).
+    pub devdax: Option<PathBuf>,
     pub label: Option<String>,
     pub expectations: Expectations,
     pub command: Vec<String>,
@@ -165,7 +169,7 @@ impl Progress {
     }
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -313,6 +317,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         pin_counters: None,
         hugepages: None,
         notes: Vec::new(),
+        lab: None,
     };
     let path = store::write_result(&dir, &result).context("writing the initial result")?;
     log(opts, &format!("run {run_id}, result {}", path.display()));
@@ -376,6 +381,8 @@ fn run_jobs(
     let setup_env = SetupEnv {
         is_root,
         scratch_dir,
+        dax_dirs: opts.dax_dirs.clone(),
+        devdax: opts.devdax.clone(),
     };
 
     let mut kinds: Vec<BackingKind> = Vec::new();

@@ -7,13 +7,15 @@
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
 //! - [`cleanup`]: undoing what killed runs left.
 //!
-//! QEMU guests (the lab) and matrices come with their own issues.
+//! - [`lab`]: the same scenarios in QEMU guests booted from real kernels (virtme-ng), with
+//!   emulated NVDIMM (FS-DAX, device-dax) and soft-RoCE, kernel by kernel.
 
 pub mod bench;
 pub mod cleanup;
 pub mod environment;
 pub mod host;
 pub mod kmsg;
+pub mod lab;
 pub mod lease;
 pub mod probe;
 pub mod signals;

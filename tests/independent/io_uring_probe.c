@@ -4,7 +4,9 @@
  * It shares no code with pinstorm: raw io_uring_setup / io_uring_register syscalls, plain
  * mmap, and the kernel's own errno name. Build: cc -O2 -o probe io_uring_probe.c
  *
- * usage: probe anon|memfd|file:PATH shared|private rw|ro BYTES
+ * usage: probe anon|memfd|file:PATH|dev:PATH shared|private rw|ro BYTES
+ *   file:PATH creates PATH (O_EXCL) and writes BYTES into it; dev:PATH opens an existing
+ *   device (e.g. /dev/dax0.0) and maps it as it is.
  * prints: ok, or the errno name of IORING_REGISTER_BUFFERS (e.g. EFAULT)
  */
 #define _GNU_SOURCE
@@ -51,11 +53,15 @@ int main(int argc, char **argv)
 		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0)
 			die("open");
+	} else if (strncmp(kind, "dev:", 4) == 0) {
+		fd = open(kind + 4, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+		if (fd < 0)
+			die("open");
 	} else {
 		fprintf(stderr, "probe: unknown kind %s\n", kind);
 		return 2;
 	}
-	if (fd >= 0) {
+	if (path) {
 		/* Real blocks with data, not a sparse file. */
 		char *buf = malloc(len);
 		memset(buf, 0xa5, len);

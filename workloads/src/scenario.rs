@@ -21,6 +21,7 @@ use crate::units::{Size, Span};
 pub const PRESETS: &[(&str, &str)] = &[
     ("default", include_str!("../../configs/default.toml")),
     ("quick", include_str!("../../configs/quick.toml")),
+    ("dax-vs-pin", include_str!("../../configs/dax-vs-pin.toml")),
     (
         "truncate-vs-pin",
         include_str!("../../configs/truncate-vs-pin.toml"),

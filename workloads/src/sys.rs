@@ -119,6 +119,17 @@ impl Mapping {
 
     /// A mapping of `len` bytes of `fd` from offset 0.
     pub fn file(fd: BorrowedFd<'_>, len: usize, mode: MapMode) -> Result<Mapping, Errno> {
+        Self::file_at(fd, len, 0, mode)
+    }
+
+    /// A mapping of `len` bytes of `fd` from `offset` (a multiple of the page size; for
+    /// device-dax, of the device's alignment).
+    pub fn file_at(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        offset: u64,
+        mode: MapMode,
+    ) -> Result<Mapping, Errno> {
         let (prot, mut flags) = Self::flags(mode);
         // MAP_HUGETLB is for anonymous memory; a hugetlbfs file is huge by itself.
         flags.remove(MapFlags::HUGETLB);
@@ -126,7 +137,7 @@ impl Mapping {
         // truncated under us (the tool does that on purpose); a later access of a page past
         // EOF would raise SIGBUS, which is why this module never touches pages the caller did
         // not ask for, and why callers only copy from ranges they know are backed.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) }?;
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) }?;
         Ok(Mapping {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
             len,

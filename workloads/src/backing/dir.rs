@@ -132,6 +132,44 @@ impl DirBacking {
         )
     }
 
+    /// A directory on an FS-DAX filesystem the user named as scratch. It is called DAX only
+    /// if it is on `fs` and a file made there has `STATX_ATTR_DAX`; otherwise notrun.
+    pub fn dax_dir(
+        kind: BackingKind,
+        fs: &str,
+        dir: &Path,
+        scratch: &RunScratch,
+    ) -> Result<DirBacking, NotRun> {
+        let flag = format!("--dax-dir {fs}=");
+        let dir = scratch::checked_scratch_dir(dir, &flag).map_err(|e| NotRun(format!("{e:#}")))?;
+        let d = own_subdir(&dir, scratch)?;
+        let b = DirBacking::new(kind, d.clone(), false, Owned::Dir(d))?;
+        if b.info.fs != fs {
+            return Err(NotRun(format!(
+                "{flag}{} is on {}, not {fs}",
+                dir.display(),
+                b.info.fs
+            )));
+        }
+        let probe =
+            ScratchFile::create(&b.dir, "dax-check").map_err(|e| NotRun(format!("{e:#}")))?;
+        let dax = crate::sys::statx_dax(probe.file())
+            .map_err(|e| NotRun(format!("statx on {}: {e}", probe.path().display())))?;
+        drop(probe);
+        match dax {
+            Some(true) => Ok(b),
+            Some(false) => Err(NotRun(format!(
+                "{flag}{}: files there are not DAX (STATX_ATTR_DAX is clear; mount options {}); refusing to call it DAX",
+                dir.display(),
+                b.info.mount_options.as_deref().unwrap_or("?")
+            ))),
+            None => Err(NotRun(format!(
+                "{flag}{}: this kernel does not report STATX_ATTR_DAX, so DAX cannot be verified",
+                dir.display()
+            ))),
+        }
+    }
+
     pub fn user_dir(dir: &Path, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         let dir = scratch::checked_scratch_dir(dir, "--scratch-dir")
             .map_err(|e| NotRun(format!("{e:#}")))?;

@@ -22,6 +22,7 @@ use crate::sys::{Errno, Mapping};
 use crate::units::Size;
 
 mod anon;
+mod devdax;
 mod dir;
 mod loopfs;
 mod memfd;
@@ -41,6 +42,9 @@ pub enum BackingKind {
     Xfs,
     Btrfs,
     ScratchDir,
+    XfsDax,
+    Ext4Dax,
+    Devdax,
 }
 
 impl BackingKind {
@@ -55,6 +59,9 @@ impl BackingKind {
         BackingKind::Xfs,
         BackingKind::Btrfs,
         BackingKind::ScratchDir,
+        BackingKind::XfsDax,
+        BackingKind::Ext4Dax,
+        BackingKind::Devdax,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +76,9 @@ impl BackingKind {
             BackingKind::Xfs => "xfs",
             BackingKind::Btrfs => "btrfs",
             BackingKind::ScratchDir => "scratch-dir",
+            BackingKind::XfsDax => "xfs-dax",
+            BackingKind::Ext4Dax => "ext4-dax",
+            BackingKind::Devdax => "devdax",
         }
     }
 
@@ -92,6 +102,24 @@ impl BackingKind {
             BackingKind::ScratchDir => {
                 "file in the directory named by --scratch-dir (any filesystem, e.g. DAX)"
             }
+            BackingKind::XfsDax => {
+                "file on an FS-DAX xfs named by --dax-dir xfs=DIR (checked with STATX_ATTR_DAX)"
+            }
+            BackingKind::Ext4Dax => {
+                "file on an FS-DAX ext4 named by --dax-dir ext4=DIR (checked with STATX_ATTR_DAX)"
+            }
+            BackingKind::Devdax => {
+                "device-dax character device named by --devdax /dev/daxX.Y (its contents are overwritten)"
+            }
+        }
+    }
+
+    /// The filesystem of an FS-DAX directory backing (`xfs-dax` -> `xfs`).
+    pub fn dax_fs(self) -> Option<&'static str> {
+        match self {
+            BackingKind::XfsDax => Some("xfs"),
+            BackingKind::Ext4Dax => Some("ext4"),
+            _ => None,
         }
     }
 
@@ -140,6 +168,21 @@ impl BackingKind {
                     "no --scratch-dir given (name a directory on the filesystem to test, e.g. a DAX mount)".into(),
                 ),
             },
+            BackingKind::XfsDax | BackingKind::Ext4Dax => {
+                let fs = self.dax_fs().expect("a DAX directory backing");
+                match ctx.dax_dirs.get(fs) {
+                    Some(_) => Availability::Usable,
+                    None => Availability::NotRun(format!(
+                        "no FS-DAX {fs} named (--dax-dir {fs}=DIR on a filesystem mounted -o dax=always on pmem); `pinstorm lab` makes one in a QEMU guest with an emulated NVDIMM"
+                    )),
+                }
+            }
+            BackingKind::Devdax => match &ctx.devdax {
+                Some(_) => Availability::Usable,
+                None => Availability::NotRun(
+                    "no device-dax named (--devdax /dev/daxX.Y, e.g. from `ndctl create-namespace -m devdax`); `pinstorm lab --devdax-namespace` makes one in a QEMU guest".into(),
+                ),
+            },
         }
     }
 
@@ -163,6 +206,14 @@ impl BackingKind {
                 scratch,
             )
             .map(boxed),
+            BackingKind::XfsDax | BackingKind::Ext4Dax => {
+                let fs = self.dax_fs().expect("a DAX directory backing");
+                dir::DirBacking::dax_dir(self, fs, &ctx.dax_dirs[fs], scratch).map(boxed)
+            }
+            BackingKind::Devdax => {
+                devdax::DevDax::open(ctx.devdax.as_deref().expect("checked above"))
+                    .map(|d| Box::new(d) as Box<dyn Backing>)
+            }
         }
     }
 }
@@ -199,6 +250,11 @@ pub struct SetupEnv {
     pub is_root: bool,
     /// The directory the user named as scratch (`--scratch-dir`), already checked.
     pub scratch_dir: Option<PathBuf>,
+    /// Directories on FS-DAX filesystems the user named as scratch, by filesystem
+    /// (`--dax-dir xfs=DIR`).
+    pub dax_dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// A device-dax character device the user named as scratch (`--devdax`).
+    pub devdax: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

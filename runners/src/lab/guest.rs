@@ -1,0 +1,463 @@
+//! The guest side of the lab: `pinstorm __lab-guest PLAN` runs as PID 1's child in a
+//! virtme-ng guest, sets up the emulated hardware (pmem namespaces with ndctl, FS-DAX xfs
+//! and ext4 mounted `dax=always`, a device-dax namespace, soft-RoCE on a dummy netdev), runs
+//! the scenario exactly as `pinstorm run` does on a host, and leaves the result and a record
+//! of what it set up in the staging directory the host shared (`--rwdir`).
+//!
+//! Everything here happens inside the guest: its root is the host's, read-only, with
+//! writable overlays (/tmp, /var, ...). The only host directory it can write is the staging
+//! directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use pinstorm_analysis::expect::Expectations;
+use pinstorm_analysis::schema::LabFact;
+use pinstorm_workloads::scenario::Scenario;
+
+use crate::host::{self, RunOptions};
+
+/// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
+const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PmemMode {
+    /// An emulated NVDIMM with labels: namespaces made with ndctl (fsdax, devdax).
+    Nvdimm,
+    /// Legacy e820 pmem from the `memmap=` kernel option: one raw pmem device, no ndctl.
+    Memmap,
+    /// No persistent memory.
+    None,
+}
+
+/// What the host asks the guest to do. Written as JSON into the staging directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestPlan {
+    /// The scenario file's text (already validated on the host) and where it came from.
+    pub scenario_text: String,
+    pub origin: String,
+    pub seed: Option<u64>,
+    pub label: Option<String>,
+    /// The expectations file's text, when the user gave one.
+    pub expectations: Option<(String, String)>,
+    /// The staging directory (same path in the guest and on the host).
+    pub stage: PathBuf,
+    pub pmem: PmemMode,
+    pub devdax: bool,
+    pub rxe: bool,
+    /// Test hooks: `panic` crashes the guest kernel (sysrq-c) before running, `hang` never
+    /// returns. They let the tests prove the lab reports a dead guest and goes on.
+    pub inject: Option<String>,
+    /// A shell command to run after the scenario (`--guest-exec`), e.g. an independent
+    /// probe; its output goes to `guest-exec.log` next to the result.
+    pub guest_exec: Option<String>,
+}
+
+/// What the guest set up, written next to the result as `guest.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GuestReport {
+    pub facts: Vec<LabFact>,
+    pub result: Option<PathBuf>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub guest_exec_status: Option<i32>,
+}
+
+fn fact(name: &str, ok: bool, detail: impl Into<String>) -> LabFact {
+    LabFact {
+        name: name.into(),
+        outcome: if ok { "ok" } else { "notrun" }.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Run a command, returning stdout, or an error with its stderr.
+fn sh(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("{prog}: not found in the guest (the host's root is the guest's; install it on the host)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn modprobe(names: &[&str]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for n in names {
+        if let Err(e) = sh("modprobe", &[n]) {
+            failed.push(format!("{n}: {e:#}"));
+        }
+    }
+    failed
+}
+
+/// Find a string value for `key` anywhere in an ndctl JSON answer.
+fn json_find(v: &serde_json::Value, key: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(serde_json::Value::String(s)) = m.get(key) {
+                return Some(s.clone());
+            }
+            m.values().find_map(|x| json_find(x, key))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| json_find(x, key)),
+        _ => None,
+    }
+}
+
+fn sysfs(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("({path}: {e})"))
+}
+
+/// mkfs and mount a pmem block device `dax=always`; the FS-DAX backing then verifies
+/// STATX_ATTR_DAX on its own files before calling anything DAX.
+fn make_dax_fs(fs: &str, dev: &str) -> Result<PathBuf> {
+    let devpath = format!("/dev/{dev}");
+    match fs {
+        "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", &devpath])?,
+        "ext4" => sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &devpath])?,
+        _ => bail!("no DAX mkfs for {fs}"),
+    };
+    let mnt = PathBuf::from(format!("{GUEST_ROOT}/{fs}-dax"));
+    std::fs::create_dir_all(&mnt)?;
+    rustix::mount::mount(
+        devpath.as_str(),
+        &mnt,
+        fs,
+        rustix::mount::MountFlags::empty(),
+        c"dax=always",
+    )
+    .with_context(|| format!("mount -t {fs} -o dax=always {devpath} {}", mnt.display()))?;
+    let scratch = mnt.join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    Ok(scratch)
+}
+
+struct Targets {
+    dax_dirs: BTreeMap<String, PathBuf>,
+    devdax: Option<PathBuf>,
+}
+
+fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
+    let mut t = Targets {
+        dax_dirs: BTreeMap::new(),
+        devdax: None,
+    };
+    let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
+    match plan.pmem {
+        PmemMode::None => {
+            facts.push(fact(
+                "pmem",
+                false,
+                "no persistent memory asked for (--pmem none)",
+            ));
+            return t;
+        }
+        PmemMode::Nvdimm => {
+            let failed = modprobe(&["nfit", "nd_pmem", "dax_pmem", "device_dax"]);
+            let setup = (|| -> Result<()> {
+                sh("ndctl", &["disable-region", "all"])?;
+                sh("ndctl", &["init-labels", "-f", "all"])?;
+                sh("ndctl", &["enable-region", "all"])?;
+                Ok(())
+            })();
+            if let Err(e) = setup {
+                facts.push(fact(
+                    "pmem",
+                    false,
+                    format!("emulated NVDIMM not usable: {e:#}; modprobe: {failed:?}"),
+                ));
+                return t;
+            }
+            facts.push(fact(
+                "pmem",
+                true,
+                format!(
+                    "emulated NVDIMM with labels; region0 size {}",
+                    sysfs("/sys/bus/nd/devices/region0/size")
+                ),
+            ));
+            for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
+                match sh(
+                    "ndctl",
+                    &[
+                        "create-namespace",
+                        "-r",
+                        "region0",
+                        "-m",
+                        "fsdax",
+                        "--map=mem",
+                        "-s",
+                        size,
+                    ],
+                ) {
+                    Ok(out) => {
+                        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                        fsdax_devs.push((fs, json_find(&v, "blockdev")));
+                    }
+                    Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+                }
+            }
+            if plan.devdax {
+                match sh(
+                    "ndctl",
+                    &[
+                        "create-namespace",
+                        "-r",
+                        "region0",
+                        "-m",
+                        "devdax",
+                        "-a",
+                        "2M",
+                        "-s",
+                        "256M",
+                    ],
+                ) {
+                    Ok(out) => {
+                        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                        match json_find(&v, "chardev") {
+                            Some(c) => {
+                                let p = PathBuf::from(format!("/dev/{c}"));
+                                facts.push(fact(
+                                    "devdax",
+                                    p.exists(),
+                                    format!("{} (ndctl devdax namespace, align 2M)", p.display()),
+                                ));
+                                t.devdax = Some(p);
+                            }
+                            None => facts.push(fact(
+                                "devdax",
+                                false,
+                                format!("ndctl answered no chardev: {out}"),
+                            )),
+                        }
+                    }
+                    Err(e) => facts.push(fact("devdax", false, format!("{e:#}"))),
+                }
+            } else {
+                facts.push(fact(
+                    "devdax",
+                    false,
+                    "not asked for (pinstorm lab --devdax-namespace)",
+                ));
+            }
+        }
+        PmemMode::Memmap => {
+            let failed = modprobe(&["nd_e820", "nd_pmem"]);
+            if Path::new("/dev/pmem0").exists() {
+                facts.push(fact(
+                    "pmem",
+                    true,
+                    "legacy e820 pmem from memmap= (no labels, no ndctl)",
+                ));
+                fsdax_devs.push(("xfs", Some("pmem0".into())));
+                facts.push(fact(
+                    "fsdax-ext4",
+                    false,
+                    "memmap= gives one pmem device; ext4 FS-DAX needs --pmem nvdimm",
+                ));
+            } else {
+                facts.push(fact(
+                    "pmem",
+                    false,
+                    format!("no /dev/pmem0 after memmap=; modprobe: {failed:?}"),
+                ));
+            }
+            facts.push(fact(
+                "devdax",
+                false,
+                "memmap= pmem has no namespaces; device-dax needs --pmem nvdimm",
+            ));
+        }
+    }
+    for (fs, dev) in fsdax_devs {
+        let name = format!("fsdax-{fs}");
+        let Some(dev) = dev else {
+            facts.push(fact(
+                &name,
+                false,
+                "ndctl made a namespace without a block device",
+            ));
+            continue;
+        };
+        let dax_flag = sysfs(&format!("/sys/block/{dev}/queue/dax"));
+        match make_dax_fs(fs, &dev) {
+            Ok(dir) => {
+                facts.push(fact(
+                    &name,
+                    true,
+                    format!(
+                        "/dev/{dev} (queue/dax={dax_flag}) {fs} mounted dax=always at {}",
+                        dir.parent().unwrap_or(&dir).display()
+                    ),
+                ));
+                t.dax_dirs.insert(fs.to_string(), dir);
+            }
+            Err(e) => facts.push(fact(
+                &name,
+                false,
+                format!("/dev/{dev} (queue/dax={dax_flag}): {e:#}"),
+            )),
+        }
+    }
+    t
+}
+
+fn setup_rxe(facts: &mut Vec<LabFact>) {
+    let failed = modprobe(&["dummy", "rdma_rxe", "ib_uverbs"]);
+    let r = (|| -> Result<String> {
+        sh("ip", &["link", "add", "pinstorm0", "type", "dummy"])?;
+        sh("ip", &["link", "set", "pinstorm0", "up"])?;
+        sh(
+            "rdma",
+            &["link", "add", "rxe0", "type", "rxe", "netdev", "pinstorm0"],
+        )?;
+        let state = "/sys/class/infiniband/rxe0/ports/1/state";
+        let t0 = Instant::now();
+        loop {
+            let s = sysfs(state);
+            if s.contains("ACTIVE") || t0.elapsed() > Duration::from_secs(5) {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })();
+    match r {
+        Ok(s) => facts.push(fact(
+            "rxe",
+            s.contains("ACTIVE"),
+            format!(
+                "rxe0 on dummy netdev pinstorm0, port 1 state {s:?}; uverbs: {}",
+                Path::new("/dev/infiniband/uverbs0").exists()
+            ),
+        )),
+        Err(e) => facts.push(fact(
+            "rxe",
+            false,
+            format!("soft-RoCE not available: {e:#}; modprobe: {failed:?}"),
+        )),
+    }
+}
+
+/// `pinstorm __lab-guest PLAN`: returns the exit code of the run.
+pub fn main(plan_path: &Path) -> Result<i32> {
+    let plan: GuestPlan = serde_json::from_str(
+        &std::fs::read_to_string(plan_path)
+            .with_context(|| format!("reading the lab plan {}", plan_path.display()))?,
+    )
+    .context("parsing the lab plan")?;
+    let report_path = plan.stage.join("guest.json");
+    let mut report = GuestReport::default();
+    let write_report = |r: &GuestReport| {
+        if let Ok(j) = serde_json::to_vec_pretty(r) {
+            let _ = pinstorm_analysis::store::write_atomic(&report_path, &j);
+        }
+    };
+    match plan.inject.as_deref() {
+        Some("panic") => {
+            eprintln!("pinstorm lab guest: crashing the kernel on purpose (inject=panic)");
+            let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
+            std::fs::write("/proc/sysrq-trigger", "c").context("sysrq-trigger")?;
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Some("hang") => {
+            eprintln!("pinstorm lab guest: never returning on purpose (inject=hang)");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(GUEST_ROOT)?;
+    let _ = modprobe(&["loop"]);
+    let targets = setup_pmem(&plan, &mut report.facts);
+    if plan.rxe {
+        setup_rxe(&mut report.facts);
+    } else {
+        report.facts.push(fact("rxe", false, "not asked for"));
+    }
+    write_report(&report);
+
+    let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
+        .map_err(anyhow::Error::from)
+        .context("the scenario (validated on the host) does not parse in the guest")?;
+    let mut scenario = scenario;
+    if let Some(s) = plan.seed {
+        scenario.seed = s;
+    }
+    let expectations = match &plan.expectations {
+        None => Expectations::builtin(),
+        Some((text, origin)) => Expectations::parse(text, origin)?,
+    };
+    let exec_env: Vec<(String, String)> = [
+        ("PINSTORM_LAB_XFS_DAX", targets.dax_dirs.get("xfs")),
+        ("PINSTORM_LAB_EXT4_DAX", targets.dax_dirs.get("ext4")),
+        ("PINSTORM_LAB_DEVDAX", targets.devdax.as_ref()),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        (
+            k.to_string(),
+            v.map(|p| p.display().to_string()).unwrap_or_default(),
+        )
+    })
+    .collect();
+    let opts = RunOptions {
+        scenario,
+        origin: plan.origin.clone(),
+        results_root: plan.stage.join("results"),
+        scratch_root: PathBuf::from(format!("{GUEST_ROOT}/scratch")),
+        scratch_dir: None,
+        dax_dirs: targets.dax_dirs,
+        devdax: targets.devdax,
+        label: plan.label.clone(),
+        expectations,
+        command: std::env::args().collect(),
+        progress: false,
+        verbose: true,
+        holder_exe: None,
+    };
+    let run = host::run(&opts);
+    if let Some(cmd) = &plan.guest_exec {
+        let log = plan.stage.join("guest-exec.log");
+        let st = std::fs::File::create(&log).and_then(|f| {
+            let f2 = f.try_clone()?;
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .envs(exec_env.iter().map(|(k, v)| (k, v)))
+                .env("PINSTORM_LAB_WORK", format!("{GUEST_ROOT}/exec"))
+                .stdout(f)
+                .stderr(f2)
+                .status()
+        });
+        report.guest_exec_status = st.ok().and_then(|s| s.code());
+    }
+    match run {
+        Ok(outcome) => {
+            report.result = Some(outcome.path.clone());
+            report.exit_code = Some(outcome.exit_code());
+            write_report(&report);
+            Ok(outcome.exit_code())
+        }
+        Err(e) => {
+            report.error = Some(format!("{e:#}"));
+            write_report(&report);
+            Err(e)
+        }
+    }
+}

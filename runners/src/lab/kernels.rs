@@ -1,0 +1,418 @@
+//! Which kernel a lab guest boots: Debian packages fetched into the cache, or a kernel the
+//! user built.
+//!
+//! - `deb:6.1`, `deb:6.12`, `deb:7.2`: the newest Debian kernel of that series;
+//! - `deb:sid` (also `deb:trixie`, `deb:bookworm`): the newest kernel of that suite;
+//! - `deb:6.1.192-2`: an exact version of Debian's `linux-image-amd64`;
+//! - `deb:linux-image-6.1.0-56-amd64` (optionally `=VERSION`): an exact package;
+//! - `path:BZIMAGE` with `--modules DIR` (DIR holds `lib/modules/RELEASE` or is it);
+//! - `tree:DIR`: a kernel build tree, booted as `vng -r DIR` boots it.
+//!
+//! Debian packages are unpacked with `dpkg-deb -x` into `CACHE/kernels/PACKAGE_VERSION/`
+//! (never installed), `depmod` runs there, and a `.complete` marker makes the next run use
+//! them without downloading anything.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::apt::{version_cmp, Apt};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KernelSpec {
+    Deb(String),
+    Path {
+        image: PathBuf,
+        modules: Option<PathBuf>,
+    },
+    Tree(PathBuf),
+}
+
+impl KernelSpec {
+    /// Parse one `--kernels` entry. `modules` is `--modules` (only for `path:`).
+    pub fn parse(s: &str, modules: Option<&Path>) -> Result<KernelSpec, String> {
+        let abs = |p: &str, what: &str| -> Result<PathBuf, String> {
+            let pb = PathBuf::from(p);
+            if p.is_empty() || !pb.is_absolute() {
+                return Err(format!("{what} needs an absolute path, got {p:?}"));
+            }
+            Ok(pb)
+        };
+        if let Some(r) = s.strip_prefix("deb:") {
+            if r.is_empty() || r.contains('/') || r.contains(char::is_whitespace) {
+                return Err(format!(
+                    "bad Debian kernel {s:?}: use deb:6.1, deb:6.12, deb:sid, deb:VERSION or deb:PACKAGE"
+                ));
+            }
+            return Ok(KernelSpec::Deb(r.to_string()));
+        }
+        if let Some(r) = s.strip_prefix("path:") {
+            return Ok(KernelSpec::Path {
+                image: abs(r, "path:")?,
+                modules: modules.map(Path::to_path_buf),
+            });
+        }
+        if let Some(r) = s.strip_prefix("tree:") {
+            return Ok(KernelSpec::Tree(abs(r, "tree:")?));
+        }
+        Err(format!(
+            "unknown kernel {s:?}: use deb:6.1, deb:6.12, deb:sid, deb:VERSION, path:BZIMAGE (with --modules DIR) or tree:KERNEL_BUILD_DIR"
+        ))
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelSpec::Deb(s) => write!(f, "deb:{s}"),
+            KernelSpec::Path { image, .. } => write!(f, "path:{}", image.display()),
+            KernelSpec::Tree(d) => write!(f, "tree:{}", d.display()),
+        }
+    }
+}
+
+/// A kernel ready to boot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Kernel {
+    pub spec: String,
+    /// `uname -r` of the kernel (from its modules directory or the image).
+    pub release: String,
+    /// What `vng -r` gets: the image, or the build tree.
+    pub boot: PathBuf,
+    /// Where it came from: Debian packages with versions, or the user's paths.
+    pub source: Vec<String>,
+    /// Whether the kernel came from the cache without downloading.
+    pub cached: bool,
+}
+
+/// Map `deb:X` to the version of Debian's `linux-image-amd64` metapackage, or to an exact
+/// image package.
+fn resolve_deb(apt: &Apt, want: &str) -> Result<(String, String)> {
+    if want.starts_with("linux-") {
+        let (pkg, ver) = match want.split_once('=') {
+            Some((p, v)) => (p.to_string(), Some(v.to_string())),
+            None => (want.to_string(), None),
+        };
+        let c = apt.madison(&pkg)?;
+        let v = match ver {
+            Some(v) => c
+                .iter()
+                .find(|c| c.version == v)
+                .map(|c| c.version.clone())
+                .with_context(|| format!("Debian has no {pkg}={v}"))?,
+            None => c
+                .first()
+                .map(|c| c.version.clone())
+                .with_context(|| format!("Debian has no package {pkg}"))?,
+        };
+        return Ok((pkg, v));
+    }
+    let meta = "linux-image-amd64";
+    let c = apt.madison(meta)?;
+    if c.is_empty() {
+        bail!("apt knows no {meta}: the package lists are empty (apt-get update failed?)");
+    }
+    let suite_of = |c: &super::apt::Candidate| c.suite.split('/').next().unwrap_or("").to_string();
+    let pick = match want {
+        "sid" | "unstable" | "trixie" | "bookworm" | "forky" => {
+            let suite = if want == "unstable" { "sid" } else { want };
+            c.iter()
+                .filter(|c| suite_of(c) == suite || suite_of(c).starts_with(&format!("{suite}-")))
+                .max_by(|a, b| version_cmp(&a.version, &b.version))
+        }
+        v if c.iter().any(|c| c.version == v) => c.iter().find(|c| c.version == v),
+        series if series.chars().all(|ch| ch.is_ascii_digit() || ch == '.') => c
+            .iter()
+            .filter(|c| {
+                c.version.starts_with(&format!("{series}."))
+                    || c.version.starts_with(&format!("{series}-"))
+            })
+            .filter(|c| !c.version.contains("~bpo"))
+            .max_by(|a, b| version_cmp(&a.version, &b.version)),
+        _ => None,
+    };
+    let Some(pick) = pick else {
+        let known: Vec<_> = c
+            .iter()
+            .map(|c| format!("{} ({})", c.version, c.suite))
+            .collect();
+        bail!(
+            "no Debian kernel matches deb:{want}; {meta} versions known: {}",
+            known.join(", ")
+        );
+    };
+    let image = apt
+        .depends(meta, &pick.version)?
+        .into_iter()
+        .find(|d| d.starts_with("linux-image-"))
+        .with_context(|| format!("{meta}={} depends on no linux-image package", pick.version))?;
+    Ok((image, pick.version.clone()))
+}
+
+/// Fetch, unpack and `depmod` a Debian kernel into `cache/kernels`. Offline when the spec
+/// names an exact package already unpacked, or when the package lists are fresh.
+pub fn prepare_deb(
+    cache: &Path,
+    apt: &Apt,
+    want: &str,
+    refresh: bool,
+    log: &dyn Fn(&str),
+) -> Result<Kernel> {
+    apt.update(refresh)
+        .context("updating the lab's private package lists")?;
+    let (image_pkg, version) = resolve_deb(apt, want)?;
+    let dir = cache
+        .join("kernels")
+        .join(format!("{image_pkg}_{}", version.replace(':', "%3a")));
+    let marker = dir.join(".complete");
+    let mut cached = true;
+    if !marker.exists() {
+        cached = false;
+        // The image package is a small metapackage on sid: the kernel and its modules are in
+        // linux-binary-* and linux-modules-*.
+        let mut pkgs = vec![(image_pkg.clone(), version.clone())];
+        for d in apt.depends(&image_pkg, &version)? {
+            if d.starts_with("linux-binary-") || d.starts_with("linux-modules-") {
+                pkgs.push((d, version.clone()));
+            }
+        }
+        log(&format!(
+            "fetching {} from Debian (signatures checked with {})",
+            pkgs.iter()
+                .map(|(p, v)| format!("{p}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            super::apt::KEYRING
+        ));
+        let dl = cache.join("downloads");
+        let debs = apt.download(&pkgs, &dl)?;
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        for deb in &debs {
+            let st = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb)
+                .arg(&partial)
+                .status()
+                .context("running dpkg-deb (is dpkg installed?)")?;
+            if !st.success() {
+                bail!("dpkg-deb -x {} failed", deb.display());
+            }
+        }
+        // usr-merged packages put modules in usr/lib/modules; depmod and virtme look in
+        // lib/modules too.
+        if !partial.join("lib").exists() && partial.join("usr/lib").exists() {
+            std::os::unix::fs::symlink("usr/lib", partial.join("lib"))?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&partial, &dir)?;
+        for deb in &debs {
+            let _ = std::fs::remove_file(deb);
+        }
+    }
+    let release = modules_release(&dir.join("lib/modules"))?;
+    if !marker.exists() {
+        depmod(&dir, &release)?;
+        std::fs::write(&marker, format!("{image_pkg}={version}\n"))?;
+    }
+    let boot = [
+        dir.join(format!("boot/vmlinuz-{release}")),
+        dir.join(format!("lib/modules/{release}/vmlinuz")),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| {
+        format!(
+            "no vmlinuz in the unpacked {image_pkg}={version} ({})",
+            dir.display()
+        )
+    })?;
+    Ok(Kernel {
+        spec: format!("deb:{want}"),
+        release,
+        boot,
+        source: vec![format!("debian:{image_pkg}={version}")],
+        cached,
+    })
+}
+
+/// The single release directory under `lib/modules`.
+fn modules_release(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    match names.len() {
+        1 => Ok(names.remove(0)),
+        0 => bail!("no kernel modules directory in {}", dir.display()),
+        _ => bail!("several kernels in {}: {}", dir.display(), names.join(", ")),
+    }
+}
+
+fn depmod(base: &Path, release: &str) -> Result<()> {
+    let st = Command::new("depmod")
+        .arg("-a")
+        .arg("-b")
+        .arg(base)
+        .arg(release)
+        .status()
+        .context("running depmod (install kmod)")?;
+    if !st.success() {
+        bail!("depmod -b {} {release} failed", base.display());
+    }
+    Ok(())
+}
+
+/// The release string a bzImage carries ("Linux version X ..." or the boot header's version).
+pub fn image_release(image: &Path) -> Result<String> {
+    let data = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    // x86 boot protocol: the setup header's kernel_version field (offset 0x20e) points to a
+    // NUL-terminated string at that offset + 0x200.
+    if data.len() > 0x210 && &data[0x202..0x206] == b"HdrS" {
+        let off = u16::from_le_bytes([data[0x20e], data[0x20f]]) as usize + 0x200;
+        if let Some(s) = data.get(off..off + 256) {
+            let end = s
+                .iter()
+                .position(|&b| b == 0 || b == b' ')
+                .unwrap_or(s.len());
+            let r = String::from_utf8_lossy(&s[..end]).into_owned();
+            if !r.is_empty() {
+                return Ok(r);
+            }
+        }
+    }
+    bail!(
+        "{} is not an x86 bzImage with a version string",
+        image.display()
+    )
+}
+
+/// A user's `path:BZIMAGE [--modules DIR]`: staged under `cache/kernels/path-HASH` as
+/// `boot/vmlinuz-RELEASE` plus `lib/modules/RELEASE` (symlinks to the user's files when
+/// they already carry `modules.dep`; a copy otherwise, so `depmod` never writes into the
+/// user's tree).
+pub fn prepare_path(cache: &Path, image: &Path, modules: Option<&Path>) -> Result<Kernel> {
+    let image = image
+        .canonicalize()
+        .with_context(|| format!("path:{}", image.display()))?;
+    let release = image_release(&image)?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in image.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let dir = cache.join("kernels").join(format!("path-{h:016x}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("boot"))?;
+    std::os::unix::fs::symlink(&image, dir.join(format!("boot/vmlinuz-{release}")))?;
+    let mut source = vec![format!("path:{}", image.display())];
+    if let Some(m) = modules {
+        let m = m
+            .canonicalize()
+            .with_context(|| format!("--modules {}", m.display()))?;
+        let mods = if m.join(format!("lib/modules/{release}")).is_dir() {
+            m.join(format!("lib/modules/{release}"))
+        } else if m.join("modules.order").exists() || m.join("kernel").is_dir() {
+            m.clone()
+        } else {
+            bail!(
+                "--modules {}: neither lib/modules/{release} nor a modules directory (modules.order, kernel/) is there",
+                m.display()
+            );
+        };
+        std::fs::create_dir_all(dir.join("lib/modules"))?;
+        let dest = dir.join(format!("lib/modules/{release}"));
+        if mods.join("modules.dep").exists() {
+            std::os::unix::fs::symlink(&mods, &dest)?;
+        } else {
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(&mods)
+                .arg(&dest)
+                .status()?;
+            if !st.success() {
+                bail!("copying {} into the lab cache failed", mods.display());
+            }
+            depmod(&dir, &release)?;
+        }
+        source.push(format!("modules:{}", mods.display()));
+    }
+    Ok(Kernel {
+        spec: format!("path:{}", image.display()),
+        release,
+        boot: dir.join(format!("boot/vmlinuz-{}", release_of(&dir)?)),
+        source,
+        cached: true,
+    })
+}
+
+fn release_of(dir: &Path) -> Result<String> {
+    for e in std::fs::read_dir(dir.join("boot"))? {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if let Some(r) = n.strip_prefix("vmlinuz-") {
+            return Ok(r.to_string());
+        }
+    }
+    bail!("no staged kernel in {}", dir.display())
+}
+
+/// A kernel build tree: what `vng -r DIR` boots (virtme-ng installs its modules into
+/// `DIR/.virtme_mods` itself, as it does for every kernel developer using it).
+pub fn prepare_tree(dir: &Path) -> Result<Kernel> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("tree:{}", dir.display()))?;
+    let image = dir.join("arch/x86/boot/bzImage");
+    if !dir.join(".config").exists() || !image.exists() {
+        bail!(
+            "tree:{} is not a built kernel tree (needs .config and arch/x86/boot/bzImage; build it with `make` or `vng -b`)",
+            dir.display()
+        );
+    }
+    let release = std::fs::read_to_string(dir.join("include/config/kernel.release"))
+        .map(|s| s.trim().to_string())
+        .or_else(|_| image_release(&image))?;
+    Ok(Kernel {
+        spec: format!("tree:{}", dir.display()),
+        release,
+        boot: dir.clone(),
+        source: vec![format!("tree:{}", dir.display())],
+        cached: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_refuse_relative_paths() {
+        assert_eq!(
+            KernelSpec::parse("deb:6.12", None).unwrap(),
+            KernelSpec::Deb("6.12".into())
+        );
+        assert!(KernelSpec::parse("deb:", None).is_err());
+        assert!(KernelSpec::parse("path:bzImage", None)
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(KernelSpec::parse("tree:", None)
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(KernelSpec::parse("6.12", None)
+            .unwrap_err()
+            .contains("deb:6.12"));
+        assert_eq!(
+            KernelSpec::parse("path:/k/bzImage", Some(Path::new("/k/mods"))).unwrap(),
+            KernelSpec::Path {
+                image: "/k/bzImage".into(),
+                modules: Some("/k/mods".into())
+            }
+        );
+    }
+}

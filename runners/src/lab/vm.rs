@@ -1,0 +1,503 @@
+//! Booting a guest with virtme-ng: the command line, the acceleration probe, and a watchdog
+//! that always ends with QEMU dead.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::console;
+use super::guest::PmemMode;
+use crate::signals;
+
+/// Where `vng` is: `--vng`, else `PATH`, else the virtual environment the test command
+/// makes (`CACHE/venv/bin/vng`).
+pub fn find_vng(explicit: Option<&Path>, cache: &Path) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--vng {}: no such file", p.display());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join("vng");
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+    }
+    let c = cache.join("venv/bin/vng");
+    if c.is_file() {
+        return Ok(c);
+    }
+    bail!(
+        "virtme-ng (vng) not found on PATH or in {}: install it with `python3 -m venv {} && {}/bin/pip install virtme-ng` (scripts/lab-setup.sh does this), or give --vng",
+        c.display(),
+        cache.join("venv").display(),
+        cache.join("venv").display()
+    )
+}
+
+#[derive(Clone, Debug)]
+pub struct Accel {
+    pub kvm: bool,
+    pub reason: String,
+}
+
+/// Decide KVM or TCG. KVM is used only when a real guest kernel gets through its boot under
+/// it within a few seconds (`/dev/kvm` existing is not enough: on a paravirtualised host it
+/// can fail to run a stock kernel at all). The verdict is cached per host boot.
+pub fn probe_accel(cache: &Path, kernel_image: &Path, want: &str) -> Accel {
+    match want {
+        "tcg" => {
+            return Accel {
+                kvm: false,
+                reason: "--accel tcg".into(),
+            }
+        }
+        "kvm" => {
+            return Accel {
+                kvm: true,
+                reason: "--accel kvm".into(),
+            }
+        }
+        _ => {}
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Accel {
+            kvm: false,
+            reason: "/dev/kvm cannot be opened".into(),
+        };
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let stamp = cache.join(format!("accel-{boot_id}.txt"));
+    if let Ok(s) = std::fs::read_to_string(&stamp) {
+        if let Some((v, reason)) = s.split_once('\n') {
+            return Accel {
+                kvm: v == "kvm",
+                reason: format!("{} (cached for this host boot)", reason.trim()),
+            };
+        }
+    }
+    let a = kvm_boots(kernel_image);
+    let _ = std::fs::write(
+        &stamp,
+        format!("{}\n{}\n", if a.kvm { "kvm" } else { "tcg" }, a.reason),
+    );
+    a
+}
+
+fn kvm_boots(image: &Path) -> Accel {
+    let limit = Duration::from_secs(8);
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-cpu", "host", "-M", "pc", "-m", "256M", "-display", "none",
+        ])
+        .args(["-nodefaults", "-no-reboot", "-serial", "stdio", "-kernel"])
+        .arg(image)
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/pinstorm-no-init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return Accel {
+                kvm: false,
+                reason: format!("qemu-system-x86_64: {e}"),
+            }
+        }
+    };
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                kill_group(child.id() as i32);
+                let _ = child.wait();
+                return Accel {
+                    kvm: false,
+                    reason: format!(
+                        "a stock kernel did not get through its boot under -accel kvm within {}s",
+                        limit.as_secs()
+                    ),
+                };
+            }
+        }
+    }
+    let out = child.wait_with_output().map(|o| {
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    });
+    let (stdout, stderr) = out.unwrap_or_default();
+    // With no init to run the kernel panics at the end of its boot: that is success here.
+    if stdout.contains("Kernel panic") || stdout.contains("No working init") {
+        Accel {
+            kvm: true,
+            reason: format!(
+                "a stock kernel booted under -accel kvm in {:.1}s",
+                t0.elapsed().as_secs_f64()
+            ),
+        }
+    } else {
+        let why = stderr
+            .lines()
+            .find(|l| !l.contains("warning"))
+            .unwrap_or("no boot messages")
+            .trim()
+            .to_string();
+        Accel {
+            kvm: false,
+            reason: format!("-accel kvm did not boot a stock kernel: {why}"),
+        }
+    }
+}
+
+/// Everything that shapes the guest's QEMU command line.
+pub struct GuestShape<'a> {
+    pub boot: &'a Path,
+    pub accel: &'a Accel,
+    pub stage: &'a Path,
+    pub pmem: PmemMode,
+    pub nvdimm_image: &'a Path,
+    pub memory_mib: u64,
+    pub cpus: usize,
+    pub exec: String,
+}
+
+/// The `vng` arguments (after the program name).
+pub fn vng_args(s: &GuestShape) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--run".into(),
+        s.boot.display().to_string(),
+        "--verbose".into(),
+        "--force-9p".into(),
+        "--disable-microvm".into(),
+        "--name".into(),
+        "pinstorm-lab".into(),
+        "--cpus".into(),
+        s.cpus.to_string(),
+        "--rwdir".into(),
+        s.stage.display().to_string(),
+        "--cwd".into(),
+        "/".into(),
+    ];
+    if !s.accel.kvm {
+        a.push("--disable-kvm".into());
+    }
+    // Hung tasks are reported after 20 s instead of 120 s, so a storm that blocks a task
+    // for good shows up in the console well before the watchdog's timeout.
+    let mut append = vec!["sysctl.kernel.hung_task_timeout_secs=20".to_string()];
+    match s.pmem {
+        PmemMode::Nvdimm => {
+            a.push("--memory".into());
+            a.push(format!("{}M", s.memory_mib));
+            // `--opt=value`: argparse would take a value starting with '-' for an option.
+            a.push(format!(
+                "--qemu-opts=-machine nvdimm=on -m {}M,slots=2,maxmem={}M -object memory-backend-file,id=pinstorm-nv,share=on,mem-path={},size=1G -device nvdimm,id=nv1,memdev=pinstorm-nv,label-size=128K",
+                s.memory_mib,
+                s.memory_mib + 4096,
+                s.nvdimm_image.display()
+            ));
+        }
+        PmemMode::Memmap => {
+            // 1 GiB of the guest's RAM above 2 GiB becomes legacy e820 pmem.
+            a.push("--memory".into());
+            a.push(format!("{}M", s.memory_mib + 1024));
+            append.push(format!("memmap=1G!{}M", s.memory_mib.max(2048)));
+        }
+        PmemMode::None => {
+            a.push("--memory".into());
+            a.push(format!("{}M", s.memory_mib));
+        }
+    }
+    a.push(format!("--append={}", append.join(" ")));
+    a.push(format!("--exec={}", s.exec));
+    a
+}
+
+/// The environment `vng` runs with: its venv first on PATH (it calls `virtme-run`), and
+/// HOME/TMPDIR inside the lab's own directories so virtme-ng's caches and temporary files
+/// land there and nowhere else on the host.
+pub fn vng_env(vng: &Path, home: &Path, tmp: &Path) -> Vec<(String, String)> {
+    let mut path = vng
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Ok(p) = std::env::var("PATH") {
+        path = format!("{path}:{p}");
+    }
+    vec![
+        ("PATH".into(), path),
+        ("HOME".into(), home.display().to_string()),
+        (
+            "XDG_CACHE_HOME".into(),
+            home.join(".cache").display().to_string(),
+        ),
+        (
+            "XDG_CONFIG_HOME".into(),
+            home.join(".config").display().to_string(),
+        ),
+        ("TMPDIR".into(), tmp.display().to_string()),
+    ]
+}
+
+/// The QEMU command line `vng` would run, from `vng --dry-run` with the same arguments.
+pub fn qemu_command(vng: &Path, args: &[String], env: &[(String, String)]) -> Option<String> {
+    let out = Command::new(vng)
+        .arg("--dry-run")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .rev()
+        .find(|l| l.contains("qemu-system"))
+        .map(|l| l.trim().to_string())
+}
+
+/// How a guest ended.
+pub struct GuestEnd {
+    pub exit: Option<i32>,
+    pub timed_out: bool,
+    pub interrupted: Option<i32>,
+    pub panicked: bool,
+    pub wall: Duration,
+}
+
+/// SIGTERM, then SIGKILL, to a whole process group.
+pub fn kill_group(pgid: i32) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid signals the group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while group_alive(pgid) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Whether any process is left in process group `pgid` (zombies excepted).
+pub fn group_alive(pgid: i32) -> bool {
+    group_members(pgid).next().is_some()
+}
+
+fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command (which may hold spaces) in parentheses.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
+}
+
+/// Run `vng` with `args`, console (stderr) into `console`, guest stdout into `stdout`,
+/// under a watchdog: at most `timeout`, stopped early by SIGINT/SIGTERM to pinstorm, and
+/// QEMU is dead when this returns, whatever happened. `pgid_file` records the process group
+/// while it runs, so a later run can kill it if pinstorm itself is killed.
+pub fn boot(
+    vng: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    console_path: &Path,
+    stdout_path: &Path,
+    pgid_file: &Path,
+    timeout: Duration,
+) -> Result<GuestEnd> {
+    let con = File::create(console_path)
+        .with_context(|| format!("creating {}", console_path.display()))?;
+    let out = File::create(stdout_path)?;
+    let t0 = Instant::now();
+    let mut child = Command::new(vng)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(con)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", vng.display()))?;
+    let pgid = child.id() as i32;
+    std::fs::write(pgid_file, format!("{pgid}\n"))?;
+    let mut end = GuestEnd {
+        exit: None,
+        timed_out: false,
+        interrupted: None,
+        panicked: false,
+        wall: Duration::ZERO,
+    };
+    let mut panic_seen: Option<Instant> = None;
+    let mut last_len = 0u64;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            end.exit = st.code();
+            break;
+        }
+        if let Some(sig) = signals::pending() {
+            end.interrupted = Some(sig);
+            break;
+        }
+        if t0.elapsed() > timeout {
+            end.timed_out = true;
+            break;
+        }
+        // A panicked guest reboots and QEMU (-no-reboot) exits by itself; give it a moment.
+        let len = std::fs::metadata(console_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len != last_len {
+            last_len = len;
+            let log = std::fs::read_to_string(console_path).unwrap_or_default();
+            if panic_seen.is_none() && console::panicked(&console::events(&log)).is_some() {
+                panic_seen = Some(Instant::now());
+            }
+        }
+        if panic_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    end.panicked = panic_seen.is_some();
+    kill_group(pgid);
+    let _ = child.wait();
+    // Whatever vng started must be gone before we say the guest ended.
+    let t1 = Instant::now();
+    while group_alive(pgid) && t1.elapsed() < Duration::from_secs(5) {
+        kill_group(pgid);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if group_alive(pgid) {
+        bail!("processes of the guest's group {pgid} survive SIGKILL");
+    }
+    let _ = std::fs::remove_file(pgid_file);
+    end.wall = t0.elapsed();
+    Ok(end)
+}
+
+/// Kill a guest a killed pinstorm left running (its process group, recorded in
+/// `pgid_file`), if its processes still belong to the lab run directory `run_dir`.
+pub fn kill_leftover(pgid_file: &Path, run_dir: &Path) -> Option<String> {
+    let pgid: i32 = std::fs::read_to_string(pgid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let marker = run_dir.display().to_string();
+    let ours = group_members(pgid).any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+            .unwrap_or(false)
+    });
+    if ours {
+        kill_group(pgid);
+        Some(format!(
+            "killed the guest (process group {pgid}) a killed lab run left"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape<'a>(accel: &'a Accel, pmem: PmemMode) -> GuestShape<'a> {
+        GuestShape {
+            boot: Path::new("/cache/kernels/k/boot/vmlinuz-6.1.0-56-amd64"),
+            accel,
+            stage: Path::new("/cache/runs/r/stage"),
+            pmem,
+            nvdimm_image: Path::new("/cache/runs/r/nvdimm.img"),
+            memory_mib: 2048,
+            cpus: 2,
+            exec: "/bin/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
+        }
+    }
+
+    #[test]
+    fn the_guest_never_gets_a_writable_host_root_or_network() {
+        let tcg = Accel {
+            kvm: false,
+            reason: String::new(),
+        };
+        for pmem in [PmemMode::Nvdimm, PmemMode::Memmap, PmemMode::None] {
+            let a = vng_args(&shape(&tcg, pmem));
+            assert!(!a.iter().any(|x| x == "--rw"), "{a:?}");
+            assert!(!a.iter().any(|x| x.starts_with("--network")), "{a:?}");
+            // The only writable host directory is the run's staging directory.
+            let rw: Vec<_> = a
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.starts_with("--rwdir"))
+                .map(|(i, x)| {
+                    if x.as_str() == "--rwdir" {
+                        a[i + 1].clone()
+                    } else {
+                        x.trim_start_matches("--rwdir=").to_string()
+                    }
+                })
+                .collect();
+            assert_eq!(rw, ["/cache/runs/r/stage"], "{a:?}");
+            assert!(a.iter().any(|x| x == "--disable-kvm"));
+        }
+        let a = vng_args(&shape(&tcg, PmemMode::Nvdimm));
+        let q = a.iter().find(|x| x.starts_with("--qemu-opts=")).unwrap();
+        assert!(q.contains("nvdimm=on") && q.contains("label-size=128K"));
+        assert!(q.contains("mem-path=/cache/runs/r/nvdimm.img"));
+        let m = vng_args(&shape(&tcg, PmemMode::Memmap));
+        assert!(m
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains("memmap=1G!2048M")));
+    }
+
+    #[test]
+    fn vng_runs_with_home_and_tmpdir_inside_the_cache() {
+        let env = vng_env(
+            Path::new("/cache/venv/bin/vng"),
+            Path::new("/cache/runs/r/home"),
+            Path::new("/cache/runs/r/tmp"),
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("HOME").as_deref(), Some("/cache/runs/r/home"));
+        assert_eq!(get("TMPDIR").as_deref(), Some("/cache/runs/r/tmp"));
+        assert!(get("PATH").unwrap().starts_with("/cache/venv/bin:"));
+    }
+}

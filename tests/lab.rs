@@ -1,0 +1,561 @@
+//! The lab for real: Debian 6.1 booted under QEMU (TCG) with virtme-ng, an emulated NVDIMM
+//! with FS-DAX xfs and ext4 and a device-dax namespace, and soft-RoCE.
+//!
+//! These tests need root, QEMU, virtme-ng (scripts/lab-setup.sh) and Debian's archive (the
+//! kernel is fetched once into the lab cache). Outside CI they skip with the reason; in CI
+//! (`CI` set) a missing piece is a failure. Each boot takes ~20-40 s under TCG.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{is_root, pinstorm, serial};
+
+fn cache() -> PathBuf {
+    if let Some(c) = std::env::var_os("PINSTORM_CACHE") {
+        return PathBuf::from(c);
+    }
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x).join("pinstorm"),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/pinstorm"),
+    }
+}
+
+/// Why the lab cannot run here, if it cannot.
+fn lab_missing() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("no qemu-system-x86_64 (scripts/lab-setup.sh installs it)".into());
+    }
+    if !cache().join("venv/bin/vng").exists()
+        && Command::new("vng").arg("--version").output().is_err()
+    {
+        return Some(format!(
+            "no virtme-ng on PATH or in {} (scripts/lab-setup.sh installs it)",
+            cache().join("venv").display()
+        ));
+    }
+    None
+}
+
+fn skip(test: &str) -> bool {
+    match lab_missing() {
+        None => false,
+        Some(why) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: the lab cannot run in CI: {why}")
+        }
+        Some(why) => {
+            eprintln!("{test}: skipped: {why}");
+            true
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (QEMU and vng of the lab runs).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) && !c.contains("cargo") {
+                out.push(format!("{pid}: {c}"));
+            }
+        }
+    }
+    out
+}
+
+fn assert_nothing_left() {
+    let runs = cache().join("runs");
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "lab run directories left behind: {left:?}");
+    let procs = processes_mentioning(&runs.display().to_string());
+    assert!(procs.is_empty(), "lab processes left behind: {procs:?}");
+    let qemu = processes_mentioning("pinstorm-lab");
+    assert!(
+        qemu.is_empty(),
+        "QEMU of a lab guest left running: {qemu:?}"
+    );
+}
+
+fn results_in(root: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    for k in std::fs::read_dir(root).unwrap().flatten() {
+        if k.file_name() == "lab-matrix" {
+            continue;
+        }
+        for r in std::fs::read_dir(k.path()).into_iter().flatten().flatten() {
+            let p = r.path().join("result.json");
+            if let Ok(b) = std::fs::read(&p) {
+                out.push((p, serde_json::from_slice(&b).unwrap()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn probe_row<'a>(
+    r: &'a serde_json::Value,
+    pin: &str,
+    backing: &str,
+    map: &str,
+    access: &str,
+) -> &'a serde_json::Value {
+    r["probe"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["pin"] == pin && p["backing"] == backing && p["map"] == map && p["access"] == access
+        })
+        .unwrap_or_else(|| panic!("no probe row {pin} {backing} {map} {access}"))
+}
+
+const SCENARIO: &str = r#"
+name = "lab-test"
+description = "io_uring and vmsplice on FS-DAX, device-dax and page-cache/shmem controls"
+seed = 1
+
+[probe]
+pins = ["io_uring", "vmsplice"]
+backings = ["xfs-dax", "ext4-dax", "devdax", "xfs", "tmpfs"]
+maps = ["shared"]
+access = ["rw", "ro"]
+size = "2M"
+device_io = false
+"#;
+
+/// The independent probe, run in the guest after the scenario on the same kinds of target:
+/// its own files on the DAX mounts, the device-dax device, its own tmpfs and xfs (loop).
+const GUEST_EXEC: &str = r#"set -u
+P="@PROBE@"
+w="$PINSTORM_LAB_WORK"; mkdir -p "$w/tmpfs" "$w/xfs"
+mount -t tmpfs none "$w/tmpfs"
+truncate -s 300M "$w/xfs.img" && mkfs.xfs -q -f "$w/xfs.img" && mount -o loop "$w/xfs.img" "$w/xfs"
+for a in rw ro; do
+  echo "xfs-dax shared $a $("$P" "file:$PINSTORM_LAB_XFS_DAX/indep-$a" shared $a 2097152 2>&1)"
+  echo "ext4-dax shared $a $("$P" "file:$PINSTORM_LAB_EXT4_DAX/indep-$a" shared $a 2097152 2>&1)"
+  echo "devdax shared $a $("$P" "dev:$PINSTORM_LAB_DEVDAX" shared $a 2097152 2>&1)"
+  echo "tmpfs shared $a $("$P" "file:$w/tmpfs/indep-$a" shared $a 2097152 2>&1)"
+  echo "xfs shared $a $("$P" "file:$w/xfs/indep-$a" shared $a 2097152 2>&1)"
+done
+umount "$w/xfs" "$w/tmpfs"
+"#;
+
+fn build_probe(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/io_uring_probe.c");
+    let out = dir.join("io_uring_probe");
+    let st = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc (gcc is installed by scripts/test.sh)");
+    assert!(st.success(), "building the independent probe");
+    out
+}
+
+/// One lab run of Debian 6.1 inside a private mount namespace in which `/` and every other
+/// mount is read-only except the lab cache and the results directory: the lab still works
+/// (so it writes nowhere else on the host), the result comes back tagged with the guest
+/// kernel, the xfs target is really DAX, io_uring registration on it was measured, the
+/// device-dax and rxe checks ran (or say why not), every pin outcome agrees with an
+/// independent probe run in the same guest, and no QEMU or temporary file is left.
+#[test]
+fn lab_runs_a_debian_kernel_confined_and_agrees_with_an_independent_probe() {
+    if skip("lab_runs_a_debian_kernel_confined") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-confined");
+    let results = tmp.join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let scenario = tmp.join("lab-test.toml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let probe = build_probe(&tmp);
+    let cache = cache();
+    std::fs::create_dir_all(&cache).unwrap();
+
+    // The namespace: results and cache bound onto themselves (so they are mounts of their
+    // own), then every other mount remounted read-only. The first check proves it.
+    let confine = r#"set -eu
+mount --make-rprivate /
+mount --bind "$CACHE" "$CACHE"
+mount --bind "$RESULTS" "$RESULTS"
+awk '{print $5}' /proc/self/mountinfo | while read -r mp; do
+  case "$mp" in
+    /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;;
+  esac
+  [ "$mp" = "$CACHE" ] || [ "$mp" = "$RESULTS" ] && continue
+  mount -o remount,bind,ro "$mp" 2>/dev/null || true
+done
+if touch /pinstorm-confinement-check /tmp/pinstorm-confinement-check "$HOME/pinstorm-confinement-check" 2>/dev/null; then
+  echo "confinement is not in force" >&2; exit 99
+fi
+exec "$@"
+"#;
+    let exe = env!("CARGO_BIN_EXE_pinstorm");
+    // CI boots Debian 6.1; PINSTORM_TEST_LAB_KERNELS=deb:6.1,deb:6.12,deb:sid checks more.
+    let kernels = std::env::var("PINSTORM_TEST_LAB_KERNELS").unwrap_or_else(|_| "deb:6.1".into());
+    let n = kernels.split(',').count();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            confine,
+            "sh",
+        ])
+        .arg(exe)
+        .arg("--results")
+        .arg(&results)
+        .arg("--label")
+        .arg("lab-test")
+        .args([
+            "lab",
+            "--kernels",
+            &kernels,
+            "--devdax-namespace",
+            "--timeout",
+            "8m",
+        ])
+        .arg("--guest-exec")
+        // The guest does not inherit our environment: the probe's path goes in the text.
+        .arg(GUEST_EXEC.replace("@PROBE@", &probe.display().to_string()))
+        .arg(&scenario)
+        .env("CACHE", &cache)
+        .env("RESULTS", &results)
+        .env("PINSTORM_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(99), "{stderr}");
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "lab failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+
+    let rs = results_in(&results);
+    assert_eq!(rs.len(), n, "one result per kernel: {rs:?}");
+    for (path, r) in &rs {
+        check_lab_result(path, r);
+    }
+    assert_nothing_left();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn check_lab_result(path: &Path, r: &serde_json::Value) {
+    let release = r["environment"]["kernel_release"].as_str().unwrap();
+    eprintln!("checking the result of {release}: {}", path.display());
+    assert_eq!(
+        path.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap(),
+        release,
+        "results are filed under the guest kernel's release"
+    );
+    assert_eq!(r["label"], "lab-test");
+    let lab = &r["lab"];
+    assert_eq!(lab["status"], "ok", "{lab:#}");
+    assert!(
+        matches!(lab["accel"].as_str(), Some("tcg" | "kvm"))
+            && !lab["accel_reason"].as_str().unwrap().is_empty(),
+        "{lab:#}"
+    );
+    assert!(lab["qemu_command"]
+        .as_str()
+        .is_some_and(|q| q.contains("nvdimm")));
+    assert!(path.with_file_name("console.log").exists());
+
+    // The xfs target is really DAX: the backing was set up (it verifies STATX_ATTR_DAX) and
+    // every region on it says dax.
+    let xfs_dax = r["backings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backing"] == "xfs-dax")
+        .unwrap();
+    assert_eq!(xfs_dax["outcome"], "ok", "{xfs_dax:#}");
+    assert!(xfs_dax["mount_options"].as_str().unwrap().contains("dax"));
+    let cell = probe_row(r, "io_uring", "xfs-dax", "shared", "rw");
+    assert_eq!(cell["dax"], true, "{cell:#}");
+    assert_ne!(
+        cell["outcome"], "notrun",
+        "io_uring on FS-DAX was measured: {cell:#}"
+    );
+    let pagecache = probe_row(r, "io_uring", "xfs", "shared", "rw");
+    assert_eq!(
+        pagecache["dax"], false,
+        "the control is page cache: {pagecache:#}"
+    );
+
+    // device-dax and rxe: ran, or notrun with a reason.
+    let dd = probe_row(r, "io_uring", "devdax", "shared", "rw");
+    assert!(
+        dd["outcome"] != "notrun" || dd["reason"].as_str().is_some_and(|s| !s.is_empty()),
+        "{dd:#}"
+    );
+    let rxe = lab["guest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "rxe")
+        .expect("an rxe fact");
+    assert!(
+        rxe["outcome"] == "ok" || !rxe["detail"].as_str().unwrap().is_empty(),
+        "{rxe:#}"
+    );
+
+    // The independent probe, same guest, same kinds of target, agrees cell by cell.
+    let indep = std::fs::read_to_string(path.with_file_name("guest-exec.log")).unwrap();
+    let mut compared = 0;
+    for line in indep.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 || !["xfs-dax", "ext4-dax", "devdax", "tmpfs", "xfs"].contains(&f[0]) {
+            continue;
+        }
+        let row = probe_row(r, "io_uring", f[0], f[1], f[2]);
+        assert_eq!(
+            row["outcome"].as_str().unwrap(),
+            f[3],
+            "pinstorm and the independent probe disagree on {line}:\n{row:#}\nindependent output:\n{indep}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 10, "independent probe output:\n{indep}");
+}
+
+/// A kernel that panics is reported as such, with the console excerpt, and the matrix goes
+/// on to the next kernel (here the same image booted as `path:` with `--modules`).
+#[test]
+fn a_panicking_kernel_is_reported_and_the_matrix_goes_on() {
+    if skip("a_panicking_kernel_is_reported") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-panic");
+    let results = tmp.join("results");
+    // The Debian kernel, unpacked in the cache, to boot a second time as path: + --modules.
+    let prep = pinstorm()
+        .args([
+            "--format",
+            "json",
+            "lab",
+            "--kernels",
+            "deb:6.1",
+            "--fetch-only",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        prep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prep.stderr)
+    );
+    let ks: serde_json::Value = serde_json::from_slice(&prep.stdout).unwrap();
+    let image = PathBuf::from(ks[0]["boot"].as_str().unwrap());
+    let release = ks[0]["release"].as_str().unwrap().to_string();
+    let kdir = image.parent().unwrap().parent().unwrap().to_path_buf();
+
+    let t0 = Instant::now();
+    let out = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "lab",
+            "--pmem",
+            "none",
+            "--no-rxe",
+            "--inject",
+            "panic:deb:6.1",
+        ])
+        .arg("--kernels")
+        .arg(format!("deb:6.1,path:{}", image.display()))
+        .arg("--modules")
+        .arg(kdir.join("lib/modules").join(&release))
+        .arg("quick")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a panic fails the matrix:\n{stdout}\n{stderr}"
+    );
+    let rs = results_in(&results);
+    assert_eq!(rs.len(), 2, "{stdout}\n{stderr}");
+    let statuses: Vec<&str> = rs
+        .iter()
+        .map(|(_, r)| r["lab"]["status"].as_str().unwrap())
+        .collect();
+    let panicked = rs
+        .iter()
+        .find(|(_, r)| r["lab"]["status"] == "panic")
+        .expect("a panic");
+    let reason = panicked.1["lab"]["reason"].as_str().unwrap();
+    assert!(reason.contains("Kernel panic"), "{reason}");
+    assert_eq!(panicked.1["lab"]["kernel_spec"], "deb:6.1");
+    assert_eq!(panicked.1["complete"], false);
+    let ok = rs
+        .iter()
+        .find(|(_, r)| r["lab"]["status"] == "ok")
+        .unwrap_or_else(|| panic!("the second kernel ran: {statuses:?}\n{stdout}"));
+    assert!(ok.1["lab"]["kernel_spec"]
+        .as_str()
+        .unwrap()
+        .starts_with("path:"));
+    assert_eq!(ok.1["complete"], true);
+    assert!(
+        stdout.contains("panic") && stdout.contains("ok"),
+        "{stdout}"
+    );
+    eprintln!("panic + second kernel: {:.0}s", t0.elapsed().as_secs_f64());
+    assert_nothing_left();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A guest that never returns is killed at the watchdog's timeout and reported; SIGKILL of
+/// pinstorm itself leaves a guest that `pinstorm cleanup --cache` then kills; SIGINT stops
+/// the lab with 130 and no guest left.
+#[test]
+fn hung_guests_time_out_and_killed_labs_are_cleaned_up() {
+    if skip("hung_guests_time_out") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-hang");
+    let results = tmp.join("results");
+    let lab = |extra: &[&str]| {
+        let mut c = pinstorm();
+        c.arg("--results")
+            .arg(&results)
+            .args([
+                "lab",
+                "--kernels",
+                "deb:6.1",
+                "--pmem",
+                "none",
+                "--no-rxe",
+                "--fresh",
+            ])
+            .args(extra)
+            .arg("quick");
+        c
+    };
+
+    // 1. Watchdog.
+    let out = lab(&["--inject", "hang", "--timeout", "60s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rs = results_in(&results);
+    let hung = rs
+        .iter()
+        .find(|(_, r)| r["lab"]["status"] == "timeout")
+        .expect("a timeout");
+    assert!(hung.1["lab"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no result after 60s"));
+    assert_nothing_left();
+
+    // 2. SIGKILL pinstorm while the guest runs: the guest survives it (its own process
+    // group), and cleanup kills it and removes the run directory.
+    let wait_for_guest = |child: &mut std::process::Child| {
+        let t0 = Instant::now();
+        loop {
+            let pg = std::fs::read_dir(cache().join("runs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.path().join("pgid").exists());
+            if pg {
+                std::thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the lab ended early");
+            assert!(t0.elapsed() < Duration::from_secs(120), "no guest started");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut child = lab(&["--inject", "hang"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_guest(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !processes_mentioning(&cache().join("runs").display().to_string()).is_empty(),
+        "the guest should outlive a SIGKILLed pinstorm (that is what cleanup is for)"
+    );
+    let c = pinstorm()
+        .args(["cleanup", "--cache"])
+        .arg(cache())
+        .output()
+        .unwrap();
+    let cs = String::from_utf8_lossy(&c.stdout);
+    assert!(c.status.success(), "{cs}");
+    assert!(cs.contains("killed the guest"), "{cs}");
+    assert_nothing_left();
+
+    // 3. SIGINT: the lab kills its guest and exits 130.
+    let mut child = lab(&["--inject", "hang"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_guest(&mut child);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pinstorm-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
