@@ -344,8 +344,13 @@ fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
 
 fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
     use pinstorm_runners::lab::{self, guest::PmemMode, kernels::KernelSpec};
-    let (scenario, text, origin) =
+    let (mut scenario, mut text, origin) =
         bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
+    // `--rdma-*` reach the guests inside the scenario's `[rdma]`.
+    if g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
+        configure_rdma(g, Some(&mut scenario));
+        text = scenario.to_text();
+    }
     let kernels = bad(a
         .kernels
         .iter()

@@ -502,6 +502,11 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The scenario as TOML (what results record, and what the lab hands a guest).
+    pub fn to_text(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
     pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
             origin: path.display().to_string(),
