@@ -448,6 +448,16 @@ impl Scenario {
                 );
             }
         }
+        if let Some(r) = &s.rdma {
+            if let Some(m) = r.path_mtu {
+                if crate::pin::rdma::mtu_enum(m).is_none() {
+                    return err("rdma", "path_mtu", "must be 256, 512, 1024, 2048 or 4096");
+                }
+            }
+            if r.completion_timeout.0.is_zero() {
+                return err("rdma", "completion_timeout", "must be greater than zero");
+            }
+        }
         if let Some(st) = &s.storm {
             for (key, empty) in [
                 ("pins", st.pins.is_empty()),

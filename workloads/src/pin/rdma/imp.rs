@@ -305,10 +305,12 @@ struct Loopback {
     peer_of_requester: Peer,
     peer_of_responder: Peer,
     next_wr: u64,
+    /// Why the queue pairs could not be reconnected after a failed transfer.
+    broken: Option<String>,
 }
 
 impl Loopback {
-    fn new(pd: &Arc<Pd>, sel: &Selected) -> Result<Loopback, String> {
+    fn new(pd: &Arc<Pd>, sel: &Selected, path_mtu: Option<u32>) -> Result<Loopback, String> {
         if sel.iwarp {
             return Err(
                 "iWARP devices (siw, cxgb4, irdma in iWARP mode) connect queue pairs through rdma_cm only; the loopback device uses ibv_modify_qp, so device I/O is not run (registration is)"
@@ -328,10 +330,13 @@ impl Loopback {
         let cq = Cq::create(pd.context(), 16).map_err(|e| format!("ibv_create_cq: {e}"))?;
         let requester = Qp::create_rc(pd, &cq, 4).map_err(|e| format!("ibv_create_qp: {e}"))?;
         let responder = Qp::create_rc(pd, &cq, 4).map_err(|e| format!("ibv_create_qp: {e}"))?;
+        let mtu = path_mtu
+            .and_then(super::mtu_enum)
+            .unwrap_or(sel.attr.active_mtu);
         let peer = |qp: &Qp| Peer {
             qp_num: qp.qp_num(),
             port: sel.port,
-            mtu: sel.attr.active_mtu,
+            mtu,
             lid: sel.attr.lid,
             gid,
         };
@@ -345,37 +350,44 @@ impl Loopback {
             staging,
             port: sel.port,
             next_wr: 1,
+            broken: None,
         };
         lb.connect()
-            .map_err(|e| format!("connecting the loopback queue pairs: ibv_modify_qp: {e}"))?;
+            .map_err(|e| format!("connecting the loopback queue pairs: ibv_modify_qp to {e}"))?;
         Ok(lb)
     }
 
-    fn connect(&self) -> Result<(), Errno> {
+    fn connect(&self) -> Result<(), String> {
         self.requester.connect(self.port, &self.peer_of_requester)?;
         self.responder.connect(self.port, &self.peer_of_responder)
     }
 
-    /// After an error completion or a timeout: flush, drain, reconnect.
-    fn recover(&mut self) -> Result<(), PinError> {
+    /// After an error completion or a timeout: flush, drain, reset, reconnect. If the device
+    /// will not take the queue pairs back (some refuse RESET while a flush is in progress),
+    /// mark the loopback broken; the pinner then builds a fresh one before the next transfer.
+    fn recover(&mut self) {
         let _ = self.requester.to_error();
         let _ = self.responder.to_error();
+        // Flush completions may trickle in: drain until the queue stays empty for a moment.
         let deadline = Instant::now() + Duration::from_secs(1);
+        let mut quiet_since = Instant::now();
         while Instant::now() < deadline {
             match self.cq.poll_one() {
-                Ok(Some(_)) => continue,
-                _ => break,
+                Ok(Some(_)) => quiet_since = Instant::now(),
+                Ok(None) if quiet_since.elapsed() > Duration::from_millis(5) => break,
+                Ok(None) => std::thread::yield_now(),
+                Err(_) => break,
             }
         }
-        let reset = |qp: &Qp| qp.reset();
-        reset(&self.requester)
-            .and_then(|_| reset(&self.responder))
-            .and_then(|_| self.connect())
-            .map_err(|e| {
-                PinError::Tool(anyhow::anyhow!(
-                    "reconnecting the loopback queue pairs after a failed transfer: {e}"
-                ))
-            })
+        let r = self
+            .requester
+            .reset()
+            .and_then(|_| self.responder.reset())
+            .map_err(|e| format!("RESET: {e}"))
+            .and_then(|_| self.connect().map_err(|e| format!("reconnect: {e}")));
+        if let Err(why) = r {
+            self.broken = Some(why);
+        }
     }
 
     /// Post one RDMA WRITE or READ and wait for its completion, at most `timeout`.
@@ -419,14 +431,14 @@ impl Loopback {
                         return Ok(if write { len } else { c.byte_len as usize });
                     }
                     let status = verbs::wc_status_name(c.status);
-                    self.recover()?;
+                    self.recover();
                     return Err(PinError::Device { op, status });
                 }
                 // A stale completion (flushed by an earlier recovery): skip it.
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
                 Err(errno) => {
-                    self.recover()?;
+                    self.recover();
                     return Err(PinError::Kernel {
                         op: "ibv_poll_cq",
                         errno,
@@ -434,7 +446,7 @@ impl Loopback {
                 }
             }
             if Instant::now() >= deadline {
-                self.recover()?;
+                self.recover();
                 return Err(PinError::Device {
                     op,
                     status: format!("no-completion-in-{}ms", timeout.as_millis()),
@@ -455,6 +467,8 @@ pub struct RdmaPinner {
     mr: Option<Mr>,
     registered: Option<PinTarget>,
     pd: Arc<Pd>,
+    /// The device and port, for rebuilding a broken loopback.
+    sel: Selected,
     odp: bool,
     cfg: RdmaConfig,
     /// Set once the device said it has no `ibv_advise_mr`.
@@ -468,12 +482,13 @@ impl RdmaPinner {
             op: "ibv_alloc_pd",
             errno,
         })?;
-        let loopback = Loopback::new(&pd, &sel);
+        let loopback = Loopback::new(&pd, &sel, cfg.path_mtu);
         Ok(RdmaPinner {
             loopback,
             mr: None,
             registered: None,
             pd,
+            sel,
             odp,
             cfg: cfg.clone(),
             prefetch_unsupported: false,
@@ -482,6 +497,19 @@ impl RdmaPinner {
 
     fn loopback(&mut self, len: usize) -> Result<&mut Loopback, PinError> {
         let pd = self.pd.clone();
+        if let Ok(lb) = &self.loopback {
+            if let Some(why) = lb.broken.clone() {
+                // Drop the old queue pairs first (stops their DMA), then build new ones.
+                self.loopback = Err(why.clone());
+                self.loopback = Ok(Loopback::new(&pd, &self.sel, self.cfg.path_mtu).map_err(
+                    |e| {
+                        PinError::Tool(anyhow::anyhow!(
+                            "rebuilding the loopback queue pairs ({why}) failed: {e}"
+                        ))
+                    },
+                )?);
+            }
+        }
         let lb = self
             .loopback
             .as_mut()

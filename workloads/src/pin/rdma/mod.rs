@@ -125,6 +125,22 @@ pub struct RdmaConfig {
     /// How long a device write or read may take before it is recorded as lost.
     #[serde(default = "default_timeout")]
     pub completion_timeout: Span,
+    /// Path MTU of the loopback queue pairs in bytes (256 .. 4096); default: the port's
+    /// active MTU. 4096 makes every 4 KiB device write one packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
+}
+
+/// `enum ibv_mtu` for a path MTU in bytes.
+pub fn mtu_enum(bytes: u32) -> Option<u32> {
+    match bytes {
+        256 => Some(1),
+        512 => Some(2),
+        1024 => Some(3),
+        2048 => Some(4),
+        4096 => Some(5),
+        _ => None,
+    }
 }
 
 fn yes() -> bool {
@@ -143,6 +159,7 @@ impl Default for RdmaConfig {
             access: None,
             prefetch: true,
             completion_timeout: default_timeout(),
+            path_mtu: None,
         }
     }
 }
@@ -304,6 +321,13 @@ impl PinPath for RdmaPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_mtus_are_the_ib_sizes() {
+        assert_eq!(mtu_enum(4096), Some(5));
+        assert_eq!(mtu_enum(256), Some(1));
+        assert_eq!(mtu_enum(1500), None);
+    }
 
     #[test]
     fn default_access_follows_the_mapping() {

@@ -555,7 +555,8 @@ impl Qp {
 
     /// RESET -> INIT -> RTR -> RTS, connected to `peer`, accepting remote reads, writes and
     /// atomics (whether an MR allows them is the MR's access flags' business).
-    pub fn connect(&self, port: u8, peer: &Peer) -> Result<(), Errno> {
+    /// On failure, says which transition the device refused (`RTR: EINVAL (...)`).
+    pub fn connect(&self, port: u8, peer: &Peer) -> Result<(), String> {
         use ffi::ibv_qp_attr_mask as m;
         let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ffi::ibv_qp_state::IBV_QPS_INIT;
@@ -567,7 +568,8 @@ impl Qp {
         self.modify(
             &mut a,
             (m::IBV_QP_STATE | m::IBV_QP_PKEY_INDEX | m::IBV_QP_PORT | m::IBV_QP_ACCESS_FLAGS).0,
-        )?;
+        )
+        .map_err(|e| format!("INIT: {e}"))?;
 
         let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTR;
@@ -594,7 +596,8 @@ impl Qp {
                 | m::IBV_QP_MAX_DEST_RD_ATOMIC
                 | m::IBV_QP_MIN_RNR_TIMER)
                 .0,
-        )?;
+        )
+        .map_err(|e| format!("RTR (path MTU enum {}): {e}", peer.mtu))?;
 
         let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTS;
@@ -615,6 +618,7 @@ impl Qp {
                 | m::IBV_QP_MAX_QP_RD_ATOMIC)
                 .0,
         )
+        .map_err(|e| format!("RTS: {e}"))
     }
 
     /// Post one signaled RDMA WRITE (`write`) or READ between `local` (inside the MR `lkey`)
