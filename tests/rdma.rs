@@ -215,3 +215,119 @@ fn an_unknown_rdma_device_is_named_in_the_reason() {
         res["scenario"]["text"]
     );
 }
+
+/// Why a lab guest cannot run here, if it cannot (as tests/lab.rs decides it).
+fn lab_missing() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("no qemu-system-x86_64 (scripts/lab-setup.sh installs it)".into());
+    }
+    let cache = match std::env::var_os("PINSTORM_CACHE") {
+        Some(c) => std::path::PathBuf::from(c),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/pinstorm"),
+    };
+    if !cache.join("venv/bin/vng").exists()
+        && std::process::Command::new("vng")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        return Some("no virtme-ng (scripts/lab-setup.sh installs it)".into());
+    }
+    None
+}
+
+const LAB_SCENARIO: &str = r#"
+name = "rdma-lab-test"
+description = "rdma registrations in a lab guest with soft-RoCE; RDMA WRITEs as the device"
+seed = 1
+
+[probe]
+pins = ["rdma", "rdma-odp"]
+backings = ["tmpfs", "xfs", "xfs-dax"]
+maps = ["shared"]
+access = ["rw"]
+size = "2M"
+device_io = true
+
+[storm]
+pins = ["rdma"]
+backings = ["tmpfs"]
+maps = ["shared"]
+ops = ["truncate"]
+pinners = 2
+disruptors = 1
+hold = "2ms"
+rate = 100
+duration = "1s"
+"#;
+
+/// The done-when of the rdma work, in CI: a Debian kernel booted by `pinstorm lab` with
+/// soft-RoCE, the rdma paths measured there (not notrun), every registration the kernel
+/// allowed carrying an RDMA WRITE and READ that the CPU sees, and a storm whose device is the
+/// NIC (RDMA WRITEs counted). Outcomes themselves are judged by the expectations, not here.
+#[test]
+fn in_a_lab_guest_the_rdma_paths_are_measured_with_rxe_as_the_device() {
+    if !cfg!(feature = "rdma") {
+        eprintln!("skipped: built without the rdma feature (scripts/test.sh uses --all-features)");
+        return;
+    }
+    if let Some(why) = lab_missing() {
+        if std::env::var_os("CI").is_some() {
+            panic!("the lab cannot run in CI: {why}");
+        }
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("rdmalab");
+    let scenario = sb.base.join("rdma-lab-test.toml");
+    std::fs::write(&scenario, LAB_SCENARIO).unwrap();
+    let o = sb
+        .cmd()
+        .args(["lab", "--fresh", "--kernels", "deb:6.1", "--timeout", "8m"])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "lab failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let results = sb.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let r = read_json(&results[0]);
+    assert!(
+        r["environment"]["rdma"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("rxe0 port 1")),
+        "the guest's rxe0 was used: {}",
+        r["environment"]["rdma"]
+    );
+    let rows = r["probe"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 3, "{rows:?}");
+    for row in rows {
+        assert_ne!(row["outcome"], "notrun", "measured in the guest: {row}");
+        if row["pin"] == "rdma" && row["outcome"] == "ok" {
+            assert_eq!(
+                row["device_io"], "ok",
+                "the RDMA WRITE through an allowed registration landed: {row}"
+            );
+        }
+    }
+    let storm = &r["storms"].as_array().unwrap()[0];
+    assert_eq!(storm["outcome"], "ok", "{storm}");
+    assert!(
+        storm["totals"]["device_writes"].as_u64().unwrap() > 0,
+        "the NIC wrote through the pins: {storm}"
+    );
+    assert!(storm["oracle"]["lost_write"]["count"].is_u64(), "{storm}");
+}

@@ -356,6 +356,8 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
         .args([
             "-q",
             "probe",
+            "--pins",
+            "io_uring,vmsplice",
             "--backings",
             "anon,tmpfs,ext4,hugetlbfs",
             "--format",
@@ -389,6 +391,8 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
                 "-q",
                 "bench",
                 "pin",
+                "--pins",
+                "io_uring",
                 "--backings",
                 "anon",
                 "--sizes",
