@@ -93,6 +93,8 @@ fn device_io(
         Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
             e.outcome().unwrap_or_default()
         }
+        // A device that cannot do I/O here (an iWARP device without rdma_cm): say why.
+        Err(PinError::NotRun(why)) => format!("notrun: {why}"),
         Err(e) => format!("error: {e}"),
     }
 }

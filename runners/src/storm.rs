@@ -1072,7 +1072,9 @@ fn run_cell(
     }
     let mut findings = std::mem::take(&mut *sh.findings());
     match pin {
-        PinKind::Vmsplice => {
+        // vmsplice never writes; an rdma device whose queue pairs cannot be connected here
+        // (iWARP without rdma_cm) does not either.
+        _ if pin == PinKind::Vmsplice || write_notrun.is_some() => {
             let why = write_notrun
                 .clone()
                 .unwrap_or_else(|| "this pin path has no device write".into());
