@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 
 # mkfs for the loop-device backings; losetup/mount/setpriv (util-linux, mount); a C compiler
 # and liburing for the independent probes the tests compare against; chromium to check that
-# the HTML report renders (tests/analysis.rs; it must not skip in CI).
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev chromium)
+# the HTML report renders (tests/analysis.rs; it must not skip in CI); for the rdma feature
+# (--all-features below): libibverbs-dev (headers and the library pinstorm links), cmake,
+# make, python3, clang and libnl for ibverbs-sys's vendored rdma-core build and bindgen, and
+# ibverbs-providers so a machine with a device (rxe, a NIC) can open it. See docs/rdma.md.
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev chromium
+    libibverbs-dev ibverbs-providers cmake make python3 clang pkg-config libnl-3-dev libnl-route-3-dev)
 
 if [ "$(id -u)" = 0 ]; then
     echo "== installing test dependencies: ${packages[*]}"

@@ -33,15 +33,17 @@ Examples:
   pinstorm compare results/6.12.0-1-amd64 results/7.0.0 --fail-on 'p50>+10%' --fail-on 'cross_file>0'
   pinstorm compare kernel=6.12,label=base,latest kernel=6.12,label=my-series,latest
   pinstorm plot $PWD/results --out $PWD/plots
-  pinstorm report $PWD/results --out $PWD/report.html";
+  pinstorm report $PWD/results --out $PWD/report.html
+  pinstorm lab --kernels deb:6.12,deb:sid dax-vs-pin      (QEMU guests with FS-DAX and rxe)
+  pinstorm probe --pins rdma,rdma-odp --rdma-dev rxe0   (a build with --features rdma)";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "pinstorm",
     version,
     about = "Benchmark and stress suite for Linux long-term page pins racing file layout changes",
-    long_about = "pinstorm pins memory the way devices do (io_uring fixed buffers today; RDMA MRs, \
-vmsplice and gup_test later) on anonymous memory, memfd, tmpfs, hugetlbfs and files on \
+    long_about = "pinstorm pins memory the way devices do (io_uring fixed buffers, vmsplice, RDMA \
+memory registration with real RDMA WRITE/READ as the device) on anonymous memory, memfd, tmpfs, hugetlbfs and files on \
 ext4/xfs/btrfs scratch filesystems, measures which pins the kernel allows and how long \
 pinning takes, compares what it saw with per-kernel expectations, and stores every result \
 with the kernel it ran on.",
@@ -98,6 +100,21 @@ pub struct Global {
     /// No phase messages or progress bar on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// RDMA device for the `rdma` and `rdma-odp` pin paths (e.g. rxe0, mlx5_0; see
+    /// `pinstorm list`). Default: the first device with an active port. Overrides a
+    /// scenario's `[rdma] device`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub rdma_dev: Option<String>,
+
+    /// Port of the RDMA device (1-based). Default: its first active port.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub rdma_port: Option<u8>,
+
+    /// rdma-odp: do not prefetch new ODP registrations with ibv_advise_mr, so the device's
+    /// first write into each page faults (compare with `bench pin --device-write`).
+    #[arg(long, global = true)]
+    pub rdma_no_prefetch: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -448,6 +465,10 @@ pub struct BenchPinArgs {
     /// Skip the interleaved tight-loop baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Also time one 4 KiB device write through each fresh registration (op
+    /// `device-write`; for rdma-odp the device's page fault, or a prefetched write).
+    #[arg(long)]
+    pub device_write: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

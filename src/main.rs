@@ -21,7 +21,7 @@ use pinstorm_analysis::{export, plot, render, report, summary};
 use pinstorm_runners::host::{self, RunOptions};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
-use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::pin::{rdma, Availability, PinKind};
 use pinstorm_workloads::scenario::{BenchJob, ProbeJob, Scenario, PRESETS};
 use pinstorm_workloads::scratch::{self, ScratchRoot};
 
@@ -112,12 +112,38 @@ enum JsonOut {
     Result,
 }
 
+/// The `rdma` pin paths' configuration: the scenario's `[rdma]`, with `--rdma-dev` and
+/// `--rdma-port` over it. Recorded in the scenario (and so in the result) when anything was
+/// set.
+fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
+    let mut cfg = scenario
+        .as_ref()
+        .and_then(|s| s.rdma.clone())
+        .unwrap_or_default();
+    if let Some(d) = &g.rdma_dev {
+        cfg.device = Some(d.clone());
+    }
+    if let Some(p) = g.rdma_port {
+        cfg.port = Some(p);
+    }
+    if g.rdma_no_prefetch {
+        cfg.prefetch = false;
+    }
+    if let Some(s) = scenario {
+        if s.rdma.is_some() || g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
+            s.rdma = Some(cfg.clone());
+        }
+    }
+    rdma::configure(cfg);
+}
+
 fn run_scenario(
     g: &Global,
-    scenario: Scenario,
+    mut scenario: Scenario,
     origin: String,
     json_out: JsonOut,
 ) -> Result<ExitCode> {
+    configure_rdma(g, Some(&mut scenario));
     let scratch_dir = match &g.scratch_dir {
         Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
         None => None,
@@ -172,7 +198,53 @@ fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
     }
 }
 
+/// The RDMA devices section of `pinstorm list`: devices, ports, link layer, firmware, ODP.
+fn print_rdma_devices(v: &serde_json::Value) {
+    println!("RDMA devices (for the rdma pin paths; --rdma-dev NAME, --rdma-port N):");
+    let devs = v["devices"].as_array().cloned().unwrap_or_default();
+    if devs.is_empty() {
+        println!("  none: {}", v["reason"].as_str().unwrap_or(""));
+        println!();
+        return;
+    }
+    let selected = rdma::selected();
+    for d in &devs {
+        let name = d["name"].as_str().unwrap_or("");
+        println!(
+            "  {name:<14} {:<5} fw {:<12} vendor {:#x}:{:#x}  ODP: {}",
+            d["transport"].as_str().unwrap_or(""),
+            d["fw_ver"]
+                .as_str()
+                .filter(|f| !f.is_empty())
+                .unwrap_or("-"),
+            d["vendor_id"].as_u64().unwrap_or(0),
+            d["vendor_part_id"].as_u64().unwrap_or(0),
+            d["odp"].as_str().unwrap_or("")
+        );
+        for p in d["ports"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "  {:<14} port {}: {:<7} {:<10} mtu {:<5} gid {}",
+                "",
+                p["port"],
+                p["state"].as_str().unwrap_or(""),
+                p["link_layer"].as_str().unwrap_or(""),
+                p["active_mtu"],
+                p["gid"].as_str().unwrap_or("-")
+            );
+        }
+        if let Some(e) = d["error"].as_str() {
+            println!("  {:<14} error: {e}", "");
+        }
+    }
+    match selected {
+        Ok(s) => println!("  the rdma pin paths use: {s}"),
+        Err(why) => println!("  the rdma pin paths cannot run: {why}"),
+    }
+    println!();
+}
+
 fn cmd_list(g: &Global) -> Result<ExitCode> {
+    configure_rdma(g, None);
     let env = SetupEnv {
         is_root: pinstorm_workloads::is_root(),
         scratch_dir: g.scratch_dir.clone(),
@@ -212,8 +284,12 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
                 "note": "whether a filesystem has it is measured in each storm (notrun with the reason when not)"})
         })
         .collect();
+    let rdma_devices = match rdma::inventory() {
+        Ok(devs) => serde_json::json!({"status": "usable", "devices": devs}),
+        Err(why) => serde_json::json!({"status": "notrun", "reason": why, "devices": []}),
+    };
     if g.format == Format::Json {
-        let v = serde_json::json!({"pin_paths": pins, "backings": backings, "layout_operations": layout_ops, "scenarios": scenarios});
+        let v = serde_json::json!({"pin_paths": pins, "backings": backings, "layout_operations": layout_ops, "scenarios": scenarios, "rdma_devices": rdma_devices});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -234,6 +310,7 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
         println!();
     };
     section("Pin paths", &pins);
+    print_rdma_devices(&rdma_devices);
     section("Backings", &backings);
     println!("Layout operations (whether a filesystem has one is measured per storm; notrun with the reason if not):");
     for l in &layout_ops {
@@ -276,8 +353,13 @@ fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
 
 fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
     use pinstorm_runners::lab::{self, guest::PmemMode, kernels::KernelSpec};
-    let (scenario, text, origin) =
+    let (mut scenario, mut text, origin) =
         bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
+    // `--rdma-*` reach the guests inside the scenario's `[rdma]`.
+    if g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
+        configure_rdma(g, Some(&mut scenario));
+        text = scenario.to_text();
+    }
     let kernels = bad(a
         .kernels
         .iter()
@@ -707,6 +789,7 @@ fn real_main() -> Result<ExitCode> {
                 bench: None,
                 storm: None,
                 lease: None,
+                rdma: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
         }
@@ -729,6 +812,7 @@ fn real_main() -> Result<ExitCode> {
                 iterations,
                 max_time: a.max_time,
                 baseline: !a.no_baseline,
+                device_write: a.device_write,
             };
             let s = Scenario {
                 name: "bench-pin".into(),
@@ -738,6 +822,7 @@ fn real_main() -> Result<ExitCode> {
                 bench: Some(job),
                 storm: None,
                 lease: None,
+                rdma: None,
             };
             run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
         }

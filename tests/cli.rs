@@ -168,6 +168,8 @@ fn probe_json_rows_carry_the_documented_keys_and_measured_outcomes() {
     let sb = Sandbox::new("probejson");
     let o = sb.run(&[
         "probe",
+        "--pins",
+        "io_uring,vmsplice",
         "--backings",
         "anon,memfd,tmpfs",
         "--format",
@@ -238,6 +240,8 @@ fn bench_pin_json_rows_carry_the_documented_keys() {
     let o = sb.run(&[
         "bench",
         "pin",
+        "--pins",
+        "io_uring,vmsplice",
         "--sizes",
         "4K,2M",
         "--backings",

@@ -116,6 +116,8 @@ fn probe_measures_loop_filesystems_and_hugetlb_then_leaves_the_machine_as_found(
     let before = machine_state(&sb.base);
     let o = sb.run(&[
         "probe",
+        "--pins",
+        "io_uring,vmsplice",
         "--backings",
         "ext4,xfs,btrfs,hugetlbfs,memfd-hugetlb,anon-hugetlb",
         "--format",
@@ -354,6 +356,8 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
         .args([
             "-q",
             "probe",
+            "--pins",
+            "io_uring,vmsplice",
             "--backings",
             "anon,tmpfs,ext4,hugetlbfs",
             "--format",
@@ -387,6 +391,8 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
                 "-q",
                 "bench",
                 "pin",
+                "--pins",
+                "io_uring",
                 "--backings",
                 "anon",
                 "--sizes",

@@ -41,6 +41,9 @@ pub struct Rule {
     map: Option<OneOrMany>,
     access: Option<OneOrMany>,
     dax: Option<bool>,
+    /// RDMA device name(s) or name prefixes (`rxe` matches `rxe0`); rules with it match only
+    /// cells of the `rdma` pin paths measured on such a device.
+    rdma_device: Option<OneOrMany>,
     kernel: Option<KernelRange>,
     /// `ok` or an errno name.
     pub outcome: String,
@@ -67,6 +70,8 @@ pub struct Cell<'a> {
     pub map: &'a str,
     pub access: &'a str,
     pub dax: Option<bool>,
+    /// The RDMA device the cell used (`rxe0`, `mlx5_0`), for the `rdma` pin paths.
+    pub rdma_device: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -80,7 +85,10 @@ impl Expectations {
         let f: File = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
         for (i, r) in f.expect.iter().enumerate() {
-            if r.outcome != "ok" && !(r.outcome.starts_with('E') && r.outcome.len() > 1) {
+            if r.outcome != "ok"
+                && !(r.outcome.starts_with('E') && r.outcome.len() > 1)
+                && !r.outcome.starts_with("IBV_WC_")
+            {
                 anyhow::bail!(
                     "{origin}: rule {} ([[expect]] number {}): outcome {:?} must be \"ok\" or an errno name like \"EFAULT\"",
                     i + 1,
@@ -128,6 +136,14 @@ impl Expectations {
                 && r.map.as_ref().is_none_or(|m| m.matches(cell.map))
                 && r.access.as_ref().is_none_or(|m| m.matches(cell.access))
                 && r.dax.is_none_or(|d| cell.dax == Some(d))
+                && r.rdma_device.as_ref().is_none_or(|m| {
+                    cell.rdma_device.is_some_and(|dev| match m {
+                        OneOrMany::One(p) => dev.starts_with(p.as_str()) || p == "*",
+                        OneOrMany::Many(l) => {
+                            l.iter().any(|p| dev.starts_with(p.as_str()) || p == "*")
+                        }
+                    })
+                })
                 && r.kernel.as_ref().is_none_or(|k| k.contains(kernel))
         })
     }
@@ -228,6 +244,7 @@ mod tests {
             map,
             access,
             dax: Some(false),
+            rdma_device: None,
         }
     }
 

@@ -141,6 +141,9 @@ pub struct Environment {
     pub boot_id: Option<String>,
     /// True when this environment is a QEMU guest started by pinstorm's lab.
     pub virtualized: Option<String>,
+    /// The RDMA device and port the `rdma` pin paths used, or why there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<String>,
 }
 
 /// One backing as set up for the run, or why it could not be.

@@ -132,7 +132,7 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             ],
         })
         .collect();
-    table(
+    let out = table(
         &[
             "pin",
             "backing",
@@ -147,7 +147,22 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             "tight loop p50 (ours vs it)",
         ],
         &body,
-    )
+    );
+    // Notes on measured rows (how a path ran, e.g. a skipped ODP prefetch), once each.
+    let mut notes: Vec<String> = Vec::new();
+    for r in rows.iter().filter(|r| r.outcome == "ok") {
+        if let Some(n) = &r.reason {
+            let line = format!("  note ({} {}): {n}\n", r.pin, r.backing);
+            if !notes.contains(&line) {
+                notes.push(line);
+            }
+        }
+    }
+    let mut out = out;
+    for n in notes {
+        out.push_str(&n);
+    }
+    out
 }
 
 fn count_or_notrun(f: &OracleFinding) -> String {

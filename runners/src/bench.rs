@@ -26,6 +26,8 @@ struct Hists {
     register: Latency,
     unregister: Latency,
     cycle: Latency,
+    /// One 4 KiB device write right after the registration (`device_write = true`).
+    device_write: Latency,
 }
 
 impl Hists {
@@ -41,6 +43,7 @@ impl Hists {
         self.register.merge(&o.register);
         self.unregister.merge(&o.unregister);
         self.cycle.merge(&o.cycle);
+        self.device_write.merge(&o.device_write);
     }
 }
 
@@ -55,6 +58,8 @@ struct ThreadResult {
     ours: Hists,
     base: Hists,
     stop: Option<CellStop>,
+    /// The pinner's note (e.g. an ODP prefetch that was skipped), for the rows' reason.
+    note: Option<String>,
 }
 
 fn worker(
@@ -69,6 +74,7 @@ fn worker(
         ours: Hists::default(),
         base: Hists::default(),
         stop: None,
+        note: None,
     };
     let prepared = (|| {
         let region = backing.region(&spec).map_err(|e| match e {
@@ -96,14 +102,33 @@ fn worker(
         }
     };
     let target = region.pin_target();
+    let page = vec![0x5au8; 4096.min(target.len)];
     let mut cycle = |rec: Option<&mut Hists>| -> Result<(), CellStop> {
         let t0 = Instant::now();
         pinner.register(target).map_err(pin_stop)?;
         let t1 = Instant::now();
-        pinner.unregister().map_err(pin_stop)?;
+        // Outside the register/unregister timings: the device's first write through the
+        // fresh registration (an ODP page fault unless prefetched).
+        let wrote = if job.device_write {
+            let w0 = Instant::now();
+            let r = pinner.device_write(0, &page);
+            let took = w0.elapsed();
+            if let Err(e) = r {
+                let _ = pinner.unregister();
+                return Err(pin_stop(e));
+            }
+            Some(took)
+        } else {
+            None
+        };
         let t2 = Instant::now();
+        pinner.unregister().map_err(pin_stop)?;
+        let t3 = Instant::now();
         if let Some(h) = rec {
-            h.record(t1 - t0, t2 - t1);
+            h.record(t1 - t0, t3 - t2);
+            if let Some(w) = wrote {
+                h.device_write.record(w.as_nanos() as u64);
+            }
         }
         Ok(())
     };
@@ -141,12 +166,16 @@ fn worker(
     if let Err(s) = run {
         res.stop = Some(s);
     }
+    res.note = pinner.note();
     res
 }
 
 fn pin_stop(e: PinError) -> CellStop {
     match e {
         PinError::Kernel { op, errno } => CellStop::Errno(errno.name(), format!("{op}: {errno}")),
+        PinError::Device { op, status } => {
+            CellStop::Errno(status.clone(), format!("{op}: {status}"))
+        }
         PinError::NotRun(r) => CellStop::NotRun(r),
         PinError::Tool(e) => CellStop::Tool(e),
     }
@@ -252,7 +281,9 @@ pub fn run(
                 let mut ours = Hists::default();
                 let mut base = Hists::default();
                 let mut stop = None;
+                let mut note = None;
                 for r in results {
+                    note = note.or(r.note);
                     ours.merge(&r.ours);
                     base.merge(&r.base);
                     if stop.is_none() {
@@ -293,11 +324,16 @@ pub fn run(
                     _ => {}
                 }
                 let pages = (size.round_up(4096).bytes() / 4096).max(1) as f64;
+                let no_baseline = Latency::default();
                 for (op, h, b) in [
                     ("register", &ours.register, &base.register),
                     ("unregister", &ours.unregister, &base.unregister),
                     ("cycle", &ours.cycle, &base.cycle),
+                    ("device-write", &ours.device_write, &no_baseline),
                 ] {
+                    if op == "device-write" && h.count() == 0 {
+                        continue;
+                    }
                     let st = h.stats();
                     let bst = (b.count() > 0).then(|| b.stats());
                     out.push(BenchRow {
@@ -310,7 +346,7 @@ pub fn run(
                         op: op.into(),
                         threads,
                         outcome: "ok".into(),
-                        reason: None,
+                        reason: note.clone(),
                         ops_per_sec: (st.mean_ns > 0.0).then(|| threads as f64 * 1e9 / st.mean_ns),
                         ns_per_4k_page: (op == "cycle").then(|| st.p50_ns as f64 / pages),
                         baseline_p50_ns: bst.as_ref().map(|b| b.p50_ns),

@@ -94,5 +94,8 @@ pub fn capture() -> Environment {
         sysctls,
         boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
         virtualized: virt,
+        rdma: Some(
+            pinstorm_workloads::pin::rdma::selected().unwrap_or_else(|why| format!("none: {why}")),
+        ),
     }
 }

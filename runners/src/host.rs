@@ -269,6 +269,9 @@ fn log(opts: &RunOptions, msg: &str) {
 
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     signals::install();
+    // The rdma pin paths' device, port and access flags: the scenario's `[rdma]` (into which
+    // the command line merged `--rdma-*`), in a host run and in a lab guest alike.
+    pinstorm_workloads::pin::rdma::configure(opts.scenario.rdma.clone().unwrap_or_default());
     let results_root = scratch::checked_write_path(&opts.results_root, "--results")?;
     let scratch_root = scratch::checked_write_path(&opts.scratch_root, "--scratch-root")?;
     let scratch_dir = opts
@@ -478,6 +481,12 @@ fn run_jobs(
                 kernel,
                 seed: s.seed,
                 memlock_hint: hint.clone(),
+                rdma_device: job
+                    .pins
+                    .iter()
+                    .any(|p| p.is_rdma())
+                    .then(pinstorm_workloads::pin::rdma::device_name)
+                    .flatten(),
             };
             let r = probe::run(job, &ctx, &progress, &mut result.probe);
             summarize_expectations(opts, result);

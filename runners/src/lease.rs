@@ -896,6 +896,7 @@ fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, Str
     let target = PinTarget {
         addr: map.addr(),
         len: size as usize,
+        writable: map.mode().writable,
     };
     let answer = |r: Result<(), PinError>| match r {
         Ok(()) => "ok".to_string(),

@@ -28,6 +28,17 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Which bytes of `seen` differ from `want`: "1024 of 4096 bytes differ, 3072..4095".
+fn differing_bytes(want: &[u8], seen: &[u8]) -> String {
+    let diff: Vec<usize> = (0..want.len().min(seen.len()))
+        .filter(|&i| want[i] != seen[i])
+        .collect();
+    match (diff.first(), diff.last()) {
+        (Some(a), Some(b)) => format!("{} of {} bytes differ, {a}..{b}", diff.len(), want.len()),
+        _ => format!("lengths {} and {}", want.len(), seen.len()),
+    }
+}
+
 /// After a successful pin: let the device write a pattern, check the CPU sees it through
 /// the mapping, let the device read it back.
 fn device_io(
@@ -45,11 +56,24 @@ fn device_io(
                 let mut seen = vec![0u8; len];
                 region.mapping.read_at(0, &mut seen);
                 if seen != pat {
-                    return "mismatch(write-not-visible)".into();
+                    // Which bytes, and does the device read its own write back? If it does,
+                    // the device wrote somewhere the CPU's mapping does not show.
+                    let device_sees = match pinner.device_read(0, len) {
+                        Ok(b) if b == pat => "the device reads its write back",
+                        Ok(b) if b == seen => "the device reads what the CPU sees",
+                        Ok(_) => "the device reads back something else",
+                        Err(_) => "the device read failed",
+                    };
+                    return format!(
+                        "mismatch(write-not-visible: {}; {device_sees})",
+                        differing_bytes(&pat, &seen)
+                    );
                 }
             }
             Ok(n) => return format!("short-write({n}/{len})"),
-            Err(PinError::Kernel { errno, .. }) => return errno.name(),
+            Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                return e.outcome().unwrap_or_default()
+            }
             Err(PinError::NotRun(_)) => read_only_path = true,
             Err(e) => return format!("error: {e}"),
         }
@@ -66,7 +90,11 @@ fn device_io(
                 "mismatch(read)".into()
             }
         }
-        Err(PinError::Kernel { errno, .. }) => errno.name(),
+        Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+            e.outcome().unwrap_or_default()
+        }
+        // A device that cannot do I/O here (an iWARP device without rdma_cm): say why.
+        Err(PinError::NotRun(why)) => format!("notrun: {why}"),
         Err(e) => format!("error: {e}"),
     }
 }
@@ -77,6 +105,8 @@ pub struct ProbeContext<'a> {
     pub kernel: &'a KernelRelease,
     pub seed: u64,
     pub memlock_hint: Option<String>,
+    /// The RDMA device the `rdma` paths use (for expectation rules with `rdma_device`).
+    pub rdma_device: Option<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -98,6 +128,10 @@ fn row(
         map: spec.map.name(),
         access: spec.access.name(),
         dax,
+        rdma_device: ctx
+            .rdma_device
+            .as_deref()
+            .filter(|_| pin.starts_with("rdma")),
     };
     let (verdict, rule) = judge(ctx.expectations, &cell, ctx.kernel, &outcome);
     ProbeRow {
@@ -193,8 +227,8 @@ pub fn run(
                     let spec = region.spec;
                     let mut pinner = match path.pinner() {
                         Ok(p) => p,
-                        Err(PinError::Kernel { op, errno }) => {
-                            let why = format!("setting up the pin path: {op}: {errno}");
+                        Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                            let why = format!("setting up the pin path: {e}");
                             out.push(notrun(&fs, &spec, why, region.dax));
                             continue;
                         }
@@ -212,7 +246,7 @@ pub fn run(
                             pinner.unregister().map_err(|e| {
                                 anyhow::anyhow!("unregister after a successful probe: {e}")
                             })?;
-                            cell(&fs, &spec, "ok".into(), None, region.dax, dio)
+                            cell(&fs, &spec, "ok".into(), pinner.note(), region.dax, dio)
                         }
                         Err(PinError::Kernel { op, errno }) => {
                             let reason = with_memlock_hint(
@@ -222,6 +256,14 @@ pub fn run(
                             );
                             cell(&fs, &spec, errno.name(), Some(reason), region.dax, None)
                         }
+                        Err(PinError::Device { op, status }) => cell(
+                            &fs,
+                            &spec,
+                            status.clone(),
+                            Some(format!("{op}: {status}")),
+                            region.dax,
+                            None,
+                        ),
                         Err(PinError::NotRun(r)) => notrun(&fs, &spec, r, region.dax),
                         Err(PinError::Tool(e)) => return Err(e),
                     };
@@ -236,6 +278,17 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::pattern;
+
+    #[test]
+    fn differing_bytes_names_the_count_and_the_span() {
+        let want = vec![1u8; 4096];
+        let mut seen = want.clone();
+        seen[1024..2048].fill(0);
+        assert_eq!(
+            super::differing_bytes(&want, &seen),
+            "1024 of 4096 bytes differ, 1024..2047"
+        );
+    }
 
     #[test]
     fn patterns_are_deterministic_per_seed() {

@@ -321,7 +321,9 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         let now = sh.wd.elapsed_ms();
         let outcome = match &r {
             Ok(()) => "ok".to_string(),
-            Err(PinError::Kernel { errno, .. }) => errno.name(),
+            Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                e.outcome().unwrap_or_default()
+            }
             Err(PinError::NotRun(m)) => {
                 out.notrun = Some(m.clone());
                 break;
@@ -400,11 +402,11 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
                         out.totals.readback_mismatches += 1;
                     }
                 }
-                Err(PinError::Kernel { errno, .. }) => {
-                    *out.totals
-                        .device_write_errors
-                        .entry(errno.name())
-                        .or_default() += 1;
+                // A refusal by the kernel or a failed transfer reported by the device (an RDMA
+                // completion error, say after an ODP invalidation): counted by name.
+                Err(e @ (PinError::Kernel { .. } | PinError::Device { .. })) => {
+                    let name = e.outcome().unwrap_or_default();
+                    *out.totals.device_write_errors.entry(name).or_default() += 1;
                 }
                 Err(PinError::NotRun(m)) => {
                     can_write = false;
@@ -826,6 +828,10 @@ fn run_cell(
     }
     let dax = files[0].region.dax;
     let file_backed = files[0].file_backed();
+    let rdma_device = pin
+        .is_rdma()
+        .then(pinstorm_workloads::pin::rdma::device_name)
+        .flatten();
     let expected = ctx
         .expectations
         .lookup(
@@ -836,6 +842,7 @@ fn run_cell(
                 map: map.name(),
                 access: Access::Rw.name(),
                 dax,
+                rdma_device: rdma_device.as_deref(),
             },
             ctx.kernel,
         )
@@ -1065,7 +1072,9 @@ fn run_cell(
     }
     let mut findings = std::mem::take(&mut *sh.findings());
     match pin {
-        PinKind::Vmsplice => {
+        // vmsplice never writes; an rdma device whose queue pairs cannot be connected here
+        // (iWARP without rdma_cm) does not either.
+        _ if pin == PinKind::Vmsplice || write_notrun.is_some() => {
             let why = write_notrun
                 .clone()
                 .unwrap_or_else(|| "this pin path has no device write".into());

@@ -327,6 +327,7 @@ impl Pin {
         let target = PinTarget {
             addr: mapping.addr(),
             len,
+            writable: mapping.mode().writable,
         };
         pinner.register(target).map_err(|e| match e {
             crate::pin::PinError::Kernel { errno, .. } => errno.name(),
@@ -634,6 +635,7 @@ fn overhead(out: &Out, cfg: &HolderConfig, cycles: u32) {
     let target = PinTarget {
         addr: mapping.addr(),
         len,
+        writable: mapping.mode().writable,
     };
     let mut pinner = match IoUringPinner::new() {
         Ok(p) => p,
@@ -880,6 +882,7 @@ fn fork_child_pins(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
                 p.register(PinTarget {
                     addr: m.addr(),
                     len,
+                    writable: m.mode().writable,
                 })
                 .map_err(|e| match e {
                     crate::pin::PinError::Kernel { errno, .. } => errno.name(),

@@ -39,6 +39,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../configs/mixed-layout-storm.toml"),
     ),
     (
+        "rdma-vs-layout",
+        include_str!("../../configs/rdma-vs-layout.toml"),
+    ),
+    (
         "lease-break-storm",
         include_str!("../../configs/lease-break-storm.toml"),
     ),
@@ -65,6 +69,9 @@ pub struct Scenario {
     pub bench: Option<BenchJob>,
     pub storm: Option<StormJob>,
     pub lease: Option<LeaseJob>,
+    /// `[rdma]`: device, port and MR access flags of the `rdma` and `rdma-odp` pin paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<crate::pin::rdma::RdmaConfig>,
 }
 
 /// `[probe]`: is a pin allowed? One registration per pin path x backing x map x access.
@@ -116,6 +123,11 @@ pub struct BenchJob {
     /// Also run the same syscalls in a tight loop, interleaved, to show harness overhead.
     #[serde(default = "yes")]
     pub baseline: bool,
+    /// After each recorded registration, time one device write of a 4 KiB page through it
+    /// (op `device-write`): for `rdma-odp` the device's page fault (first touch) or, with
+    /// `[rdma] prefetch`, a write into prefetched pages.
+    #[serde(default)]
+    pub device_write: bool,
 }
 
 /// `[storm]`: pinners register, hold, let the device write and read, and unregister, while
@@ -436,6 +448,16 @@ impl Scenario {
                 );
             }
         }
+        if let Some(r) = &s.rdma {
+            if let Some(m) = r.path_mtu {
+                if crate::pin::rdma::mtu_enum(m).is_none() {
+                    return err("rdma", "path_mtu", "must be 256, 512, 1024, 2048 or 4096");
+                }
+            }
+            if r.completion_timeout.0.is_zero() {
+                return err("rdma", "completion_timeout", "must be greater than zero");
+            }
+        }
         if let Some(st) = &s.storm {
             for (key, empty) in [
                 ("pins", st.pins.is_empty()),
@@ -488,6 +510,11 @@ impl Scenario {
             }
         }
         Ok(s)
+    }
+
+    /// The scenario as TOML (what results record, and what the lab hands a guest).
+    pub fn to_text(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
     }
 
     pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {

@@ -384,6 +384,7 @@ impl Region {
         PinTarget {
             addr: self.mapping.addr(),
             len: self.mapping.len(),
+            writable: self.mapping.mode().writable,
         }
     }
 }

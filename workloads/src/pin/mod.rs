@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys::Errno;
 
 pub mod io_uring;
+pub mod rdma;
 pub mod vmsplice;
 
 /// The pin paths pinstorm knows. The serialized name is what scenario files and result
@@ -29,15 +30,30 @@ pub enum PinKind {
     /// vmsplice(2) into a pipe that is not read: transient page references.
     #[serde(rename = "vmsplice")]
     Vmsplice,
+    /// RDMA memory registration: `ibv_reg_mr` (long-term pin; FOLL_WRITE unless the access
+    /// flags are read-only).
+    #[serde(rename = "rdma")]
+    Rdma,
+    /// RDMA on-demand paging: `ibv_reg_mr` with `IBV_ACCESS_ON_DEMAND` (no pin: the device
+    /// mirrors the page tables and faults; invalidated by MMU notifiers).
+    #[serde(rename = "rdma-odp")]
+    RdmaOdp,
 }
 
 impl PinKind {
-    pub const ALL: &'static [PinKind] = &[PinKind::IoUring, PinKind::Vmsplice];
+    pub const ALL: &'static [PinKind] = &[
+        PinKind::IoUring,
+        PinKind::Vmsplice,
+        PinKind::Rdma,
+        PinKind::RdmaOdp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             PinKind::IoUring => "io_uring",
             PinKind::Vmsplice => "vmsplice",
+            PinKind::Rdma => "rdma",
+            PinKind::RdmaOdp => "rdma-odp",
         }
     }
 
@@ -49,6 +65,12 @@ impl PinKind {
             PinKind::Vmsplice => {
                 "vmsplice(2) into a pipe left unread (transient page references, read-only); device read = tee + read"
             }
+            PinKind::Rdma => {
+                "RDMA memory registration (ibv_reg_mr, long-term pin); device write/read = RDMA WRITE/READ over a loopback RC queue pair"
+            }
+            PinKind::RdmaOdp => {
+                "RDMA on-demand paging (ibv_reg_mr + IBV_ACCESS_ON_DEMAND, no pin; ibv_advise_mr prefetch); device I/O as rdma"
+            }
         }
     }
 
@@ -57,6 +79,8 @@ impl PinKind {
         match self {
             PinKind::IoUring => Box::new(io_uring::IoUringPath),
             PinKind::Vmsplice => Box::new(vmsplice::VmsplicePath),
+            PinKind::Rdma => Box::new(rdma::RdmaPath { odp: false }),
+            PinKind::RdmaOdp => Box::new(rdma::RdmaPath { odp: true }),
         }
     }
 
@@ -99,6 +123,10 @@ impl Availability {
 pub struct PinTarget {
     pub addr: usize,
     pub len: usize,
+    /// Whether the mapping is writable (`PROT_WRITE`). Paths whose registration names an
+    /// access mode (RDMA access flags) derive their default from it; io_uring always pins for
+    /// writing.
+    pub writable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +134,10 @@ pub enum PinError {
     /// The kernel refused: this is a measured outcome, not a tool failure.
     #[error("{op}: {errno}")]
     Kernel { op: &'static str, errno: Errno },
+    /// The device reported a failed transfer (an RDMA work completion with an error status
+    /// such as `IBV_WC_REM_ACCESS_ERR`, or no completion in time): a measured outcome too.
+    #[error("{op}: {status}")]
+    Device { op: &'static str, status: String },
     /// Cannot run here (missing capability, device, limit), with the reason.
     #[error("not run: {0}")]
     NotRun(String),
@@ -115,6 +147,16 @@ pub enum PinError {
 }
 
 impl PinError {
+    /// The name a measured failure is recorded under (`EFAULT`, `IBV_WC_REM_ACCESS_ERR`);
+    /// `None` for `NotRun` and `Tool`.
+    pub fn outcome(&self) -> Option<String> {
+        match self {
+            PinError::Kernel { errno, .. } => Some(errno.name()),
+            PinError::Device { status, .. } => Some(status.clone()),
+            _ => None,
+        }
+    }
+
     pub fn kernel(op: &'static str, err: &std::io::Error) -> PinError {
         match Errno::from_io(err) {
             Some(errno) => PinError::Kernel { op, errno },
@@ -152,6 +194,11 @@ pub trait Pinner: Send {
     fn device_write(&mut self, offset: usize, data: &[u8]) -> Result<usize, PinError>;
     /// Let the device read `len` bytes out of the pinned pages at `offset`.
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError>;
+    /// Something about how this pinner ran that a reader of the results must know although
+    /// nothing failed (e.g. an ODP prefetch the device does not have, so it was skipped).
+    fn note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The baseline of a pin path: register + unregister with the raw calls, timed inline.

@@ -1,0 +1,699 @@
+//! The unsafe edge of the `rdma` pin path: libibverbs objects as RAII types.
+//!
+//! Owns every raw verbs call pinstorm makes: the device list, device contexts, protection
+//! domains, memory regions, completion queues and queue pairs, each a type whose `Drop`
+//! destroys it. Children hold an `Arc` of their parent (MR -> PD -> context, QP -> PD and CQ),
+//! so a parent can never be destroyed before its children, whatever order the caller drops
+//! things in. Everything above this module is safe code.
+//!
+//! The exported verbs come from `ibverbs-sys` (the `ffi` module of the `ibverbs` crate). The
+//! ones rdma-core only has as `static inline` functions (query_port, query_gid_table,
+//! query_device_ex, advise_mr, post_send, poll_cq) go through the small C shim in `shim.c`.
+//! Must not touch: mappings and files (the caller passes plain addresses), and it never
+//! decides what an outcome means.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+use ibverbs_sys as ffi;
+
+use crate::sys::Errno;
+
+// The shim (shim.c). Each returns 0 or a positive errno unless documented otherwise.
+extern "C" {
+    fn pinstorm_query_port(
+        ctx: *mut ffi::ibv_context,
+        port: u8,
+        state: *mut u32,
+        link_layer: *mut u32,
+        active_mtu: *mut u32,
+        lid: *mut u32,
+        gid_tbl_len: *mut u32,
+        max_msg_sz: *mut u32,
+    ) -> c_int;
+    fn pinstorm_pick_gid(
+        ctx: *mut ffi::ibv_context,
+        port: u8,
+        gid: *mut u8,
+        index: *mut u32,
+        gid_type: *mut u32,
+    ) -> c_int;
+    fn pinstorm_odp_caps(
+        ctx: *mut ffi::ibv_context,
+        general: *mut u64,
+        rc: *mut u32,
+        uc: *mut u32,
+        ud: *mut u32,
+    ) -> c_int;
+    fn pinstorm_prefetch_mr(pd: *mut ffi::ibv_pd, addr: u64, len: u32, lkey: u32) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn pinstorm_post_rdma(
+        qp: *mut ffi::ibv_qp,
+        write: c_int,
+        wr_id: u64,
+        laddr: u64,
+        len: u32,
+        lkey: u32,
+        raddr: u64,
+        rkey: u32,
+    ) -> c_int;
+    fn pinstorm_poll_one(
+        cq: *mut ffi::ibv_cq,
+        wr_id: *mut u64,
+        status: *mut u32,
+        opcode: *mut u32,
+        byte_len: *mut u32,
+        vendor_err: *mut u32,
+        qp_num: *mut u32,
+    ) -> c_int;
+}
+
+/// `errno` after a verbs call that returned NULL (EINVAL when the library left it at 0).
+fn last_errno() -> Errno {
+    match Errno::last() {
+        Errno(0) => Errno(libc::EINVAL),
+        e => e,
+    }
+}
+
+fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libibverbs returns NUL-terminated strings that live as long as the device list.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// One device of `ibv_get_device_list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub name: String,
+    /// `IBV_TRANSPORT_IB` (0, also RoCE) or `IBV_TRANSPORT_IWARP` (1), ...
+    pub iwarp: bool,
+    pub index: usize,
+}
+
+/// The device list. Freed on drop; contexts opened from it stay valid after that (libibverbs
+/// reference-counts the devices).
+pub struct DeviceList {
+    list: *mut *mut ffi::ibv_device,
+    n: usize,
+}
+
+impl DeviceList {
+    /// `ibv_get_device_list`. An empty list is not an error; a kernel without uverbs gives
+    /// `ENOSYS`.
+    pub fn get() -> Result<DeviceList, Errno> {
+        let mut n: c_int = 0;
+        // SAFETY: `n` is a valid out pointer; the list is freed in `Drop`.
+        let list = unsafe { ffi::ibv_get_device_list(&mut n) };
+        if list.is_null() {
+            return Err(last_errno());
+        }
+        Ok(DeviceList {
+            list,
+            n: n.max(0) as usize,
+        })
+    }
+
+    fn raw(&self, i: usize) -> *mut ffi::ibv_device {
+        assert!(i < self.n);
+        // SAFETY: `i < n`, and the list holds `n` valid device pointers until freed.
+        unsafe { *self.list.add(i) }
+    }
+
+    pub fn entries(&self) -> Vec<DeviceEntry> {
+        (0..self.n)
+            .map(|i| {
+                let d = self.raw(i);
+                // SAFETY: `d` is a valid device of the list (see `raw`).
+                let (name, transport) =
+                    unsafe { (cstr(ffi::ibv_get_device_name(d)), (*d).transport_type) };
+                DeviceEntry {
+                    name,
+                    iwarp: transport == ffi::IBV_TRANSPORT_IWARP,
+                    index: i,
+                }
+            })
+            .collect()
+    }
+
+    /// `ibv_open_device` on entry `index`.
+    pub fn open(&self, index: usize) -> Result<Context, Errno> {
+        let d = self.raw(index);
+        let name = self.entries()[index].name.clone();
+        // SAFETY: `d` is a valid device; the context is closed in `Context::drop`.
+        let ctx = unsafe { ffi::ibv_open_device(d) };
+        if ctx.is_null() {
+            return Err(last_errno());
+        }
+        Ok(Context { ctx, name })
+    }
+}
+
+impl Drop for DeviceList {
+    fn drop(&mut self) {
+        // SAFETY: `list` came from ibv_get_device_list and is freed once.
+        unsafe { ffi::ibv_free_device_list(self.list) }
+    }
+}
+
+/// An open device (`ibv_open_device`), closed on drop.
+pub struct Context {
+    ctx: *mut ffi::ibv_context,
+    name: String,
+}
+
+// libibverbs contexts are thread safe (every verb takes its own locks where needed).
+unsafe impl Send for Context {}
+unsafe impl Sync for Context {}
+
+/// What `ibv_query_device` says that pinstorm shows.
+#[derive(Clone, Debug)]
+pub struct DeviceAttr {
+    pub fw_ver: String,
+    pub phys_port_cnt: u8,
+    pub max_mr_size: u64,
+    pub vendor_id: u32,
+    pub vendor_part_id: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PortAttr {
+    /// `enum ibv_port_state`: 4 = ACTIVE.
+    pub state: u32,
+    /// `IBV_LINK_LAYER_*`: 1 InfiniBand, 2 Ethernet.
+    pub link_layer: u32,
+    /// `enum ibv_mtu`.
+    pub active_mtu: u32,
+    pub lid: u16,
+    pub gid_tbl_len: u32,
+    pub max_msg_sz: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OdpCaps {
+    pub general: u64,
+    pub rc: u32,
+    pub uc: u32,
+    pub ud: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GidPick {
+    pub gid: [u8; 16],
+    pub index: u32,
+    /// `enum ibv_gid_type`: 0 IB, 1 RoCE v1, 2 RoCE v2.
+    pub gid_type: u32,
+}
+
+impl Context {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn query_device(&self) -> Result<DeviceAttr, Errno> {
+        let mut a: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: `a` is a valid, writable ibv_device_attr; the context is open.
+        let rc = unsafe { ffi::ibv_query_device(self.ctx, &mut a) };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(DeviceAttr {
+            fw_ver: cstr(a.fw_ver.as_ptr()),
+            phys_port_cnt: a.phys_port_cnt,
+            max_mr_size: a.max_mr_size,
+            vendor_id: a.vendor_id,
+            vendor_part_id: a.vendor_part_id,
+        })
+    }
+
+    pub fn query_port(&self, port: u8) -> Result<PortAttr, Errno> {
+        let (mut st, mut ll, mut mtu, mut lid, mut gl, mut mm) =
+            (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
+        // SAFETY: all out pointers are valid u32s; the context is open.
+        let rc = unsafe {
+            pinstorm_query_port(
+                self.ctx, port, &mut st, &mut ll, &mut mtu, &mut lid, &mut gl, &mut mm,
+            )
+        };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(PortAttr {
+            state: st,
+            link_layer: ll,
+            active_mtu: mtu,
+            lid: lid as u16,
+            gid_tbl_len: gl,
+            max_msg_sz: mm,
+        })
+    }
+
+    /// The GID a loopback connection addresses this port with (RoCE v2 preferred).
+    pub fn pick_gid(&self, port: u8) -> Result<GidPick, Errno> {
+        let mut g = GidPick {
+            gid: [0; 16],
+            index: 0,
+            gid_type: 0,
+        };
+        // SAFETY: `gid` has room for 16 bytes; the other out pointers are valid u32s.
+        let rc = unsafe {
+            pinstorm_pick_gid(
+                self.ctx,
+                port,
+                g.gid.as_mut_ptr(),
+                &mut g.index,
+                &mut g.gid_type,
+            )
+        };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(g)
+    }
+
+    /// `ibv_query_device_ex`'s ODP capabilities.
+    pub fn odp_caps(&self) -> Result<OdpCaps, Errno> {
+        let mut c = OdpCaps::default();
+        // SAFETY: valid out pointers; the context is open.
+        let rc =
+            unsafe { pinstorm_odp_caps(self.ctx, &mut c.general, &mut c.rc, &mut c.uc, &mut c.ud) };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: every child holds an Arc of this context, so none is alive any more.
+        unsafe { ffi::ibv_close_device(self.ctx) };
+    }
+}
+
+/// A protection domain, deallocated on drop.
+pub struct Pd {
+    pd: *mut ffi::ibv_pd,
+    ctx: Arc<Context>,
+}
+
+unsafe impl Send for Pd {}
+unsafe impl Sync for Pd {}
+
+impl Pd {
+    pub fn alloc(ctx: &Arc<Context>) -> Result<Arc<Pd>, Errno> {
+        // SAFETY: the context is open; the PD is deallocated in `Drop`.
+        let pd = unsafe { ffi::ibv_alloc_pd(ctx.ctx) };
+        if pd.is_null() {
+            return Err(last_errno());
+        }
+        Ok(Arc::new(Pd {
+            pd,
+            ctx: ctx.clone(),
+        }))
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
+
+impl Drop for Pd {
+    fn drop(&mut self) {
+        // SAFETY: MRs and QPs hold an Arc of this PD, so none is alive any more.
+        unsafe { ffi::ibv_dealloc_pd(self.pd) };
+    }
+}
+
+/// A registered memory region (`ibv_reg_mr`), deregistered on drop.
+pub struct Mr {
+    mr: *mut ffi::ibv_mr,
+    pd: Arc<Pd>,
+}
+
+unsafe impl Send for Mr {}
+unsafe impl Sync for Mr {}
+
+impl Mr {
+    /// `ibv_reg_mr(pd, addr, len, access)`: the kernel pins the pages (or, with
+    /// `IBV_ACCESS_ON_DEMAND`, mirrors the page tables) until `Drop` deregisters.
+    ///
+    /// # Safety
+    /// `addr..addr+len` must not be memory that Rust code borrows as a slice or object: from
+    /// now on the device may write into those pages whenever a work request naming this MR's
+    /// keys is posted. (pinstorm's mappings never hand out slices; see `sys::Mapping`.) The
+    /// range need not stay mapped: unmapping under a registration is a scenario, and the
+    /// kernel keeps pinned pages alive until deregistration.
+    pub unsafe fn register(
+        pd: &Arc<Pd>,
+        addr: usize,
+        len: usize,
+        access: u32,
+    ) -> Result<Mr, Errno> {
+        let mr = ffi::ibv_reg_mr(pd.pd, addr as *mut c_void, len, access as c_int);
+        if mr.is_null() {
+            return Err(last_errno());
+        }
+        Ok(Mr { mr, pd: pd.clone() })
+    }
+
+    pub fn lkey(&self) -> u32 {
+        // SAFETY: `mr` is a valid registration until Drop.
+        unsafe { (*self.mr).lkey }
+    }
+
+    pub fn rkey(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.mr).rkey }
+    }
+
+    /// `ibv_advise_mr(PREFETCH_WRITE, FLAG_FLUSH)` over `addr..addr+len` of this (ODP) MR.
+    pub fn prefetch(&self, addr: usize, len: u32) -> Result<(), Errno> {
+        // SAFETY: the MR and PD are valid; the SGE is built and consumed inside the call.
+        let rc = unsafe { pinstorm_prefetch_mr(self.pd.pd, addr as u64, len, self.lkey()) };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register`, deregistered once. QPs that could still DMA
+        // through it are the caller's to destroy first (see `Loopback`'s field order).
+        unsafe { ffi::ibv_dereg_mr(self.mr) };
+    }
+}
+
+/// `ibv_dereg_mr` with its result, for callers that want the errno of an unregister.
+pub fn deregister(mr: Mr) -> Result<(), Errno> {
+    let raw = mr.mr;
+    let pd = mr.pd.clone();
+    std::mem::forget(mr);
+    // SAFETY: `mr` was forgotten, so this is the only deregistration.
+    let rc = unsafe { ffi::ibv_dereg_mr(raw) };
+    drop(pd);
+    if rc != 0 {
+        return Err(Errno(rc));
+    }
+    Ok(())
+}
+
+/// A completion queue, destroyed on drop.
+pub struct Cq {
+    cq: *mut ffi::ibv_cq,
+    _ctx: Arc<Context>,
+}
+
+unsafe impl Send for Cq {}
+unsafe impl Sync for Cq {}
+
+/// One polled work completion.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub wr_id: u64,
+    pub status: u32,
+    pub opcode: u32,
+    pub byte_len: u32,
+    pub vendor_err: u32,
+    pub qp_num: u32,
+}
+
+impl Cq {
+    pub fn create(ctx: &Arc<Context>, entries: i32) -> Result<Arc<Cq>, Errno> {
+        // SAFETY: the context is open; no completion channel; destroyed in Drop.
+        let cq = unsafe {
+            ffi::ibv_create_cq(
+                ctx.ctx,
+                entries,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if cq.is_null() {
+            return Err(last_errno());
+        }
+        Ok(Arc::new(Cq {
+            cq,
+            _ctx: ctx.clone(),
+        }))
+    }
+
+    /// Poll at most one completion (never blocks).
+    pub fn poll_one(&self) -> Result<Option<Completion>, Errno> {
+        let mut c = Completion {
+            wr_id: 0,
+            status: 0,
+            opcode: 0,
+            byte_len: 0,
+            vendor_err: 0,
+            qp_num: 0,
+        };
+        // SAFETY: valid out pointers; the CQ is alive.
+        let n = unsafe {
+            pinstorm_poll_one(
+                self.cq,
+                &mut c.wr_id,
+                &mut c.status,
+                &mut c.opcode,
+                &mut c.byte_len,
+                &mut c.vendor_err,
+                &mut c.qp_num,
+            )
+        };
+        match n {
+            0 => Ok(None),
+            1 => Ok(Some(c)),
+            n => Err(Errno(if n < 0 { -n } else { libc::EIO })),
+        }
+    }
+}
+
+impl Drop for Cq {
+    fn drop(&mut self) {
+        // SAFETY: QPs using this CQ hold an Arc of it, so none is alive any more.
+        unsafe { ffi::ibv_destroy_cq(self.cq) };
+    }
+}
+
+/// Where the peer of an RC queue pair is, for `ibv_modify_qp` to RTR.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub qp_num: u32,
+    pub port: u8,
+    pub mtu: u32,
+    /// InfiniBand: the port's LID. RoCE: unused (0).
+    pub lid: u16,
+    /// RoCE (and routed IB): the GID and its index; rxe needs a global route.
+    pub gid: Option<GidPick>,
+}
+
+/// A reliable-connected queue pair, destroyed on drop.
+pub struct Qp {
+    qp: *mut ffi::ibv_qp,
+    _pd: Arc<Pd>,
+    _cq: Arc<Cq>,
+}
+
+unsafe impl Send for Qp {}
+unsafe impl Sync for Qp {}
+
+impl Qp {
+    pub fn create_rc(pd: &Arc<Pd>, cq: &Arc<Cq>, max_wr: u32) -> Result<Qp, Errno> {
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        init.send_cq = cq.cq;
+        init.recv_cq = cq.cq;
+        init.cap.max_send_wr = max_wr;
+        init.cap.max_recv_wr = 1;
+        init.cap.max_send_sge = 1;
+        init.cap.max_recv_sge = 1;
+        init.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
+        // SAFETY: `init` is a valid ibv_qp_init_attr naming live CQs; destroyed in Drop.
+        let qp = unsafe { ffi::ibv_create_qp(pd.pd, &mut init) };
+        if qp.is_null() {
+            return Err(last_errno());
+        }
+        Ok(Qp {
+            qp,
+            _pd: pd.clone(),
+            _cq: cq.clone(),
+        })
+    }
+
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is alive.
+        unsafe { (*self.qp).qp_num }
+    }
+
+    fn modify(&self, attr: &mut ffi::ibv_qp_attr, mask: u32) -> Result<(), Errno> {
+        // SAFETY: `attr` is a valid ibv_qp_attr for the fields `mask` names.
+        let rc = unsafe { ffi::ibv_modify_qp(self.qp, attr, mask as c_int) };
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(())
+    }
+
+    /// RESET (flushes everything outstanding; also the way out of the error state).
+    pub fn reset(&self) -> Result<(), Errno> {
+        let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_RESET;
+        self.modify(&mut a, ffi::ibv_qp_attr_mask::IBV_QP_STATE.0)
+    }
+
+    /// ERROR: every outstanding work request completes with a flush error.
+    pub fn to_error(&self) -> Result<(), Errno> {
+        let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut a, ffi::ibv_qp_attr_mask::IBV_QP_STATE.0)
+    }
+
+    /// RESET -> INIT -> RTR -> RTS, connected to `peer`, accepting remote reads, writes and
+    /// atomics (whether an MR allows them is the MR's access flags' business).
+    /// On failure, says which transition the device refused (`RTR: EINVAL (...)`).
+    pub fn connect(&self, port: u8, peer: &Peer) -> Result<(), String> {
+        use ffi::ibv_qp_attr_mask as m;
+        let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_INIT;
+        a.pkey_index = 0;
+        a.port_num = port;
+        a.qp_access_flags = (ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0
+            | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_READ.0
+            | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_ATOMIC.0) as _;
+        self.modify(
+            &mut a,
+            (m::IBV_QP_STATE | m::IBV_QP_PKEY_INDEX | m::IBV_QP_PORT | m::IBV_QP_ACCESS_FLAGS).0,
+        )
+        .map_err(|e| format!("INIT: {e}"))?;
+
+        let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = peer.mtu;
+        a.dest_qp_num = peer.qp_num;
+        a.rq_psn = 0;
+        a.max_dest_rd_atomic = 1;
+        a.min_rnr_timer = 12;
+        a.ah_attr.port_num = peer.port;
+        a.ah_attr.dlid = peer.lid;
+        if let Some(g) = peer.gid {
+            a.ah_attr.is_global = 1;
+            a.ah_attr.grh.dgid.raw = g.gid;
+            a.ah_attr.grh.sgid_index = g.index as u8;
+            a.ah_attr.grh.hop_limit = 1;
+        }
+        self.modify(
+            &mut a,
+            (m::IBV_QP_STATE
+                | m::IBV_QP_AV
+                | m::IBV_QP_PATH_MTU
+                | m::IBV_QP_DEST_QPN
+                | m::IBV_QP_RQ_PSN
+                | m::IBV_QP_MAX_DEST_RD_ATOMIC
+                | m::IBV_QP_MIN_RNR_TIMER)
+                .0,
+        )
+        .map_err(|e| format!("RTR (path MTU enum {}): {e}", peer.mtu))?;
+
+        let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTS;
+        a.sq_psn = 0;
+        // 4.096 us * 2^14 = 67 ms per try, 7 tries: a lost packet becomes an error completion
+        // in well under a second, inside the caller's completion timeout.
+        a.timeout = 14;
+        a.retry_cnt = 7;
+        a.rnr_retry = 7;
+        a.max_rd_atomic = 1;
+        self.modify(
+            &mut a,
+            (m::IBV_QP_STATE
+                | m::IBV_QP_TIMEOUT
+                | m::IBV_QP_RETRY_CNT
+                | m::IBV_QP_RNR_RETRY
+                | m::IBV_QP_SQ_PSN
+                | m::IBV_QP_MAX_QP_RD_ATOMIC)
+                .0,
+        )
+        .map_err(|e| format!("RTS: {e}"))
+    }
+
+    /// Post one signaled RDMA WRITE (`write`) or READ between `local` (inside the MR `lkey`)
+    /// and `remote` (inside the MR `rkey`).
+    ///
+    /// # Safety
+    /// Both ranges must lie in live registrations for as long as the work request is
+    /// outstanding: the caller must poll its completion, or move the QP to ERROR/RESET (or
+    /// destroy it) before releasing either MR or the memory behind `local`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn post_rdma(
+        &self,
+        write: bool,
+        wr_id: u64,
+        local: usize,
+        len: u32,
+        lkey: u32,
+        remote: usize,
+        rkey: u32,
+    ) -> Result<(), Errno> {
+        let rc = pinstorm_post_rdma(
+            self.qp,
+            c_int::from(write),
+            wr_id,
+            local as u64,
+            len,
+            lkey,
+            remote as u64,
+            rkey,
+        );
+        if rc != 0 {
+            return Err(Errno(rc));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Qp {
+    fn drop(&mut self) {
+        // SAFETY: destroying the QP stops all its DMA; the MRs it used are still registered
+        // (their owners outlive the QP by field order).
+        unsafe { ffi::ibv_destroy_qp(self.qp) };
+    }
+}
+
+/// The name of a work completion status, as rdma-core spells the enum (`IBV_WC_REM_ACCESS_ERR`).
+pub fn wc_status_name(status: u32) -> String {
+    const NAMES: &[&str] = &[
+        "IBV_WC_SUCCESS",
+        "IBV_WC_LOC_LEN_ERR",
+        "IBV_WC_LOC_QP_OP_ERR",
+        "IBV_WC_LOC_EEC_OP_ERR",
+        "IBV_WC_LOC_PROT_ERR",
+        "IBV_WC_WR_FLUSH_ERR",
+        "IBV_WC_MW_BIND_ERR",
+        "IBV_WC_BAD_RESP_ERR",
+        "IBV_WC_LOC_ACCESS_ERR",
+        "IBV_WC_REM_INV_REQ_ERR",
+        "IBV_WC_REM_ACCESS_ERR",
+        "IBV_WC_REM_OP_ERR",
+        "IBV_WC_RETRY_EXC_ERR",
+        "IBV_WC_RNR_RETRY_EXC_ERR",
+        "IBV_WC_LOC_RDD_VIOL_ERR",
+        "IBV_WC_REM_INV_RD_REQ_ERR",
+        "IBV_WC_REM_ABORT_ERR",
+        "IBV_WC_INV_EECN_ERR",
+        "IBV_WC_INV_EEC_STATE_ERR",
+        "IBV_WC_FATAL_ERR",
+        "IBV_WC_RESP_TIMEOUT_ERR",
+        "IBV_WC_GENERAL_ERR",
+        "IBV_WC_TM_ERR",
+        "IBV_WC_TM_RNDV_INCOMPLETE",
+    ];
+    NAMES
+        .get(status as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("IBV_WC_STATUS_{status}"))
+}
