@@ -38,6 +38,7 @@ pub const PRESETS: &[(&str, &str)] = &[
         "mixed-layout-storm",
         include_str!("../../configs/mixed-layout-storm.toml"),
     ),
+    ("odp-on-dax", include_str!("../../configs/odp-on-dax.toml")),
     (
         "rdma-vs-layout",
         include_str!("../../configs/rdma-vs-layout.toml"),
