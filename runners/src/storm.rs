@@ -133,6 +133,11 @@ struct Shared {
     wd: Arc<Watchdog>,
     unsupported: Mutex<BTreeMap<LayoutKind, String>>,
     findings: Mutex<Findings>,
+    /// For each device write (by the event taken before it was issued), the event taken
+    /// after it completed. A write in flight while a layout operation ran may land after it
+    /// (an ODP device faults a fresh page in): only a write that completed before the
+    /// operation began can be stale.
+    write_done: Mutex<BTreeMap<u64, u64>>,
     run_tag: u32,
     hold: Duration,
     examples: usize,
@@ -147,6 +152,23 @@ struct Shared {
 impl Shared {
     fn event(&self) -> u64 {
         self.events.fetch_add(1, SeqCst) + 1
+    }
+
+    fn write_done(&self, started: u64) {
+        let done = self.event();
+        self.write_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(started, done);
+    }
+
+    /// Whether the device write that started at `started` completed before `event`.
+    fn write_completed_before(&self, started: u64, event: u64) -> bool {
+        self.write_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&started)
+            .is_some_and(|done| *done < event)
     }
 
     fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
@@ -213,7 +235,7 @@ impl Shared {
             }
         } else if c.offset == page_off
             && !track.shifted
-            && c.event < track.invalidated_at
+            && self.write_completed_before(c.event, track.invalidated_at)
             && fd.seen.insert((f.id, page_off, c.event, "stale"))
         {
             add(&mut fd.stale, examples, Violation {
@@ -379,6 +401,7 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
             sh.wd.begin(&slot, "device-write");
             let w = pinner.device_write(off as usize, &data);
             sh.wd.end(&slot);
+            sh.write_done(ev);
             let wrote_ms = sh.wd.elapsed_ms();
             match w {
                 Ok(_) => {
@@ -860,6 +883,7 @@ fn run_cell(
     let sh = Arc::new(Shared {
         files,
         events: AtomicU64::new(0),
+        write_done: Mutex::new(BTreeMap::new()),
         stop: AtomicBool::new(false),
         wd: wd.clone(),
         unsupported: Mutex::new(BTreeMap::new()),
@@ -1221,6 +1245,7 @@ mod tests {
                 partners_missing: None,
             }],
             events: AtomicU64::new(0),
+            write_done: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             wd: Watchdog::new(Duration::from_secs(1), &["t".to_string()]),
             unsupported: Mutex::new(BTreeMap::new()),
@@ -1271,8 +1296,18 @@ mod tests {
     fn own_data_from_before_an_invalidation_is_stale_exposure() {
         with_shared("stale", |sh| {
             sh.files[0].pages.lock().unwrap()[1].invalidated_at = 10;
-            // Written at event 5, removed by the operation at event 10, still there: stale.
+            {
+                let mut done = sh.write_done.lock().unwrap();
+                done.insert(5, 6);
+                done.insert(8, 12);
+                done.insert(11, 13);
+            }
+            // Written at event 5 (done at 6), removed by the operation at event 10, still
+            // there: stale.
             sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 5, 7), 1.0, &[]);
+            // Issued at 8 but completed at 12, after the operation began: it may have landed
+            // after it (an ODP device faults a fresh page in), so it is not stale.
+            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 8, 7), 1.0, &[]);
             // Written after the operation: fine.
             sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 11, 7), 1.0, &[]);
             // The same finding is counted once.

@@ -23,6 +23,7 @@ fn with_backing(kind: BackingKind, test: &str, f: impl FnOnce(&dyn Backing)) {
     let env = SetupEnv {
         is_root: pinstorm_workloads::is_root(),
         scratch_dir: None,
+        ..SetupEnv::default()
     };
     let b = kind
         .setup(&env, &run)
