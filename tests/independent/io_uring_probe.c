@@ -61,7 +61,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "probe: unknown kind %s\n", kind);
 		return 2;
 	}
-	if (path) {
+	if (fd >= 0 && strncmp(kind, "dev:", 4) != 0) {
 		/* Real blocks with data, not a sparse file. */
 		char *buf = malloc(len);
 		memset(buf, 0xa5, len);
