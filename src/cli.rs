@@ -283,7 +283,8 @@ layout operations during storms, lease breaks, lease-check overhead) it prints b
 the change in %, a confidence interval and a mark: slower / faster when the change is
 significant, ~ when it is not. The interval: Welch's t-test across runs when both sides
 have 2+ runs, else a bootstrap within runs. Significant: the whole interval lies beyond
---min-effect (5%), or beyond --single-run-noise (50%) when a side has a single run. Then the capability cells whose outcome changed
+--min-effect (5%), or beyond --single-run-noise (50%) when a side has a single run; tail
+quantiles (p99, p999) are judged only with 2+ runs per side. Then the capability cells whose outcome changed
 (newly refused / allowed pins), violations per run by oracle, and a verdict line.
 docs/analysis.md explains how to read it.
 
