@@ -430,10 +430,17 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         }
     }
     bad(lab::check(&opts))?;
-    if !pinstorm_workloads::is_root() {
-        return bad(Err(anyhow::anyhow!(
-            "pinstorm lab needs root on the host (QEMU's NVDIMM backing, and the guest's mkfs/mount run as the host user)"
-        )));
+    for (given, flag) in [
+        (!g.dax_dir.is_empty(), "--dax-dir"),
+        (g.devdax.is_some(), "--devdax"),
+        (g.scratch_dir.is_some(), "--scratch-dir"),
+        (g.scratch_root.is_some(), "--scratch-root"),
+    ] {
+        if given {
+            return bad(Err(anyhow::anyhow!(
+                "{flag} does not apply to `pinstorm lab`: each guest makes its own DAX targets and scratch space"
+            )));
+        }
     }
     if a.fetch_only {
         let ks = lab::fetch(&opts)?;
@@ -452,6 +459,11 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
             }
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if !pinstorm_workloads::is_root() {
+        anyhow::bail!(
+            "pinstorm lab needs root on the host (the guest runs as the host user, and makes namespaces, filesystems and mounts); --fetch-only does not"
+        );
     }
     let out = lab::run(&opts)?;
     match g.format {

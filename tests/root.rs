@@ -37,10 +37,12 @@ description = "probe loop filesystems and hugetlbfs, then a benchmark long enoug
 seed = 3
 
 [probe]
+pins = ["io_uring", "vmsplice"]
 backings = ["hugetlbfs", "xfs", "ext4"]
 size = "2M"
 
 [bench]
+pins = ["io_uring"]
 backings = ["hugetlbfs", "tmpfs"]
 sizes = ["64M"]
 iterations = 100000000

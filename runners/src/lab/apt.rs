@@ -107,6 +107,11 @@ impl Apt {
         c
     }
 
+    /// Whether package lists from an earlier update are there.
+    pub fn has_lists(&self) -> bool {
+        self.lists_stamp().exists()
+    }
+
     fn lists_stamp(&self) -> PathBuf {
         self.dir.join("lists.updated")
     }
@@ -124,7 +129,7 @@ impl Apt {
         }
         let out = self
             .command("apt-get")
-            .args(["-q", "update"])
+            .args(["-q", "--error-on=any", "update"])
             .output()
             .context("running apt-get update (is apt installed?)")?;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,6 +16,11 @@ const MARKERS: &[(&str, &str)] = &[
     ("rcu: INFO: rcu_preempt detected stalls", "rcu-stall"),
     ("rcu_preempt self-detected stall", "rcu-stall"),
     ("possible circular locking dependency", "lockdep"),
+    ("WARNING: possible", "lockdep"),
+    ("WARNING: suspicious RCU usage", "lockdep"),
+    ("WARNING: inconsistent lock state", "lockdep"),
+    ("detected stalls on CPUs", "rcu-stall"),
+    ("UBSAN:", "bug"),
     ("WARNING: CPU:", "warning"),
     ("WARNING: at", "warning"),
     ("------------[ cut here ]------------", "cut-here"),
@@ -26,7 +31,16 @@ const MARKERS: &[(&str, &str)] = &[
 pub fn events(log: &str) -> Vec<ConsoleEvent> {
     let mut out = Vec::new();
     for (i, line) in log.lines().enumerate() {
-        if let Some((_, kind)) = MARKERS.iter().find(|(m, _)| line.contains(m)) {
+        let msg = strip_timestamp(line);
+        // A user-space fault the kernel merely logs ("traps: prog[1] general protection
+        // fault ip:..."), not a kernel oops.
+        if msg.starts_with("traps:") || msg.contains("] general protection fault ip:") {
+            continue;
+        }
+        if let Some((_, kind)) = MARKERS
+            .iter()
+            .find(|(m, _)| msg.starts_with(m) || (m.len() > 12 && msg.contains(m)))
+        {
             if *kind == "cut-here" {
                 continue;
             }
@@ -40,11 +54,14 @@ pub fn events(log: &str) -> Vec<ConsoleEvent> {
     out
 }
 
+/// The message of a console line: without the `[  1.234]` timestamp and the `[ T123]`
+/// caller id of CONFIG_PRINTK_CALLER.
 fn strip_timestamp(line: &str) -> &str {
-    let t = line.trim_start();
-    if t.starts_with('[') {
-        if let Some(end) = t.find(']') {
-            return t[end + 1..].trim_start();
+    let mut t = line.trim_start();
+    while t.starts_with('[') {
+        match t.find(']') {
+            Some(end) => t = t[end + 1..].trim_start(),
+            None => break,
         }
     }
     t
@@ -93,6 +110,17 @@ mod tests {
             tail(log, 1),
             "[  131.0] Kernel panic - not syncing: Fatal exception"
         );
+    }
+
+    #[test]
+    fn user_space_faults_and_words_in_the_middle_of_lines_are_not_kernel_events() {
+        let log = "[ 12.0] traps: a.out[311] general protection fault ip:401136 sp:7ffd error:0 in a.out\n\
+                   [ 12.1] pinstorm: probe reports BUG: none\n\
+                   [ 12.2] [ T311] WARNING: CPU: 0 PID: 311 at fs/dax.c:1 x+0x1/0x2\n";
+        let ev = events(log);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].kind, "warning");
+        assert_eq!(ev[0].line, 3);
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn resolve_deb(apt: &Apt, want: &str) -> Result<(String, String)> {
     }
     let suite_of = |c: &super::apt::Candidate| c.suite.split('/').next().unwrap_or("").to_string();
     let pick = match want {
-        "sid" | "unstable" | "trixie" | "bookworm" | "forky" => {
+        "sid" | "unstable" | "trixie" | "bookworm" => {
             let suite = if want == "unstable" { "sid" } else { want };
             c.iter()
                 .filter(|c| suite_of(c) == suite || suite_of(c).starts_with(&format!("{suite}-")))
@@ -161,8 +161,16 @@ pub fn prepare_deb(
     refresh: bool,
     log: &dyn Fn(&str),
 ) -> Result<Kernel> {
-    apt.update(refresh)
-        .context("updating the lab's private package lists")?;
+    if let Err(e) = apt.update(refresh) {
+        // Offline with lists from before: use them (a kernel already unpacked is then
+        // found without the network); without any lists there is nothing to resolve with.
+        if !apt.has_lists() {
+            return Err(e.context("updating the lab's private package lists"));
+        }
+        log(&format!(
+            "warning: could not refresh the package lists ({e:#}); using the ones from before"
+        ));
+    }
     let (image_pkg, version) = resolve_deb(apt, want)?;
     let dir = cache
         .join("kernels")

@@ -74,8 +74,9 @@ pub struct LabOptions {
 pub struct KernelOutcome {
     pub spec: String,
     pub release: Option<String>,
-    /// `ok`, `differs`, `panic`, `timeout`, `guest-error`, `setup-error`, `interrupted`,
-    /// `skipped` (already measured, resumed matrix).
+    /// `ok`, `differs` (a probe cell differs from the expectations), `kernel-warning` (the
+    /// console shows a WARNING, hung task, RCU stall or lockdep report), `oops`, `panic`,
+    /// `timeout`, `guest-error`, `setup-error`, `interrupted`.
     pub status: String,
     pub result: Option<PathBuf>,
     pub summary: String,
@@ -104,11 +105,15 @@ impl LabOutcome {
         if self
             .kernels
             .iter()
-            .any(|k| !matches!(k.status.as_str(), "ok" | "differs" | "skipped"))
+            .any(|k| !matches!(k.status.as_str(), "ok" | "differs" | "kernel-warning"))
         {
             return 1;
         }
-        if self.kernels.iter().any(|k| k.status == "differs") {
+        if self
+            .kernels
+            .iter()
+            .any(|k| matches!(k.status.as_str(), "differs" | "kernel-warning"))
+        {
             return 3;
         }
         0
@@ -127,9 +132,48 @@ struct CacheLock {
     _f: File,
 }
 
+/// The file that marks a directory as a pinstorm lab cache, and one of its run directories.
+const CACHE_MARKER: &str = ".pinstorm-lab-cache";
+const RUN_MARKER: &str = ".pinstorm-lab-run";
+
 fn lock_cache(cache: &Path) -> Result<CacheLock> {
-    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    let f = File::create(cache.join("lab.lock"))?;
+    // A cache is a directory pinstorm made (or an empty one): never a directory with other
+    // data in it, since cleanup removes what it finds under runs/.
+    if let Some(sys) = [
+        "/", "/tmp", "/var", "/var/tmp", "/home", "/root", "/usr", "/etc", "/srv", "/opt", "/mnt",
+    ]
+    .iter()
+    .find(|s| Path::new(s) == cache)
+    {
+        bail!("--cache {} is a system directory ({sys}); name a directory of its own, e.g. ~/.cache/pinstorm", cache.display());
+    }
+    if cache.exists() && !cache.join(CACHE_MARKER).exists() {
+        // Only what a lab (or scripts/lab-setup.sh, which makes the venv) puts there.
+        let foreign = std::fs::read_dir(cache)
+            .with_context(|| format!("--cache {}", cache.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| {
+                let known = matches!(
+                    n.as_str(),
+                    "venv" | "kernels" | "apt" | "downloads" | "runs" | "lab.lock"
+                ) || (n.starts_with("accel-") && n.ends_with(".txt"));
+                !known
+            });
+        if foreign.is_some() {
+            bail!(
+                "--cache {} holds files but is not a pinstorm lab cache (no {CACHE_MARKER}); refusing to use it, since the lab deletes what it leaves in there. Name an empty or new directory.",
+                cache.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("creating --cache {}", cache.display()))?;
+    std::fs::write(cache.join(CACHE_MARKER), "pinstorm lab cache\n")
+        .with_context(|| format!("writing {}", cache.join(CACHE_MARKER).display()))?;
+    let lock_path = cache.join("lab.lock");
+    let f =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
         anyhow::anyhow!(
             "another pinstorm lab is using the cache {} (it is locked); wait for it or use --cache",
@@ -146,15 +190,32 @@ pub fn clean_leftovers(cache: &Path) -> Vec<String> {
     let runs = cache.join("runs");
     for e in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
         let dir = e.path();
+        if !dir.join(RUN_MARKER).is_file() {
+            out.push(format!(
+                "left alone {} (not a pinstorm lab run directory)",
+                dir.display()
+            ));
+            continue;
+        }
         if let Some(m) = vm::kill_leftover(&dir.join("pgid"), &dir) {
             out.push(m);
+        }
+        if vm::run_dir_processes(&dir) {
+            out.push(format!(
+                "PROBLEM: processes of {} survive SIGKILL; kept it so a later cleanup finds them",
+                dir.display()
+            ));
+            continue;
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => out.push(format!(
                 "removed {} (left by a killed lab run)",
                 dir.display()
             )),
-            Err(err) => out.push(format!("could not remove {}: {err}", dir.display())),
+            Err(err) => out.push(format!(
+                "PROBLEM: could not remove {}: {err}",
+                dir.display()
+            )),
         }
     }
     out
@@ -239,7 +300,18 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
     let key = format!("{:016x}", fnv(&key_src));
     let state_dir = results_root.join("lab-matrix");
     std::fs::create_dir_all(&state_dir)?;
-    let state_file = state_dir.join(format!("{}-{key}.json", opts.scenario_name));
+    let safe_name: String = opts
+        .scenario_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let state_file = state_dir.join(format!("{safe_name}-{key}.json"));
     let mut state: MatrixState = if opts.fresh {
         MatrixState::default()
     } else {
@@ -260,7 +332,10 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
         let spec_s = spec.to_string();
         if let Some(done) = state.kernels.iter().find(|k| {
             k.spec == spec_s
-                && k.status != "interrupted"
+                && matches!(
+                    k.status.as_str(),
+                    "ok" | "differs" | "panic" | "oops" | "kernel-warning"
+                )
                 && k.result.as_ref().is_some_and(|p| p.exists())
         }) {
             log(&format!(
@@ -271,7 +346,7 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
                     .unwrap_or_default()
             ));
             let mut k = done.clone();
-            k.status = "skipped".into();
+            k.summary = format!("(measured before, resumed) {}", k.summary);
             outcome.kernels.push(k);
             continue;
         }
@@ -347,15 +422,19 @@ fn run_one(
     // The run directory: staging (shared with the guest), NVDIMM image, vng's HOME/TMPDIR.
     let run_id = new_run_id();
     let run_dir = cache.join("runs").join(&run_id);
+    let mut guard = RunDir(Some(run_dir.clone()));
     let stage = run_dir.join("stage");
     let home = run_dir.join("home");
     let tmp = run_dir.join("tmp");
     for d in [&stage, &home, &tmp] {
-        std::fs::create_dir_all(d)?;
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    std::fs::write(run_dir.join(RUN_MARKER), &run_id)?;
     let nvdimm = run_dir.join("nvdimm.img");
     if opts.pmem == PmemMode::Nvdimm {
-        File::create(&nvdimm)?.set_len(1 << 30)?;
+        File::create(&nvdimm)
+            .and_then(|f| f.set_len(1 << 30))
+            .with_context(|| format!("creating the NVDIMM backing file {}", nvdimm.display()))?;
     }
     // `--inject KIND` applies to every kernel, `--inject KIND:SPEC` to one.
     let inject = opts
@@ -428,7 +507,14 @@ fn run_one(
     let end = match end {
         Ok(e) => e,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&run_dir);
+            if vm::run_dir_processes(&run_dir) {
+                // Keep the directory (and its pgid file): the next lab or cleanup finds them.
+                guard.0 = None;
+                return Err(e.context(format!(
+                    "guest processes of {} are still alive; `pinstorm cleanup --cache` will try again",
+                    run_dir.display()
+                )));
+            }
             return Err(e);
         }
     };
@@ -439,6 +525,7 @@ fn run_one(
     let guest_result: Option<RunResult> = report
         .as_ref()
         .and_then(|r| r.result.as_ref())
+        .filter(|p| p.starts_with(&stage))
         .and_then(|p| store::read_result(p).ok());
 
     let (status, reason) = if let Some(ev) = console::panicked(&events) {
@@ -466,6 +553,26 @@ fn run_one(
         (
             "interrupted",
             Some(format!("stopped by {}", signals::signal_name(sig))),
+        )
+    } else if let Some(ev) = events
+        .iter()
+        .find(|e| matches!(e.kind.as_str(), "oops" | "bug"))
+    {
+        (
+            "oops",
+            Some(format!(
+                "the guest kernel reported {} (console line {}):\n{}",
+                ev.kind,
+                ev.line,
+                console::excerpt(&console_text, ev.line, 5, 25)
+            )),
+        )
+    } else if let Some(e) = guest_result.as_ref().and_then(|r| r.error.clone()) {
+        (
+            "guest-error",
+            Some(format!(
+                "the scenario stopped on an error in the guest: {e}"
+            )),
         )
     } else if guest_result.is_none() {
         (
@@ -509,26 +616,52 @@ fn run_one(
         result.label = opts.label.clone();
     }
     result.lab = Some(lab);
+    // The guest names its release and run id; they become directory names on the host, so
+    // they must be plain names (the host's own run id otherwise).
+    let plain =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+    if !plain(&result.run_id) {
+        result.run_id = run_id.clone();
+    }
+    if !plain(&result.environment.kernel_release) {
+        result.environment.kernel_release = kernel.release.clone();
+    }
     let dir = store::result_dir(
         results_root,
         &result.environment.kernel_release,
         &result.run_id,
     );
-    let path = store::write_result(&dir, &result)?;
-    store::write_atomic(&dir.join("console.log"), console_text.as_bytes())?;
-    if let Ok(g) = std::fs::read(stage.join("guest-exec.log")) {
-        store::write_atomic(&dir.join("guest-exec.log"), &g)?;
-    }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let stored = (|| -> Result<PathBuf> {
+        let path = store::write_result(&dir, &result)?;
+        store::write_atomic(&dir.join("console.log"), console_text.as_bytes())?;
+        if let Ok(g) = std::fs::read(stage.join("guest-exec.log")) {
+            store::write_atomic(&dir.join("guest-exec.log"), &g)?;
+        }
+        Ok(path)
+    })();
+    let path = match stored {
+        Ok(p) => p,
+        Err(e) => {
+            // Lose nothing measured: keep the staged result where it is and say where.
+            guard.0 = None;
+            return Err(e.context(format!(
+                "storing the result under {} failed; the guest's result is kept in {}",
+                dir.display(),
+                stage.display()
+            )));
+        }
+    };
+    drop(guard);
 
     let differs = result
         .probe
         .iter()
         .any(|p| p.verdict == pinstorm_analysis::expect::verdict::DIFFERS);
-    let status = if status == "ok" && differs {
-        "differs"
-    } else {
-        status
+    let warned = lab_events_warn(result.lab.as_ref());
+    let status = match status {
+        "ok" if differs => "differs",
+        "ok" if warned => "kernel-warning",
+        s => s,
     };
     Ok(KernelOutcome {
         spec: spec.to_string(),
@@ -585,6 +718,30 @@ fn placeholder_result(opts: &LabOptions, kernel: &Kernel, run_id: &str, reason: 
         hugepages: None,
         notes: vec![format!("no result came back from the guest: {reason}")],
         lab: None,
+    }
+}
+
+/// Whether the console shows kernel warnings worth failing a CI run on (exit 3).
+fn lab_events_warn(lab: Option<&LabRecord>) -> bool {
+    lab.is_some_and(|l| {
+        l.console_events.iter().any(|e| {
+            matches!(
+                e.kind.as_str(),
+                "warning" | "hung-task" | "rcu-stall" | "lockdep"
+            )
+        })
+    })
+}
+
+/// Removes a lab run directory when dropped (every early return of a kernel's run), unless
+/// disarmed because something in it must survive.
+struct RunDir(Option<PathBuf>);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -665,4 +822,63 @@ pub fn check(opts: &LabOptions) -> Result<()> {
         bail!("--memory must be at least 1024 MiB");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("pinstorm-labcache-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_cache_is_new_empty_or_ours_and_cleanup_touches_only_marked_runs() {
+        assert!(lock_cache(Path::new("/tmp")).is_err());
+        let foreign = tmp("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("thesis.tex"), "precious").unwrap();
+        let e = lock_cache(&foreign).err().unwrap().to_string();
+        assert!(e.contains("not a pinstorm lab cache"), "{e}");
+        assert!(foreign.join("thesis.tex").exists());
+
+        let ours = tmp("ours");
+        drop(lock_cache(&ours).unwrap());
+        assert!(ours.join(CACHE_MARKER).exists());
+        let marked = ours.join("runs/a");
+        let unmarked = ours.join("runs/b");
+        std::fs::create_dir_all(&marked).unwrap();
+        std::fs::create_dir_all(&unmarked).unwrap();
+        std::fs::write(marked.join(RUN_MARKER), "a").unwrap();
+        let lines = clean_leftovers(&ours);
+        assert!(!marked.exists(), "{lines:?}");
+        assert!(unmarked.exists(), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("left alone")), "{lines:?}");
+        let _ = std::fs::remove_dir_all(&foreign);
+        let _ = std::fs::remove_dir_all(&ours);
+    }
+
+    #[test]
+    fn resumed_failures_still_fail_the_exit_code() {
+        let k = |status: &str| KernelOutcome {
+            spec: "deb:6.1".into(),
+            release: None,
+            status: status.into(),
+            result: None,
+            summary: String::new(),
+            wall_seconds: 0.0,
+        };
+        let o = |ks: Vec<KernelOutcome>| LabOutcome {
+            kernels: ks,
+            state_file: PathBuf::new(),
+            interrupted: None,
+        };
+        assert_eq!(o(vec![k("ok")]).exit_code(), 0);
+        assert_eq!(o(vec![k("ok"), k("kernel-warning")]).exit_code(), 3);
+        assert_eq!(o(vec![k("differs"), k("panic")]).exit_code(), 1);
+        assert_eq!(o(vec![k("oops")]).exit_code(), 1);
+    }
 }

@@ -301,9 +301,11 @@ pub fn kill_group(pgid: i32) {
     while group_alive(pgid) && t0.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    if group_alive(pgid) {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
     }
 }
 
@@ -358,7 +360,18 @@ pub fn boot(
         .spawn()
         .with_context(|| format!("starting {}", vng.display()))?;
     let pgid = child.id() as i32;
-    std::fs::write(pgid_file, format!("{pgid}\n"))?;
+    // Whatever happens from here (an error return, a panic), the group dies with this guard.
+    struct GroupGuard(i32);
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            if group_alive(self.0) {
+                kill_group(self.0);
+            }
+        }
+    }
+    let _group = GroupGuard(pgid);
+    std::fs::write(pgid_file, format!("{pgid}\n"))
+        .with_context(|| format!("writing {}", pgid_file.display()))?;
     let mut end = GuestEnd {
         exit: None,
         timed_out: false,
@@ -398,7 +411,9 @@ pub fn boot(
         std::thread::sleep(Duration::from_millis(200));
     }
     end.panicked = panic_seen.is_some();
-    kill_group(pgid);
+    if group_alive(pgid) {
+        kill_group(pgid);
+    }
     let _ = child.wait();
     // Whatever vng started must be gone before we say the guest ended.
     let t1 = Instant::now();
@@ -412,6 +427,22 @@ pub fn boot(
     let _ = std::fs::remove_file(pgid_file);
     end.wall = t0.elapsed();
     Ok(end)
+}
+
+/// Whether any process still mentions the run directory `run_dir` on its command line
+/// (vng and QEMU do: the staging directory and the NVDIMM file are in it).
+pub fn run_dir_processes(run_dir: &Path) -> bool {
+    let marker = run_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                .unwrap_or(false)
+        })
 }
 
 /// Kill a guest a killed pinstorm left running (its process group, recorded in
