@@ -434,11 +434,10 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         (!g.dax_dir.is_empty(), "--dax-dir"),
         (g.devdax.is_some(), "--devdax"),
         (g.scratch_dir.is_some(), "--scratch-dir"),
-        (g.scratch_root.is_some(), "--scratch-root"),
     ] {
         if given {
             return bad(Err(anyhow::anyhow!(
-                "{flag} does not apply to `pinstorm lab`: each guest makes its own DAX targets and scratch space"
+                "{flag} does not apply to `pinstorm lab`: each guest makes its own DAX targets and scratch space (--scratch-root is the host's and the guests do not use it)"
             )));
         }
     }

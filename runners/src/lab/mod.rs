@@ -157,7 +157,7 @@ fn lock_cache(cache: &Path) -> Result<CacheLock> {
                 let known = matches!(
                     n.as_str(),
                     "venv" | "kernels" | "apt" | "downloads" | "runs" | "lab.lock"
-                ) || (n.starts_with("accel-") && n.ends_with(".txt"));
+                ) || n.starts_with("accel-");
                 !known
             });
         if foreign.is_some() {
@@ -283,19 +283,22 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
     };
 
     // The matrix key: what makes two lab runs the same run, for resuming.
+    // Everything that changes what a guest measures or how it is judged.
     let key_src = format!(
-        "{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{:?}",
-        opts.kernels
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>(),
+        "{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}",
+        opts.kernels,
         opts.scenario_text,
         opts.seed,
         opts.label,
         opts.pmem,
         opts.devdax,
         opts.rxe,
-        opts.inject
+        opts.inject,
+        opts.expectations,
+        opts.guest_exec,
+        opts.memory_mib,
+        opts.cpus,
+        opts.accel
     );
     let key = format!("{:016x}", fnv(&key_src));
     let state_dir = results_root.join("lab-matrix");
@@ -542,7 +545,12 @@ fn run_one(
         (
             "timeout",
             Some(format!(
-                "no result after {}s; the guest was killed{}; console tail:\n{}",
+                "{} after {}s; the guest was killed{}; console tail:\n{}",
+                if guest_result.is_some() {
+                    "the guest wrote its result but did not exit"
+                } else {
+                    "no result"
+                },
                 opts.timeout.as_secs(),
                 hung.map(|h| format!(" (hung task reported: {})", h.text))
                     .unwrap_or_default(),

@@ -91,7 +91,7 @@ pub fn probe_accel(cache: &Path, kernel_image: &Path, want: &str) -> Accel {
             };
         }
     }
-    let a = kvm_boots(kernel_image);
+    let a = kvm_boots(cache, kernel_image);
     let _ = std::fs::write(
         &stamp,
         format!("{}\n{}\n", if a.kvm { "kvm" } else { "tcg" }, a.reason),
@@ -99,8 +99,16 @@ pub fn probe_accel(cache: &Path, kernel_image: &Path, want: &str) -> Accel {
     a
 }
 
-fn kvm_boots(image: &Path) -> Accel {
+fn probe_log(path: &Path) -> Stdio {
+    File::create(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+fn kvm_boots(cache: &Path, image: &Path) -> Accel {
     let limit = Duration::from_secs(8);
+    let log_out = cache.join("accel-probe.out");
+    let log_err = cache.join("accel-probe.err");
     let child = Command::new("qemu-system-x86_64")
         .args([
             "-accel", "kvm", "-cpu", "host", "-M", "pc", "-m", "256M", "-display", "none",
@@ -109,8 +117,10 @@ fn kvm_boots(image: &Path) -> Accel {
         .arg(image)
         .args(["-append", "console=ttyS0 panic=-1 rdinit=/pinstorm-no-init"])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // Files, not pipes: a boot log longer than a pipe's buffer would stall QEMU until
+        // the probe gave up and wrongly cached TCG.
+        .stdout(probe_log(&log_out))
+        .stderr(probe_log(&log_err))
         .process_group(0)
         .spawn();
     let mut child = match child {
@@ -130,6 +140,8 @@ fn kvm_boots(image: &Path) -> Accel {
             _ => {
                 kill_group(child.id() as i32);
                 let _ = child.wait();
+                let _ = std::fs::remove_file(&log_out);
+                let _ = std::fs::remove_file(&log_err);
                 return Accel {
                     kvm: false,
                     reason: format!(
@@ -140,13 +152,11 @@ fn kvm_boots(image: &Path) -> Accel {
             }
         }
     }
-    let out = child.wait_with_output().map(|o| {
-        (
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    });
-    let (stdout, stderr) = out.unwrap_or_default();
+    let _ = child.wait();
+    let stdout = std::fs::read_to_string(&log_out).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&log_err).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_out);
+    let _ = std::fs::remove_file(&log_err);
     // With no init to run the kernel panics at the end of its boot: that is success here.
     if stdout.contains("Kernel panic") || stdout.contains("No working init") {
         Accel {
@@ -395,14 +405,20 @@ pub fn boot(
             break;
         }
         // A panicked guest reboots and QEMU (-no-reboot) exits by itself; give it a moment.
-        let len = std::fs::metadata(console_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if len != last_len {
-            last_len = len;
-            let log = std::fs::read_to_string(console_path).unwrap_or_default();
-            if panic_seen.is_none() && console::panicked(&console::events(&log)).is_some() {
-                panic_seen = Some(Instant::now());
+        // Only what the console added since the last look (from the start of its last,
+        // possibly unfinished line), so a chatty guest does not cost a re-read each time.
+        if panic_seen.is_none() {
+            if let Ok(mut f) = File::open(console_path) {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut new = Vec::new();
+                if f.seek(SeekFrom::Start(last_len)).is_ok() && f.read_to_end(&mut new).is_ok() {
+                    let upto = new.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                    let text = String::from_utf8_lossy(&new[..upto]);
+                    if console::panicked(&console::events(&text)).is_some() {
+                        panic_seen = Some(Instant::now());
+                    }
+                    last_len += upto as u64;
+                }
             }
         }
         if panic_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) {
