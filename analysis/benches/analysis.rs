@@ -109,6 +109,7 @@ fn result(i: usize, kernel: &str) -> RunResult {
         pin_counters: None,
         hugepages: None,
         notes: Vec::new(),
+        lab: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn pin_cycle(c: &mut Criterion) {
     let env = SetupEnv {
         is_root: pinstorm_workloads::is_root(),
         scratch_dir: None,
+        ..SetupEnv::default()
     };
 
     let mut group = c.benchmark_group("io_uring_register_unregister");
