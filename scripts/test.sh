@@ -30,7 +30,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Bounded: a hang must fail the run quickly, not eat CI's whole budget.

@@ -603,7 +603,7 @@ mod tests {
             "pin",
             "x",
             (0, "p50"),
-            &pooled(&[a.clone()]),
+            &pooled(std::slice::from_ref(&a)),
             &pooled(&[b2]),
             &o,
         );
@@ -617,7 +617,7 @@ mod tests {
             "pin",
             "x",
             (0, "p50"),
-            &pooled(&[a.clone()]),
+            &pooled(std::slice::from_ref(&a)),
             &pooled(&[b12]),
             &o,
         );
