@@ -263,7 +263,6 @@ exec "$@"
         check_lab_result(path, r);
     }
     assert_nothing_left();
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 fn check_lab_result(path: &Path, r: &serde_json::Value) {
@@ -437,7 +436,6 @@ fn a_panicking_kernel_is_reported_and_the_matrix_goes_on() {
     );
     eprintln!("panic + second kernel: {:.0}s", t0.elapsed().as_secs_f64());
     assert_nothing_left();
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// A guest that never returns is killed at the watchdog's timeout and reported; SIGKILL of
@@ -550,12 +548,27 @@ fn hung_guests_time_out_and_killed_labs_are_cleaned_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_nothing_left();
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
-fn tempdir(tag: &str) -> PathBuf {
+/// A temporary directory removed when the test ends, passing or failing.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("pinstorm-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
