@@ -103,6 +103,14 @@ fn modprobe(names: &[&str]) -> Vec<String> {
     failed
 }
 
+/// `ndctl create-namespace -r region0 ARGS`: its JSON answer, and the text of it.
+fn create_namespace(args: &[&str]) -> Result<(serde_json::Value, String)> {
+    let mut a = vec!["create-namespace", "-r", "region0"];
+    a.extend_from_slice(args);
+    let out = sh("ndctl", &a)?;
+    Ok((serde_json::from_str(&out).unwrap_or_default(), out))
+}
+
 /// Find a string value for `key` anywhere in an ndctl JSON answer.
 fn json_find(v: &serde_json::Value, key: &str) -> Option<String> {
     match v {
@@ -192,60 +200,29 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 ),
             ));
             for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
-                match sh(
-                    "ndctl",
-                    &[
-                        "create-namespace",
-                        "-r",
-                        "region0",
-                        "-m",
-                        "fsdax",
-                        "--map=mem",
-                        "-s",
-                        size,
-                    ],
-                ) {
-                    Ok(out) => {
-                        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-                        fsdax_devs.push((fs, json_find(&v, "blockdev")));
-                    }
+                match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                    Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
                     Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
                 }
             }
             if plan.devdax {
-                match sh(
-                    "ndctl",
-                    &[
-                        "create-namespace",
-                        "-r",
-                        "region0",
-                        "-m",
-                        "devdax",
-                        "-a",
-                        "2M",
-                        "-s",
-                        "256M",
-                    ],
-                ) {
-                    Ok(out) => {
-                        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-                        match json_find(&v, "chardev") {
-                            Some(c) => {
-                                let p = PathBuf::from(format!("/dev/{c}"));
-                                facts.push(fact(
-                                    "devdax",
-                                    p.exists(),
-                                    format!("{} (ndctl devdax namespace, align 2M)", p.display()),
-                                ));
-                                t.devdax = Some(p);
-                            }
-                            None => facts.push(fact(
+                match create_namespace(&["-m", "devdax", "-a", "2M", "-s", "256M"]) {
+                    Ok((v, out)) => match json_find(&v, "chardev") {
+                        Some(c) => {
+                            let p = PathBuf::from(format!("/dev/{c}"));
+                            facts.push(fact(
                                 "devdax",
-                                false,
-                                format!("ndctl answered no chardev: {out}"),
-                            )),
+                                p.exists(),
+                                format!("{} (ndctl devdax namespace, align 2M)", p.display()),
+                            ));
+                            t.devdax = Some(p);
                         }
-                    }
+                        None => facts.push(fact(
+                            "devdax",
+                            false,
+                            format!("ndctl answered no chardev: {out}"),
+                        )),
+                    },
                     Err(e) => facts.push(fact("devdax", false, format!("{e:#}"))),
                 }
             } else {

@@ -311,10 +311,7 @@ pub fn prepare_path(cache: &Path, image: &Path, modules: Option<&Path>) -> Resul
         .canonicalize()
         .with_context(|| format!("path:{}", image.display()))?;
     let release = image_release(&image)?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in image.as_os_str().as_encoded_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-    }
+    let h = super::fnv(&image.display().to_string());
     let dir = cache.join("kernels").join(format!("path-{h:016x}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("boot"))?;
@@ -353,21 +350,11 @@ pub fn prepare_path(cache: &Path, image: &Path, modules: Option<&Path>) -> Resul
     }
     Ok(Kernel {
         spec: format!("path:{}", image.display()),
+        boot: dir.join(format!("boot/vmlinuz-{release}")),
         release,
-        boot: dir.join(format!("boot/vmlinuz-{}", release_of(&dir)?)),
         source,
         cached: true,
     })
-}
-
-fn release_of(dir: &Path) -> Result<String> {
-    for e in std::fs::read_dir(dir.join("boot"))? {
-        let n = e?.file_name().to_string_lossy().into_owned();
-        if let Some(r) = n.strip_prefix("vmlinuz-") {
-            return Ok(r.to_string());
-        }
-    }
-    bail!("no staged kernel in {}", dir.display())
 }
 
 /// A kernel build tree: what `vng -r DIR` boots (virtme-ng installs its modules into

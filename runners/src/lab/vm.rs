@@ -324,23 +324,34 @@ pub fn group_alive(pgid: i32) -> bool {
     group_members(pgid).next().is_some()
 }
 
-fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
+/// Every process id in /proc.
+fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(move |pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // Fields after the command (which may hold spaces) in parentheses.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                return false;
-            };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
-        })
+}
+
+/// Whether process `pid`'s command line mentions `marker`.
+fn cmdline_mentions(pid: i32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .unwrap_or(false)
+}
+
+fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
+    pids().filter(move |pid| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Fields after the command (which may hold spaces) in parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+    })
 }
 
 /// Run `vng` with `args`, console (stderr) into `console`, guest stdout into `stdout`,
@@ -449,16 +460,7 @@ pub fn boot(
 /// (vng and QEMU do: the staging directory and the NVDIMM file are in it).
 pub fn run_dir_processes(run_dir: &Path) -> bool {
     let marker = run_dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .any(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-                .unwrap_or(false)
-        })
+    pids().any(|pid| cmdline_mentions(pid, &marker))
 }
 
 /// Kill a guest a killed pinstorm left running (its process group, recorded in
@@ -470,11 +472,7 @@ pub fn kill_leftover(pgid_file: &Path, run_dir: &Path) -> Option<String> {
         .parse()
         .ok()?;
     let marker = run_dir.display().to_string();
-    let ours = group_members(pgid).any(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-            .unwrap_or(false)
-    });
+    let ours = group_members(pgid).any(|pid| cmdline_mentions(pid, &marker));
     if ours {
         kill_group(pgid);
         Some(format!(
