@@ -64,7 +64,10 @@ pub struct Global {
     pub results: Option<PathBuf>,
 
     /// Where pinstorm makes its scratch files, images and mounts (absolute; locked for the
-    /// run). Default: $PINSTORM_SCRATCH_ROOT, else $TMPDIR/pinstorm.
+    /// run). pinstorm creates it (mode 0700, with a marker file); an existing directory is
+    /// used only if pinstorm made it and it is yours and not writable by others, else exit 2.
+    /// Default: $PINSTORM_SCRATCH_ROOT, else /run/pinstorm for root, $XDG_RUNTIME_DIR/pinstorm
+    /// or $TMPDIR/pinstorm-$UID for other users.
     #[arg(long, global = true, value_name = "DIR")]
     pub scratch_root: Option<PathBuf>,
 

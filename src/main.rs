@@ -80,12 +80,7 @@ fn scratch_root(g: &Global) -> Result<PathBuf> {
     let p = match (&g.scratch_root, std::env::var_os("PINSTORM_SCRATCH_ROOT")) {
         (Some(p), _) => p.clone(),
         (None, Some(v)) => PathBuf::from(v),
-        (None, None) => {
-            let t = std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/tmp".into());
-            bad(scratch::checked_write_path(&t, "TMPDIR"))?.join("pinstorm")
-        }
+        (None, None) => bad(scratch::default_scratch_root())?,
     };
     bad(scratch::checked_write_path(
         &p,
@@ -870,7 +865,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pinstorm: error: {e:#}");
-            if e.downcast_ref::<BadInput>().is_some() {
+            // A scratch root or directory that is not provably ours is refused like bad
+            // input: the user names another path, nothing ran.
+            if e.downcast_ref::<BadInput>().is_some()
+                || e.chain().any(|c| c.is::<scratch::Untrusted>())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

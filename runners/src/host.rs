@@ -585,7 +585,7 @@ fn lease_break_time(
     let guard = if waits && is_root && want != original {
         let g = pinstorm_workloads::sysctl::SysctlGuard::set(
             scratch,
-            "fs/lease-break-time",
+            pinstorm_workloads::sysctl::Sysctl::LeaseBreakTime,
             &want.to_string(),
         )?;
         rec.used_s = Some(want);

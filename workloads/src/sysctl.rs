@@ -4,43 +4,59 @@
 //! on drop (normal exit, error, signal-driven unwinding, panic). After SIGKILL the journal
 //! lets the next run restore it.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
+pub use crate::scratch::Sysctl;
 use crate::scratch::{JournalEntry, RunScratch};
 
-fn path(name: &str) -> String {
-    format!("/proc/sys/{}", name.trim_start_matches('/'))
+fn path(name: &str) -> Result<String> {
+    let name = name.trim_start_matches('/');
+    if name.is_empty()
+        || name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        bail!("{name:?} is not a sysctl name");
+    }
+    Ok(format!("/proc/sys/{name}"))
 }
 
+/// Read a sysctl (any: reading changes nothing).
 pub fn read(name: &str) -> Result<String> {
-    Ok(std::fs::read_to_string(path(name))
-        .with_context(|| format!("reading {}", path(name)))?
+    let p = path(name)?;
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {p}"))?
         .trim()
         .to_string())
 }
 
-pub fn write(name: &str, value: &str) -> Result<()> {
-    std::fs::write(path(name), value)
-        .with_context(|| format!("writing {value:?} to {}", path(name)))
+/// Write one of the sysctls pinstorm changes: only those of [`Sysctl`]'s allow-list, only
+/// integer values.
+pub fn write(sysctl: Sysctl, value: &str) -> Result<()> {
+    if !sysctl.valid_value(value) {
+        bail!("{value:?} is not a value for {sysctl}");
+    }
+    let p = path(sysctl.name())?;
+    std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {p}"))
 }
 
 pub struct SysctlGuard {
-    name: String,
+    sysctl: Sysctl,
     original: String,
 }
 
 impl SysctlGuard {
-    pub fn set(scratch: &RunScratch, name: &str, value: &str) -> Result<SysctlGuard> {
-        let original = read(name)?;
+    pub fn set(scratch: &RunScratch, sysctl: Sysctl, value: &str) -> Result<SysctlGuard> {
+        let original = read(sysctl.name())?;
+        if !sysctl.valid_value(&original) {
+            bail!("{sysctl} holds {original:?}, which pinstorm could not restore; not changing it");
+        }
         scratch.record(&JournalEntry::Sysctl {
-            name: name.to_string(),
+            sysctl,
             original: original.clone(),
         })?;
-        write(name, value)?;
-        Ok(SysctlGuard {
-            name: name.to_string(),
-            original,
-        })
+        write(sysctl, value)?;
+        Ok(SysctlGuard { sysctl, original })
     }
 
     pub fn original(&self) -> &str {
@@ -50,10 +66,10 @@ impl SysctlGuard {
 
 impl Drop for SysctlGuard {
     fn drop(&mut self) {
-        if let Err(e) = write(&self.name, &self.original) {
+        if let Err(e) = write(self.sysctl, &self.original) {
             eprintln!(
                 "pinstorm: failed to restore {} to {}: {e:#}",
-                self.name, self.original
+                self.sysctl, self.original
             );
         }
     }
@@ -97,7 +113,7 @@ impl HugePageReservation {
             let want = total + (pages - free);
             Some(SysctlGuard::set(
                 scratch,
-                "vm/nr_hugepages",
+                Sysctl::NrHugepages,
                 &want.to_string(),
             )?)
         } else {

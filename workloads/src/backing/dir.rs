@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -15,19 +16,22 @@ use super::{
     RegionFile, RegionSpec, SetupEnv,
 };
 use crate::mounts;
-use crate::scratch::{self, JournalEntry, RunScratch, ScratchFile};
+use crate::scratch::{self, JournalEntry, OwnedDir, RunScratch, ScratchFile};
 use crate::units::Size;
 
 /// Something this backing set up and must undo.
 enum Owned {
     Mount(PathBuf),
-    Dir(PathBuf),
+    /// pinstorm's marked subdirectory of a user scratch directory: emptied through its
+    /// descriptor, then removed from its parent.
+    UserDir(PathBuf),
     Loop(LoopFs),
 }
 
 pub struct DirBacking {
     info: BackingInfo,
-    dir: PathBuf,
+    /// The directory regions are made in, open: files are created through it.
+    dir: Arc<OwnedDir>,
     hugetlb: bool,
     next: AtomicU64,
     // Dropped after regions (which the runner drops first), in declaration order.
@@ -35,40 +39,51 @@ pub struct DirBacking {
 }
 
 fn mount_private(scratch: &RunScratch, fs: &str, data: &std::ffi::CStr) -> Result<PathBuf, NotRun> {
-    let mnt = scratch.dir().join(format!("{fs}.mnt"));
-    std::fs::create_dir(&mnt).map_err(|e| NotRun(format!("mkdir {}: {e}", mnt.display())))?;
+    let name = format!("{fs}.mnt");
+    let mnt = scratch.owned().join(&name);
     scratch
-        .record(&JournalEntry::Mount(mnt.clone()))
+        .owned()
+        .create_dir(&name, None)
+        .map_err(|e| NotRun(format!("mkdir {}: {e}", mnt.display())))?;
+    scratch
+        .record(&JournalEntry::Mount(name))
         .map_err(|e| NotRun(format!("{e:#}")))?;
     rustix::mount::mount(
         "pinstorm",
         &mnt,
         fs,
-        rustix::mount::MountFlags::empty(),
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
         data,
     )
     .map_err(|e| NotRun(format!("mount -t {fs} on {}: {e}", mnt.display())))?;
     Ok(mnt)
 }
 
-fn own_subdir(parent: &Path, scratch: &RunScratch) -> Result<PathBuf, NotRun> {
-    let run_name = scratch
-        .dir()
+/// The directory a mount made in the run directory, open (its root must be ours: the
+/// mount options say mode=0700; a fresh mkfs makes root's 0755).
+fn open_mounted(scratch: &RunScratch, mnt: &Path) -> Result<Arc<OwnedDir>, NotRun> {
+    let name = mnt
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into());
-    let d = parent.join(format!("pinstorm.{run_name}"));
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| NotRun(format!("{} has no name", mnt.display())))?;
     scratch
-        .record(&JournalEntry::Dir(d.clone()))
-        .map_err(|e| NotRun(format!("{e:#}")))?;
-    std::fs::create_dir(&d).map_err(|e| NotRun(format!("mkdir {}: {e}", d.display())))?;
-    Ok(d)
+        .owned()
+        .open_dir(name)
+        .map(Arc::new)
+        .map_err(|e| NotRun(format!("{e}")))
+}
+
+fn own_subdir(parent: &Path, what: &str, scratch: &RunScratch) -> Result<Arc<OwnedDir>, NotRun> {
+    scratch
+        .user_subdir(parent, what)
+        .map(Arc::new)
+        .map_err(|e| NotRun(format!("{e:#}")))
 }
 
 impl DirBacking {
     fn new(
         kind: BackingKind,
-        dir: PathBuf,
+        dir: Arc<OwnedDir>,
         hugetlb: bool,
         owned: Owned,
     ) -> Result<DirBacking, NotRun> {
@@ -90,8 +105,9 @@ impl DirBacking {
             next: AtomicU64::new(0),
             owned: Some(owned),
         };
-        let m = mounts::mount_of(&b.dir)
-            .ok_or_else(|| NotRun(format!("cannot find the mount of {}", b.dir.display())))?;
+        let m = mounts::mount_of(b.dir.path()).ok_or_else(|| {
+            NotRun(format!("cannot find the mount of {}", b.dir.path().display()))
+        })?;
         b.info.fs = m.fs_type;
         b.info.mount_point = Some(m.mount_point);
         b.info.mount_source = Some(m.source);
@@ -102,7 +118,8 @@ impl DirBacking {
     pub fn tmpfs(env: &SetupEnv, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         if env.is_root {
             let mnt = mount_private(scratch, "tmpfs", c"mode=0700")?;
-            return DirBacking::new(BackingKind::Tmpfs, mnt.clone(), false, Owned::Mount(mnt));
+            let d = open_mounted(scratch, &mnt)?;
+            return DirBacking::new(BackingKind::Tmpfs, d, false, Owned::Mount(mnt));
         }
         let shm = Path::new("/dev/shm");
         match mounts::mount_of(shm) {
@@ -113,23 +130,21 @@ impl DirBacking {
                 ))
             }
         }
-        let d = own_subdir(shm, scratch)?;
-        DirBacking::new(BackingKind::Tmpfs, d.clone(), false, Owned::Dir(d))
+        let d = own_subdir(shm, "/dev/shm", scratch)?;
+        let p = d.path().to_path_buf();
+        DirBacking::new(BackingKind::Tmpfs, d, false, Owned::UserDir(p))
     }
 
     pub fn hugetlbfs(scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         let mnt = mount_private(scratch, "hugetlbfs", c"mode=0700")?;
-        DirBacking::new(BackingKind::Hugetlbfs, mnt.clone(), true, Owned::Mount(mnt))
+        let d = open_mounted(scratch, &mnt)?;
+        DirBacking::new(BackingKind::Hugetlbfs, d, true, Owned::Mount(mnt))
     }
 
     pub fn loop_fs(kind: BackingKind, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         let lfs = LoopFs::create(kind, scratch)?;
-        DirBacking::new(
-            kind,
-            lfs.mount_point().to_path_buf(),
-            false,
-            Owned::Loop(lfs),
-        )
+        let d = open_mounted(scratch, lfs.mount_point())?;
+        DirBacking::new(kind, d, false, Owned::Loop(lfs))
     }
 
     /// A directory on an FS-DAX filesystem the user named as scratch. It is called DAX only
@@ -142,8 +157,9 @@ impl DirBacking {
     ) -> Result<DirBacking, NotRun> {
         let flag = format!("--dax-dir {fs}=");
         let dir = scratch::checked_scratch_dir(dir, &flag).map_err(|e| NotRun(format!("{e:#}")))?;
-        let d = own_subdir(&dir, scratch)?;
-        let b = DirBacking::new(kind, d.clone(), false, Owned::Dir(d))?;
+        let d = own_subdir(&dir, &flag, scratch)?;
+        let p = d.path().to_path_buf();
+        let b = DirBacking::new(kind, d, false, Owned::UserDir(p))?;
         if b.info.fs != fs {
             return Err(NotRun(format!(
                 "{flag}{} is on {}, not {fs}",
@@ -173,8 +189,9 @@ impl DirBacking {
     pub fn user_dir(dir: &Path, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
         let dir = scratch::checked_scratch_dir(dir, "--scratch-dir")
             .map_err(|e| NotRun(format!("{e:#}")))?;
-        let d = own_subdir(&dir, scratch)?;
-        DirBacking::new(BackingKind::ScratchDir, d.clone(), false, Owned::Dir(d))
+        let d = own_subdir(&dir, "--scratch-dir", scratch)?;
+        let p = d.path().to_path_buf();
+        DirBacking::new(BackingKind::ScratchDir, d, false, Owned::UserDir(p))
     }
 }
 
@@ -187,7 +204,7 @@ impl Backing for DirBacking {
         &self.info
     }
 
-    fn dir(&self) -> Option<&Path> {
+    fn dir(&self) -> Option<&Arc<OwnedDir>> {
         Some(&self.dir)
     }
 
@@ -220,8 +237,22 @@ impl Drop for DirBacking {
                     eprintln!("pinstorm: {e:#}");
                 }
             }
-            Some(Owned::Dir(d)) => {
-                let _ = std::fs::remove_dir_all(&d);
+            Some(Owned::UserDir(d)) => {
+                // Emptied through the descriptor (never following a link, never crossing a
+                // mount); the parent then removes the name only if it is still ours.
+                let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
+                let r = self.dir.empty_self().and_then(|()| match (d.parent(), name) {
+                    (Some(parent), Some(name)) => {
+                        let (pfd, _) = scratch::owned::open_user_dir(parent, "scratch directory")
+                            .map_err(std::io::Error::other)?;
+                        rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::REMOVEDIR)
+                            .map_err(Into::into)
+                    }
+                    _ => Ok(()),
+                });
+                if let Err(e) = r {
+                    eprintln!("pinstorm: removing {}: {e}", d.display());
+                }
             }
             Some(Owned::Loop(l)) => drop(l),
             None => {}

@@ -1,12 +1,19 @@
 //! Scratch filesystems on loop devices: a sparse image in the run directory, `mkfs`, a loop
 //! device, a mount in the run directory. Undone in reverse on drop; journaled before each
 //! step so a later run can undo it after SIGKILL.
+//!
+//! The image is created with `O_EXCL | O_NOFOLLOW` through the run directory's descriptor
+//! and handed to `mkfs` and `losetup` as `/proc/self/fd/N` of a descriptor they inherit, so
+//! the file they format and attach is the one pinstorm created, whatever happens to names;
+//! the loop device is then checked to be backed by that image before it is mounted.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{BackingKind, NotRun, SetupEnv};
 use crate::pin::Availability;
+use crate::mounts;
 use crate::scratch::{self, JournalEntry, RunScratch};
 
 /// Size of each image. Sparse, so it costs only what the filesystem writes; xfs needs at
@@ -65,7 +72,16 @@ pub struct LoopFs {
     mounted: bool,
 }
 
-fn run(cmd: &mut Command) -> Result<String, NotRun> {
+/// `losetup --show` printed the device it attached: accept only `/dev/loopN`.
+fn checked_loop_device(out: &str) -> Result<PathBuf, NotRun> {
+    let n = out.trim().strip_prefix("/dev/loop").unwrap_or("");
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(NotRun(format!("losetup printed {out:?}, not a loop device")));
+    }
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn run_tool(cmd: &mut Command) -> Result<String, NotRun> {
     let out = cmd
         .output()
         .map_err(|e| NotRun(format!("running {:?}: {e}", cmd.get_program())))?;
@@ -84,45 +100,64 @@ fn run(cmd: &mut Command) -> Result<String, NotRun> {
 impl LoopFs {
     pub fn create(kind: BackingKind, scratch: &RunScratch) -> Result<LoopFs, NotRun> {
         let fs = kind.name();
-        let image = scratch.dir().join(format!("{fs}.img"));
-        let mnt = scratch.dir().join(format!("{fs}.mnt"));
+        let image_name = format!("{fs}.img");
+        let mnt_name = format!("{fs}.mnt");
+        let run = scratch.owned();
+        let image = run.join(&image_name);
+        let mnt = run.join(&mnt_name);
         let mut lfs = LoopFs {
             image: image.clone(),
             dev: None,
             mnt: mnt.clone(),
             mounted: false,
         };
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&image)
+        let f = run
+            .create_file(&image_name)
             .map_err(|e| NotRun(format!("creating {}: {e}", image.display())))?;
         f.set_len(IMAGE_SIZE)
             .map_err(|e| NotRun(format!("sizing {}: {e}", image.display())))?;
-        drop(f);
+        // A descriptor the tools inherit (not close-on-exec): they open the very file
+        // pinstorm created through /proc/self/fd, never a name.
+        let inherited = rustix::io::dup(&f)
+            .map_err(|e| NotRun(format!("dup of {}: {e}", image.display())))?;
+        let by_fd = format!("/proc/self/fd/{}", inherited.as_raw_fd());
         let (mkfs, args, _) = mkfs_command(kind);
         let mkfs = find_program(mkfs).ok_or_else(|| NotRun(format!("{mkfs} not found")))?;
-        run(Command::new(mkfs).args(args).arg(&image))?;
+        run_tool(Command::new(mkfs).args(args).arg(&by_fd))?;
         scratch
-            .record(&JournalEntry::Loop {
-                image: image.clone(),
-            })
+            .record(&JournalEntry::Loop(image_name.clone()))
             .map_err(|e| NotRun(format!("{e:#}")))?;
         let losetup = find_program("losetup").ok_or_else(|| NotRun("losetup not found".into()))?;
-        let dev = run(Command::new(losetup).args(["--find", "--show"]).arg(&image))?;
-        lfs.dev = Some(PathBuf::from(&dev));
-        std::fs::create_dir(&mnt).map_err(|e| NotRun(format!("mkdir {}: {e}", mnt.display())))?;
+        let dev = run_tool(Command::new(losetup).args(["--find", "--show"]).arg(&by_fd))?;
+        drop(inherited);
+        let dev = checked_loop_device(&dev)?;
+        lfs.dev = Some(dev.clone());
+        let backing = mounts::loop_devices()
+            .into_iter()
+            .find(|(d, _)| *d == dev)
+            .map(|(_, b)| b);
+        if backing.as_deref() != Some(image.as_path()) {
+            return Err(NotRun(format!(
+                "{} is backed by {:?}, not by {}; not mounting it",
+                dev.display(),
+                backing,
+                image.display()
+            )));
+        }
+        drop(f);
+        run.create_dir(&mnt_name, None)
+            .map_err(|e| NotRun(format!("mkdir {}: {e}", mnt.display())))?;
         scratch
-            .record(&JournalEntry::Mount(mnt.clone()))
+            .record(&JournalEntry::Mount(mnt_name))
             .map_err(|e| NotRun(format!("{e:#}")))?;
         rustix::mount::mount(
-            dev.as_str(),
+            &dev,
             &mnt,
             fs,
-            rustix::mount::MountFlags::empty(),
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
             None,
         )
-        .map_err(|e| NotRun(format!("mount -t {fs} {dev} {}: {e}", mnt.display())))?;
+        .map_err(|e| NotRun(format!("mount -t {fs} {} {}: {e}", dev.display(), mnt.display())))?;
         lfs.mounted = true;
         Ok(lfs)
     }
@@ -148,6 +183,8 @@ impl Drop for LoopFs {
                 eprintln!("pinstorm: {e:#}");
             }
         }
+        // The run directory (and so the image and mount point) goes with the run; removing
+        // them here too frees the space as soon as the backing is done.
         let _ = std::fs::remove_file(&self.image);
         let _ = std::fs::remove_dir(&self.mnt);
     }

@@ -368,13 +368,10 @@ impl RegionFile {
     pub fn sibling(&self, name: &str) -> anyhow::Result<Option<RegionFile>> {
         match &self.0 {
             FileInner::Memfd(_) => Ok(None),
-            FileInner::Scratch(s) => {
-                let dir = s
-                    .path()
-                    .parent()
-                    .expect("scratch files live in a directory");
-                Ok(Some(RegionFile::scratch(ScratchFile::create(dir, name)?)))
-            }
+            FileInner::Scratch(s) => Ok(Some(RegionFile::scratch(ScratchFile::create(
+                s.dir(),
+                name,
+            )?))),
         }
     }
 }
@@ -395,7 +392,7 @@ pub trait Backing: Send + Sync {
     fn info(&self) -> &BackingInfo;
     /// The directory this backing makes its files in, if it has one (memfd and anonymous
     /// memory do not).
-    fn dir(&self) -> Option<&Path> {
+    fn dir(&self) -> Option<&std::sync::Arc<crate::scratch::OwnedDir>> {
         None
     }
     /// Make a fresh region: a new file (where there is one) of `spec.size` rounded up to the
