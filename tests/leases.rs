@@ -347,9 +347,10 @@ fn without_root_expiry_scenarios_are_notrun_and_the_rest_run() {
     }
     let _g = serial();
     let sb = Sandbox::new("lease-nonroot");
+    // Sticky, like /tmp: pinstorm refuses a scratch root whose parent others can rename in.
     std::fs::set_permissions(
         &sb.base,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
     let f = sb.base.join("nonroot.toml");

@@ -346,7 +346,7 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     }
     std::fs::set_permissions(
         &sb.base,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
     let before = machine_state(&sb.base);
