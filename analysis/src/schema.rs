@@ -81,7 +81,7 @@ pub struct LabRecord {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsoleEvent {
-    /// `panic`, `oops`, `bug`, `warning`, `hung-task`, `lockdep`, `rcu-stall`.
+    /// `panic`, `oops`, `bug`, `lockup`, `warning`, `hung-task`, `lockdep`, `rcu-stall`.
     pub kind: String,
     /// Line number in the console log (1-based).
     pub line: usize,

@@ -47,7 +47,7 @@ use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
 use crate::host::{BackingSet, Progress};
-use crate::kmsg::{self, Kmsg};
+use crate::kmsg::Kmsg;
 use crate::signals;
 use crate::watchdog::Watchdog;
 
@@ -1039,9 +1039,9 @@ fn run_cell(
 
     let mut kmsg_guard = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner());
     let lines: Vec<String> = kmsg_guard
-        .take()
+        .take_events()
         .into_iter()
-        .filter(|l| kmsg::interesting(l))
+        .map(|(_, text)| text)
         .collect();
     let kernel_warnings = KernelWarnings {
         count: lines.len() as u64,

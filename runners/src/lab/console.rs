@@ -1,75 +1,30 @@
-//! Reading a guest's console: panics, oopses, BUGs, warnings and hung tasks.
+//! Reading a guest's console: panics, oopses, BUGs, lockups, warnings and hung tasks, as
+//! [`crate::kmsg::classify`] (the classifier the storm's kernel-warnings oracle uses) sees
+//! each line's message.
 
 use pinstorm_analysis::schema::ConsoleEvent;
 
-/// Console markers, most severe first. A line matches the first pattern it contains.
-const MARKERS: &[(&str, &str)] = &[
-    ("Kernel panic - not syncing", "panic"),
-    ("Oops:", "oops"),
-    ("general protection fault", "oops"),
-    ("BUG: unable to handle", "oops"),
-    ("BUG: kernel NULL pointer", "oops"),
-    ("kernel BUG at", "bug"),
-    ("BUG:", "bug"),
-    ("blocked for more than", "hung-task"),
-    ("rcu_sched self-detected stall", "rcu-stall"),
-    ("rcu: INFO: rcu_preempt detected stalls", "rcu-stall"),
-    ("rcu_preempt self-detected stall", "rcu-stall"),
-    ("possible circular locking dependency", "lockdep"),
-    ("WARNING: possible", "lockdep"),
-    ("WARNING: suspicious RCU usage", "lockdep"),
-    ("WARNING: inconsistent lock state", "lockdep"),
-    ("detected stalls on CPUs", "rcu-stall"),
-    ("UBSAN:", "bug"),
-    ("WARNING: CPU:", "warning"),
-    ("WARNING: at", "warning"),
-    ("------------[ cut here ]------------", "cut-here"),
-];
+use crate::kmsg::{classify, console_message, Kind};
 
-/// Every marked line of `log`, in order. "cut here" lines are dropped (the WARNING or BUG
-/// line that follows carries the meaning).
+/// Every kernel report header in `log`, in order. Only the header line is an event: the
+/// "cut here" line before a WARNING and the stack after it are not.
 pub fn events(log: &str) -> Vec<ConsoleEvent> {
-    let mut out = Vec::new();
-    for (i, line) in log.lines().enumerate() {
-        let msg = strip_timestamp(line);
-        // A user-space fault the kernel merely logs ("traps: prog[1] general protection
-        // fault ip:..."), not a kernel oops.
-        if msg.starts_with("traps:") || msg.contains("] general protection fault ip:") {
-            continue;
-        }
-        if let Some((_, kind)) = MARKERS
-            .iter()
-            .find(|(m, _)| msg.starts_with(m) || (m.len() > 12 && msg.contains(m)))
-        {
-            if *kind == "cut-here" {
-                continue;
-            }
-            out.push(ConsoleEvent {
-                kind: kind.to_string(),
+    log.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let msg = console_message(line);
+            classify(msg).map(|kind| ConsoleEvent {
+                kind: kind.as_str().to_string(),
                 line: i + 1,
-                text: strip_timestamp(line).chars().take(300).collect(),
-            });
-        }
-    }
-    out
-}
-
-/// The message of a console line: without the `[  1.234]` timestamp and the `[ T123]`
-/// caller id of CONFIG_PRINTK_CALLER.
-fn strip_timestamp(line: &str) -> &str {
-    let mut t = line.trim_start();
-    while t.starts_with('[') {
-        match t.find(']') {
-            Some(end) => t = t[end + 1..].trim_start(),
-            None => break,
-        }
-    }
-    t
+                text: msg.chars().take(300).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Whether the console shows the kernel panicked.
 pub fn panicked(ev: &[ConsoleEvent]) -> Option<&ConsoleEvent> {
-    ev.iter().find(|e| e.kind == "panic")
+    ev.iter().find(|e| e.kind == Kind::Panic.as_str())
 }
 
 /// `n` lines of `log` around line `at` (1-based), for a report.
@@ -121,6 +76,43 @@ mod tests {
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].kind, "warning");
         assert_eq!(ev[0].line, 3);
+    }
+
+    /// A guest console as virtme-ng shows it: FS-DAX mount notices, user-space output and
+    /// firmware notices between reports that carry CONFIG_PRINTK_CALLER ids.
+    #[test]
+    fn reports_among_dax_notices_and_user_output_are_found_with_their_kinds() {
+        let log = "[    0.305857] Speculative Return Stack Overflow: WARNING: See https://kernel.org/doc/html/latest/admin-guide/hw-vuln/srso.html for mitigation options.\n\
+                   [    2.101000] nd_pmem namespace0.0: unable to guarantee persistence of writes\n\
+                   [    2.310000] XFS (pmem0): DAX enabled. Warning: EXPERIMENTAL, use at your own risk\n\
+                   [    2.320000] EXT4-fs (pmem1): DAX enabled. Warning: EXPERIMENTAL, use at your own risk\n\
+                   [    2.330000] EXT4-fs (pmem1): mounted filesystem 0375187f-1d20-4dfa-9dea-5c1ef21a7d66 r/w with ordered data mode. Quota mode: none.\n\
+                   pinstorm lab guest: storm truncate-vs-pin: BUG: none, WARNING: none\n\
+                   [   51.000001][  T311] ------------[ cut here ]------------\n\
+                   [   51.000002][  T311] WARNING: CPU: 1 PID: 311 at fs/dax.c:1002 dax_layout_busy_page_range+0x1a/0x2b\n\
+                   [   51.000003][  T311] Modules linked in:\n\
+                   [   60.100000][  T312] BUG: KASAN: slab-use-after-free in iomap_dio_bio_end_io+0x3c/0x120\n\
+                   [   88.016563][    C0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [xfs_io:313]\n\
+                   [   90.000000][    C1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
+                   [   91.000000][  T314] WARNING: possible circular locking dependency detected\n\
+                   [   92.000000][  T315] traps: a.out[315] general protection fault ip:401136 sp:7ffd4c0 error:0 in a.out[401000+1000]\n";
+        let ev = events(log);
+        let got: Vec<(&str, usize)> = ev.iter().map(|e| (e.kind.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("warning", 8),
+                ("bug", 10),
+                ("lockup", 11),
+                ("rcu-stall", 12),
+                ("lockdep", 13)
+            ]
+        );
+        assert_eq!(
+            ev[2].text,
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [xfs_io:313]"
+        );
+        assert!(panicked(&ev).is_none());
     }
 
     #[test]

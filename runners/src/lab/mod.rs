@@ -564,7 +564,7 @@ fn run_one(
         )
     } else if let Some(ev) = events
         .iter()
-        .find(|e| matches!(e.kind.as_str(), "oops" | "bug"))
+        .find(|e| matches!(e.kind.as_str(), "oops" | "bug" | "lockup"))
     {
         (
             "oops",
