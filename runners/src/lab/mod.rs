@@ -169,6 +169,9 @@ fn lock_cache(cache: &Path) -> Result<CacheLock> {
     }
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating --cache {}", cache.display()))?;
+    // The lab deletes run directories in here as root: the cache must be ours (owner, mode,
+    // no symlink, parents nobody else can rename in), not just carry the marker.
+    pinstorm_workloads::scratch::owned::check_own_dir(cache, "--cache")?;
     std::fs::write(cache.join(CACHE_MARKER), "pinstorm lab cache\n")
         .with_context(|| format!("writing {}", cache.join(CACHE_MARKER).display()))?;
     let lock_path = cache.join("lab.lock");

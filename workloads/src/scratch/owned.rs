@@ -57,7 +57,7 @@ fn kind(st: &Stat) -> FileType {
 }
 
 /// Check a directory descriptor: a directory, owned by us, not writable by group or others.
-fn check_own_dir(st: &Stat, what: &str, path: &Path) -> Result<(), Untrusted> {
+fn check_own_dir_stat(st: &Stat, what: &str, path: &Path) -> Result<(), Untrusted> {
     if kind(st) != FileType::Directory {
         return untrusted(format!("{what} {} is not a directory", path.display()));
     }
@@ -184,7 +184,7 @@ impl OwnedDir {
             })
         })?;
         let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat {}: {e}", path.display())))?;
-        check_own_dir(&st, what, &path)?;
+        check_own_dir_stat(&st, what, &path)?;
         Ok(OwnedDir {
             path,
             fd,
@@ -424,6 +424,23 @@ pub fn open_user_dir(path: &Path, what: &str) -> Result<(OwnedFd, Stat), Untrust
     let fd = open_checked_path(path, what)?;
     let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat: {e}")))?;
     Ok((fd, st))
+}
+
+/// Check, by descriptor, that `path` is a directory of ours (owner, not writable by group or
+/// others, not a symlink) with safe ancestors; for caches pinstorm keeps (the lab's), whose
+/// contents it deletes.
+pub fn check_own_dir(path: &Path, what: &str) -> Result<(), Untrusted> {
+    let fd = open_checked_path(path, what)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat: {e}")))?;
+    let lst = std::fs::symlink_metadata(path)
+        .map_err(|e| Untrusted(format!("{what} {}: {e}", path.display())))?;
+    if lst.file_type().is_symlink() {
+        return untrusted(format!(
+            "{what} {} is a symlink; name the directory itself",
+            path.display()
+        ));
+    }
+    check_own_dir_stat(&st, what, path)
 }
 
 /// Open the subdirectory `name` of the user's scratch directory `parent` (opened with
