@@ -169,7 +169,10 @@ impl Victims {
 
 impl Drop for Victims {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.loop_dev).status();
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.loop_dev)
+            .status();
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }
@@ -193,13 +196,20 @@ fn planted_scratch_roots_and_journals_change_nothing_outside_pinstorms_files() {
     let _g = serial();
     let sb = Sandbox::new("planted");
     // Like /tmp: everyone may create entries, nobody may rename others'.
-    std::fs::set_permissions(&sb.base, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .unwrap();
+    std::fs::set_permissions(
+        &sb.base,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let v = Victims::new(&sb.base);
     // The pre-created roots: the one named with --scratch-root, the old default
     // ($TMPDIR/pinstorm) and the fallback default ($TMPDIR/pinstorm-0).
     let named = sb.base.join("shared-root");
-    for r in [&named, &sb.base.join("pinstorm"), &sb.base.join("pinstorm-0")] {
+    for r in [
+        &named,
+        &sb.base.join("pinstorm"),
+        &sb.base.join("pinstorm-0"),
+    ] {
         plant_scratch_root(r, &v);
     }
     let results = sb.base.join("results");
@@ -254,10 +264,19 @@ fn planted_scratch_roots_and_journals_change_nothing_outside_pinstorms_files() {
         .keys()
         .filter(|p| !p.starts_with(&results) && !before.contains_key(*p))
         .collect();
-    assert!(added.is_empty(), "created outside pinstorm's files: {added:#?}");
+    assert!(
+        added.is_empty(),
+        "created outside pinstorm's files: {added:#?}"
+    );
     assert!(v.mounted(), "the victim mount is still there");
-    assert!(v.loop_attached(), "the victim loop device is still attached");
-    assert_eq!(machine_state(&sb.base).nr_hugepages, state_before.nr_hugepages);
+    assert!(
+        v.loop_attached(),
+        "the victim loop device is still attached"
+    );
+    assert_eq!(
+        machine_state(&sb.base).nr_hugepages,
+        state_before.nr_hugepages
+    );
     assert_eq!(
         machine_state(&sb.base).lease_break_time,
         state_before.lease_break_time
@@ -273,8 +292,7 @@ fn a_scratch_root_holding_foreign_files_and_run_trees_is_refused_and_left_untouc
     let sb = Sandbox::new("foreignroot");
     let root = sb.base.join("mine");
     std::fs::create_dir_all(root.join("run-old")).unwrap();
-    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     std::fs::write(root.join("thesis.tex"), "years of work\n").unwrap();
     std::fs::write(
         root.join("run-old/journal"),

@@ -24,8 +24,8 @@ use pinstorm_analysis::schema::{
 use pinstorm_analysis::store;
 use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
 use pinstorm_workloads::scenario::Scenario;
+use pinstorm_workloads::scratch::HugePageReservation;
 use pinstorm_workloads::scratch::{self, ScratchRoot};
-use pinstorm_workloads::sysctl::HugePageReservation;
 
 use crate::signals::{self, Interrupted};
 use crate::{bench, cleanup, environment, probe, storm};
@@ -563,7 +563,7 @@ fn lease_break_time(
     scratch: &pinstorm_workloads::scratch::RunScratch,
     is_root: bool,
     result: &mut RunResult,
-) -> Result<(u64, Option<pinstorm_workloads::sysctl::SysctlGuard>)> {
+) -> Result<(u64, Option<pinstorm_workloads::scratch::SysctlGuard>)> {
     use pinstorm_workloads::lease::{Behaviour, Lifecycle};
     let original: u64 = pinstorm_workloads::sysctl::read("fs/lease-break-time")
         .ok()
@@ -583,7 +583,7 @@ fn lease_break_time(
         restored: true,
     };
     let guard = if waits && is_root && want != original {
-        let g = pinstorm_workloads::sysctl::SysctlGuard::set(
+        let g = pinstorm_workloads::scratch::SysctlGuard::set(
             scratch,
             pinstorm_workloads::sysctl::Sysctl::LeaseBreakTime,
             &want.to_string(),

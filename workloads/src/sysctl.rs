@@ -1,13 +1,49 @@
-//! Reading and temporarily changing sysctls (`/proc/sys/...`), always restored.
-//!
-//! A [`SysctlGuard`] journals the original value before it writes the new one and restores it
-//! on drop (normal exit, error, signal-driven unwinding, panic). After SIGKILL the journal
-//! lets the next run restore it.
+//! Reading sysctls (`/proc/sys/...`), and writing the few pinstorm changes: [`Sysctl`] is the
+//! allow-list, shared with the journal. Changes go through
+//! [`crate::scratch::SysctlGuard`], which journals the original value first and restores it.
+
+use std::fmt;
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::scratch::Sysctl;
-use crate::scratch::{JournalEntry, RunScratch};
+/// The sysctls pinstorm changes (and so may restore): the only ones a journal may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sysctl {
+    /// Huge pages reserved for hugetlb backings.
+    NrHugepages,
+    /// How long a lease breaker waits; shortened for holders that never answer.
+    LeaseBreakTime,
+}
+
+impl Sysctl {
+    pub const ALL: &'static [Sysctl] = &[Sysctl::NrHugepages, Sysctl::LeaseBreakTime];
+
+    /// The name below `/proc/sys`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sysctl::NrHugepages => "vm/nr_hugepages",
+            Sysctl::LeaseBreakTime => "fs/lease-break-time",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sysctl> {
+        Sysctl::ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// Whether `value` is one this sysctl can hold (both are plain non-negative integers).
+    pub fn valid_value(self, value: &str) -> bool {
+        !value.is_empty()
+            && value.len() <= 20
+            && value.bytes().all(|b| b.is_ascii_digit())
+            && value.parse::<u64>().is_ok()
+    }
+}
+
+impl fmt::Display for Sysctl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 fn path(name: &str) -> Result<String> {
     let name = name.trim_start_matches('/');
@@ -40,51 +76,6 @@ pub fn write(sysctl: Sysctl, value: &str) -> Result<()> {
     std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {p}"))
 }
 
-pub struct SysctlGuard {
-    sysctl: Sysctl,
-    original: String,
-}
-
-impl SysctlGuard {
-    pub fn set(scratch: &RunScratch, sysctl: Sysctl, value: &str) -> Result<SysctlGuard> {
-        let original = read(sysctl.name())?;
-        if !sysctl.valid_value(&original) {
-            bail!("{sysctl} holds {original:?}, which pinstorm could not restore; not changing it");
-        }
-        scratch.record(&JournalEntry::Sysctl {
-            sysctl,
-            original: original.clone(),
-        })?;
-        write(sysctl, value)?;
-        Ok(SysctlGuard { sysctl, original })
-    }
-
-    pub fn original(&self) -> &str {
-        &self.original
-    }
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        if let Err(e) = write(self.sysctl, &self.original) {
-            eprintln!(
-                "pinstorm: failed to restore {} to {}: {e:#}",
-                self.sysctl, self.original
-            );
-        }
-    }
-}
-
-/// Huge pages reserved for a run: raises `vm/nr_hugepages` so that at least `pages` are
-/// free, and puts the old value back on drop.
-pub struct HugePageReservation {
-    pub requested: u64,
-    /// Free huge pages after the reservation (the kernel may give fewer than asked).
-    pub free: u64,
-    pub page_size: u64,
-    _guard: Option<SysctlGuard>,
-}
-
 /// `HugePages_Total`, `HugePages_Free` and `Hugepagesize` (bytes) from /proc/meminfo.
 pub fn hugepage_counts() -> (u64, u64, u64) {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -99,32 +90,4 @@ pub fn hugepage_counts() -> (u64, u64, u64) {
         get("HugePages_Free:"),
         get("Hugepagesize:") * 1024,
     )
-}
-
-impl HugePageReservation {
-    /// The `vm/nr_hugepages` value that will be written back on drop, if it was changed.
-    pub fn restores_to(&self) -> Option<&str> {
-        self._guard.as_ref().map(|g| g.original())
-    }
-
-    pub fn reserve(scratch: &RunScratch, pages: u64) -> Result<HugePageReservation> {
-        let (total, free, page_size) = hugepage_counts();
-        let guard = if free < pages {
-            let want = total + (pages - free);
-            Some(SysctlGuard::set(
-                scratch,
-                Sysctl::NrHugepages,
-                &want.to_string(),
-            )?)
-        } else {
-            None
-        };
-        let (_, free, _) = hugepage_counts();
-        Ok(HugePageReservation {
-            requested: pages,
-            free,
-            page_size,
-            _guard: guard,
-        })
-    }
 }

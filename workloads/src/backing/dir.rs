@@ -106,7 +106,10 @@ impl DirBacking {
             owned: Some(owned),
         };
         let m = mounts::mount_of(b.dir.path()).ok_or_else(|| {
-            NotRun(format!("cannot find the mount of {}", b.dir.path().display()))
+            NotRun(format!(
+                "cannot find the mount of {}",
+                b.dir.path().display()
+            ))
         })?;
         b.info.fs = m.fs_type;
         b.info.mount_point = Some(m.mount_point);
@@ -241,15 +244,23 @@ impl Drop for DirBacking {
                 // Emptied through the descriptor (never following a link, never crossing a
                 // mount); the parent then removes the name only if it is still ours.
                 let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
-                let r = self.dir.empty_self().and_then(|()| match (d.parent(), name) {
-                    (Some(parent), Some(name)) => {
-                        let (pfd, _) = scratch::owned::open_user_dir(parent, "scratch directory")
-                            .map_err(std::io::Error::other)?;
-                        rustix::fs::unlinkat(&pfd, name.as_str(), rustix::fs::AtFlags::REMOVEDIR)
+                let r = self
+                    .dir
+                    .empty_self()
+                    .and_then(|()| match (d.parent(), name) {
+                        (Some(parent), Some(name)) => {
+                            let (pfd, _) =
+                                scratch::owned::open_user_dir(parent, "scratch directory")
+                                    .map_err(std::io::Error::other)?;
+                            rustix::fs::unlinkat(
+                                &pfd,
+                                name.as_str(),
+                                rustix::fs::AtFlags::REMOVEDIR,
+                            )
                             .map_err(Into::into)
-                    }
-                    _ => Ok(()),
-                });
+                        }
+                        _ => Ok(()),
+                    });
                 if let Err(e) = r {
                     eprintln!("pinstorm: removing {}: {e}", d.display());
                 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{BackingKind, NotRun, SetupEnv};
-use crate::pin::Availability;
 use crate::mounts;
+use crate::pin::Availability;
 use crate::scratch::{self, JournalEntry, RunScratch};
 
 /// Size of each image. Sparse, so it costs only what the filesystem writes; xfs needs at
@@ -76,7 +76,9 @@ pub struct LoopFs {
 fn checked_loop_device(out: &str) -> Result<PathBuf, NotRun> {
     let n = out.trim().strip_prefix("/dev/loop").unwrap_or("");
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(NotRun(format!("losetup printed {out:?}, not a loop device")));
+        return Err(NotRun(format!(
+            "losetup printed {out:?}, not a loop device"
+        )));
     }
     Ok(PathBuf::from(out.trim()))
 }
@@ -118,8 +120,8 @@ impl LoopFs {
             .map_err(|e| NotRun(format!("sizing {}: {e}", image.display())))?;
         // A descriptor the tools inherit (not close-on-exec): they open the very file
         // pinstorm created through /proc/self/fd, never a name.
-        let inherited = rustix::io::dup(&f)
-            .map_err(|e| NotRun(format!("dup of {}: {e}", image.display())))?;
+        let inherited =
+            rustix::io::dup(&f).map_err(|e| NotRun(format!("dup of {}: {e}", image.display())))?;
         let by_fd = format!("/proc/self/fd/{}", inherited.as_raw_fd());
         let (mkfs, args, _) = mkfs_command(kind);
         let mkfs = find_program(mkfs).ok_or_else(|| NotRun(format!("{mkfs} not found")))?;
@@ -157,7 +159,13 @@ impl LoopFs {
             rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
             None,
         )
-        .map_err(|e| NotRun(format!("mount -t {fs} {} {}: {e}", dev.display(), mnt.display())))?;
+        .map_err(|e| {
+            NotRun(format!(
+                "mount -t {fs} {} {}: {e}",
+                dev.display(),
+                mnt.display()
+            ))
+        })?;
         lfs.mounted = true;
         Ok(lfs)
     }

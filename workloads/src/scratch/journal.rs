@@ -9,67 +9,34 @@
 //! directory, sysctls only from [`Sysctl`]'s allow-list with an integer value. Anything else
 //! is reported and skipped, never acted on.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::owned::plain_name;
+use crate::sysctl::Sysctl;
 
 /// The first word of a journal's header line.
 pub const MAGIC: &str = "pinstorm-journal";
 /// The journal format this code writes and replays.
 pub const FORMAT: u32 = 2;
 
-/// The sysctls pinstorm changes (and so may restore): the only ones a journal may name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sysctl {
-    /// Huge pages reserved for hugetlb backings.
-    NrHugepages,
-    /// How long a lease breaker waits; shortened for holders that never answer.
-    LeaseBreakTime,
-}
-
-impl Sysctl {
-    pub const ALL: &'static [Sysctl] = &[Sysctl::NrHugepages, Sysctl::LeaseBreakTime];
-
-    /// The name below `/proc/sys`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Sysctl::NrHugepages => "vm/nr_hugepages",
-            Sysctl::LeaseBreakTime => "fs/lease-break-time",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Sysctl> {
-        Sysctl::ALL.iter().copied().find(|s| s.name() == name)
-    }
-
-    /// Whether `value` is one this sysctl can hold (both are plain non-negative integers).
-    pub fn valid_value(self, value: &str) -> bool {
-        !value.is_empty()
-            && value.len() <= 20
-            && value.bytes().all(|b| b.is_ascii_digit())
-            && value.parse::<u64>().is_ok()
-    }
-}
-
-impl fmt::Display for Sysctl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// What a run did that must be undone, one journal line each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalEntry {
     Owner(u32),
     /// A sysctl and its value before pinstorm changed it.
-    Sysctl { sysctl: Sysctl, original: String },
+    Sysctl {
+        sysctl: Sysctl,
+        original: String,
+    },
     /// A mount point: a direct child of the run directory.
     Mount(String),
     /// A loop device's backing image: a direct child of the run directory.
     Loop(String),
     /// pinstorm's subdirectory `name` in the user's scratch directory `parent`.
-    Dir { parent: PathBuf, name: String },
+    Dir {
+        parent: PathBuf,
+        name: String,
+    },
 }
 
 impl JournalEntry {

@@ -19,6 +19,7 @@
 
 pub mod journal;
 pub mod owned;
+mod reserve;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -29,8 +30,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use crate::mounts;
-pub use journal::{JournalEntry, Sysctl};
+pub use crate::sysctl::Sysctl;
+pub use journal::JournalEntry;
 pub use owned::{OwnedDir, Untrusted};
+pub use reserve::{HugePageReservation, SysctlGuard};
 
 /// Directories pinstorm refuses to write into or treat as scratch, whatever the user says.
 const SYSTEM_DIRS: &[&str] = &[
@@ -135,7 +138,10 @@ pub enum Leftover {
         run_id: String,
         journal: journal::Journal,
     },
-    NotOurs { path: PathBuf, why: String },
+    NotOurs {
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl ScratchRoot {
@@ -427,8 +433,10 @@ pub fn clean_leftover_run(root: &OwnedDir, leftover: Leftover) -> Cleaned {
     };
     let run_dir = dir.path().to_path_buf();
     for why in &journal.refused {
-        c.problems
-            .push(format!("refused a journal line of {}: {why}", run_dir.display()));
+        c.problems.push(format!(
+            "refused a journal line of {}: {why}",
+            run_dir.display()
+        ));
     }
     for m in mounts::mounts_below(&run_dir) {
         match unmount(&m) {
@@ -477,13 +485,16 @@ pub fn clean_leftover_run(root: &OwnedDir, leftover: Leftover) -> Cleaned {
             let (pfd, _) = match owned::open_user_dir(parent, "scratch directory") {
                 Ok(p) => p,
                 Err(e) => {
-                    c.problems.push(format!("refused to remove {}: {e}", shown.display()));
+                    c.problems
+                        .push(format!("refused to remove {}: {e}", shown.display()));
                     continue;
                 }
             };
             if !mounts::mounts_below(&shown).is_empty() {
-                c.problems
-                    .push(format!("{} has mounts below it; left in place", shown.display()));
+                c.problems.push(format!(
+                    "{} has mounts below it; left in place",
+                    shown.display()
+                ));
                 continue;
             }
             match owned::remove_marked_child(&pfd, parent, name, &user_dir_marker(&run_id)) {

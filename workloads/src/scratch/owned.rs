@@ -86,15 +86,16 @@ fn check_own_dir_stat(st: &Stat, what: &str, path: &Path) -> Result<(), Untruste
 /// Symlinks in the path are resolved once up front (`/var/run` is one on Debian); the walk
 /// then refuses any symlink it meets, so a link planted after the resolution fails.
 fn open_checked_path(path: &Path, what: &str) -> Result<OwnedFd, Untrusted> {
-    let canon = path.canonicalize().map_err(|e| {
-        Untrusted(format!("{what} {}: cannot resolve it: {e}", path.display()))
-    })?;
+    let canon = path
+        .canonicalize()
+        .map_err(|e| Untrusted(format!("{what} {}: cannot resolve it: {e}", path.display())))?;
     let mut fd = rustix::fs::openat(CWD, "/", DIR_FLAGS, Mode::empty())
         .map_err(|e| Untrusted(format!("opening /: {e}")))?;
     let mut walked = PathBuf::from("/");
     for c in canon.components() {
         let Component::Normal(name) = c else { continue };
-        let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat {}: {e}", walked.display())))?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|e| Untrusted(format!("fstat {}: {e}", walked.display())))?;
         check_ancestor(&st, &walked, what, path)?;
         fd = rustix::fs::openat(&fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| {
             Untrusted(format!(
@@ -105,7 +106,8 @@ fn open_checked_path(path: &Path, what: &str) -> Result<OwnedFd, Untrusted> {
         })?;
         walked.push(name);
     }
-    let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat {}: {e}", walked.display())))?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| Untrusted(format!("fstat {}: {e}", walked.display())))?;
     check_ancestor(&st, &walked, what, path)?;
     Ok(fd)
 }
@@ -178,12 +180,16 @@ impl OwnedDir {
     ) -> Result<OwnedDir, Untrusted> {
         let fd = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| {
             Untrusted(if e == Errno::LOOP || e == Errno::NOTDIR {
-                format!("{what} {} is a symlink or not a directory; refusing to follow it", path.display())
+                format!(
+                    "{what} {} is a symlink or not a directory; refusing to follow it",
+                    path.display()
+                )
             } else {
                 format!("{what} {}: {e}", path.display())
             })
         })?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| Untrusted(format!("fstat {}: {e}", path.display())))?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|e| Untrusted(format!("fstat {}: {e}", path.display())))?;
         check_own_dir_stat(&st, what, &path)?;
         Ok(OwnedDir {
             path,
@@ -412,7 +418,10 @@ fn split<'a>(path: &'a Path, what: &str) -> Result<(&'a Path, &'a str), Untruste
     let name = path.file_name().and_then(|n| n.to_str());
     match (path.parent(), name) {
         (Some(p), Some(n)) if plain_name(n) => Ok((p, n)),
-        _ => untrusted(format!("{what} {} has no usable last component", path.display())),
+        _ => untrusted(format!(
+            "{what} {} has no usable last component",
+            path.display()
+        )),
     }
 }
 

@@ -35,7 +35,10 @@ fn victim(base: &Path) -> PathBuf {
 }
 
 fn intact(v: &Path) -> bool {
-    std::fs::read_to_string(v.join("thesis.tex")).ok().as_deref() == Some("years of work\n")
+    std::fs::read_to_string(v.join("thesis.tex"))
+        .ok()
+        .as_deref()
+        == Some("years of work\n")
 }
 
 fn err(r: Result<ScratchRoot>) -> String {
@@ -55,7 +58,11 @@ fn a_scratch_root_pinstorm_did_not_make_is_refused_and_left_untouched() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
     let v = victim(&b.0);
     std::fs::create_dir(root.join("run-x")).unwrap();
-    std::fs::write(root.join("run-x/journal"), format!("dir\t{}\n", v.display())).unwrap();
+    std::fs::write(
+        root.join("run-x/journal"),
+        format!("dir\t{}\n", v.display()),
+    )
+    .unwrap();
     std::fs::write(root.join("notes.txt"), "mine\n").unwrap();
     let e = err(ScratchRoot::open(&root));
     assert!(e.contains("not made by pinstorm"), "{e}");
@@ -167,7 +174,10 @@ fn forged_journal_entries_are_refused_and_change_nothing() {
         "every forged line is refused:\n{problems}"
     );
     assert!(intact(&v));
-    assert_eq!(std::fs::read_to_string(fake.join("data")).unwrap(), "not pinstorm's\n");
+    assert_eq!(
+        std::fs::read_to_string(fake.join("data")).unwrap(),
+        "not pinstorm's\n"
+    );
     assert_eq!(std::fs::read("/etc/hostname").ok(), hostname);
     assert!(!dir.exists(), "the run directory itself, ours, is removed");
 }
@@ -184,27 +194,49 @@ fn run_directories_and_journals_that_are_not_ours_are_left_alone() {
     std::fs::write(r.join("run-a/journal"), format!("{entry}\n")).unwrap();
     // A header for another run.
     std::fs::create_dir(r.join("run-b")).unwrap();
-    std::fs::write(r.join("run-b/journal"), format!("{}\n{entry}\n", journal::header("c"))).unwrap();
+    std::fs::write(
+        r.join("run-b/journal"),
+        format!("{}\n{entry}\n", journal::header("c")),
+    )
+    .unwrap();
     // The journal is a symlink to one that would be valid.
     std::fs::create_dir(r.join("run-d")).unwrap();
-    std::fs::write(b.0.join("elsewhere"), format!("{}\n{entry}\n", journal::header("d"))).unwrap();
+    std::fs::write(
+        b.0.join("elsewhere"),
+        format!("{}\n{entry}\n", journal::header("d")),
+    )
+    .unwrap();
     symlink(b.0.join("elsewhere"), r.join("run-d/journal")).unwrap();
     // The run directory is a symlink to a directory elsewhere.
     std::fs::create_dir(b.0.join("run-e")).unwrap();
-    std::fs::write(b.0.join("run-e/journal"), format!("{}\n", journal::header("e"))).unwrap();
+    std::fs::write(
+        b.0.join("run-e/journal"),
+        format!("{}\n", journal::header("e")),
+    )
+    .unwrap();
     symlink(b.0.join("run-e"), r.join("run-e")).unwrap();
     // A journal others may write.
     std::fs::create_dir(r.join("run-g")).unwrap();
-    std::fs::write(r.join("run-g/journal"), format!("{}\n", journal::header("g"))).unwrap();
-    std::fs::set_permissions(r.join("run-g/journal"), std::fs::Permissions::from_mode(0o666))
-        .unwrap();
+    std::fs::write(
+        r.join("run-g/journal"),
+        format!("{}\n", journal::header("g")),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        r.join("run-g/journal"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let lines: Vec<String> = root
         .leftover_runs()
         .into_iter()
         .flat_map(|l| root.clean(l).problems)
         .collect();
     assert_eq!(lines.len(), 5, "{lines:#?}");
-    assert!(lines.iter().all(|l| l.starts_with("left alone")), "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("left alone")),
+        "{lines:#?}"
+    );
     assert!(intact(&v));
     for d in ["run-a", "run-b", "run-d", "run-e", "run-g"] {
         assert!(r.join(d).exists(), "{d} was removed");
@@ -243,7 +275,10 @@ fn a_killed_runs_subdirectory_of_a_user_scratch_dir_is_removed_only_if_ours() {
         .map(|l| root.clean(l))
         .collect();
     assert!(!sub_path.exists(), "{cleaned:#?}");
-    assert_eq!(std::fs::read_to_string(theirs.join("data")).unwrap(), "theirs\n");
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("data")).unwrap(),
+        "theirs\n"
+    );
     let problems: Vec<&String> = cleaned.iter().flat_map(|c| &c.problems).collect();
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(problems[0].contains("no .pinstorm marker"), "{problems:#?}");
