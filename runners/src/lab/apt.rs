@@ -101,7 +101,12 @@ impl Apt {
 
     fn command(&self, prog: &str) -> Command {
         let mut c = Command::new(prog);
+        // apt hands gpgv its configuration through a file in $TMPDIR: keep that in the
+        // cache too, so a lab confined to its cache (tests/lab.rs) can verify signatures.
+        let tmp = self.dir.join("tmp");
+        let _ = std::fs::create_dir_all(&tmp);
         c.env("APT_CONFIG", &self.config)
+            .env("TMPDIR", &tmp)
             .env("LC_ALL", "C")
             .env("DEBIAN_FRONTEND", "noninteractive");
         c
