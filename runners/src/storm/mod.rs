@@ -7,14 +7,15 @@
 //! (truncate, punch, reflink, ...) at the configured rate, each from its own seeded RNG so a
 //! seed replays the same operation sequence.
 //!
-//! How a write is judged (the lost-write oracle): every file carries a sequence number that
-//! is odd while a layout operation on it is in flight. A pin is *clean* when the number was
-//! the same even value before and after the registration. After the device write the file is
-//! read back with `pread`; if it does not hold the canary although the pin was clean and no
-//! operation was in flight between the write and the read, the write was lost: the pinned
-//! range was part of the file when the pin was taken, and the data is not in the file. If an
-//! operation overlapped, the write is counted as ambiguous and not judged. A private mapping
-//! never carries device writes to the file by design, so it is not judged against the file.
+//! How a write is judged (the lost-write oracle, in [`oracle`]): every file counts the layout
+//! operations in flight on it and a generation that changes whenever one starts or ends. A
+//! pin is *clean* when no operation ran at any moment of the registration. After the device
+//! write the file is read back with `pread`; if it does not hold the canary although the pin
+//! was clean and no operation ran between the write and the read, the write was lost: the
+//! pinned range was part of the file when the pin was taken, and the data is not in the file.
+//! If an operation overlapped, the write is counted as ambiguous and not judged. A private
+//! mapping never carries device writes to the file by design: there the device's own
+//! read-back through the pin must return what it wrote.
 //!
 //! Stale exposure and cross-file corruption come from the canaries' contents: a page holding
 //! this file's canary from before the last operation that invalidated that page is stale; a
@@ -1032,7 +1033,7 @@ fn run_cell(
         }
         _ if map == MapKind::Private => {
             findings.lost.note = Some(
-                "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file"
+                "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file; each is checked through the device's read-back instead"
                     .into(),
             );
         }

@@ -1,8 +1,11 @@
 //! The storm's write oracles, apart from any kernel object, so a planted interleaving can be
 //! replayed against them (see the tests).
 //!
-//! AS-IS EXTRACTION of the logic of `check_write`, the per-file sequence number and the page
-//! marks, unchanged, so the tests below can be run against it first.
+//! Each file counts the layout operations running on it and bumps a generation whenever one
+//! starts or ends. A pinner looks at both before and after each window it cares about (the
+//! registration; the device write up to its check): the window was quiet when nothing ran at
+//! its start and nothing started or ended until its end. Any number of disruptors may
+//! overlap; the count never hides one behind another.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -49,22 +52,31 @@ impl Events {
 }
 
 /// What a file's layout operations were doing at one moment.
-pub type Snapshot = u64;
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Operations started plus operations ended, ever.
+    generation: u64,
+    /// Operations running now.
+    in_flight: u64,
+}
 
-/// Whether no layout operation ran on the file at any time between two snapshots.
+/// Whether no layout operation ran on the file at any time between two snapshots: none was
+/// running at the first, and none started or ended until the second.
 pub fn quiet(from: Snapshot, to: Snapshot) -> bool {
-    from == to && from % 2 == 0
+    from == to && from.in_flight == 0
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageTrack {
     /// Start event of the last operation that removed this page's data.
     pub invalidated_at: u64,
-    /// Data here may have moved (collapse/insert): no stale check for this page.
-    pub shifted: bool,
+    /// End event of the last operation that moved data here (collapse/insert): a canary
+    /// written before it may legitimately sit here, so only later writes are judged stale.
+    pub shifted_until: u64,
 }
 
-/// A layout operation in flight.
+/// A layout operation in flight: only [`FileState::op_begin`] makes one, and
+/// [`FileState::op_end`] takes it, so every start has exactly one end.
 #[derive(Debug)]
 pub struct OpStart {
     pub event: u64,
@@ -73,8 +85,7 @@ pub struct OpStart {
 /// The oracles' view of one file: its layout operations and what they did to its pages.
 pub struct FileState {
     pub id: u32,
-    /// Odd while a layout operation on this file is in flight.
-    seq: AtomicU64,
+    ops: Mutex<Snapshot>,
     pages: Mutex<Vec<PageTrack>>,
 }
 
@@ -82,47 +93,64 @@ impl FileState {
     pub fn new(id: u32, pages: usize) -> FileState {
         FileState {
             id,
-            seq: AtomicU64::new(0),
+            ops: Mutex::new(Snapshot::default()),
             pages: Mutex::new(vec![PageTrack::default(); pages]),
         }
     }
 
+    fn ops(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn snapshot(&self) -> Snapshot {
-        self.seq.load(SeqCst)
+        *self.ops()
     }
 
     /// A layout operation starts. Busy first, then the event: an operation that runs after a
     /// clean pin then always has an event number above that pin's.
     pub fn op_begin(&self, events: &Events) -> OpStart {
-        self.seq.fetch_add(1, SeqCst);
+        {
+            let mut s = self.ops();
+            s.generation += 1;
+            s.in_flight += 1;
+        }
         OpStart {
             event: events.next(),
         }
     }
 
-    /// The operation ended, having done `effect` (if anything). Only now may a pinner judge
-    /// writes again: the page marks (and the caller's log) are complete.
-    pub fn op_end(&self, op: OpStart, effect: Option<Effect>, _events: &Events) {
+    /// The operation ended, having done `effect` (if anything). The page marks are made
+    /// before the operation stops counting as in flight, so a pinner that sees it ended
+    /// sees its marks (and the caller's log, written before this call).
+    pub fn op_end(&self, op: OpStart, effect: Option<Effect>, events: &Events) {
         if let Some(effect) = effect {
+            let end = events.next();
             let mut pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
-            let n = pages.len();
+            let n = pages.len() as u64;
             let (from, to, shifted) = match effect {
-                Effect::Invalidated { offset, len } => {
-                    (offset / PAGE, (offset + len).div_ceil(PAGE), false)
-                }
-                Effect::Shifted { offset } => (offset / PAGE, n as u64, true),
+                Effect::Invalidated { offset, len } => (
+                    offset / PAGE,
+                    offset.saturating_add(len).div_ceil(PAGE),
+                    false,
+                ),
+                Effect::Shifted { offset } => (offset / PAGE, n, true),
                 Effect::Shared { .. } => (0, 0, false),
             };
             for p in pages
                 .iter_mut()
-                .take(to.min(n as u64) as usize)
+                .take(to.min(n) as usize)
                 .skip(from as usize)
             {
-                p.invalidated_at = op.event;
-                p.shifted |= shifted;
+                // Operations on one file may overlap and end in any order: keep the latest.
+                p.invalidated_at = p.invalidated_at.max(op.event);
+                if shifted {
+                    p.shifted_until = p.shifted_until.max(end);
+                }
             }
         }
-        self.seq.fetch_add(1, SeqCst);
+        let mut s = self.ops();
+        s.generation += 1;
+        s.in_flight -= 1;
     }
 
     pub fn page(&self, page: usize) -> PageTrack {
@@ -181,20 +209,37 @@ pub enum Verdict {
     Lost(Evidence),
 }
 
-/// Where did the device's write go? See the storm module's documentation.
+/// Where did the device's write go?
+///
+/// - Shared mapping: the write belongs in the file. If the file does not hold it, the write
+///   is lost when the pin was taken while the range was part of the file (no operation
+///   overlapped the registration) and no operation overlapped the window from the write to
+///   the read that checked it; otherwise ambiguous.
+/// - Private mapping: the write lands in the private copy the pin holds and never reaches the
+///   file by design; the device's own read-back checks it. A mismatch is lost unless an
+///   operation overlapped the window from the write to the read-back (an ODP device mirrors
+///   the page tables, which an operation may change).
+/// - Anonymous memory has no file: the memory must hold the write.
 pub fn judge(w: &WriteFacts) -> Verdict {
-    if w.mapping == Mapping::PrivateFile {
-        return Verdict::Verified;
+    match w.mapping {
+        Mapping::PrivateFile => match w.readback {
+            Some(back) if back == w.data => Verdict::Verified,
+            Some(_) if quiet(w.write.0, w.readback_done) => Verdict::Lost(Evidence::ReadBack),
+            _ => Verdict::Ambiguous,
+        },
+        Mapping::Anon => match w.file {
+            Some(mem) if mem == w.data => Verdict::Verified,
+            Some(_) => Verdict::Lost(Evidence::File),
+            None => Verdict::Ambiguous,
+        },
+        Mapping::SharedFile => match w.file {
+            Some(file) if file == w.data => Verdict::Verified,
+            Some(_) if quiet(w.pin.0, w.pin.1) && quiet(w.write.0, w.write.1) => {
+                Verdict::Lost(Evidence::File)
+            }
+            _ => Verdict::Ambiguous,
+        },
     }
-    if w.file == Some(w.data) {
-        return Verdict::Verified;
-    }
-    if w.mapping == Mapping::SharedFile
-        && (!quiet(w.pin.0, w.pin.1) || !quiet(w.write.0, w.write.1) || w.file.is_none())
-    {
-        return Verdict::Ambiguous;
-    }
-    Verdict::Lost(Evidence::File)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,7 +289,7 @@ pub fn classify_foreign(
             ),
         })
     } else if c.offset == page_off
-        && !track.shifted
+        && c.event > track.shifted_until
         && events.write_completed_before(c.event, track.invalidated_at)
     {
         Some(Foreign {
