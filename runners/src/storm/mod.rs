@@ -904,18 +904,22 @@ fn run_cell(
         return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, r));
     }
 
-    // The end scan: every page of every file, its clone and its donor.
+    // The end scan: every page of every file, its clone and its donor. A file it cannot read
+    // is counted and named: its pages were not judged.
+    let mut scan_errors: Vec<String> = Vec::new();
     if stuck == 0 {
         let at = wd.elapsed_ms();
         for f in &sh.files {
             let scan = |rf: &RegionFile, label: &str, is_clone: bool, is_donor: bool| {
-                let Ok(len) = rf.file().metadata().map(|m| m.len()) else {
-                    return;
-                };
+                let len = rf
+                    .file()
+                    .metadata()
+                    .map_err(|e| format!("{label}: fstat: {e}"))?
+                    .len();
                 let mut buf = vec![0u8; len as usize];
-                if rf.file().read_exact_at(&mut buf, 0).is_err() {
-                    return;
-                }
+                rf.file()
+                    .read_exact_at(&mut buf, 0)
+                    .map_err(|e| format!("{label}: reading {len} bytes: {e}"))?;
                 for (p, page) in buf.chunks(PAGE as usize).enumerate() {
                     let off = p as u64 * PAGE;
                     match canary::decode(page) {
@@ -950,18 +954,22 @@ fn run_cell(
                         _ => {}
                     }
                 }
+                Ok::<(), String>(())
             };
+            let mut results = Vec::new();
             if let Some(rf) = f.region.file.as_ref() {
-                scan(rf, &f.name, false, false);
+                results.push(scan(rf, &f.name, false, false));
             }
             if let Some(c) = &f.clone {
-                scan(c, &format!("{} (clone)", f.name), true, false);
+                results.push(scan(c, &format!("{} (clone)", f.name), true, false));
             }
             if let Some(d) = &f.donor {
-                scan(d, &format!("{} (donor)", f.name), false, true);
+                results.push(scan(d, &format!("{} (donor)", f.name), false, true));
             }
+            scan_errors.extend(results.into_iter().filter_map(Result::err));
         }
     }
+    totals.end_scan_errors = scan_errors.len() as u64;
 
     let mut kmsg_guard = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner());
     let lines: Vec<String> = kmsg_guard
@@ -1044,6 +1052,18 @@ fn run_cell(
             "{stuck} storm thread(s) never returned; the end scan was skipped"
         ));
         findings.cross.notrun = findings.stale.notrun.clone();
+    }
+    if let Some(first) = scan_errors.first() {
+        let why = format!(
+            "the end scan could not read {} file(s), whose pages were not judged (first: {first})",
+            scan_errors.len()
+        );
+        for f in [&mut findings.stale, &mut findings.cross] {
+            f.note = Some(match f.note.take() {
+                Some(n) => format!("{n}; {why}"),
+                None => why.clone(),
+            });
+        }
     }
     // Leaked pins: every pinner is gone; the kernel may release asynchronously, so wait with
     // a bound; then tear the files down and look again. The counters are system-wide: another
