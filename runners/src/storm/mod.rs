@@ -43,7 +43,7 @@ use pinstorm_workloads::backing::{
 };
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::layout::{LayoutKind, LayoutTarget};
-use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
@@ -54,13 +54,33 @@ use crate::watchdog::Watchdog;
 
 mod oracle;
 
-use oracle::{Events, Evidence, FileState, ForeignKind, Mapping, Verdict, WriteFacts, PAGE};
+use oracle::{
+    Events, Evidence, FileState, ForeignKind, IdleWindow, Mapping, PinCounts, Verdict, WriteFacts,
+    PAGE,
+};
 /// Operations of the sequence head kept per disruptor.
 const HEAD: usize = 32;
 /// Layout log entries kept per file for violation histories.
 const LOG: usize = 256;
 /// How long released pins may take to show up as released in /proc/vmstat.
 const PIN_SETTLE: Duration = Duration::from_secs(5);
+/// The window around a cell in which nothing of the storm pins, to see whether anything else
+/// on the machine does; and how many windows to try before the cell for a quiet one.
+const IDLE: Duration = Duration::from_millis(50);
+const IDLE_TRIES: usize = 5;
+
+/// The FOLL_PIN counters at the start and the end of `IDLE`; `None` without the counters.
+fn idle_window() -> Option<IdleWindow> {
+    let start = pinstorm_workloads::foll_pin_counters()?;
+    let t = Instant::now();
+    std::thread::sleep(IDLE);
+    let end = pinstorm_workloads::foll_pin_counters()?;
+    Some(IdleWindow {
+        start,
+        end,
+        ms: t.elapsed().as_millis() as u64,
+    })
+}
 
 pub struct StormContext<'a> {
     pub backings: &'a BackingSet,
@@ -801,7 +821,22 @@ fn run_cell(
     let wd = Watchdog::new(job.block_threshold.0, &names);
     let wd_thread = wd.run();
     let _ = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let pins_before = pinstorm_workloads::pinned_pages_outstanding();
+    // The leaked-pins baseline: an idle window with nothing of this storm pinned, retried a
+    // few times if something else on the machine pinned meanwhile.
+    let foll_pins = pin.path().foll_pins();
+    let idle_before = match foll_pins {
+        FollPins::Counted => {
+            let mut w = idle_window();
+            for _ in 1..IDLE_TRIES {
+                if !w.is_some_and(|w| w.moved()) {
+                    break;
+                }
+                w = idle_window();
+            }
+            w
+        }
+        FollPins::NotTaken(_) => None,
+    };
 
     let sh = Arc::new(Shared {
         files,
@@ -1066,55 +1101,78 @@ fn run_cell(
         }
     }
     // Leaked pins: every pinner is gone; the kernel may release asynchronously, so wait with
-    // a bound; then tear the files down and look again. The counters are system-wide: another
-    // process pinning pages meanwhile shows up here too (run on a quiet machine).
-    let settle = |before: i64| {
+    // a bound; then tear the files down and look again, and watch an idle window to see
+    // whether anything else on the machine is pinning (the counters are system-wide).
+    let settle = |base: i64| {
         let t = Instant::now();
-        let mut after = before;
+        let mut now = base;
         while t.elapsed() < PIN_SETTLE {
-            after = pinstorm_workloads::pinned_pages_outstanding().unwrap_or(before);
-            if after <= before {
+            now = pinstorm_workloads::pinned_pages_outstanding().unwrap_or(base);
+            if now <= base {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        (
-            (after - before).max(0) as u64,
-            t.elapsed().as_millis() as u64,
-        )
+        (now, t.elapsed().as_millis() as u64)
     };
-    let mut leaked = LeakedPins::default();
-    match pins_before {
-        Some(before) if stuck == 0 => {
-            let (held, ms) = settle(before);
-            leaked.settle_ms = ms;
-            // Every thread has returned, so this is the last reference: unmap and close.
-            match Arc::try_unwrap(sh) {
-                Ok(shared) => drop(shared),
-                Err(_) => unreachable!("storm threads all returned"),
-            }
-            let (left, _) = if held > 0 { settle(before) } else { (0, 0) };
-            leaked.count = left;
-            leaked.held_until_teardown = held - left.min(held);
-            if pin == PinKind::Vmsplice {
-                leaked.notrun = Some("vmsplice holds page references, not FOLL_PIN pins: /proc/vmstat cannot see them".into());
-            }
-        }
-        Some(_) => {
-            leaked.notrun = Some(format!(
+    // Every thread has returned, so this is the last reference: unmap and close.
+    let teardown = |sh: Arc<Shared>| match Arc::try_unwrap(sh) {
+        Ok(shared) => drop(shared),
+        Err(_) => unreachable!("storm threads all returned"),
+    };
+    let leaked = if stuck > 0 {
+        // Threads still inside the kernel hold the shared state; never unmap it under them.
+        std::mem::forget(sh);
+        LeakedPins {
+            notrun: Some(format!(
                 "{stuck} storm thread(s) never returned; their pins may still be held"
-            ));
-            // Threads still inside the kernel hold the shared state; never unmap it under them.
-            std::mem::forget(sh);
+            )),
+            ..LeakedPins::default()
         }
-        None => {
-            leaked.notrun =
-                Some("no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into());
-            if stuck > 0 {
-                std::mem::forget(sh);
+    } else {
+        match (foll_pins, idle_before) {
+            (FollPins::NotTaken(why), _) => {
+                teardown(sh);
+                LeakedPins {
+                    notrun: Some(why.into()),
+                    ..LeakedPins::default()
+                }
+            }
+            (FollPins::Counted, Some(before)) => {
+                let base = before.outstanding();
+                let (released, settle_ms) = settle(base);
+                teardown(sh);
+                let torn_down = if released > base {
+                    settle(base).0
+                } else {
+                    released
+                };
+                match idle_window() {
+                    Some(after) => oracle::judge_leak(&PinCounts {
+                        before,
+                        released,
+                        settle_ms,
+                        torn_down,
+                        after,
+                        folded: pinstorm_workloads::is_root(),
+                    }),
+                    None => LeakedPins {
+                        notrun: Some("/proc/vmstat could not be read after the storm".into()),
+                        ..LeakedPins::default()
+                    },
+                }
+            }
+            (FollPins::Counted, None) => {
+                teardown(sh);
+                LeakedPins {
+                    notrun: Some(
+                        "no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into(),
+                    ),
+                    ..LeakedPins::default()
+                }
             }
         }
-    }
+    };
     let blocked_reports = wd.reports();
     let result = StormResult {
         pin: pin.name().into(),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 
+use pinstorm_analysis::schema::LeakedPins;
 use pinstorm_workloads::canary::{self, PageContent};
 use pinstorm_workloads::layout::Effect;
 
@@ -303,6 +304,83 @@ pub fn classify_foreign(
     } else {
         None
     }
+}
+
+/// `nr_foll_pin_acquired` and `nr_foll_pin_released` read at the start and the end of a
+/// window in which this storm pinned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleWindow {
+    pub start: (u64, u64),
+    pub end: (u64, u64),
+    pub ms: u64,
+}
+
+impl IdleWindow {
+    /// Both counters only grow, so any pin taken or released anywhere meanwhile moves them.
+    pub fn moved(&self) -> bool {
+        self.start != self.end
+    }
+
+    /// Pages pinned system-wide at the end of the window.
+    pub fn outstanding(&self) -> i64 {
+        self.end.0 as i64 - self.end.1 as i64
+    }
+}
+
+/// What the leaked-pins oracle read around one storm cell (pages outstanding are
+/// `acquired - released`, system-wide).
+#[derive(Clone, Copy, Debug)]
+pub struct PinCounts {
+    /// Just before the storm's threads started.
+    pub before: IdleWindow,
+    /// Outstanding after every pin handle was released (waiting up to the bound).
+    pub released: i64,
+    pub settle_ms: u64,
+    /// Outstanding after the pinned files were unmapped and closed.
+    pub torn_down: i64,
+    /// Just after the teardown.
+    pub after: IdleWindow,
+    /// Whether the per-CPU deltas were folded before each reading (root); without that, the
+    /// kernel folding them lazily moves the counters too.
+    pub folded: bool,
+}
+
+/// Leaked pins, or why they cannot be judged: the counters are system-wide, so pins taken or
+/// released by anything else on the machine around the storm cannot be told from a leak.
+pub fn judge_leak(c: &PinCounts) -> LeakedPins {
+    let base = c.before.outstanding();
+    let held = (c.released - base).max(0) as u64;
+    let left = (c.torn_down - base).max(0) as u64;
+    let mut l = LeakedPins {
+        settle_ms: c.settle_ms,
+        ..LeakedPins::default()
+    };
+    let moved = [
+        ("before the storm", &c.before),
+        ("after the teardown", &c.after),
+    ]
+    .into_iter()
+    .find(|(_, w)| w.moved());
+    match moved {
+        Some((when, w)) => {
+            l.notrun = Some(format!(
+                "not judged: FOLL_PIN pins were taken or released elsewhere on this machine in the {} ms idle window {when} (acquired +{}, released +{}) while this storm pinned nothing, so other pinning cannot be told from a leak ({left} page(s) above the baseline after the teardown){}",
+                w.ms,
+                w.end.0.wrapping_sub(w.start.0),
+                w.end.1.wrapping_sub(w.start.1),
+                if c.folded {
+                    ""
+                } else {
+                    "; without root the kernel folds its per-CPU counts lazily, which moves them too: run as root"
+                }
+            ));
+        }
+        None => {
+            l.count = left;
+            l.held_until_teardown = held - left.min(held);
+        }
+    }
+    l
 }
 
 #[cfg(test)]

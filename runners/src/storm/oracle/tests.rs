@@ -458,3 +458,64 @@ fn canaries_of_other_runs_are_stale_and_other_contents_are_not_judged() {
     assert_eq!(r.scan(0, &[0u8; PAGE as usize]), None);
     assert_eq!(r.scan(0, &[0xd0u8; PAGE as usize]), None);
 }
+
+fn window(start: (u64, u64), end: (u64, u64)) -> IdleWindow {
+    IdleWindow { start, end, ms: 50 }
+}
+
+/// Counters with `base` pages outstanding in steady idle windows on both sides.
+fn counts(base: u64, released: i64, torn_down: i64) -> PinCounts {
+    let steady = window((1000 + base, 1000), (1000 + base, 1000));
+    PinCounts {
+        before: steady,
+        released,
+        settle_ms: 12,
+        torn_down,
+        after: IdleWindow {
+            start: (5000 + torn_down as u64, 5000),
+            end: (5000 + torn_down as u64, 5000),
+            ms: 50,
+        },
+        folded: true,
+    }
+}
+
+#[test]
+fn pins_left_after_the_teardown_in_a_quiet_machine_are_leaks() {
+    // 512 pages still pinned after every handle was released and the files torn down.
+    let l = judge_leak(&counts(3, 3 + 512, 3 + 512));
+    assert_eq!((l.count, l.held_until_teardown, &l.notrun), (512, 0, &None));
+    assert_eq!(l.settle_ms, 12);
+    // Held past the handles, released by the teardown: reported, not leaked.
+    let l = judge_leak(&counts(3, 3 + 512, 3));
+    assert_eq!((l.count, l.held_until_teardown, &l.notrun), (0, 512, &None));
+    // Everything came back.
+    let l = judge_leak(&counts(3, 3, 3));
+    assert_eq!((l.count, l.held_until_teardown, &l.notrun), (0, 0, &None));
+}
+
+#[test]
+fn pinning_elsewhere_in_an_idle_window_makes_the_leak_count_not_judged() {
+    // Another process pinned and released 64 pages while the storm pinned nothing.
+    let mut c = counts(3, 3 + 512, 3 + 512);
+    c.before = window((1003, 1000), (1067, 1064));
+    let l = judge_leak(&c);
+    assert_eq!(l.count, 0, "never reported as a leak: {l:?}");
+    let why = l.notrun.expect("not judged");
+    assert!(
+        why.contains("before the storm") && why.contains("acquired +64, released +64"),
+        "{why}"
+    );
+    assert!(why.contains("512 page(s) above the baseline"), "{why}");
+    // The same after the teardown; without root the reason says why it may be the kernel.
+    let mut c = counts(3, 3 + 512, 3 + 512);
+    c.after = window((5515, 5000), (5515, 5001));
+    c.folded = false;
+    let l = judge_leak(&c);
+    let why = l.notrun.expect("not judged");
+    assert!(
+        why.contains("after the teardown") && why.contains("run as root"),
+        "{why}"
+    );
+    assert_eq!(l.count, 0);
+}
