@@ -156,12 +156,12 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
         "truncate-vs-pin",
         &["--backing", "memfd", "--duration", "300ms"],
     );
-    assert_eq!(
-        count(&storms[0], "leaked_pins"),
-        0,
-        "{}",
-        storms[0]["oracle"]["leaked_pins"]
+    let l = &storms[0]["oracle"]["leaked_pins"];
+    assert!(
+        l["notrun"].is_null(),
+        "judged (this needs a machine where nothing else pins meanwhile): {l}"
     );
+    assert_eq!(count(&storms[0], "leaked_pins"), 0, "{l}");
 
     // Fires: a pin that outlives every handle the storm released (here held by this test
     // process for the whole storm, which the system-wide counters cannot tell apart).
@@ -219,7 +219,10 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
         l["settle_ms"].as_u64().unwrap() >= 5000,
         "it waited for the bound before reporting: {l}"
     );
-    assert!(l["notrun"].is_null(), "judged: {l}");
+    assert!(
+        l["notrun"].is_null(),
+        "judged (this needs a machine where nothing else pins meanwhile): {l}"
+    );
     drop(pinner);
     drop(region);
     drop(anon);
