@@ -257,6 +257,10 @@ pub struct StormTotals {
     pub ambiguous: u64,
     /// Device reads through the pin that did not return what the device had written.
     pub readback_mismatches: u64,
+    /// Files (pinned files, clones, donors) the end scan could not read: their pages were not
+    /// judged for stale or cross-file data. The first error is in the `stale_exposure` note.
+    #[serde(default)]
+    pub end_scan_errors: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

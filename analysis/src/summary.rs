@@ -4,6 +4,8 @@
 use std::fmt::Write;
 
 use crate::expect::verdict;
+
+mod storm_notes;
 use crate::schema::{
     BenchRow, LeaseResults, Measured, OracleFinding, ProbeRow, RunResult, StormResult,
 };
@@ -192,6 +194,8 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 t.device_writes.to_string(),
                 t.verified.to_string(),
                 t.ambiguous.to_string(),
+                storm_notes::ambiguity_ratio(t),
+                t.readback_mismatches.to_string(),
                 count_or_notrun(&o.lost_write),
                 count_or_notrun(&o.stale_exposure),
                 count_or_notrun(&o.cross_file),
@@ -220,6 +224,8 @@ pub fn storm_table(storms: &[StormResult]) -> String {
             "writes",
             "verified",
             "ambiguous",
+            "amb/ver",
+            "readback-mismatch",
             "LOST",
             "STALE",
             "CROSS",
@@ -240,6 +246,7 @@ pub fn storm_table(storms: &[StormResult]) -> String {
             s.reason.as_deref().unwrap_or("")
         );
     }
+    out.push_str(&storm_notes::storm_notes(storms));
     out
 }
 

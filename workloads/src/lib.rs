@@ -37,6 +37,14 @@ pub fn is_root() -> bool {
 /// difference can be off by a few pages, even negative, for a moment. As root the deltas are
 /// folded first (`vm/stat_refresh`); a negative difference is reported as 0.
 pub fn pinned_pages_outstanding() -> Option<i64> {
+    let (acquired, released) = foll_pin_counters()?;
+    Some((acquired as i64 - released as i64).max(0))
+}
+
+/// `/proc/vmstat` `nr_foll_pin_acquired` and `nr_foll_pin_released` as they are now, folded
+/// first as root (see [`pinned_pages_outstanding`]). Both only ever grow: any FOLL_PIN pin
+/// taken or released anywhere on the machine between two readings changes them.
+pub fn foll_pin_counters() -> Option<(u64, u64)> {
     if is_root() {
         // Any write folds every CPU's pending deltas into the totals (Documentation/admin-guide/sysctl/vm.rst).
         let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
@@ -44,7 +52,7 @@ pub fn pinned_pages_outstanding() -> Option<i64> {
     let text = std::fs::read_to_string("/proc/vmstat").ok()?;
     let get = |k: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix(k)?.trim().parse::<i64>().ok())
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
     };
-    Some((get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?).max(0))
+    Some((get("nr_foll_pin_acquired ")?, get("nr_foll_pin_released ")?))
 }

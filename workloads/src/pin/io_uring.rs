@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{check_span, Availability, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop};
+use super::{
+    check_span, Availability, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop,
+};
 
 /// Entries in each ring: device I/O is one request at a time.
 const RING_ENTRIES: u32 = 4;
@@ -26,6 +28,11 @@ pub struct IoUringPath;
 impl PinPath for IoUringPath {
     fn kind(&self) -> PinKind {
         PinKind::IoUring
+    }
+
+    /// IORING_REGISTER_BUFFERS pins with pin_user_pages (FOLL_WRITE | FOLL_LONGTERM).
+    fn foll_pins(&self) -> FollPins {
+        FollPins::Counted
     }
 
     fn availability(&self) -> Availability {

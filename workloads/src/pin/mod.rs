@@ -165,9 +165,21 @@ impl PinError {
     }
 }
 
+/// Whether the pages a path holds are FOLL_PIN pins, which `/proc/vmstat` counts
+/// (`nr_foll_pin_acquired`, `nr_foll_pin_released`) and the leaked-pins oracle reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollPins {
+    Counted,
+    /// The path holds pages some other way, or not at all; why, for the oracle's `notrun`.
+    NotTaken(&'static str),
+}
+
 /// One way of pinning pages. Shared between threads; each thread asks for its own pinner.
 pub trait PinPath: Send + Sync {
     fn kind(&self) -> PinKind;
+    /// Whether what this path holds shows up in the FOLL_PIN counters. Every path says so:
+    /// a leak check that cannot see a path's pins must say it did not run.
+    fn foll_pins(&self) -> FollPins;
     /// Whether this path can run on this machine at all.
     fn availability(&self) -> Availability;
     /// A fresh pinning context for one thread.
@@ -221,5 +233,77 @@ pub(crate) fn check_span(
             "device I/O at {offset}+{len} outside the registered {} bytes",
             t.len
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
+    use crate::scratch::ScratchRoot;
+    use crate::units::Size;
+
+    /// A path that declares FOLL_PIN pins is seen by the kernel's counters: registering 2 MiB
+    /// of 4 KiB pages moves `nr_foll_pin_acquired` by at least 512, and releasing them moves
+    /// `nr_foll_pin_released` as much (other pinning on the machine only adds to both).
+    #[test]
+    fn paths_that_declare_foll_pins_move_the_kernels_counters_by_what_they_pin() {
+        if crate::foll_pin_counters().is_none() {
+            eprintln!("skipped: no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("pinstorm-foll-pins-{}", std::process::id()));
+        let root = ScratchRoot::open(&dir).unwrap();
+        let run = root.new_run("foll-pins").unwrap();
+        let anon = BackingKind::Anon.setup(&SetupEnv::default(), &run).unwrap();
+        let region = anon
+            .region(&RegionSpec {
+                size: Size(2 << 20),
+                map: MapKind::Private,
+                access: Access::Rw,
+            })
+            .unwrap();
+        let mut checked = Vec::new();
+        for &kind in PinKind::ALL {
+            let path = kind.path();
+            match (path.foll_pins(), path.availability()) {
+                (FollPins::NotTaken(why), _) => assert!(!why.is_empty(), "{kind}"),
+                (FollPins::Counted, Availability::NotRun(why)) => {
+                    eprintln!("{kind} not checked: {why}")
+                }
+                (FollPins::Counted, Availability::Usable) => {
+                    let mut pinner = path.pinner().unwrap();
+                    let (acquired0, released0) = crate::foll_pin_counters().unwrap();
+                    pinner.register(region.pin_target()).unwrap();
+                    let (acquired1, _) = crate::foll_pin_counters().unwrap();
+                    assert!(
+                        acquired1 - acquired0 >= 512,
+                        "{kind}: {} pages pinned",
+                        acquired1 - acquired0
+                    );
+                    pinner.unregister().unwrap();
+                    drop(pinner);
+                    let t = std::time::Instant::now();
+                    let released = loop {
+                        let (_, released1) = crate::foll_pin_counters().unwrap();
+                        if released1 - released0 >= 512 || t.elapsed().as_secs() >= 5 {
+                            break released1 - released0;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    };
+                    assert!(released >= 512, "{kind}: {released} pages released");
+                    checked.push(kind);
+                }
+            }
+        }
+        assert!(
+            checked.contains(&PinKind::IoUring),
+            "io_uring was not checked"
+        );
+        drop(region);
+        drop(anon);
+        drop(run);
+        drop(root);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, tee, PipeFlags, SpliceFlags};
 
-use super::{check_span, Availability, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop};
+use super::{
+    check_span, Availability, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop,
+};
 use crate::sys::Errno;
 
 pub struct VmsplicePath;
@@ -20,6 +22,12 @@ pub struct VmsplicePath;
 impl PinPath for VmsplicePath {
     fn kind(&self) -> PinKind {
         PinKind::Vmsplice
+    }
+
+    fn foll_pins(&self) -> FollPins {
+        FollPins::NotTaken(
+            "vmsplice holds page references (FOLL_GET), not FOLL_PIN pins: /proc/vmstat cannot see them",
+        )
     }
 
     fn availability(&self) -> Availability {

@@ -22,7 +22,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Availability, PinError, PinKind, PinPath, Pinner, TightLoop};
+use super::{Availability, FollPins, PinError, PinKind, PinPath, Pinner, TightLoop};
 use crate::units::Span;
 
 #[cfg(feature = "rdma")]
@@ -281,6 +281,18 @@ impl PinPath for RdmaPath {
             PinKind::RdmaOdp
         } else {
             PinKind::Rdma
+        }
+    }
+
+    /// A plain MR is pinned by ib_umem_get (pin_user_pages_fast, FOLL_LONGTERM); an ODP MR
+    /// pins nothing.
+    fn foll_pins(&self) -> FollPins {
+        if self.odp {
+            FollPins::NotTaken(
+                "on-demand paging takes no pins (the device mirrors the page tables, faults pages in and is invalidated by MMU notifiers): the FOLL_PIN counters cannot see it",
+            )
+        } else {
+            FollPins::Counted
         }
     }
 

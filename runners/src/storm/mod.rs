@@ -7,14 +7,15 @@
 //! (truncate, punch, reflink, ...) at the configured rate, each from its own seeded RNG so a
 //! seed replays the same operation sequence.
 //!
-//! How a write is judged (the lost-write oracle): every file carries a sequence number that
-//! is odd while a layout operation on it is in flight. A pin is *clean* when the number was
-//! the same even value before and after the registration. After the device write the file is
-//! read back with `pread`; if it does not hold the canary although the pin was clean and no
-//! operation was in flight between the write and the read, the write was lost: the pinned
-//! range was part of the file when the pin was taken, and the data is not in the file. If an
-//! operation overlapped, the write is counted as ambiguous and not judged. A private mapping
-//! never carries device writes to the file by design, so it is not judged against the file.
+//! How a write is judged (the lost-write oracle, in [`oracle`]): every file counts the layout
+//! operations in flight on it and a generation that changes whenever one starts or ends. A
+//! pin is *clean* when no operation ran at any moment of the registration. After the device
+//! write the file is read back with `pread`; if it does not hold the canary although the pin
+//! was clean and no operation ran between the write and the read, the write was lost: the
+//! pinned range was part of the file when the pin was taken, and the data is not in the file.
+//! If an operation overlapped, the write is counted as ambiguous and not judged. A private
+//! mapping never carries device writes to the file by design: there the device's own
+//! read-back through the pin must return what it wrote.
 //!
 //! Stale exposure and cross-file corruption come from the canaries' contents: a page holding
 //! this file's canary from before the last operation that invalidated that page is stale; a
@@ -23,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,8 @@ use pinstorm_workloads::backing::{
     Access, BackingKind, MapKind, Region, RegionError, RegionFile, RegionSpec,
 };
 use pinstorm_workloads::canary::{self, Canary, PageContent};
-use pinstorm_workloads::layout::{Effect, LayoutKind, LayoutTarget};
-use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_workloads::layout::{LayoutKind, LayoutTarget};
+use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
@@ -51,14 +52,35 @@ use crate::kmsg::Kmsg;
 use crate::signals;
 use crate::watchdog::Watchdog;
 
-/// The device writes and checks one 4 KiB page at a time, whatever the backing's page size.
-const PAGE: u64 = 4096;
+mod oracle;
+
+use oracle::{
+    Events, Evidence, FileState, ForeignKind, IdleWindow, Mapping, PinCounts, Verdict, WriteFacts,
+    PAGE,
+};
 /// Operations of the sequence head kept per disruptor.
 const HEAD: usize = 32;
 /// Layout log entries kept per file for violation histories.
 const LOG: usize = 256;
 /// How long released pins may take to show up as released in /proc/vmstat.
 const PIN_SETTLE: Duration = Duration::from_secs(5);
+/// The window around a cell in which nothing of the storm pins, to see whether anything else
+/// on the machine does; and how many windows to try before the cell for a quiet one.
+const IDLE: Duration = Duration::from_millis(50);
+const IDLE_TRIES: usize = 5;
+
+/// The FOLL_PIN counters at the start and the end of `IDLE`; `None` without the counters.
+fn idle_window() -> Option<IdleWindow> {
+    let start = pinstorm_workloads::foll_pin_counters()?;
+    let t = Instant::now();
+    std::thread::sleep(IDLE);
+    let end = pinstorm_workloads::foll_pin_counters()?;
+    Some(IdleWindow {
+        start,
+        end,
+        ms: t.elapsed().as_millis() as u64,
+    })
+}
 
 pub struct StormContext<'a> {
     pub backings: &'a BackingSet,
@@ -70,21 +92,11 @@ pub struct StormContext<'a> {
     pub kmsg: &'a Mutex<Kmsg>,
 }
 
-#[derive(Clone, Copy, Default)]
-struct PageTrack {
-    /// Start event of the last operation that removed this page's data.
-    invalidated_at: u64,
-    /// Data here may have moved (collapse/insert): no stale check for this page.
-    shifted: bool,
-}
-
 struct TrackedFile {
-    id: u32,
+    /// What the oracles know of this file's layout operations.
+    state: FileState,
     name: String,
     region: Region,
-    /// Odd while a layout operation on this file is in flight.
-    seq: AtomicU64,
-    pages: Mutex<Vec<PageTrack>>,
     log: Mutex<VecDeque<(u64, String)>>,
     clone: Option<RegionFile>,
     donor: Option<RegionFile>,
@@ -128,20 +140,15 @@ fn add(f: &mut OracleFinding, examples: usize, v: Violation) {
 
 struct Shared {
     files: Vec<TrackedFile>,
-    events: AtomicU64,
+    events: Events,
     stop: AtomicBool,
     wd: Arc<Watchdog>,
     unsupported: Mutex<BTreeMap<LayoutKind, String>>,
     findings: Mutex<Findings>,
-    /// For each device write (by the event taken before it was issued), the event taken
-    /// after it completed. A write in flight while a layout operation ran may land after it
-    /// (an ODP device faults a fresh page in): only a write that completed before the
-    /// operation began can be stale.
-    write_done: Mutex<BTreeMap<u64, u64>>,
     run_tag: u32,
     hold: Duration,
     examples: usize,
-    shared_map: bool,
+    mapping: Mapping,
     /// What the expectations say a registration of this cell gives.
     expected: Option<(String, String)>,
     size: u64,
@@ -150,27 +157,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn event(&self) -> u64 {
-        self.events.fetch_add(1, SeqCst) + 1
-    }
-
-    fn write_done(&self, started: u64) {
-        let done = self.event();
-        self.write_done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(started, done);
-    }
-
-    /// Whether the device write that started at `started` completed before `event`.
-    fn write_completed_before(&self, started: u64, event: u64) -> bool {
-        self.write_done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&started)
-            .is_some_and(|done| *done < event)
-    }
-
     fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
         self.findings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -184,71 +170,30 @@ impl Shared {
         at_ms: f64,
         history: &[String],
     ) {
-        let PageContent::Canary(c) = canary::decode(content) else {
+        let Some(found) =
+            oracle::classify_foreign(self.run_tag, &f.state, &self.events, page_off, content)
+        else {
             return;
         };
-        let page = (page_off / PAGE) as usize;
-        let track = f
-            .pages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(page)
-            .copied()
-            .unwrap_or_default();
+        let (key, examples) = match found.kind {
+            ForeignKind::Stale => ("stale", self.examples),
+            ForeignKind::Cross => ("cross", self.examples),
+        };
         let mut fd = self.findings();
-        let examples = self.examples;
-        if c.run_tag != self.run_tag {
-            if fd.seen.insert((f.id, page_off, c.event, "stale")) {
-                add(
-                    &mut fd.stale,
-                    examples,
-                    Violation {
-                        file: f.name.clone(),
-                        offset: page_off,
-                        len: PAGE,
-                        what: format!(
-                            "holds a canary of another run (tag {:#x}, file {}, offset {})",
-                            c.run_tag, c.file_id, c.offset
-                        ),
-                        at_ms,
-                        history: history.to_vec(),
-                    },
-                );
-            }
-        } else if c.file_id != f.id {
-            if fd.seen.insert((f.id, page_off, c.event, "cross")) {
-                add(
-                    &mut fd.cross,
-                    examples,
-                    Violation {
-                        file: f.name.clone(),
-                        offset: page_off,
-                        len: PAGE,
-                        what: format!(
-                            "holds data the device wrote for file {} at offset {} (event {})",
-                            c.file_id, c.offset, c.event
-                        ),
-                        at_ms,
-                        history: history.to_vec(),
-                    },
-                );
-            }
-        } else if c.offset == page_off
-            && !track.shifted
-            && self.write_completed_before(c.event, track.invalidated_at)
-            && fd.seen.insert((f.id, page_off, c.event, "stale"))
-        {
-            add(&mut fd.stale, examples, Violation {
-                file: f.name.clone(),
-                offset: page_off,
-                len: PAGE,
-                what: format!(
-                    "still holds the device's write of event {} although an operation at event {} removed that data",
-                    c.event, track.invalidated_at
-                ),
-                at_ms,
-                history: history.to_vec(),
-            });
+        if !fd.seen.insert((f.state.id, page_off, found.event, key)) {
+            return;
+        }
+        let v = Violation {
+            file: f.name.clone(),
+            offset: page_off,
+            len: PAGE,
+            what: found.what,
+            at_ms,
+            history: history.to_vec(),
+        };
+        match found.kind {
+            ForeignKind::Stale => add(&mut fd.stale, examples, v),
+            ForeignKind::Cross => add(&mut fd.cross, examples, v),
         }
     }
 }
@@ -330,16 +275,18 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
     let pages = target.len as u64 / PAGE;
     let mut can_write = true;
     while !sh.stop.load(SeqCst) {
-        let a = f.seq.load(SeqCst);
+        let a = f.state.snapshot();
         sh.wd.begin(&slot, "register");
         let t0 = Instant::now();
         let r = pinner.register(target);
         let took = t0.elapsed();
         sh.wd.end(&slot);
-        // The pin's event comes before the second look at the sequence number (see the
-        // disruptor): every operation that did not overlap the registration is ordered.
-        let pin_event = sh.event();
-        let clean = a == f.seq.load(SeqCst) && a % 2 == 0;
+        // The pin's event comes before the second look at the file's operations (see
+        // `FileState::op_begin`): every operation that did not overlap the registration is
+        // ordered.
+        let pin_event = sh.events.next();
+        let pin = (a, f.state.snapshot());
+        let clean = oracle::quiet(pin.0, pin.1);
         let now = sh.wd.elapsed_ms();
         let outcome = match &r {
             Ok(()) => "ok".to_string(),
@@ -389,40 +336,74 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
         }
         if can_write {
             let off = (rng.next_u64() % pages) * PAGE;
-            let ev = sh.event();
+            let ev = sh.events.next();
             let data = Canary {
                 run_tag: sh.run_tag,
-                file_id: f.id,
+                file_id: f.state.id,
                 offset: off,
                 event: ev,
             }
             .page(PAGE as usize);
-            let s0 = f.seq.load(SeqCst);
+            let s0 = f.state.snapshot();
             sh.wd.begin(&slot, "device-write");
             let w = pinner.device_write(off as usize, &data);
             sh.wd.end(&slot);
-            sh.write_done(ev);
+            sh.events.write_done(ev);
             let wrote_ms = sh.wd.elapsed_ms();
             match w {
                 Ok(_) => {
                     out.totals.device_writes += 1;
                     out.timeline.at(wrote_ms).device_writes += 1;
-                    check_write(
-                        &sh,
-                        f,
-                        &mut out.totals,
-                        off,
-                        &data,
-                        clean,
-                        s0,
-                        (pin_event, pinned_ms),
-                        (ev, wrote_ms),
-                    );
+                    let mut content = vec![0u8; PAGE as usize];
+                    let read = match (&f.region.file, sh.mapping) {
+                        // Anonymous memory is never truncated, so the CPU may read the mapping.
+                        (None, _) => {
+                            f.region.mapping.read_at(off as usize, &mut content);
+                            true
+                        }
+                        // A private mapping's writes never reach the file by design.
+                        (Some(_), Mapping::PrivateFile) => false,
+                        // Never touch a file mapping with the CPU (a truncated page would
+                        // SIGBUS): pread.
+                        (Some(rf), _) => rf.file().read_exact_at(&mut content, off).is_ok(),
+                    };
+                    let s1 = f.state.snapshot();
+                    let read_ms = sh.wd.elapsed_ms();
                     sh.wd.begin(&slot, "device-read");
-                    let back = pinner.device_read(off as usize, PAGE as usize);
+                    let back = pinner.device_read(off as usize, PAGE as usize).ok();
                     sh.wd.end(&slot);
-                    if matches!(&back, Ok(b) if *b != data) {
+                    let s2 = f.state.snapshot();
+                    if matches!(&back, Some(b) if *b != data) {
                         out.totals.readback_mismatches += 1;
+                    }
+                    let facts = WriteFacts {
+                        mapping: sh.mapping,
+                        pin,
+                        write: (s0, s1),
+                        readback_done: s2,
+                        data: &data,
+                        file: read.then_some(&content[..]),
+                        readback: back.as_deref(),
+                    };
+                    match oracle::judge(&facts) {
+                        Verdict::Verified => out.totals.verified += 1,
+                        Verdict::Ambiguous => out.totals.ambiguous += 1,
+                        Verdict::Lost(evidence) => {
+                            let (found, read_ms) = match evidence {
+                                Evidence::File => (&content[..], read_ms),
+                                Evidence::ReadBack => {
+                                    (back.as_deref().unwrap_or_default(), sh.wd.elapsed_ms())
+                                }
+                            };
+                            report_lost(
+                                &sh,
+                                f,
+                                off,
+                                (evidence, found, read_ms),
+                                (pin_event, pinned_ms),
+                                (ev, wrote_ms),
+                            )
+                        }
                     }
                 }
                 // A refusal by the kernel or a failed transfer reported by the device (an RDMA
@@ -454,44 +435,8 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
     out
 }
 
-/// Where did the device's write go? See the module documentation.
-#[allow(clippy::too_many_arguments)]
-fn check_write(
-    sh: &Shared,
-    f: &TrackedFile,
-    totals: &mut StormTotals,
-    off: u64,
-    data: &[u8],
-    clean_pin: bool,
-    s0: u64,
-    (pin_event, pinned_ms): (u64, f64),
-    (ev, wrote_ms): (u64, f64),
-) {
-    let mut content = vec![0u8; PAGE as usize];
-    let from_file = match &f.region.file {
-        // Anonymous memory is never truncated, so the CPU may read the mapping.
-        None => {
-            f.region.mapping.read_at(off as usize, &mut content);
-            true
-        }
-        // A private mapping's writes never reach the file by design: nothing to judge here.
-        Some(_) if !sh.shared_map => {
-            totals.verified += 1;
-            return;
-        }
-        // Never touch a file mapping with the CPU (a truncated page would SIGBUS): pread.
-        Some(rf) => rf.file().read_exact_at(&mut content, off).is_ok(),
-    };
-    let s1 = f.seq.load(SeqCst);
-    if from_file && content == data {
-        totals.verified += 1;
-        return;
-    }
-    if f.file_backed() && (!clean_pin || s0 != s1 || s0 % 2 == 1 || !from_file) {
-        totals.ambiguous += 1;
-        return;
-    }
-    let found = match canary::decode(&content) {
+fn describe(content: &[u8]) -> String {
+    match canary::decode(content) {
         PageContent::Zero => "zeros".to_string(),
         PageContent::Fill(b) => format!("a fill of {b:#04x} bytes"),
         PageContent::Canary(c) => format!(
@@ -500,8 +445,20 @@ fn check_write(
         ),
         PageContent::Torn => "a torn page".into(),
         PageContent::Other => "other data".into(),
-    };
-    let read_ms = sh.wd.elapsed_ms();
+    }
+}
+
+/// A lost write: what was read instead (by the CPU from the file or memory, or by the
+/// device through the pin), with the history that led there.
+fn report_lost(
+    sh: &Shared,
+    f: &TrackedFile,
+    off: u64,
+    (evidence, content, read_ms): (Evidence, &[u8], f64),
+    (pin_event, pinned_ms): (u64, f64),
+    (ev, wrote_ms): (u64, f64),
+) {
+    let found = describe(content);
     let mut history = vec![format!(
         "{pinned_ms:.3} ms: pinned the whole file (event {pin_event})"
     )];
@@ -509,21 +466,33 @@ fn check_write(
     history.push(format!(
         "{wrote_ms:.3} ms: device wrote the canary of event {ev} at offset {off}"
     ));
-    history.push(format!("{read_ms:.3} ms: the file read back {found}"));
+    let (by, what) = match evidence {
+        Evidence::File => ("the file", format!(
+            "the device's write through a pin taken while the range was part of the file is not in the file (it holds {found})"
+        )),
+        Evidence::ReadBack => ("the device", format!(
+            "the device's write into the private copy it pinned is not there when it reads it back (it read {found})"
+        )),
+    };
+    history.push(format!("{read_ms:.3} ms: {by} read back {found}"));
     {
         let mut fd = sh.findings();
-        add(&mut fd.lost, sh.examples, Violation {
-            file: f.name.clone(),
-            offset: off,
-            len: PAGE,
-            what: format!(
-                "the device's write through a pin taken while the range was part of the file is not in the file (it holds {found})"
-            ),
-            at_ms: wrote_ms,
-            history: history.clone(),
-        });
+        add(
+            &mut fd.lost,
+            sh.examples,
+            Violation {
+                file: f.name.clone(),
+                offset: off,
+                len: PAGE,
+                what,
+                at_ms: wrote_ms,
+                history: history.clone(),
+            },
+        );
     }
-    sh.classify_foreign(f, off, &content, read_ms, &history);
+    if evidence == Evidence::File {
+        sh.classify_foreign(f, off, content, read_ms, &history);
+    }
 }
 
 fn disruptor_thread(
@@ -579,10 +548,8 @@ fn disruptor_thread(
                 .or_insert(why);
             continue;
         }
-        // Busy first, then the event: an operation that runs after a clean pin then always
-        // has an event number above that pin's.
-        f.seq.fetch_add(1, SeqCst);
-        let ev = sh.event();
+        let op = f.state.op_begin(&sh.events);
+        let ev = op.event;
         sh.wd.begin(&slot, kind.name());
         let t0 = Instant::now();
         let r = boxed[k].apply(&target, &mut rng);
@@ -592,25 +559,6 @@ fn disruptor_thread(
             Ok(a) => Some(a.effect),
             Err(e) => e.partial,
         };
-        if let Some(effect) = effect {
-            let mut pages = f.pages.lock().unwrap_or_else(|p| p.into_inner());
-            let n = pages.len();
-            let (from, to, shifted) = match effect {
-                Effect::Invalidated { offset, len } => {
-                    (offset / PAGE, (offset + len).div_ceil(PAGE), false)
-                }
-                Effect::Shifted { offset } => (offset / PAGE, n as u64, true),
-                Effect::Shared { .. } => (0, 0, false),
-            };
-            for p in pages
-                .iter_mut()
-                .take(to.min(n as u64) as usize)
-                .skip(from as usize)
-            {
-                p.invalidated_at = ev;
-                p.shifted |= shifted;
-            }
-        }
         let now = sh.wd.elapsed_ms();
         let text = match &r {
             Ok(a) => a.desc.clone(),
@@ -630,8 +578,8 @@ fn disruptor_thread(
                 ),
             ));
         }
-        // Only now may a pinner judge writes again: the page marks and the log are complete.
-        f.seq.fetch_add(1, SeqCst);
+        // The log is complete: only now may a pinner judge writes on this file again.
+        f.state.op_end(op, effect, &sh.events);
         if out.head.len() < HEAD {
             out.head.push(format!("{kind} file={fi}: {text}"));
         }
@@ -835,13 +783,8 @@ fn run_cell(
             None => format!("anon:{i}"),
         };
         files.push(TrackedFile {
-            id: i as u32 + 1,
+            state: FileState::new(i as u32 + 1, region.mapping.len() / PAGE as usize),
             name,
-            seq: AtomicU64::new(0),
-            pages: Mutex::new(vec![
-                PageTrack::default();
-                (region.mapping.len() as u64 / PAGE) as usize
-            ]),
             log: Mutex::new(VecDeque::new()),
             region,
             clone,
@@ -878,12 +821,26 @@ fn run_cell(
     let wd = Watchdog::new(job.block_threshold.0, &names);
     let wd_thread = wd.run();
     let _ = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let pins_before = pinstorm_workloads::pinned_pages_outstanding();
+    // The leaked-pins baseline: an idle window with nothing of this storm pinned, retried a
+    // few times if something else on the machine pinned meanwhile.
+    let foll_pins = pin.path().foll_pins();
+    let idle_before = match foll_pins {
+        FollPins::Counted => {
+            let mut w = idle_window();
+            for _ in 1..IDLE_TRIES {
+                if !w.is_some_and(|w| w.moved()) {
+                    break;
+                }
+                w = idle_window();
+            }
+            w
+        }
+        FollPins::NotTaken(_) => None,
+    };
 
     let sh = Arc::new(Shared {
         files,
-        events: AtomicU64::new(0),
-        write_done: Mutex::new(BTreeMap::new()),
+        events: Events::default(),
         stop: AtomicBool::new(false),
         wd: wd.clone(),
         unsupported: Mutex::new(BTreeMap::new()),
@@ -891,7 +848,11 @@ fn run_cell(
         run_tag: ctx.run_tag,
         hold: job.hold.0,
         examples: job.examples,
-        shared_map: map == MapKind::Shared,
+        mapping: match (file_backed, map) {
+            (false, _) => Mapping::Anon,
+            (true, MapKind::Shared) => Mapping::SharedFile,
+            (true, MapKind::Private) => Mapping::PrivateFile,
+        },
         expected,
         size,
         align,
@@ -978,18 +939,22 @@ fn run_cell(
         return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, r));
     }
 
-    // The end scan: every page of every file, its clone and its donor.
+    // The end scan: every page of every file, its clone and its donor. A file it cannot read
+    // is counted and named: its pages were not judged.
+    let mut scan_errors: Vec<String> = Vec::new();
     if stuck == 0 {
         let at = wd.elapsed_ms();
         for f in &sh.files {
             let scan = |rf: &RegionFile, label: &str, is_clone: bool, is_donor: bool| {
-                let Ok(len) = rf.file().metadata().map(|m| m.len()) else {
-                    return;
-                };
+                let len = rf
+                    .file()
+                    .metadata()
+                    .map_err(|e| format!("{label}: fstat: {e}"))?
+                    .len();
                 let mut buf = vec![0u8; len as usize];
-                if rf.file().read_exact_at(&mut buf, 0).is_err() {
-                    return;
-                }
+                rf.file()
+                    .read_exact_at(&mut buf, 0)
+                    .map_err(|e| format!("{label}: reading {len} bytes: {e}"))?;
                 for (p, page) in buf.chunks(PAGE as usize).enumerate() {
                     let off = p as u64 * PAGE;
                     match canary::decode(page) {
@@ -1006,7 +971,7 @@ fn run_cell(
                         }
                         // A clone legitimately holds its source file's data, wherever it moved.
                         PageContent::Canary(c)
-                            if is_clone && c.file_id == f.id && c.run_tag == sh.run_tag => {}
+                            if is_clone && c.file_id == f.state.id && c.run_tag == sh.run_tag => {}
                         PageContent::Canary(_) if !is_clone => {
                             sh.classify_foreign(f, off, page, at, &f.history(0))
                         }
@@ -1016,7 +981,7 @@ fn run_cell(
                                 file: label.into(),
                                 offset: off,
                                 len: PAGE,
-                                what: format!("a clone of file {} holds data written for file {} (event {})", f.id, c.file_id, c.event),
+                                what: format!("a clone of file {} holds data written for file {} (event {})", f.state.id, c.file_id, c.event),
                                 at_ms: at,
                                 history: vec![],
                             });
@@ -1024,18 +989,22 @@ fn run_cell(
                         _ => {}
                     }
                 }
+                Ok::<(), String>(())
             };
+            let mut results = Vec::new();
             if let Some(rf) = f.region.file.as_ref() {
-                scan(rf, &f.name, false, false);
+                results.push(scan(rf, &f.name, false, false));
             }
             if let Some(c) = &f.clone {
-                scan(c, &format!("{} (clone)", f.name), true, false);
+                results.push(scan(c, &format!("{} (clone)", f.name), true, false));
             }
             if let Some(d) = &f.donor {
-                scan(d, &format!("{} (donor)", f.name), false, true);
+                results.push(scan(d, &format!("{} (donor)", f.name), false, true));
             }
+            scan_errors.extend(results.into_iter().filter_map(Result::err));
         }
     }
+    totals.end_scan_errors = scan_errors.len() as u64;
 
     let mut kmsg_guard = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner());
     let lines: Vec<String> = kmsg_guard
@@ -1107,7 +1076,7 @@ fn run_cell(
         }
         _ if map == MapKind::Private => {
             findings.lost.note = Some(
-                "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file"
+                "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file; each is checked through the device's read-back instead"
                     .into(),
             );
         }
@@ -1119,56 +1088,91 @@ fn run_cell(
         ));
         findings.cross.notrun = findings.stale.notrun.clone();
     }
+    if let Some(first) = scan_errors.first() {
+        let why = format!(
+            "the end scan could not read {} file(s), whose pages were not judged (first: {first})",
+            scan_errors.len()
+        );
+        for f in [&mut findings.stale, &mut findings.cross] {
+            f.note = Some(match f.note.take() {
+                Some(n) => format!("{n}; {why}"),
+                None => why.clone(),
+            });
+        }
+    }
     // Leaked pins: every pinner is gone; the kernel may release asynchronously, so wait with
-    // a bound; then tear the files down and look again. The counters are system-wide: another
-    // process pinning pages meanwhile shows up here too (run on a quiet machine).
-    let settle = |before: i64| {
+    // a bound; then tear the files down and look again, and watch an idle window to see
+    // whether anything else on the machine is pinning (the counters are system-wide).
+    let settle = |base: i64| {
         let t = Instant::now();
-        let mut after = before;
+        let mut now = base;
         while t.elapsed() < PIN_SETTLE {
-            after = pinstorm_workloads::pinned_pages_outstanding().unwrap_or(before);
-            if after <= before {
+            now = pinstorm_workloads::pinned_pages_outstanding().unwrap_or(base);
+            if now <= base {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        (
-            (after - before).max(0) as u64,
-            t.elapsed().as_millis() as u64,
-        )
+        (now, t.elapsed().as_millis() as u64)
     };
-    let mut leaked = LeakedPins::default();
-    match pins_before {
-        Some(before) if stuck == 0 => {
-            let (held, ms) = settle(before);
-            leaked.settle_ms = ms;
-            // Every thread has returned, so this is the last reference: unmap and close.
-            match Arc::try_unwrap(sh) {
-                Ok(shared) => drop(shared),
-                Err(_) => unreachable!("storm threads all returned"),
-            }
-            let (left, _) = if held > 0 { settle(before) } else { (0, 0) };
-            leaked.count = left;
-            leaked.held_until_teardown = held - left.min(held);
-            if pin == PinKind::Vmsplice {
-                leaked.notrun = Some("vmsplice holds page references, not FOLL_PIN pins: /proc/vmstat cannot see them".into());
-            }
-        }
-        Some(_) => {
-            leaked.notrun = Some(format!(
+    // Every thread has returned, so this is the last reference: unmap and close.
+    let teardown = |sh: Arc<Shared>| match Arc::try_unwrap(sh) {
+        Ok(shared) => drop(shared),
+        Err(_) => unreachable!("storm threads all returned"),
+    };
+    let leaked = if stuck > 0 {
+        // Threads still inside the kernel hold the shared state; never unmap it under them.
+        std::mem::forget(sh);
+        LeakedPins {
+            notrun: Some(format!(
                 "{stuck} storm thread(s) never returned; their pins may still be held"
-            ));
-            // Threads still inside the kernel hold the shared state; never unmap it under them.
-            std::mem::forget(sh);
+            )),
+            ..LeakedPins::default()
         }
-        None => {
-            leaked.notrun =
-                Some("no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into());
-            if stuck > 0 {
-                std::mem::forget(sh);
+    } else {
+        match (foll_pins, idle_before) {
+            (FollPins::NotTaken(why), _) => {
+                teardown(sh);
+                LeakedPins {
+                    notrun: Some(why.into()),
+                    ..LeakedPins::default()
+                }
+            }
+            (FollPins::Counted, Some(before)) => {
+                let base = before.outstanding();
+                let (released, settle_ms) = settle(base);
+                teardown(sh);
+                let torn_down = if released > base {
+                    settle(base).0
+                } else {
+                    released
+                };
+                match idle_window() {
+                    Some(after) => oracle::judge_leak(&PinCounts {
+                        before,
+                        released,
+                        settle_ms,
+                        torn_down,
+                        after,
+                        folded: pinstorm_workloads::is_root(),
+                    }),
+                    None => LeakedPins {
+                        notrun: Some("/proc/vmstat could not be read after the storm".into()),
+                        ..LeakedPins::default()
+                    },
+                }
+            }
+            (FollPins::Counted, None) => {
+                teardown(sh);
+                LeakedPins {
+                    notrun: Some(
+                        "no nr_foll_pin_* counters in /proc/vmstat (kernel before 5.6)".into(),
+                    ),
+                    ..LeakedPins::default()
+                }
             }
         }
-    }
+    };
     let blocked_reports = wd.reports();
     let result = StormResult {
         pin: pin.name().into(),
@@ -1208,132 +1212,4 @@ fn run_cell(
         sequence_head: disruptors_out.into_values().map(|d| d.head).collect(),
     };
     Ok(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pinstorm_workloads::backing::SetupEnv;
-    use pinstorm_workloads::scratch::ScratchRoot;
-
-    /// One memfd-backed tracked file inside a `Shared`, as a storm would have it.
-    fn with_shared(test: &str, f: impl FnOnce(&Shared)) {
-        let dir =
-            std::env::temp_dir().join(format!("pinstorm-storm-unit-{test}-{}", std::process::id()));
-        let root = ScratchRoot::open(&dir).unwrap();
-        let run = root.new_run("t").unwrap();
-        let backing = BackingKind::Memfd
-            .setup(&SetupEnv::default(), &run)
-            .unwrap();
-        let region = backing
-            .region(&RegionSpec {
-                size: Size(4 * PAGE),
-                map: MapKind::Shared,
-                access: Access::Rw,
-            })
-            .unwrap();
-        let sh = Shared {
-            files: vec![TrackedFile {
-                id: 1,
-                name: "memfd:0".into(),
-                seq: AtomicU64::new(0),
-                pages: Mutex::new(vec![PageTrack::default(); 4]),
-                log: Mutex::new(VecDeque::new()),
-                region,
-                clone: None,
-                donor: None,
-                partners_missing: None,
-            }],
-            events: AtomicU64::new(0),
-            write_done: Mutex::new(BTreeMap::new()),
-            stop: AtomicBool::new(false),
-            wd: Watchdog::new(Duration::from_secs(1), &["t".to_string()]),
-            unsupported: Mutex::new(BTreeMap::new()),
-            findings: Mutex::new(Findings::default()),
-            run_tag: 7,
-            hold: Duration::ZERO,
-            examples: 5,
-            shared_map: true,
-            expected: None,
-            size: 4 * PAGE,
-            align: PAGE,
-            rate: 0.0,
-        };
-        f(&sh);
-        drop(sh);
-        drop(backing);
-        drop(run);
-        drop(root);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn canary(file_id: u32, offset: u64, event: u64, run_tag: u32) -> Vec<u8> {
-        Canary {
-            run_tag,
-            file_id,
-            offset,
-            event,
-        }
-        .page(PAGE as usize)
-    }
-
-    #[test]
-    fn another_files_canary_is_cross_file_corruption() {
-        with_shared("cross", |sh| {
-            sh.classify_foreign(&sh.files[0], PAGE, &canary(2, PAGE, 3, 7), 1.0, &[]);
-            let f = sh.findings();
-            assert_eq!(f.cross.count, 1);
-            assert!(
-                f.cross.examples[0].what.contains("for file 2"),
-                "{:?}",
-                f.cross.examples[0]
-            );
-            assert_eq!(f.stale.count, 0);
-        });
-    }
-
-    #[test]
-    fn own_data_from_before_an_invalidation_is_stale_exposure() {
-        with_shared("stale", |sh| {
-            sh.files[0].pages.lock().unwrap()[1].invalidated_at = 10;
-            {
-                let mut done = sh.write_done.lock().unwrap();
-                done.insert(5, 6);
-                done.insert(8, 12);
-                done.insert(11, 13);
-            }
-            // Written at event 5 (done at 6), removed by the operation at event 10, still
-            // there: stale.
-            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 5, 7), 1.0, &[]);
-            // Issued at 8 but completed at 12, after the operation began: it may have landed
-            // after it (an ODP device faults a fresh page in), so it is not stale.
-            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 8, 7), 1.0, &[]);
-            // Written after the operation: fine.
-            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 11, 7), 1.0, &[]);
-            // The same finding is counted once.
-            sh.classify_foreign(&sh.files[0], PAGE, &canary(1, PAGE, 5, 7), 1.0, &[]);
-            assert_eq!(sh.findings().stale.count, 1);
-        });
-    }
-
-    #[test]
-    fn moved_data_and_data_of_other_runs_are_told_apart() {
-        with_shared("moved", |sh| {
-            {
-                let mut pages = sh.files[0].pages.lock().unwrap();
-                pages[2].invalidated_at = 10;
-                pages[2].shifted = true;
-            }
-            // After collapse/insert, data may legitimately sit anywhere: not judged.
-            sh.classify_foreign(&sh.files[0], 2 * PAGE, &canary(1, 2 * PAGE, 5, 7), 1.0, &[]);
-            assert_eq!(sh.findings().stale.count, 0);
-            // A canary from another run is data from an earlier life of these blocks.
-            sh.classify_foreign(&sh.files[0], 0, &canary(1, 0, 1, 99), 1.0, &[]);
-            assert_eq!(sh.findings().stale.count, 1);
-            // Zeros and fill are not canaries: nothing to judge.
-            sh.classify_foreign(&sh.files[0], 0, &vec![0u8; PAGE as usize], 1.0, &[]);
-            let f = sh.findings();
-            assert_eq!(f.stale.count + f.cross.count, 1);
-        });
-    }
 }
