@@ -15,7 +15,7 @@ use cli::{
 };
 use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
 use pinstorm_analysis::compare::{self, CompareOptions};
-use pinstorm_analysis::expect::Expectations;
+use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
 use pinstorm_analysis::{export, plot, render, report, summary};
 use pinstorm_runners::host::{self, RunOptions};
@@ -93,14 +93,21 @@ fn scratch_root(g: &Global) -> Result<PathBuf> {
     ))
 }
 
+/// `--expectations` (files or directories, repeatable) as (origin, text) per file, checked;
+/// None when none were given (the built-in files apply).
+fn expectation_sources(g: &Global) -> Result<Option<Vec<(String, String)>>> {
+    if g.expectations.is_empty() {
+        return Ok(None);
+    }
+    let sources = bad(expect::read_sources(&g.expectations))?;
+    bad(Expectations::from_sources(&sources))?;
+    Ok(Some(sources))
+}
+
 fn expectations(g: &Global) -> Result<Expectations> {
-    match &g.expectations {
+    match expectation_sources(g)? {
         None => Ok(Expectations::builtin()),
-        Some(p) => {
-            let text = bad(std::fs::read_to_string(p)
-                .with_context(|| format!("--expectations {}", p.display())))?;
-            bad(Expectations::parse(&text, &p.display().to_string()))
-        }
+        Some(sources) => bad(Expectations::from_sources(&sources)),
     }
 }
 
@@ -381,15 +388,7 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
             )));
         }
     }
-    let expectations = match &g.expectations {
-        None => None,
-        Some(p) => {
-            let t = bad(std::fs::read_to_string(p)
-                .with_context(|| format!("--expectations {}", p.display())))?;
-            bad(Expectations::parse(&t, &p.display().to_string()))?;
-            Some((t, p.display().to_string()))
-        }
-    };
+    let expectations = expectation_sources(g)?;
     let opts = lab::LabOptions {
         kernels,
         scenario_text: text,
@@ -612,7 +611,7 @@ fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
     };
     let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
     let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
-    let crossed = gate::apply(&mut cmp, &gates);
+    let failed = gate::apply(&mut cmp, &gates, a.allow_empty_gates);
     let json = serde_json::to_string_pretty(&cmp)? + "\n";
     match g.format {
         Format::Text => print!("{}", render::text(&cmp)),
@@ -625,10 +624,40 @@ fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
     if let Some(p) = json_out {
         pinstorm_analysis::store::write_atomic(&p, json.as_bytes())?;
     }
-    if crossed {
-        for gr in cmp.gates.iter().filter(|g| g.crossed) {
-            eprintln!("pinstorm: gate {} crossed by {}", gr.expr, gr.by.join("; "));
+    for gr in &cmp.gates {
+        if gr.crossed {
+            let shown = gr.by.len().min(render::GATE_EXAMPLES);
+            eprintln!(
+                "pinstorm: gate {} crossed by {} metric(s){}: {}{}",
+                gr.expr,
+                gr.by.len(),
+                if shown < gr.by.len() {
+                    format!(", the worst {shown}")
+                } else {
+                    String::new()
+                },
+                gr.by[..shown].join("; "),
+                if shown < gr.by.len() {
+                    " (--format json or --json-out lists them all)"
+                } else {
+                    ""
+                }
+            );
+        } else if let Some(missing) = &gr.missing {
+            if gr.failed {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing: {missing}; it fails (exit 4) so that a missing metric cannot silence it (--allow-empty-gates lets it pass)",
+                    gr.expr
+                );
+            } else {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing ({missing}); passed because of --allow-empty-gates",
+                    gr.expr
+                );
+            }
         }
+    }
+    if failed {
         return Ok(ExitCode::from(4));
     }
     Ok(ExitCode::SUCCESS)

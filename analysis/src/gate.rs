@@ -14,12 +14,17 @@
 //!   pins), `allowed` (newly allowed pins): VALUE `N`.
 //!
 //! OP is `>`, `>=`, `<` or `<=`.
+//!
+//! A gate that matched nothing (no latency metric of its quantile and filter measured on
+//! both sides, an oracle no run measured, no fact judged against an expectation, no
+//! capability cell on both sides) judged nothing: it fails unless empty gates are allowed
+//! (`--allow-empty-gates`), so that a renamed backing or a missing job cannot silence it.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{stat_quantile, Comparison, CountChange};
-use crate::metrics::VIOLATION_KINDS;
+use crate::oracle::OracleKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -64,22 +69,59 @@ pub struct Gate {
 pub struct GateResult {
     pub expr: String,
     pub crossed: bool,
-    /// What crossed it (metrics with their change, or the count).
+    /// What crossed it (metrics with their change, or the count), the worst first.
     pub by: Vec<String>,
+    /// How many metrics (or runs, for counts; cells, for outcomes) the gate looked at.
+    #[serde(default)]
+    pub matched: usize,
+    /// Of those, how many it could judge (a tail quantile of a single run per side is
+    /// matched but not judged).
+    #[serde(default)]
+    pub judged: usize,
+    /// When it matched nothing: what was missing.
+    #[serde(default)]
+    pub missing: Option<String>,
+    /// Crossed, or matched nothing while empty gates are not allowed: makes compare exit 4.
+    #[serde(default)]
+    pub failed: bool,
 }
 
-const COUNTS: [&str; 4] = ["violations", "differs", "outcomes", "refused"];
+impl GateResult {
+    /// Whether the gate matched nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_some()
+    }
+}
 
-pub const HELP: &str = "METRIC[FILTER] OP VALUE, e.g. 'p99>+10%', 'p50[tmpfs]>+20%', \
-'violations>0', 'lost_write>+10', 'refused>0' (metrics: p50, p90, p99, p999, violations, \
-lost_write, stale_exposure, cross_file, leaked_pins, blocked, kernel_warnings, lifecycle, \
-differs, outcomes, refused, allowed; OP: > >= < <=)";
+/// Count metrics other than the oracles.
+const COUNTS: [&str; 5] = ["violations", "differs", "outcomes", "refused", "allowed"];
+
+/// The grammar of a gate, with every metric it knows (the oracles from [`OracleKind`]).
+pub fn help() -> String {
+    let oracles: Vec<&str> = OracleKind::VIOLATIONS.iter().map(|k| k.name()).collect();
+    format!(
+        "METRIC[FILTER] OP VALUE, e.g. 'p99>+10%', 'p50[tmpfs]>+20%', 'violations>0', \
+'lost_write>+10', 'refused>0' (metrics: p50, p90, p99, p999, violations, {}, differs, \
+outcomes, refused, allowed; OP: > >= < <=)",
+        oracles.join(", ")
+    )
+}
+
+/// Which oracle a count gate names.
+fn oracle_of(metric: &str) -> Option<OracleKind> {
+    OracleKind::VIOLATIONS
+        .into_iter()
+        .find(|k| k.name() == metric)
+}
 
 impl Gate {
     pub fn parse(expr: &str) -> Result<Gate> {
         let s: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
         let Some(pos) = s.find(['>', '<']) else {
-            bail!("--fail-on {expr:?}: no comparison (> >= < <=); expected {HELP}");
+            bail!(
+                "--fail-on {expr:?}: no comparison (> >= < <=); expected {}",
+                help()
+            );
         };
         let (lhs, rest) = s.split_at(pos);
         let (op, rhs) = if let Some(r) = rest.strip_prefix(">=") {
@@ -99,12 +141,12 @@ impl Gate {
             None => (lhs.to_string(), None),
         };
         let latency = stat_quantile(&metric).is_some();
-        let known = latency
-            || COUNTS.contains(&metric.as_str())
-            || metric == "allowed"
-            || VIOLATION_KINDS.contains(&metric.as_str());
+        let known = latency || COUNTS.contains(&metric.as_str()) || oracle_of(&metric).is_some();
         if !known {
-            bail!("--fail-on {expr:?}: unknown metric {metric:?}; expected {HELP}");
+            bail!(
+                "--fail-on {expr:?}: unknown metric {metric:?}; expected {}",
+                help()
+            );
         }
         if filter.is_some() && !latency {
             bail!("--fail-on {expr:?}: only latency metrics (p50, p99, ...) take a [FILTER]");
@@ -114,7 +156,10 @@ impl Gate {
                 .ok()
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| {
-                    anyhow::anyhow!("--fail-on {expr:?}: {rhs:?} is not a number; expected {HELP}")
+                    anyhow::anyhow!(
+                        "--fail-on {expr:?}: {rhs:?} is not a number; expected {}",
+                        help()
+                    )
                 })
         };
         let value = if let Some(p) = rhs.strip_suffix('%') {
@@ -166,23 +211,78 @@ impl Gate {
         })
     }
 
+    /// Whether the value compares the candidate alone (`N`) or a change against the base.
+    fn needs_base(&self) -> bool {
+        !matches!(self.value, Value::Absolute(_))
+    }
+
+    /// What is missing when a count gate measured nothing, or None when it measured.
+    fn count_missing(&self, c: &CountChange, what: &str) -> Option<String> {
+        if c.cand_runs_measured == 0 {
+            Some(format!("no run of the candidate {what}"))
+        } else if self.needs_base() && c.base_runs_measured == 0 {
+            Some(format!(
+                "no run of the base {what}, so there is no change to judge"
+            ))
+        } else {
+            None
+        }
+    }
+
     pub fn judge(&self, cmp: &Comparison) -> GateResult {
         let mut by = Vec::new();
+        let mut matched = 0;
+        let mut judged = 0;
+        let mut missing = None;
         if stat_quantile(&self.metric).is_some() {
             let Value::Percent(v) = self.value else {
                 unreachable!("checked in parse")
             };
+            let f = self.filter.as_deref();
+            let mut crossing: Vec<(f64, String)> = Vec::new();
             for l in cmp.latency.iter().filter(|l| l.stat == self.metric) {
-                let f = self.filter.as_deref();
                 if f.is_some_and(|f| !l.key.contains(f) && !l.kind.contains(f)) {
                     continue;
                 }
+                matched += 1;
+                if l.method.contains("not judged") {
+                    continue;
+                }
+                judged += 1;
                 if l.significant && self.op.holds(l.change_pct, v) {
-                    by.push(format!(
-                        "{} {} {}: {:+.1}% [{:+.1}%, {:+.1}%]",
-                        l.kind, l.key, l.stat, l.change_pct, l.ci_low_pct, l.ci_high_pct
+                    // The worst is the one furthest beyond the threshold in the gate's direction.
+                    let badness = match self.op {
+                        Op::Gt | Op::Ge => l.change_pct,
+                        Op::Lt | Op::Le => -l.change_pct,
+                    };
+                    crossing.push((
+                        badness,
+                        format!(
+                            "{} {} {}: {:+.1}% [{:+.1}%, {:+.1}%]",
+                            l.kind, l.key, l.stat, l.change_pct, l.ci_low_pct, l.ci_high_pct
+                        ),
                     ));
                 }
+            }
+            crossing.sort_by(|a, b| b.0.total_cmp(&a.0));
+            by.extend(crossing.into_iter().map(|c| c.1));
+            if matched == 0 {
+                let filter = f.map(|f| format!(" matching [{f}]")).unwrap_or_default();
+                missing = Some(if !cmp.options.stats.contains(&self.metric) {
+                    format!(
+                        "{} was not compared (compare --stats {}; add {} to it)",
+                        self.metric,
+                        cmp.options.stats.join(","),
+                        self.metric
+                    )
+                } else {
+                    format!(
+                        "no {} latency metric{filter} was measured on both sides ({} measured in the base only, {} in the candidate only)",
+                        self.metric,
+                        cmp.only_in_base.len(),
+                        cmp.only_in_cand.len()
+                    )
+                });
             }
         } else if self.metric == "violations" {
             let total = CountChange {
@@ -191,16 +291,52 @@ impl Gate {
                 cand_total: cmp.violations.iter().map(|v| v.cand_total).sum(),
                 base_per_run: cmp.violations.iter().map(|v| v.base_per_run).sum(),
                 cand_per_run: cmp.violations.iter().map(|v| v.cand_per_run).sum(),
+                base_runs_measured: cmp
+                    .violations
+                    .iter()
+                    .map(|v| v.base_runs_measured)
+                    .max()
+                    .unwrap_or(0),
+                cand_runs_measured: cmp
+                    .violations
+                    .iter()
+                    .map(|v| v.cand_runs_measured)
+                    .max()
+                    .unwrap_or(0),
             };
+            missing = self.count_missing(
+                &total,
+                "ran an oracle (no storm or lease lifecycle scenario ran)",
+            );
+            matched = total.cand_runs_measured;
             by.extend(self.judge_count(&total));
         } else if self.metric == "differs" {
+            missing = self.count_missing(
+                &cmp.differs,
+                "had a fact with an expectation to judge it by",
+            );
+            matched = cmp.differs.cand_runs_measured;
             by.extend(self.judge_count(&cmp.differs));
         } else if let Some(c) = cmp.violations.iter().find(|v| v.what == self.metric) {
+            missing = self.count_missing(
+                c,
+                &format!(
+                    "ran the {} oracle (no storm or scenario that measures it ran, or it was notrun)",
+                    self.metric
+                ),
+            );
+            matched = c.cand_runs_measured;
             by.extend(self.judge_count(c));
+        } else if oracle_of(&self.metric).is_some() {
+            missing = Some(format!("the comparison has no {} count", self.metric));
         } else {
             let Value::Absolute(v) = self.value else {
                 unreachable!("checked in parse")
             };
+            matched = cmp.cells_compared;
+            if matched == 0 {
+                missing = Some("no capability cell (probe) was measured on both sides".to_string());
+            }
             let cells: Vec<_> = cmp
                 .outcomes
                 .iter()
@@ -221,10 +357,22 @@ impl Gate {
                 }
             }
         }
+        if missing.is_some() {
+            // Nothing was measured, so nothing can have crossed it.
+            by.clear();
+            matched = 0;
+        }
+        if stat_quantile(&self.metric).is_none() {
+            judged = matched;
+        }
         GateResult {
             expr: self.expr.clone(),
             crossed: !by.is_empty(),
+            failed: !by.is_empty(),
             by,
+            matched,
+            judged,
+            missing,
         }
     }
 }
@@ -237,10 +385,18 @@ fn trim(x: f64) -> String {
     }
 }
 
-/// Judge every gate and record the results in the comparison; true when one is crossed.
-pub fn apply(cmp: &mut Comparison, gates: &[Gate]) -> bool {
-    cmp.gates = gates.iter().map(|g| g.judge(cmp)).collect();
-    cmp.gates.iter().any(|g| g.crossed)
+/// Judge every gate and record the results in the comparison; true when one failed: it was
+/// crossed, or it matched nothing and `allow_empty` is false.
+pub fn apply(cmp: &mut Comparison, gates: &[Gate], allow_empty: bool) -> bool {
+    cmp.gates = gates
+        .iter()
+        .map(|g| {
+            let mut r = g.judge(cmp);
+            r.failed = r.crossed || (r.is_empty() && !allow_empty);
+            r
+        })
+        .collect();
+    cmp.gates.iter().any(|g| g.failed)
 }
 
 /// Gates from a TOML file: `fail_on = ["p99>+10%", ...]` at the top or under `[compare]`.
@@ -304,6 +460,8 @@ mod tests {
             cand_total: 90,
             base_per_run: 80.0,
             cand_per_run: 90.0,
+            base_runs_measured: 1,
+            cand_runs_measured: 1,
         };
         assert!(Gate::parse("lost_write>0")
             .unwrap()
