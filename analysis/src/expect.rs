@@ -480,7 +480,103 @@ why = "Stoakes"
     }
 
     #[test]
-    fn builtin_expectations_parse() {
-        assert!(!Expectations::builtin().is_empty());
+    fn builtin_expectations_parse_and_hold_every_kind_of_rule() {
+        let e = Expectations::builtin();
+        let (pins, facts, oracles) = e.counts();
+        assert!(pins > 0 && facts > 0 && oracles > 0, "{:?}", e.counts());
+        for f in ["pins.toml", "leases.toml", "oracles.toml"] {
+            assert!(e.origin.contains(f), "{}", e.origin);
+        }
+    }
+
+    #[test]
+    fn one_file_holds_pin_fact_and_oracle_rules_and_later_files_win() {
+        let a = "[[expect]]\noutcome = \"ok\"\nwhy = \"a\"\n[[fact]]\nscenario = \"*\"\nfact = \"lease_ended\"\nvalue = \"unlock\"\nwhy = \"a\"\n[[oracle]]\noracle = \"lost_write\"\nmax = 0\nwhy = \"a\"\n";
+        let b = "[[fact]]\nscenario = \"dup-close\"\nfact = \"lease_ended\"\nvalue = \"revoked\"\nwhy = \"b\"\n[[oracle]]\noracle = [\"lost_write\", \"blocked\"]\nfs = \"tmpfs\"\nwhy = \"b\"\n";
+        let e =
+            Expectations::from_sources(&[("a.toml".into(), a.into()), ("b.toml".into(), b.into())])
+                .unwrap();
+        assert_eq!(e.origin, "a.toml, b.toml");
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        assert_eq!(
+            e.facts()
+                .lookup("dup-close", "lease_ended", &k)
+                .unwrap()
+                .value,
+            "revoked"
+        );
+        assert_eq!(
+            e.facts()
+                .lookup("scm-rights", "lease_ended", &k)
+                .unwrap()
+                .value,
+            "unlock"
+        );
+        let r = e
+            .lookup_oracle(OracleKind::LostWrite, &cell("tmpfs", "shared", "rw"), &k)
+            .unwrap();
+        assert_eq!((r.max, r.why.as_str()), (None, "b"));
+        let r = e
+            .lookup_oracle(OracleKind::LostWrite, &cell("xfs", "shared", "rw"), &k)
+            .unwrap();
+        assert_eq!(r.max, Some(0));
+        assert!(e
+            .lookup_oracle(OracleKind::KernelWarnings, &cell("xfs", "shared", "rw"), &k)
+            .is_none());
+    }
+
+    #[test]
+    fn oracle_rules_name_only_oracles_they_can_judge() {
+        for bad in ["lost_writes", "unexpected_outcomes", "lifecycle"] {
+            let e = Expectations::parse(
+                &format!("[[oracle]]\noracle = \"{bad}\"\nwhy = \"x\"\n"),
+                "o.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("o.toml") && e.contains(bad), "{e}");
+        }
+        let e = Expectations::parse(
+            "[[oracle]]\noracle = \"*\"\nmax = -1\nwhy = \"x\"\n",
+            "o.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("o.toml"), "{e}");
+    }
+
+    #[test]
+    fn directories_give_their_toml_files_in_name_order_and_an_empty_one_is_refused() {
+        let d = std::env::temp_dir().join(format!("pinstorm-expect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("b.toml"),
+            "[[fact]]\nscenario = \"x\"\nfact = \"f\"\nvalue = \"b\"\nwhy = \"b\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("a.toml"),
+            "[[fact]]\nscenario = \"x\"\nfact = \"f\"\nvalue = \"a\"\nwhy = \"a\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("notes.txt"), "not an expectation file").unwrap();
+        let single = d.join("single.toml.d");
+        std::fs::create_dir_all(&single).unwrap();
+        let sources = read_sources(std::slice::from_ref(&d)).unwrap();
+        let names: Vec<&str> = sources.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].ends_with("a.toml") && names[1].ends_with("b.toml"));
+        let e = Expectations::from_sources(&sources).unwrap();
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        assert_eq!(e.facts().lookup("x", "f", &k).unwrap().value, "b");
+        let err = read_sources(&[single.clone()]).unwrap_err().to_string();
+        assert!(
+            err.contains("no *.toml") && err.contains("single.toml.d"),
+            "{err}"
+        );
+        let err = read_sources(&[d.join("missing.toml")]).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

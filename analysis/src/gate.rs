@@ -485,6 +485,80 @@ mod tests {
             .is_some());
     }
 
+    /// Two runs that measured one capability cell each and nothing else.
+    fn probe_only_comparison() -> Comparison {
+        use crate::catalog::LoadedRun;
+        use crate::schema::{planted, ProbeRow};
+        use crate::verdict::Verdict;
+        let run = |id: &str| {
+            let mut r = planted();
+            r.run_id = id.into();
+            r.probe.push(ProbeRow {
+                pin: "io_uring".into(),
+                backing: "anon".into(),
+                fs: "anon".into(),
+                map: "shared".into(),
+                access: "rw".into(),
+                size: 4096,
+                outcome: "ok".into(),
+                reason: None,
+                dax: Some(false),
+                device_io: None,
+                expected: Some("ok".into()),
+                verdict: Verdict::AsExpected,
+                expected_because: Some("planted".into()),
+            });
+            LoadedRun {
+                path: format!("/planted/{id}/result.json").into(),
+                result: r,
+            }
+        };
+        let (b, c) = (run("base"), run("cand"));
+        crate::compare::compare(
+            "base",
+            &[&b],
+            "cand",
+            &[&c],
+            &crate::compare::CompareOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_gate_that_matched_nothing_fails_naming_what_was_missing_unless_allowed() {
+        let mut cmp = probe_only_comparison();
+        let gates: Vec<Gate> = ["p50>+50%", "p90>+10%", "lost_write>0", "violations>+0"]
+            .iter()
+            .map(|g| Gate::parse(g).unwrap())
+            .collect();
+        assert!(apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
+        for (g, why) in cmp.gates.iter().zip([
+            "no p50 latency metric was measured on both sides",
+            "p90 was not compared (compare --stats p50,p99",
+            "no run of the candidate ran the lost_write oracle",
+            "no run of the candidate ran an oracle",
+        ]) {
+            assert!(g.failed && !g.crossed && g.matched == 0, "{g:?}");
+            let missing = g.missing.as_deref().unwrap();
+            assert!(missing.contains(why), "{}: {missing}", g.expr);
+        }
+        assert!(!apply(&mut cmp, &gates, true), "{:#?}", cmp.gates);
+        assert!(cmp.gates.iter().all(|g| !g.failed && g.is_empty()));
+    }
+
+    #[test]
+    fn gates_that_matched_something_judge_as_before_even_when_nothing_crossed() {
+        let mut cmp = probe_only_comparison();
+        let gates: Vec<Gate> = ["refused>0", "outcomes>0", "differs>0"]
+            .iter()
+            .map(|g| Gate::parse(g).unwrap())
+            .collect();
+        assert!(!apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
+        for g in &cmp.gates {
+            assert!(g.missing.is_none() && g.matched == 1 && !g.failed, "{g:?}");
+        }
+        assert_eq!(cmp.cells_compared, 1);
+    }
+
     #[test]
     fn gate_files_name_the_file() {
         let g = from_toml(

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{Oracle, RunResult};
+use crate::schema::{Oracle, OracleFinding, RunResult};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,6 +151,17 @@ impl OracleKind {
             OracleKind::KernelWarnings => o.kernel_warnings.count,
             OracleKind::UnexpectedOutcomes => o.unexpected_outcomes.count,
             OracleKind::Lifecycle => 0,
+        }
+    }
+
+    /// The findings (with examples) of the oracles that record them as files and offsets.
+    pub fn finding(self, o: &Oracle) -> Option<&OracleFinding> {
+        match self {
+            OracleKind::LostWrite => Some(&o.lost_write),
+            OracleKind::StaleExposure => Some(&o.stale_exposure),
+            OracleKind::CrossFile => Some(&o.cross_file),
+            OracleKind::UnexpectedOutcomes => Some(&o.unexpected_outcomes),
+            _ => None,
         }
     }
 

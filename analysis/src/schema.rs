@@ -542,3 +542,45 @@ impl RunResult {
         Ok(serde_json::from_value(v)?)
     }
 }
+
+/// An empty, complete result of kernel 6.18.0, for unit tests to plant facts in.
+#[cfg(test)]
+pub(crate) fn planted() -> RunResult {
+    RunResult {
+        schema: SCHEMA_NAME.into(),
+        schema_version: SCHEMA_VERSION,
+        run_id: "planted".into(),
+        label: None,
+        started: "2026-01-01T00:00:00Z".into(),
+        finished: Some("2026-01-01T00:01:00Z".into()),
+        complete: true,
+        interrupted: None,
+        error: None,
+        command: vec![],
+        tool: Tool {
+            name: "pinstorm".into(),
+            version: "0".into(),
+        },
+        scenario: ScenarioRecord {
+            name: "planted".into(),
+            origin: "test".into(),
+            seed: 1,
+            text: String::new(),
+        },
+        environment: Environment {
+            kernel_release: "6.18.0".into(),
+            ..Environment::default()
+        },
+        backings: vec![],
+        probe: vec![],
+        bench: vec![],
+        storms: vec![],
+        leases: None,
+        storm_verdicts: vec![],
+        expectations: None,
+        pin_counters: None,
+        hugepages: None,
+        notes: vec![],
+        lab: None,
+    }
+}

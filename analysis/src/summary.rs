@@ -263,12 +263,10 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
     }
     for s in storms {
         let o = &s.oracle;
-        for (kind, f) in [
-            (OracleKind::LostWrite, &o.lost_write),
-            (OracleKind::StaleExposure, &o.stale_exposure),
-            (OracleKind::CrossFile, &o.cross_file),
-            (OracleKind::UnexpectedOutcomes, &o.unexpected_outcomes),
-        ] {
+        for (kind, f) in OracleKind::STORM
+            .iter()
+            .filter_map(|k| Some((k, k.finding(o)?)))
+        {
             if let Some(v) = f.examples.first() {
                 let _ = writeln!(
                     out,
