@@ -570,7 +570,9 @@ why = "Stoakes"
         let e = Expectations::from_sources(&sources).unwrap();
         let k = KernelRelease::parse("6.18.0").unwrap();
         assert_eq!(e.facts().lookup("x", "f", &k).unwrap().value, "b");
-        let err = read_sources(&[single.clone()]).unwrap_err().to_string();
+        let err = read_sources(std::slice::from_ref(&single))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no *.toml") && err.contains("single.toml.d"),
             "{err}"
