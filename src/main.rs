@@ -552,7 +552,27 @@ fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result
             *root = Some(load(&[], g)?);
         }
         let cat = root.as_ref().expect("loaded above");
-        cat.select(&sel).into_iter().cloned().collect()
+        let runs: Vec<LoadedRun> = cat.select(&sel).into_iter().cloned().collect();
+        if runs.is_empty() {
+            // Name what there is, so a typo or a renamed label is seen at once.
+            let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| {
+                let s: std::collections::BTreeSet<String> = cat.runs.iter().filter_map(f).collect();
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.into_iter().collect::<Vec<_>>().join(", ")
+                }
+            };
+            bail!(BadInput(anyhow::anyhow!(
+                "{what} {arg:?} selects no run: it holds no result of the {} loaded from {} (their kernels: {}; labels: {}; scenarios: {})",
+                cat.runs.len(),
+                results_root(g)?.display(),
+                set(&|r| Some(r.kernel().to_string())),
+                set(&|r| r.label().map(str::to_string)),
+                set(&|r| Some(r.result.scenario.name.clone())),
+            )));
+        }
+        runs
     } else {
         bail!(BadInput(anyhow::anyhow!(
             "{what} {arg:?}: no such file or directory, and not a selector ({SELECTOR_KEYS})"

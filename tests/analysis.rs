@@ -125,7 +125,7 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
     assert!(
         gates[1]["missing"]
             .as_str()
-            .is_some_and(|m| m.contains("no run of the candidate ran an oracle")),
+            .is_some_and(|m| m.contains("no run of the candidate measured any oracle")),
         "{v:#}"
     );
     // A crossed gate says how many metrics crossed it and lists the worst few on stderr;
@@ -273,7 +273,7 @@ fn a_gate_that_matched_no_metric_fails_naming_what_is_missing_unless_allowed() {
     assert_eq!(v["latency"].as_array().unwrap().len(), 0, "{v:#}");
     for (g, missing) in v["gates"].as_array().unwrap().iter().zip([
         "no p50 latency metric was measured on both sides",
-        "no run of the candidate ran the lost_write oracle",
+        "no run of the candidate measured lost_write",
     ]) {
         assert_eq!(g["failed"], true, "{g:#}");
         assert_eq!(g["crossed"], false, "{g:#}");

@@ -276,11 +276,13 @@ impl Gate {
                         self.metric
                     )
                 } else {
+                    let only =
+                        |v: &[String]| v.iter().filter(|m| f.is_none_or(|f| m.contains(f))).count();
                     format!(
                         "no {} latency metric{filter} was measured on both sides ({} measured in the base only, {} in the candidate only)",
                         self.metric,
-                        cmp.only_in_base.len(),
-                        cmp.only_in_cand.len()
+                        only(&cmp.only_in_base),
+                        only(&cmp.only_in_cand)
                     )
                 });
             }
@@ -306,7 +308,7 @@ impl Gate {
             };
             missing = self.count_missing(
                 &total,
-                "ran an oracle (no storm or lease lifecycle scenario ran)",
+                "measured any oracle (no storm or lease lifecycle scenario ran)",
             );
             matched = total.cand_runs_measured;
             by.extend(self.judge_count(&total));
@@ -318,13 +320,12 @@ impl Gate {
             matched = cmp.differs.cand_runs_measured;
             by.extend(self.judge_count(&cmp.differs));
         } else if let Some(c) = cmp.violations.iter().find(|v| v.what == self.metric) {
-            missing = self.count_missing(
-                c,
-                &format!(
-                    "ran the {} oracle (no storm or scenario that measures it ran, or it was notrun)",
-                    self.metric
-                ),
-            );
+            let why = if self.metric == OracleKind::Lifecycle.name() {
+                "no lease lifecycle scenario ran"
+            } else {
+                "no storm ran, or the oracle was notrun in every storm"
+            };
+            missing = self.count_missing(c, &format!("measured {} ({why})", self.metric));
             matched = c.cand_runs_measured;
             by.extend(self.judge_count(c));
         } else if oracle_of(&self.metric).is_some() {
@@ -534,8 +535,8 @@ mod tests {
         for (g, why) in cmp.gates.iter().zip([
             "no p50 latency metric was measured on both sides",
             "p90 was not compared (compare --stats p50,p99",
-            "no run of the candidate ran the lost_write oracle",
-            "no run of the candidate ran an oracle",
+            "no run of the candidate measured lost_write (no storm ran",
+            "no run of the candidate measured any oracle",
         ]) {
             assert!(g.failed && !g.crossed && g.matched == 0, "{g:?}");
             let missing = g.missing.as_deref().unwrap();
