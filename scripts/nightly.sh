@@ -10,7 +10,8 @@
 #   NIGHTLY_GATES    gate file (default: configs/nightly/gates.toml next to this script)
 #   PINSTORM         the pinstorm binary (default: target/release/pinstorm, built if missing)
 #
-# Exit status: 0 passed (or first night: baseline made), 4 a gate was crossed, other: error.
+# Exit status: 0 passed (or first night: baseline made), 4 a gate was crossed or judged
+# nothing (its metric was not measured on both nights), other: error.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${NIGHTLY_DIR:-/var/lib/pinstorm-nightly}"

@@ -4,19 +4,22 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_workloads::backing::{Access, BackingKind, MapKind};
 use pinstorm_workloads::pin::PinKind;
 use pinstorm_workloads::units::{Size, Span};
 
 const AFTER_HELP: &str = "\
-Exit status:
-  0    every measured cell agrees with the expectations (or has none)
+Exit status (run, probe, bench; the summary's Verdict line and `export ktap`/`junit` of the
+result say the same: a `not ok` / <failure> exactly when the status is not 0):
+  0    the run completed and every fact with an expectation is as expected: probe cells,
+       storm registrations and oracle counts, lease lifecycle facts (facts without an
+       expectation, and those that did not run, are reported and never change the status)
   1    the run stopped on an error (the result file says which)
-  2    bad command line, scenario file or path
-  3    the run completed, and a probe cell or a lease lifecycle fact DIFFERS from the
-       expectations, or a storm saw a registration the expectations did not expect
-  4    compare: a --fail-on gate was crossed (the output names the gate and what crossed it)
-  130  interrupted by SIGINT (143: SIGTERM); what was measured is kept
+  2    bad command line, scenario file, expectations file or path
+  3    the run completed and a fact DIFFERS from the expectations (the summary lists which)
+  4    compare: a --fail-on gate was crossed, or a gate matched no metric
+  130  interrupted by SIGINT (143: SIGTERM, 129: SIGHUP); what was measured is kept
 
 Results go to RESULTS/<kernel-release>/<run-id>/result.json (schema: docs/result-schema.md).
 Nothing outside the scratch root, the results directory and a --scratch-dir you name is
@@ -91,10 +94,13 @@ pub struct Global {
     #[arg(long, global = true)]
     pub label: Option<String>,
 
-    /// Expectations file to judge the probe by (default: the built-in
-    /// configs/expectations/pins.toml).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub expectations: Option<PathBuf>,
+    /// Expectations to judge the run by: a file, or a directory whose *.toml files are read
+    /// in name order; repeatable (later files win). They replace the built-in
+    /// configs/expectations/{pins,leases,oracles}.toml for every kind of fact: [[expect]]
+    /// (probe cells, storm registrations), [[fact]] (lease lifecycle), [[oracle]] (storm
+    /// oracle counts). See docs/expectations.md.
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    pub expectations: Vec<PathBuf>,
 
     /// Output on stdout: a readable summary, JSON for machines, or Markdown (compare only).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -173,8 +179,10 @@ already measured are skipped; --fresh measures them again).
 Kernels are fetched from Debian's archive into the cache (signatures checked with
 debian-archive-keyring; never installed on the host); a second run downloads nothing.
 
-Exit status: 0 all kernels ran and agree with the expectations, 3 a probe cell differs,
-1 a guest panicked, hung, or could not be set up, 2 bad command line, 130/143 interrupted.
+Exit status: 0 all kernels ran and agree with the expectations, 3 a kernel's result has a
+fact that differs (as `pinstorm run` would exit 3 there) or its console shows a kernel
+warning, 1 a guest panicked, hung, or could not be set up, 2 bad command line, 130/143
+interrupted.
 
 Examples:
   pinstorm lab                                         default scenario on deb:6.1,deb:6.12,deb:sid
@@ -287,22 +295,51 @@ the change in %, a confidence interval and a mark: slower / faster when the chan
 significant, ~ when it is not. The interval: Welch's t-test across runs when both sides
 have 2+ runs, else a bootstrap within runs. Significant: the whole interval lies beyond
 --min-effect (5%), or beyond --single-run-noise (50%) when a side has a single run; tail
-quantiles (p99, p999) are judged only with 2+ runs per side. Then the capability cells whose outcome changed
-(newly refused / allowed pins), violations per run by oracle, and a verdict line.
+quantiles (p99, p999) are judged only with 2+ runs per side. Then the capability cells
+whose outcome changed (newly refused / allowed pins), violations per run by oracle, and a
+verdict line.
 docs/analysis.md explains how to read it.
 
 Gates (--fail-on, repeatable; or fail_on = [...] in a --gates TOML file):
   p50>+10%            a significant p50 change of more than +10% (also p90, p99, p999)
   p99[tmpfs]>+20%     only metrics whose cell contains \"tmpfs\"
-  violations>0        any violation in the candidate (per run); also lost_write,
-                      stale_exposure, cross_file, leaked_pins, blocked, kernel_warnings,
-                      lifecycle, differs (cells that differ from the expectations)
+  violations>0        any violation in the candidate (per run); also each oracle:
+{ORACLES},
+                      differs (facts that differ from the expectations)
   lost_write>+10      ten more per run than the baseline; lost_write>+50%: half as many more
   refused>0           a pin newly refused (allowed>0: newly allowed; outcomes>0: any change)
-Exit status: 0 no gate crossed, 4 a gate crossed, 2 bad input (path, selector, gate), 1 error.";
+A gate that matched nothing (no metric of its quantile and filter measured on both sides, an
+oracle no run measured, no cell on both sides) fails like a crossed one, naming what was
+missing, unless --allow-empty-gates is given. A crossed gate names how many metrics crossed
+it and the worst few; --format json lists them all.
+Exit status: 0 no gate failed, 4 a gate crossed or matched nothing, 2 bad input (a path, or
+a selector that selects no run, or a gate expression), 1 error.";
+
+/// The compare help, with the oracles of [`OracleKind`] filled in (indented, wrapped).
+pub fn compare_help() -> String {
+    let mut lines: Vec<String> = vec![String::new()];
+    for name in OracleKind::VIOLATIONS.iter().map(|k| k.name()) {
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() && last.len() + name.len() + 2 > 66 {
+            last.push(',');
+            lines.push(String::new());
+        }
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() {
+            last.push_str(", ");
+        }
+        last.push_str(name);
+    }
+    let list = lines
+        .iter()
+        .map(|l| format!("{:22}{l}", ""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    COMPARE_HELP.replace("{ORACLES}", &list)
+}
 
 #[derive(Args, Debug)]
-#[command(after_help = COMPARE_HELP)]
+#[command(after_help = compare_help())]
 pub struct CompareArgs {
     /// The baseline: result file, directory, or selector (kernel=6.12,label=base,latest).
     #[arg(value_name = "BASE")]
@@ -313,6 +350,10 @@ pub struct CompareArgs {
     /// Fail (exit 4) when this threshold is crossed, e.g. 'p99>+10%', 'violations>0'.
     #[arg(long = "fail-on", value_name = "EXPR")]
     pub fail_on: Vec<String>,
+    /// Let a gate that matched nothing (no metric it names measured on both sides) pass
+    /// instead of failing with exit 4.
+    #[arg(long)]
+    pub allow_empty_gates: bool,
     /// A TOML file with fail_on = ["...", ...] (at the top or under [compare]).
     #[arg(long, value_name = "FILE")]
     pub gates: Option<PathBuf>,

@@ -15,7 +15,7 @@ use cli::{
 };
 use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
 use pinstorm_analysis::compare::{self, CompareOptions};
-use pinstorm_analysis::expect::Expectations;
+use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
 use pinstorm_analysis::{export, plot, render, report, summary};
 use pinstorm_runners::host::{self, RunOptions};
@@ -88,14 +88,21 @@ fn scratch_root(g: &Global) -> Result<PathBuf> {
     ))
 }
 
+/// `--expectations` (files or directories, repeatable) as (origin, text) per file, checked;
+/// None when none were given (the built-in files apply).
+fn expectation_sources(g: &Global) -> Result<Option<Vec<(String, String)>>> {
+    if g.expectations.is_empty() {
+        return Ok(None);
+    }
+    let sources = bad(expect::read_sources(&g.expectations))?;
+    bad(Expectations::from_sources(&sources))?;
+    Ok(Some(sources))
+}
+
 fn expectations(g: &Global) -> Result<Expectations> {
-    match &g.expectations {
+    match expectation_sources(g)? {
         None => Ok(Expectations::builtin()),
-        Some(p) => {
-            let text = bad(std::fs::read_to_string(p)
-                .with_context(|| format!("--expectations {}", p.display())))?;
-            bad(Expectations::parse(&text, &p.display().to_string()))
-        }
+        Some(sources) => bad(Expectations::from_sources(&sources)),
     }
 }
 
@@ -376,15 +383,7 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
             )));
         }
     }
-    let expectations = match &g.expectations {
-        None => None,
-        Some(p) => {
-            let t = bad(std::fs::read_to_string(p)
-                .with_context(|| format!("--expectations {}", p.display())))?;
-            bad(Expectations::parse(&t, &p.display().to_string()))?;
-            Some((t, p.display().to_string()))
-        }
-    };
+    let expectations = expectation_sources(g)?;
     let opts = lab::LabOptions {
         kernels,
         scenario_text: text,
@@ -548,7 +547,27 @@ fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result
             *root = Some(load(&[], g)?);
         }
         let cat = root.as_ref().expect("loaded above");
-        cat.select(&sel).into_iter().cloned().collect()
+        let runs: Vec<LoadedRun> = cat.select(&sel).into_iter().cloned().collect();
+        if runs.is_empty() {
+            // Name what there is, so a typo or a renamed label is seen at once.
+            let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| {
+                let s: std::collections::BTreeSet<String> = cat.runs.iter().filter_map(f).collect();
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.into_iter().collect::<Vec<_>>().join(", ")
+                }
+            };
+            bail!(BadInput(anyhow::anyhow!(
+                "{what} {arg:?} selects no run: it holds no result of the {} loaded from {} (their kernels: {}; labels: {}; scenarios: {})",
+                cat.runs.len(),
+                results_root(g)?.display(),
+                set(&|r| Some(r.kernel().to_string())),
+                set(&|r| r.label().map(str::to_string)),
+                set(&|r| Some(r.result.scenario.name.clone())),
+            )));
+        }
+        runs
     } else {
         bail!(BadInput(anyhow::anyhow!(
             "{what} {arg:?}: no such file or directory, and not a selector ({SELECTOR_KEYS})"
@@ -607,7 +626,7 @@ fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
     };
     let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
     let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
-    let crossed = gate::apply(&mut cmp, &gates);
+    let failed = gate::apply(&mut cmp, &gates, a.allow_empty_gates);
     let json = serde_json::to_string_pretty(&cmp)? + "\n";
     match g.format {
         Format::Text => print!("{}", render::text(&cmp)),
@@ -620,10 +639,40 @@ fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
     if let Some(p) = json_out {
         pinstorm_analysis::store::write_atomic(&p, json.as_bytes())?;
     }
-    if crossed {
-        for gr in cmp.gates.iter().filter(|g| g.crossed) {
-            eprintln!("pinstorm: gate {} crossed by {}", gr.expr, gr.by.join("; "));
+    for gr in &cmp.gates {
+        if gr.crossed {
+            let shown = gr.by.len().min(render::GATE_EXAMPLES);
+            eprintln!(
+                "pinstorm: gate {} crossed by {} metric(s){}: {}{}",
+                gr.expr,
+                gr.by.len(),
+                if shown < gr.by.len() {
+                    format!(", the worst {shown}")
+                } else {
+                    String::new()
+                },
+                gr.by[..shown].join("; "),
+                if shown < gr.by.len() {
+                    " (--format json or --json-out lists them all)"
+                } else {
+                    ""
+                }
+            );
+        } else if let Some(missing) = &gr.missing {
+            if gr.failed {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing: {missing}; it fails (exit 4) so that a missing metric cannot silence it (--allow-empty-gates lets it pass)",
+                    gr.expr
+                );
+            } else {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing ({missing}); passed because of --allow-empty-gates",
+                    gr.expr
+                );
+            }
         }
+    }
+    if failed {
         return Ok(ExitCode::from(4));
     }
     Ok(ExitCode::SUCCESS)

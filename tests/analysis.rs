@@ -118,11 +118,49 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
     let gates = v["gates"].as_array().unwrap();
     assert_eq!(gates[0]["expr"], "p50>+10%");
     assert_eq!(gates[0]["crossed"], true);
-    assert_eq!(
-        gates[1]["crossed"], false,
-        "no violation in a quick run: {v:#}"
+    // A quick run has no storm: no oracle ran, so the violations gate judged nothing (and
+    // fails too, saying so), rather than passing as if it had looked.
+    assert_eq!(gates[1]["crossed"], false, "{v:#}");
+    assert_eq!(gates[1]["failed"], true, "{v:#}");
+    assert!(
+        gates[1]["missing"]
+            .as_str()
+            .is_some_and(|m| m.contains("no run of the candidate measured any oracle")),
+        "{v:#}"
     );
-    assert!(err.contains("p50>+10%") && err.contains("crossed"), "{err}");
+    // A crossed gate says how many metrics crossed it and lists the worst few on stderr;
+    // the JSON has every one, the worst first.
+    let by: Vec<&str> = gates[0]["by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(by.len(), p50.len(), "every doubled p50 crossed: {by:#?}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("gate p50>+10% crossed by"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!("crossed by {} metric(s)", by.len())),
+        "{line}"
+    );
+    let listed = by.iter().filter(|b| line.contains(*b)).count();
+    assert_eq!(listed, by.len().min(5), "{line}");
+    if by.len() > 5 {
+        assert!(
+            line.contains("the worst 5") && line.contains("--format json"),
+            "{line}"
+        );
+    }
+    let change = |b: &str| -> f64 {
+        let pct = b.rsplit_once(": ").unwrap().1;
+        pct.split('%').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        by.windows(2).all(|w| change(w[0]) >= change(w[1])),
+        "worst first: {by:#?}"
+    );
 
     // The same comparison as text and Markdown: marks, gates and the verdict line.
     let o = sb
@@ -175,12 +213,13 @@ fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
     let sb = Sandbox::new("an-rerun");
     let a = real_run(&sb, &["run", "quick"]);
     let b = real_run(&sb, &["run", "quick"]);
+    // (No oracle gate: quick has no storm, and a gate with nothing to judge fails.)
     let gates = [
         "p50>+10%",
         "p99>+10%",
         "p50<-10%",
-        "violations>+0",
         "outcomes>0",
+        "differs>0",
     ];
     let (code, v, err) = compare_json(&sb, &a, &b, &gates);
     let flagged: Vec<_> = v["latency"]
@@ -197,6 +236,109 @@ fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
         v["verdict"]
     );
     assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
+}
+
+#[test]
+fn a_gate_that_matched_no_metric_fails_naming_what_is_missing_unless_allowed() {
+    let _g = quiet();
+    let sb = Sandbox::new("an-empty-gate");
+    // The same benchmark on two backings: as if a nightly job's backing had been renamed.
+    let bench = |backing: &str| {
+        real_run(
+            &sb,
+            &[
+                "bench",
+                "pin",
+                "--backings",
+                backing,
+                "--sizes",
+                "4K",
+                "--iterations",
+                "50",
+                "--max-time",
+                "200ms",
+                "--no-baseline",
+            ],
+        )
+    };
+    let base = bench("anon");
+    let cand = bench("memfd");
+    let gates = ["p50>+50%", "lost_write>0"];
+    let (code, v, err) = compare_json(&sb, &base, &cand, &gates);
+    assert_eq!(
+        code,
+        Some(4),
+        "a gate that judged nothing fails: {err}\n{v:#}"
+    );
+    assert_eq!(v["latency"].as_array().unwrap().len(), 0, "{v:#}");
+    for (g, missing) in v["gates"].as_array().unwrap().iter().zip([
+        "no p50 latency metric was measured on both sides",
+        "no run of the candidate measured lost_write",
+    ]) {
+        assert_eq!(g["failed"], true, "{g:#}");
+        assert_eq!(g["crossed"], false, "{g:#}");
+        assert_eq!(g["matched"], 0, "{g:#}");
+        assert!(
+            g["missing"].as_str().is_some_and(|m| m.contains(missing)),
+            "{g:#}"
+        );
+        let expr = g["expr"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("gate {expr} judged nothing: "))
+                && err.contains(missing)
+                && err.contains("--allow-empty-gates"),
+            "{err}"
+        );
+    }
+    let o = sb
+        .cmd()
+        .arg("compare")
+        .arg(&base)
+        .arg(&cand)
+        .args(["--fail-on", "p50>+50%"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("FAIL p50>+50%: judged nothing: no p50 latency metric"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Allowed explicitly: exit 0, and the gate still says it judged nothing.
+    let o = sb
+        .cmd()
+        .arg("compare")
+        .arg(&base)
+        .arg(&cand)
+        .args(["--fail-on", "p50>+50%", "--fail-on", "lost_write>0"])
+        .arg("--allow-empty-gates")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("pass p50>+50% (judged nothing: no p50 latency metric"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("passed because of --allow-empty-gates"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The same gate on two runs that share the metric judges it (and passes).
+    let (code, v, err) = compare_json(&sb, &base, &base, &["p50>+50%"]);
+    assert_eq!(code, Some(0), "{err}\n{v:#}");
+    let p50s = v["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["stat"] == "p50")
+        .count();
+    assert!(p50s > 0, "{v:#}");
+    assert_eq!(v["gates"][0]["matched"], p50s, "{v:#}");
+    assert!(v["gates"][0]["missing"].is_null(), "{v:#}");
 }
 
 #[test]

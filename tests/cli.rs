@@ -330,3 +330,300 @@ fn cleanup_with_nothing_left_says_so() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("nothing to clean"), "{}", stdout(&o));
 }
+
+/// Whether a test whose real path needs root can run; in CI (`CI` set) it must, so not being
+/// root there is a failure rather than a silent pass.
+fn root_or_ci(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root (mounts), and CI must run it");
+    }
+    eprintln!("skipped {test}: needs root (mounts)");
+    false
+}
+
+/// What a run said about itself: exit status, summary, and the KTAP and JUnit exports of the
+/// result it wrote.
+struct Verdicts {
+    code: i32,
+    summary: String,
+    ktap: String,
+    junit: String,
+    result: serde_json::Value,
+}
+
+fn run_and_export(sb: &Sandbox, args: &[&str]) -> Verdicts {
+    let before = sb.results();
+    let o = sb.run(args);
+    let code = o
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("pinstorm {args:?} killed by a signal: {}", stderr(&o)));
+    assert!(
+        matches!(code, 0 | 3),
+        "pinstorm {args:?}: exit {code}\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let new: Vec<_> = sb
+        .results()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(new.len(), 1, "{args:?}: one new result: {new:?}");
+    let export = |to: &str| {
+        let e = sb.run(&["export", to, new[0].to_str().unwrap()]);
+        assert!(e.status.success(), "export {to}: {}", stderr(&e));
+        stdout(&e)
+    };
+    Verdicts {
+        code,
+        summary: stdout(&o),
+        ktap: export("ktap"),
+        junit: export("junit"),
+        result: read_json(&new[0]),
+    }
+}
+
+impl Verdicts {
+    /// The KTAP test lines that say `not ok` (the tests, not the run's subtest line).
+    fn not_ok(&self) -> Vec<String> {
+        self.ktap
+            .lines()
+            .filter(|l| l.starts_with("    not ok "))
+            .map(|l| {
+                l.trim_start()
+                    .splitn(4, ' ')
+                    .nth(3)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Exit status, summary, KTAP and JUnit say the same thing.
+    fn assert_agree(&self, what: &str) {
+        let ktap_fails = self
+            .ktap
+            .lines()
+            .any(|l| l.trim_start().starts_with("not ok"));
+        assert_eq!(
+            self.code != 0,
+            ktap_fails,
+            "{what}: exit {} but KTAP {} a not ok line:\n{}\n{}",
+            self.code,
+            if ktap_fails { "has" } else { "has no" },
+            self.ktap,
+            self.summary
+        );
+        let failures = self.junit.matches("<failure ").count();
+        assert_eq!(
+            self.code != 0,
+            failures > 0,
+            "{what}: exit {} and {failures} JUnit failures:\n{}",
+            self.code,
+            self.junit
+        );
+        let line = self
+            .summary
+            .lines()
+            .find(|l| l.starts_with("Verdict: "))
+            .unwrap_or_else(|| {
+                panic!("{what}: the summary has no Verdict line:\n{}", self.summary)
+            });
+        assert!(
+            line.ends_with(&format!("exit status {}", self.code)),
+            "{what}: {line}"
+        );
+        assert_eq!(line.contains("DIFFER"), self.code == 3, "{what}: {line}");
+    }
+}
+
+#[test]
+fn exit_status_is_non_zero_exactly_when_the_ktap_export_has_a_not_ok_line() {
+    let _g = serial();
+    let sb = Sandbox::new("verdict-presets");
+    let mut presets = vec![vec!["run", "quick"], vec!["run", "lease-lifecycle"]];
+    if root_or_ci("truncate-vs-pin in exit_status_is_non_zero_exactly_when_...") {
+        presets.push(vec!["run", "truncate-vs-pin", "--duration", "1s"]);
+    }
+    for args in &presets {
+        let v = run_and_export(&sb, args);
+        v.assert_agree(&args.join(" "));
+        // What the summary calls DIFFERS is what KTAP fails, one for one.
+        let differs = v
+            .summary
+            .lines()
+            .filter(|l| l.starts_with("  DIFFERS: "))
+            .count();
+        assert_eq!(differs, v.not_ok().len(), "{args:?}:\n{}", v.summary);
+        assert_eq!(
+            v.result["expectations"]["differing"].as_u64(),
+            Some(differs as u64),
+            "{args:?}: {}",
+            v.result["expectations"]
+        );
+    }
+}
+
+/// A copy of the built-in expectation files in `dir`, with `extra` appended to `file` (the
+/// last matching rule wins, so one appended rule flips exactly the facts it selects).
+fn planted_expectations(dir: &std::path::Path, file: &str, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/expectations");
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        if p.file_name().unwrap() == file {
+            text.push_str(extra);
+        }
+        std::fs::write(dir.join(p.file_name().unwrap()), text).unwrap();
+    }
+}
+
+#[test]
+fn expectations_planted_to_disagree_make_the_run_exit_3_for_a_probe_cell_and_for_a_lease_fact() {
+    let _g = serial();
+    let sb = Sandbox::new("verdict-planted");
+
+    // One probe cell: anonymous shared rw memory is pinnable, the planted rule says EFAULT.
+    let pins = sb.base.join("planted-pins");
+    planted_expectations(
+        &pins,
+        "pins.toml",
+        "\n[[expect]]\npin = \"io_uring\"\nbacking = \"anon\"\nmap = \"shared\"\naccess = \"rw\"\noutcome = \"EFAULT\"\nwhy = \"planted to disagree\"\n",
+    );
+    let v = run_and_export(
+        &sb,
+        &[
+            "--expectations",
+            pins.to_str().unwrap(),
+            "probe",
+            "--pins",
+            "io_uring",
+            "--backings",
+            "anon",
+        ],
+    );
+    v.assert_agree("probe with a planted pin rule");
+    assert_eq!(v.code, 3, "{}", v.summary);
+    assert_eq!(
+        v.not_ok(),
+        ["probe io_uring anon shared rw (anon)"],
+        "{}",
+        v.ktap
+    );
+    assert!(
+        v.summary
+            .contains("DIFFERS: probe io_uring anon shared rw (anon): measured ok, expected EFAULT (planted to disagree)"),
+        "{}",
+        v.summary
+    );
+    assert!(
+        v.result["expectations"]["origin"]
+            .as_str()
+            .is_some_and(|o| o.contains("planted-pins") && o.contains("leases.toml")),
+        "{}",
+        v.result["expectations"]
+    );
+
+    // One lease lifecycle fact, in files named one by one (the flag repeats). Today's kernels
+    // end a dup'd lease with F_UNLCK; the planted rule says it is revoked.
+    if !root_or_ci("the lease part of expectations_planted_to_disagree_...") {
+        return;
+    }
+    let leases = sb.base.join("planted-leases");
+    planted_expectations(
+        &leases,
+        "leases.toml",
+        "\n[[fact]]\nscenario = \"dup-close\"\nfact = \"lease_ended\"\nvalue = \"revoked\"\nwhy = \"planted to disagree\"\n",
+    );
+    let files: Vec<String> = ["pins.toml", "leases.toml", "oracles.toml"]
+        .iter()
+        .map(|f| leases.join(f).display().to_string())
+        .collect();
+    let mut args = Vec::new();
+    for f in &files {
+        args.extend(["--expectations", f.as_str()]);
+    }
+    args.extend(["run", "lease-lifecycle"]);
+    let v = run_and_export(&sb, &args);
+    v.assert_agree("lease-lifecycle with a planted fact rule");
+    assert_eq!(
+        v.code, 3,
+        "a lease fact alone that differs exits 3:\n{}",
+        v.summary
+    );
+    assert_eq!(
+        v.not_ok(),
+        ["lifecycle dup-close tmpfs lease_ended"],
+        "{}",
+        v.ktap
+    );
+    assert!(
+        v.summary.contains(
+            "DIFFERS: lifecycle dup-close tmpfs lease_ended: measured unlock, expected revoked (planted to disagree)"
+        ),
+        "{}",
+        v.summary
+    );
+
+    // Expectations that leave out a kind of fact judge none of it, and the result says so.
+    let only_pins = leases.join("pins.toml");
+    let v = run_and_export(
+        &sb,
+        &[
+            "--expectations",
+            only_pins.to_str().unwrap(),
+            "run",
+            "lease-lifecycle",
+        ],
+    );
+    v.assert_agree("lease-lifecycle judged by pin rules only");
+    assert_eq!(v.code, 0, "{}", v.summary);
+    assert!(
+        v.result["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("no [[fact]] rules")),
+        "{}",
+        v.result["notes"]
+    );
+}
+
+#[test]
+fn bad_expectation_files_and_directories_are_refused_naming_them() {
+    let sb = Sandbox::new("verdict-bad-exp");
+    let empty = sb.base.join("empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let bad = sb.base.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[oracle]]\noracle = \"lost_writes\"\nmax = 0\nwhy = \"typo\"\n",
+    )
+    .unwrap();
+    for (p, why) in [
+        (empty.clone(), "holds no *.toml file"),
+        (bad.clone(), "lost_writes"),
+        (sb.base.join("missing.toml"), "missing.toml"),
+    ] {
+        let o = sb.run(&[
+            "--expectations",
+            p.to_str().unwrap(),
+            "probe",
+            "--backings",
+            "anon",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{p:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(why)
+                && stderr(&o).contains(p.file_name().unwrap().to_str().unwrap()),
+            "{p:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(sb.results().is_empty(), "bad input measures nothing");
+}

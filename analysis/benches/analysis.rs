@@ -68,7 +68,7 @@ fn result(i: usize, kernel: &str) -> RunResult {
                     dax: Some(false),
                     device_io: Some("ok".into()),
                     expected: None,
-                    verdict: "no-expectation".into(),
+                    verdict: pinstorm_analysis::verdict::Verdict::NoExpectation,
                     expected_because: None,
                 });
             }
@@ -105,6 +105,7 @@ fn result(i: usize, kernel: &str) -> RunResult {
         bench,
         storms: Vec::new(),
         leases: None,
+        storm_verdicts: Vec::new(),
         expectations: None,
         pin_counters: None,
         hugepages: None,

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{LoadedRun, RunRef};
 use crate::hist::Latency;
-use crate::metrics::{self, VIOLATION_KINDS};
+use crate::metrics;
+use crate::oracle::OracleKind;
 use crate::stats::{interval, welch_interval, Ranked};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +147,12 @@ pub struct CountChange {
     pub cand_total: u64,
     pub base_per_run: f64,
     pub cand_per_run: f64,
+    /// Runs of each side that measured it (an oracle that ran, a fact judged against an
+    /// expectation): a gate on a count nobody measured judged nothing.
+    #[serde(default)]
+    pub base_runs_measured: usize,
+    #[serde(default)]
+    pub cand_runs_measured: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +181,9 @@ pub struct Comparison {
     pub only_in_base: Vec<String>,
     pub only_in_cand: Vec<String>,
     pub outcomes: Vec<OutcomeChange>,
+    /// Capability cells measured (not notrun) on both sides.
+    #[serde(default)]
+    pub cells_compared: usize,
     pub violations: Vec<CountChange>,
     pub differs: CountChange,
     pub verdict: Verdict,
@@ -442,6 +452,7 @@ fn count_change(
     base: &[&LoadedRun],
     cand: &[&LoadedRun],
     f: impl Fn(&LoadedRun) -> u64,
+    measured: impl Fn(&LoadedRun) -> bool,
 ) -> CountChange {
     let bt: u64 = base.iter().map(|r| f(r)).sum();
     let ct: u64 = cand.iter().map(|r| f(r)).sum();
@@ -451,7 +462,21 @@ fn count_change(
         cand_total: ct,
         base_per_run: bt as f64 / base.len().max(1) as f64,
         cand_per_run: ct as f64 / cand.len().max(1) as f64,
+        base_runs_measured: base.iter().filter(|r| measured(r)).count(),
+        cand_runs_measured: cand.iter().filter(|r| measured(r)).count(),
     }
+}
+
+/// Capability cells measured (not notrun) on both sides.
+fn cells_in_common(base: &[&LoadedRun], cand: &[&LoadedRun]) -> usize {
+    let measured = |runs: &[&LoadedRun]| -> BTreeSet<String> {
+        runs.iter()
+            .flat_map(|r| metrics::cells(&r.result))
+            .filter(|c| c.outcome != "notrun")
+            .map(|c| c.key)
+            .collect()
+    };
+    measured(base).intersection(&measured(cand)).count()
 }
 
 /// Compare `cand` against `base`. Both must be non-empty (the caller says which selector
@@ -497,13 +522,26 @@ pub fn compare(
         .sort_by(|a, b| (order(&a.kind), &a.key, &a.stat).cmp(&(order(&b.kind), &b.key, &b.stat)));
 
     let outcomes = outcome_changes(base, cand);
-    let violations: Vec<CountChange> = VIOLATION_KINDS
+    let violations: Vec<CountChange> = OracleKind::VIOLATIONS
         .iter()
-        .map(|k| count_change(k, base, cand, |r| metrics::violations(&r.result)[k]))
+        .map(|k| {
+            count_change(
+                k.name(),
+                base,
+                cand,
+                |r| k.run_count(&r.result),
+                |r| k.ran_in(&r.result),
+            )
+        })
         .collect();
-    let differs = count_change("differs from expectations", base, cand, |r| {
-        metrics::differs(&r.result)
-    });
+    let differs = count_change(
+        "differs from expectations",
+        base,
+        cand,
+        |r| metrics::differs(&r.result),
+        |r| metrics::judged(&r.result) > 0,
+    );
+    let cells_compared = cells_in_common(base, cand);
 
     let slower = latency.iter().filter(|l| l.mark == "slower").count();
     let faster = latency.iter().filter(|l| l.mark == "faster").count();
@@ -567,6 +605,7 @@ pub fn compare(
         only_in_base,
         only_in_cand,
         outcomes,
+        cells_compared,
         violations,
         differs,
         verdict,

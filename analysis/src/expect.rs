@@ -1,20 +1,43 @@
 //! Expectations: what a kernel is expected to do, per kernel version range, kept in data
-//! files under `configs/expectations/`. The probe measures first and only then looks up the
+//! files under `configs/expectations/`. The runs measure first and only then look up the
 //! expectation, to flag where the kernel differs; an expectation never produces a result.
 //!
-//! A file is a list of `[[expect]]` rules. A rule matches a cell when every key it sets
-//! matches (a key it leaves out matches anything); among matching rules the **last** wins,
-//! so files go from general to specific.
+//! A file holds any of three kinds of rules, each a TOML array of tables:
+//!
+//! - `[[expect]]`: the outcome of a pin (`ok` or an errno) per pin path, backing, mapping,
+//!   access and kernel; judges probe cells and the registrations of storms;
+//! - `[[fact]]`: a fact of a lease lifecycle scenario (`scenario`, `fact`, `value`);
+//! - `[[oracle]]`: how many violations an oracle of a storm may count (`max`), or that any
+//!   number is a known property of the kernel (no `max`).
+//!
+//! A rule matches when every key it sets matches (a key it leaves out matches anything);
+//! among matching rules of one kind the **last** wins, so files go from general to specific,
+//! and of several files the later ones win.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use serde::Deserialize;
 
 use crate::kernel::{KernelRange, KernelRelease};
+use crate::oracle::OracleKind;
+use crate::verdict::Verdict;
 
 /// The compiled-in expectation files, in the order they are read.
-pub const BUILTIN: &[(&str, &str)] = &[(
-    "configs/expectations/pins.toml",
-    include_str!("../../configs/expectations/pins.toml"),
-)];
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "configs/expectations/pins.toml",
+        include_str!("../../configs/expectations/pins.toml"),
+    ),
+    (
+        "configs/expectations/leases.toml",
+        include_str!("../../configs/expectations/leases.toml"),
+    ),
+    (
+        "configs/expectations/oracles.toml",
+        include_str!("../../configs/expectations/oracles.toml"),
+    ),
+];
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
@@ -25,11 +48,44 @@ enum OneOrMany {
 
 impl OneOrMany {
     fn matches(&self, v: &str) -> bool {
+        self.values().any(|s| s == v || s == "*")
+    }
+
+    fn values(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match self {
-            OneOrMany::One(s) => s == v || s == "*",
-            OneOrMany::Many(l) => l.iter().any(|s| s == v || s == "*"),
+            OneOrMany::One(s) => Box::new(std::iter::once(s.as_str())),
+            OneOrMany::Many(l) => Box::new(l.iter().map(String::as_str)),
         }
     }
+
+    /// RDMA device names match by prefix (`rxe` matches `rxe0`).
+    fn matches_prefix(&self, v: &str) -> bool {
+        self.values().any(|p| v.starts_with(p) || p == "*")
+    }
+}
+
+/// The keys that select a pin cell, shared by `[[expect]]` and `[[oracle]]` rules.
+#[allow(clippy::too_many_arguments)]
+fn cell_matches(
+    pin: &Option<OneOrMany>,
+    backing: &Option<OneOrMany>,
+    fs: &Option<OneOrMany>,
+    map: &Option<OneOrMany>,
+    dax: Option<bool>,
+    rdma_device: &Option<OneOrMany>,
+    kernel: &Option<KernelRange>,
+    cell: &Cell,
+    release: &KernelRelease,
+) -> bool {
+    pin.as_ref().is_none_or(|m| m.matches(cell.pin))
+        && backing.as_ref().is_none_or(|m| m.matches(cell.backing))
+        && fs.as_ref().is_none_or(|m| m.matches(cell.fs))
+        && map.as_ref().is_none_or(|m| m.matches(cell.map))
+        && dax.is_none_or(|d| cell.dax == Some(d))
+        && rdma_device
+            .as_ref()
+            .is_none_or(|m| cell.rdma_device.is_some_and(|dev| m.matches_prefix(dev)))
+        && kernel.as_ref().is_none_or(|k| k.contains(release))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -51,6 +107,44 @@ pub struct Rule {
     pub why: String,
 }
 
+/// How many violations an oracle of a storm may count in a cell.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleRule {
+    /// Oracle name(s), or `"*"` for every oracle a rule can set.
+    oracle: OneOrMany,
+    pin: Option<OneOrMany>,
+    backing: Option<OneOrMany>,
+    fs: Option<OneOrMany>,
+    map: Option<OneOrMany>,
+    dax: Option<bool>,
+    rdma_device: Option<OneOrMany>,
+    kernel: Option<KernelRange>,
+    /// The most violations one storm may count; left out: any number (a known property of
+    /// the kernel, e.g. lost writes on shmem).
+    pub max: Option<u64>,
+    pub why: String,
+}
+
+impl OracleRule {
+    /// What the rule expects, in words: `0`, `at most 3`, `any`.
+    pub fn expected(&self) -> String {
+        match self.max {
+            None => "any".into(),
+            Some(0) => "0".into(),
+            Some(m) => format!("at most {m}"),
+        }
+    }
+}
+
+/// The oracles an `[[oracle]]` rule can set: not `unexpected_outcomes` (judged by the
+/// `[[expect]]` rules) nor `lifecycle` (judged by the `[[fact]]` `device_write_after_break`).
+pub fn rule_oracles() -> impl Iterator<Item = OracleKind> {
+    OracleKind::STORM
+        .into_iter()
+        .filter(|k| *k != OracleKind::UnexpectedOutcomes)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -59,9 +153,13 @@ struct File {
     description: String,
     #[serde(default)]
     expect: Vec<Rule>,
+    #[serde(default)]
+    fact: Vec<FactRule>,
+    #[serde(default)]
+    oracle: Vec<OracleRule>,
 }
 
-/// The facts of one probe cell that rules match on.
+/// The facts of one pin cell that rules match on.
 #[derive(Clone, Debug)]
 pub struct Cell<'a> {
     pub pin: &'a str,
@@ -74,13 +172,18 @@ pub struct Cell<'a> {
     pub rdma_device: Option<&'a str>,
 }
 
+/// Every rule of one or more expectation files.
 #[derive(Clone, Debug, Default)]
 pub struct Expectations {
+    /// The files, comma-separated.
     pub origin: String,
     rules: Vec<Rule>,
+    facts: FactExpectations,
+    oracles: Vec<OracleRule>,
 }
 
 impl Expectations {
+    /// One file's rules. `origin` names it in every error.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Expectations> {
         let f: File = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
@@ -97,61 +200,157 @@ impl Expectations {
                 );
             }
         }
+        for (i, r) in f.oracle.iter().enumerate() {
+            for name in r.oracle.values() {
+                if name != "*" && !rule_oracles().any(|k| k.name() == name) {
+                    anyhow::bail!(
+                        "{origin}: [[oracle]] number {}: oracle {name:?} is not one of {} (or \"*\")",
+                        i + 1,
+                        rule_oracles()
+                            .map(|k| k.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
         Ok(Expectations {
             origin: origin.to_string(),
             rules: f.expect,
+            facts: FactExpectations {
+                origin: origin.to_string(),
+                rules: f.fact,
+            },
+            oracles: f.oracle,
         })
     }
 
-    pub fn builtin() -> Expectations {
-        let mut all = Expectations {
-            origin: BUILTIN
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-            rules: Vec::new(),
-        };
-        for (name, text) in BUILTIN {
-            let e = Expectations::parse(text, name).expect("built-in expectations parse");
+    /// Several files' rules, in order (later files win over earlier ones): `(origin, text)`.
+    pub fn from_sources(sources: &[(String, String)]) -> anyhow::Result<Expectations> {
+        let mut all = Expectations::default();
+        for (origin, text) in sources {
+            let e = Expectations::parse(text, origin)?;
             all.rules.extend(e.rules);
+            all.facts.rules.extend(e.facts.rules);
+            all.oracles.extend(e.oracles);
         }
-        all
+        all.origin = sources
+            .iter()
+            .map(|(o, _)| o.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        all.facts.origin = all.origin.clone();
+        Ok(all)
+    }
+
+    /// The compiled-in files: `configs/expectations/{pins,leases,oracles}.toml`.
+    pub fn builtin() -> Expectations {
+        let sources: Vec<(String, String)> = BUILTIN
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        Expectations::from_sources(&sources).expect("built-in expectations parse")
     }
 
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.rules.len() + self.facts.rules.len() + self.oracles.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.len() == 0
     }
 
-    /// The expectation for a cell on a kernel: the last matching rule.
+    /// How many `[[expect]]`, `[[fact]]` and `[[oracle]]` rules there are.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.rules.len(), self.facts.rules.len(), self.oracles.len())
+    }
+
+    /// The lease lifecycle fact rules.
+    pub fn facts(&self) -> &FactExpectations {
+        &self.facts
+    }
+
+    /// The expectation for a cell on a kernel: the last matching `[[expect]]` rule.
     pub fn lookup(&self, cell: &Cell, kernel: &KernelRelease) -> Option<&Rule> {
         self.rules.iter().rev().find(|r| {
-            r.pin.as_ref().is_none_or(|m| m.matches(cell.pin))
-                && r.backing.as_ref().is_none_or(|m| m.matches(cell.backing))
-                && r.fs.as_ref().is_none_or(|m| m.matches(cell.fs))
-                && r.map.as_ref().is_none_or(|m| m.matches(cell.map))
-                && r.access.as_ref().is_none_or(|m| m.matches(cell.access))
-                && r.dax.is_none_or(|d| cell.dax == Some(d))
-                && r.rdma_device.as_ref().is_none_or(|m| {
-                    cell.rdma_device.is_some_and(|dev| match m {
-                        OneOrMany::One(p) => dev.starts_with(p.as_str()) || p == "*",
-                        OneOrMany::Many(l) => {
-                            l.iter().any(|p| dev.starts_with(p.as_str()) || p == "*")
-                        }
-                    })
-                })
-                && r.kernel.as_ref().is_none_or(|k| k.contains(kernel))
+            cell_matches(
+                &r.pin,
+                &r.backing,
+                &r.fs,
+                &r.map,
+                r.dax,
+                &r.rdma_device,
+                &r.kernel,
+                cell,
+                kernel,
+            ) && r.access.as_ref().is_none_or(|m| m.matches(cell.access))
+        })
+    }
+
+    /// The expectation for an oracle's count in a storm cell: the last matching
+    /// `[[oracle]]` rule.
+    pub fn lookup_oracle(
+        &self,
+        oracle: OracleKind,
+        cell: &Cell,
+        kernel: &KernelRelease,
+    ) -> Option<&OracleRule> {
+        self.oracles.iter().rev().find(|r| {
+            r.oracle.matches(oracle.name())
+                && cell_matches(
+                    &r.pin,
+                    &r.backing,
+                    &r.fs,
+                    &r.map,
+                    r.dax,
+                    &r.rdma_device,
+                    &r.kernel,
+                    cell,
+                    kernel,
+                )
         })
     }
 }
 
-/// Expectations for the facts of lease lifecycle scenarios
-/// (`configs/expectations/leases.toml`): `[[fact]]` rules with `scenario`, `fact`, `value`,
-/// optional `kernel`, and `why`. Last match wins.
+/// The expectation files named on the command line (`--expectations`, repeatable): each a
+/// file, or a directory whose `*.toml` files are read in name order. Returns `(origin,
+/// text)` per file, in order, for [`Expectations::from_sources`].
+pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta =
+            std::fs::metadata(p).with_context(|| format!("--expectations {}", p.display()))?;
+        let files: Vec<PathBuf> = if meta.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("--expectations {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "toml") && f.is_file())
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                anyhow::bail!(
+                    "--expectations {}: the directory holds no *.toml file",
+                    p.display()
+                );
+            }
+            v
+        } else {
+            vec![p.clone()]
+        };
+        for f in files {
+            out.push((f.display().to_string(), read_text(&f)?));
+        }
+    }
+    Ok(out)
+}
+
+fn read_text(f: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(f).with_context(|| format!("--expectations {}", f.display()))
+}
+
+/// Expectations for the facts of lease lifecycle scenarios (`[[fact]]` rules, e.g.
+/// `configs/expectations/leases.toml`): `scenario`, `fact`, `value`, optional `kernel`, and
+/// `why`. Last match wins.
 #[derive(Clone, Debug, Default)]
 pub struct FactExpectations {
     pub origin: String,
@@ -168,36 +367,7 @@ pub struct FactRule {
     pub why: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FactFile {
-    #[serde(default)]
-    #[allow(dead_code)]
-    description: String,
-    #[serde(default)]
-    fact: Vec<FactRule>,
-}
-
-pub const BUILTIN_FACTS: (&str, &str) = (
-    "configs/expectations/leases.toml",
-    include_str!("../../configs/expectations/leases.toml"),
-);
-
 impl FactExpectations {
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<FactExpectations> {
-        let f: FactFile = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
-        Ok(FactExpectations {
-            origin: origin.into(),
-            rules: f.fact,
-        })
-    }
-
-    pub fn builtin() -> FactExpectations {
-        FactExpectations::parse(BUILTIN_FACTS.1, BUILTIN_FACTS.0)
-            .expect("built-in lease expectations parse")
-    }
-
     pub fn lookup(&self, scenario: &str, fact: &str, kernel: &KernelRelease) -> Option<&FactRule> {
         self.rules.iter().rev().find(|r| {
             r.scenario.matches(scenario)
@@ -207,28 +377,35 @@ impl FactExpectations {
     }
 }
 
-/// Verdict strings used in result rows.
-pub mod verdict {
-    pub const AS_EXPECTED: &str = "as-expected";
-    pub const DIFFERS: &str = "differs";
-    pub const NO_EXPECTATION: &str = "no-expectation";
-    pub const NOTRUN: &str = "notrun";
-}
-
 /// Compare a measured outcome with the expectation for its cell.
 pub fn judge<'r>(
     exp: &'r Expectations,
     cell: &Cell,
     kernel: &KernelRelease,
     outcome: &str,
-) -> (&'static str, Option<&'r Rule>) {
+) -> (Verdict, Option<&'r Rule>) {
     if outcome == "notrun" {
-        return (verdict::NOTRUN, None);
+        return (Verdict::NotRun, None);
     }
     match exp.lookup(cell, kernel) {
-        None => (verdict::NO_EXPECTATION, None),
-        Some(r) if r.outcome == outcome => (verdict::AS_EXPECTED, Some(r)),
-        Some(r) => (verdict::DIFFERS, Some(r)),
+        None => (Verdict::NoExpectation, None),
+        Some(r) if r.outcome == outcome => (Verdict::AsExpected, Some(r)),
+        Some(r) => (Verdict::Differs, Some(r)),
+    }
+}
+
+/// Compare a measured lease lifecycle fact with its expectation.
+pub fn judge_fact<'r>(
+    exp: &'r FactExpectations,
+    scenario: &str,
+    fact: &str,
+    kernel: &KernelRelease,
+    measured: &str,
+) -> (Verdict, Option<&'r FactRule>) {
+    match exp.lookup(scenario, fact, kernel) {
+        None => (Verdict::NoExpectation, None),
+        Some(r) if r.value == measured => (Verdict::AsExpected, Some(r)),
+        Some(r) => (Verdict::Differs, Some(r)),
     }
 }
 
@@ -281,9 +458,9 @@ why = "Stoakes"
             "general"
         );
         let (v, _) = judge(&e, &cell("xfs", "shared", "rw"), &new, "ok");
-        assert_eq!(v, verdict::DIFFERS);
+        assert_eq!(v, Verdict::Differs);
         let (v, _) = judge(&e, &cell("xfs", "shared", "rw"), &new, "EFAULT");
-        assert_eq!(v, verdict::AS_EXPECTED);
+        assert_eq!(v, Verdict::AsExpected);
     }
 
     #[test]
@@ -303,7 +480,105 @@ why = "Stoakes"
     }
 
     #[test]
-    fn builtin_expectations_parse() {
-        assert!(!Expectations::builtin().is_empty());
+    fn builtin_expectations_parse_and_hold_every_kind_of_rule() {
+        let e = Expectations::builtin();
+        let (pins, facts, oracles) = e.counts();
+        assert!(pins > 0 && facts > 0 && oracles > 0, "{:?}", e.counts());
+        for f in ["pins.toml", "leases.toml", "oracles.toml"] {
+            assert!(e.origin.contains(f), "{}", e.origin);
+        }
+    }
+
+    #[test]
+    fn one_file_holds_pin_fact_and_oracle_rules_and_later_files_win() {
+        let a = "[[expect]]\noutcome = \"ok\"\nwhy = \"a\"\n[[fact]]\nscenario = \"*\"\nfact = \"lease_ended\"\nvalue = \"unlock\"\nwhy = \"a\"\n[[oracle]]\noracle = \"lost_write\"\nmax = 0\nwhy = \"a\"\n";
+        let b = "[[fact]]\nscenario = \"dup-close\"\nfact = \"lease_ended\"\nvalue = \"revoked\"\nwhy = \"b\"\n[[oracle]]\noracle = [\"lost_write\", \"blocked\"]\nfs = \"tmpfs\"\nwhy = \"b\"\n";
+        let e =
+            Expectations::from_sources(&[("a.toml".into(), a.into()), ("b.toml".into(), b.into())])
+                .unwrap();
+        assert_eq!(e.origin, "a.toml, b.toml");
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        assert_eq!(
+            e.facts()
+                .lookup("dup-close", "lease_ended", &k)
+                .unwrap()
+                .value,
+            "revoked"
+        );
+        assert_eq!(
+            e.facts()
+                .lookup("scm-rights", "lease_ended", &k)
+                .unwrap()
+                .value,
+            "unlock"
+        );
+        let r = e
+            .lookup_oracle(OracleKind::LostWrite, &cell("tmpfs", "shared", "rw"), &k)
+            .unwrap();
+        assert_eq!((r.max, r.why.as_str()), (None, "b"));
+        let r = e
+            .lookup_oracle(OracleKind::LostWrite, &cell("xfs", "shared", "rw"), &k)
+            .unwrap();
+        assert_eq!(r.max, Some(0));
+        assert!(e
+            .lookup_oracle(OracleKind::KernelWarnings, &cell("xfs", "shared", "rw"), &k)
+            .is_none());
+    }
+
+    #[test]
+    fn oracle_rules_name_only_oracles_they_can_judge() {
+        for bad in ["lost_writes", "unexpected_outcomes", "lifecycle"] {
+            let e = Expectations::parse(
+                &format!("[[oracle]]\noracle = \"{bad}\"\nwhy = \"x\"\n"),
+                "o.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("o.toml") && e.contains(bad), "{e}");
+        }
+        let e = Expectations::parse(
+            "[[oracle]]\noracle = \"*\"\nmax = -1\nwhy = \"x\"\n",
+            "o.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("o.toml"), "{e}");
+    }
+
+    #[test]
+    fn directories_give_their_toml_files_in_name_order_and_an_empty_one_is_refused() {
+        let d = std::env::temp_dir().join(format!("pinstorm-expect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("b.toml"),
+            "[[fact]]\nscenario = \"x\"\nfact = \"f\"\nvalue = \"b\"\nwhy = \"b\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("a.toml"),
+            "[[fact]]\nscenario = \"x\"\nfact = \"f\"\nvalue = \"a\"\nwhy = \"a\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("notes.txt"), "not an expectation file").unwrap();
+        let single = d.join("single.toml.d");
+        std::fs::create_dir_all(&single).unwrap();
+        let sources = read_sources(std::slice::from_ref(&d)).unwrap();
+        let names: Vec<&str> = sources.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].ends_with("a.toml") && names[1].ends_with("b.toml"));
+        let e = Expectations::from_sources(&sources).unwrap();
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        assert_eq!(e.facts().lookup("x", "f", &k).unwrap().value, "b");
+        let err = read_sources(std::slice::from_ref(&single))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no *.toml") && err.contains("single.toml.d"),
+            "{err}"
+        );
+        let err = read_sources(&[d.join("missing.toml")]).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

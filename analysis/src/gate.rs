@@ -14,12 +14,17 @@
 //!   pins), `allowed` (newly allowed pins): VALUE `N`.
 //!
 //! OP is `>`, `>=`, `<` or `<=`.
+//!
+//! A gate that matched nothing (no latency metric of its quantile and filter measured on
+//! both sides, an oracle no run measured, no fact judged against an expectation, no
+//! capability cell on both sides) judged nothing: it fails unless empty gates are allowed
+//! (`--allow-empty-gates`), so that a renamed backing or a missing job cannot silence it.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{stat_quantile, Comparison, CountChange};
-use crate::metrics::VIOLATION_KINDS;
+use crate::oracle::OracleKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -64,22 +69,59 @@ pub struct Gate {
 pub struct GateResult {
     pub expr: String,
     pub crossed: bool,
-    /// What crossed it (metrics with their change, or the count).
+    /// What crossed it (metrics with their change, or the count), the worst first.
     pub by: Vec<String>,
+    /// How many metrics (or runs, for counts; cells, for outcomes) the gate looked at.
+    #[serde(default)]
+    pub matched: usize,
+    /// Of those, how many it could judge (a tail quantile of a single run per side is
+    /// matched but not judged).
+    #[serde(default)]
+    pub judged: usize,
+    /// When it matched nothing: what was missing.
+    #[serde(default)]
+    pub missing: Option<String>,
+    /// Crossed, or matched nothing while empty gates are not allowed: makes compare exit 4.
+    #[serde(default)]
+    pub failed: bool,
 }
 
-const COUNTS: [&str; 4] = ["violations", "differs", "outcomes", "refused"];
+impl GateResult {
+    /// Whether the gate matched nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_some()
+    }
+}
 
-pub const HELP: &str = "METRIC[FILTER] OP VALUE, e.g. 'p99>+10%', 'p50[tmpfs]>+20%', \
-'violations>0', 'lost_write>+10', 'refused>0' (metrics: p50, p90, p99, p999, violations, \
-lost_write, stale_exposure, cross_file, leaked_pins, blocked, kernel_warnings, lifecycle, \
-differs, outcomes, refused, allowed; OP: > >= < <=)";
+/// Count metrics other than the oracles.
+const COUNTS: [&str; 5] = ["violations", "differs", "outcomes", "refused", "allowed"];
+
+/// The grammar of a gate, with every metric it knows (the oracles from [`OracleKind`]).
+pub fn help() -> String {
+    let oracles: Vec<&str> = OracleKind::VIOLATIONS.iter().map(|k| k.name()).collect();
+    format!(
+        "METRIC[FILTER] OP VALUE, e.g. 'p99>+10%', 'p50[tmpfs]>+20%', 'violations>0', \
+'lost_write>+10', 'refused>0' (metrics: p50, p90, p99, p999, violations, {}, differs, \
+outcomes, refused, allowed; OP: > >= < <=)",
+        oracles.join(", ")
+    )
+}
+
+/// Which oracle a count gate names.
+fn oracle_of(metric: &str) -> Option<OracleKind> {
+    OracleKind::VIOLATIONS
+        .into_iter()
+        .find(|k| k.name() == metric)
+}
 
 impl Gate {
     pub fn parse(expr: &str) -> Result<Gate> {
         let s: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
         let Some(pos) = s.find(['>', '<']) else {
-            bail!("--fail-on {expr:?}: no comparison (> >= < <=); expected {HELP}");
+            bail!(
+                "--fail-on {expr:?}: no comparison (> >= < <=); expected {}",
+                help()
+            );
         };
         let (lhs, rest) = s.split_at(pos);
         let (op, rhs) = if let Some(r) = rest.strip_prefix(">=") {
@@ -99,12 +141,12 @@ impl Gate {
             None => (lhs.to_string(), None),
         };
         let latency = stat_quantile(&metric).is_some();
-        let known = latency
-            || COUNTS.contains(&metric.as_str())
-            || metric == "allowed"
-            || VIOLATION_KINDS.contains(&metric.as_str());
+        let known = latency || COUNTS.contains(&metric.as_str()) || oracle_of(&metric).is_some();
         if !known {
-            bail!("--fail-on {expr:?}: unknown metric {metric:?}; expected {HELP}");
+            bail!(
+                "--fail-on {expr:?}: unknown metric {metric:?}; expected {}",
+                help()
+            );
         }
         if filter.is_some() && !latency {
             bail!("--fail-on {expr:?}: only latency metrics (p50, p99, ...) take a [FILTER]");
@@ -114,7 +156,10 @@ impl Gate {
                 .ok()
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| {
-                    anyhow::anyhow!("--fail-on {expr:?}: {rhs:?} is not a number; expected {HELP}")
+                    anyhow::anyhow!(
+                        "--fail-on {expr:?}: {rhs:?} is not a number; expected {}",
+                        help()
+                    )
                 })
         };
         let value = if let Some(p) = rhs.strip_suffix('%') {
@@ -166,23 +211,80 @@ impl Gate {
         })
     }
 
+    /// Whether the value compares the candidate alone (`N`) or a change against the base.
+    fn needs_base(&self) -> bool {
+        !matches!(self.value, Value::Absolute(_))
+    }
+
+    /// What is missing when a count gate measured nothing, or None when it measured.
+    fn count_missing(&self, c: &CountChange, what: &str) -> Option<String> {
+        if c.cand_runs_measured == 0 {
+            Some(format!("no run of the candidate {what}"))
+        } else if self.needs_base() && c.base_runs_measured == 0 {
+            Some(format!(
+                "no run of the base {what}, so there is no change to judge"
+            ))
+        } else {
+            None
+        }
+    }
+
     pub fn judge(&self, cmp: &Comparison) -> GateResult {
         let mut by = Vec::new();
+        let mut matched = 0;
+        let mut judged = 0;
+        let mut missing = None;
         if stat_quantile(&self.metric).is_some() {
             let Value::Percent(v) = self.value else {
                 unreachable!("checked in parse")
             };
+            let f = self.filter.as_deref();
+            let mut crossing: Vec<(f64, String)> = Vec::new();
             for l in cmp.latency.iter().filter(|l| l.stat == self.metric) {
-                let f = self.filter.as_deref();
                 if f.is_some_and(|f| !l.key.contains(f) && !l.kind.contains(f)) {
                     continue;
                 }
+                matched += 1;
+                if l.method.contains("not judged") {
+                    continue;
+                }
+                judged += 1;
                 if l.significant && self.op.holds(l.change_pct, v) {
-                    by.push(format!(
-                        "{} {} {}: {:+.1}% [{:+.1}%, {:+.1}%]",
-                        l.kind, l.key, l.stat, l.change_pct, l.ci_low_pct, l.ci_high_pct
+                    // The worst is the one furthest beyond the threshold in the gate's direction.
+                    let badness = match self.op {
+                        Op::Gt | Op::Ge => l.change_pct,
+                        Op::Lt | Op::Le => -l.change_pct,
+                    };
+                    crossing.push((
+                        badness,
+                        format!(
+                            "{} {} {}: {:+.1}% [{:+.1}%, {:+.1}%]",
+                            l.kind, l.key, l.stat, l.change_pct, l.ci_low_pct, l.ci_high_pct
+                        ),
                     ));
                 }
+            }
+            crossing.sort_by(|a, b| b.0.total_cmp(&a.0));
+            by.extend(crossing.into_iter().map(|c| c.1));
+            if matched == 0 {
+                let filter = f.map(|f| format!(" matching [{f}]")).unwrap_or_default();
+                missing = Some(if !cmp.options.stats.contains(&self.metric) {
+                    format!(
+                        "{} was not compared (compare --stats {}; add {} to it)",
+                        self.metric,
+                        cmp.options.stats.join(","),
+                        self.metric
+                    )
+                } else {
+                    let only =
+                        |v: &[String]| v.iter().filter(|m| f.is_none_or(|f| m.contains(f))).count();
+                    format!(
+                        "no {} latency metric{filter} was measured on both sides ({} measured in the base only, {} in the candidate only)",
+                        self.metric,
+                        only(&cmp.only_in_base),
+                        only(&cmp.only_in_cand)
+                    )
+                });
             }
         } else if self.metric == "violations" {
             let total = CountChange {
@@ -191,16 +293,51 @@ impl Gate {
                 cand_total: cmp.violations.iter().map(|v| v.cand_total).sum(),
                 base_per_run: cmp.violations.iter().map(|v| v.base_per_run).sum(),
                 cand_per_run: cmp.violations.iter().map(|v| v.cand_per_run).sum(),
+                base_runs_measured: cmp
+                    .violations
+                    .iter()
+                    .map(|v| v.base_runs_measured)
+                    .max()
+                    .unwrap_or(0),
+                cand_runs_measured: cmp
+                    .violations
+                    .iter()
+                    .map(|v| v.cand_runs_measured)
+                    .max()
+                    .unwrap_or(0),
             };
+            missing = self.count_missing(
+                &total,
+                "measured any oracle (no storm or lease lifecycle scenario ran)",
+            );
+            matched = total.cand_runs_measured;
             by.extend(self.judge_count(&total));
         } else if self.metric == "differs" {
+            missing = self.count_missing(
+                &cmp.differs,
+                "had a fact with an expectation to judge it by",
+            );
+            matched = cmp.differs.cand_runs_measured;
             by.extend(self.judge_count(&cmp.differs));
         } else if let Some(c) = cmp.violations.iter().find(|v| v.what == self.metric) {
+            let why = if self.metric == OracleKind::Lifecycle.name() {
+                "no lease lifecycle scenario ran"
+            } else {
+                "no storm ran, or the oracle was notrun in every storm"
+            };
+            missing = self.count_missing(c, &format!("measured {} ({why})", self.metric));
+            matched = c.cand_runs_measured;
             by.extend(self.judge_count(c));
+        } else if oracle_of(&self.metric).is_some() {
+            missing = Some(format!("the comparison has no {} count", self.metric));
         } else {
             let Value::Absolute(v) = self.value else {
                 unreachable!("checked in parse")
             };
+            matched = cmp.cells_compared;
+            if matched == 0 {
+                missing = Some("no capability cell (probe) was measured on both sides".to_string());
+            }
             let cells: Vec<_> = cmp
                 .outcomes
                 .iter()
@@ -221,10 +358,22 @@ impl Gate {
                 }
             }
         }
+        if missing.is_some() {
+            // Nothing was measured, so nothing can have crossed it.
+            by.clear();
+            matched = 0;
+        }
+        if stat_quantile(&self.metric).is_none() {
+            judged = matched;
+        }
         GateResult {
             expr: self.expr.clone(),
             crossed: !by.is_empty(),
+            failed: !by.is_empty(),
             by,
+            matched,
+            judged,
+            missing,
         }
     }
 }
@@ -237,10 +386,18 @@ fn trim(x: f64) -> String {
     }
 }
 
-/// Judge every gate and record the results in the comparison; true when one is crossed.
-pub fn apply(cmp: &mut Comparison, gates: &[Gate]) -> bool {
-    cmp.gates = gates.iter().map(|g| g.judge(cmp)).collect();
-    cmp.gates.iter().any(|g| g.crossed)
+/// Judge every gate and record the results in the comparison; true when one failed: it was
+/// crossed, or it matched nothing and `allow_empty` is false.
+pub fn apply(cmp: &mut Comparison, gates: &[Gate], allow_empty: bool) -> bool {
+    cmp.gates = gates
+        .iter()
+        .map(|g| {
+            let mut r = g.judge(cmp);
+            r.failed = r.crossed || (r.is_empty() && !allow_empty);
+            r
+        })
+        .collect();
+    cmp.gates.iter().any(|g| g.failed)
 }
 
 /// Gates from a TOML file: `fail_on = ["p99>+10%", ...]` at the top or under `[compare]`.
@@ -304,6 +461,8 @@ mod tests {
             cand_total: 90,
             base_per_run: 80.0,
             cand_per_run: 90.0,
+            base_runs_measured: 1,
+            cand_runs_measured: 1,
         };
         assert!(Gate::parse("lost_write>0")
             .unwrap()
@@ -325,6 +484,80 @@ mod tests {
             .unwrap()
             .judge_count(&c)
             .is_some());
+    }
+
+    /// Two runs that measured one capability cell each and nothing else.
+    fn probe_only_comparison() -> Comparison {
+        use crate::catalog::LoadedRun;
+        use crate::schema::{planted, ProbeRow};
+        use crate::verdict::Verdict;
+        let run = |id: &str| {
+            let mut r = planted();
+            r.run_id = id.into();
+            r.probe.push(ProbeRow {
+                pin: "io_uring".into(),
+                backing: "anon".into(),
+                fs: "anon".into(),
+                map: "shared".into(),
+                access: "rw".into(),
+                size: 4096,
+                outcome: "ok".into(),
+                reason: None,
+                dax: Some(false),
+                device_io: None,
+                expected: Some("ok".into()),
+                verdict: Verdict::AsExpected,
+                expected_because: Some("planted".into()),
+            });
+            LoadedRun {
+                path: format!("/planted/{id}/result.json").into(),
+                result: r,
+            }
+        };
+        let (b, c) = (run("base"), run("cand"));
+        crate::compare::compare(
+            "base",
+            &[&b],
+            "cand",
+            &[&c],
+            &crate::compare::CompareOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_gate_that_matched_nothing_fails_naming_what_was_missing_unless_allowed() {
+        let mut cmp = probe_only_comparison();
+        let gates: Vec<Gate> = ["p50>+50%", "p90>+10%", "lost_write>0", "violations>+0"]
+            .iter()
+            .map(|g| Gate::parse(g).unwrap())
+            .collect();
+        assert!(apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
+        for (g, why) in cmp.gates.iter().zip([
+            "no p50 latency metric was measured on both sides",
+            "p90 was not compared (compare --stats p50,p99",
+            "no run of the candidate measured lost_write (no storm ran",
+            "no run of the candidate measured any oracle",
+        ]) {
+            assert!(g.failed && !g.crossed && g.matched == 0, "{g:?}");
+            let missing = g.missing.as_deref().unwrap();
+            assert!(missing.contains(why), "{}: {missing}", g.expr);
+        }
+        assert!(!apply(&mut cmp, &gates, true), "{:#?}", cmp.gates);
+        assert!(cmp.gates.iter().all(|g| !g.failed && g.is_empty()));
+    }
+
+    #[test]
+    fn gates_that_matched_something_judge_as_before_even_when_nothing_crossed() {
+        let mut cmp = probe_only_comparison();
+        let gates: Vec<Gate> = ["refused>0", "outcomes>0", "differs>0"]
+            .iter()
+            .map(|g| Gate::parse(g).unwrap())
+            .collect();
+        assert!(!apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
+        for g in &cmp.gates {
+            assert!(g.missing.is_none() && g.matched == 1 && !g.failed, "{g:?}");
+        }
+        assert_eq!(cmp.cells_compared, 1);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use crate::hist::Latency;
+use crate::oracle::OracleKind;
 use crate::schema::{Measured, RunResult};
 use crate::summary::human_size;
+use crate::verdict::{self, Verdict};
 
 /// One latency distribution of a run.
 #[derive(Clone, Debug)]
@@ -125,57 +127,37 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
     out
 }
 
-/// The oracles that count correctness violations, in the order tables show them.
-pub const VIOLATION_KINDS: [&str; 7] = [
-    "lost_write",
-    "stale_exposure",
-    "cross_file",
-    "leaked_pins",
-    "blocked",
-    "kernel_warnings",
-    "lifecycle",
-];
+/// The oracles that count correctness violations ([`OracleKind::VIOLATIONS`]), by name, in
+/// the order tables show them.
+pub const VIOLATION_KINDS: [&str; OracleKind::VIOLATIONS.len()] = {
+    let mut names = [""; OracleKind::VIOLATIONS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = OracleKind::VIOLATIONS[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Violations by oracle, summed over the run's storms (and lease lifecycle scenarios as
 /// `lifecycle`). Every kind is present, zero when none were seen.
 pub fn violations(r: &RunResult) -> BTreeMap<&'static str, u64> {
-    let mut m: BTreeMap<&'static str, u64> = VIOLATION_KINDS.iter().map(|k| (*k, 0)).collect();
-    for s in &r.storms {
-        let o = &s.oracle;
-        *m.get_mut("lost_write").unwrap() += o.lost_write.count;
-        *m.get_mut("stale_exposure").unwrap() += o.stale_exposure.count;
-        *m.get_mut("cross_file").unwrap() += o.cross_file.count;
-        *m.get_mut("leaked_pins").unwrap() += o.leaked_pins.count;
-        *m.get_mut("blocked").unwrap() += o.blocked.count;
-        *m.get_mut("kernel_warnings").unwrap() += o.kernel_warnings.count;
-    }
-    if let Some(l) = &r.leases {
-        *m.get_mut("lifecycle").unwrap() += l
-            .lifecycle
-            .iter()
-            .map(|c| c.violations.len() as u64)
-            .sum::<u64>();
-    }
-    m
+    OracleKind::VIOLATIONS
+        .iter()
+        .map(|k| (k.name(), k.run_count(r)))
+        .collect()
 }
 
-/// Cells whose outcome differs from the expectations: probe cells, lifecycle facts and
-/// storm registrations the expectations did not expect.
+/// Facts that differ from the expectations (probe cells, storm registrations and oracle
+/// counts, lease lifecycle facts), as [`verdict::judge`] counts them.
 pub fn differs(r: &RunResult) -> u64 {
-    let probe = r.probe.iter().filter(|p| p.verdict == "differs").count() as u64;
-    let facts = r
-        .leases
-        .iter()
-        .flat_map(|l| &l.lifecycle)
-        .flat_map(|c| &c.verdicts)
-        .filter(|v| v.verdict == "differs")
-        .count() as u64;
-    let storms: u64 = r
-        .storms
-        .iter()
-        .map(|s| s.oracle.unexpected_outcomes.count)
-        .sum();
-    probe + facts + storms
+    verdict::judge(r).count(Verdict::Differs) as u64
+}
+
+/// Facts that were compared with an expectation (as expected or differing).
+pub fn judged(r: &RunResult) -> u64 {
+    let j = verdict::judge(r);
+    (j.count(Verdict::AsExpected) + j.count(Verdict::Differs)) as u64
 }
 
 /// One cell of the capability matrix, keyed without the filesystem (a scratch directory
@@ -191,7 +173,7 @@ pub struct Cell {
     pub outcome: String,
     pub device_io: Option<String>,
     pub reason: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
 }
 
 pub fn cells(r: &RunResult) -> Vec<Cell> {
@@ -207,7 +189,7 @@ pub fn cells(r: &RunResult) -> Vec<Cell> {
             outcome: p.outcome.clone(),
             device_io: p.device_io.clone(),
             reason: p.reason.clone(),
-            verdict: p.verdict.clone(),
+            verdict: p.verdict,
         })
         .collect()
 }
@@ -241,17 +223,9 @@ pub fn notrun(r: &RunResult) -> Vec<(String, String)> {
         for op in s.layout_ops.iter().filter(|o| o.outcome == "notrun") {
             v.push((format!("{cell} {}", op.op), why(&op.reason)));
         }
-        let o = &s.oracle;
-        for (name, n) in [
-            ("lost_write", &o.lost_write.notrun),
-            ("stale_exposure", &o.stale_exposure.notrun),
-            ("cross_file", &o.cross_file.notrun),
-            ("unexpected_outcomes", &o.unexpected_outcomes.notrun),
-            ("leaked_pins", &o.leaked_pins.notrun),
-            ("kernel_warnings", &o.kernel_warnings.notrun),
-        ] {
-            if let Some(n) = n {
-                v.push((format!("{cell} oracle {name}"), n.clone()));
+        for k in OracleKind::STORM {
+            if let Some(n) = k.notrun(&s.oracle) {
+                v.push((format!("{cell} oracle {k}"), n.to_string()));
             }
         }
     }

@@ -126,6 +126,37 @@ const LAT_HEADER: [&str; 8] = [
 const COUNT_HEADER: [&str; 4] = ["oracle", "base/run", "cand/run", ""];
 const OUTCOME_HEADER: [&str; 5] = ["cell", "fs", "base", "cand", "change"];
 
+/// How many of the metrics that crossed a gate are listed (the worst first); the JSON form
+/// of the comparison has them all.
+pub const GATE_EXAMPLES: usize = 5;
+
+/// One line per gate: passed, crossed (by how many), or judged nothing.
+fn gate_line(g: &crate::gate::GateResult) -> String {
+    match (&g.missing, g.crossed, g.failed) {
+        (_, true, _) => format!(
+            "FAIL {}: crossed by {} of {} metric(s){}",
+            g.expr,
+            g.by.len(),
+            g.matched,
+            if g.by.len() > GATE_EXAMPLES {
+                format!(", the worst {GATE_EXAMPLES}:")
+            } else {
+                ":".into()
+            }
+        ),
+        (Some(m), _, true) => format!("FAIL {}: judged nothing: {m}", g.expr),
+        (Some(m), _, false) => format!(
+            "pass {} (judged nothing: {m}; allowed by --allow-empty-gates)",
+            g.expr
+        ),
+        (None, false, _) if g.judged < g.matched => format!(
+            "pass {} ({} matched, {} judged: tails of a single run per side are not judged)",
+            g.expr, g.matched, g.judged
+        ),
+        (None, false, _) => format!("pass {}", g.expr),
+    }
+}
+
 pub fn text(c: &Comparison) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Comparing");
@@ -158,13 +189,18 @@ pub fn text(c: &Comparison) -> String {
         let _ = writeln!(out);
         let _ = writeln!(out, "Gates:");
         for g in &c.gates {
+            let _ = writeln!(out, "  {}", gate_line(g));
             if g.crossed {
-                let _ = writeln!(out, "  FAIL {}: crossed by", g.expr);
-                for b in &g.by {
+                for b in g.by.iter().take(GATE_EXAMPLES) {
                     let _ = writeln!(out, "         {b}");
                 }
-            } else {
-                let _ = writeln!(out, "  pass {}", g.expr);
+                if g.by.len() > GATE_EXAMPLES {
+                    let _ = writeln!(
+                        out,
+                        "         ... and {} more (--format json lists them all)",
+                        g.by.len() - GATE_EXAMPLES
+                    );
+                }
             }
         }
     }
@@ -226,15 +262,27 @@ pub fn markdown(c: &Comparison) -> String {
     if !c.gates.is_empty() {
         let _ = writeln!(out, "\n### Gates\n");
         for g in &c.gates {
+            let mut by: Vec<String> = g.by.iter().take(GATE_EXAMPLES).cloned().collect();
+            if g.by.len() > GATE_EXAMPLES {
+                by.push(format!("... and {} more", g.by.len() - GATE_EXAMPLES));
+            }
             if g.crossed {
                 let _ = writeln!(
                     out,
-                    "- **FAIL** `{}`: {}",
+                    "- **FAIL** `{}`: crossed by {}: {}",
                     g.expr,
-                    md_escape(&g.by.join("; "))
+                    g.by.len(),
+                    md_escape(&by.join("; "))
+                );
+            } else if let (Some(m), true) = (&g.missing, g.failed) {
+                let _ = writeln!(
+                    out,
+                    "- **FAIL** `{}`: judged nothing: {}",
+                    g.expr,
+                    md_escape(m)
                 );
             } else {
-                let _ = writeln!(out, "- pass `{}`", g.expr);
+                let _ = writeln!(out, "- {}", md_escape(&gate_line(g)));
             }
         }
     }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hist::Stats;
+use crate::verdict::Verdict;
 
 pub const SCHEMA_NAME: &str = "pinstorm-result";
 pub const SCHEMA_VERSION: u32 = 1;
@@ -42,6 +43,10 @@ pub struct RunResult {
     /// Lease breaks, lease-check overhead, lifecycle scenarios, layout-lease probe.
     #[serde(default)]
     pub leases: Option<LeaseResults>,
+    /// Each storm's registrations and oracle counts judged against the expectations
+    /// (`[[expect]]` and `[[oracle]]` rules), one row per storm and fact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storm_verdicts: Vec<StormVerdict>,
     pub expectations: Option<ExpectationsRecord>,
     pub pin_counters: Option<PinCounters>,
     pub hugepages: Option<HugepageRecord>,
@@ -180,7 +185,7 @@ pub struct ProbeRow {
     /// What the expectations file says for this cell, if anything.
     pub expected: Option<String>,
     /// `as-expected`, `differs`, `no-expectation` or `notrun`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// Why the expectation is what it is (the rule's `why`).
     pub expected_because: Option<String>,
 }
@@ -460,8 +465,21 @@ pub struct FactVerdict {
     pub fact: String,
     pub measured: String,
     pub expected: Option<String>,
-    pub verdict: String,
+    /// `as-expected`, `differs`, `no-expectation` or `notrun`.
+    pub verdict: Verdict,
     pub why: Option<String>,
+}
+
+/// One fact of a storm judged against the expectations: `registrations` (did every
+/// registration that raced no layout operation give the outcome `[[expect]]` says) or an
+/// oracle's count (`lost_write`, ...; against `[[oracle]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StormVerdict {
+    pub pin: String,
+    pub backing: String,
+    pub map: String,
+    #[serde(flatten)]
+    pub fact: FactVerdict,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -477,9 +495,13 @@ pub struct LayoutLeaseProbe {
     pub checks: BTreeMap<String, String>,
 }
 
+/// The expectations a run was judged by, and how its facts fared (see [`crate::verdict`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExpectationsRecord {
+    /// The expectation files, comma-separated.
     pub origin: String,
+    /// Measured facts: probe cells, storm registrations and oracle counts, lease lifecycle
+    /// facts (not those that did not run).
     pub checked: usize,
     pub differing: usize,
     pub without_expectation: usize,
@@ -522,5 +544,47 @@ impl RunResult {
             );
         }
         Ok(serde_json::from_value(v)?)
+    }
+}
+
+/// An empty, complete result of kernel 6.18.0, for unit tests to plant facts in.
+#[cfg(test)]
+pub(crate) fn planted() -> RunResult {
+    RunResult {
+        schema: SCHEMA_NAME.into(),
+        schema_version: SCHEMA_VERSION,
+        run_id: "planted".into(),
+        label: None,
+        started: "2026-01-01T00:00:00Z".into(),
+        finished: Some("2026-01-01T00:01:00Z".into()),
+        complete: true,
+        interrupted: None,
+        error: None,
+        command: vec![],
+        tool: Tool {
+            name: "pinstorm".into(),
+            version: "0".into(),
+        },
+        scenario: ScenarioRecord {
+            name: "planted".into(),
+            origin: "test".into(),
+            seed: 1,
+            text: String::new(),
+        },
+        environment: Environment {
+            kernel_release: "6.18.0".into(),
+            ..Environment::default()
+        },
+        backings: vec![],
+        probe: vec![],
+        bench: vec![],
+        storms: vec![],
+        leases: None,
+        storm_verdicts: vec![],
+        expectations: None,
+        pin_counters: None,
+        hugepages: None,
+        notes: vec![],
+        lab: None,
     }
 }

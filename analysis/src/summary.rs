@@ -3,12 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::expect::verdict;
-
 mod storm_notes;
-use crate::schema::{
-    BenchRow, LeaseResults, Measured, OracleFinding, ProbeRow, RunResult, StormResult,
-};
+use crate::oracle::OracleKind;
+use crate::schema::{BenchRow, LeaseResults, Measured, ProbeRow, RunResult, StormResult};
+use crate::verdict::{self, Status, Verdict};
 
 /// `850ns`, `1.52us`, `1.28ms`, `2.05s`.
 pub fn human_ns(ns: f64) -> String {
@@ -60,14 +58,13 @@ pub fn probe_table(rows: &[ProbeRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let mark = match r.verdict.as_str() {
-                verdict::DIFFERS => format!(
+            let mark = match r.verdict {
+                Verdict::Differs => format!(
                     "DIFFERS (expected {})",
                     r.expected.as_deref().unwrap_or("?")
                 ),
-                verdict::NO_EXPECTATION => "no expectation".into(),
-                verdict::AS_EXPECTED => "as expected".into(),
-                _ => String::new(),
+                Verdict::NotRun => String::new(),
+                v => v.words().into(),
             };
             vec![
                 r.pin.clone(),
@@ -167,13 +164,6 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
     out
 }
 
-fn count_or_notrun(f: &OracleFinding) -> String {
-    match &f.notrun {
-        Some(_) if f.count == 0 => "notrun".into(),
-        _ => f.count.to_string(),
-    }
-}
-
 pub fn storm_table(storms: &[StormResult]) -> String {
     let body: Vec<Vec<String>> = storms
         .iter()
@@ -181,7 +171,7 @@ pub fn storm_table(storms: &[StormResult]) -> String {
         .map(|s| {
             let o = &s.oracle;
             let t = &s.totals;
-            vec![
+            let mut row = vec![
                 s.pin.clone(),
                 s.backing.clone(),
                 s.fs.clone(),
@@ -196,46 +186,32 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 t.ambiguous.to_string(),
                 storm_notes::ambiguity_ratio(t),
                 t.readback_mismatches.to_string(),
-                count_or_notrun(&o.lost_write),
-                count_or_notrun(&o.stale_exposure),
-                count_or_notrun(&o.cross_file),
-                if o.leaked_pins.notrun.is_some() {
-                    "notrun".into()
-                } else {
-                    o.leaked_pins.count.to_string()
-                },
-                o.blocked.count.to_string(),
-                if o.kernel_warnings.notrun.is_some() {
-                    "notrun".into()
-                } else {
-                    o.kernel_warnings.count.to_string()
-                },
-                o.unexpected_outcomes.count.to_string(),
-            ]
+            ];
+            row.extend(
+                OracleKind::STORM
+                    .iter()
+                    .map(|k| match (k.notrun(o), k.count(o)) {
+                        (Some(_), 0) => "notrun".to_string(),
+                        (_, n) => n.to_string(),
+                    }),
+            );
+            row
         })
         .collect();
-    let mut out = table(
-        &[
-            "pin",
-            "backing",
-            "fs",
-            "map",
-            "pins ok/tried",
-            "writes",
-            "verified",
-            "ambiguous",
-            "amb/ver",
-            "readback-mismatch",
-            "LOST",
-            "STALE",
-            "CROSS",
-            "leaked",
-            "blocked",
-            "kwarn",
-            "unexpected",
-        ],
-        &body,
-    );
+    let mut header = vec![
+        "pin",
+        "backing",
+        "fs",
+        "map",
+        "pins ok/tried",
+        "writes",
+        "verified",
+        "ambiguous",
+        "amb/ver",
+        "readback-mismatch",
+    ];
+    header.extend(OracleKind::STORM.iter().map(|k| k.column()));
+    let mut out = table(&header, &body);
     for s in storms.iter().filter(|s| s.outcome != "ok") {
         let _ = writeln!(
             out,
@@ -293,17 +269,22 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
     }
     for s in storms {
         let o = &s.oracle;
-        for (name, f) in [
-            ("LOST WRITE", &o.lost_write),
-            ("STALE EXPOSURE", &o.stale_exposure),
-            ("CROSS-FILE", &o.cross_file),
-            ("UNEXPECTED OUTCOME", &o.unexpected_outcomes),
-        ] {
+        for (kind, f) in OracleKind::STORM
+            .iter()
+            .filter_map(|k| Some((k, k.finding(o)?)))
+        {
             if let Some(v) = f.examples.first() {
                 let _ = writeln!(
                     out,
-                    "\n  {name} ({} in all) in {} {} {}: {} offset {}+{}",
-                    f.count, s.pin, s.backing, s.map, v.file, v.offset, v.len
+                    "\n  {} ({} in all) in {} {} {}: {} offset {}+{}",
+                    kind.name().replace('_', " ").to_uppercase(),
+                    f.count,
+                    s.pin,
+                    s.backing,
+                    s.map,
+                    v.file,
+                    v.offset,
+                    v.len
                 );
                 let _ = writeln!(out, "    {}", v.what);
                 for h in &v.history {
@@ -477,11 +458,11 @@ pub fn leases(out: &mut String, l: &LeaseResults) {
             let judged: Vec<_> = s
                 .verdicts
                 .iter()
-                .filter(|v| v.verdict == verdict::AS_EXPECTED || v.verdict == verdict::DIFFERS)
+                .filter(|v| v.verdict.is_judged())
                 .collect();
             let differ: Vec<_> = judged
                 .iter()
-                .filter(|v| v.verdict == verdict::DIFFERS)
+                .filter(|v| v.verdict == Verdict::Differs)
                 .collect();
             if differ.is_empty() {
                 let _ = writeln!(out, "    {} facts as expected", judged.len());
@@ -497,7 +478,19 @@ pub fn leases(out: &mut String, l: &LeaseResults) {
                 );
             }
             for v in &s.violations {
-                let _ = writeln!(out, "    PIN OUTLIVED LEASE: {}", v.what);
+                let _ = writeln!(
+                    out,
+                    "    pin outlived the lease ({}): {}",
+                    match s
+                        .verdicts
+                        .iter()
+                        .find(|f| f.fact == "device_write_after_break")
+                    {
+                        Some(f) => f.verdict.words(),
+                        None => Verdict::NoExpectation.words(),
+                    },
+                    v.what
+                );
             }
         }
     }
@@ -587,16 +580,17 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
         let differ: Vec<&ProbeRow> = r
             .probe
             .iter()
-            .filter(|p| p.verdict == verdict::DIFFERS)
+            .filter(|p| p.verdict == Verdict::Differs)
             .collect();
         if let Some(x) = &r.expectations {
+            let count = |v: Verdict| r.probe.iter().filter(|p| p.verdict == v).count();
             if differ.is_empty() {
                 let _ = writeln!(
                     out,
                     "  All {} measured cells with an expectation agree with {} ({} without one).",
-                    x.checked - x.without_expectation,
+                    count(Verdict::AsExpected),
                     x.origin,
-                    x.without_expectation
+                    count(Verdict::NoExpectation)
                 );
             } else {
                 let _ = writeln!(
@@ -664,8 +658,56 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
     if let Some(err) = &r.error {
         let _ = writeln!(out, "\nSTOPPED by an error: {err}");
     }
+    verdict_section(&mut out, r);
     if let Some(p) = result_path {
         let _ = writeln!(out, "\nresult: {}", p.display());
     }
     out
+}
+
+/// The run's verdict ([`verdict::judge`]), the same one the exit status, KTAP and JUnit
+/// give: each differing fact, the storm oracles that had no expectation but counted
+/// something, and the line with the exit status.
+fn verdict_section(out: &mut String, r: &RunResult) {
+    let j = verdict::judge(r);
+    let _ = writeln!(out, "\nVerdict: {}", j.line());
+    for f in j.differing() {
+        let _ = writeln!(
+            out,
+            "  DIFFERS: {}: measured {}, expected {}{}",
+            f.name,
+            f.measured,
+            f.expected.as_deref().unwrap_or("?"),
+            f.why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        );
+        if let Some(n) = &f.note {
+            let _ = writeln!(out, "    {n}");
+        }
+    }
+    let unjudged: Vec<String> = j
+        .facts
+        .iter()
+        .filter(|f| {
+            f.class == verdict::FactClass::Storm
+                && f.verdict == Verdict::NoExpectation
+                && f.measured.parse::<u64>().is_ok_and(|n| n > 0)
+        })
+        .map(|f| format!("{} {}", f.name, f.measured))
+        .collect();
+    if !unjudged.is_empty() {
+        let _ = writeln!(
+            out,
+            "  counted with no expectation to judge them by (not part of the exit status): {}",
+            unjudged.join("; ")
+        );
+    }
+    if matches!(j.status, Status::Error(_) | Status::Interrupted(_)) {
+        let _ = writeln!(
+            out,
+            "  the run did not complete: facts it did not reach were not judged"
+        );
+    }
 }

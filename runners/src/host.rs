@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use pinstorm_analysis::expect::{verdict, Expectations};
+use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::{
     BackingRecord, ExpectationsRecord, HugepageRecord, PinCounters, RunResult, ScenarioRecord,
     Tool, SCHEMA_NAME, SCHEMA_VERSION,
 };
 use pinstorm_analysis::store;
+use pinstorm_analysis::verdict::{self, Verdict};
 use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::HugePageReservation;
@@ -69,24 +70,12 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// Exit status for CI: 0 all as expected, 3 some cell differs from expectations,
-    /// 1 the run stopped on an error, 128+N stopped by signal N.
+    /// Exit status for CI, from the run's one verdict ([`verdict::judge`], which the summary
+    /// and the KTAP/JUnit exports read too): 0 every judged fact as expected, 3 a fact
+    /// differs from the expectations, 1 the run stopped on an error, 128+N stopped by
+    /// signal N.
     pub fn exit_code(&self) -> i32 {
-        if let Some(sig) = signals::pending() {
-            return 128 + sig;
-        }
-        if self.result.error.is_some() {
-            return 1;
-        }
-        if self
-            .result
-            .probe
-            .iter()
-            .any(|p| p.verdict == verdict::DIFFERS)
-        {
-            return 3;
-        }
-        0
+        verdict::judge(&self.result).exit_code()
     }
 }
 
@@ -317,6 +306,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         probe: Vec::new(),
         storms: Vec::new(),
         leases: None,
+        storm_verdicts: Vec::new(),
         bench: Vec::new(),
         expectations: None,
         pin_counters: None,
@@ -324,6 +314,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         notes: Vec::new(),
         lab: None,
     };
+    result.notes.extend(unjudged_kinds(opts));
     let path = store::write_result(&dir, &result).context("writing the initial result")?;
     log(opts, &format!("run {run_id}, result {}", path.display()));
 
@@ -364,6 +355,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         result.complete = false;
         result.interrupted = Some(signals::signal_name(sig).into());
     }
+    summarize_expectations(opts, &mut result);
     result.finished = Some(now_rfc3339());
     let path = store::write_result(&dir, &result).context("writing the final result")?;
     Ok(RunOutcome { result, path })
@@ -511,10 +503,9 @@ fn run_jobs(
                 None => std::env::current_exe()
                     .context("finding the pinstorm binary for lease holders")?,
             };
-            let facts = pinstorm_analysis::expect::FactExpectations::builtin();
             let ctx = crate::lease::LeaseContext {
                 backings: &backings,
-                facts: &facts,
+                facts: opts.expectations.facts(),
                 kernel,
                 seed: s.seed,
                 run_tag: run_tag(run_id),
@@ -527,6 +518,7 @@ fn run_jobs(
             let mut out = result.leases.take().unwrap_or_default();
             let r = crate::lease::run(job, &ctx, &progress, &mut out);
             result.leases = Some(out);
+            summarize_expectations(opts, result);
             store::write_result(path.parent().expect("result dir"), result)?;
             r?;
             // `_guard` restores fs/lease-break-time here, on every path out of this block.
@@ -542,6 +534,8 @@ fn run_jobs(
                 kmsg: &kmsg,
             };
             let r = storm::run(job, &ctx, &progress, &mut result.storms);
+            judge_storms(opts, kernel, result);
+            summarize_expectations(opts, result);
             store::write_result(path.parent().expect("result dir"), result)?;
             r?;
         }
@@ -601,22 +595,69 @@ fn lease_break_time(
     Ok((used, guard))
 }
 
-fn summarize_expectations(opts: &RunOptions, result: &mut RunResult) {
-    let measured: Vec<_> = result
-        .probe
+/// Notes for the kinds of facts the scenario measures that the expectations have no rules
+/// for (a `--expectations` set without `[[fact]]` rules, say): those facts are reported as
+/// `no-expectation` and never change the exit status, which should not go unnoticed.
+fn unjudged_kinds(opts: &RunOptions) -> Vec<String> {
+    let s = &opts.scenario;
+    let (pins, facts, oracles) = opts.expectations.counts();
+    let mut out = Vec::new();
+    let mut say = |what: &str, kind: &str| {
+        out.push(format!(
+            "the expectations ({}) have no {kind} rules: {what} are not judged (no-expectation)",
+            opts.expectations.origin
+        ))
+    };
+    if pins == 0 && (s.probe.is_some() || s.storm.is_some()) {
+        say("probe cells and storm registrations", "[[expect]]");
+    }
+    if facts == 0 && s.lease.as_ref().is_some_and(|l| !l.lifecycle.is_empty()) {
+        say("lease lifecycle facts", "[[fact]]");
+    }
+    if oracles == 0 && s.storm.is_some() {
+        say("storm oracle counts", "[[oracle]]");
+    }
+    out
+}
+
+/// Judge every storm that ran against the expectations (its registrations and oracle
+/// counts), for `storm_verdicts`.
+fn judge_storms(opts: &RunOptions, kernel: &KernelRelease, result: &mut RunResult) {
+    let is_rdma =
+        |pin: &str| pinstorm_workloads::pin::PinKind::parse(pin).is_ok_and(|p| p.is_rdma());
+    // The device the rdma pin paths used, as the storm matched its `[[expect]]` rule.
+    let rdma_device = result
+        .storms
         .iter()
-        .filter(|p| p.verdict != verdict::NOTRUN)
+        .any(|s| is_rdma(&s.pin))
+        .then(pinstorm_workloads::pin::rdma::device_name)
+        .flatten();
+    result.storm_verdicts = result
+        .storms
+        .iter()
+        .flat_map(|s| {
+            let dev = rdma_device.as_deref().filter(|_| is_rdma(&s.pin));
+            verdict::judge_storm(&opts.expectations, s, kernel, dev)
+                .into_iter()
+                .map(|fact| pinstorm_analysis::schema::StormVerdict {
+                    pin: s.pin.clone(),
+                    backing: s.backing.clone(),
+                    map: s.map.clone(),
+                    fact,
+                })
+        })
         .collect();
+}
+
+/// How the run's facts fared against the expectations so far (from the one judgement).
+fn summarize_expectations(opts: &RunOptions, result: &mut RunResult) {
+    let j = verdict::judge(result);
     result.expectations = Some(ExpectationsRecord {
         origin: opts.expectations.origin.clone(),
-        checked: measured.len(),
-        differing: measured
-            .iter()
-            .filter(|p| p.verdict == verdict::DIFFERS)
-            .count(),
-        without_expectation: measured
-            .iter()
-            .filter(|p| p.verdict == verdict::NO_EXPECTATION)
-            .count(),
+        checked: j.count(Verdict::AsExpected)
+            + j.count(Verdict::Differs)
+            + j.count(Verdict::NoExpectation),
+        differing: j.count(Verdict::Differs),
+        without_expectation: j.count(Verdict::NoExpectation),
     });
 }

@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use pinstorm_analysis::expect::{verdict, FactExpectations};
+use pinstorm_analysis::expect::{judge_fact, FactExpectations};
 use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::{
@@ -816,26 +816,15 @@ fn lifecycle(
     }
     let verdicts = facts
         .iter()
-        .map(|(k, v)| match ctx.facts.lookup(l.name(), k, ctx.kernel) {
-            None => FactVerdict {
+        .map(|(k, v)| {
+            let (verdict, rule) = judge_fact(ctx.facts, l.name(), k, ctx.kernel, v);
+            FactVerdict {
                 fact: k.clone(),
                 measured: v.clone(),
-                expected: None,
-                verdict: verdict::NO_EXPECTATION.into(),
-                why: None,
-            },
-            Some(r) => FactVerdict {
-                fact: k.clone(),
-                measured: v.clone(),
-                expected: Some(r.value.clone()),
-                verdict: if r.value == *v {
-                    verdict::AS_EXPECTED
-                } else {
-                    verdict::DIFFERS
-                }
-                .into(),
-                why: Some(r.why.clone()),
-            },
+                expected: rule.map(|r| r.value.clone()),
+                verdict,
+                why: rule.map(|r| r.why.clone()),
+            }
         })
         .collect();
     Ok(LifecycleResult {

@@ -146,7 +146,7 @@ fn row(
         dax,
         device_io,
         expected: rule.map(|r| r.outcome.clone()),
-        verdict: verdict.into(),
+        verdict,
         expected_because: rule.map(|r| r.why.clone()),
     }
 }

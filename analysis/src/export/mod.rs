@@ -7,6 +7,7 @@ pub mod junit;
 pub mod ktap;
 
 use crate::schema::RunResult;
+use crate::verdict::{self, FactClass, Verdict};
 
 /// How a test case ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,7 +19,8 @@ pub enum Status {
     Skip(String),
 }
 
-/// One test case: a probe cell, an oracle of a storm, a lease lifecycle fact.
+/// One test case: a probe cell, a storm's registrations or oracle count, a lease lifecycle
+/// fact, the run's completion.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Case {
     /// `probe`, `storm`, `lifecycle`, `run`.
@@ -29,146 +31,55 @@ pub struct Case {
     pub note: Option<String>,
 }
 
-/// The test cases of a run: each probe cell (fails when it differs from the expectations),
-/// each oracle of each storm (fails on any violation), each lease lifecycle fact, and the
-/// run itself (fails when it did not complete).
+/// The test cases of a run: every fact [`verdict::judge`] judged, one case each, and the
+/// run itself. A case fails exactly when its fact differs from the expectations (or the run
+/// stopped), so a run's KTAP has a `not ok` line exactly when `pinstorm run` exited non-zero.
+/// Facts without an expectation pass with a note saying so; facts that did not run are
+/// skipped with the reason.
 pub fn cases(r: &RunResult) -> Vec<Case> {
-    let mut v = Vec::new();
-    let reason = |x: &Option<String>| x.clone().unwrap_or_else(|| "no reason recorded".into());
-    for p in &r.probe {
-        let name = format!(
-            "probe {} {} {} {} ({})",
-            p.pin, p.backing, p.map, p.access, p.fs
-        );
-        let (status, note) = match p.verdict.as_str() {
-            _ if p.outcome == "notrun" => (Status::Skip(reason(&p.reason)), None),
-            "differs" => (
-                Status::Fail(format!(
-                    "outcome {}, expected {}{}",
-                    p.outcome,
-                    p.expected.as_deref().unwrap_or("?"),
-                    p.expected_because
+    let judgement = verdict::judge(r);
+    judgement
+        .facts
+        .into_iter()
+        .map(|f| {
+            let why = f.why.clone().unwrap_or_else(|| "no reason recorded".into());
+            let status = match f.verdict {
+                Verdict::Differs => Status::Fail(format!(
+                    "measured {}, expected {}{}{}",
+                    f.measured,
+                    f.expected.as_deref().unwrap_or("?"),
+                    f.why
                         .as_deref()
                         .map(|b| format!(" ({b})"))
+                        .unwrap_or_default(),
+                    f.note
+                        .as_deref()
+                        .map(|n| format!("; {n}"))
                         .unwrap_or_default()
                 )),
-                None,
-            ),
-            "no-expectation" => (
-                Status::Pass,
-                Some(format!(
-                    "outcome {}, no expectation for this kernel",
-                    p.outcome
+                Verdict::Error => Status::Fail(why),
+                Verdict::NotRun => Status::Skip(why),
+                Verdict::AsExpected | Verdict::NoExpectation => Status::Pass,
+            };
+            let note = match f.verdict {
+                Verdict::AsExpected if f.class == FactClass::Run => None,
+                Verdict::AsExpected => Some(format!("measured {}", f.measured)),
+                Verdict::NoExpectation => Some(format!(
+                    "measured {}, no expectation for this kernel",
+                    f.measured
                 )),
-            ),
-            _ => (Status::Pass, Some(format!("outcome {}", p.outcome))),
-        };
-        v.push(Case {
-            class: "probe",
-            name,
-            status,
-            note,
-        });
-    }
-    for s in &r.storms {
-        let cell = format!("storm {} {} {}", s.pin, s.backing, s.map);
-        if s.outcome == "notrun" {
-            v.push(Case {
-                class: "storm",
-                name: cell,
-                status: Status::Skip(reason(&s.reason)),
-                note: None,
+                _ => None,
+            }
+            .map(|n| match &f.note {
+                Some(more) => format!("{n}; {more}"),
+                None => n,
             });
-            continue;
-        }
-        let o = &s.oracle;
-        let findings = [
-            ("lost_write", o.lost_write.count, &o.lost_write.notrun),
-            (
-                "stale_exposure",
-                o.stale_exposure.count,
-                &o.stale_exposure.notrun,
-            ),
-            ("cross_file", o.cross_file.count, &o.cross_file.notrun),
-            ("leaked_pins", o.leaked_pins.count, &o.leaked_pins.notrun),
-            ("blocked", o.blocked.count, &None),
-            (
-                "kernel_warnings",
-                o.kernel_warnings.count,
-                &o.kernel_warnings.notrun,
-            ),
-            (
-                "unexpected_outcomes",
-                o.unexpected_outcomes.count,
-                &o.unexpected_outcomes.notrun,
-            ),
-        ];
-        for (name, count, notrun) in findings {
-            let status = match notrun {
-                Some(why) => Status::Skip(why.clone()),
-                None if count > 0 => Status::Fail(format!("{count} {name} violation(s)")),
-                None => Status::Pass,
-            };
-            v.push(Case {
-                class: "storm",
-                name: format!("{cell} {name}"),
+            Case {
+                class: f.class.name(),
+                name: f.name,
                 status,
-                note: None,
-            });
-        }
-    }
-    for c in r.leases.iter().flat_map(|l| &l.lifecycle) {
-        let cell = format!("lifecycle {} {}", c.scenario, c.backing);
-        if c.outcome == "notrun" {
-            v.push(Case {
-                class: "lifecycle",
-                name: cell,
-                status: Status::Skip(reason(&c.reason)),
-                note: None,
-            });
-            continue;
-        }
-        for f in &c.verdicts {
-            let status = if f.verdict == "differs" {
-                Status::Fail(format!(
-                    "{} measured {}, expected {}",
-                    f.fact,
-                    f.measured,
-                    f.expected.as_deref().unwrap_or("?")
-                ))
-            } else {
-                Status::Pass
-            };
-            v.push(Case {
-                class: "lifecycle",
-                name: format!("{cell} {}", f.fact),
-                status,
-                note: Some(format!("measured {}", f.measured)),
-            });
-        }
-        if !c.violations.is_empty() {
-            v.push(Case {
-                class: "lifecycle",
-                name: format!("{cell} violations"),
-                status: Status::Fail(format!("{} violation(s)", c.violations.len())),
-                note: None,
-            });
-        }
-    }
-    let status = if r.complete {
-        Status::Pass
-    } else {
-        Status::Fail(match (&r.interrupted, &r.error) {
-            (Some(sig), _) => format!("interrupted by {sig}"),
-            (_, Some(e)) => format!("stopped on an error: {e}"),
-            _ => "did not complete".into(),
+                note,
+            }
         })
-    };
-    v.push(Case {
-        class: "run",
-        name: "run completed".into(),
-        status,
-        note: None,
-    });
-    v
+        .collect()
 }

@@ -44,8 +44,8 @@ pub struct GuestPlan {
     pub origin: String,
     pub seed: Option<u64>,
     pub label: Option<String>,
-    /// The expectations file's text, when the user gave one.
-    pub expectations: Option<(String, String)>,
+    /// The `--expectations` files as (origin, text), when the user gave any.
+    pub expectations: Option<Vec<(String, String)>>,
     /// The staging directory (same path in the guest and on the host).
     pub stage: PathBuf,
     pub pmem: PmemMode,
@@ -378,7 +378,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     }
     let expectations = match &plan.expectations {
         None => Expectations::builtin(),
-        Some((text, origin)) => Expectations::parse(text, origin)?,
+        Some(sources) => Expectations::from_sources(sources)?,
     };
     let exec_env: Vec<(String, String)> = [
         ("PINSTORM_LAB_XFS_DAX", targets.dax_dirs.get("xfs")),

@@ -47,7 +47,8 @@ pub struct LabOptions {
     pub scenario_name: String,
     pub seed: Option<u64>,
     pub label: Option<String>,
-    pub expectations: Option<(String, String)>,
+    /// The `--expectations` files as (origin, text), in order; None: the built-in ones.
+    pub expectations: Option<Vec<(String, String)>>,
     pub results_root: PathBuf,
     pub cache: PathBuf,
     pub vng: Option<PathBuf>,
@@ -74,8 +75,10 @@ pub struct LabOptions {
 pub struct KernelOutcome {
     pub spec: String,
     pub release: Option<String>,
-    /// `ok`, `differs` (a probe cell differs from the expectations), `kernel-warning` (the
-    /// console shows a WARNING, hung task, RCU stall or lockdep report), `oops`, `panic`,
+    /// `ok`, `differs` (a fact of the result differs from the expectations: a probe cell, a
+    /// storm's registrations or oracle count, a lease lifecycle fact; as `pinstorm run`
+    /// would exit 3), `kernel-warning` (the console shows a WARNING, hung task, RCU stall or
+    /// lockdep report), `oops`, `panic`,
     /// `timeout`, `guest-error`, `setup-error`, `interrupted`.
     pub status: String,
     pub result: Option<PathBuf>,
@@ -664,10 +667,9 @@ fn run_one(
     };
     drop(guard);
 
-    let differs = result
-        .probe
-        .iter()
-        .any(|p| p.verdict == pinstorm_analysis::expect::verdict::DIFFERS);
+    // The same judgement as the run's exit status and its KTAP/JUnit export.
+    let differs = pinstorm_analysis::verdict::judge(&result).status
+        == pinstorm_analysis::verdict::Status::Differs;
     let warned = lab_events_warn(result.lab.as_ref());
     let status = match status {
         "ok" if differs => "differs",
@@ -724,6 +726,7 @@ fn placeholder_result(opts: &LabOptions, kernel: &Kernel, run_id: &str, reason: 
         bench: Vec::new(),
         storms: Vec::new(),
         leases: None,
+        storm_verdicts: Vec::new(),
         expectations: None,
         pin_counters: None,
         hugepages: None,
@@ -796,11 +799,12 @@ pub fn summarize(r: &RunResult) -> String {
         }
     }
     if !r.probe.is_empty() {
-        let count = |v: &str| r.probe.iter().filter(|p| p.verdict == v).count();
+        use pinstorm_analysis::verdict::Verdict;
+        let count = |v: Verdict| r.probe.iter().filter(|p| p.verdict == v).count();
         parts.push(format!(
             "probe {} as expected, {} differ, {} notrun",
-            count(pinstorm_analysis::expect::verdict::AS_EXPECTED),
-            count(pinstorm_analysis::expect::verdict::DIFFERS),
+            count(Verdict::AsExpected),
+            count(Verdict::Differs),
             r.probe.iter().filter(|p| p.outcome == "notrun").count()
         ));
     }

@@ -1,0 +1,883 @@
+//! The verdict of a run, decided in one place. [`judge`] reads a result and returns every
+//! measured fact with its verdict against the expectations, and the run's status; the exit
+//! status of `pinstorm run`, the summary, the KTAP and JUnit exporters, the `differs` count
+//! of `compare` and its gates, and the lab's per-kernel status all read it, so they cannot
+//! disagree.
+//!
+//! The facts of a run:
+//!
+//! - each probe cell's outcome (judged by `[[expect]]` rules when the probe ran);
+//! - each storm's registrations (`[[expect]]`) and each oracle's count (`[[oracle]]`),
+//!   judged when the storm ran ([`judge_storm`]) and stored in `storm_verdicts`;
+//! - each lease lifecycle fact (`[[fact]]`), judged when the scenario ran;
+//! - whether the run completed.
+//!
+//! Status, and the exit status it gives: a signal stopped the run (128 + N) > the run
+//! stopped on an error or did not complete (1) > a fact differs (3) > every judged fact as
+//! expected (0). Facts with no expectation or that did not run never change the status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::expect::{rule_oracles, Cell, Expectations};
+use crate::kernel::KernelRelease;
+use crate::oracle::OracleKind;
+use crate::schema::{FactVerdict, RunResult, StormResult};
+
+/// How a measured fact compares with its expectation. Serialized as the strings the result
+/// schema has always used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    #[serde(rename = "as-expected")]
+    AsExpected,
+    #[serde(rename = "differs")]
+    Differs,
+    #[serde(rename = "no-expectation")]
+    NoExpectation,
+    #[serde(rename = "notrun")]
+    NotRun,
+    /// The fact could not be measured because the run failed (the run itself, say).
+    #[serde(rename = "error")]
+    Error,
+}
+
+impl Verdict {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::AsExpected => "as-expected",
+            Verdict::Differs => "differs",
+            Verdict::NoExpectation => "no-expectation",
+            Verdict::NotRun => "notrun",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// In words, for tables: `as expected`, `DIFFERS`, `no expectation`, `notrun`, `ERROR`.
+    pub const fn words(self) -> &'static str {
+        match self {
+            Verdict::AsExpected => "as expected",
+            Verdict::Differs => "DIFFERS",
+            Verdict::NoExpectation => "no expectation",
+            Verdict::NotRun => "notrun",
+            Verdict::Error => "ERROR",
+        }
+    }
+
+    /// Whether the fact was compared with an expectation.
+    pub const fn is_judged(self) -> bool {
+        matches!(self, Verdict::AsExpected | Verdict::Differs)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of fact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactClass {
+    Probe,
+    Storm,
+    Lifecycle,
+    Run,
+}
+
+impl FactClass {
+    pub const fn name(self) -> &'static str {
+        match self {
+            FactClass::Probe => "probe",
+            FactClass::Storm => "storm",
+            FactClass::Lifecycle => "lifecycle",
+            FactClass::Run => "run",
+        }
+    }
+}
+
+/// One fact of a run and its verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judged {
+    pub class: FactClass,
+    /// `probe io_uring tmpfs shared rw (tmpfs)`, `storm io_uring tmpfs shared lost_write`,
+    /// `lifecycle dup-close tmpfs lease_ended`, `run completed`.
+    pub name: String,
+    pub verdict: Verdict,
+    pub measured: String,
+    pub expected: Option<String>,
+    /// The rule's reason; for `notrun`, why it did not run; for `error`, what went wrong.
+    pub why: Option<String>,
+    /// More about the measurement: the device I/O of a cell, the violations behind a count.
+    pub note: Option<String>,
+}
+
+/// The run as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The run completed and every judged fact is as expected.
+    AsExpected,
+    /// The run completed and at least one fact differs from the expectations.
+    Differs,
+    /// The run stopped on an error, or did not complete.
+    Error(String),
+    /// A signal stopped the run (its name, e.g. `SIGINT`).
+    Interrupted(String),
+}
+
+/// The number of a signal pinstorm handles, by the name a result records.
+pub fn signal_number(name: &str) -> Option<i32> {
+    Some(match name {
+        "SIGHUP" => 1,
+        "SIGINT" => 2,
+        "SIGQUIT" => 3,
+        "SIGTERM" => 15,
+        _ => return None,
+    })
+}
+
+impl Status {
+    /// 0 as expected, 3 differs, 1 error, 128 + N stopped by signal N (1 when the signal is
+    /// not one pinstorm handles).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Status::AsExpected => 0,
+            Status::Differs => 3,
+            Status::Error(_) => 1,
+            Status::Interrupted(sig) => signal_number(sig).map_or(1, |n| 128 + n),
+        }
+    }
+}
+
+/// Every fact of a run with its verdict, and the run's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    pub facts: Vec<Judged>,
+    pub status: Status,
+}
+
+impl Judgement {
+    pub fn exit_code(&self) -> i32 {
+        self.status.exit_code()
+    }
+
+    /// How many facts (not counting the run itself) have this verdict.
+    pub fn count(&self, v: Verdict) -> usize {
+        self.measured().filter(|f| f.verdict == v).count()
+    }
+
+    /// The facts of the run's measurements (every fact but the run's completion).
+    pub fn measured(&self) -> impl Iterator<Item = &Judged> {
+        self.facts.iter().filter(|f| f.class != FactClass::Run)
+    }
+
+    pub fn differing(&self) -> impl Iterator<Item = &Judged> {
+        self.facts.iter().filter(|f| f.verdict == Verdict::Differs)
+    }
+
+    /// One line: how many facts were judged and how they fared, and the exit status.
+    pub fn line(&self) -> String {
+        let judged = self.count(Verdict::AsExpected) + self.count(Verdict::Differs);
+        let mut s = match &self.status {
+            Status::AsExpected => format!("all {judged} judged facts as expected"),
+            Status::Differs => format!(
+                "{} of {judged} judged facts DIFFER from the expectations",
+                self.count(Verdict::Differs)
+            ),
+            Status::Error(e) => format!("ERROR: {e}"),
+            Status::Interrupted(sig) => format!("INTERRUPTED by {sig}"),
+        };
+        s.push_str(&format!(
+            " ({} without expectation, {} notrun); exit status {}",
+            self.count(Verdict::NoExpectation),
+            self.count(Verdict::NotRun),
+            self.exit_code()
+        ));
+        s
+    }
+}
+
+fn why_notrun(r: &Option<String>) -> Option<String> {
+    Some(r.clone().unwrap_or_else(|| "no reason recorded".into()))
+}
+
+/// The first example of an oracle's findings in a storm, for the note of its fact.
+fn oracle_note(s: &StormResult, k: OracleKind) -> Option<String> {
+    let o = &s.oracle;
+    if let Some(f) = k.finding(o) {
+        return f
+            .examples
+            .first()
+            .map(|v| format!("e.g. {} offset {}+{}: {}", v.file, v.offset, v.len, v.what));
+    }
+    match k {
+        OracleKind::Blocked => o.blocked.examples.first().map(|b| {
+            format!(
+                "e.g. {} in {} for {}",
+                b.op,
+                b.thread,
+                b.blocked_ms
+                    .map(|m| format!("{m:.1} ms"))
+                    .unwrap_or_else(|| "ever".into())
+            )
+        }),
+        OracleKind::KernelWarnings => o.kernel_warnings.lines.first().cloned(),
+        _ => None,
+    }
+}
+
+/// The name of the storm fact for a storm's registrations.
+pub const REGISTRATIONS: &str = "registrations";
+
+/// Judge a storm that ran against the expectations: its registrations (`[[expect]]`, as
+/// the storm counted them in `unexpected_outcomes`) and each oracle's count (`[[oracle]]`).
+/// Called when the storm has run; the rows go to `storm_verdicts`.
+pub fn judge_storm(
+    exp: &Expectations,
+    s: &StormResult,
+    kernel: &KernelRelease,
+    rdma_device: Option<&str>,
+) -> Vec<FactVerdict> {
+    if s.outcome != "ok" {
+        return Vec::new();
+    }
+    let cell = Cell {
+        pin: &s.pin,
+        backing: &s.backing,
+        fs: &s.fs,
+        map: &s.map,
+        access: "rw",
+        dax: s.dax,
+        rdma_device,
+    };
+    let mut out = Vec::new();
+    let u = &s.oracle.unexpected_outcomes;
+    let t = &s.totals;
+    let mut outcomes: Vec<String> = Vec::new();
+    if t.registrations > 0 {
+        outcomes.push(format!("ok x{}", t.registrations));
+    }
+    outcomes.extend(t.register_errors.iter().map(|(e, n)| format!("{e} x{n}")));
+    let measured = match u.count {
+        0 => outcomes.join(", "),
+        n => format!(
+            "{}; {n} not racing a layout operation gave another outcome than expected",
+            outcomes.join(", ")
+        ),
+    };
+    out.push(match (&u.notrun, exp.lookup(&cell, kernel)) {
+        (Some(why), _) => FactVerdict {
+            fact: REGISTRATIONS.into(),
+            measured,
+            expected: None,
+            verdict: Verdict::NotRun,
+            why: Some(why.clone()),
+        },
+        (None, None) => FactVerdict {
+            fact: REGISTRATIONS.into(),
+            measured,
+            expected: None,
+            verdict: Verdict::NoExpectation,
+            why: None,
+        },
+        (None, Some(r)) => FactVerdict {
+            fact: REGISTRATIONS.into(),
+            measured,
+            expected: Some(r.outcome.clone()),
+            verdict: if u.count > 0 {
+                Verdict::Differs
+            } else {
+                Verdict::AsExpected
+            },
+            why: Some(r.why.clone()),
+        },
+    });
+    for k in rule_oracles() {
+        let count = k.count(&s.oracle);
+        let fv = match (k.notrun(&s.oracle), exp.lookup_oracle(k, &cell, kernel)) {
+            (Some(why), _) => FactVerdict {
+                fact: k.name().into(),
+                measured: count.to_string(),
+                expected: None,
+                verdict: Verdict::NotRun,
+                why: Some(why.to_string()),
+            },
+            (None, None) => FactVerdict {
+                fact: k.name().into(),
+                measured: count.to_string(),
+                expected: None,
+                verdict: Verdict::NoExpectation,
+                why: None,
+            },
+            (None, Some(r)) => FactVerdict {
+                fact: k.name().into(),
+                measured: count.to_string(),
+                expected: Some(r.expected()),
+                verdict: if r.max.is_none_or(|m| count <= m) {
+                    Verdict::AsExpected
+                } else {
+                    Verdict::Differs
+                },
+                why: Some(r.why.clone()),
+            },
+        };
+        out.push(fv);
+    }
+    out
+}
+
+/// Storm facts of a result written before storms were judged (no `storm_verdicts`):
+/// registrations the storm counted as unexpected differ; nothing else was judged.
+fn unjudged_storm(s: &StormResult) -> Vec<FactVerdict> {
+    let u = &s.oracle.unexpected_outcomes;
+    let mut out = vec![FactVerdict {
+        fact: REGISTRATIONS.into(),
+        measured: format!("{} unexpected", u.count),
+        expected: None,
+        verdict: match (&u.notrun, u.count) {
+            (Some(_), _) => Verdict::NotRun,
+            (None, 0) => Verdict::NoExpectation,
+            (None, _) => Verdict::Differs,
+        },
+        why: u.notrun.clone().or_else(|| {
+            (u.count > 0)
+                .then(|| "the storm counted registrations the expectations did not expect".into())
+        }),
+    }];
+    for k in rule_oracles() {
+        out.push(FactVerdict {
+            fact: k.name().into(),
+            measured: k.count(&s.oracle).to_string(),
+            expected: None,
+            verdict: if k.notrun(&s.oracle).is_some() {
+                Verdict::NotRun
+            } else {
+                Verdict::NoExpectation
+            },
+            why: k.notrun(&s.oracle).map(str::to_string),
+        });
+    }
+    out
+}
+
+/// The verdict of a run: every fact, and the status that decides the exit status.
+pub fn judge(r: &RunResult) -> Judgement {
+    let mut facts = Vec::new();
+    for p in &r.probe {
+        let verdict = if p.outcome == "notrun" {
+            Verdict::NotRun
+        } else {
+            p.verdict
+        };
+        facts.push(Judged {
+            class: FactClass::Probe,
+            name: format!(
+                "probe {} {} {} {} ({})",
+                p.pin, p.backing, p.map, p.access, p.fs
+            ),
+            verdict,
+            measured: p.outcome.clone(),
+            expected: p.expected.clone(),
+            why: if verdict == Verdict::NotRun {
+                why_notrun(&p.reason)
+            } else {
+                p.expected_because.clone()
+            },
+            note: p.device_io.as_ref().map(|d| format!("device io {d}")),
+        });
+    }
+    for s in &r.storms {
+        let cell = format!("storm {} {} {}", s.pin, s.backing, s.map);
+        if s.outcome != "ok" {
+            facts.push(Judged {
+                class: FactClass::Storm,
+                name: cell,
+                verdict: Verdict::NotRun,
+                measured: s.outcome.clone(),
+                expected: None,
+                why: why_notrun(&s.reason),
+                note: None,
+            });
+            continue;
+        }
+        let stored: Vec<FactVerdict> = r
+            .storm_verdicts
+            .iter()
+            .filter(|v| v.pin == s.pin && v.backing == s.backing && v.map == s.map)
+            .map(|v| v.fact.clone())
+            .collect();
+        let rows = if stored.is_empty() {
+            unjudged_storm(s)
+        } else {
+            stored
+        };
+        for f in rows {
+            let kind = if f.fact == REGISTRATIONS {
+                Some(OracleKind::UnexpectedOutcomes)
+            } else {
+                OracleKind::parse(&f.fact)
+            };
+            facts.push(Judged {
+                class: FactClass::Storm,
+                name: format!("{cell} {}", f.fact),
+                verdict: f.verdict,
+                measured: f.measured,
+                expected: f.expected,
+                why: f.why,
+                note: kind.and_then(|k| oracle_note(s, k)),
+            });
+        }
+    }
+    for c in r.leases.iter().flat_map(|l| &l.lifecycle) {
+        let cell = format!("lifecycle {} {}", c.scenario, c.backing);
+        if c.outcome != "ok" {
+            facts.push(Judged {
+                class: FactClass::Lifecycle,
+                name: cell,
+                verdict: Verdict::NotRun,
+                measured: c.outcome.clone(),
+                expected: None,
+                why: why_notrun(&c.reason),
+                note: None,
+            });
+            continue;
+        }
+        // A pin that outlived its lease is what the fact `device_write_after_break = lost`
+        // says; the expectations judge that fact, and the violation explains it.
+        let outlived = (!c.violations.is_empty()).then(|| {
+            c.violations
+                .iter()
+                .map(|v| v.what.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let mut explained = false;
+        for f in &c.verdicts {
+            let note = if f.fact == "device_write_after_break" {
+                explained = true;
+                outlived.clone()
+            } else {
+                None
+            };
+            facts.push(Judged {
+                class: FactClass::Lifecycle,
+                name: format!("{cell} {}", f.fact),
+                verdict: f.verdict,
+                measured: f.measured.clone(),
+                expected: f.expected.clone(),
+                why: f.why.clone(),
+                note,
+            });
+        }
+        if let (Some(what), false) = (&outlived, explained) {
+            facts.push(Judged {
+                class: FactClass::Lifecycle,
+                name: format!("{cell} violations"),
+                verdict: Verdict::NoExpectation,
+                measured: c.violations.len().to_string(),
+                expected: None,
+                why: None,
+                note: Some(what.clone()),
+            });
+        }
+    }
+    let status = match (&r.interrupted, &r.error, r.complete) {
+        (Some(sig), _, _) => Status::Interrupted(sig.clone()),
+        (None, Some(e), _) => Status::Error(e.clone()),
+        (None, None, false) => Status::Error("the run did not complete".into()),
+        (None, None, true) if facts.iter().any(|f| f.verdict == Verdict::Differs) => {
+            Status::Differs
+        }
+        (None, None, true) => Status::AsExpected,
+    };
+    facts.push(Judged {
+        class: FactClass::Run,
+        name: "run completed".into(),
+        verdict: match status {
+            Status::AsExpected | Status::Differs => Verdict::AsExpected,
+            _ => Verdict::Error,
+        },
+        measured: if r.complete {
+            "complete".into()
+        } else {
+            "incomplete".into()
+        },
+        expected: Some("complete".into()),
+        why: match &status {
+            Status::Interrupted(sig) => Some(format!("interrupted by {sig}")),
+            Status::Error(e) => Some(format!("stopped on an error: {e}")),
+            _ => None,
+        },
+        note: None,
+    });
+    Judgement { facts, status }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::export::{cases, Status as CaseStatus};
+    use crate::schema::*;
+
+    fn result() -> RunResult {
+        crate::schema::planted()
+    }
+
+    fn probe(access: &str, outcome: &str, expected: Option<&str>, verdict: Verdict) -> ProbeRow {
+        ProbeRow {
+            pin: "io_uring".into(),
+            backing: "anon".into(),
+            fs: "anon".into(),
+            map: "shared".into(),
+            access: access.into(),
+            size: 2 << 20,
+            outcome: outcome.into(),
+            reason: (outcome == "notrun").then(|| "planted reason".into()),
+            dax: Some(false),
+            device_io: None,
+            expected: expected.map(str::to_string),
+            verdict,
+            expected_because: expected.map(|_| "planted rule".into()),
+        }
+    }
+
+    fn fact(name: &str, measured: &str, expected: Option<&str>, verdict: Verdict) -> FactVerdict {
+        FactVerdict {
+            fact: name.into(),
+            measured: measured.into(),
+            expected: expected.map(str::to_string),
+            verdict,
+            why: expected.map(|_| "planted rule".into()),
+        }
+    }
+
+    fn lifecycle(verdicts: Vec<FactVerdict>, violations: usize) -> LifecycleResult {
+        LifecycleResult {
+            scenario: "dup-close".into(),
+            backing: "tmpfs".into(),
+            fs: "tmpfs".into(),
+            outcome: "ok".into(),
+            reason: None,
+            breaker: "open-rdwr".into(),
+            breaker_result: Some("ok".into()),
+            breaker_wait_ms: Some(0.2),
+            facts: BTreeMap::new(),
+            verdicts,
+            violations: (0..violations)
+                .map(|_| Violation {
+                    file: "f".into(),
+                    offset: 0,
+                    len: 4096,
+                    what: "the pin outlived the lease".into(),
+                    at_ms: 1.0,
+                    history: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn storm(backing: &str, fs: &str, lost: u64) -> StormResult {
+        StormResult {
+            pin: "io_uring".into(),
+            backing: backing.into(),
+            fs: fs.into(),
+            map: "shared".into(),
+            outcome: "ok".into(),
+            reason: None,
+            dax: Some(false),
+            pinners: 2,
+            disruptors: 1,
+            file_size: 2 << 20,
+            hold_ns: 2_000_000,
+            duration_ms: 1000,
+            seed: 1,
+            totals: StormTotals {
+                registrations: 100,
+                ..StormTotals::default()
+            },
+            register: None,
+            register_histogram: None,
+            layout_ops: vec![],
+            timeline: vec![],
+            oracle: Oracle {
+                lost_write: OracleFinding {
+                    count: lost,
+                    ..OracleFinding::default()
+                },
+                ..Oracle::default()
+            },
+            sequence_head: vec![],
+        }
+    }
+
+    fn with_lease(mut r: RunResult, l: LifecycleResult) -> RunResult {
+        r.leases = Some(LeaseResults {
+            lifecycle: vec![l],
+            ..LeaseResults::default()
+        });
+        r
+    }
+
+    /// Every exporter case fails exactly when the exit status is not 0.
+    fn assert_exports_agree(r: &RunResult) {
+        let j = judge(r);
+        let failing: Vec<_> = cases(r)
+            .into_iter()
+            .filter(|c| matches!(c.status, CaseStatus::Fail(_)))
+            .collect();
+        assert_eq!(
+            failing.is_empty(),
+            j.exit_code() == 0,
+            "exit {} but failing cases {failing:?}",
+            j.exit_code()
+        );
+    }
+
+    #[test]
+    fn verdicts_serialize_to_the_strings_the_schema_has_always_used() {
+        for (v, s) in [
+            (Verdict::AsExpected, "as-expected"),
+            (Verdict::Differs, "differs"),
+            (Verdict::NoExpectation, "no-expectation"),
+            (Verdict::NotRun, "notrun"),
+            (Verdict::Error, "error"),
+        ] {
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(s));
+            assert_eq!(v.as_str(), s);
+            assert_eq!(serde_json::from_value::<Verdict>(s.into()).unwrap(), v);
+        }
+        assert!(serde_json::from_value::<Verdict>("maybe".into()).is_err());
+    }
+
+    #[test]
+    fn a_run_whose_facts_all_agree_exits_0_whatever_has_no_expectation_or_did_not_run() {
+        let mut r = result();
+        r.probe = vec![
+            probe("rw", "ok", Some("ok"), Verdict::AsExpected),
+            probe("ro", "EFAULT", None, Verdict::NoExpectation),
+            probe("rw", "notrun", None, Verdict::NotRun),
+        ];
+        let r = with_lease(
+            r,
+            lifecycle(
+                vec![
+                    fact("lease_ended", "unlock", Some("unlock"), Verdict::AsExpected),
+                    fact("new_fact", "x", None, Verdict::NoExpectation),
+                ],
+                0,
+            ),
+        );
+        let j = judge(&r);
+        assert_eq!(j.status, Status::AsExpected);
+        assert_eq!(j.exit_code(), 0);
+        assert_eq!(j.count(Verdict::AsExpected), 2);
+        assert_eq!(j.count(Verdict::NoExpectation), 2);
+        assert_eq!(j.count(Verdict::NotRun), 1);
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn a_lease_fact_alone_that_differs_makes_the_run_exit_3_and_is_the_only_failing_case() {
+        let r = with_lease(
+            result(),
+            lifecycle(
+                vec![
+                    fact("lease_ended", "unlock", Some("revoked"), Verdict::Differs),
+                    fact(
+                        "signalled_process",
+                        "holder",
+                        Some("holder"),
+                        Verdict::AsExpected,
+                    ),
+                ],
+                0,
+            ),
+        );
+        let j = judge(&r);
+        assert_eq!(j.status, Status::Differs);
+        assert_eq!(j.exit_code(), 3);
+        let differing: Vec<&str> = j.differing().map(|f| f.name.as_str()).collect();
+        assert_eq!(differing, ["lifecycle dup-close tmpfs lease_ended"]);
+        let failing: Vec<String> = cases(&r)
+            .into_iter()
+            .filter(|c| matches!(c.status, CaseStatus::Fail(_)))
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failing, ["lifecycle dup-close tmpfs lease_ended"]);
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn a_probe_cell_that_differs_makes_the_run_exit_3() {
+        let mut r = result();
+        r.probe = vec![
+            probe("rw", "ok", Some("ok"), Verdict::AsExpected),
+            probe("ro", "ok", Some("EFAULT"), Verdict::Differs),
+        ];
+        let j = judge(&r);
+        assert_eq!(j.exit_code(), 3);
+        let f = j.differing().next().unwrap();
+        assert_eq!(f.name, "probe io_uring anon shared ro (anon)");
+        assert_eq!(
+            (f.measured.as_str(), f.expected.as_deref()),
+            ("ok", Some("EFAULT"))
+        );
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn a_pin_that_outlived_its_lease_is_judged_by_its_fact_not_failed_on_its_own() {
+        let r = with_lease(
+            result(),
+            lifecycle(
+                vec![fact(
+                    "device_write_after_break",
+                    "lost",
+                    Some("lost"),
+                    Verdict::AsExpected,
+                )],
+                1,
+            ),
+        );
+        let j = judge(&r);
+        assert_eq!(j.exit_code(), 0);
+        let f = j
+            .facts
+            .iter()
+            .find(|f| f.name.ends_with("device_write_after_break"))
+            .unwrap();
+        assert!(f.note.as_deref().unwrap().contains("outlived"), "{f:?}");
+        assert_exports_agree(&r);
+        // The same violation where the expectations say the write must land: differs.
+        let r = with_lease(
+            result(),
+            lifecycle(
+                vec![fact(
+                    "device_write_after_break",
+                    "lost",
+                    Some("in-file"),
+                    Verdict::Differs,
+                )],
+                1,
+            ),
+        );
+        assert_eq!(judge(&r).exit_code(), 3);
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn storm_oracle_counts_are_judged_by_oracle_rules_and_registrations_by_pin_rules() {
+        let exp = Expectations::parse(
+            r#"
+[[expect]]
+pin = "io_uring"
+outcome = "ok"
+why = "pinnable"
+[[oracle]]
+oracle = "*"
+max = 0
+why = "nothing may go wrong"
+[[oracle]]
+oracle = "lost_write"
+fs = "tmpfs"
+why = "known hazard"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        let verdict_of =
+            |v: &[FactVerdict], fact: &str| v.iter().find(|f| f.fact == fact).unwrap().verdict;
+        // Lost writes on tmpfs: any number is expected.
+        let v = judge_storm(&exp, &storm("tmpfs", "tmpfs", 90), &k, None);
+        assert_eq!(verdict_of(&v, "lost_write"), Verdict::AsExpected);
+        assert_eq!(verdict_of(&v, REGISTRATIONS), Verdict::AsExpected);
+        assert_eq!(verdict_of(&v, "cross_file"), Verdict::AsExpected);
+        // On anonymous memory one lost write differs.
+        let v = judge_storm(&exp, &storm("anon", "anon", 1), &k, None);
+        assert_eq!(verdict_of(&v, "lost_write"), Verdict::Differs);
+        let lw = v.iter().find(|f| f.fact == "lost_write").unwrap();
+        assert_eq!(
+            (lw.measured.as_str(), lw.expected.as_deref()),
+            ("1", Some("0"))
+        );
+        // A notrun oracle is notrun whatever the rules say.
+        let mut s = storm("anon", "anon", 0);
+        s.oracle.leaked_pins.notrun = Some("no counters".into());
+        let v = judge_storm(&exp, &s, &k, None);
+        assert_eq!(verdict_of(&v, "leaked_pins"), Verdict::NotRun);
+        // A registration the storm counted as unexpected differs from its [[expect]] rule.
+        let mut s = storm("anon", "anon", 0);
+        s.oracle.unexpected_outcomes.count = 2;
+        let v = judge_storm(&exp, &s, &k, None);
+        assert_eq!(verdict_of(&v, REGISTRATIONS), Verdict::Differs);
+        // Without rules, nothing is judged.
+        let none = Expectations::parse("", "empty.toml").unwrap();
+        let v = judge_storm(&none, &storm("anon", "anon", 5), &k, None);
+        assert!(
+            v.iter().all(|f| f.verdict == Verdict::NoExpectation),
+            "{v:?}"
+        );
+
+        // In a run: the stored rows decide, and the exporters agree with the exit status.
+        let mut r = result();
+        for (b, fs, lost) in [("tmpfs", "tmpfs", 90), ("anon", "anon", 1)] {
+            let s = storm(b, fs, lost);
+            r.storm_verdicts
+                .extend(
+                    judge_storm(&exp, &s, &k, None)
+                        .into_iter()
+                        .map(|fact| StormVerdict {
+                            pin: s.pin.clone(),
+                            backing: s.backing.clone(),
+                            map: s.map.clone(),
+                            fact,
+                        }),
+                );
+            r.storms.push(s);
+        }
+        let j = judge(&r);
+        assert_eq!(j.exit_code(), 3);
+        let differing: Vec<&str> = j.differing().map(|f| f.name.as_str()).collect();
+        assert_eq!(differing, ["storm io_uring anon shared lost_write"]);
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn results_written_before_storms_were_judged_fail_only_on_unexpected_registrations() {
+        let mut r = result();
+        r.storms.push(storm("tmpfs", "tmpfs", 90));
+        assert_eq!(
+            judge(&r).exit_code(),
+            0,
+            "lost writes without a rule: reported"
+        );
+        assert_exports_agree(&r);
+        r.storms[0].oracle.unexpected_outcomes.count = 1;
+        assert_eq!(judge(&r).exit_code(), 3);
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn signals_and_errors_outrank_differences_in_the_exit_status() {
+        let mut r = result();
+        r.probe = vec![probe("ro", "ok", Some("EFAULT"), Verdict::Differs)];
+        r.complete = false;
+        r.error = Some("disk full".into());
+        assert_eq!(judge(&r).exit_code(), 1);
+        assert_exports_agree(&r);
+        r.interrupted = Some("SIGTERM".into());
+        assert_eq!(judge(&r).exit_code(), 143);
+        r.interrupted = Some("SIGINT".into());
+        r.error = None;
+        assert_eq!(judge(&r).exit_code(), 130);
+        assert_exports_agree(&r);
+        // A result left behind by a killed run: neither complete nor explained.
+        let mut r = result();
+        r.complete = false;
+        let j = judge(&r);
+        assert_eq!(j.exit_code(), 1);
+        assert!(matches!(j.status, Status::Error(_)));
+        assert_exports_agree(&r);
+    }
+}
