@@ -347,7 +347,7 @@ fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
-    use pinstorm_runners::lab::{self, guest::PmemMode, kernels::KernelSpec};
+    use pinstorm_lab::{self as lab, guest::PmemMode, kernels::KernelSpec};
     let (mut scenario, mut text, origin) =
         bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
     // `--rdma-*` reach the guests inside the scenario's `[rdma]`.
@@ -491,7 +491,7 @@ fn cmd_cleanup(g: &Global, a: &cli::CleanupArgs) -> Result<ExitCode> {
     let mut lab_lines = Vec::new();
     if let Some(c) = &a.cache {
         let c = lab_cache(Some(c))?;
-        lab_lines = pinstorm_runners::lab::cleanup(&c)?;
+        lab_lines = pinstorm_lab::cleanup(&c)?;
     }
     let root_path = scratch_root(g)?;
     if !root_path.exists() {
@@ -853,7 +853,7 @@ fn main() -> ExitCode {
     // The lab's guest agent: runs inside a QEMU guest that `pinstorm lab` booted.
     if args.get(1).map(String::as_str) == Some("__lab-guest") {
         let plan = std::path::PathBuf::from(args.get(2).map(String::as_str).unwrap_or(""));
-        return match pinstorm_runners::lab::guest::main(&plan) {
+        return match pinstorm_lab::guest::main(&plan) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
                 eprintln!("pinstorm lab guest: error: {e:#}");

@@ -20,7 +20,7 @@ use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
 use pinstorm_workloads::scenario::Scenario;
 
-use crate::host::{self, RunOptions};
+use pinstorm_runners::host::{self, RunOptions};
 
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";

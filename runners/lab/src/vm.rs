@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use super::console;
 use super::guest::PmemMode;
-use crate::signals;
+use pinstorm_runners::signals;
 
 /// Where `vng` is: `--vng`, else `PATH`, else the virtual environment the test command
 /// makes (`CACHE/venv/bin/vng`).
