@@ -11,11 +11,16 @@
 //! Confinement: the guest never gets a writable host root (no `--rw`); on the host the lab
 //! writes only under the cache directory and the results directory, both absolute and
 //! checked; virtme-ng runs with HOME and TMPDIR inside the cache.
+//!
+//! No unsafe code: signals and /proc go through [`sys`] (rustix), and the lint keeps it so.
+
+#![deny(unsafe_code)]
 
 pub mod apt;
 pub mod console;
 pub mod guest;
 pub mod kernels;
+pub mod sys;
 pub mod vm;
 
 use std::fs::File;
