@@ -385,45 +385,40 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
             Some((t, p.display().to_string()))
         }
     };
+    let inject = bad(a.inject.as_deref().map(lab::Inject::parse).transpose())?;
     let opts = lab::LabOptions {
-        kernels,
-        scenario_text: text,
+        plan: lab::LabPlan {
+            kernels,
+            scenario_text: text,
+            seed: a.seed,
+            label: g.label.clone(),
+            expectations,
+            accel: a.accel.clone(),
+            pmem: match a.pmem {
+                cli::PmemArg::Nvdimm => PmemMode::Nvdimm,
+                cli::PmemArg::Memmap => PmemMode::Memmap,
+                cli::PmemArg::None => PmemMode::None,
+            },
+            devdax: a.devdax_namespace,
+            rxe: !a.no_rxe,
+            memory_mib: a.memory,
+            cpus: a.cpus,
+            inject,
+            guest_exec: a.guest_exec.clone(),
+        },
         origin,
         scenario_name: scenario.name.clone(),
-        seed: a.seed,
-        label: g.label.clone(),
-        expectations,
         results_root: results_root(g)?,
         cache: lab_cache(a.cache.as_ref())?,
         vng: a.vng.clone(),
-        accel: a.accel.clone(),
-        pmem: match a.pmem {
-            cli::PmemArg::Nvdimm => PmemMode::Nvdimm,
-            cli::PmemArg::Memmap => PmemMode::Memmap,
-            cli::PmemArg::None => PmemMode::None,
-        },
-        devdax: a.devdax_namespace,
-        rxe: !a.no_rxe,
-        memory_mib: a.memory,
-        cpus: a.cpus,
         timeout: a.timeout.0,
         refresh: a.refresh,
         fresh: a.fresh,
         mirror: a.mirror.clone(),
         security_mirror: a.security_mirror.clone(),
-        inject: a.inject.clone(),
-        guest_exec: a.guest_exec.clone(),
         guest_exe: None,
         verbose: !g.quiet,
     };
-    if let Some(i) = &a.inject {
-        let kind = i.split_once(':').map_or(i.as_str(), |(k, _)| k);
-        if !matches!(kind, "panic" | "hang") {
-            return bad(Err(anyhow::anyhow!(
-                "--inject {i:?}: KIND is panic or hang"
-            )));
-        }
-    }
     bad(lab::check(&opts))?;
     for (given, flag) in [
         (!g.dax_dir.is_empty(), "--dax-dir"),

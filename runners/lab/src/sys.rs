@@ -91,7 +91,11 @@ mod tests {
         assert!(cmdline_mentions(pgid, "sleep 600"));
         kill_group(pgid);
         let _ = child.wait();
-        assert!(!group_alive(pgid), "{:?}", group_members(pgid).collect::<Vec<_>>());
+        assert!(
+            !group_alive(pgid),
+            "{:?}",
+            group_members(pgid).collect::<Vec<_>>()
+        );
     }
 
     #[test]
