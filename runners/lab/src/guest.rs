@@ -9,6 +9,7 @@
 //! directory.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,8 +23,6 @@ use pinstorm_workloads::scenario::Scenario;
 
 use pinstorm_runners::host::{self, RunOptions};
 
-use crate::options::InjectKind;
-
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
 
@@ -36,6 +35,25 @@ pub enum PmemMode {
     Memmap,
     /// No persistent memory.
     None,
+}
+
+/// What a guest does instead of running the scenario when told to (`--inject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectKind {
+    /// Crash the guest kernel (sysrq-c).
+    Panic,
+    /// Never return.
+    Hang,
+}
+
+impl fmt::Display for InjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            InjectKind::Panic => "panic",
+            InjectKind::Hang => "hang",
+        })
+    }
 }
 
 /// What the host asks the guest to do. Written as JSON into the staging directory.

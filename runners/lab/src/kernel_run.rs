@@ -14,10 +14,9 @@ use crate::cache::RunDir;
 use crate::console;
 use crate::guest::{GuestPlan, GuestReport, PmemMode};
 use crate::kernels::{self, Kernel, KernelSpec};
-use crate::matrix::KernelOutcome;
 use crate::options::LabOptions;
 use crate::record;
-use crate::status::{self, Evidence};
+use crate::status::{self, Evidence, KernelOutcome};
 use crate::vm::{self, Accel, GuestEnd};
 
 /// What every kernel of a lab run shares.

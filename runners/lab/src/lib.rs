@@ -33,10 +33,11 @@ mod sys;
 pub mod vm;
 
 pub use cache::{clean_leftovers, cleanup};
-pub use matrix::{fetch, run, KernelOutcome, LabOutcome};
-pub use options::{check, Inject, InjectKind, LabOptions, LabPlan, DEFAULT_KERNELS};
+pub use guest::InjectKind;
+pub use matrix::{fetch, run, LabOutcome};
+pub use options::{check, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
 pub use record::summarize;
-pub use status::KernelStatus;
+pub use status::{KernelOutcome, KernelStatus};
 
 /// FNV-1a: a stable hash for names in the cache and the matrix's resume key (not for
 /// anything an adversary chooses to collide).

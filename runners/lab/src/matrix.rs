@@ -15,19 +15,8 @@ use crate::cache::{clean_leftovers, lock_cache};
 use crate::kernel_run::{prepare_kernel, run_kernel, Lab};
 use crate::kernels::Kernel;
 use crate::options::LabOptions;
-use crate::status::{self, KernelStatus};
+use crate::status::{self, KernelOutcome, KernelStatus};
 use crate::vm;
-
-/// One kernel's line of the matrix.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct KernelOutcome {
-    pub spec: String,
-    pub release: Option<String>,
-    pub status: KernelStatus,
-    pub result: Option<PathBuf>,
-    pub summary: String,
-    pub wall_seconds: f64,
-}
 
 pub struct LabOutcome {
     pub kernels: Vec<KernelOutcome>,

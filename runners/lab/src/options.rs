@@ -1,16 +1,15 @@
 //! What a lab run is asked to do: the plan every guest measures (whose hash is the matrix's
 //! resume key), the host-side options around it, and the `--inject` test hooks.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use pinstorm_workloads::scenario::Scenario;
 
-use crate::guest::PmemMode;
+use crate::guest::{InjectKind, PmemMode};
 use crate::kernels::KernelSpec;
 
 /// The default matrix: an old LTS, the current stable, and the newest in Debian unstable.
@@ -111,16 +110,6 @@ pub fn check(opts: &LabOptions) -> Result<()> {
     Ok(())
 }
 
-/// What a guest does instead of running the scenario when told to (`--inject`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InjectKind {
-    /// Crash the guest kernel (sysrq-c).
-    Panic,
-    /// Never return.
-    Hang,
-}
-
 /// `--inject KIND[:KERNEL]`: a test hook that proves the lab reports a dead guest and goes
 /// on with the next kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -158,15 +147,6 @@ impl Inject {
             Some(only) if *only != spec.to_string() => None,
             _ => Some(self.kind),
         }
-    }
-}
-
-impl fmt::Display for InjectKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            InjectKind::Panic => "panic",
-            InjectKind::Hang => "hang",
-        })
     }
 }
 

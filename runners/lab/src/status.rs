@@ -3,6 +3,7 @@
 //! for resuming a matrix.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,17 @@ impl fmt::Display for KernelStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
+}
+
+/// One kernel's line of the matrix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelOutcome {
+    pub spec: String,
+    pub release: Option<String>,
+    pub status: KernelStatus,
+    pub result: Option<PathBuf>,
+    pub summary: String,
+    pub wall_seconds: f64,
 }
 
 /// The exit code of a matrix: 128+N when stopped by signal N; else the worst of its kernels
@@ -252,7 +264,7 @@ fn events_warn(events: &[ConsoleEvent]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinstorm_analysis::schema::{ProbeRow, ScenarioRecord};
+    use pinstorm_analysis::schema::{Environment, ProbeRow, ScenarioRecord, Tool};
 
     #[test]
     fn statuses_serialize_to_the_names_results_and_matrix_states_use() {
@@ -318,14 +330,39 @@ mod tests {
     }
 
     fn result(error: Option<&str>, verdict: &str) -> RunResult {
-        let scenario = ScenarioRecord {
-            name: "t".into(),
-            origin: "test".into(),
-            seed: 1,
-            text: String::new(),
+        let mut r = RunResult {
+            schema: pinstorm_analysis::schema::SCHEMA_NAME.into(),
+            schema_version: pinstorm_analysis::schema::SCHEMA_VERSION,
+            run_id: "r1".into(),
+            label: None,
+            started: String::new(),
+            finished: None,
+            complete: error.is_none(),
+            interrupted: None,
+            error: error.map(str::to_string),
+            command: Vec::new(),
+            tool: Tool {
+                name: "pinstorm".into(),
+                version: String::new(),
+            },
+            scenario: ScenarioRecord {
+                name: "t".into(),
+                origin: "test".into(),
+                seed: 1,
+                text: String::new(),
+            },
+            environment: Environment::default(),
+            backings: Vec::new(),
+            probe: Vec::new(),
+            bench: Vec::new(),
+            storms: Vec::new(),
+            leases: None,
+            expectations: None,
+            pin_counters: None,
+            hugepages: None,
+            notes: Vec::new(),
+            lab: None,
         };
-        let mut r = crate::record::placeholder_result(scenario, None, "6.1.0-56-amd64", "r1", "");
-        r.error = error.map(str::to_string);
         r.probe.push(ProbeRow {
             pin: "io_uring".into(),
             backing: "anon".into(),
