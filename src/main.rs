@@ -354,7 +354,7 @@ fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
-    use pinstorm_runners::lab::{self, guest::PmemMode, kernels::KernelSpec};
+    use pinstorm_lab::{self as lab, guest::PmemMode, kernels::KernelSpec};
     let (mut scenario, mut text, origin) =
         bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
     // `--rdma-*` reach the guests inside the scenario's `[rdma]`.
@@ -384,45 +384,40 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         }
     }
     let expectations = expectation_sources(g)?;
+    let inject = bad(a.inject.as_deref().map(lab::Inject::parse).transpose())?;
     let opts = lab::LabOptions {
-        kernels,
-        scenario_text: text,
+        plan: lab::LabPlan {
+            kernels,
+            scenario_text: text,
+            seed: a.seed,
+            label: g.label.clone(),
+            expectations,
+            accel: a.accel.clone(),
+            pmem: match a.pmem {
+                cli::PmemArg::Nvdimm => PmemMode::Nvdimm,
+                cli::PmemArg::Memmap => PmemMode::Memmap,
+                cli::PmemArg::None => PmemMode::None,
+            },
+            devdax: a.devdax_namespace,
+            rxe: !a.no_rxe,
+            memory_mib: a.memory,
+            cpus: a.cpus,
+            inject,
+            guest_exec: a.guest_exec.clone(),
+        },
         origin,
         scenario_name: scenario.name.clone(),
-        seed: a.seed,
-        label: g.label.clone(),
-        expectations,
         results_root: results_root(g)?,
         cache: lab_cache(a.cache.as_ref())?,
         vng: a.vng.clone(),
-        accel: a.accel.clone(),
-        pmem: match a.pmem {
-            cli::PmemArg::Nvdimm => PmemMode::Nvdimm,
-            cli::PmemArg::Memmap => PmemMode::Memmap,
-            cli::PmemArg::None => PmemMode::None,
-        },
-        devdax: a.devdax_namespace,
-        rxe: !a.no_rxe,
-        memory_mib: a.memory,
-        cpus: a.cpus,
         timeout: a.timeout.0,
         refresh: a.refresh,
         fresh: a.fresh,
         mirror: a.mirror.clone(),
         security_mirror: a.security_mirror.clone(),
-        inject: a.inject.clone(),
-        guest_exec: a.guest_exec.clone(),
         guest_exe: None,
         verbose: !g.quiet,
     };
-    if let Some(i) = &a.inject {
-        let kind = i.split_once(':').map_or(i.as_str(), |(k, _)| k);
-        if !matches!(kind, "panic" | "hang") {
-            return bad(Err(anyhow::anyhow!(
-                "--inject {i:?}: KIND is panic or hang"
-            )));
-        }
-    }
     bad(lab::check(&opts))?;
     for (given, flag) in [
         (!g.dax_dir.is_empty(), "--dax-dir"),
@@ -490,7 +485,7 @@ fn cmd_cleanup(g: &Global, a: &cli::CleanupArgs) -> Result<ExitCode> {
     let mut lab_lines = Vec::new();
     if let Some(c) = &a.cache {
         let c = lab_cache(Some(c))?;
-        lab_lines = pinstorm_runners::lab::cleanup(&c)?;
+        lab_lines = pinstorm_lab::cleanup(&c)?;
     }
     let root_path = scratch_root(g)?;
     if !root_path.exists() {
@@ -902,7 +897,7 @@ fn main() -> ExitCode {
     // The lab's guest agent: runs inside a QEMU guest that `pinstorm lab` booted.
     if args.get(1).map(String::as_str) == Some("__lab-guest") {
         let plan = std::path::PathBuf::from(args.get(2).map(String::as_str).unwrap_or(""));
-        return match pinstorm_runners::lab::guest::main(&plan) {
+        return match pinstorm_lab::guest::main(&plan) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
                 eprintln!("pinstorm lab guest: error: {e:#}");

@@ -3,7 +3,7 @@
 //!
 //! [`classify`] is the one classifier of kernel messages: the storm's kernel-warnings oracle
 //! uses it on `/dev/kmsg` records and the lab uses it on guest console lines
-//! ([`crate::lab::console`]). It matches the headers the kernel itself prints for a panic,
+//! (`pinstorm_lab::console`). It matches the headers the kernel itself prints for a panic,
 //! an oops, a BUG, a WARN, a lockup, a hung task, an RCU stall and a lockdep report, from the
 //! start of the message as syzkaller's `pkg/report/linux.go` does. Words anywhere else in a
 //! line ("DAX enabled. Warning: EXPERIMENTAL", "report a bug", a program echoing "BUG:")

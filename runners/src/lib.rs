@@ -7,15 +7,14 @@
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
 //! - [`cleanup`]: undoing what killed runs left.
 //!
-//! - [`lab`]: the same scenarios in QEMU guests booted from real kernels (virtme-ng), with
-//!   emulated NVDIMM (FS-DAX, device-dax) and soft-RoCE, kernel by kernel.
+//! The lab (the same scenarios in QEMU guests booted from real kernels) is a crate of its
+//! own, `pinstorm-lab` in `runners/lab/`, built on these.
 
 pub mod bench;
 pub mod cleanup;
 pub mod environment;
 pub mod host;
 pub mod kmsg;
-pub mod lab;
 pub mod lease;
 pub mod probe;
 pub mod signals;

@@ -9,6 +9,7 @@
 //! directory.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
 use pinstorm_workloads::scenario::Scenario;
 
-use crate::host::{self, RunOptions};
+use pinstorm_runners::host::{self, RunOptions};
 
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
@@ -34,6 +35,25 @@ pub enum PmemMode {
     Memmap,
     /// No persistent memory.
     None,
+}
+
+/// What a guest does instead of running the scenario when told to (`--inject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectKind {
+    /// Crash the guest kernel (sysrq-c).
+    Panic,
+    /// Never return.
+    Hang,
+}
+
+impl fmt::Display for InjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            InjectKind::Panic => "panic",
+            InjectKind::Hang => "hang",
+        })
+    }
 }
 
 /// What the host asks the guest to do. Written as JSON into the staging directory.
@@ -53,7 +73,7 @@ pub struct GuestPlan {
     pub rxe: bool,
     /// Test hooks: `panic` crashes the guest kernel (sysrq-c) before running, `hang` never
     /// returns. They let the tests prove the lab reports a dead guest and goes on.
-    pub inject: Option<String>,
+    pub inject: Option<InjectKind>,
     /// A shell command to run after the scenario (`--guest-exec`), e.g. an independent
     /// probe; its output goes to `guest-exec.log` next to the result.
     pub guest_exec: Option<String>,
@@ -344,20 +364,20 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             let _ = pinstorm_analysis::store::write_atomic(&report_path, &j);
         }
     };
-    match plan.inject.as_deref() {
-        Some("panic") => {
+    match plan.inject {
+        Some(InjectKind::Panic) => {
             eprintln!("pinstorm lab guest: crashing the kernel on purpose (inject=panic)");
             let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
             std::fs::write("/proc/sysrq-trigger", "c").context("sysrq-trigger")?;
             std::thread::sleep(Duration::from_secs(60));
         }
-        Some("hang") => {
+        Some(InjectKind::Hang) => {
             eprintln!("pinstorm lab guest: never returning on purpose (inject=hang)");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        _ => {}
+        None => {}
     }
     std::fs::create_dir_all(GUEST_ROOT)?;
     let _ = modprobe(&["loop"]);

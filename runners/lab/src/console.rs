@@ -1,10 +1,10 @@
 //! Reading a guest's console: panics, oopses, BUGs, lockups, warnings and hung tasks, as
-//! [`crate::kmsg::classify`] (the classifier the storm's kernel-warnings oracle uses) sees
+//! [`pinstorm_runners::kmsg::classify`] (the classifier the storm's kernel-warnings oracle uses) sees
 //! each line's message.
 
 use pinstorm_analysis::schema::ConsoleEvent;
 
-use crate::kmsg::{classify, console_message, Kind};
+use pinstorm_runners::kmsg::{classify, console_message, Kind};
 
 /// Every kernel report header in `log`, in order. Only the header line is an event: the
 /// "cut here" line before a WARNING and the stack after it are not.

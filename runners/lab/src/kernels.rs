@@ -311,7 +311,7 @@ pub fn prepare_path(cache: &Path, image: &Path, modules: Option<&Path>) -> Resul
         .canonicalize()
         .with_context(|| format!("path:{}", image.display()))?;
     let release = image_release(&image)?;
-    let h = super::fnv(&image.display().to_string());
+    let h = crate::fnv(&image.display().to_string());
     let dir = cache.join("kernels").join(format!("path-{h:016x}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("boot"))?;

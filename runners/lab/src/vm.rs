@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use super::console;
 use super::guest::PmemMode;
-use crate::signals;
+use super::sys::{cmdline_mentions, group_alive, group_members, kill_group, pids};
+use pinstorm_runners::signals;
 
 /// Where `vng` is: `--vng`, else `PATH`, else the virtual environment the test command
 /// makes (`CACHE/venv/bin/vng`).
@@ -296,62 +297,6 @@ pub struct GuestEnd {
     pub interrupted: Option<i32>,
     pub panicked: bool,
     pub wall: Duration,
-}
-
-/// SIGTERM, then SIGKILL, to a whole process group.
-pub fn kill_group(pgid: i32) {
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) with a negative pid signals the group; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGTERM);
-    }
-    let t0 = Instant::now();
-    while group_alive(pgid) && t0.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if group_alive(pgid) {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Whether any process is left in process group `pgid` (zombies excepted).
-pub fn group_alive(pgid: i32) -> bool {
-    group_members(pgid).next().is_some()
-}
-
-/// Every process id in /proc.
-fn pids() -> impl Iterator<Item = i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-}
-
-/// Whether process `pid`'s command line mentions `marker`.
-fn cmdline_mentions(pid: i32, marker: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
-        .unwrap_or(false)
-}
-
-fn group_members(pgid: i32) -> impl Iterator<Item = i32> {
-    pids().filter(move |pid| {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // Fields after the command (which may hold spaces) in parentheses.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return false;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
-    })
 }
 
 /// Run `vng` with `args`, console (stderr) into `console`, guest stdout into `stdout`,

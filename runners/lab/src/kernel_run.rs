@@ -1,0 +1,293 @@
+//! One kernel of the matrix, phase by phase: prepare the kernel and choose the accelerator,
+//! make the run directory and the guest's plan, boot under the watchdog, collect what came
+//! back, judge it, and file the result under the guest's release.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use pinstorm_analysis::schema::{LabRecord, RunResult};
+use pinstorm_analysis::store;
+
+use crate::apt::Apt;
+use crate::cache::RunDir;
+use crate::console;
+use crate::guest::{GuestPlan, GuestReport, PmemMode};
+use crate::kernels::{self, Kernel, KernelSpec};
+use crate::options::LabOptions;
+use crate::record;
+use crate::status::{self, Evidence, KernelOutcome};
+use crate::vm::{self, Accel, GuestEnd};
+
+/// What every kernel of a lab run shares.
+pub(crate) struct Lab<'a> {
+    pub opts: &'a LabOptions,
+    pub cache: PathBuf,
+    pub results_root: PathBuf,
+    pub apt: Apt,
+    pub vng: PathBuf,
+    pub guest_exe: PathBuf,
+    /// The seed the guests run the scenario with.
+    pub seed: u64,
+    pub log: &'a dyn Fn(&str),
+}
+
+/// Fetch (or find in the cache) the kernel `spec` names.
+pub(crate) fn prepare_kernel(
+    opts: &LabOptions,
+    cache: &Path,
+    apt: &Apt,
+    spec: &KernelSpec,
+    log: &dyn Fn(&str),
+) -> Result<Kernel> {
+    match spec {
+        KernelSpec::Deb(w) => kernels::prepare_deb(cache, apt, w, opts.refresh, log),
+        KernelSpec::Path { image, modules } => {
+            kernels::prepare_path(cache, image, modules.as_deref())
+        }
+        KernelSpec::Tree(d) => kernels::prepare_tree(d),
+    }
+}
+
+/// Boot `spec` once and file what came of it.
+pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> {
+    let opts = lab.opts;
+    let log = lab.log;
+    let kernel = prepare_kernel(opts, &lab.cache, &lab.apt, spec, log)?;
+    log(&format!(
+        "{spec}: kernel {} ({}{})",
+        kernel.release,
+        kernel.source.join(", "),
+        if kernel.cached { ", cached" } else { "" }
+    ));
+    let accel = choose_accel(lab, spec, &kernel);
+
+    let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;
+    let plan_path = write_plan(lab, spec, &run)?;
+    let exec = format!(
+        "{} __lab-guest {}",
+        shell_quote(&lab.guest_exe.display().to_string()),
+        shell_quote(&plan_path.display().to_string())
+    );
+    let shape = vm::GuestShape {
+        boot: &kernel.boot,
+        accel: &accel,
+        stage: &run.stage,
+        pmem: opts.plan.pmem,
+        nvdimm_image: &run.nvdimm,
+        memory_mib: opts.plan.memory_mib,
+        cpus: opts.plan.cpus,
+        exec,
+    };
+    let args = vm::vng_args(&shape);
+    let env = vm::vng_env(&lab.vng, &run.home, &run.tmp);
+    let qemu = vm::qemu_command(&lab.vng, &args, &env);
+    log(&format!(
+        "{spec}: booting {} (timeout {}s)",
+        kernel.release,
+        opts.timeout.as_secs()
+    ));
+    let (end, console_text) = boot(lab, &mut run, &args, &env)?;
+
+    let (report, guest_result) = collect(&run.stage);
+    let events = console::events(&console_text);
+    let judgement = status::judge(&Evidence {
+        console: &console_text,
+        events: &events,
+        end: &end,
+        report: report.as_ref(),
+        result: guest_result.as_ref(),
+        timeout: opts.timeout,
+    });
+
+    let lab_record = LabRecord {
+        kernel_spec: spec.to_string(),
+        kernel_source: kernel.source.clone(),
+        status: judgement.guest.as_str().into(),
+        reason: judgement.reason.clone(),
+        accel: if accel.kvm { "kvm" } else { "tcg" }.into(),
+        accel_reason: accel.reason.clone(),
+        vng_command: std::iter::once(lab.vng.display().to_string())
+            .chain(args.iter().cloned())
+            .collect(),
+        qemu_command: qemu,
+        console_log: "console.log".into(),
+        console_events: events,
+        wall_seconds: end.wall.as_secs_f64(),
+        guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
+    };
+    let mut result = match guest_result {
+        Some(r) => r,
+        None => record::placeholder_result(
+            record::scenario_record(opts, lab.seed),
+            opts.plan.label.clone(),
+            &kernel.release,
+            &run.id,
+            judgement.reason.as_deref().unwrap_or(""),
+        ),
+    };
+    record::file_as(
+        &mut result,
+        lab_record,
+        opts.plan.label.as_ref(),
+        &run.id,
+        &kernel.release,
+    );
+    let path = store(lab, &mut run, &result, &console_text)?;
+    drop(run);
+
+    Ok(KernelOutcome {
+        spec: spec.to_string(),
+        release: Some(result.environment.kernel_release.clone()),
+        status: judgement.kernel,
+        result: Some(path),
+        summary: record::summarize(&result),
+        wall_seconds: end.wall.as_secs_f64(),
+    })
+}
+
+/// KVM or TCG for this kernel (the probe boots it under KVM), and say which.
+fn choose_accel(lab: &Lab, spec: &KernelSpec, kernel: &Kernel) -> Accel {
+    let image = if kernel.boot.is_dir() {
+        kernel.boot.join("arch/x86/boot/bzImage")
+    } else {
+        kernel.boot.clone()
+    };
+    let accel = vm::probe_accel(&lab.cache, &image, &lab.opts.plan.accel);
+    (lab.log)(&format!(
+        "{spec}: {} ({})",
+        if accel.kvm { "KVM" } else { "TCG" },
+        accel.reason
+    ));
+    accel
+}
+
+/// Write the guest's plan into the staging directory; returns its path.
+fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
+    let p = &lab.opts.plan;
+    let plan = GuestPlan {
+        scenario_text: p.scenario_text.clone(),
+        origin: lab.opts.origin.clone(),
+        seed: p.seed,
+        label: p.label.clone(),
+        expectations: p.expectations.clone(),
+        stage: run.stage.clone(),
+        pmem: p.pmem,
+        devdax: p.devdax,
+        rxe: p.rxe,
+        inject: p.inject.as_ref().and_then(|i| i.for_kernel(spec)),
+        guest_exec: p.guest_exec.clone(),
+    };
+    let plan_path = run.stage.join("plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
+    Ok(plan_path)
+}
+
+/// Boot the guest under the watchdog; returns how it ended and its console (with the
+/// guest's stdout after it). When the guest's processes outlive the watchdog, the run
+/// directory (and its pgid file) is kept: the next lab or cleanup finds them.
+fn boot(
+    lab: &Lab,
+    run: &mut RunDir,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<(GuestEnd, String)> {
+    let console_path = run.dir.join("console.log");
+    let stdout_path = run.dir.join("guest-stdout.log");
+    let end = vm::boot(
+        &lab.vng,
+        args,
+        env,
+        &console_path,
+        &stdout_path,
+        &run.dir.join("pgid"),
+        lab.opts.timeout,
+    );
+    let console_text = std::fs::read_to_string(&console_path).unwrap_or_default()
+        + &std::fs::read_to_string(&stdout_path)
+            .map(|s| {
+                if s.is_empty() {
+                    s
+                } else {
+                    format!("\n--- guest stdout ---\n{s}")
+                }
+            })
+            .unwrap_or_default();
+    match end {
+        Ok(e) => Ok((e, console_text)),
+        Err(e) => {
+            if vm::run_dir_processes(&run.dir) {
+                run.keep();
+                return Err(e.context(format!(
+                    "guest processes of {} are still alive; `pinstorm cleanup --cache` will try again",
+                    run.dir.display()
+                )));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the guest left in the staging directory: its report, and its result (only a
+/// result file inside the staging directory counts).
+fn collect(stage: &Path) -> (Option<GuestReport>, Option<RunResult>) {
+    let report: Option<GuestReport> = std::fs::read(stage.join("guest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let result = report
+        .as_ref()
+        .and_then(|r| r.result.as_ref())
+        .filter(|p| p.starts_with(stage))
+        .and_then(|p| store::read_result(p).ok());
+    (report, result)
+}
+
+/// File the result under `RESULTS/<release>/<run-id>/` with the console log (and the
+/// `--guest-exec` log). Nothing measured is lost: if that fails, the staged result stays
+/// where it is and the error says where.
+fn store(lab: &Lab, run: &mut RunDir, result: &RunResult, console_text: &str) -> Result<PathBuf> {
+    let dir = store::result_dir(
+        &lab.results_root,
+        &result.environment.kernel_release,
+        &result.run_id,
+    );
+    let stored = (|| -> Result<PathBuf> {
+        let path = store::write_result(&dir, result)?;
+        store::write_atomic(&dir.join("console.log"), console_text.as_bytes())?;
+        if let Ok(g) = std::fs::read(run.stage.join("guest-exec.log")) {
+            store::write_atomic(&dir.join("guest-exec.log"), &g)?;
+        }
+        Ok(path)
+    })();
+    stored.map_err(|e| {
+        run.keep();
+        e.context(format!(
+            "storing the result under {} failed; the guest's result is kept in {}",
+            dir.display(),
+            run.stage.display()
+        ))
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_in_the_guest_command_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("/usr/bin/pinstorm"), "/usr/bin/pinstorm");
+        assert_eq!(shell_quote("/a b/pinstorm"), "'/a b/pinstorm'");
+        assert_eq!(shell_quote("/it's"), "'/it'\\''s'");
+        assert_eq!(shell_quote("/x;rm -rf /"), "'/x;rm -rf /'");
+    }
+}
