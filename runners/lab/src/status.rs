@@ -377,7 +377,7 @@ mod tests {
             dax: None,
             device_io: Some("ok".into()),
             expected: Some("ok".into()),
-            verdict: verdict.into(),
+            verdict,
             expected_because: None,
         });
         r
