@@ -3,10 +3,10 @@
 //! sysctls, pins) is undone by its `Drop` on the way out. A result marked interrupted is
 //! still written.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-static SIGNAL: OnceLock<Arc<AtomicI32>> = OnceLock::new();
+static SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
 
 /// The run was stopped by a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -25,19 +25,14 @@ pub fn signal_name(sig: i32) -> &'static str {
 /// Install the handlers (once per process). Until a signal arrives nothing changes.
 pub fn install() {
     SIGNAL.get_or_init(|| {
-        let flag = Arc::new(AtomicI32::new(0));
+        let flag = Arc::new(AtomicUsize::new(0));
         for sig in [
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGHUP,
         ] {
-            let f = flag.clone();
-            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-            let _ = unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    f.store(sig, Ordering::SeqCst);
-                })
-            };
+            // The handler stores the signal's number in the flag (async-signal-safe).
+            let _ = signal_hook::flag::register_usize(sig, flag.clone(), sig as usize);
         }
         flag
     });
@@ -47,7 +42,7 @@ pub fn install() {
 pub fn pending() -> Option<i32> {
     SIGNAL
         .get()
-        .map(|f| f.load(Ordering::SeqCst))
+        .map(|f| f.load(Ordering::SeqCst) as i32)
         .filter(|s| *s != 0)
 }
 

@@ -443,3 +443,28 @@ pub fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
+
+/// `vmsplice(2)` of `len` bytes at user address `addr` into the pipe `pipe`, without
+/// `SPLICE_F_GIFT`: the kernel takes references to the pages (reading the range, never
+/// writing it), so any address is sound to pass; an unmapped one is `EFAULT`. Returns the
+/// bytes spliced.
+pub fn vmsplice_ref(pipe: BorrowedFd<'_>, addr: usize, len: usize) -> Result<usize, Errno> {
+    let iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: without SPLICE_F_GIFT vmsplice only reads the user range (it takes page
+    // references); the kernel does not keep the iovec, which lives across the call.
+    let n = unsafe {
+        libc::vmsplice(
+            std::os::fd::AsRawFd::as_raw_fd(&pipe),
+            &iov,
+            1,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    Ok(n as usize)
+}

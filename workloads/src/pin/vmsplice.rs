@@ -7,7 +7,7 @@
 //! reading the copy) but cannot write through them, so `device_write` is `notrun`.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, tee, PipeFlags, SpliceFlags};
@@ -127,27 +127,15 @@ impl VmsplicePinner {
             }
             let mut off = 0;
             while off < part {
-                let iov = libc::iovec {
-                    iov_base: (t.addr + done + off) as *mut libc::c_void,
-                    iov_len: part - off,
-                };
-                // SAFETY: vmsplice without SPLICE_F_GIFT only reads the user range (it takes
-                // page references); `iov` points at a mapping the caller keeps while the pin is
-                // registered, and the kernel does not keep the iovec itself.
-                let n = unsafe {
-                    libc::vmsplice(
-                        self.pipes[idx].w.as_raw_fd(),
-                        &iov,
-                        1,
-                        libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if n < 0 {
-                    return Err(PinError::Kernel {
-                        op: "vmsplice",
-                        errno: Errno::last(),
-                    });
-                }
+                let n = crate::sys::vmsplice_ref(
+                    self.pipes[idx].w.as_fd(),
+                    t.addr + done + off,
+                    part - off,
+                )
+                .map_err(|errno| PinError::Kernel {
+                    op: "vmsplice",
+                    errno,
+                })?;
                 if n == 0 {
                     return Err(PinError::Tool(anyhow::anyhow!("vmsplice made no progress")));
                 }
