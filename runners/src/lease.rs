@@ -882,11 +882,7 @@ fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, Str
     let Ok(map) = Mapping::file(f.as_fd(), size as usize, mode) else {
         return;
     };
-    let target = PinTarget {
-        addr: map.addr(),
-        len: size as usize,
-        writable: map.mode().writable,
-    };
+    let target = PinTarget::of(&map, size as usize);
     let answer = |r: Result<(), PinError>| match r {
         Ok(()) => "ok".to_string(),
         Err(PinError::Kernel { errno, .. }) => errno.name(),

@@ -324,11 +324,7 @@ impl Pin {
         )
         .map_err(|e| format!("mmap: {}", e.name()))?;
         let mut pinner = IoUringPinner::new().map_err(|e| format!("{e}"))?;
-        let target = PinTarget {
-            addr: mapping.addr(),
-            len,
-            writable: mapping.mode().writable,
-        };
+        let target = PinTarget::of(&mapping, len);
         pinner.register(target).map_err(|e| match e {
             crate::pin::PinError::Kernel { errno, .. } => errno.name(),
             e => e.to_string(),
@@ -632,11 +628,7 @@ fn overhead(out: &Out, cfg: &HolderConfig, cycles: u32) {
             })
         }
     };
-    let target = PinTarget {
-        addr: mapping.addr(),
-        len,
-        writable: mapping.mode().writable,
-    };
+    let target = PinTarget::of(&mapping, len);
     let mut pinner = match IoUringPinner::new() {
         Ok(p) => p,
         Err(e) => {
@@ -879,12 +871,7 @@ fn fork_child_pins(out: &Out, cfg: &HolderConfig, file: File, len: usize) {
             .map_err(|e| e.to_string())
             .and_then(|mut p| {
                 let m = pin.mapping.as_ref().expect("mapped");
-                p.register(PinTarget {
-                    addr: m.addr(),
-                    len,
-                    writable: m.mode().writable,
-                })
-                .map_err(|e| match e {
+                p.register(PinTarget::of(m, len)).map_err(|e| match e {
                     crate::pin::PinError::Kernel { errno, .. } => errno.name(),
                     e => e.to_string(),
                 })

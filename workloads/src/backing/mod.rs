@@ -378,11 +378,7 @@ impl RegionFile {
 
 impl Region {
     pub fn pin_target(&self) -> PinTarget {
-        PinTarget {
-            addr: self.mapping.addr(),
-            len: self.mapping.len(),
-            writable: self.mapping.mode().writable,
-        }
+        PinTarget::of(&self.mapping, self.mapping.len())
     }
 }
 

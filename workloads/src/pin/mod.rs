@@ -119,6 +119,11 @@ impl Availability {
 /// The user-space range to pin. Plain numbers on purpose: a pin outlives borrows (munmap
 /// before unregister is a scenario we test), so a pinner never holds a Rust reference to
 /// the region.
+///
+/// Made only from a [`crate::sys::Mapping`] ([`PinTarget::of`]): a mapping pinstorm never
+/// exposes as a Rust slice or object, so a device writing into it (which the pin paths' edge
+/// modules allow without `unsafe` at their callers) cannot break what Rust assumes about
+/// any other memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PinTarget {
     pub addr: usize,
@@ -127,6 +132,19 @@ pub struct PinTarget {
     /// access mode (RDMA access flags) derive their default from it; io_uring always pins for
     /// writing.
     pub writable: bool,
+    _of_a_mapping: (),
+}
+
+impl PinTarget {
+    /// The first `len` bytes of `m` (at most its length).
+    pub fn of(m: &crate::sys::Mapping, len: usize) -> PinTarget {
+        PinTarget {
+            addr: m.addr(),
+            len: len.min(m.len()),
+            writable: m.mode().writable,
+            _of_a_mapping: (),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
