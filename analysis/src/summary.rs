@@ -99,6 +99,18 @@ pub fn probe_table(rows: &[ProbeRow]) -> String {
     )
 }
 
+/// Mount options as mountinfo gives them (per-mount, then superblock: `rw,relatime,rw`),
+/// each once, in order.
+fn once_each(options: &str) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        if !seen.contains(&o) {
+            seen.push(o);
+        }
+    }
+    seen.join(",")
+}
+
 pub fn bench_table(rows: &[BenchRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -121,13 +133,14 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
                     _ => String::new(),
                 },
             ],
+            // The reason goes on its own line below the table: a long one would widen a
+            // column of every row.
             _ => vec![
                 r.pin.clone(),
                 r.backing.clone(),
                 human_size(r.size),
                 r.op.clone(),
                 r.outcome.clone(),
-                r.reason.clone().unwrap_or_default(),
             ],
         })
         .collect();
@@ -147,14 +160,18 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
         ],
         &body,
     );
-    // Notes on measured rows (how a path ran, e.g. a skipped ODP prefetch), once each.
+    // Notes on measured rows (how a path ran, e.g. a skipped ODP prefetch), and the reasons
+    // of rows that were not measured, once each.
     let mut notes: Vec<String> = Vec::new();
-    for r in rows.iter().filter(|r| r.outcome == "ok") {
-        if let Some(n) = &r.reason {
-            let line = format!("  note ({} {}): {n}\n", r.pin, r.backing);
-            if !notes.contains(&line) {
-                notes.push(line);
-            }
+    for r in rows {
+        let Some(n) = &r.reason else { continue };
+        let line = if r.outcome == "ok" && r.stats.is_some() {
+            format!("  note ({} {}): {n}\n", r.pin, r.backing)
+        } else {
+            format!("  {} ({} {}): {n}\n", r.outcome, r.pin, r.backing)
+        };
+        if !notes.contains(&line) {
+            notes.push(line);
         }
     }
     let mut out = out;
@@ -541,7 +558,7 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
                         "  {:<14} {:<10} {}",
                         b.backing,
                         b.fs.as_deref().unwrap_or(""),
-                        b.mount_options.as_deref().unwrap_or("")
+                        once_each(b.mount_options.as_deref().unwrap_or(""))
                     );
                 }
                 _ => {
@@ -709,5 +726,60 @@ fn verdict_section(out: &mut String, r: &RunResult) {
             out,
             "  the run did not complete: facts it did not reach were not judged"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notrun_row(reason: &str) -> BenchRow {
+        BenchRow {
+            pin: "io_uring".into(),
+            backing: "devdax".into(),
+            fs: "-".into(),
+            map: "shared".into(),
+            access: "rw".into(),
+            size: 2 << 20,
+            op: "cycle".into(),
+            threads: 1,
+            outcome: "notrun".into(),
+            reason: Some(reason.into()),
+            stats: None,
+            ops_per_sec: None,
+            ns_per_4k_page: None,
+            baseline_p50_ns: None,
+            overhead_pct: None,
+            histogram: None,
+            baseline_histogram: None,
+        }
+    }
+
+    #[test]
+    fn a_long_notrun_reason_goes_below_the_bench_table_and_widens_no_column() {
+        let reason = "no --devdax given: name a device-dax character device you own as scratch (e.g. /dev/dax0.0 from `ndctl create-namespace -m devdax`), or run `pinstorm lab` which makes one in a guest";
+        let out = bench_table(&[notrun_row(reason)]);
+        let widest_table_line = out
+            .lines()
+            .filter(|l| !l.contains(reason))
+            .map(str::len)
+            .max()
+            .unwrap();
+        assert!(widest_table_line < 120, "{out}");
+        assert_eq!(out.matches(reason).count(), 1, "{out}");
+        assert!(
+            out.contains(&format!("notrun (io_uring devdax): {reason}")),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn mount_options_are_printed_once_each() {
+        assert_eq!(once_each("rw,relatime,rw"), "rw,relatime");
+        assert_eq!(
+            once_each("rw,nosuid,nodev,relatime,rw,size=1024k"),
+            "rw,nosuid,nodev,relatime,size=1024k"
+        );
+        assert_eq!(once_each(""), "");
     }
 }
