@@ -26,7 +26,10 @@ fn build_probe() -> Option<PathBuf> {
         Ok(o) if o.status.success() => Some(out),
         Ok(o) => panic!("the independent probe does not build:\n{}", stderr(&o)),
         Err(e) => {
-            eprintln!("skipped: no C compiler to build the independent probe ({e})");
+            skip(
+                "independent probe",
+                &format!("no C compiler to build it ({e})"),
+            );
             None
         }
     }
@@ -130,7 +133,7 @@ impl LoopMount {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            eprintln!("skipped {fs}: {} is not installed or failed", mkfs[0]);
+            skip(fs, &format!("{} is not installed or failed", mkfs[0]));
             return None;
         }
         let o = Command::new("losetup")
@@ -166,13 +169,17 @@ impl Drop for LoopMount {
 #[test]
 fn probe_agrees_with_an_independent_probe_on_ext4_xfs_and_btrfs() {
     if !is_root() {
-        eprintln!("skipped: loop-mounting filesystems needs root");
+        skip(
+            "independent probe on loop filesystems",
+            "loop-mounting filesystems needs root",
+        );
         return;
     }
     let Some(probe) = build_probe() else { return };
     let _g = serial();
     let sb = Sandbox::new("indep-fs");
     let before = machine_state(&sb.base);
+    let mut compared = Vec::new();
     for fs in ["ext4", "xfs", "btrfs"] {
         let Some(lm) = LoopMount::new(&sb.base, fs) else {
             continue;
@@ -212,6 +219,11 @@ fn probe_agrees_with_an_independent_probe_on_ext4_xfs_and_btrfs() {
             "{fs}: files left in the scratch dir"
         );
         drop(lm);
+        compared.push(fs);
     }
+    // A comparison of no filesystem would pass vacuously: say which were compared, and fail
+    // if none was.
+    eprintln!("compared with the independent probe on: {compared:?}");
+    assert!(!compared.is_empty(), "no filesystem could be compared");
     assert_left_as_found(&sb.base, &before);
 }

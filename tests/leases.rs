@@ -50,7 +50,7 @@ fn need_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("skipped {test}: shortening fs/lease-break-time needs root");
+    skip(test, "shortening fs/lease-break-time needs root");
     false
 }
 
@@ -158,14 +158,14 @@ fn build_lease_probe() -> Option<PathBuf> {
     {
         Ok(o) if o.status.success() => Some(out),
         Ok(o) => {
-            eprintln!(
-                "skipped: the independent lease probe needs liburing-dev: {}",
-                stderr(&o)
+            skip(
+                "independent lease probe",
+                &format!("it needs liburing-dev: {}", stderr(&o)),
             );
             None
         }
         Err(e) => {
-            eprintln!("skipped: no C compiler ({e})");
+            skip("independent lease probe", &format!("no C compiler ({e})"));
             None
         }
     }
@@ -337,12 +337,18 @@ fn lease_break_time_is_restored_when_the_run_is_interrupted_or_killed() {
 #[test]
 fn without_root_expiry_scenarios_are_notrun_and_the_rest_run() {
     if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("skipped: needs root (to drop to nobody) and setpriv");
+        skip(
+            "lease non-root",
+            "needs root (to drop to nobody) and setpriv",
+        );
         return;
     }
-    let exe = env!("CARGO_BIN_EXE_pinstorm");
+    let exe = nobody_exe().display().to_string();
     if !nobody_can_run_pinstorm() {
-        eprintln!("skipped: user nobody cannot execute {exe} (a private build directory)");
+        skip(
+            "lease non-root",
+            &format!("user nobody cannot execute {exe}"),
+        );
         return;
     }
     let _g = serial();

@@ -14,7 +14,7 @@ fn need_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("skipped {test}: needs root (mount, losetup, sysctls)");
+    skip(test, "needs root (mount, losetup, sysctls)");
     false
 }
 
@@ -24,7 +24,7 @@ fn need_tools(test: &str, tools: &[&str]) -> bool {
             .iter()
             .any(|d| Path::new(d).join(t).exists());
         if !found {
-            eprintln!("skipped {test}: {t} not installed");
+            skip(test, &format!("{t} not installed"));
             return false;
         }
     }
@@ -339,9 +339,9 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     }
     let _g = serial();
     let sb = Sandbox::new("nonroot");
-    let exe = env!("CARGO_BIN_EXE_pinstorm");
+    let exe = nobody_exe().display().to_string();
     if !nobody_can_run_pinstorm() {
-        eprintln!("skipped non-root: user nobody cannot execute {exe}");
+        skip("non-root", &format!("user nobody cannot execute {exe}"));
         return;
     }
     std::fs::set_permissions(

@@ -357,7 +357,7 @@ fn no_false_reports_on_private_mappings() {
 #[test]
 fn pins_the_kernel_refuses_report_no_violations() {
     if !is_root() {
-        eprintln!("skipped: a scratch xfs needs root");
+        skip("refused pins", "a scratch xfs needs root");
         return;
     }
     let _g = serial();
@@ -538,14 +538,17 @@ fn build_lost_write_probe() -> Option<PathBuf> {
     {
         Ok(o) if o.status.success() => Some(out),
         Ok(o) => {
-            eprintln!(
-                "skipped: the independent lost-write probe needs liburing-dev: {}",
-                stderr(&o)
+            skip(
+                "independent lost-write probe",
+                &format!("it needs liburing-dev: {}", stderr(&o)),
             );
             None
         }
         Err(e) => {
-            eprintln!("skipped: no C compiler ({e})");
+            skip(
+                "independent lost-write probe",
+                &format!("no C compiler ({e})"),
+            );
             None
         }
     }
