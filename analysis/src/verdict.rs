@@ -358,6 +358,39 @@ fn unjudged_storm(s: &StormResult) -> Vec<FactVerdict> {
     out
 }
 
+/// The device I/O check of a probe cell that pinned: the device's write through the pin must
+/// land in the mapping and its read must return what the CPU sees. No kernel or device is
+/// expected to move data wrongly, so a mismatch or short write differs on every kernel (an
+/// rxe ODP path that corrupted multi-packet writes was `ok` here before). An errno from the
+/// device is measured but not judged: whether a device may refuse I/O there is a property
+/// of the device, not data corruption.
+fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
+    let d = p.device_io.as_deref()?;
+    let verdict = if d.starts_with("ok") {
+        Verdict::AsExpected
+    } else if d.starts_with("mismatch") || d.starts_with("short-write") {
+        Verdict::Differs
+    } else if d.starts_with("notrun") {
+        return None;
+    } else {
+        Verdict::NoExpectation
+    };
+    Some(Judged {
+        class: FactClass::Probe,
+        name: format!(
+            "probe {} {} {} {} ({}) device_io",
+            p.pin, p.backing, p.map, p.access, p.fs
+        ),
+        verdict,
+        measured: d.to_string(),
+        expected: (verdict != Verdict::NoExpectation).then(|| "ok".to_string()),
+        why: Some(
+            "a device write through a pin lands in the mapping and a device read returns what the CPU sees".into(),
+        ),
+        note: None,
+    })
+}
+
 /// The verdict of a run: every fact, and the status that decides the exit status.
 pub fn judge(r: &RunResult) -> Judgement {
     let mut facts = Vec::new();
@@ -383,6 +416,9 @@ pub fn judge(r: &RunResult) -> Judgement {
             },
             note: p.device_io.as_ref().map(|d| format!("device io {d}")),
         });
+        if let Some(fact) = device_io_fact(p) {
+            facts.push(fact);
+        }
     }
     for s in &r.storms {
         let cell = format!("storm {} {} {}", s.pin, s.backing, s.map);
@@ -878,6 +914,31 @@ why = "known hazard"
         let j = judge(&r);
         assert_eq!(j.exit_code(), 1);
         assert!(matches!(j.status, Status::Error(_)));
+        assert_exports_agree(&r);
+    }
+
+    #[test]
+    fn a_device_write_that_does_not_land_differs_even_where_the_pin_is_as_expected() {
+        let mut r = result();
+        let mut cell = probe("rw", "ok", Some("ok"), Verdict::AsExpected);
+        cell.device_io = Some("mismatch(write-not-visible: 4077 of 4096 bytes differ)".into());
+        let mut fine = probe("rw", "ok", Some("ok"), Verdict::AsExpected);
+        fine.device_io = Some("ok".into());
+        r.probe = vec![cell, fine];
+        let j = judge(&r);
+        assert_eq!(j.status, Status::Differs);
+        let differs: Vec<_> = j
+            .facts
+            .iter()
+            .filter(|f| f.verdict == Verdict::Differs)
+            .collect();
+        assert_eq!(differs.len(), 1, "{differs:#?}");
+        assert!(
+            differs[0].name.ends_with("device_io"),
+            "{:?}",
+            differs[0].name
+        );
+        assert_eq!(j.exit_code(), 3);
         assert_exports_agree(&r);
     }
 }
