@@ -1,5 +1,8 @@
 //! `pinstorm`: a thin command line over the workloads, runners and analysis libraries.
 
+// Unsafe code lives only in the libraries' `sys` edges and the verbs FFI.
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::num::{NonZeroU64, NonZeroUsize};

@@ -18,6 +18,9 @@
 //!
 //! Nothing here runs anything against the kernel.
 
+// Analysis reads files; it has no business with raw memory or system calls.
+#![deny(unsafe_code)]
+
 pub mod catalog;
 pub mod compare;
 pub mod expect;
