@@ -73,40 +73,73 @@ pub struct MapMode {
 /// The kernel may write into these pages at any time through a pin (that is the point of
 /// the tool), so the region is never exposed as a Rust slice: reads and writes go through
 /// [`Mapping::read_at`] and [`Mapping::write_at`], which copy bytes with raw pointers.
+///
+/// Made with `memmap2` wherever it has the mode (its [`memmap2::MmapRaw`] never hands out a
+/// slice either): file mappings shared or private, writable or read-only, populated, and
+/// private anonymous memory with or without `MAP_HUGETLB`. `memmap2` has no shared anonymous
+/// mapping, so that one mode is a raw `mmap` here.
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     mode: MapMode,
+    /// Who unmaps it: `memmap2` (dropping this), or `Drop` below (`None`: a raw `mmap`).
+    _owner: Option<memmap2::MmapRaw>,
 }
 
 // The mapping is plain memory owned by this value; moving it between threads is fine.
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_io(&e).unwrap_or(Errno(libc::EIO))
+}
+
 impl Mapping {
-    fn flags(mode: MapMode) -> (ProtFlags, MapFlags) {
+    fn from_raw(raw: memmap2::MmapRaw, mode: MapMode) -> Mapping {
+        Mapping {
+            ptr: NonNull::new(raw.as_mut_ptr()).expect("mmap returned NULL"),
+            len: raw.len(),
+            mode,
+            _owner: Some(raw),
+        }
+    }
+
+    fn options(len: usize, offset: u64, mode: MapMode) -> memmap2::MmapOptions {
+        let mut o = memmap2::MmapOptions::new();
+        o.len(len).offset(offset);
+        if mode.populate {
+            o.populate();
+        }
+        o
+    }
+
+    /// Anonymous memory (`MAP_ANONYMOUS`, shared or private, optionally `MAP_HUGETLB`).
+    pub fn anonymous(len: usize, mode: MapMode) -> Result<Mapping, Errno> {
+        if !mode.shared {
+            let mut o = Self::options(len, 0, mode);
+            if mode.hugetlb {
+                o.huge(None);
+            }
+            let m = o.map_anon().map_err(io_errno)?;
+            let m = if mode.writable {
+                memmap2::MmapRaw::from(m)
+            } else {
+                memmap2::MmapRaw::from(m.make_read_only().map_err(io_errno)?)
+            };
+            return Ok(Self::from_raw(m, mode));
+        }
         let prot = if mode.writable {
             ProtFlags::READ | ProtFlags::WRITE
         } else {
             ProtFlags::READ
         };
-        let mut flags = if mode.shared {
-            MapFlags::SHARED
-        } else {
-            MapFlags::PRIVATE
-        };
+        let mut flags = MapFlags::SHARED;
         if mode.populate {
             flags |= MapFlags::POPULATE;
         }
         if mode.hugetlb {
             flags |= MapFlags::HUGETLB;
         }
-        (prot, flags)
-    }
-
-    /// Anonymous memory (`MAP_ANONYMOUS`, shared or private, optionally `MAP_HUGETLB`).
-    pub fn anonymous(len: usize, mode: MapMode) -> Result<Mapping, Errno> {
-        let (prot, flags) = Self::flags(mode);
         // SAFETY: a fresh anonymous mapping at an address the kernel picks aliases no Rust
         // object; we own it until `Drop` unmaps it.
         let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, prot, flags) }?;
@@ -114,6 +147,7 @@ impl Mapping {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
             len,
             mode,
+            _owner: None,
         })
     }
 
@@ -123,26 +157,31 @@ impl Mapping {
     }
 
     /// A mapping of `len` bytes of `fd` from `offset` (a multiple of the page size; for
-    /// device-dax, of the device's alignment).
+    /// device-dax, of the device's alignment). `MAP_HUGETLB` does not apply: a hugetlbfs
+    /// file is huge by itself.
+    ///
+    /// The file may be truncated under the mapping (the tool does that on purpose); a later
+    /// access of a page past EOF would raise SIGBUS, which is why this module never touches
+    /// pages the caller did not ask for, and why callers only copy from ranges they know are
+    /// backed.
     pub fn file_at(
         fd: BorrowedFd<'_>,
         len: usize,
         offset: u64,
         mode: MapMode,
     ) -> Result<Mapping, Errno> {
-        let (prot, mut flags) = Self::flags(mode);
-        // MAP_HUGETLB is for anonymous memory; a hugetlbfs file is huge by itself.
-        flags.remove(MapFlags::HUGETLB);
-        // SAFETY: the kernel picks the address, so no Rust object is aliased. The file may be
-        // truncated under us (the tool does that on purpose); a later access of a page past
-        // EOF would raise SIGBUS, which is why this module never touches pages the caller did
-        // not ask for, and why callers only copy from ranges they know are backed.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) }?;
-        Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
-            len,
-            mode,
-        })
+        let o = Self::options(len, offset, mode);
+        let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let m = match (mode.shared, mode.writable) {
+            (true, true) => o.map_raw(raw_fd),
+            (true, false) => o.map_raw_read_only(raw_fd),
+            // SAFETY: a private (copy-on-write) mapping at an address the kernel picks; the
+            // `MmapMut`/`Mmap` becomes an `MmapRaw` at once, so no slice of it ever exists.
+            (false, true) => unsafe { o.map_copy(raw_fd) }.map(memmap2::MmapRaw::from),
+            (false, false) => unsafe { o.map_copy_read_only(raw_fd) }.map(memmap2::MmapRaw::from),
+        }
+        .map_err(io_errno)?;
+        Ok(Self::from_raw(m, mode))
     }
 
     pub fn addr(&self) -> usize {
@@ -216,6 +255,10 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self._owner.is_some() {
+            // memmap2 unmaps it when the field drops.
+            return;
+        }
         // SAFETY: we own the mapping and nothing borrows it (no slices are ever handed out).
         // Pins taken on it keep their pages alive in the kernel independently of this range.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
