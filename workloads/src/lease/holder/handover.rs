@@ -10,9 +10,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::process::{waitpid, WaitOptions};
 
-use super::lifecycle::asked_to_write;
 use super::pin::HeldPin;
-use super::{await_signal, ready, respond, take_lease, wait_for_exit, Reporter, Until};
+use super::{
+    asked_to_write, await_signal, ready, respond, take_lease, wait_for_exit, Reporter, Until,
+};
 use crate::lease::protocol::{Event, HolderConfig};
 use crate::lease::sys::{exit_now, fork_single_threaded, Forked};
 use crate::lease::{get_lease, lease_name, set_lease};

@@ -6,8 +6,10 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use super::pin::HeldPin;
-use super::{await_signal, command, open_or_refuse, ready, respond, take_lease, Reporter, Until};
-use crate::lease::protocol::{Command, Event, HolderConfig};
+use super::{
+    asked_to_write, await_signal, open_or_refuse, ready, respond, take_lease, Reporter, Until,
+};
+use crate::lease::protocol::{Event, HolderConfig};
 use crate::lease::{get_lease, lease_name, Lifecycle};
 use crate::sys;
 
@@ -26,12 +28,6 @@ pub(super) fn run(out: &Reporter, cfg: &HolderConfig, l: Lifecycle) {
         }
         Lifecycle::KilledWhileWaiting => killed_while_waiting(out, cfg, file),
     }
-}
-
-/// Whether the runner asks for the device write after the break: only in scenarios whose
-/// row says it will (then this waits for the command).
-pub(super) fn asked_to_write(cfg: &HolderConfig) -> bool {
-    cfg.lifecycle.is_some_and(|l| l.spec().writes_after_break) && command() == Some(Command::Write)
 }
 
 /// The lease fd is dup'ed and the original closed: the lease stays with the open file, and

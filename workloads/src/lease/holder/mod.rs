@@ -277,6 +277,12 @@ fn stdin_has_input() -> bool {
     poll(&mut [PollFd::new(&stdin, PollFlags::IN)], Some(&now)).unwrap_or(0) > 0
 }
 
+/// Whether the runner asks for the device write after the break: only in scenarios whose
+/// row says it will (then this waits for the command).
+fn asked_to_write(cfg: &HolderConfig) -> bool {
+    cfg.lifecycle.is_some_and(|l| l.spec().writes_after_break) && command() == Some(Command::Write)
+}
+
 /// Break rounds: take the lease (and the pin), wait for the break, respond, again.
 fn rounds(out: &Reporter, cfg: &HolderConfig) {
     let write_open = cfg.pin_len.is_some();
