@@ -229,6 +229,18 @@ pub trait Pinner: Send {
     fn note(&self) -> Option<String> {
         None
     }
+    /// The descriptor this pinner's pin lives in, if it lives in one (an io_uring instance):
+    /// a process that gets it, by fork or SCM_RIGHTS, holds the pin too. The lease lifecycle
+    /// scenarios hand pins over this way.
+    fn pin_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    /// Close this process's pinning context without releasing the pin, which stays for as
+    /// long as another process holds [`Pinner::pin_fd`]. A path without such a descriptor has
+    /// nobody to leave the pin to and keeps everything.
+    fn let_go(self: Box<Self>) {
+        std::mem::forget(self)
+    }
 }
 
 /// The baseline of a pin path: register + unregister with the raw calls, timed inline.

@@ -150,6 +150,17 @@ impl Pinner for IoUringPinner {
             .map_err(|e| PinError::kernel("pread(staging)", &e))?;
         Ok(out)
     }
+
+    fn pin_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.ring_fd())
+    }
+
+    fn let_go(mut self: Box<Self>) {
+        // Dropping the ring closes this process's descriptor and unmaps its queues; the
+        // registration lives on in the ring for as long as another process holds it, so it
+        // must not be unregistered here.
+        self.ring.let_go();
+    }
 }
 
 impl Drop for IoUringPinner {

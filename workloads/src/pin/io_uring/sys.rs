@@ -54,6 +54,12 @@ impl FixedRing {
         Ok(())
     }
 
+    /// Forget the registration without unregistering it: another process holds the ring
+    /// (fork, SCM_RIGHTS) and the pin must live on there when this process's ring goes.
+    pub fn let_go(&mut self) {
+        self.registered = None;
+    }
+
     /// `IORING_UNREGISTER_BUFFERS`.
     pub fn unregister(&mut self) -> std::io::Result<()> {
         self.ring.submitter().unregister_buffers()?;
