@@ -120,11 +120,13 @@ impl Availability {
 /// before unregister is a scenario we test), so a pinner never holds a Rust reference to
 /// the region.
 ///
-/// Made only from a [`crate::sys::Mapping`] ([`PinTarget::of`]): a mapping pinstorm never
+/// Made only from a [`crate::sys::Mapping`] ([`PinTarget::of`]; `non_exhaustive` keeps
+/// other crates from building one): a mapping pinstorm never
 /// exposes as a Rust slice or object, so a device writing into it (which the pin paths' edge
 /// modules allow without `unsafe` at their callers) cannot break what Rust assumes about
 /// any other memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PinTarget {
     pub addr: usize,
     pub len: usize,
@@ -132,7 +134,6 @@ pub struct PinTarget {
     /// access mode (RDMA access flags) derive their default from it; io_uring always pins for
     /// writing.
     pub writable: bool,
-    _of_a_mapping: (),
 }
 
 impl PinTarget {
@@ -142,7 +143,6 @@ impl PinTarget {
             addr: m.addr(),
             len: len.min(m.len()),
             writable: m.mode().writable,
-            _of_a_mapping: (),
         }
     }
 }

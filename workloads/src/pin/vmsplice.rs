@@ -139,8 +139,8 @@ impl VmsplicePinner {
                 if n == 0 {
                     return Err(PinError::Tool(anyhow::anyhow!("vmsplice made no progress")));
                 }
-                off += n as usize;
-                self.pipes[idx].held += n as usize;
+                off += n;
+                self.pipes[idx].held += n;
             }
             done += part;
             idx += 1;
