@@ -1,7 +1,16 @@
 //! Latency histograms: recorded in nanoseconds with HdrHistogram (3 significant digits),
 //! summarised in one place, and stored losslessly in results as HdrHistogram's V2
 //! compressed serialization in base64 (readable by every HdrHistogram implementation).
+//!
+//! A stored histogram is input like any other: it may come from another HdrHistogram
+//! producer (other bounds or precision) or be edited by hand. Decoding checks the encoding
+//! before HdrHistogram's deserializer sees it (that one trusts its input: a length field
+//! makes it allocate up to 4 GiB, and one varint makes it overflow), then records the
+//! samples into pinstorm's own bounds, so every [`Latency`] can be merged with every other.
 
+use std::io::Read;
+
+use anyhow::{bail, Context};
 use base64::Engine;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
@@ -10,6 +19,21 @@ use serde::{Deserialize, Serialize};
 /// Highest value a histogram tracks: one hour in nanoseconds. Larger values are clamped
 /// (and counted in `Latency::clamped`).
 const MAX_NS: u64 = 3_600_000_000_000;
+
+/// The most samples a stored histogram may hold: 2^48, days of a billion samples a second.
+/// Anything beyond is an edited file, and sums of counts must stay far from `u64::MAX` when
+/// thousands of runs are merged.
+pub const MAX_SAMPLES: u64 = 1 << 48;
+
+/// The most bytes a stored histogram may decompress to. pinstorm's own are a few KiB; a
+/// 5-digit histogram over the whole `u64` range with every bucket set would be ~57 MiB.
+const MAX_DECODED_BYTES: u64 = 64 << 20;
+
+/// HdrHistogram's V2 cookies (with the word size nibble its implementations write).
+const V2_COOKIE: u32 = 0x1c84_9313;
+const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
+/// Cookie, payload length, normalizing offset, digits, low, high, integer-to-double ratio.
+const V2_HEADER_LEN: usize = 40;
 
 #[derive(Clone, Debug)]
 pub struct Latency {
@@ -54,8 +78,15 @@ impl Latency {
     }
 
     pub fn merge(&mut self, other: &Latency) {
-        self.h.add(&other.h).expect("same bounds");
-        self.clamped += other.clamped;
+        // Every Latency has the same bounds (decode records foreign ones into them), so
+        // `add` does not fail; were it to, the samples are recorded one value at a time.
+        if self.h.add(&other.h).is_err() {
+            for v in other.h.iter_recorded() {
+                self.h
+                    .saturating_record_n(v.value_iterated_to().clamp(1, MAX_NS), v.count_at_value());
+            }
+        }
+        self.clamped = self.clamped.saturating_add(other.clamped);
     }
 
     pub fn count(&self) -> u64 {
@@ -94,11 +125,123 @@ impl Latency {
         base64::engine::general_purpose::STANDARD.encode(buf)
     }
 
+    /// Decode a stored histogram: HdrHistogram V2, compressed or not, in base64, from any
+    /// producer. Samples outside pinstorm's bounds are clamped into them (and counted in
+    /// `clamped`). The error says what is wrong with the encoding.
     pub fn decode(s: &str) -> anyhow::Result<Latency> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
-        let h: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice())?;
-        Ok(Latency { h, clamped: 0 })
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .context("not base64")?;
+        let v2 = uncompressed_v2(&bytes)?;
+        check_v2(&v2)?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut v2.as_slice())
+            .map_err(|e| anyhow::anyhow!("not a valid HdrHistogram: {e}"))?;
+        let mut out = Latency::new();
+        if h.low() == out.h.low() && h.high() == out.h.high() && h.sigfig() == out.h.sigfig() {
+            out.h = h;
+            return Ok(out);
+        }
+        // Another producer's bounds: each bucket's samples go where its highest value lands
+        // here (HdrHistogram reports a bucket by its highest value too).
+        for v in h.iter_recorded() {
+            let value = v.value_iterated_to();
+            let n = v.count_at_value();
+            if value > MAX_NS {
+                out.clamped = out.clamped.saturating_add(n);
+            }
+            out.h.saturating_record_n(value.clamp(1, MAX_NS), n);
+        }
+        Ok(out)
     }
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The V2 encoding of a V2 or V2-compressed histogram, inflated at most to
+/// [`MAX_DECODED_BYTES`].
+fn uncompressed_v2(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let Some(cookie) = be_u32(bytes, 0) else {
+        bail!("too short to be an HdrHistogram ({} bytes)", bytes.len());
+    };
+    match cookie {
+        V2_COOKIE => Ok(bytes.to_vec()),
+        V2_COMPRESSED_COOKIE => {
+            let Some(len) = be_u32(bytes, 4) else {
+                bail!("truncated HdrHistogram header");
+            };
+            let Some(deflated) = bytes.get(8..8 + len as usize) else {
+                bail!(
+                    "truncated: the header says {len} compressed bytes, {} are there",
+                    bytes.len().saturating_sub(8)
+                );
+            };
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(deflated)
+                .take(MAX_DECODED_BYTES + 1)
+                .read_to_end(&mut out)
+                .context("the compressed histogram does not inflate")?;
+            if out.len() as u64 > MAX_DECODED_BYTES {
+                bail!("inflates to more than {} MiB", MAX_DECODED_BYTES >> 20);
+            }
+            if be_u32(&out, 0) != Some(V2_COOKIE) {
+                bail!("the compressed data is not an HdrHistogram V2 encoding");
+            }
+            Ok(out)
+        }
+        c => bail!("not an HdrHistogram V2 encoding (cookie {c:#010x})"),
+    }
+}
+
+/// Check what HdrHistogram's deserializer takes on trust: the payload length against the
+/// bytes there, and every count (a varint of `i64::MIN` overflows its negation; counts that
+/// add up past [`MAX_SAMPLES`] are not a measurement).
+fn check_v2(v2: &[u8]) -> anyhow::Result<()> {
+    let Some(len) = be_u32(v2, 4) else {
+        bail!("truncated HdrHistogram header");
+    };
+    let Some(payload) = v2.get(V2_HEADER_LEN..) else {
+        bail!("truncated HdrHistogram header");
+    };
+    if len as usize > payload.len() {
+        bail!(
+            "truncated: the header says {len} bytes of counts, {} are there",
+            payload.len()
+        );
+    }
+    let mut rest = &payload[..len as usize];
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        // LEB128 of at most 9 bytes, the ninth taken whole, then zig-zag, as HdrHistogram
+        // writes them.
+        let mut value: u64 = 0;
+        let mut used = 0;
+        for (i, b) in rest.iter().take(9).enumerate() {
+            used = i + 1;
+            if i == 8 {
+                value |= u64::from(*b) << 56;
+                break;
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        rest = &rest[used..];
+        let n = ((value >> 1) as i64) ^ -((value & 1) as i64);
+        if n == i64::MIN {
+            bail!("a run of zero counts is longer than any histogram");
+        }
+        if n > 0 {
+            total = total
+                .checked_add(n as u64)
+                .filter(|t| *t <= MAX_SAMPLES)
+                .context("holds more than 2^48 samples (counts edited by hand?)")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -140,21 +140,24 @@ pub const VIOLATION_KINDS: [&str; 7] = [
 /// `lifecycle`). Every kind is present, zero when none were seen.
 pub fn violations(r: &RunResult) -> BTreeMap<&'static str, u64> {
     let mut m: BTreeMap<&'static str, u64> = VIOLATION_KINDS.iter().map(|k| (*k, 0)).collect();
+    // Counts come from files: saturate rather than overflow on edited ones.
+    let mut add = |k: &'static str, n: u64| {
+        let e = m.entry(k).or_default();
+        *e = e.saturating_add(n);
+    };
     for s in &r.storms {
         let o = &s.oracle;
-        *m.get_mut("lost_write").unwrap() += o.lost_write.count;
-        *m.get_mut("stale_exposure").unwrap() += o.stale_exposure.count;
-        *m.get_mut("cross_file").unwrap() += o.cross_file.count;
-        *m.get_mut("leaked_pins").unwrap() += o.leaked_pins.count;
-        *m.get_mut("blocked").unwrap() += o.blocked.count;
-        *m.get_mut("kernel_warnings").unwrap() += o.kernel_warnings.count;
+        add("lost_write", o.lost_write.count);
+        add("stale_exposure", o.stale_exposure.count);
+        add("cross_file", o.cross_file.count);
+        add("leaked_pins", o.leaked_pins.count);
+        add("blocked", o.blocked.count);
+        add("kernel_warnings", o.kernel_warnings.count);
     }
     if let Some(l) = &r.leases {
-        *m.get_mut("lifecycle").unwrap() += l
-            .lifecycle
-            .iter()
-            .map(|c| c.violations.len() as u64)
-            .sum::<u64>();
+        for c in &l.lifecycle {
+            add("lifecycle", c.violations.len() as u64);
+        }
     }
     m
 }
@@ -170,12 +173,11 @@ pub fn differs(r: &RunResult) -> u64 {
         .flat_map(|c| &c.verdicts)
         .filter(|v| v.verdict == "differs")
         .count() as u64;
-    let storms: u64 = r
+    let storms = r
         .storms
         .iter()
-        .map(|s| s.oracle.unexpected_outcomes.count)
-        .sum();
-    probe + facts + storms
+        .fold(0u64, |t, s| t.saturating_add(s.oracle.unexpected_outcomes.count));
+    probe.saturating_add(facts).saturating_add(storms)
 }
 
 /// One cell of the capability matrix, keyed without the filesystem (a scratch directory

@@ -170,7 +170,7 @@ impl JournalEntry {
         }
     }
 
-    fn parse(line: &str) -> Option<JournalEntry> {
+    pub fn parse(line: &str) -> Option<JournalEntry> {
         let mut f = line.split('\t');
         Some(match (f.next()?, f.next()?, f.next()) {
             ("owner", pid, None) => JournalEntry::Owner(pid.parse().ok()?),

@@ -821,13 +821,27 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Guest memory and CPUs as QEMU takes them: 1 TiB and 256 CPUs are beyond any host this
+/// runs on, and keep `-m` and `-smp` within what QEMU accepts.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+pub const MAX_CPUS: usize = 256;
+
 /// Check the parts of the options a user typed, before anything is fetched or booted.
 pub fn check(opts: &LabOptions) -> Result<()> {
     if opts.kernels.is_empty() {
         bail!("--kernels is empty");
     }
-    if opts.memory_mib < 1024 {
-        bail!("--memory must be at least 1024 MiB");
+    if !(1024..=MAX_MEMORY_MIB).contains(&opts.memory_mib) {
+        bail!(
+            "--memory {}: must be between 1024 and {MAX_MEMORY_MIB} MiB",
+            opts.memory_mib
+        );
+    }
+    if !(1..=MAX_CPUS).contains(&opts.cpus) {
+        bail!("--cpus {}: must be between 1 and {MAX_CPUS}", opts.cpus);
+    }
+    if opts.timeout.is_zero() {
+        bail!("--timeout must be greater than zero (and at most 168h)");
     }
     Ok(())
 }
