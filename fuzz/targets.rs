@@ -27,10 +27,12 @@ use pinstorm_workloads::scenario::{Scenario, PRESETS};
 use pinstorm_workloads::scratch::JournalEntry;
 use pinstorm_workloads::units::{Size, Span};
 
+pub type Target = fn(&[u8]) -> bool;
+
 /// Every target, by the name of its corpus directory. A target returns whether the input
 /// was accepted (parsed), so that the harness can say how much of its input got past the
 /// parsers.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("scenario", scenario),
     ("expectations", expectations),
     ("journal", journal),
@@ -65,7 +67,12 @@ pub fn scenario(data: &[u8]) -> bool {
 /// Pin and lease expectation files, and looking cells up in them.
 pub fn expectations(data: &[u8]) -> bool {
     let t = text(data);
-    let kernels = ["6.1.0", "6.12.0-1-amd64", "7.0", "4294967295.4294967295.99999999999"];
+    let kernels = [
+        "6.1.0",
+        "6.12.0-1-amd64",
+        "7.0",
+        "4294967295.4294967295.99999999999",
+    ];
     let kernels: Vec<KernelRelease> = kernels
         .iter()
         .filter_map(|k| KernelRelease::parse(k))
@@ -142,10 +149,19 @@ pub fn result(data: &[u8]) -> bool {
         stats: vec!["p50".into(), "p99".into(), "p999".into()],
         ..CompareOptions::default()
     };
-    let gates: Vec<Gate> = ["p50>+10%", "p99[tmpfs]>+20%", "violations>0", "lost_write>+50%", "differs>+1", "refused>0", "allowed>0", "outcomes>0"]
-        .iter()
-        .map(|g| Gate::parse(g).expect("valid gate"))
-        .collect();
+    let gates: Vec<Gate> = [
+        "p50>+10%",
+        "p99[tmpfs]>+20%",
+        "violations>0",
+        "lost_write>+50%",
+        "differs>+1",
+        "refused>0",
+        "allowed>0",
+        "outcomes>0",
+    ]
+    .iter()
+    .map(|g| Gate::parse(g).expect("valid gate"))
+    .collect();
     let mut cmp = compare::compare("base", &[base], "cand", &[&fuzzed], &opts);
     let _ = gate::apply(&mut cmp, &gates);
     let _ = render::text(&cmp);
@@ -294,8 +310,8 @@ pub fn lab(data: &[u8]) -> bool {
 /// A histogram of pinstorm's own bounds with a few samples, in the V2 encoding.
 fn v2_of(low: u64, high: u64, digits: u8, values: &[u64]) -> Vec<u8> {
     use hdrhistogram::serialization::{Serializer, V2Serializer};
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(low, high, digits)
-        .expect("valid bounds");
+    let mut h =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(low, high, digits).expect("valid bounds");
     for v in values {
         h.saturating_record(*v);
     }

@@ -19,6 +19,7 @@ use std::sync::Once;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use targets::Target;
 
 /// Mutated inputs per target when `PINSTORM_FUZZ_ITERS` is not set: a few seconds each in
 /// a debug build. Decoding a histogram scans tens of thousands of buckets, and the result
@@ -80,7 +81,11 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         v.push((f.display().to_string(), bytes));
     }
-    assert!(!v.is_empty(), "no seeds for {target} (add files to {})", dir.display());
+    assert!(
+        !v.is_empty(),
+        "no seeds for {target} (add files to {})",
+        dir.display()
+    );
     v
 }
 
@@ -104,8 +109,6 @@ fn install_panic_hook() {
         }));
     });
 }
-
-type Target = fn(&[u8]) -> bool;
 
 /// Whether `f` accepted `input`, or its panic message.
 fn crashes(f: Target, input: &[u8]) -> Result<bool, String> {
@@ -230,7 +233,9 @@ fn histogram_pool() -> Vec<String> {
     v.push(ours.replacen('A', "B", 3));
     v.push(String::new());
     v.push(evil_v2(&[0xff; 9]));
-    v.push(evil_v2(&[0x02, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]));
+    v.push(evil_v2(&[
+        0x02, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+    ]));
     let mut huge_len = hex_v2_header(u32::MAX);
     huge_len.extend_from_slice(&[2, 4, 6]);
     v.push(targets::b64(&targets::compressed_v2(&huge_len)));
@@ -280,7 +285,11 @@ fn strings_in(d: &[u8]) -> Vec<(usize, usize)> {
         .filter(|(_, b)| **b == b'"')
         .map(|(i, _)| i)
         .collect();
-    quotes.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0] + 1, c[1])).collect()
+    quotes
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0] + 1, c[1]))
+        .collect()
 }
 
 fn splice(d: &mut Vec<u8>, (a, b): (usize, usize), with: &[u8]) {
@@ -288,7 +297,11 @@ fn splice(d: &mut Vec<u8>, (a, b): (usize, usize), with: &[u8]) {
 }
 
 /// Every node of a JSON document, as a path of object keys and array indexes.
-fn json_paths(v: &serde_json::Value, at: &mut Vec<serde_json::Value>, out: &mut Vec<Vec<serde_json::Value>>) {
+fn json_paths(
+    v: &serde_json::Value,
+    at: &mut Vec<serde_json::Value>,
+    out: &mut Vec<Vec<serde_json::Value>>,
+) {
     out.push(at.clone());
     match v {
         serde_json::Value::Object(m) => {
@@ -512,7 +525,10 @@ fn fuzz(name: &str, default_iters: u64) {
         accepted += u64::from(check(
             name,
             f,
-            &format!("mutation {i} of {from} (PINSTORM_FUZZ_SEED={})", base_seed()),
+            &format!(
+                "mutation {i} of {from} (PINSTORM_FUZZ_SEED={})",
+                base_seed()
+            ),
             &input,
         ));
     }
@@ -602,6 +618,8 @@ fn a_panicking_target_is_caught_minimized_and_reported() {
         true
     }
     assert_eq!(crashes(boom, b"all good"), Ok(true));
-    assert!(crashes(boom, b"xxxxBADyyyy").unwrap_err().contains("found it"));
+    assert!(crashes(boom, b"xxxxBADyyyy")
+        .unwrap_err()
+        .contains("found it"));
     assert_eq!(minimize(boom, b"some text around BAD and after it"), b"BAD");
 }

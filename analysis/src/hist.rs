@@ -82,8 +82,10 @@ impl Latency {
         // `add` does not fail; were it to, the samples are recorded one value at a time.
         if self.h.add(&other.h).is_err() {
             for v in other.h.iter_recorded() {
-                self.h
-                    .saturating_record_n(v.value_iterated_to().clamp(1, MAX_NS), v.count_at_value());
+                self.h.saturating_record_n(
+                    v.value_iterated_to().clamp(1, MAX_NS),
+                    v.count_at_value(),
+                );
             }
         }
         self.clamped = self.clamped.saturating_add(other.clamped);
@@ -257,6 +259,93 @@ mod tests {
         let back = Latency::decode(&l.encode()).unwrap();
         assert_eq!(back.histogram(), l.histogram());
         assert_eq!(back.stats(), l.stats());
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    fn v2(h: &Histogram<u64>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(h, &mut buf)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn histograms_of_other_producers_decode_into_our_bounds_and_merge() {
+        let mut other = Histogram::<u64>::new_with_bounds(1, u64::MAX, 2).unwrap();
+        other.record_n(1_000, 10).unwrap();
+        other.record_n(2 * MAX_NS, 2).unwrap();
+        let mut buf = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&other, &mut buf)
+            .unwrap();
+        let l = Latency::decode(&b64(&buf)).unwrap();
+        assert_eq!(l.count(), 12);
+        assert_eq!(
+            l.clamped(),
+            2,
+            "samples past one hour are clamped and counted"
+        );
+        assert_eq!(
+            l.stats().max_ns,
+            Latency::new().h.highest_equivalent(MAX_NS)
+        );
+        let mut ours = Latency::new();
+        ours.record(500);
+        ours.merge(&l);
+        assert_eq!(ours.count(), 13);
+        // The uncompressed V2 encoding is read too.
+        assert_eq!(Latency::decode(&b64(&v2(&other))).unwrap().count(), 12);
+    }
+
+    /// An uncompressed V2 histogram of our bounds whose counts are `payload`.
+    fn with_payload(payload: &[u8]) -> String {
+        let mut v = v2(&Latency::new().h);
+        v.truncate(V2_HEADER_LEN);
+        v[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        b64(&v)
+    }
+
+    #[test]
+    fn edited_histograms_are_refused_with_what_is_wrong() {
+        let good = {
+            let mut l = Latency::new();
+            l.record(100);
+            l.encode()
+        };
+        for (text, why) in [
+            ("!!!!".to_string(), "not base64"),
+            (b64(&[1, 2]), "too short"),
+            (b64(&[0, 0, 0, 0, 0, 0, 0, 0]), "not an HdrHistogram V2"),
+            (good[..good.len() - 8].to_string() + "AAAAAAAA", "inflate"),
+            // A run of zero counts of i64::MIN: HdrHistogram's negation overflows.
+            (with_payload(&[0xff; 9]), "zero counts is longer"),
+            // 2^60 samples in one bucket.
+            (
+                with_payload(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20]),
+                "2^48 samples",
+            ),
+            // A length that would make HdrHistogram allocate 4 GiB.
+            (
+                {
+                    let mut v = base64::engine::general_purpose::STANDARD
+                        .decode(with_payload(&[2]))
+                        .unwrap();
+                    v[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+                    b64(&v)
+                },
+                "truncated",
+            ),
+            // More counts than the bounds have buckets.
+            (with_payload(&[2; 40_000]), "not a valid HdrHistogram"),
+        ] {
+            let e = format!("{:#}", Latency::decode(&text).unwrap_err());
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

@@ -173,10 +173,9 @@ pub fn differs(r: &RunResult) -> u64 {
         .flat_map(|c| &c.verdicts)
         .filter(|v| v.verdict == "differs")
         .count() as u64;
-    let storms = r
-        .storms
-        .iter()
-        .fold(0u64, |t, s| t.saturating_add(s.oracle.unexpected_outcomes.count));
+    let storms = r.storms.iter().fold(0u64, |t, s| {
+        t.saturating_add(s.oracle.unexpected_outcomes.count)
+    });
     probe.saturating_add(facts).saturating_add(storms)
 }
 

@@ -509,7 +509,11 @@ impl Scenario {
                 }
             }
             if r.port == Some(0) {
-                return err("rdma", "port", "must be between 1 and 255 (ports count from 1)");
+                return err(
+                    "rdma",
+                    "port",
+                    "must be between 1 and 255 (ports count from 1)",
+                );
             }
             if r.completion_timeout.0.is_zero() {
                 return err("rdma", "completion_timeout", "must be greater than zero");
@@ -725,22 +729,64 @@ mod tests {
                 "name = \"x\"\n[storm]\nduration = \"20000000000000000000s\"\n",
                 "line 3",
             ),
-            ("name = \"x\"\n[bench]\nmax_time = \"169h\"\n", "between 0s and 168h"),
-            ("name = \"x\"\n[bench]\nthreads = 1025\n", "[bench] threads: must be between 1 and 1024"),
-            ("name = \"x\"\n[bench]\nwarmup = 18446744073709551615\n", "[bench] warmup: must be between 0 and 10000000"),
-            ("name = \"x\"\n[bench]\niterations = 1000000001\n", "[bench] iterations: must be between 1 and 1000000000"),
-            ("name = \"x\"\n[bench]\nsizes = [\"2T\"]\n", "between 1 byte and 1T"),
-            ("name = \"x\"\n[storm]\npinners = 100000\n", "[storm] pinners: must be between 1 and 1024"),
-            ("name = \"x\"\n[storm]\ndisruptors = 100000\n", "[storm] disruptors: must be between 0 and 1024"),
-            ("name = \"x\"\n[storm]\nrate = 1e-300\n", "[storm] rate: must be 0 (as fast as possible) or between 0.001 and 1000000000"),
+            (
+                "name = \"x\"\n[bench]\nmax_time = \"169h\"\n",
+                "between 0s and 168h",
+            ),
+            (
+                "name = \"x\"\n[bench]\nthreads = 1025\n",
+                "[bench] threads: must be between 1 and 1024",
+            ),
+            (
+                "name = \"x\"\n[bench]\nwarmup = 18446744073709551615\n",
+                "[bench] warmup: must be between 0 and 10000000",
+            ),
+            (
+                "name = \"x\"\n[bench]\niterations = 1000000001\n",
+                "[bench] iterations: must be between 1 and 1000000000",
+            ),
+            (
+                "name = \"x\"\n[bench]\nsizes = [\"2T\"]\n",
+                "between 1 byte and 1T",
+            ),
+            (
+                "name = \"x\"\n[storm]\npinners = 100000\n",
+                "[storm] pinners: must be between 1 and 1024",
+            ),
+            (
+                "name = \"x\"\n[storm]\ndisruptors = 100000\n",
+                "[storm] disruptors: must be between 0 and 1024",
+            ),
+            (
+                "name = \"x\"\n[storm]\nrate = 1e-300\n",
+                "[storm] rate: must be 0 (as fast as possible) or between 0.001 and 1000000000",
+            ),
             ("name = \"x\"\n[storm]\nrate = nan\n", "[storm] rate"),
-            ("name = \"x\"\n[storm]\nexamples = 18446744073709551615\n", "[storm] examples: must be between 0 and 10000"),
+            (
+                "name = \"x\"\n[storm]\nexamples = 18446744073709551615\n",
+                "[storm] examples: must be between 0 and 10000",
+            ),
             ("name = \"x\"\n[lease]\nrate = inf\n", "[lease] rate"),
-            ("name = \"x\"\n[lease]\nrounds = 4000000000\n", "[lease] rounds: must be between 0 and 1000000"),
-            ("name = \"x\"\n[lease]\noverhead_cycles = 4000000000\n", "[lease] overhead_cycles: must be between 0"),
-            ("name = \"x\"\n[lease]\nsignal = 1000\n", &format!("line 3: [lease] signal: must be between 0 and {max_sig}")),
-            ("name = \"x\"\n[lease]\nsignal = -1\n", "[lease] signal: must be between 0"),
-            ("name = \"x\"\n[rdma]\nport = 0\n[probe]\n", "[rdma] port: must be between 1 and 255"),
+            (
+                "name = \"x\"\n[lease]\nrounds = 4000000000\n",
+                "[lease] rounds: must be between 0 and 1000000",
+            ),
+            (
+                "name = \"x\"\n[lease]\noverhead_cycles = 4000000000\n",
+                "[lease] overhead_cycles: must be between 0",
+            ),
+            (
+                "name = \"x\"\n[lease]\nsignal = 1000\n",
+                &format!("line 3: [lease] signal: must be between 0 and {max_sig}"),
+            ),
+            (
+                "name = \"x\"\n[lease]\nsignal = -1\n",
+                "[lease] signal: must be between 0",
+            ),
+            (
+                "name = \"x\"\n[rdma]\nport = 0\n[probe]\n",
+                "[rdma] port: must be between 1 and 255",
+            ),
         ] {
             let e = Scenario::parse(text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");

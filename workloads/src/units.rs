@@ -259,13 +259,17 @@ mod tests {
     #[test]
     fn sizes_beyond_a_tebibyte_are_refused_with_the_range() {
         assert_eq!("1T".parse::<Size>().unwrap(), Size(MAX_SIZE));
-        for s in ["2T", "18446744073709551616", "17179869184G", "1099511627777"] {
+        for s in [
+            "2T",
+            "18446744073709551616",
+            "17179869184G",
+            "1099511627777",
+        ] {
             let e = s.parse::<Size>().unwrap_err();
             assert!(e.contains("between 1 byte and 1T"), "{s}: {e}");
         }
-        let e = toml::from_str::<std::collections::BTreeMap<String, Size>>(
-            "s = 18446744073709551615",
-        );
+        let e =
+            toml::from_str::<std::collections::BTreeMap<String, Size>>("s = 18446744073709551615");
         assert!(e.is_err());
     }
 
