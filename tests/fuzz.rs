@@ -350,6 +350,28 @@ fn mutate_json(d: &mut Vec<u8>, pool: &[String], rng: &mut ChaCha8Rng) -> bool {
     let Some(node) = json_at(&mut doc, &path) else {
         return false;
     };
+    if rng.random_bool(0.15) {
+        // Every number below the node at once: what no single edit reaches (all counts of a
+        // storm at their maximum, summed; every second of a timeline at the end of time).
+        fn all(v: &mut Value, n: &Value) {
+            match v {
+                Value::Number(_) => *v = n.clone(),
+                Value::Array(a) => a.iter_mut().for_each(|c| all(c, n)),
+                Value::Object(m) => m.values_mut().for_each(|c| all(c, n)),
+                _ => {}
+            }
+        }
+        let n = [
+            Value::from(u64::MAX),
+            Value::from(0),
+            Value::from(1e300),
+            Value::from(u32::MAX),
+            Value::from(i32::MAX),
+        ];
+        all(node, &n[rng.random_range(0..n.len())]);
+        *d = serde_json::to_vec_pretty(&doc).expect("JSON serializes");
+        return true;
+    }
     match node {
         Value::Number(_) => {
             let n = [
@@ -605,6 +627,42 @@ fn every_target_has_a_test_and_a_corpus_directory() {
             me.contains(&format!("fuzz(\"{name}\"")),
             "no test runs the fuzz target {name}"
         );
+    }
+}
+
+/// The targets are worth running only if real input gets past their parsers: the shipped
+/// configs and real results are accepted, and the corpus's edited inputs refused.
+#[test]
+fn real_inputs_are_accepted_by_their_targets_and_edited_ones_refused() {
+    install_panic_hook();
+    for (name, f) in targets::TARGETS {
+        for (i, s) in targets::seeds(name).iter().enumerate() {
+            assert_eq!(crashes(*f, s), Ok(true), "{name}: built-in seed {i}");
+        }
+    }
+    for (name, file, accepted) in [
+        ("result", "real-run.json", true),
+        ("result", "bench-only.json", true),
+        ("result", "other-producer-histograms.json", true),
+        ("result", "edited-histogram.json", false),
+        ("result", "counts-at-u64-max.json", true),
+        ("histogram", "other-producer-past-one-hour.bin", true),
+        ("histogram", "edited-zero-run-of-i64-min.bin", false),
+        ("histogram", "edited-2-to-the-60-samples.bin", false),
+        ("histogram", "edited-4-gib-payload-length.bin", false),
+        ("scenario", "every-job.toml", true),
+        (
+            "scenario",
+            "crash-block-threshold-past-duration-max.toml",
+            false,
+        ),
+        ("units", "crash-span-past-duration-max.txt", false),
+        ("units", "span-max.txt", true),
+        ("units", "size-max.txt", true),
+    ] {
+        let f = targets::TARGETS.iter().find(|t| t.0 == name).unwrap().1;
+        let data = std::fs::read(corpus_dir(name).join(file)).unwrap();
+        assert_eq!(crashes(f, &data), Ok(accepted), "{name}: {file}");
     }
 }
 

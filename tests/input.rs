@@ -236,6 +236,67 @@ fn lab_guest_sizes_out_of_range_are_exit_2_naming_the_flag_and_the_range() {
     }
 }
 
+/// A real result with every count of its storms at `u64::MAX` (two storms, so that sums
+/// overflow), more cells without an expectation than were checked, and pin counters at the
+/// ends of `i64`.
+const COUNTS_AT_MAX: &str = include_str!("../fuzz/corpus/result/counts-at-u64-max.json");
+
+#[test]
+fn counts_at_u64_max_in_a_result_file_are_compared_plotted_reported_and_exported() {
+    let sb = Sandbox::new("in-max-counts");
+    let base = write_result(&sb.base, "base", REAL_RESULT);
+    let cand = write_result(&sb.base, "max", COUNTS_AT_MAX);
+    let o = sb
+        .cmd()
+        .args(["--format", "json", "compare"])
+        .arg(&base)
+        .arg(&cand)
+        .args(["--fail-on", "violations>0", "--fail-on", "lost_write>+50%"])
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let v = json(&o);
+    let lost = v["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "lost_write")
+        .unwrap();
+    assert_eq!(
+        lost["cand_total"].as_u64(),
+        Some(u64::MAX),
+        "saturated: {lost}"
+    );
+    let o = sb
+        .cmd()
+        .arg("plot")
+        .arg(&base)
+        .arg(&cand)
+        .arg("--out")
+        .arg(sb.base.join("plots"))
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = sb
+        .cmd()
+        .arg("report")
+        .arg(&base)
+        .arg(&cand)
+        .arg("--out")
+        .arg(sb.base.join("report.html"))
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for to in ["csv", "ktap", "junit"] {
+        let o = sb.cmd().args(["export", to]).arg(&cand).output().unwrap();
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(0), "{to}: {}", stderr(&o));
+    }
+}
+
 /// Each stored histogram of `text` (a result file) replaced by `f(old)`.
 fn with_histograms(text: &str, run_id: &str, f: &dyn Fn(&str) -> String) -> String {
     fn walk(v: &mut serde_json::Value, f: &dyn Fn(&str) -> String) {

@@ -187,7 +187,11 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 format!(
                     "{}/{}",
                     t.registrations,
-                    t.registrations + t.register_errors.values().sum::<u64>()
+                    // Counts come from the file: saturate rather than overflow on edited
+                    // ones.
+                    t.register_errors
+                        .values()
+                        .fold(t.registrations, |a, b| a.saturating_add(*b))
                 ),
                 t.device_writes.to_string(),
                 t.verified.to_string(),
@@ -587,7 +591,7 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
                 let _ = writeln!(
                     out,
                     "  All {} measured cells with an expectation agree with {} ({} without one).",
-                    x.checked - x.without_expectation,
+                    x.checked.saturating_sub(x.without_expectation),
                     x.origin,
                     x.without_expectation
                 );
