@@ -15,7 +15,8 @@ mod targets;
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -96,13 +97,23 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// Targets under `crashes` right now, in any test.
+static QUIET_SECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// The last panic of a worker thread (rayon's, in compare and plot), which reaches the
+/// target's thread as a panic without the message.
+static WORKER_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
+            // Test threads are named after their test; unnamed ones are workers.
+            let worker = std::thread::current().name().is_none();
             if QUIET.with(Cell::get) {
                 LAST_PANIC.with(|l| *l.borrow_mut() = Some(info.to_string()));
+            } else if worker && QUIET_SECTIONS.load(Ordering::SeqCst) > 0 {
+                *WORKER_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.to_string());
             } else {
                 default(info);
             }
@@ -113,11 +124,19 @@ fn install_panic_hook() {
 /// Whether `f` accepted `input`, or its panic message.
 fn crashes(f: Target, input: &[u8]) -> Result<bool, String> {
     QUIET.with(|q| q.set(true));
+    QUIET_SECTIONS.fetch_add(1, Ordering::SeqCst);
     let r = panic::catch_unwind(AssertUnwindSafe(|| f(input)));
+    QUIET_SECTIONS.fetch_sub(1, Ordering::SeqCst);
     QUIET.with(|q| q.set(false));
     r.map_err(|_| {
         LAST_PANIC
             .with(|l| l.borrow_mut().take())
+            .or_else(|| {
+                WORKER_PANIC
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+            })
             .unwrap_or_else(|| "a panic without a message".into())
     })
 }
@@ -680,4 +699,15 @@ fn a_panicking_target_is_caught_minimized_and_reported() {
         .unwrap_err()
         .contains("found it"));
     assert_eq!(minimize(boom, b"some text around BAD and after it"), b"BAD");
+    fn boom_in_a_worker(d: &[u8]) -> bool {
+        let d = d.to_vec();
+        let worker = std::thread::spawn(move || boom(&d));
+        match worker.join() {
+            Ok(accepted) => accepted,
+            Err(e) => panic::resume_unwind(e),
+        }
+    }
+    assert!(crashes(boom_in_a_worker, b"xxBADxx")
+        .unwrap_err()
+        .contains("found it"));
 }

@@ -821,8 +821,8 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Guest memory and CPUs as QEMU takes them: 1 TiB and 256 CPUs are beyond any host this
-/// runs on, and keep `-m` and `-smp` within what QEMU accepts.
+/// The most guest memory and CPUs: far beyond what a lab guest needs, so that a typo (an
+/// extra digit, a byte count given as MiB) is refused instead of handed to QEMU.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_CPUS: usize = 256;
 
