@@ -25,7 +25,7 @@ use pinstorm_runners::host::{self, RunOptions};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
 use pinstorm_workloads::pin::{rdma, Availability, PinKind};
-use pinstorm_workloads::scenario::{BenchJob, ProbeJob, Scenario, PRESETS};
+use pinstorm_workloads::scenario::{self, BenchJob, ProbeJob, Scenario, PRESETS};
 use pinstorm_workloads::scratch::{self, ScratchRoot};
 
 /// An error in what the user gave us (exit 2), as opposed to one met while running (exit 1).
@@ -591,10 +591,16 @@ fn cmd_compare(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
             "--confidence must be between 0 and 1, e.g. 0.95"
         )));
     }
-    if a.min_effect < 0.0 || a.single_run_noise < 0.0 {
-        bail!(BadInput(anyhow::anyhow!(
-            "--min-effect and --single-run-noise are percentages >= 0"
-        )));
+    for (flag, v) in [
+        ("--min-effect", a.min_effect),
+        ("--single-run-noise", a.single_run_noise),
+    ] {
+        // NaN fails this too: a noise floor of NaN would make every change insignificant.
+        if !(0.0..=1000.0).contains(&v) {
+            bail!(BadInput(anyhow::anyhow!(
+                "{flag} {v}: must be a percentage between 0 and 1000"
+            )));
+        }
     }
     if let Some(s) = a.stats.iter().find(|s| compare::stat_quantile(s).is_none()) {
         bail!(BadInput(anyhow::anyhow!(
@@ -814,7 +820,7 @@ fn real_main() -> Result<ExitCode> {
                 match &mut s.storm {
                     Some(st) if !d.0.is_zero() => st.duration = d,
                     Some(_) => bail!(BadInput(anyhow::anyhow!(
-                        "--duration must be greater than zero"
+                        "--duration must be greater than zero (and at most 168h)"
                     ))),
                     None => bail!(BadInput(anyhow::anyhow!(
                         "--duration applies to storms, and {} has no [storm] section",
@@ -848,12 +854,36 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Pin(a)) => {
             let d = BenchJob::default();
-            let Some(threads) = NonZeroUsize::new(a.threads) else {
-                bail!(BadInput(anyhow::anyhow!("--threads must be at least 1")))
+            let Some(threads) =
+                NonZeroUsize::new(a.threads).filter(|t| t.get() <= scenario::MAX_THREADS)
+            else {
+                bail!(BadInput(anyhow::anyhow!(
+                    "--threads {}: must be between 1 and {}",
+                    a.threads,
+                    scenario::MAX_THREADS
+                )))
             };
-            let Some(iterations) = NonZeroU64::new(a.iterations) else {
-                bail!(BadInput(anyhow::anyhow!("--iterations must be at least 1")))
+            let Some(iterations) =
+                NonZeroU64::new(a.iterations).filter(|i| i.get() <= scenario::MAX_ITERATIONS)
+            else {
+                bail!(BadInput(anyhow::anyhow!(
+                    "--iterations {}: must be between 1 and {}",
+                    a.iterations,
+                    scenario::MAX_ITERATIONS
+                )))
             };
+            if a.warmup > scenario::MAX_WARMUP {
+                bail!(BadInput(anyhow::anyhow!(
+                    "--warmup {}: must be between 0 and {}",
+                    a.warmup,
+                    scenario::MAX_WARMUP
+                )));
+            }
+            if a.max_time.0.is_zero() {
+                bail!(BadInput(anyhow::anyhow!(
+                    "--max-time must be greater than zero (and at most 168h)"
+                )));
+            }
             let job = BenchJob {
                 pins: or_default(a.pins.clone(), d.pins),
                 backings: or_default(a.backings.clone(), d.backings),

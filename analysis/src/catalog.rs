@@ -128,7 +128,23 @@ struct Header {
 /// Parse one file; the error says what is wrong with it.
 pub fn load_file(path: &Path) -> Result<RunResult> {
     let bytes = std::fs::read(path).context("cannot read it")?;
-    match serde_json::from_slice::<RunResult>(&bytes) {
+    parse_result(&bytes)
+}
+
+/// Parse the bytes of a result file and check what analysis relies on: the schema name and
+/// version, and that every stored histogram decodes (one from another HdrHistogram producer
+/// does, into pinstorm's bounds; a corrupted or hand-edited one makes the whole file
+/// suspect, and it is refused naming the histogram).
+pub fn parse_result(bytes: &[u8]) -> Result<RunResult> {
+    let r = parse_json(bytes)?;
+    for (at, h) in r.histograms() {
+        crate::hist::Latency::decode(h).with_context(|| format!("{at} does not decode"))?;
+    }
+    Ok(r)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<RunResult> {
+    match serde_json::from_slice::<RunResult>(bytes) {
         Ok(r) if r.schema != SCHEMA_NAME => {
             bail!("not a pinstorm result (schema {:?})", r.schema)
         }
@@ -140,7 +156,7 @@ pub fn load_file(path: &Path) -> Result<RunResult> {
         Err(e) => {
             // Say first whether it is a pinstorm result of this version at all; a version
             // mismatch explains a parse error better than the field it tripped on.
-            if let Ok(h) = serde_json::from_slice::<Header>(&bytes) {
+            if let Ok(h) = serde_json::from_slice::<Header>(bytes) {
                 if h.schema.as_deref() != Some(SCHEMA_NAME) {
                     bail!(
                         "not a pinstorm result (schema {:?})",

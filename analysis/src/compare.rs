@@ -454,8 +454,9 @@ fn count_change(
     f: impl Fn(&LoadedRun) -> u64,
     measured: impl Fn(&LoadedRun) -> bool,
 ) -> CountChange {
-    let bt: u64 = base.iter().map(|r| f(r)).sum();
-    let ct: u64 = cand.iter().map(|r| f(r)).sum();
+    // Counts come from files: saturate rather than overflow on edited ones.
+    let bt = base.iter().fold(0u64, |t, r| t.saturating_add(f(r)));
+    let ct = cand.iter().fold(0u64, |t, r| t.saturating_add(f(r)));
     CountChange {
         what: what.to_string(),
         base_total: bt,
@@ -575,8 +576,12 @@ pub fn compare(
     parts.push(format!(
         "pins: {newly_refused} newly refused, {newly_allowed} newly allowed, {other} other outcome changes"
     ));
-    let vb: u64 = violations.iter().map(|v| v.base_total).sum();
-    let vc: u64 = violations.iter().map(|v| v.cand_total).sum();
+    let vb = violations
+        .iter()
+        .fold(0u64, |t, v| t.saturating_add(v.base_total));
+    let vc = violations
+        .iter()
+        .fold(0u64, |t, v| t.saturating_add(v.cand_total));
     let mut v = format!("violations {vb} -> {vc}");
     if !new_kinds.is_empty() {
         v.push_str(&format!(" (new: {})", new_kinds.join(", ")));

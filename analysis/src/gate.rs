@@ -289,8 +289,14 @@ impl Gate {
         } else if self.metric == "violations" {
             let total = CountChange {
                 what: "violations".into(),
-                base_total: cmp.violations.iter().map(|v| v.base_total).sum(),
-                cand_total: cmp.violations.iter().map(|v| v.cand_total).sum(),
+                base_total: cmp
+                    .violations
+                    .iter()
+                    .fold(0u64, |t, v| t.saturating_add(v.base_total)),
+                cand_total: cmp
+                    .violations
+                    .iter()
+                    .fold(0u64, |t, v| t.saturating_add(v.cand_total)),
                 base_per_run: cmp.violations.iter().map(|v| v.base_per_run).sum(),
                 cand_per_run: cmp.violations.iter().map(|v| v.cand_per_run).sum(),
                 base_runs_measured: cmp

@@ -188,8 +188,13 @@ impl OracleKind {
                 .iter()
                 .flat_map(|l| &l.lifecycle)
                 .map(|c| c.violations.len() as u64)
-                .sum(),
-            k => r.storms.iter().map(|s| k.count(&s.oracle)).sum(),
+                .fold(0u64, u64::saturating_add),
+            // Counts come from files: saturate rather than overflow on edited ones.
+            k => r
+                .storms
+                .iter()
+                .map(|s| k.count(&s.oracle))
+                .fold(0u64, u64::saturating_add),
         }
     }
 

@@ -598,8 +598,9 @@ fn draw_outcome_matrix<DB: DrawingBackend>(
                 .map_err(err)?;
                 let text = o.map(String::as_str).unwrap_or("-");
                 let max = (cw as usize / 8).max(3);
-                let text = if text.len() > max { &text[..max] } else { text };
-                root.draw(&Text::new(text.to_string(), (cx + 5, ry + 7), font(12)))
+                // Outcomes come from files: cut on a character, not a byte.
+                let text: String = text.chars().take(max).collect();
+                root.draw(&Text::new(text, (cx + 5, ry + 7), font(12)))
                     .map_err(err)?;
             }
         }

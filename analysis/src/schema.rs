@@ -527,6 +527,57 @@ pub struct HugepageRecord {
 }
 
 impl RunResult {
+    /// Every stored histogram, with where it is in the file (`bench[2].histogram`).
+    pub fn histograms(&self) -> Vec<(String, &str)> {
+        let mut v = Vec::new();
+        for (i, b) in self.bench.iter().enumerate() {
+            if let Some(h) = &b.histogram {
+                v.push((format!("bench[{i}].histogram"), h.as_str()));
+            }
+            if let Some(h) = &b.baseline_histogram {
+                v.push((format!("bench[{i}].baseline_histogram"), h.as_str()));
+            }
+        }
+        for (i, s) in self.storms.iter().enumerate() {
+            if let Some(h) = &s.register_histogram {
+                v.push((format!("storms[{i}].register_histogram"), h.as_str()));
+            }
+            for (j, op) in s.layout_ops.iter().enumerate() {
+                if let Some(h) = &op.histogram {
+                    v.push((format!("storms[{i}].layout_ops[{j}].histogram"), h.as_str()));
+                }
+            }
+        }
+        if let Some(l) = &self.leases {
+            for (i, b) in l.breaks.iter().enumerate() {
+                for (name, m) in [
+                    ("acquire", &b.acquire),
+                    ("release", &b.release),
+                    ("notify", &b.notify),
+                    ("breaker_wait", &b.breaker_wait),
+                ] {
+                    if let Some(m) = m {
+                        v.push((
+                            format!("leases.breaks[{i}].{name}.histogram"),
+                            m.histogram.as_str(),
+                        ));
+                    }
+                }
+            }
+            for (i, o) in l.overhead.iter().enumerate() {
+                for (name, m) in [("without", &o.without), ("with", &o.with)] {
+                    if let Some(m) = m {
+                        v.push((
+                            format!("leases.overhead[{i}].{name}.histogram"),
+                            m.histogram.as_str(),
+                        ));
+                    }
+                }
+            }
+        }
+        v
+    }
+
     /// Parse and check the schema name and version.
     pub fn from_json(text: &str) -> anyhow::Result<RunResult> {
         let v: serde_json::Value = serde_json::from_str(text)?;

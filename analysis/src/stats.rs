@@ -147,7 +147,7 @@ impl Ranked {
         let mut cum = Vec::new();
         let mut total = 0u64;
         for v in h.iter_recorded() {
-            total += v.count_at_value();
+            total = total.saturating_add(v.count_at_value());
             cum.push((total, v.value_iterated_to()));
         }
         Ranked { cum }

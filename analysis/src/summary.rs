@@ -196,7 +196,11 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 format!(
                     "{}/{}",
                     t.registrations,
-                    t.registrations + t.register_errors.values().sum::<u64>()
+                    // Counts come from the file: saturate rather than overflow on edited
+                    // ones.
+                    t.register_errors
+                        .values()
+                        .fold(t.registrations, |a, b| a.saturating_add(*b))
                 ),
                 t.device_writes.to_string(),
                 t.verified.to_string(),

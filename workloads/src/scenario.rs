@@ -373,6 +373,38 @@ impl Default for BenchJob {
     }
 }
 
+// The allowed ranges of the counts in a scenario (sizes and durations have theirs in
+// `units`). Each is far beyond a useful run and keeps what the runners derive from it
+// (threads spawned, samples kept, deadlines, intervals) from overflowing or exhausting
+// memory.
+
+/// Threads of one job: `[bench] threads`, `[storm] pinners` and `disruptors`.
+pub const MAX_THREADS: usize = 1024;
+/// `[bench] warmup`: unrecorded cycles per thread (not bounded by `max_time`).
+pub const MAX_WARMUP: u64 = 10_000_000;
+/// `[bench] iterations`: recorded cycles per thread and cell.
+pub const MAX_ITERATIONS: u64 = 1_000_000_000;
+/// `[storm] examples`: violations kept per oracle.
+pub const MAX_EXAMPLES: usize = 10_000;
+/// `[lease] rounds` and `hung_rounds`.
+pub const MAX_ROUNDS: u32 = 1_000_000;
+/// `[lease] overhead_cycles` (their samples are kept for the bootstrap).
+pub const MAX_OVERHEAD_CYCLES: u32 = 10_000_000;
+/// `rate` of storms and lease breaks, per second, when not 0: one per 1000 s at the least
+/// (the interval between two is a `Duration`), a billion at the most.
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 1e9;
+
+fn rate_ok(rate: f64) -> bool {
+    rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate)
+}
+
+/// The largest `[lease] signal`: the holder's signal is SIGRTMIN + signal, and the C
+/// library decides where the real-time signals start (glibc keeps the first two or three).
+pub fn max_rt_signal_offset() -> i32 {
+    libc::SIGRTMAX() - libc::SIGRTMIN()
+}
+
 /// A scenario file that could not be used, with where.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -441,11 +473,32 @@ impl Scenario {
                     "must be at least 1s (the sysctl counts whole seconds)",
                 );
             }
-            if !(l.rate >= 0.0 && l.rate.is_finite()) {
+            if !rate_ok(l.rate) {
                 return err(
                     "lease",
                     "rate",
-                    "must be 0 (back to back) or a positive number of breaks per second",
+                    &format!(
+                        "must be 0 (back to back) or between {MIN_RATE} and {MAX_RATE} breaks per second"
+                    ),
+                );
+            }
+            for (key, v, max) in [
+                ("rounds", l.rounds, MAX_ROUNDS),
+                ("hung_rounds", l.hung_rounds, MAX_ROUNDS),
+                ("overhead_cycles", l.overhead_cycles, MAX_OVERHEAD_CYCLES),
+            ] {
+                if v > max {
+                    return err("lease", key, &format!("must be between 0 and {max}"));
+                }
+            }
+            let max_signal = max_rt_signal_offset();
+            if !(0..=max_signal).contains(&l.signal) {
+                return err(
+                    "lease",
+                    "signal",
+                    &format!(
+                        "must be between 0 and {max_signal} (the break signal is SIGRTMIN + signal, at most SIGRTMAX)"
+                    ),
                 );
             }
         }
@@ -454,6 +507,13 @@ impl Scenario {
                 if crate::pin::rdma::mtu_enum(m).is_none() {
                     return err("rdma", "path_mtu", "must be 256, 512, 1024, 2048 or 4096");
                 }
+            }
+            if r.port == Some(0) {
+                return err(
+                    "rdma",
+                    "port",
+                    "must be between 1 and 255 (ports count from 1)",
+                );
             }
             if r.completion_timeout.0.is_zero() {
                 return err("rdma", "completion_timeout", "must be greater than zero");
@@ -471,17 +531,44 @@ impl Scenario {
                 }
             }
             if st.duration.0.is_zero() {
-                return err("storm", "duration", "must be greater than zero");
+                return err(
+                    "storm",
+                    "duration",
+                    "must be greater than zero (and at most 168h)",
+                );
             }
-            if !(st.rate >= 0.0 && st.rate.is_finite()) {
+            if !rate_ok(st.rate) {
                 return err(
                     "storm",
                     "rate",
-                    "must be 0 (as fast as possible) or a positive number of operations per second",
+                    &format!(
+                        "must be 0 (as fast as possible) or between {MIN_RATE} and {MAX_RATE} operations per second"
+                    ),
                 );
             }
             if st.file_size.bytes() < 4096 {
                 return err("storm", "file_size", "must be at least 4K (one page)");
+            }
+            if st.pinners.get() > MAX_THREADS {
+                return err(
+                    "storm",
+                    "pinners",
+                    &format!("must be between 1 and {MAX_THREADS}"),
+                );
+            }
+            if st.disruptors > MAX_THREADS {
+                return err(
+                    "storm",
+                    "disruptors",
+                    &format!("must be between 0 and {MAX_THREADS}"),
+                );
+            }
+            if st.examples > MAX_EXAMPLES {
+                return err(
+                    "storm",
+                    "examples",
+                    &format!("must be between 0 and {MAX_EXAMPLES}"),
+                );
             }
         }
         if let Some(p) = &s.probe {
@@ -507,7 +594,32 @@ impl Scenario {
                 }
             }
             if b.max_time.0.is_zero() {
-                return err("bench", "max_time", "must be greater than zero");
+                return err(
+                    "bench",
+                    "max_time",
+                    "must be greater than zero (and at most 168h)",
+                );
+            }
+            if b.threads.get() > MAX_THREADS {
+                return err(
+                    "bench",
+                    "threads",
+                    &format!("must be between 1 and {MAX_THREADS}"),
+                );
+            }
+            if b.warmup > MAX_WARMUP {
+                return err(
+                    "bench",
+                    "warmup",
+                    &format!("must be between 0 and {MAX_WARMUP}"),
+                );
+            }
+            if b.iterations.get() > MAX_ITERATIONS {
+                return err(
+                    "bench",
+                    "iterations",
+                    &format!("must be between 1 and {MAX_ITERATIONS}"),
+                );
             }
         }
         Ok(s)
@@ -605,6 +717,90 @@ mod tests {
             .to_string();
         assert!(
             e.contains("line 3: [bench] sizes: must list at least one value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key_and_the_range() {
+        let max_sig = max_rt_signal_offset();
+        for (text, want) in [
+            (
+                "name = \"x\"\n[storm]\nduration = \"20000000000000000000s\"\n",
+                "line 3",
+            ),
+            (
+                "name = \"x\"\n[bench]\nmax_time = \"169h\"\n",
+                "between 0s and 168h",
+            ),
+            (
+                "name = \"x\"\n[bench]\nthreads = 1025\n",
+                "[bench] threads: must be between 1 and 1024",
+            ),
+            (
+                "name = \"x\"\n[bench]\nwarmup = 18446744073709551615\n",
+                "[bench] warmup: must be between 0 and 10000000",
+            ),
+            (
+                "name = \"x\"\n[bench]\niterations = 1000000001\n",
+                "[bench] iterations: must be between 1 and 1000000000",
+            ),
+            (
+                "name = \"x\"\n[bench]\nsizes = [\"2T\"]\n",
+                "between 1 byte and 1T",
+            ),
+            (
+                "name = \"x\"\n[storm]\npinners = 100000\n",
+                "[storm] pinners: must be between 1 and 1024",
+            ),
+            (
+                "name = \"x\"\n[storm]\ndisruptors = 100000\n",
+                "[storm] disruptors: must be between 0 and 1024",
+            ),
+            (
+                "name = \"x\"\n[storm]\nrate = 1e-300\n",
+                "[storm] rate: must be 0 (as fast as possible) or between 0.001 and 1000000000",
+            ),
+            ("name = \"x\"\n[storm]\nrate = nan\n", "[storm] rate"),
+            (
+                "name = \"x\"\n[storm]\nexamples = 18446744073709551615\n",
+                "[storm] examples: must be between 0 and 10000",
+            ),
+            ("name = \"x\"\n[lease]\nrate = inf\n", "[lease] rate"),
+            (
+                "name = \"x\"\n[lease]\nrounds = 4000000000\n",
+                "[lease] rounds: must be between 0 and 1000000",
+            ),
+            (
+                "name = \"x\"\n[lease]\noverhead_cycles = 4000000000\n",
+                "[lease] overhead_cycles: must be between 0",
+            ),
+            (
+                "name = \"x\"\n[lease]\nsignal = 1000\n",
+                &format!("line 3: [lease] signal: must be between 0 and {max_sig}"),
+            ),
+            (
+                "name = \"x\"\n[lease]\nsignal = -1\n",
+                "[lease] signal: must be between 0",
+            ),
+            (
+                "name = \"x\"\n[rdma]\nport = 0\n[probe]\n",
+                "[rdma] port: must be between 1 and 255",
+            ),
+        ] {
+            let e = Scenario::parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let text = format!("name = \"x\"\n[lease]\nsignal = {max_sig}\n");
+        Scenario::parse(&text, "f.toml").unwrap();
+        let e = Scenario::parse(
+            "name = \"x\"\n[storm]\nduration = \"20000000000000000000s\"\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("duration = ") && e.contains("between 0s and 168h"),
             "{e}"
         );
     }

@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest size pinstorm accepts anywhere (regions, files, pins): 1 TiB. Far beyond what
+/// a pin benchmark maps, and small enough that rounding up to any page size cannot overflow.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// The longest duration pinstorm accepts anywhere: 168h (7 days). Longer than any run is
+/// meant to take, and small enough that a deadline `Instant::now() + span` (even a few
+/// times over) cannot overflow.
+pub const MAX_SPAN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A byte count. Suffixes are binary (K = 1024), as in fio and the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "SizeRepr", into = "u64")]
@@ -24,6 +33,9 @@ impl TryFrom<SizeRepr> for Size {
     fn try_from(r: SizeRepr) -> Result<Self, String> {
         match r {
             SizeRepr::Bytes(0) => Err("a size must be greater than zero".into()),
+            SizeRepr::Bytes(b) if b > MAX_SIZE => Err(format!(
+                "size {b} is too large: sizes are between 1 byte and 1T ({MAX_SIZE} bytes)"
+            )),
             SizeRepr::Bytes(b) => Ok(Size(b)),
             SizeRepr::Text(s) => s.parse(),
         }
@@ -45,9 +57,9 @@ impl FromStr for Size {
         if num.is_empty() {
             return Err(format!("invalid size {s:?}: expected a number with an optional K, M or G suffix, e.g. 4K or 2M"));
         }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+        let too_large =
+            || format!("invalid size {s:?}: too large; sizes are between 1 byte and 1T");
+        let n: u64 = num.parse().map_err(|_| too_large())?;
         let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -62,7 +74,8 @@ impl FromStr for Size {
         };
         let bytes = n
             .checked_mul(mult)
-            .ok_or_else(|| format!("invalid size {s:?}: too large"))?;
+            .filter(|b| *b <= MAX_SIZE)
+            .ok_or_else(too_large)?;
         if bytes == 0 {
             return Err(format!("invalid size {s:?}: must be greater than zero"));
         }
@@ -91,9 +104,18 @@ impl Size {
         usize::try_from(self.0).expect("size fits in usize")
     }
 
-    /// Round up to a multiple of `align` (a power of two).
+    /// Round up to a multiple of `align` (a page size). Parsed sizes are at most
+    /// [`MAX_SIZE`], so this cannot overflow for them; a size made in code near `u64::MAX`
+    /// stays at the largest multiple that fits rather than wrapping to a tiny one. An
+    /// `align` of 0 leaves the size as it is.
     pub fn round_up(self, align: u64) -> Size {
-        Size(self.0.div_ceil(align) * align)
+        if align == 0 {
+            return self;
+        }
+        match self.0.checked_next_multiple_of(align) {
+            Some(v) => Size(v),
+            None => Size(u64::MAX - u64::MAX % align),
+        }
     }
 }
 
@@ -139,8 +161,12 @@ impl FromStr for Span {
                 ))
             }
         };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
+        // Compared before converting: Duration::from_secs_f64 panics on values it cannot
+        // hold (1e20 s), and deadlines far in the future overflow Instant.
+        if !(secs >= 0.0 && secs <= MAX_SPAN.as_secs_f64()) {
+            return Err(format!(
+                "invalid duration {s:?}: durations are between 0s and 168h (7 days)"
+            ));
         }
         Ok(Span(Duration::from_secs_f64(secs)))
     }
@@ -211,5 +237,50 @@ mod tests {
         assert_eq!("2m".parse::<Span>().unwrap().0, Duration::from_secs(120));
         assert_eq!(Span(Duration::from_millis(1500)).to_string(), "1500ms");
         assert!("5 parsecs".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn spans_beyond_a_week_are_refused_with_the_range_instead_of_panicking() {
+        assert_eq!("168h".parse::<Span>().unwrap().0, MAX_SPAN);
+        for s in [
+            "20000000000000000000s",
+            "169h",
+            "604801s",
+            "1000000000000000000000000000000000000000h",
+        ] {
+            let e = s.parse::<Span>().unwrap_err();
+            assert!(e.contains("between 0s and 168h"), "{s}: {e}");
+        }
+        assert!("NaN".parse::<Span>().is_err());
+        assert!("inf".parse::<Span>().is_err());
+        assert!("-1s".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn sizes_beyond_a_tebibyte_are_refused_with_the_range() {
+        assert_eq!("1T".parse::<Size>().unwrap(), Size(MAX_SIZE));
+        for s in [
+            "2T",
+            "18446744073709551616",
+            "17179869184G",
+            "1099511627777",
+        ] {
+            let e = s.parse::<Size>().unwrap_err();
+            assert!(e.contains("between 1 byte and 1T"), "{s}: {e}");
+        }
+        let e =
+            toml::from_str::<std::collections::BTreeMap<String, Size>>("s = 18446744073709551615");
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn rounding_up_never_wraps() {
+        assert_eq!(Size(1).round_up(4096), Size(4096));
+        assert_eq!(Size(4096).round_up(4096), Size(4096));
+        assert_eq!(Size(MAX_SIZE).round_up(1 << 30), Size(MAX_SIZE));
+        let near_max = Size(u64::MAX - 5).round_up(1 << 21);
+        assert_eq!(near_max.0 % (1 << 21), 0);
+        assert!(near_max.0 > u64::MAX - (1 << 21));
+        assert_eq!(Size(12345).round_up(0), Size(12345));
     }
 }

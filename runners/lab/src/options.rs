@@ -87,12 +87,29 @@ impl LabOptions {
 }
 
 /// Check the parts of the options a user typed, before anything is fetched or booted.
+/// The most guest memory and CPUs: far beyond what a lab guest needs, so that a typo (an
+/// extra digit, a byte count given as MiB) is refused instead of handed to QEMU.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+pub const MAX_CPUS: usize = 256;
+
 pub fn check(opts: &LabOptions) -> Result<()> {
     if opts.plan.kernels.is_empty() {
         bail!("--kernels is empty");
     }
-    if opts.plan.memory_mib < 1024 {
-        bail!("--memory must be at least 1024 MiB");
+    if !(1024..=MAX_MEMORY_MIB).contains(&opts.plan.memory_mib) {
+        bail!(
+            "--memory {}: must be between 1024 and {MAX_MEMORY_MIB} MiB",
+            opts.plan.memory_mib
+        );
+    }
+    if !(1..=MAX_CPUS).contains(&opts.plan.cpus) {
+        bail!(
+            "--cpus {}: must be between 1 and {MAX_CPUS}",
+            opts.plan.cpus
+        );
+    }
+    if opts.timeout.is_zero() {
+        bail!("--timeout must be greater than zero (and at most 168h)");
     }
     if let Some(Inject {
         only: Some(only), ..
