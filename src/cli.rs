@@ -1,4 +1,4 @@
-//! The command line: clap definitions only. Turning them into plain options is in main.rs.
+//! The command line: clap definitions only. Turning them into plain options is in cmd/.
 
 use std::path::PathBuf;
 

@@ -112,6 +112,31 @@ fn a_missing_scenario_is_refused_and_presets_are_named() {
 }
 
 #[test]
+fn a_duration_that_cannot_apply_to_the_scenario_is_bad_input() {
+    // quick has no [storm]: a storm duration has nothing to apply to.
+    let o = pinstorm()
+        .args(["run", "quick", "--duration", "5s"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--duration applies to storms, and quick has no [storm] section"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pinstorm()
+        .args(["run", "truncate-vs-pin", "--duration", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--duration must be greater than zero"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn relative_or_empty_results_paths_are_hard_errors() {
     let o = pinstorm()
         .args(["probe", "--backings", "anon", "--results", "results"])

@@ -1,0 +1,79 @@
+//! What several commands share: the bad-input error (exit 2), expectations, the RDMA
+//! configuration, and loading results.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cli::Global;
+use crate::cmd::paths::results_root;
+use pinstorm_analysis::catalog::Catalog;
+use pinstorm_analysis::expect::{self, Expectations};
+use pinstorm_workloads::pin::rdma;
+use pinstorm_workloads::scenario::Scenario;
+
+/// An error in what the user gave us (exit 2), as opposed to one met while running (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct BadInput(pub anyhow::Error);
+
+pub fn bad<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| BadInput(e).into())
+}
+
+/// `--expectations` (files or directories, repeatable) as (origin, text) per file, checked;
+/// None when none were given (the built-in files apply).
+pub fn expectation_sources(g: &Global) -> Result<Option<Vec<(String, String)>>> {
+    if g.expectations.is_empty() {
+        return Ok(None);
+    }
+    let sources = bad(expect::read_sources(&g.expectations))?;
+    bad(Expectations::from_sources(&sources))?;
+    Ok(Some(sources))
+}
+
+pub fn expectations(g: &Global) -> Result<Expectations> {
+    match expectation_sources(g)? {
+        None => Ok(Expectations::builtin()),
+        Some(sources) => bad(Expectations::from_sources(&sources)),
+    }
+}
+
+/// The `rdma` pin paths' configuration: the scenario's `[rdma]`, with `--rdma-dev` and
+/// `--rdma-port` over it. Recorded in the scenario (and so in the result) when anything was
+/// set.
+pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
+    let mut cfg = scenario
+        .as_ref()
+        .and_then(|s| s.rdma.clone())
+        .unwrap_or_default();
+    if let Some(d) = &g.rdma_dev {
+        cfg.device = Some(d.clone());
+    }
+    if let Some(p) = g.rdma_port {
+        cfg.port = Some(p);
+    }
+    if g.rdma_no_prefetch {
+        cfg.prefetch = false;
+    }
+    if let Some(s) = scenario {
+        if s.rdma.is_some() || g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
+            s.rdma = Some(cfg.clone());
+        }
+    }
+    rdma::configure(cfg);
+}
+
+/// Load results, saying on stderr which files were skipped and why.
+pub fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
+    let paths = if paths.is_empty() {
+        vec![results_root(g)?]
+    } else {
+        paths.to_vec()
+    };
+    let c = bad(Catalog::load(&paths))?;
+    for s in &c.skipped {
+        eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
+    }
+    Ok(c)
+}

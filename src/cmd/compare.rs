@@ -1,0 +1,162 @@
+//! `pinstorm compare`: two sets of results, with gates that fail the command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{CompareArgs, Format, Global};
+use crate::cmd::common::{bad, load, BadInput};
+use crate::cmd::paths::{out_path, results_root};
+use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
+use pinstorm_analysis::compare::{self, CompareOptions};
+use pinstorm_analysis::gate::{self, Gate};
+use pinstorm_analysis::render;
+
+/// One side of a comparison: a file or directory, or a selector over the results root.
+fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result<Vec<LoadedRun>> {
+    let p = PathBuf::from(arg);
+    let runs = if p.exists() {
+        load(&[p], g)?.runs
+    } else if Selector::looks_like(arg) {
+        let sel = bad(Selector::parse(arg).map_err(|e| anyhow::anyhow!("{what}: {e}")))?;
+        if root.is_none() {
+            *root = Some(load(&[], g)?);
+        }
+        let cat = root.as_ref().expect("loaded above");
+        let runs: Vec<LoadedRun> = cat.select(&sel).into_iter().cloned().collect();
+        if runs.is_empty() {
+            // Name what there is, so a typo or a renamed label is seen at once.
+            let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| {
+                let s: std::collections::BTreeSet<String> = cat.runs.iter().filter_map(f).collect();
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.into_iter().collect::<Vec<_>>().join(", ")
+                }
+            };
+            bail!(BadInput(anyhow::anyhow!(
+                "{what} {arg:?} selects no run: it holds no result of the {} loaded from {} (their kernels: {}; labels: {}; scenarios: {})",
+                cat.runs.len(),
+                results_root(g)?.display(),
+                set(&|r| Some(r.kernel().to_string())),
+                set(&|r| r.label().map(str::to_string)),
+                set(&|r| Some(r.result.scenario.name.clone())),
+            )));
+        }
+        runs
+    } else {
+        bail!(BadInput(anyhow::anyhow!(
+            "{what} {arg:?}: no such file or directory, and not a selector ({SELECTOR_KEYS})"
+        )))
+    };
+    if runs.is_empty() {
+        bail!(BadInput(anyhow::anyhow!(
+            "{what} {arg:?} holds no result that could be loaded"
+        )));
+    }
+    Ok(runs)
+}
+
+pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
+    let mut gates: Vec<Gate> = bad(a.fail_on.iter().map(|e| Gate::parse(e)).collect())?;
+    if let Some(f) = &a.gates {
+        let text =
+            bad(std::fs::read_to_string(f).with_context(|| format!("--gates {}", f.display())))?;
+        gates.extend(bad(gate::from_toml(&text, &f.display().to_string()))?);
+    }
+    if !(a.confidence > 0.0 && a.confidence < 1.0) {
+        bail!(BadInput(anyhow::anyhow!(
+            "--confidence must be between 0 and 1, e.g. 0.95"
+        )));
+    }
+    for (flag, v) in [
+        ("--min-effect", a.min_effect),
+        ("--single-run-noise", a.single_run_noise),
+    ] {
+        // NaN fails this too: a noise floor of NaN would make every change insignificant.
+        if !(0.0..=1000.0).contains(&v) {
+            bail!(BadInput(anyhow::anyhow!(
+                "{flag} {v}: must be a percentage between 0 and 1000"
+            )));
+        }
+    }
+    if let Some(s) = a.stats.iter().find(|s| compare::stat_quantile(s).is_none()) {
+        bail!(BadInput(anyhow::anyhow!(
+            "--stats {s:?}: known are {}",
+            compare::STATS
+        )));
+    }
+    let md_out = a
+        .markdown_out
+        .as_deref()
+        .map(|p| out_path(p, "--markdown-out"))
+        .transpose()?;
+    let json_out = a
+        .json_out
+        .as_deref()
+        .map(|p| out_path(p, "--json-out"))
+        .transpose()?;
+    let mut root = None;
+    let base = side(&a.base, "BASE", g, &mut root)?;
+    let cand = side(&a.cand, "CAND", g, &mut root)?;
+    let opts = CompareOptions {
+        confidence: a.confidence,
+        min_effect_pct: a.min_effect,
+        single_run_noise_pct: a.single_run_noise,
+        stats: a.stats.clone(),
+        ..CompareOptions::default()
+    };
+    let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
+    let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
+    let failed = gate::apply(&mut cmp, &gates, a.allow_empty_gates);
+    let json = serde_json::to_string_pretty(&cmp)? + "\n";
+    match g.format {
+        Format::Text => print!("{}", render::text(&cmp)),
+        Format::Markdown => print!("{}", render::markdown(&cmp)),
+        Format::Json => print!("{json}"),
+    }
+    if let Some(p) = md_out {
+        pinstorm_analysis::store::write_atomic(&p, render::markdown(&cmp).as_bytes())?;
+    }
+    if let Some(p) = json_out {
+        pinstorm_analysis::store::write_atomic(&p, json.as_bytes())?;
+    }
+    for gr in &cmp.gates {
+        if gr.crossed {
+            let shown = gr.by.len().min(render::GATE_EXAMPLES);
+            eprintln!(
+                "pinstorm: gate {} crossed by {} metric(s){}: {}{}",
+                gr.expr,
+                gr.by.len(),
+                if shown < gr.by.len() {
+                    format!(", the worst {shown}")
+                } else {
+                    String::new()
+                },
+                gr.by[..shown].join("; "),
+                if shown < gr.by.len() {
+                    " (--format json or --json-out lists them all)"
+                } else {
+                    ""
+                }
+            );
+        } else if let Some(missing) = &gr.missing {
+            if gr.failed {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing: {missing}; it fails (exit 4) so that a missing metric cannot silence it (--allow-empty-gates lets it pass)",
+                    gr.expr
+                );
+            } else {
+                eprintln!(
+                    "pinstorm: gate {} judged nothing ({missing}); passed because of --allow-empty-gates",
+                    gr.expr
+                );
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::from(4));
+    }
+    Ok(ExitCode::SUCCESS)
+}

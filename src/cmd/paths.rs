@@ -1,0 +1,115 @@
+//! Every path the command line names, checked here and only here: absolute, no `..`, and
+//! for directories pinstorm works in, an existing directory of the right owner.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::cli::Global;
+use crate::cmd::common::bad;
+use pinstorm_workloads::scratch;
+
+/// The paths a run writes to, each checked once before anything runs.
+pub struct RunPaths {
+    pub results_root: PathBuf,
+    pub scratch_root: PathBuf,
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl RunPaths {
+    /// Errors name the first bad one, in this order: --scratch-dir, --results, --scratch-root.
+    pub fn check(g: &Global) -> Result<RunPaths> {
+        let scratch_dir = scratch_dir(g)?;
+        Ok(RunPaths {
+            results_root: results_root(g)?,
+            scratch_root: scratch_root(g)?,
+            scratch_dir,
+        })
+    }
+}
+
+pub fn results_root(g: &Global) -> Result<PathBuf> {
+    let p = match (&g.results, std::env::var_os("PINSTORM_RESULTS")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => std::env::current_dir()
+            .context("the current directory is gone; give --results")?
+            .join("results"),
+    };
+    bad(scratch::checked_write_path(
+        &p,
+        "--results (or PINSTORM_RESULTS)",
+    ))
+}
+
+pub fn scratch_root(g: &Global) -> Result<PathBuf> {
+    let p = match (&g.scratch_root, std::env::var_os("PINSTORM_SCRATCH_ROOT")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => bad(scratch::default_scratch_root())?,
+    };
+    bad(scratch::checked_write_path(
+        &p,
+        "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
+    ))
+}
+
+/// `--scratch-dir`, checked (an existing directory), if given.
+pub fn scratch_dir(g: &Global) -> Result<Option<PathBuf>> {
+    Ok(match &g.scratch_dir {
+        Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
+        None => None,
+    })
+}
+
+impl Global {
+    /// `--dax-dir FS=DIR`, each checked: FS is xfs or ext4, DIR an existing scratch directory.
+    pub fn dax_dirs(&self) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+        let mut out = std::collections::BTreeMap::new();
+        for v in &self.dax_dir {
+            let Some((fs, dir)) = v.split_once('=') else {
+                return bad(Err(anyhow::anyhow!(
+                    "--dax-dir {v:?}: expected FS=DIR, e.g. --dax-dir xfs=/mnt/pmem0/scratch"
+                )));
+            };
+            if !matches!(fs, "xfs" | "ext4") {
+                return bad(Err(anyhow::anyhow!(
+                    "--dax-dir {v:?}: filesystem {fs:?} is not one of xfs, ext4"
+                )));
+            }
+            let flag = format!("--dax-dir {fs}=");
+            let d = bad(scratch::checked_scratch_dir(
+                std::path::Path::new(dir),
+                &flag,
+            ))?;
+            if out.insert(fs.to_string(), d).is_some() {
+                return bad(Err(anyhow::anyhow!("--dax-dir {fs}= given twice")));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The lab's cache: --cache, $PINSTORM_CACHE, $XDG_CACHE_HOME/pinstorm, ~/.cache/pinstorm.
+pub fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
+    let p = match (flag, std::env::var_os("PINSTORM_CACHE")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => PathBuf::from(v),
+        (None, None) => match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("pinstorm"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/pinstorm"),
+            _ => bad(Err(anyhow::anyhow!(
+                "no HOME or XDG_CACHE_HOME to put the lab cache in; give --cache DIR"
+            )))?,
+        },
+    };
+    bad(scratch::checked_write_path(
+        &p,
+        "--cache (or PINSTORM_CACHE)",
+    ))
+}
+
+/// A path to write to: checked like every other (absolute, no `..`).
+pub fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
+    bad(scratch::checked_write_path(p, what))
+}
