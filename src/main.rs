@@ -21,7 +21,7 @@ use pinstorm_analysis::{export, plot, render, report, summary};
 use pinstorm_runners::host::{self, RunOptions};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
-use pinstorm_workloads::pin::{rdma, Availability, PinKind};
+use pinstorm_workloads::pin::{rdma, Availability, PinKind, PinSettings};
 use pinstorm_workloads::scenario::{BenchJob, ProbeJob, Scenario, PRESETS};
 use pinstorm_workloads::scratch::{self, ScratchRoot};
 
@@ -115,9 +115,9 @@ enum JsonOut {
 }
 
 /// The `rdma` pin paths' configuration: the scenario's `[rdma]`, with `--rdma-dev` and
-/// `--rdma-port` over it. Recorded in the scenario (and so in the result) when anything was
-/// set.
-fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
+/// `--rdma-port` over it. Recorded in the scenario (and so in the result, and the paths the
+/// run builds from it) when anything was set.
+fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) -> rdma::RdmaConfig {
     let mut cfg = scenario
         .as_ref()
         .and_then(|s| s.rdma.clone())
@@ -136,7 +136,7 @@ fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
             s.rdma = Some(cfg.clone());
         }
     }
-    rdma::configure(cfg);
+    cfg
 }
 
 fn run_scenario(
@@ -201,7 +201,7 @@ fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
 }
 
 /// The RDMA devices section of `pinstorm list`: devices, ports, link layer, firmware, ODP.
-fn print_rdma_devices(v: &serde_json::Value) {
+fn print_rdma_devices(v: &serde_json::Value, cfg: &rdma::RdmaConfig) {
     println!("RDMA devices (for the rdma pin paths; --rdma-dev NAME, --rdma-port N):");
     let devs = v["devices"].as_array().cloned().unwrap_or_default();
     if devs.is_empty() {
@@ -209,7 +209,7 @@ fn print_rdma_devices(v: &serde_json::Value) {
         println!();
         return;
     }
-    let selected = rdma::selected();
+    let selected = rdma::selected(cfg);
     for d in &devs {
         let name = d["name"].as_str().unwrap_or("");
         println!(
@@ -246,7 +246,9 @@ fn print_rdma_devices(v: &serde_json::Value) {
 }
 
 fn cmd_list(g: &Global) -> Result<ExitCode> {
-    configure_rdma(g, None);
+    let pin_settings = PinSettings {
+        rdma: configure_rdma(g, None),
+    };
     let env = SetupEnv {
         is_root: pinstorm_workloads::is_root(),
         scratch_dir: g.scratch_dir.clone(),
@@ -261,7 +263,7 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
     let pins: Vec<_> = PinKind::ALL
         .iter()
         .map(|p| {
-            let (s, r) = avail(p.path().availability());
+            let (s, r) = avail(p.path(&pin_settings).availability());
             serde_json::json!({"name": p.name(), "status": s, "reason": r, "description": p.describe()})
         })
         .collect();
@@ -312,7 +314,7 @@ fn cmd_list(g: &Global) -> Result<ExitCode> {
         println!();
     };
     section("Pin paths", &pins);
-    print_rdma_devices(&rdma_devices);
+    print_rdma_devices(&rdma_devices, &pin_settings.rdma);
     section("Backings", &backings);
     println!("Layout operations (whether a filesystem has one is measured per storm; notrun with the reason if not):");
     for l in &layout_ops {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::schema::BenchRow;
 use pinstorm_workloads::backing::{Backing, RegionError, RegionSpec};
-use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_workloads::pin::{Availability, PinError, PinKind, PinPath, PinSettings};
 use pinstorm_workloads::scenario::BenchJob;
 use pinstorm_workloads::units::Size;
 
@@ -63,7 +63,7 @@ struct ThreadResult {
 }
 
 fn worker(
-    kind: PinKind,
+    path: &dyn PinPath,
     backing: &dyn Backing,
     spec: RegionSpec,
     job: &BenchJob,
@@ -83,7 +83,6 @@ fn worker(
             }
             RegionError::Tool(e) => CellStop::Tool(e),
         })?;
-        let path = kind.path();
         let pinner = path.pinner().map_err(pin_stop)?;
         let tight = if job.baseline {
             path.tight_loop()
@@ -184,6 +183,8 @@ fn pin_stop(e: PinError) -> CellStop {
 pub struct BenchContext<'a> {
     pub backings: &'a BackingSet,
     pub memlock_hint: Option<String>,
+    /// What the pin paths are told.
+    pub pins: &'a PinSettings,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,7 +227,8 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let threads = job.threads.get();
     for &pin in &job.pins {
-        let avail = pin.path().availability();
+        let path = pin.path(ctx.pins);
+        let avail = path.availability();
         for &kind in &job.backings {
             for &size in &job.sizes {
                 signals::check()?;
@@ -270,7 +272,7 @@ pub fn run(
                 let results: Vec<ThreadResult> = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..threads)
                         .map(|_| {
-                            s.spawn(|| worker(pin, backing, spec, job, job.max_time.0, &barrier))
+                            s.spawn(|| worker(&*path, backing, spec, job, job.max_time.0, &barrier))
                         })
                         .collect();
                     handles

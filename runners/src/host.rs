@@ -258,9 +258,6 @@ fn log(opts: &RunOptions, msg: &str) {
 
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     signals::install();
-    // The rdma pin paths' device, port and access flags: the scenario's `[rdma]` (into which
-    // the command line merged `--rdma-*`), in a host run and in a lab guest alike.
-    pinstorm_workloads::pin::rdma::configure(opts.scenario.rdma.clone().unwrap_or_default());
     let results_root = scratch::checked_write_path(&opts.results_root, "--results")?;
     let scratch_root = scratch::checked_write_path(&opts.scratch_root, "--scratch-root")?;
     let scratch_dir = opts
@@ -273,7 +270,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         eprintln!("pinstorm: {line}");
     }
 
-    let env = environment::capture();
+    let env = environment::capture(&opts.scenario.pin_settings());
     let kernel = KernelRelease::parse(&env.kernel_release).unwrap_or(KernelRelease {
         release: env.kernel_release.clone(),
         version: (0, 0, 0),
@@ -373,6 +370,9 @@ fn run_jobs(
     path: &Path,
 ) -> Result<()> {
     let s = &opts.scenario;
+    // What the pin paths are told: the scenario's `[rdma]` (into which the command line
+    // merged `--rdma-*`), in a host run and in a lab guest alike.
+    let pins = s.pin_settings();
     let run_scratch = root.new_run(run_id)?;
     let is_root = pinstorm_workloads::is_root();
     let setup_env = SetupEnv {
@@ -473,12 +473,7 @@ fn run_jobs(
                 kernel,
                 seed: s.seed,
                 memlock_hint: hint.clone(),
-                rdma_device: job
-                    .pins
-                    .iter()
-                    .any(|p| p.is_rdma())
-                    .then(pinstorm_workloads::pin::rdma::device_name)
-                    .flatten(),
+                pins: &pins,
             };
             let r = probe::run(job, &ctx, &progress, &mut result.probe);
             summarize_expectations(opts, result);
@@ -490,6 +485,7 @@ fn run_jobs(
             let ctx = bench::BenchContext {
                 backings: &backings,
                 memlock_hint: hint.clone(),
+                pins: &pins,
             };
             let r = bench::run(job, &ctx, &progress, &mut result.bench);
             store::write_result(path.parent().expect("result dir"), result)?;
@@ -532,6 +528,7 @@ fn run_jobs(
                 seed: s.seed,
                 run_tag: run_tag(run_id),
                 kmsg: &kmsg,
+                pins: &pins,
             };
             let r = storm::run(job, &ctx, &progress, &mut result.storms);
             judge_storms(opts, kernel, result);
@@ -621,23 +618,24 @@ fn unjudged_kinds(opts: &RunOptions) -> Vec<String> {
 }
 
 /// Judge every storm that ran against the expectations (its registrations and oracle
-/// counts), for `storm_verdicts`.
+/// counts), for `storm_verdicts`; with the device each pin path drove, as the storm matched
+/// its `[[expect]]` rule.
 fn judge_storms(opts: &RunOptions, kernel: &KernelRelease, result: &mut RunResult) {
-    let is_rdma =
-        |pin: &str| pinstorm_workloads::pin::PinKind::parse(pin).is_ok_and(|p| p.is_rdma());
-    // The device the rdma pin paths used, as the storm matched its `[[expect]]` rule.
-    let rdma_device = result
-        .storms
-        .iter()
-        .any(|s| is_rdma(&s.pin))
-        .then(pinstorm_workloads::pin::rdma::device_name)
-        .flatten();
+    let pins = opts.scenario.pin_settings();
+    let mut devices: BTreeMap<String, Option<String>> = BTreeMap::new();
     result.storm_verdicts = result
         .storms
         .iter()
         .flat_map(|s| {
-            let dev = rdma_device.as_deref().filter(|_| is_rdma(&s.pin));
-            verdict::judge_storm(&opts.expectations, s, kernel, dev)
+            let dev = devices
+                .entry(s.pin.clone())
+                .or_insert_with(|| {
+                    pinstorm_workloads::pin::PinKind::parse(&s.pin)
+                        .ok()
+                        .and_then(|p| p.path(&pins).device())
+                })
+                .clone();
+            verdict::judge_storm(&opts.expectations, s, kernel, dev.as_deref())
                 .into_iter()
                 .map(|fact| pinstorm_analysis::schema::StormVerdict {
                     pin: s.pin.clone(),

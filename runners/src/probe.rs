@@ -6,7 +6,7 @@ use pinstorm_analysis::expect::{judge, Cell, Expectations};
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::ProbeRow;
 use pinstorm_workloads::backing::{Access, RegionError, RegionSpec};
-use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
+use pinstorm_workloads::pin::{Availability, PinError, PinPath, PinSettings, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
 
 use crate::host::{with_memlock_hint, BackingSet, Progress};
@@ -39,9 +39,10 @@ fn differing_bytes(want: &[u8], seen: &[u8]) -> String {
     }
 }
 
-/// After a successful pin: let the device write a pattern, check the CPU sees it through
-/// the mapping, let the device read it back.
+/// After a successful pin: let the device write a pattern (when the path has device writes),
+/// check the CPU sees it through the mapping, let the device read it back.
 fn device_io(
+    path: &dyn PinPath,
     pinner: &mut dyn Pinner,
     region: &pinstorm_workloads::backing::Region,
     seed: u64,
@@ -50,7 +51,9 @@ fn device_io(
     let pat = pattern(seed, len);
     // A path whose pins are read-only (vmsplice) has no device write: check the read only.
     let mut read_only_path = false;
-    if region.spec.access == Access::Rw {
+    if region.spec.access == Access::Rw && !path.device_writes().is_supported() {
+        read_only_path = true;
+    } else if region.spec.access == Access::Rw {
         match pinner.device_write(0, &pat) {
             Ok(n) if n == len => {
                 let mut seen = vec![0u8; len];
@@ -105,15 +108,22 @@ pub struct ProbeContext<'a> {
     pub kernel: &'a KernelRelease,
     pub seed: u64,
     pub memlock_hint: Option<String>,
-    /// The RDMA device the `rdma` paths use (for expectation rules with `rdma_device`).
-    pub rdma_device: Option<String>,
+    /// What the pin paths are told.
+    pub pins: &'a PinSettings,
+}
+
+/// The pin path and backing of a row, and the device the path drives (what expectation
+/// rules with a device match).
+struct RowKey<'a> {
+    pin: &'a str,
+    backing: &'a str,
+    device: Option<&'a str>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn row(
     ctx: &ProbeContext,
-    pin: &str,
-    backing: &str,
+    key: &RowKey,
     fs: &str,
     spec: &RegionSpec,
     outcome: String,
@@ -121,6 +131,11 @@ fn row(
     dax: Option<bool>,
     device_io: Option<String>,
 ) -> ProbeRow {
+    let RowKey {
+        pin,
+        backing,
+        device,
+    } = *key;
     let cell = Cell {
         pin,
         backing,
@@ -128,10 +143,7 @@ fn row(
         map: spec.map.name(),
         access: spec.access.name(),
         dax,
-        rdma_device: ctx
-            .rdma_device
-            .as_deref()
-            .filter(|_| pin.starts_with("rdma")),
+        rdma_device: device,
     };
     let (verdict, rule) = judge(ctx.expectations, &cell, ctx.kernel, &outcome);
     ProbeRow {
@@ -161,8 +173,14 @@ pub fn run(
 ) -> anyhow::Result<()> {
     for &kind in &job.backings {
         for &pin in &job.pins {
-            let path: Box<dyn PinPath> = pin.path();
+            let path: Box<dyn PinPath> = pin.path(ctx.pins);
             let path_avail = path.availability();
+            let device = path.device();
+            let key = RowKey {
+                pin: pin.name(),
+                backing: kind.name(),
+                device: device.as_deref(),
+            };
             for &map in &job.maps {
                 for &access in &job.access {
                     signals::check()?;
@@ -183,17 +201,7 @@ pub fn run(
                                 reason: Option<String>,
                                 dax,
                                 dio| {
-                        row(
-                            ctx,
-                            pin.name(),
-                            kind.name(),
-                            fs,
-                            spec,
-                            outcome,
-                            reason,
-                            dax,
-                            dio,
-                        )
+                        row(ctx, &key, fs, spec, outcome, reason, dax, dio)
                     };
                     let notrun = |fs: &str, spec: &RegionSpec, reason: String, dax| {
                         cell(fs, spec, "notrun".into(), Some(reason), dax, None)
@@ -242,7 +250,7 @@ pub fn run(
                         Ok(()) => {
                             let dio = job
                                 .device_io
-                                .then(|| device_io(pinner.as_mut(), &region, ctx.seed));
+                                .then(|| device_io(&*path, pinner.as_mut(), &region, ctx.seed));
                             pinner.unregister().map_err(|e| {
                                 anyhow::anyhow!("unregister after a successful probe: {e}")
                             })?;

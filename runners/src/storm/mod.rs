@@ -43,7 +43,7 @@ use pinstorm_workloads::backing::{
 };
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::layout::{LayoutKind, LayoutTarget};
-use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind};
+use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind, PinPath, PinSettings};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
@@ -90,6 +90,8 @@ pub struct StormContext<'a> {
     /// Written into every canary, so data from another run is recognised as such.
     pub run_tag: u32,
     pub kmsg: &'a Mutex<Kmsg>,
+    /// What the pin paths are told.
+    pub pins: &'a PinSettings,
 }
 
 struct TrackedFile {
@@ -140,6 +142,8 @@ fn add(f: &mut OracleFinding, examples: usize, v: Violation) {
 
 struct Shared {
     files: Vec<TrackedFile>,
+    /// The pin path every pinner pins with.
+    path: Box<dyn PinPath>,
     events: Events,
     stop: AtomicBool,
     wd: Arc<Watchdog>,
@@ -255,11 +259,11 @@ enum ThreadOut {
     Disruptor(usize, DisruptorOut),
 }
 
-fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerOut {
+fn pinner_thread(sh: Arc<Shared>, i: usize, seed: u64) -> PinnerOut {
     let mut out = PinnerOut::default();
     let slot = sh.wd.slot(i);
     let f = &sh.files[i];
-    let mut pinner = match kind.path().pinner() {
+    let mut pinner = match sh.path.pinner() {
         Ok(p) => p,
         Err(PinError::Tool(e)) => {
             out.error = Some(e);
@@ -273,7 +277,9 @@ fn pinner_thread(sh: Arc<Shared>, i: usize, kind: PinKind, seed: u64) -> PinnerO
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let target = f.region.pin_target();
     let pages = target.len as u64 / PAGE;
-    let mut can_write = true;
+    // A path without device writes (vmsplice) only registers; the lost-write oracle's
+    // notrun says why.
+    let mut can_write = sh.path.device_writes().is_supported();
     while !sh.stop.load(SeqCst) {
         let a = f.state.snapshot();
         sh.wd.begin(&slot, "register");
@@ -750,7 +756,8 @@ fn run_cell(
         Err(e) => return Ok(notrun(pin, kind, "", map, job, ctx.seed, e.0)),
     };
     let info = backing.info().clone();
-    if let Availability::NotRun(r) = pin.path().availability() {
+    let path = pin.path(ctx.pins);
+    if let Availability::NotRun(r) = path.availability() {
         return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, r));
     }
     let align = info.page_size.max(PAGE);
@@ -794,10 +801,7 @@ fn run_cell(
     }
     let dax = files[0].region.dax;
     let file_backed = files[0].file_backed();
-    let rdma_device = pin
-        .is_rdma()
-        .then(pinstorm_workloads::pin::rdma::device_name)
-        .flatten();
+    let device = path.device();
     let expected = ctx
         .expectations
         .lookup(
@@ -808,7 +812,7 @@ fn run_cell(
                 map: map.name(),
                 access: Access::Rw.name(),
                 dax,
-                rdma_device: rdma_device.as_deref(),
+                rdma_device: device.as_deref(),
             },
             ctx.kernel,
         )
@@ -823,7 +827,8 @@ fn run_cell(
     let _ = ctx.kmsg.lock().unwrap_or_else(|p| p.into_inner()).take();
     // The leaked-pins baseline: an idle window with nothing of this storm pinned, retried a
     // few times if something else on the machine pinned meanwhile.
-    let foll_pins = pin.path().foll_pins();
+    let foll_pins = path.foll_pins();
+    let no_write = path.device_writes().reason().map(str::to_string);
     let idle_before = match foll_pins {
         FollPins::Counted => {
             let mut w = idle_window();
@@ -840,6 +845,7 @@ fn run_cell(
 
     let sh = Arc::new(Shared {
         files,
+        path,
         events: Events::default(),
         stop: AtomicBool::new(false),
         wd: wd.clone(),
@@ -866,7 +872,7 @@ fn run_cell(
         std::thread::Builder::new()
             .name(format!("pinner-{i}"))
             .spawn(move || {
-                let o = pinner_thread(sh, i, pin, seed);
+                let o = pinner_thread(sh, i, seed);
                 let _ = tx.send(ThreadOut::Pinner(o));
             })?;
         started += 1;
@@ -1064,17 +1070,14 @@ fn run_cell(
         timeline.merge(&d.timeline);
     }
     let mut findings = std::mem::take(&mut *sh.findings());
-    match pin {
-        // vmsplice never writes; an rdma device whose queue pairs cannot be connected here
-        // (iWARP without rdma_cm) does not either.
-        _ if pin == PinKind::Vmsplice || write_notrun.is_some() => {
-            let why = write_notrun
-                .clone()
-                .unwrap_or_else(|| "this pin path has no device write".into());
-            findings.lost.notrun = Some(why.clone());
+    // A path without device writes (vmsplice) never writes; an rdma device whose queue pairs
+    // cannot be connected here (iWARP without rdma_cm) does not either.
+    match no_write.or(write_notrun) {
+        Some(why) => {
             findings.stale.note = Some(format!("only the end scan ran: {why}"));
+            findings.lost.notrun = Some(why);
         }
-        _ if map == MapKind::Private => {
+        None if map == MapKind::Private => {
             findings.lost.note = Some(
                 "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file; each is checked through the device's read-back instead"
                     .into(),

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types, IoUring};
 
 use super::{
-    check_span, Availability, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop,
+    check_span, Availability, DeviceIo, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner,
+    TightLoop,
 };
 
 /// Entries in each ring: device I/O is one request at a time.
@@ -33,6 +34,16 @@ impl PinPath for IoUringPath {
     /// IORING_REGISTER_BUFFERS pins with pin_user_pages (FOLL_WRITE | FOLL_LONGTERM).
     fn foll_pins(&self) -> FollPins {
         FollPins::Counted
+    }
+
+    /// `IORING_OP_READ_FIXED` from a file into the registered buffer.
+    fn device_writes(&self) -> DeviceIo {
+        DeviceIo::Supported
+    }
+
+    /// `IORING_OP_WRITE_FIXED` from the registered buffer into a file.
+    fn device_reads(&self) -> DeviceIo {
+        DeviceIo::Supported
     }
 
     fn availability(&self) -> Availability {
