@@ -42,7 +42,7 @@ use pinstorm_workloads::backing::{
     Access, BackingKind, MapKind, Region, RegionError, RegionFile, RegionSpec,
 };
 use pinstorm_workloads::canary::{self, Canary, PageContent};
-use pinstorm_workloads::layout::{LayoutKind, LayoutTarget};
+use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partner, Partners};
 use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind, PinPath, PinSettings};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
@@ -100,9 +100,8 @@ struct TrackedFile {
     name: String,
     region: Region,
     log: Mutex<VecDeque<(u64, String)>>,
-    clone: Option<RegionFile>,
-    donor: Option<RegionFile>,
-    partners_missing: Option<String>,
+    /// The files next to it that the layout operations declared.
+    partners: Partners,
 }
 
 impl TrackedFile {
@@ -542,11 +541,9 @@ fn disruptor_thread(
             file,
             size: sh.size,
             align: sh.align,
-            clone: f.clone.as_ref(),
-            donor: f.donor.as_ref(),
-            partners_missing: f.partners_missing.as_deref(),
+            partners: &f.partners,
         };
-        if let Some(why) = boxed[k].unavailable(&target) {
+        if let Some(why) = boxed[k].cannot_run(&target) {
             sh.unsupported
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -680,69 +677,6 @@ pub fn run(
     Ok(())
 }
 
-/// The clone (for reflink-out and dedupe) and donor (for reflink-in) files next to a pinned
-/// file, when the operations need them; or why there are none.
-fn make_partners(
-    region: &Region,
-    fs: &str,
-    i: usize,
-    size: u64,
-    ops: &[LayoutKind],
-) -> (Option<RegionFile>, Option<RegionFile>, Option<String>) {
-    let needs_clone = ops.iter().any(|k| {
-        matches!(
-            k,
-            LayoutKind::ReflinkOut | LayoutKind::ReflinkRangeOut | LayoutKind::Dedupe
-        )
-    });
-    let needs_donor = ops.contains(&LayoutKind::ReflinkRangeIn);
-    if !(needs_clone || needs_donor) {
-        return (None, None, None);
-    }
-    let Some(file) = region.file.as_ref() else {
-        return (None, None, None);
-    };
-    if fs == "hugetlbfs" {
-        return (
-            None,
-            None,
-            Some("hugetlbfs has no write(2) to prepare partner files with, and no reflink".into()),
-        );
-    }
-    let mut why = None;
-    let mut make = |name: String, fill: Option<u8>| match file.sibling(&name) {
-        Ok(Some(f)) => {
-            let r = match fill {
-                Some(b) => f.file().write_all_at(&vec![b; size as usize], 0),
-                None => f.file().set_len(size),
-            };
-            match r {
-                Ok(()) => Some(f),
-                Err(e) => {
-                    why = Some(format!("preparing the partner file {name}: {e}"));
-                    None
-                }
-            }
-        }
-        Ok(None) => None,
-        Err(e) => {
-            why = Some(format!("creating the partner file {name}: {e:#}"));
-            None
-        }
-    };
-    let clone = if needs_clone {
-        make(format!("clone-{i}"), None)
-    } else {
-        None
-    };
-    let donor = if needs_donor {
-        make(format!("donor-{i}"), Some(0xd0))
-    } else {
-        None
-    };
-    (clone, donor, why)
-}
-
 fn run_cell(
     job: &StormJob,
     ctx: &StormContext,
@@ -783,7 +717,10 @@ fn run_cell(
             }
             Err(RegionError::Tool(e)) => return Err(e),
         };
-        let (clone, donor, partners_missing) = make_partners(&region, &info.fs, i, size, &job.ops);
+        let partners = match &region.file {
+            Some(file) => Partners::prepare(file, &info.fs, i, size, &job.ops),
+            None => Partners::default(),
+        };
         let name = match region.file.as_ref().and_then(|f| f.path()) {
             Some(p) => p.display().to_string(),
             None if region.file.is_some() => format!("memfd:{i}"),
@@ -794,9 +731,7 @@ fn run_cell(
             name,
             log: Mutex::new(VecDeque::new()),
             region,
-            clone,
-            donor,
-            partners_missing,
+            partners,
         });
     }
     let dax = files[0].region.dax;
@@ -951,7 +886,9 @@ fn run_cell(
     if stuck == 0 {
         let at = wd.elapsed_ms();
         for f in &sh.files {
-            let scan = |rf: &RegionFile, label: &str, is_clone: bool, is_donor: bool| {
+            let scan = |rf: &RegionFile, label: &str, partner: Option<Partner>| {
+                let is_clone = partner.is_some_and(|p| p.holds_copies());
+                let is_donor = partner.is_some_and(|p| !p.holds_copies());
                 let len = rf
                     .file()
                     .metadata()
@@ -970,7 +907,7 @@ fn run_cell(
                                 file: label.into(),
                                 offset: off,
                                 len: PAGE,
-                                what: format!("the donor file holds data the device wrote for file {} (event {})", c.file_id, c.event),
+                                what: format!("the {} file holds data the device wrote for file {} (event {})", partner.map_or("", |p| p.name()), c.file_id, c.event),
                                 at_ms: at,
                                 history: vec![],
                             });
@@ -983,14 +920,24 @@ fn run_cell(
                         }
                         PageContent::Canary(c) => {
                             let mut fd = sh.findings();
-                            add(&mut fd.cross, sh.examples, Violation {
-                                file: label.into(),
-                                offset: off,
-                                len: PAGE,
-                                what: format!("a clone of file {} holds data written for file {} (event {})", f.state.id, c.file_id, c.event),
-                                at_ms: at,
-                                history: vec![],
-                            });
+                            add(
+                                &mut fd.cross,
+                                sh.examples,
+                                Violation {
+                                    file: label.into(),
+                                    offset: off,
+                                    len: PAGE,
+                                    what: format!(
+                                        "a {} of file {} holds data written for file {} (event {})",
+                                        partner.map_or("", |p| p.name()),
+                                        f.state.id,
+                                        c.file_id,
+                                        c.event
+                                    ),
+                                    at_ms: at,
+                                    history: vec![],
+                                },
+                            );
                         }
                         _ => {}
                     }
@@ -999,13 +946,10 @@ fn run_cell(
             };
             let mut results = Vec::new();
             if let Some(rf) = f.region.file.as_ref() {
-                results.push(scan(rf, &f.name, false, false));
+                results.push(scan(rf, &f.name, None));
             }
-            if let Some(c) = &f.clone {
-                results.push(scan(c, &format!("{} (clone)", f.name), true, false));
-            }
-            if let Some(d) = &f.donor {
-                results.push(scan(d, &format!("{} (donor)", f.name), false, true));
+            for (p, rf) in f.partners.files() {
+                results.push(scan(rf, &format!("{} ({})", f.name, p.name()), Some(p)));
             }
             scan_errors.extend(results.into_iter().filter_map(Result::err));
         }
