@@ -18,7 +18,7 @@ use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
 use pinstorm_analysis::{export, plot, render, report, summary};
-use pinstorm_runners::host::{self, RunOptions};
+use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
 use pinstorm_workloads::pin::{rdma, Availability, PinKind, PinSettings};
@@ -34,7 +34,7 @@ fn bad<T>(r: Result<T>) -> Result<T> {
     r.map_err(|e| BadInput(e).into())
 }
 
-fn results_root(g: &Global) -> Result<PathBuf> {
+fn results_root(g: &Global) -> Result<WriteDir> {
     let p = match (&g.results, std::env::var_os("PINSTORM_RESULTS")) {
         (Some(p), _) => p.clone(),
         (None, Some(v)) => PathBuf::from(v),
@@ -42,10 +42,7 @@ fn results_root(g: &Global) -> Result<PathBuf> {
             .context("the current directory is gone; give --results")?
             .join("results"),
     };
-    bad(scratch::checked_write_path(
-        &p,
-        "--results (or PINSTORM_RESULTS)",
-    ))
+    bad(WriteDir::new(&p, "--results (or PINSTORM_RESULTS)"))
 }
 
 impl Global {
@@ -76,13 +73,13 @@ impl Global {
     }
 }
 
-fn scratch_root(g: &Global) -> Result<PathBuf> {
+fn scratch_root(g: &Global) -> Result<WriteDir> {
     let p = match (&g.scratch_root, std::env::var_os("PINSTORM_SCRATCH_ROOT")) {
         (Some(p), _) => p.clone(),
         (None, Some(v)) => PathBuf::from(v),
         (None, None) => bad(scratch::default_scratch_root())?,
     };
-    bad(scratch::checked_write_path(
+    bad(WriteDir::new(
         &p,
         "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
     ))
@@ -147,7 +144,7 @@ fn run_scenario(
 ) -> Result<ExitCode> {
     configure_rdma(g, Some(&mut scenario));
     let scratch_dir = match &g.scratch_dir {
-        Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
+        Some(d) => Some(bad(ScratchDir::new(d, "--scratch-dir"))?),
         None => None,
     };
     let opts = RunOptions {
@@ -166,7 +163,7 @@ fn run_scenario(
         verbose: !g.quiet,
         holder_exe: None,
     };
-    let outcome = host::run(&opts)?;
+    let outcome = run::run(&opts)?;
     match g.format {
         Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
         Format::Markdown => unreachable!("refused before the run"),
@@ -394,7 +391,7 @@ fn cmd_lab(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         seed: a.seed,
         label: g.label.clone(),
         expectations,
-        results_root: results_root(g)?,
+        results_root: results_root(g)?.path().to_path_buf(),
         cache: lab_cache(a.cache.as_ref())?,
         vng: a.vng.clone(),
         accel: a.accel.clone(),
@@ -494,7 +491,7 @@ fn cmd_cleanup(g: &Global, a: &cli::CleanupArgs) -> Result<ExitCode> {
         let c = lab_cache(Some(c))?;
         lab_lines = pinstorm_runners::lab::cleanup(&c)?;
     }
-    let root_path = scratch_root(g)?;
+    let root_path = scratch_root(g)?.path().to_path_buf();
     if !root_path.exists() {
         for l in &lab_lines {
             println!("{l}");
@@ -527,7 +524,7 @@ fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
 /// Load results, saying on stderr which files were skipped and why.
 fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
     let paths = if paths.is_empty() {
-        vec![results_root(g)?]
+        vec![results_root(g)?.path().to_path_buf()]
     } else {
         paths.to_vec()
     };
@@ -563,7 +560,7 @@ fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result
             bail!(BadInput(anyhow::anyhow!(
                 "{what} {arg:?} selects no run: it holds no result of the {} loaded from {} (their kernels: {}; labels: {}; scenarios: {})",
                 cat.runs.len(),
-                results_root(g)?.display(),
+                results_root(g)?.path().display(),
                 set(&|r| Some(r.kernel().to_string())),
                 set(&|r| r.label().map(str::to_string)),
                 set(&|r| Some(r.result.scenario.name.clone())),

@@ -2,15 +2,42 @@
 //! fresh region and record what the kernel answered. Only afterwards is the expectation
 //! looked up, to flag the cell.
 
-use pinstorm_analysis::expect::{judge, Cell, Expectations};
-use pinstorm_analysis::kernel::KernelRelease;
-use pinstorm_analysis::schema::ProbeRow;
-use pinstorm_workloads::backing::{Access, RegionError, RegionSpec};
-use pinstorm_workloads::pin::{Availability, PinError, PinPath, PinSettings, Pinner};
+use pinstorm_analysis::expect::{judge, Cell};
+use pinstorm_analysis::schema::{ProbeRow, RunResult};
+use pinstorm_workloads::backing::{Access, BackingKind, RegionError, RegionSpec};
+use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
 
-use crate::host::{with_memlock_hint, BackingSet, Progress};
+use crate::job::{with_memlock_hint, Job, JobContext, Progress};
 use crate::signals;
+
+impl Job for ProbeJob {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn backings(&self) -> &[BackingKind] {
+        &self.backings
+    }
+
+    /// One region per cell, one cell at a time.
+    fn hugepages(&self, hp_size: u64) -> u64 {
+        self.size.bytes().div_ceil(hp_size)
+    }
+
+    fn cells(&self) -> u64 {
+        (self.backings.len() * self.pins.len() * self.maps.len() * self.access.len()) as u64
+    }
+
+    fn run(
+        &self,
+        ctx: &JobContext,
+        progress: &Progress,
+        result: &mut RunResult,
+    ) -> anyhow::Result<()> {
+        run(self, ctx, progress, &mut result.probe)
+    }
+}
 
 /// A deterministic byte pattern from a seed (splitmix64), so a device write is
 /// recognisable and a replay writes the same bytes.
@@ -102,16 +129,6 @@ fn device_io(
     }
 }
 
-pub struct ProbeContext<'a> {
-    pub backings: &'a BackingSet,
-    pub expectations: &'a Expectations,
-    pub kernel: &'a KernelRelease,
-    pub seed: u64,
-    pub memlock_hint: Option<String>,
-    /// What the pin paths are told.
-    pub pins: &'a PinSettings,
-}
-
 /// The pin path and backing of a row, and the device the path drives (what expectation
 /// rules with a device match).
 struct RowKey<'a> {
@@ -122,7 +139,7 @@ struct RowKey<'a> {
 
 #[allow(clippy::too_many_arguments)]
 fn row(
-    ctx: &ProbeContext,
+    ctx: &JobContext,
     key: &RowKey,
     fs: &str,
     spec: &RegionSpec,
@@ -165,9 +182,9 @@ fn row(
 
 /// Run the probe job; rows are appended to `out` as they are measured, so an interrupted
 /// probe keeps what it saw.
-pub fn run(
+fn run(
     job: &ProbeJob,
-    ctx: &ProbeContext,
+    ctx: &JobContext,
     progress: &Progress,
     out: &mut Vec<ProbeRow>,
 ) -> anyhow::Result<()> {

@@ -31,7 +31,7 @@ use pinstorm_analysis::schema::{
 use pinstorm_analysis::store;
 use pinstorm_workloads::scratch;
 
-use crate::host::{new_run_id, now_rfc3339};
+use crate::run::{new_run_id, now_rfc3339};
 use crate::signals;
 use guest::{GuestPlan, GuestReport, PmemMode};
 use kernels::{Kernel, KernelSpec};

@@ -31,24 +31,23 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use pinstorm_analysis::expect::{Cell, Expectations};
+use pinstorm_analysis::expect::Cell;
 use pinstorm_analysis::hist::Latency;
-use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::{
-    Blocked, KernelWarnings, LayoutOpResult, LeakedPins, Oracle, OracleFinding, StormResult,
-    StormTotals, TimelinePoint, Violation,
+    Blocked, KernelWarnings, LayoutOpResult, LeakedPins, Oracle, OracleFinding, RunResult,
+    StormResult, StormTotals, StormVerdict, TimelinePoint, Violation,
 };
+use pinstorm_analysis::verdict;
 use pinstorm_workloads::backing::{
     Access, BackingKind, MapKind, Region, RegionError, RegionFile, RegionSpec,
 };
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partner, Partners};
-use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind, PinPath, PinSettings};
+use pinstorm_workloads::pin::{Availability, FollPins, PinError, PinKind, PinPath};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
-use crate::host::{BackingSet, Progress};
-use crate::kmsg::Kmsg;
+use crate::job::{Job, JobContext, Progress};
 use crate::signals;
 use crate::watchdog::Watchdog;
 
@@ -80,18 +79,6 @@ fn idle_window() -> Option<IdleWindow> {
         end,
         ms: t.elapsed().as_millis() as u64,
     })
-}
-
-pub struct StormContext<'a> {
-    pub backings: &'a BackingSet,
-    pub expectations: &'a Expectations,
-    pub kernel: &'a KernelRelease,
-    pub seed: u64,
-    /// Written into every canary, so data from another run is recognised as such.
-    pub run_tag: u32,
-    pub kmsg: &'a Mutex<Kmsg>,
-    /// What the pin paths are told.
-    pub pins: &'a PinSettings,
 }
 
 struct TrackedFile {
@@ -658,9 +645,68 @@ fn thread_seed(seed: u64, cell: &str, role: u64, index: u64) -> u64 {
     h ^ seed.rotate_left(17) ^ (role << 56) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-pub fn run(
+impl Job for StormJob {
+    fn name(&self) -> &'static str {
+        "storm"
+    }
+
+    fn backings(&self) -> &[BackingKind] {
+        &self.backings
+    }
+
+    /// One file per pinner.
+    fn hugepages(&self, hp_size: u64) -> u64 {
+        self.file_size.bytes().div_ceil(hp_size) * self.pinners.get() as u64
+    }
+
+    fn cells(&self) -> u64 {
+        (self.backings.len() * self.pins.len() * self.maps.len()) as u64
+    }
+
+    /// Every cell, then the verdicts on what ran (also when a cell failed).
+    fn run(
+        &self,
+        ctx: &JobContext,
+        progress: &Progress,
+        result: &mut RunResult,
+    ) -> anyhow::Result<()> {
+        let r = run_cells(self, ctx, progress, &mut result.storms);
+        result.storm_verdicts = judge(ctx, &result.storms);
+        r
+    }
+}
+
+/// Judge every storm that ran against the expectations (its registrations and oracle
+/// counts), for `storm_verdicts`; with the device each pin path drove, as the storm matched
+/// its `[[expect]]` rule.
+fn judge(ctx: &JobContext, storms: &[StormResult]) -> Vec<StormVerdict> {
+    let mut devices: BTreeMap<&str, Option<String>> = BTreeMap::new();
+    storms
+        .iter()
+        .flat_map(|s| {
+            let dev = devices
+                .entry(&s.pin)
+                .or_insert_with(|| {
+                    PinKind::parse(&s.pin)
+                        .ok()
+                        .and_then(|p| p.path(ctx.pins).device())
+                })
+                .clone();
+            verdict::judge_storm(ctx.expectations, s, ctx.kernel, dev.as_deref())
+                .into_iter()
+                .map(|fact| StormVerdict {
+                    pin: s.pin.clone(),
+                    backing: s.backing.clone(),
+                    map: s.map.clone(),
+                    fact,
+                })
+        })
+        .collect()
+}
+
+fn run_cells(
     job: &StormJob,
-    ctx: &StormContext,
+    ctx: &JobContext,
     progress: &Progress,
     out: &mut Vec<StormResult>,
 ) -> anyhow::Result<()> {
@@ -679,7 +725,7 @@ pub fn run(
 
 fn run_cell(
     job: &StormJob,
-    ctx: &StormContext,
+    ctx: &JobContext,
     pin: PinKind,
     kind: BackingKind,
     map: MapKind,
