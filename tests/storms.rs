@@ -145,7 +145,7 @@ fn lost_write_detected_after_punch_hole_on_tmpfs_memfd_and_hugetlbfs() {
 #[test]
 fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise() {
     use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
-    use pinstorm_workloads::pin::PinKind;
+    use pinstorm_workloads::pin::{PinKind, PinSettings};
     use pinstorm_workloads::scratch::ScratchRoot;
     use pinstorm_workloads::units::Size;
     let _g = serial();
@@ -204,7 +204,10 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+    let mut pinner = PinKind::IoUring
+        .path(&PinSettings::default())
+        .pinner()
+        .unwrap();
     pinner.register(region.pin_target()).unwrap();
     let status = child.wait().unwrap();
     pinner.unregister().unwrap();
@@ -232,7 +235,7 @@ fn leaked_pins_oracle_fires_on_a_pin_held_past_the_storm_and_settles_otherwise()
 #[test]
 fn pinning_elsewhere_on_the_machine_is_not_judged_as_a_leak() {
     use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
-    use pinstorm_workloads::pin::PinKind;
+    use pinstorm_workloads::pin::{PinKind, PinSettings};
     use pinstorm_workloads::scratch::ScratchRoot;
     use pinstorm_workloads::units::Size;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,7 +261,10 @@ fn pinning_elsewhere_on_the_machine_is_not_judged_as_a_leak() {
     let churn = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+            let mut pinner = PinKind::IoUring
+                .path(&PinSettings::default())
+                .pinner()
+                .unwrap();
             let mut cycles = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 pinner.register(target).unwrap();

@@ -9,14 +9,43 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use pinstorm_analysis::hist::Latency;
-use pinstorm_analysis::schema::BenchRow;
-use pinstorm_workloads::backing::{Backing, RegionError, RegionSpec};
-use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_analysis::schema::{BenchRow, RunResult};
+use pinstorm_workloads::backing::{Backing, BackingKind, RegionError, RegionSpec};
+use pinstorm_workloads::pin::{Availability, PinError, PinKind, PinPath};
 use pinstorm_workloads::scenario::BenchJob;
 use pinstorm_workloads::units::Size;
 
-use crate::host::{with_memlock_hint, BackingSet, Progress};
+use crate::job::{with_memlock_hint, Job, JobContext, Progress};
 use crate::signals;
+
+impl Job for BenchJob {
+    fn name(&self) -> &'static str {
+        "bench"
+    }
+
+    fn backings(&self) -> &[BackingKind] {
+        &self.backings
+    }
+
+    /// One region of the largest size per thread.
+    fn hugepages(&self, hp_size: u64) -> u64 {
+        let max = self.sizes.iter().map(|s| s.bytes()).max().unwrap_or(0);
+        max.div_ceil(hp_size) * self.threads.get() as u64
+    }
+
+    fn cells(&self) -> u64 {
+        (self.backings.len() * self.pins.len() * self.sizes.len()) as u64
+    }
+
+    fn run(
+        &self,
+        ctx: &JobContext,
+        progress: &Progress,
+        result: &mut RunResult,
+    ) -> anyhow::Result<()> {
+        run(self, ctx, progress, &mut result.bench)
+    }
+}
 
 /// Cycles per block before switching between the measured path and the tight loop.
 const BLOCK: u64 = 32;
@@ -63,7 +92,7 @@ struct ThreadResult {
 }
 
 fn worker(
-    kind: PinKind,
+    path: &dyn PinPath,
     backing: &dyn Backing,
     spec: RegionSpec,
     job: &BenchJob,
@@ -83,7 +112,6 @@ fn worker(
             }
             RegionError::Tool(e) => CellStop::Tool(e),
         })?;
-        let path = kind.path();
         let pinner = path.pinner().map_err(pin_stop)?;
         let tight = if job.baseline {
             path.tight_loop()
@@ -181,11 +209,6 @@ fn pin_stop(e: PinError) -> CellStop {
     }
 }
 
-pub struct BenchContext<'a> {
-    pub backings: &'a BackingSet,
-    pub memlock_hint: Option<String>,
-}
-
 #[allow(clippy::too_many_arguments)]
 fn empty_row(
     pin: PinKind,
@@ -218,15 +241,16 @@ fn empty_row(
     }
 }
 
-pub fn run(
+fn run(
     job: &BenchJob,
-    ctx: &BenchContext,
+    ctx: &JobContext,
     progress: &Progress,
     out: &mut Vec<BenchRow>,
 ) -> anyhow::Result<()> {
     let threads = job.threads.get();
     for &pin in &job.pins {
-        let avail = pin.path().availability();
+        let path = pin.path(ctx.pins);
+        let avail = path.availability();
         for &kind in &job.backings {
             for &size in &job.sizes {
                 signals::check()?;
@@ -270,7 +294,7 @@ pub fn run(
                 let results: Vec<ThreadResult> = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..threads)
                         .map(|_| {
-                            s.spawn(|| worker(pin, backing, spec, job, job.max_time.0, &barrier))
+                            s.spawn(|| worker(&*path, backing, spec, job, job.max_time.0, &barrier))
                         })
                         .collect();
                     handles

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use pinstorm_analysis::schema::Environment;
+use pinstorm_workloads::pin::{rdma, PinSettings};
 
 /// Sysctls that change what pinning, leases and huge pages do.
 pub const SYSCTLS: &[&str] = &[
@@ -43,7 +44,8 @@ fn has_cap_ipc_lock() -> bool {
         .is_some_and(|caps| caps & (1 << 14) != 0)
 }
 
-pub fn capture() -> Environment {
+/// The machine as a run with these pin settings sees it.
+pub fn capture(pins: &PinSettings) -> Environment {
     let u = rustix::system::uname();
     let s = |c: &std::ffi::CStr| c.to_string_lossy().into_owned();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -94,8 +96,8 @@ pub fn capture() -> Environment {
         sysctls,
         boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
         virtualized: virt,
-        rdma: Some(
-            pinstorm_workloads::pin::rdma::selected().unwrap_or_else(|why| format!("none: {why}")),
-        ),
+        // The RDMA device is a fact of the machine (schema: `environment.rdma`), as the
+        // run's settings select it.
+        rdma: Some(rdma::selected(&pins.rdma).unwrap_or_else(|why| format!("none: {why}"))),
     }
 }

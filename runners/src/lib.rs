@@ -1,6 +1,9 @@
 //! pinstorm runners: running scenarios on this host.
 //!
-//! - [`host`]: the run itself, from checking paths to the final result file;
+//! - [`run`]: the run itself, from the checked paths to the final result file, on a host or
+//!   inside a lab guest;
+//! - [`job`]: the [`job::Job`] trait every job of a scenario implements, and what jobs are
+//!   given (backings, progress, context);
 //! - [`probe`], [`bench`], [`storm`], [`lease`]: the jobs of a scenario;
 //! - [`watchdog`], [`kmsg`]: blocked syscalls and kernel warnings during storms;
 //! - [`environment`]: what machine and kernel a run is on;
@@ -13,10 +16,12 @@
 pub mod bench;
 pub mod cleanup;
 pub mod environment;
-pub mod host;
+pub mod job;
 pub mod kmsg;
 pub mod lease;
+mod lease_job;
 pub mod probe;
+pub mod run;
 pub mod signals;
 pub mod storm;
 pub mod watchdog;

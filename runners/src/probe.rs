@@ -2,15 +2,42 @@
 //! fresh region and record what the kernel answered. Only afterwards is the expectation
 //! looked up, to flag the cell.
 
-use pinstorm_analysis::expect::{judge, Cell, Expectations};
-use pinstorm_analysis::kernel::KernelRelease;
-use pinstorm_analysis::schema::ProbeRow;
-use pinstorm_workloads::backing::{Access, RegionError, RegionSpec};
+use pinstorm_analysis::expect::{judge, Cell};
+use pinstorm_analysis::schema::{ProbeRow, RunResult};
+use pinstorm_workloads::backing::{Access, BackingKind, RegionError, RegionSpec};
 use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
 
-use crate::host::{with_memlock_hint, BackingSet, Progress};
+use crate::job::{with_memlock_hint, Job, JobContext, Progress};
 use crate::signals;
+
+impl Job for ProbeJob {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn backings(&self) -> &[BackingKind] {
+        &self.backings
+    }
+
+    /// One region per cell, one cell at a time.
+    fn hugepages(&self, hp_size: u64) -> u64 {
+        self.size.bytes().div_ceil(hp_size)
+    }
+
+    fn cells(&self) -> u64 {
+        (self.backings.len() * self.pins.len() * self.maps.len() * self.access.len()) as u64
+    }
+
+    fn run(
+        &self,
+        ctx: &JobContext,
+        progress: &Progress,
+        result: &mut RunResult,
+    ) -> anyhow::Result<()> {
+        run(self, ctx, progress, &mut result.probe)
+    }
+}
 
 /// A deterministic byte pattern from a seed (splitmix64), so a device write is
 /// recognisable and a replay writes the same bytes.
@@ -39,9 +66,10 @@ fn differing_bytes(want: &[u8], seen: &[u8]) -> String {
     }
 }
 
-/// After a successful pin: let the device write a pattern, check the CPU sees it through
-/// the mapping, let the device read it back.
+/// After a successful pin: let the device write a pattern (when the path has device writes),
+/// check the CPU sees it through the mapping, let the device read it back.
 fn device_io(
+    path: &dyn PinPath,
     pinner: &mut dyn Pinner,
     region: &pinstorm_workloads::backing::Region,
     seed: u64,
@@ -50,7 +78,9 @@ fn device_io(
     let pat = pattern(seed, len);
     // A path whose pins are read-only (vmsplice) has no device write: check the read only.
     let mut read_only_path = false;
-    if region.spec.access == Access::Rw {
+    if region.spec.access == Access::Rw && !path.device_writes().is_supported() {
+        read_only_path = true;
+    } else if region.spec.access == Access::Rw {
         match pinner.device_write(0, &pat) {
             Ok(n) if n == len => {
                 let mut seen = vec![0u8; len];
@@ -99,21 +129,18 @@ fn device_io(
     }
 }
 
-pub struct ProbeContext<'a> {
-    pub backings: &'a BackingSet,
-    pub expectations: &'a Expectations,
-    pub kernel: &'a KernelRelease,
-    pub seed: u64,
-    pub memlock_hint: Option<String>,
-    /// The RDMA device the `rdma` paths use (for expectation rules with `rdma_device`).
-    pub rdma_device: Option<String>,
+/// The pin path and backing of a row, and the device the path drives (what expectation
+/// rules with a device match).
+struct RowKey<'a> {
+    pin: &'a str,
+    backing: &'a str,
+    device: Option<&'a str>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn row(
-    ctx: &ProbeContext,
-    pin: &str,
-    backing: &str,
+    ctx: &JobContext,
+    key: &RowKey,
     fs: &str,
     spec: &RegionSpec,
     outcome: String,
@@ -121,6 +148,11 @@ fn row(
     dax: Option<bool>,
     device_io: Option<String>,
 ) -> ProbeRow {
+    let RowKey {
+        pin,
+        backing,
+        device,
+    } = *key;
     let cell = Cell {
         pin,
         backing,
@@ -128,10 +160,7 @@ fn row(
         map: spec.map.name(),
         access: spec.access.name(),
         dax,
-        rdma_device: ctx
-            .rdma_device
-            .as_deref()
-            .filter(|_| pin.starts_with("rdma")),
+        rdma_device: device,
     };
     let (verdict, rule) = judge(ctx.expectations, &cell, ctx.kernel, &outcome);
     ProbeRow {
@@ -153,16 +182,22 @@ fn row(
 
 /// Run the probe job; rows are appended to `out` as they are measured, so an interrupted
 /// probe keeps what it saw.
-pub fn run(
+fn run(
     job: &ProbeJob,
-    ctx: &ProbeContext,
+    ctx: &JobContext,
     progress: &Progress,
     out: &mut Vec<ProbeRow>,
 ) -> anyhow::Result<()> {
     for &kind in &job.backings {
         for &pin in &job.pins {
-            let path: Box<dyn PinPath> = pin.path();
+            let path: Box<dyn PinPath> = pin.path(ctx.pins);
             let path_avail = path.availability();
+            let device = path.device();
+            let key = RowKey {
+                pin: pin.name(),
+                backing: kind.name(),
+                device: device.as_deref(),
+            };
             for &map in &job.maps {
                 for &access in &job.access {
                     signals::check()?;
@@ -183,17 +218,7 @@ pub fn run(
                                 reason: Option<String>,
                                 dax,
                                 dio| {
-                        row(
-                            ctx,
-                            pin.name(),
-                            kind.name(),
-                            fs,
-                            spec,
-                            outcome,
-                            reason,
-                            dax,
-                            dio,
-                        )
+                        row(ctx, &key, fs, spec, outcome, reason, dax, dio)
                     };
                     let notrun = |fs: &str, spec: &RegionSpec, reason: String, dax| {
                         cell(fs, spec, "notrun".into(), Some(reason), dax, None)
@@ -242,7 +267,7 @@ pub fn run(
                         Ok(()) => {
                             let dio = job
                                 .device_io
-                                .then(|| device_io(pinner.as_mut(), &region, ctx.seed));
+                                .then(|| device_io(&*path, pinner.as_mut(), &region, ctx.seed));
                             pinner.unregister().map_err(|e| {
                                 anyhow::anyhow!("unregister after a successful probe: {e}")
                             })?;

@@ -40,9 +40,9 @@ pub fn expectations(g: &Global) -> Result<Expectations> {
 }
 
 /// The `rdma` pin paths' configuration: the scenario's `[rdma]`, with `--rdma-dev` and
-/// `--rdma-port` over it. Recorded in the scenario (and so in the result) when anything was
-/// set.
-pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
+/// `--rdma-port` over it. Recorded in the scenario (and so in the result, and the paths the
+/// run builds from it) when anything was set.
+pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) -> rdma::RdmaConfig {
     let mut cfg = scenario
         .as_ref()
         .and_then(|s| s.rdma.clone())
@@ -61,7 +61,7 @@ pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) {
             s.rdma = Some(cfg.clone());
         }
     }
-    rdma::configure(cfg);
+    cfg
 }
 
 /// Load results, saying on stderr which files were skipped and why.

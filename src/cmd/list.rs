@@ -14,7 +14,7 @@ use crate::cmd::common::configure_rdma;
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
 use pinstorm_workloads::pin::rdma::{self, DeviceReport};
-use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::pin::{Availability, PinKind, PinSettings};
 use pinstorm_workloads::scenario::{Scenario, PRESETS};
 
 /// Whether a thing can run on this machine.
@@ -98,7 +98,7 @@ struct List {
 }
 
 impl List {
-    fn gather(g: &Global) -> Result<List> {
+    fn gather(g: &Global, settings: &PinSettings) -> Result<List> {
         let env = SetupEnv {
             is_root: pinstorm_workloads::is_root(),
             scratch_dir: g.scratch_dir.clone(),
@@ -108,7 +108,7 @@ impl List {
         };
         let pin_paths = PinKind::ALL
             .iter()
-            .map(|p| Item::new(p.name(), p.describe(), p.path().availability()))
+            .map(|p| Item::new(p.name(), p.describe(), p.path(settings).availability()))
             .collect();
         let backings = BackingKind::ALL
             .iter()
@@ -157,8 +157,10 @@ impl List {
 }
 
 pub fn run(g: &Global) -> Result<ExitCode> {
-    configure_rdma(g, None);
-    let list = List::gather(g)?;
+    let settings = PinSettings {
+        rdma: configure_rdma(g, None),
+    };
+    let list = List::gather(g, &settings)?;
     if g.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -179,7 +181,7 @@ pub fn run(g: &Global) -> Result<ExitCode> {
         println!();
     };
     section("Pin paths", &list.pin_paths);
-    print_rdma_devices(&list.rdma_devices);
+    print_rdma_devices(&list.rdma_devices, &settings.rdma);
     section("Backings", &list.backings);
     println!("Layout operations (whether a filesystem has one is measured per storm; notrun with the reason if not):");
     for l in &list.layout_operations {
@@ -194,14 +196,14 @@ pub fn run(g: &Global) -> Result<ExitCode> {
 }
 
 /// The RDMA devices section of `pinstorm list`: devices, ports, link layer, firmware, ODP.
-fn print_rdma_devices(v: &RdmaDevices) {
+fn print_rdma_devices(v: &RdmaDevices, cfg: &rdma::RdmaConfig) {
     println!("RDMA devices (for the rdma pin paths; --rdma-dev NAME, --rdma-port N):");
     if v.devices.is_empty() {
         println!("  none: {}", v.reason.as_deref().unwrap_or(""));
         println!();
         return;
     }
-    let selected = rdma::selected();
+    let selected = rdma::selected(cfg);
     for d in &v.devices {
         println!(
             "  {:<14} {:<5} fw {:<12} vendor {:#x}:{:#x}  ODP: {}",

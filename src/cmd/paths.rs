@@ -7,22 +7,34 @@ use anyhow::{Context, Result};
 
 use crate::cli::Global;
 use crate::cmd::common::bad;
+use pinstorm_runners::run::{ScratchDir, WriteDir};
 use pinstorm_workloads::scratch;
 
 /// The paths a run writes to, each checked once before anything runs.
 pub struct RunPaths {
-    pub results_root: PathBuf,
-    pub scratch_root: PathBuf,
-    pub scratch_dir: Option<PathBuf>,
+    pub results_root: WriteDir,
+    pub scratch_root: WriteDir,
+    pub scratch_dir: Option<ScratchDir>,
 }
 
 impl RunPaths {
-    /// Errors name the first bad one, in this order: --scratch-dir, --results, --scratch-root.
+    /// The run's paths, checked once here at the edge and carried as checked types from
+    /// here on. Errors name the first bad one, in this order: --scratch-dir, --results,
+    /// --scratch-root.
     pub fn check(g: &Global) -> Result<RunPaths> {
-        let scratch_dir = scratch_dir(g)?;
+        let scratch_dir = match &g.scratch_dir {
+            Some(d) => Some(bad(ScratchDir::new(d, "--scratch-dir"))?),
+            None => None,
+        };
         Ok(RunPaths {
-            results_root: results_root(g)?,
-            scratch_root: scratch_root(g)?,
+            results_root: bad(WriteDir::new(
+                &results_root(g)?,
+                "--results (or PINSTORM_RESULTS)",
+            ))?,
+            scratch_root: bad(WriteDir::new(
+                &scratch_root(g)?,
+                "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
+            ))?,
             scratch_dir,
         })
     }
@@ -52,14 +64,6 @@ pub fn scratch_root(g: &Global) -> Result<PathBuf> {
         &p,
         "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
     ))
-}
-
-/// `--scratch-dir`, checked (an existing directory), if given.
-pub fn scratch_dir(g: &Global) -> Result<Option<PathBuf>> {
-    Ok(match &g.scratch_dir {
-        Some(d) => Some(bad(scratch::checked_scratch_dir(d, "--scratch-dir"))?),
-        None => None,
-    })
 }
 
 impl Global {

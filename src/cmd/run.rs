@@ -10,7 +10,7 @@ use crate::cli::{BenchPinArgs, Format, Global, ProbeArgs, RunArgs};
 use crate::cmd::common::{bad, configure_rdma, expectations, BadInput};
 use crate::cmd::paths::RunPaths;
 use pinstorm_analysis::summary;
-use pinstorm_runners::host::{self, RunOptions};
+use pinstorm_runners::run::{self, RunOptions};
 use pinstorm_workloads::scenario::{self, BenchJob, OverrideError, ProbeJob, Scenario};
 
 /// What `--format json` prints on stdout: the rows of the job asked for, or the whole result.
@@ -45,7 +45,7 @@ fn run_scenario(
         verbose: !g.quiet,
         holder_exe: None,
     };
-    let outcome = host::run(&opts)?;
+    let outcome = run::run(&opts)?;
     match g.format {
         Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
         Format::Markdown => unreachable!("refused before the run"),

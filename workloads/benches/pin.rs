@@ -10,12 +10,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use io_uring::IoUring;
 
 use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
-use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::pin::{Availability, PinKind, PinSettings};
 use pinstorm_workloads::scratch::ScratchRoot;
 use pinstorm_workloads::units::Size;
 
 fn pin_cycle(c: &mut Criterion) {
-    if let Availability::NotRun(r) = PinKind::IoUring.path().availability() {
+    if let Availability::NotRun(r) = PinKind::IoUring
+        .path(&PinSettings::default())
+        .availability()
+    {
         eprintln!("io_uring benchmarks not run: {r}");
         return;
     }
@@ -51,7 +54,7 @@ fn pin_cycle(c: &mut Criterion) {
             let target = region.pin_target();
             let id = format!("{kind}/{size}");
 
-            let path = PinKind::IoUring.path();
+            let path = PinKind::IoUring.path(&PinSettings::default());
             let mut pinner = path.pinner().expect("pinner");
             group.bench_function(BenchmarkId::new("pinstorm", &id), |b| {
                 b.iter(|| {

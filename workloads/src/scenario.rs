@@ -431,6 +431,13 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
 }
 
 impl Scenario {
+    /// What the pin paths are told: the tables of the paths that have settings.
+    pub fn pin_settings(&self) -> crate::pin::PinSettings {
+        crate::pin::PinSettings {
+            rdma: self.rdma.clone().unwrap_or_default(),
+        }
+    }
+
     /// Parse scenario text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError {

@@ -1,12 +1,15 @@
 //! Real registrations through the library API on this host's kernel: no mocks.
 
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionSpec, SetupEnv};
-use pinstorm_workloads::pin::{Availability, PinError, PinKind};
+use pinstorm_workloads::pin::{Availability, PinError, PinKind, PinSettings};
 use pinstorm_workloads::scratch::ScratchRoot;
 use pinstorm_workloads::units::Size;
 
 fn io_uring_usable() -> bool {
-    match PinKind::IoUring.path().availability() {
+    match PinKind::IoUring
+        .path(&PinSettings::default())
+        .availability()
+    {
         Availability::Usable => true,
         Availability::NotRun(r) => {
             assert!(
@@ -51,7 +54,10 @@ fn device_write_lands_in_the_mapping(kind: BackingKind, map: MapKind, test: &str
                 access: Access::Rw,
             })
             .unwrap();
-        let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+        let mut pinner = PinKind::IoUring
+            .path(&PinSettings::default())
+            .pinner()
+            .unwrap();
         pinner.register(region.pin_target()).unwrap();
         assert_eq!(pinner.registered(), Some(region.pin_target()));
 
@@ -101,7 +107,10 @@ fn read_only_mapping_is_refused_for_a_writable_pin_with_an_errno() {
                 access: Access::Ro,
             })
             .unwrap();
-        let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+        let mut pinner = PinKind::IoUring
+            .path(&PinSettings::default())
+            .pinner()
+            .unwrap();
         match pinner.register(region.pin_target()) {
             Err(PinError::Kernel { op, errno }) => {
                 assert_eq!(op, "IORING_REGISTER_BUFFERS");
@@ -126,7 +135,10 @@ fn a_second_registration_on_one_pinner_is_a_tool_error_not_a_kernel_outcome() {
                 access: Access::Rw,
             })
             .unwrap();
-        let mut pinner = PinKind::IoUring.path().pinner().unwrap();
+        let mut pinner = PinKind::IoUring
+            .path(&PinSettings::default())
+            .pinner()
+            .unwrap();
         pinner.register(region.pin_target()).unwrap();
         assert!(matches!(
             pinner.register(region.pin_target()),
@@ -155,13 +167,16 @@ fn tight_loop_baseline_registers_and_unregisters() {
             })
             .unwrap();
         let mut t = PinKind::IoUring
-            .path()
+            .path(&PinSettings::default())
             .tight_loop()
             .expect("io_uring has a tight loop");
         let (reg, unreg) = t.cycle(region.pin_target()).unwrap();
         assert!(reg.as_nanos() > 0 && unreg.as_nanos() > 0);
         // The pin is gone after the cycle: a pinner can register the same range again.
-        let mut p = PinKind::IoUring.path().pinner().unwrap();
+        let mut p = PinKind::IoUring
+            .path(&PinSettings::default())
+            .pinner()
+            .unwrap();
         p.register(region.pin_target()).unwrap();
     });
 }

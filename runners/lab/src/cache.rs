@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use pinstorm_runners::host::new_run_id;
+use pinstorm_runners::run::new_run_id;
 use pinstorm_workloads::scratch;
 
 use crate::vm;

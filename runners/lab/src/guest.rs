@@ -21,7 +21,7 @@ use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
 use pinstorm_workloads::scenario::Scenario;
 
-use pinstorm_runners::host::{self, RunOptions};
+use pinstorm_runners::run::{self, RunOptions, WriteDir};
 
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
@@ -432,8 +432,11 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     let opts = RunOptions {
         scenario,
         origin: plan.origin.clone(),
-        results_root: plan.stage.join("results"),
-        scratch_root: PathBuf::from(format!("{GUEST_ROOT}/scratch")),
+        results_root: WriteDir::new(&plan.stage.join("results"), "the lab's staging directory")?,
+        scratch_root: WriteDir::new(
+            &PathBuf::from(format!("{GUEST_ROOT}/scratch")),
+            "the guest's scratch root",
+        )?,
         scratch_dir: None,
         dax_dirs: targets.dax_dirs,
         devdax: targets.devdax,
@@ -445,7 +448,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         verbose: true,
         holder_exe: None,
     };
-    let run = host::run(&opts);
+    let run = run::run(&opts);
     if let Some(cmd) = &plan.guest_exec {
         let log = plan.stage.join("guest-exec.log");
         let st = std::fs::File::create(&log).and_then(|f| {

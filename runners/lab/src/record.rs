@@ -4,7 +4,7 @@
 use pinstorm_analysis::schema::{
     Environment, LabFact, LabRecord, RunResult, ScenarioRecord, Tool, SCHEMA_NAME, SCHEMA_VERSION,
 };
-use pinstorm_runners::host::now_rfc3339;
+use pinstorm_runners::run::now_rfc3339;
 
 use crate::options::LabOptions;
 use crate::status::KernelStatus;

@@ -100,7 +100,10 @@ fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, Str
         Err(PinError::Kernel { errno, .. }) => errno.name(),
         Err(e) => e.to_string(),
     };
-    let Ok(mut pinner) = HOLDER_PIN.path().pinner() else {
+    let Ok(mut pinner) = HOLDER_PIN
+        .path(&pinstorm_workloads::pin::PinSettings::default())
+        .pinner()
+    else {
         return;
     };
     let r = pinner.register(target);

@@ -24,7 +24,7 @@ use pinstorm_workloads::scenario::LeaseJob;
 use pinstorm_workloads::scratch::{ScratchFile, ScratchPath};
 use pinstorm_workloads::sys::{rt_signal, Errno};
 
-use crate::host::{BackingSet, Progress};
+use crate::job::{BackingSet, Progress};
 use crate::signals;
 
 mod breaks;

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 
 use rand::RngCore;
 
-use super::{err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget};
+use super::{
+    err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget, Partner,
+};
 use crate::sys::{fideduperange, Dedupe as Status, Errno};
 
 pub struct Dedupe;
@@ -17,13 +19,13 @@ impl LayoutOp for Dedupe {
         LayoutKind::Dedupe
     }
 
-    fn unavailable(&self, t: &LayoutTarget) -> Option<String> {
-        t.clone.is_none().then(|| t.no_partner())
+    fn partners(&self) -> &'static [Partner] {
+        &[Partner::Clone]
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
         let f = t.file.file();
-        let clone = t.clone.expect("checked by unavailable()").file();
+        let clone = t.partner(Partner::Clone).file();
         let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
         let mut buf = vec![0u8; len as usize];
         let io = |e: std::io::Error| {

@@ -6,7 +6,10 @@
 //! Each picks its aligned range from the caller's seeded RNG, so a seed replays the same
 //! sequence, and reports what it did to the file's contents ([`Effect`]) for the oracles.
 //!
-//! Operations only ever take a [`RegionFile`]: a file a backing created for this run.
+//! Operations only ever take a [`RegionFile`]: a file a backing created for this run. An
+//! operation that works with a second file declares it ([`LayoutOp::partners`]); the storm
+//! makes those partners ([`Partners::prepare`]) and never names an operation. Adding an
+//! operation touches its module and this module's registry ([`LayoutKind`]).
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -16,8 +19,11 @@ use crate::sys::Errno;
 
 mod dedupe;
 mod fallocate;
+mod partners;
 mod reflink;
 mod truncate;
+
+pub use partners::{Partner, Partners};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -124,19 +130,16 @@ pub struct LayoutTarget<'a> {
     pub size: u64,
     /// Ranges are multiples of this (the backing's page size, at least the fs block size).
     pub align: u64,
-    /// Where reflink-out and dedupe put copies of the pinned file's data.
-    pub clone: Option<&'a RegionFile>,
-    /// A file of `size` bytes of plain fill that reflink-in copies from.
-    pub donor: Option<&'a RegionFile>,
-    /// Why `clone` or `donor` is missing, when they are.
-    pub partners_missing: Option<&'a str>,
+    /// The partner files made for the operations that declared them.
+    pub partners: &'a Partners,
 }
 
 impl LayoutTarget<'_> {
-    pub(crate) fn no_partner(&self) -> String {
-        self.partners_missing
-            .unwrap_or("the pinned file has no directory for a partner file (memfd); reflink and dedupe need two files on one filesystem")
-            .to_string()
+    /// A partner the operation declared; [`LayoutOp::cannot_run`] has checked it is there.
+    pub(crate) fn partner(&self, p: Partner) -> &RegionFile {
+        self.partners
+            .get(p)
+            .expect("a declared partner, checked by cannot_run()")
     }
 }
 
@@ -180,11 +183,28 @@ impl LayoutError {
 
 pub trait LayoutOp: Send + Sync {
     fn kind(&self) -> LayoutKind;
-    /// Why this operation cannot run on `target` at all, if so (no partner file, ...).
+    /// The files next to the pinned one this operation works with, made before the storm.
+    fn partners(&self) -> &'static [Partner] {
+        &[]
+    }
+    /// Why this operation cannot run on `target` at all, if so (a file too small, ...).
     fn unavailable(&self, _target: &LayoutTarget) -> Option<String> {
         None
     }
     fn apply(&self, target: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError>;
+
+    /// Why this operation cannot run on `target`: a declared partner is missing, or
+    /// [`LayoutOp::unavailable`]. Checked before every [`LayoutOp::apply`].
+    fn cannot_run(&self, target: &LayoutTarget) -> Option<String> {
+        if self
+            .partners()
+            .iter()
+            .any(|p| target.partners.get(*p).is_none())
+        {
+            return Some(target.partners.missing());
+        }
+        self.unavailable(target)
+    }
 }
 
 pub(crate) fn err(op: &'static str, e: impl Into<Errno>) -> LayoutError {

@@ -5,7 +5,9 @@
 
 use rand::RngCore;
 
-use super::{err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget};
+use super::{
+    err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget, Partner,
+};
 use crate::sys::ficlonerange;
 
 pub struct Reflink(pub LayoutKind);
@@ -15,20 +17,19 @@ impl LayoutOp for Reflink {
         self.0
     }
 
-    fn unavailable(&self, t: &LayoutTarget) -> Option<String> {
-        let partner = if self.0 == LayoutKind::ReflinkRangeIn {
-            t.donor
+    fn partners(&self) -> &'static [Partner] {
+        if self.0 == LayoutKind::ReflinkRangeIn {
+            &[Partner::Donor]
         } else {
-            t.clone
-        };
-        partner.is_none().then(|| t.no_partner())
+            &[Partner::Clone]
+        }
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
         let f = t.file.file();
         match self.0 {
             LayoutKind::ReflinkOut => {
-                let clone = t.clone.expect("checked by unavailable()").file();
+                let clone = t.partner(Partner::Clone).file();
                 rustix::fs::ioctl_ficlone(clone, f).map_err(|e| err("FICLONE", e))?;
                 Ok(Applied {
                     effect: Effect::Shared {
@@ -39,7 +40,7 @@ impl LayoutOp for Reflink {
                 })
             }
             LayoutKind::ReflinkRangeOut => {
-                let clone = t.clone.expect("checked by unavailable()").file();
+                let clone = t.partner(Partner::Clone).file();
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
                 ficlonerange(clone, f, off, len, off).map_err(|e| err("FICLONERANGE(out)", e))?;
                 Ok(Applied {
@@ -48,7 +49,7 @@ impl LayoutOp for Reflink {
                 })
             }
             LayoutKind::ReflinkRangeIn => {
-                let donor = t.donor.expect("checked by unavailable()").file();
+                let donor = t.partner(Partner::Donor).file();
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
                 ficlonerange(f, donor, off, len, off).map_err(|e| err("FICLONERANGE(in)", e))?;
                 Ok(Applied {

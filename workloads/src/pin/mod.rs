@@ -4,8 +4,14 @@
 //! it can run here and hands out [`Pinner`]s; a `Pinner` is one pinning context (an io_uring
 //! instance, an RDMA protection domain with its queue pair, a pipe for vmsplice) that holds at
 //! most one registered region at a time and can make the "device" write into or read out of
-//! it. A storm that wants many pins at once uses many pinners. Adding a path touches nothing
-//! but this module's registry.
+//! it. A storm that wants many pins at once uses many pinners.
+//!
+//! A path declares what it can do ([`PinPath::device_writes`], [`PinPath::device_reads`],
+//! [`PinPath::foll_pins`], [`PinPath::device`]) so runners never name a path, and gets its
+//! settings (the scenario's `[rdma]`, say) from [`PinSettings`] when it is built, so there is
+//! no process-wide configuration. Adding a path touches its own module, this module's
+//! registry ([`PinKind`], [`PinKind::path`], and [`PinSettings`] if it has settings), and the
+//! scenario's table for those settings.
 //!
 //! This module must not decide what an outcome means: it reports `ok` or the kernel's errno,
 //! and the expectations files decide whether that was expected.
@@ -74,13 +80,14 @@ impl PinKind {
         }
     }
 
-    /// Build the path. Cheap: no kernel object is created until [`PinPath::pinner`].
-    pub fn path(self) -> Box<dyn PinPath> {
+    /// Build the path with its settings. Cheap: no kernel object is created until
+    /// [`PinPath::pinner`].
+    pub fn path(self, settings: &PinSettings) -> Box<dyn PinPath> {
         match self {
             PinKind::IoUring => Box::new(io_uring::IoUringPath),
             PinKind::Vmsplice => Box::new(vmsplice::VmsplicePath),
-            PinKind::Rdma => Box::new(rdma::RdmaPath { odp: false }),
-            PinKind::RdmaOdp => Box::new(rdma::RdmaPath { odp: true }),
+            PinKind::Rdma => Box::new(rdma::RdmaPath::new(settings.rdma.clone(), false)),
+            PinKind::RdmaOdp => Box::new(rdma::RdmaPath::new(settings.rdma.clone(), true)),
         }
     }
 
@@ -100,6 +107,14 @@ impl std::fmt::Display for PinKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// What a run tells its pin paths: each path reads its own part. Built from the scenario
+/// (`Scenario::pin_settings`), into which the command line merged its flags.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PinSettings {
+    /// `[rdma]`: device, port, path MTU and MR access flags of `rdma` and `rdma-odp`.
+    pub rdma: rdma::RdmaConfig,
 }
 
 /// Whether something can run on this machine; if not, the reason, in the words a
@@ -192,12 +207,46 @@ pub enum FollPins {
     NotTaken(&'static str),
 }
 
+/// Whether a path's "device" can do one kind of I/O through a held pin at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceIo {
+    Supported,
+    /// Never on this path, whatever the machine; why, for the `notrun` of what needs it.
+    Unsupported(&'static str),
+}
+
+impl DeviceIo {
+    pub fn is_supported(self) -> bool {
+        self == DeviceIo::Supported
+    }
+
+    /// Why not, if not.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            DeviceIo::Supported => None,
+            DeviceIo::Unsupported(why) => Some(why),
+        }
+    }
+}
+
 /// One way of pinning pages. Shared between threads; each thread asks for its own pinner.
+///
+/// Every path declares what it can do, so callers ask instead of naming paths.
 pub trait PinPath: Send + Sync {
     fn kind(&self) -> PinKind;
     /// Whether what this path holds shows up in the FOLL_PIN counters. Every path says so:
     /// a leak check that cannot see a path's pins must say it did not run.
     fn foll_pins(&self) -> FollPins;
+    /// Whether the device can write into the pinned pages ([`Pinner::device_write`]). A
+    /// path that can may still fail on one machine (`PinError::NotRun` from the pinner).
+    fn device_writes(&self) -> DeviceIo;
+    /// Whether the device can read the pinned pages back ([`Pinner::device_read`]).
+    fn device_reads(&self) -> DeviceIo;
+    /// The name of the device this path drives here (`rxe0`), if it drives a named one:
+    /// what expectation rules with a device (`rdma_device`) match against.
+    fn device(&self) -> Option<String> {
+        None
+    }
     /// Whether this path can run on this machine at all.
     fn availability(&self) -> Availability;
     /// A fresh pinning context for one thread.
@@ -273,6 +322,51 @@ mod tests {
     use crate::scratch::ScratchRoot;
     use crate::units::Size;
 
+    /// What a path declares about device I/O is what its pinners do: a path without device
+    /// writes refuses one with the declared reason, a usable path with them writes, and the
+    /// device reads back what is in the pinned pages.
+    #[test]
+    fn paths_do_the_device_io_they_declare() {
+        let dir = std::env::temp_dir().join(format!("pinstorm-device-io-{}", std::process::id()));
+        let root = ScratchRoot::open(&dir).unwrap();
+        let run = root.new_run("device-io").unwrap();
+        let anon = BackingKind::Anon.setup(&SetupEnv::default(), &run).unwrap();
+        let region = anon
+            .region(&RegionSpec {
+                size: Size(64 << 10),
+                map: MapKind::Private,
+                access: Access::Rw,
+            })
+            .unwrap();
+        let mut checked = Vec::new();
+        for &kind in PinKind::ALL {
+            let path = kind.path(&PinSettings::default());
+            if let Availability::NotRun(why) = path.availability() {
+                eprintln!("{kind} not checked: {why}");
+                continue;
+            }
+            let mut pinner = path.pinner().unwrap();
+            pinner.register(region.pin_target()).unwrap();
+            let page = vec![0x5a; 4096];
+            match (path.device_writes(), pinner.device_write(0, &page)) {
+                (DeviceIo::Supported, Ok(n)) => assert_eq!(n, 4096, "{kind}"),
+                (DeviceIo::Unsupported(why), Err(PinError::NotRun(r))) => {
+                    assert_eq!(r, why, "{kind}")
+                }
+                (declared, got) => panic!("{kind} declares {declared:?}, device write: {got:?}"),
+            }
+            assert!(path.device_reads().is_supported(), "{kind}");
+            let mut cpu = vec![0u8; 4096];
+            region.mapping.read_at(0, &mut cpu);
+            assert_eq!(pinner.device_read(0, 4096).unwrap(), cpu, "{kind}");
+            pinner.unregister().unwrap();
+            checked.push(kind);
+        }
+        assert!(checked.contains(&PinKind::IoUring) && checked.contains(&PinKind::Vmsplice));
+        drop((region, anon, run, root));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A path that declares FOLL_PIN pins is seen by the kernel's counters: registering 2 MiB
     /// of 4 KiB pages moves `nr_foll_pin_acquired` by at least 512, and releasing them moves
     /// `nr_foll_pin_released` as much (other pinning on the machine only adds to both).
@@ -295,7 +389,7 @@ mod tests {
             .unwrap();
         let mut checked = Vec::new();
         for &kind in PinKind::ALL {
-            let path = kind.path();
+            let path = kind.path(&PinSettings::default());
             match (path.foll_pins(), path.availability()) {
                 (FollPins::NotTaken(why), _) => assert!(!why.is_empty(), "{kind}"),
                 (FollPins::Counted, Availability::NotRun(why)) => {

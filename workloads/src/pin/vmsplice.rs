@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, tee, PipeFlags, SpliceFlags};
 
 use super::{
-    check_span, Availability, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop,
+    check_span, Availability, DeviceIo, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner,
+    TightLoop,
 };
 use crate::sys::Errno;
+
+const NO_WRITE: &str =
+    "vmsplice pins are read-only: a pipe holds the pages, nothing writes through them";
 
 pub struct VmsplicePath;
 
@@ -28,6 +32,15 @@ impl PinPath for VmsplicePath {
         FollPins::NotTaken(
             "vmsplice holds page references (FOLL_GET), not FOLL_PIN pins: /proc/vmstat cannot see them",
         )
+    }
+
+    fn device_writes(&self) -> DeviceIo {
+        DeviceIo::Unsupported(NO_WRITE)
+    }
+
+    /// By `tee`ing the pipe and reading the copy.
+    fn device_reads(&self) -> DeviceIo {
+        DeviceIo::Supported
     }
 
     fn availability(&self) -> Availability {
@@ -189,10 +202,7 @@ impl Pinner for VmsplicePinner {
     }
 
     fn device_write(&mut self, _offset: usize, _data: &[u8]) -> Result<usize, PinError> {
-        Err(PinError::NotRun(
-            "vmsplice pins are read-only: a pipe holds the pages, nothing writes through them"
-                .into(),
-        ))
+        Err(PinError::NotRun(NO_WRITE.into()))
     }
 
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError> {

@@ -1,6 +1,9 @@
 //! Planted histories replayed against the oracles: one file, up to four disruptors and one
 //! pinner, each step in a fixed order, then the verdict the storm would have given.
 
+use super::foreign::*;
+use super::leaked_pins::*;
+use super::lost_write::*;
 use super::*;
 use pinstorm_workloads::canary::Canary;
 

@@ -37,7 +37,10 @@ pub(super) fn pin_error(e: PinError) -> String {
 
 /// A fresh pinner of `kind`, registered on `target`.
 pub(super) fn pin(kind: PinKind, target: PinTarget) -> Result<Box<dyn Pinner>, String> {
-    let mut pinner = kind.path().pinner().map_err(|e| e.to_string())?;
+    let mut pinner = kind
+        .path(&crate::pin::PinSettings::default())
+        .pinner()
+        .map_err(|e| e.to_string())?;
     pinner.register(target).map_err(pin_error)?;
     Ok(pinner)
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 
-use super::{Availability, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop};
+use super::{
+    Availability, DeviceIo, FollPins, PinError, PinKind, PinPath, PinTarget, Pinner, TightLoop,
+};
 
 #[allow(unsafe_code)]
 mod sys;
@@ -35,6 +37,16 @@ impl PinPath for IoUringPath {
     /// IORING_REGISTER_BUFFERS pins with pin_user_pages (FOLL_WRITE | FOLL_LONGTERM).
     fn foll_pins(&self) -> FollPins {
         FollPins::Counted
+    }
+
+    /// `IORING_OP_READ_FIXED` from a file into the registered buffer.
+    fn device_writes(&self) -> DeviceIo {
+        DeviceIo::Supported
+    }
+
+    /// `IORING_OP_WRITE_FIXED` from the registered buffer into a file.
+    fn device_reads(&self) -> DeviceIo {
+        DeviceIo::Supported
     }
 
     fn availability(&self) -> Availability {

@@ -14,15 +14,14 @@
 //! within the timeout, is a measured outcome (`PinError::Device`), never a crash or a hang.
 //!
 //! Without the `rdma` cargo feature the paths exist and report `notrun`. Which device, port
-//! and access flags are used is set once per run with [`configure`] (the CLI's `--rdma-dev`,
-//! `--rdma-port`, a scenario's `[rdma]` section). The raw verbs are in [`verbs`] (the only
-//! unsafe code here) and the C shim next to it. See docs/rdma.md.
-
-use std::sync::RwLock;
+//! and access flags are used is the [`RdmaConfig`] each path is built with
+//! (`PinSettings::rdma`: a scenario's `[rdma]` section, with the CLI's `--rdma-dev` and
+//! `--rdma-port` merged in). The raw verbs are in [`verbs`] (the only unsafe code here) and
+//! the C shim next to it. See docs/rdma.md.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Availability, FollPins, PinError, PinKind, PinPath, Pinner, TightLoop};
+use super::{Availability, DeviceIo, FollPins, PinError, PinKind, PinPath, Pinner, TightLoop};
 use crate::units::Span;
 
 #[cfg(feature = "rdma")]
@@ -179,22 +178,6 @@ impl RdmaConfig {
     }
 }
 
-static CONFIG: RwLock<Option<RdmaConfig>> = RwLock::new(None);
-
-/// Set the device, port and access flags for the rest of the run.
-pub fn configure(cfg: RdmaConfig) {
-    *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(cfg);
-}
-
-/// The configuration in force.
-pub fn config() -> RdmaConfig {
-    CONFIG
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_default()
-}
-
 /// One port of a device, as `pinstorm list` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PortReport {
@@ -238,41 +221,31 @@ pub fn inventory() -> Result<Vec<DeviceReport>, String> {
     }
 }
 
-/// The device and port the paths would use now, in one line (for results), or why none.
-pub fn selected() -> Result<String, String> {
+/// The device and port the paths would use with `cfg`, in one line (for results and
+/// `pinstorm list`), or why none.
+pub fn selected(cfg: &RdmaConfig) -> Result<String, String> {
     #[cfg(feature = "rdma")]
     {
-        imp::selected_summary(&config())
+        imp::selected_summary(cfg)
     }
     #[cfg(not(feature = "rdma"))]
     {
+        let _ = cfg;
         Err(NOT_BUILT.into())
     }
 }
 
-/// The name of the device the paths use now (`rxe0`), if any: what expectation rules with
-/// `rdma_device` match against.
-pub fn device_name() -> Option<String> {
-    #[cfg(feature = "rdma")]
-    {
-        imp::selected_name(&config())
-    }
-    #[cfg(not(feature = "rdma"))]
-    {
-        None
-    }
-}
-
-impl PinKind {
-    /// Whether this is one of the RDMA paths (whose cells carry the device).
-    pub fn is_rdma(self) -> bool {
-        matches!(self, PinKind::Rdma | PinKind::RdmaOdp)
-    }
-}
-
-/// `rdma` (`odp: false`) and `rdma-odp`.
+/// `rdma` (`odp: false`) and `rdma-odp`, with the device, port and access flags to use.
 pub struct RdmaPath {
-    pub odp: bool,
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    cfg: RdmaConfig,
+    odp: bool,
+}
+
+impl RdmaPath {
+    pub fn new(cfg: RdmaConfig, odp: bool) -> RdmaPath {
+        RdmaPath { cfg, odp }
+    }
 }
 
 impl PinPath for RdmaPath {
@@ -296,10 +269,32 @@ impl PinPath for RdmaPath {
         }
     }
 
+    /// An RDMA WRITE from a staging buffer over the loopback queue pairs.
+    fn device_writes(&self) -> DeviceIo {
+        DeviceIo::Supported
+    }
+
+    /// An RDMA READ into a staging buffer over the loopback queue pairs.
+    fn device_reads(&self) -> DeviceIo {
+        DeviceIo::Supported
+    }
+
+    /// The device the configuration selects (`rxe0`), if there is one.
+    fn device(&self) -> Option<String> {
+        #[cfg(feature = "rdma")]
+        {
+            imp::selected_name(&self.cfg)
+        }
+        #[cfg(not(feature = "rdma"))]
+        {
+            None
+        }
+    }
+
     fn availability(&self) -> Availability {
         #[cfg(feature = "rdma")]
         {
-            imp::availability(&config())
+            imp::availability(&self.cfg)
         }
         #[cfg(not(feature = "rdma"))]
         {
@@ -310,7 +305,7 @@ impl PinPath for RdmaPath {
     fn pinner(&self) -> Result<Box<dyn Pinner>, PinError> {
         #[cfg(feature = "rdma")]
         {
-            Ok(Box::new(imp::RdmaPinner::new(&config(), self.odp)?))
+            Ok(Box::new(imp::RdmaPinner::new(&self.cfg, self.odp)?))
         }
         #[cfg(not(feature = "rdma"))]
         {
@@ -321,7 +316,7 @@ impl PinPath for RdmaPath {
     fn tight_loop(&self) -> Option<Box<dyn TightLoop>> {
         #[cfg(feature = "rdma")]
         {
-            imp::tight_loop(&config(), self.odp)
+            imp::tight_loop(&self.cfg, self.odp)
         }
         #[cfg(not(feature = "rdma"))]
         {
@@ -373,7 +368,7 @@ mod tests {
         // On a machine with an RDMA device and the feature this is usable; everywhere else
         // the reason must name the feature or the rxe hint.
         for odp in [false, true] {
-            match (RdmaPath { odp }).availability() {
+            match RdmaPath::new(RdmaConfig::default(), odp).availability() {
                 Availability::Usable if !cfg!(feature = "rdma") => {
                     panic!("usable without the rdma feature")
                 }

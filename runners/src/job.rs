@@ -1,0 +1,203 @@
+//! The jobs of a scenario (probe, bench, leases, storm) as one trait, and what every job is
+//! given: the backings set up for the run, the progress bar, the run's context.
+//!
+//! A job says which backings it pins, how many huge pages it holds at once and how many
+//! cells it has; the run ([`crate::run`]) sets up the backings and huge pages once for all
+//! jobs, totals the progress, runs each job and writes the result after each. Nothing here
+//! imports a job or the run, so every job can import this module without a cycle.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use pinstorm_analysis::expect::Expectations;
+use pinstorm_analysis::kernel::KernelRelease;
+use pinstorm_analysis::schema::{BackingRecord, RunResult};
+use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
+use pinstorm_workloads::pin::PinSettings;
+use pinstorm_workloads::scratch::RunScratch;
+
+use crate::kmsg::Kmsg;
+use crate::signals;
+
+/// One job of a scenario.
+pub trait Job {
+    /// The job's name in phase messages.
+    fn name(&self) -> &'static str;
+    /// The backings it pins; the run sets each up once for all jobs.
+    fn backings(&self) -> &[BackingKind];
+    /// Huge pages of `hp_size` bytes it holds at once when one of its backings uses hugetlb.
+    fn hugepages(&self, hp_size: u64) -> u64;
+    /// Its cells: the progress bar's steps.
+    fn cells(&self) -> u64;
+    /// Run it, recording into its part of `result` as it goes, so an interrupted job keeps
+    /// what it measured.
+    fn run(&self, ctx: &JobContext, progress: &Progress, result: &mut RunResult) -> Result<()>;
+}
+
+/// What every job of a run is given.
+pub struct JobContext<'a> {
+    pub backings: &'a BackingSet,
+    pub expectations: &'a Expectations,
+    pub kernel: &'a KernelRelease,
+    pub seed: u64,
+    /// Written into every canary, so data from another run is recognised as such.
+    pub run_tag: u32,
+    /// What the pin paths are told (the scenario's `[rdma]`, ...).
+    pub pins: &'a PinSettings,
+    /// Why a pin may be refused with ENOMEM here (RLIMIT_MEMLOCK), if it may.
+    pub memlock_hint: Option<String>,
+    /// The kernel log, opened before any job so only messages from this run are read.
+    pub kmsg: &'a Mutex<Kmsg>,
+    /// The run's directory, for what a job changes on the machine (journaled).
+    pub scratch: &'a RunScratch,
+    pub is_root: bool,
+    /// The pinstorm binary that runs lease holders (`__lease-holder`); default: this one.
+    pub holder_exe: Option<&'a Path>,
+}
+
+/// The tag written into every canary of a run: a hash of the run id.
+pub fn run_tag(run_id: &str) -> u32 {
+    run_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A refusal's reason, with the memlock explanation when the kernel said ENOMEM.
+pub fn with_memlock_hint(mut reason: String, errno: &str, hint: Option<&str>) -> String {
+    if let (true, Some(h)) = (errno == "ENOMEM", hint) {
+        reason.push_str(&format!(" ({h})"));
+    }
+    reason
+}
+
+/// The backings set up for a run, or why each could not be.
+pub struct BackingSet {
+    map: BTreeMap<BackingKind, Result<Box<dyn Backing>, NotRun>>,
+}
+
+impl BackingSet {
+    /// Set up each of `kinds`; one that cannot be is recorded with its reason. `log` hears
+    /// what happens.
+    pub fn set_up(
+        kinds: impl IntoIterator<Item = BackingKind>,
+        env: &SetupEnv,
+        scratch: &RunScratch,
+        log: impl Fn(&str),
+    ) -> Result<BackingSet> {
+        let mut map = BTreeMap::new();
+        for k in kinds {
+            signals::check()?;
+            log(&format!("setting up {k}"));
+            let b = k.setup(env, scratch);
+            if let Err(e) = &b {
+                log(&format!("{k}: notrun: {e}"));
+            }
+            map.insert(k, b);
+        }
+        Ok(BackingSet { map })
+    }
+
+    pub fn get(&self, kind: BackingKind) -> Result<&dyn Backing, NotRun> {
+        match self.map.get(&kind) {
+            Some(Ok(b)) => Ok(b.as_ref()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(NotRun(format!("{kind} was not set up for this run"))),
+        }
+    }
+
+    pub fn records(&self) -> Vec<BackingRecord> {
+        self.map
+            .iter()
+            .map(|(k, b)| match b {
+                Ok(b) => {
+                    let i = b.info();
+                    BackingRecord {
+                        backing: k.name().into(),
+                        outcome: "ok".into(),
+                        reason: None,
+                        fs: Some(i.fs.clone()),
+                        mount_source: i.mount_source.clone(),
+                        mount_options: i.mount_options.clone(),
+                        page_size: Some(i.page_size),
+                    }
+                }
+                Err(e) => BackingRecord {
+                    backing: k.name().into(),
+                    outcome: "notrun".into(),
+                    reason: Some(e.0.clone()),
+                    fs: None,
+                    mount_source: None,
+                    mount_options: None,
+                    page_size: None,
+                },
+            })
+            .collect()
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; otherwise nothing at all.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, total: u64) -> Progress {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn step(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            b.set_message(msg.to_string());
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_tags_differ_between_runs_and_repeat_for_one() {
+        let a = run_tag("20261122T043000.123Z-1a2b");
+        assert_eq!(a, run_tag("20261122T043000.123Z-1a2b"));
+        assert_ne!(a, run_tag("20261122T043000.123Z-1a2c"));
+    }
+
+    #[test]
+    fn only_enomem_gets_the_memlock_hint() {
+        let hint = Some("ulimit -l");
+        assert_eq!(
+            with_memlock_hint("register: ENOMEM".into(), "ENOMEM", hint),
+            "register: ENOMEM (ulimit -l)"
+        );
+        assert_eq!(
+            with_memlock_hint("register: EFAULT".into(), "EFAULT", hint),
+            "register: EFAULT"
+        );
+        assert_eq!(
+            with_memlock_hint("register: ENOMEM".into(), "ENOMEM", None),
+            "register: ENOMEM"
+        );
+    }
+}

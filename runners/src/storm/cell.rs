@@ -1,0 +1,301 @@
+//! One storm cell (pin path x backing x map): make the files, run the pinners and
+//! disruptors for the job's duration, collect them with a bound, then the end scan, the
+//! kernel log, the leaked-pins check and the result.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use pinstorm_analysis::expect::Cell;
+use pinstorm_analysis::schema::{LeakedPins, Oracle, StormResult};
+use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
+use pinstorm_workloads::layout::Partners;
+use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::scenario::StormJob;
+use pinstorm_workloads::units::Size;
+
+use super::disruptor::{disruptor_thread, DisruptorOut};
+use super::oracle::lost_write::Mapping;
+use super::oracle::{self, Events, FileState, PAGE};
+use super::pinner::{pinner_thread, PinnerOut};
+use super::report::{self, notrun};
+use super::scan::end_scan;
+use super::state::{thread_seed, Findings, StormState, TrackedFile};
+use crate::job::JobContext;
+use crate::signals;
+use crate::watchdog::Watchdog;
+
+enum ThreadOut {
+    Pinner(PinnerOut),
+    Disruptor(usize, DisruptorOut),
+}
+
+/// One file per pinner, mapped as asked, with the partners the job's operations declared;
+/// `Ok(Err(why))` when the backing cannot make one.
+fn make_files(
+    job: &StormJob,
+    backing: &dyn Backing,
+    map: MapKind,
+    size: u64,
+) -> Result<Result<Vec<TrackedFile>, String>> {
+    let fs = &backing.info().fs;
+    let mut files = Vec::new();
+    for i in 0..job.pinners.get() {
+        let spec = RegionSpec {
+            size: Size(size),
+            map,
+            access: Access::Rw,
+        };
+        let region = match backing.region(&spec) {
+            Ok(r) => r,
+            Err(RegionError::Kernel { op, errno }) => {
+                return Ok(Err(format!("making region {i} failed: {op}: {errno}")))
+            }
+            Err(RegionError::Tool(e)) => return Err(e),
+        };
+        let partners = match &region.file {
+            Some(file) => Partners::prepare(file, fs, i, size, &job.ops),
+            None => Partners::default(),
+        };
+        let name = match region.file.as_ref().and_then(|f| f.path()) {
+            Some(p) => p.display().to_string(),
+            None if region.file.is_some() => format!("memfd:{i}"),
+            None => format!("anon:{i}"),
+        };
+        files.push(TrackedFile {
+            state: FileState::new(i as u32 + 1, region.mapping.len() / PAGE as usize),
+            name,
+            log: Mutex::new(VecDeque::new()),
+            region,
+            partners,
+        });
+    }
+    Ok(Ok(files))
+}
+
+pub fn run(
+    job: &StormJob,
+    ctx: &JobContext,
+    pin: PinKind,
+    kind: BackingKind,
+    map: MapKind,
+) -> Result<StormResult> {
+    let cell_name = format!("{pin}/{kind}/{}", map.name());
+    let backing = match ctx.backings.get(kind) {
+        Ok(b) => b,
+        Err(e) => return Ok(notrun(pin, kind, "", map, job, ctx.seed, e.0)),
+    };
+    let info = backing.info().clone();
+    let path = pin.path(ctx.pins);
+    if let Availability::NotRun(r) = path.availability() {
+        return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, r));
+    }
+    let align = info.page_size.max(PAGE);
+    let size = job.file_size.round_up(align).bytes();
+    let files = match make_files(job, backing, map, size)? {
+        Ok(f) => f,
+        Err(why) => return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, why)),
+    };
+    let dax = files[0].region.dax;
+    let file_backed = files[0].file_backed();
+    let device = path.device();
+    let expected = ctx
+        .expectations
+        .lookup(
+            &Cell {
+                pin: pin.name(),
+                backing: kind.name(),
+                fs: &info.fs,
+                map: map.name(),
+                access: Access::Rw.name(),
+                dax,
+                rdma_device: device.as_deref(),
+            },
+            ctx.kernel,
+        )
+        .map(|r| (r.outcome.clone(), r.why.clone()));
+    let disruptors = if file_backed { job.disruptors } else { 0 };
+    let mut names: Vec<String> = (0..job.pinners.get())
+        .map(|i| format!("pinner-{i}"))
+        .collect();
+    names.extend((0..disruptors).map(|j| format!("disruptor-{j}")));
+    let wd = Watchdog::new(job.block_threshold.0, &names);
+    let wd_thread = wd.run();
+    oracle::kernel_warnings::start(ctx.kmsg);
+    let foll_pins = path.foll_pins();
+    let idle_before = oracle::leaked_pins::baseline(foll_pins);
+    let no_write = path.device_writes().reason().map(str::to_string);
+
+    let storm = Arc::new(StormState {
+        files,
+        path,
+        events: Events::default(),
+        stop: AtomicBool::new(false),
+        wd: wd.clone(),
+        unsupported: Mutex::new(BTreeMap::new()),
+        findings: Mutex::new(Findings::default()),
+        run_tag: ctx.run_tag,
+        hold: job.hold.0,
+        examples: job.examples,
+        mapping: match (file_backed, map) {
+            (false, _) => Mapping::Anon,
+            (true, MapKind::Shared) => Mapping::SharedFile,
+            (true, MapKind::Private) => Mapping::PrivateFile,
+        },
+        expected,
+        size,
+        align,
+        rate: job.rate,
+    });
+    let (tx, rx) = mpsc::channel::<ThreadOut>();
+    let mut started = 0;
+    for i in 0..job.pinners.get() {
+        let (storm, tx) = (storm.clone(), tx.clone());
+        let seed = thread_seed(ctx.seed, &cell_name, 1, i as u64);
+        std::thread::Builder::new()
+            .name(format!("pinner-{i}"))
+            .spawn(move || {
+                let o = pinner_thread(storm, i, seed);
+                let _ = tx.send(ThreadOut::Pinner(o));
+            })?;
+        started += 1;
+    }
+    for j in 0..disruptors {
+        let (storm, tx, ops) = (storm.clone(), tx.clone(), job.ops.clone());
+        let seed = thread_seed(ctx.seed, &cell_name, 2, j as u64);
+        let slot = job.pinners.get() + j;
+        std::thread::Builder::new()
+            .name(format!("disruptor-{j}"))
+            .spawn(move || {
+                let o = disruptor_thread(storm, slot, ops, seed);
+                let _ = tx.send(ThreadOut::Disruptor(j, o));
+            })?;
+        started += 1;
+    }
+    drop(tx);
+    let t_start = Instant::now();
+    let end = t_start + job.duration.0;
+    while Instant::now() < end && signals::pending().is_none() {
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
+    }
+    storm.stop.store(true, SeqCst);
+    let ran_for = t_start.elapsed();
+    // Collect, with a bound: a thread stuck in the kernel must not hang the run. Stopping
+    // made every pinner release its pin, which is what unblocks a waiting layout operation.
+    let bound = Duration::from_secs(30).max(job.block_threshold.0 * 4);
+    let deadline = Instant::now() + bound;
+    let mut pinners_out = Vec::new();
+    let mut disruptors_out = BTreeMap::new();
+    while pinners_out.len() + disruptors_out.len() < started {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(ThreadOut::Pinner(p)) => pinners_out.push(p),
+            Ok(ThreadOut::Disruptor(j, d)) => {
+                disruptors_out.insert(j, d);
+            }
+            Err(_) => break,
+        }
+    }
+    let stuck = started - pinners_out.len() - disruptors_out.len();
+    wd.stop();
+    let _ = wd_thread.join();
+
+    let pinners = report::pinners(pinners_out).with_context(|| format!("storm {cell_name}"))?;
+    if let Some(r) = pinners.notrun {
+        return Ok(notrun(pin, kind, &info.fs, map, job, ctx.seed, r));
+    }
+    let mut totals = pinners.totals;
+    let mut timeline = pinners.timeline;
+    // The end scan: every page of every file and partner. A file it cannot read is counted
+    // and named: its pages were not judged.
+    let scan_errors = if stuck == 0 {
+        end_scan(&storm, wd.elapsed_ms())
+    } else {
+        Vec::new()
+    };
+    totals.end_scan_errors = scan_errors.len() as u64;
+    let kernel_warnings = oracle::kernel_warnings::judge(ctx.kmsg);
+
+    let ops_not_run = if !file_backed {
+        Some("anonymous memory has no file whose layout could change")
+    } else if disruptors == 0 {
+        Some("no disruptors in this scenario (disruptors = 0)")
+    } else {
+        None
+    };
+    let layout_ops =
+        report::layout_ops(&job.ops, &disruptors_out, &storm.unsupported(), ops_not_run);
+    for d in disruptors_out.values() {
+        timeline.merge(&d.timeline);
+    }
+    let mut findings = std::mem::take(&mut *storm.findings());
+    let no_write = no_write.or(pinners.write_notrun);
+    oracle::lost_write::cell_notes(&mut findings.lost, &mut findings.stale, no_write, map);
+    if stuck > 0 {
+        findings.stale.notrun = Some(format!(
+            "{stuck} storm thread(s) never returned; the end scan was skipped"
+        ));
+        findings.cross.notrun = findings.stale.notrun.clone();
+    }
+    if let Some(first) = scan_errors.first() {
+        let why = format!(
+            "the end scan could not read {} file(s), whose pages were not judged (first: {first})",
+            scan_errors.len()
+        );
+        for f in [&mut findings.stale, &mut findings.cross] {
+            f.note = Some(match f.note.take() {
+                Some(n) => format!("{n}; {why}"),
+                None => why.clone(),
+            });
+        }
+    }
+    let leaked = if stuck > 0 {
+        // Threads still inside the kernel hold the shared state; never unmap it under them.
+        std::mem::forget(storm);
+        LeakedPins {
+            notrun: Some(format!(
+                "{stuck} storm thread(s) never returned; their pins may still be held"
+            )),
+            ..LeakedPins::default()
+        }
+    } else {
+        // Every thread has returned, so this is the last reference: unmap and close.
+        let teardown = || match Arc::try_unwrap(storm) {
+            Ok(storm) => drop(storm),
+            Err(_) => unreachable!("storm threads all returned"),
+        };
+        oracle::leaked_pins::after(foll_pins, idle_before, teardown)
+    };
+    Ok(StormResult {
+        pin: pin.name().into(),
+        backing: kind.name().into(),
+        fs: info.fs.clone(),
+        map: map.name().into(),
+        outcome: "ok".into(),
+        reason: None,
+        dax,
+        pinners: job.pinners.get(),
+        disruptors,
+        file_size: size,
+        hold_ns: job.hold.0.as_nanos() as u64,
+        duration_ms: ran_for.as_millis() as u64,
+        seed: ctx.seed,
+        totals,
+        register: (pinners.register.count() > 0).then(|| pinners.register.stats()),
+        register_histogram: (pinners.register.count() > 0).then(|| pinners.register.encode()),
+        layout_ops,
+        timeline: timeline.0,
+        oracle: Oracle {
+            lost_write: findings.lost,
+            stale_exposure: findings.stale,
+            cross_file: findings.cross,
+            leaked_pins: leaked,
+            blocked: oracle::blocked::judge(wd.reports(), job.block_threshold.0, job.examples),
+            kernel_warnings,
+            unexpected_outcomes: findings.unexpected,
+        },
+        sequence_head: disruptors_out.into_values().map(|d| d.head).collect(),
+    })
+}

@@ -1,0 +1,187 @@
+//! What one storm cell's threads share: the pinned files and what happened to them, the
+//! findings so far, and the cell's settings.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pinstorm_analysis::schema::{OracleFinding, TimelinePoint, Violation};
+use pinstorm_workloads::backing::Region;
+use pinstorm_workloads::layout::{LayoutKind, Partners};
+use pinstorm_workloads::pin::PinPath;
+
+use super::oracle::foreign::{classify_foreign, ForeignKind};
+use super::oracle::lost_write::Mapping;
+use super::oracle::{Events, FileState, PAGE};
+use crate::watchdog::Watchdog;
+
+/// Layout log entries kept per file for violation histories.
+pub const LOG: usize = 256;
+
+/// One pinned file (or anonymous region) of a cell.
+pub struct TrackedFile {
+    /// What the oracles know of this file's layout operations.
+    pub state: FileState,
+    /// How violations name it: its path, `memfd:N` or `anon:N`.
+    pub name: String,
+    pub region: Region,
+    /// The layout operations on it, by start event, for violation histories.
+    pub log: Mutex<VecDeque<(u64, String)>>,
+    /// The files next to it that the layout operations declared.
+    pub partners: Partners,
+}
+
+impl TrackedFile {
+    pub fn file_backed(&self) -> bool {
+        self.region.file.is_some()
+    }
+
+    /// The layout operations logged after `since_event`, oldest first, at most 12.
+    pub fn history(&self, since_event: u64) -> Vec<String> {
+        let mut v: Vec<(u64, String)> = self
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(ev, _)| *ev > since_event)
+            .cloned()
+            .collect();
+        v.sort();
+        v.into_iter().take(12).map(|(_, t)| t).collect()
+    }
+
+    /// Log a layout operation that started at `event`, keeping the last `LOG`.
+    pub fn record_op(&self, event: u64, text: String) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == LOG {
+            log.pop_front();
+        }
+        log.push_back((event, text));
+    }
+}
+
+/// The findings of the oracles the threads feed as they go.
+#[derive(Default)]
+pub struct Findings {
+    pub lost: OracleFinding,
+    pub stale: OracleFinding,
+    pub cross: OracleFinding,
+    pub unexpected: OracleFinding,
+    /// (file, page, event, oracle) already counted: a page found twice counts once.
+    pub seen: HashSet<(u32, u64, u64, &'static str)>,
+}
+
+/// Count `v` in `f`, keeping it as an example while there are fewer than `examples`.
+pub fn add(f: &mut OracleFinding, examples: usize, v: Violation) {
+    f.count += 1;
+    if f.examples.len() < examples {
+        f.examples.push(v);
+    }
+}
+
+/// Everything a cell's pinner and disruptor threads share.
+pub struct StormState {
+    pub files: Vec<TrackedFile>,
+    /// The pin path every pinner pins with.
+    pub path: Box<dyn PinPath>,
+    pub events: Events,
+    pub stop: AtomicBool,
+    pub wd: Arc<Watchdog>,
+    /// Layout operations the filesystem does not have (or cannot run here), with why.
+    pub unsupported: Mutex<BTreeMap<LayoutKind, String>>,
+    pub findings: Mutex<Findings>,
+    pub run_tag: u32,
+    pub hold: Duration,
+    pub examples: usize,
+    pub mapping: Mapping,
+    /// What the expectations say a registration of this cell gives, and why.
+    pub expected: Option<(String, String)>,
+    pub size: u64,
+    pub align: u64,
+    pub rate: f64,
+}
+
+impl StormState {
+    pub fn findings(&self) -> MutexGuard<'_, Findings> {
+        self.findings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn unsupported(&self) -> MutexGuard<'_, BTreeMap<LayoutKind, String>> {
+        self.unsupported.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Judge what a page holds instead of what it should: stale or cross-file.
+    pub fn classify_foreign(
+        &self,
+        f: &TrackedFile,
+        page_off: u64,
+        content: &[u8],
+        at_ms: f64,
+        history: &[String],
+    ) {
+        let Some(found) = classify_foreign(self.run_tag, &f.state, &self.events, page_off, content)
+        else {
+            return;
+        };
+        let key = match found.kind {
+            ForeignKind::Stale => "stale",
+            ForeignKind::Cross => "cross",
+        };
+        let mut fd = self.findings();
+        if !fd.seen.insert((f.state.id, page_off, found.event, key)) {
+            return;
+        }
+        let v = Violation {
+            file: f.name.clone(),
+            offset: page_off,
+            len: PAGE,
+            what: found.what,
+            at_ms,
+            history: history.to_vec(),
+        };
+        match found.kind {
+            ForeignKind::Stale => add(&mut fd.stale, self.examples, v),
+            ForeignKind::Cross => add(&mut fd.cross, self.examples, v),
+        }
+    }
+}
+
+/// What happened in each second of a cell.
+#[derive(Default)]
+pub struct Timeline(pub Vec<TimelinePoint>);
+
+impl Timeline {
+    pub fn at(&mut self, ms: f64) -> &mut TimelinePoint {
+        let s = (ms / 1000.0) as usize;
+        while self.0.len() <= s {
+            let second = self.0.len() as u64;
+            self.0.push(TimelinePoint {
+                second,
+                ..Default::default()
+            });
+        }
+        &mut self.0[s]
+    }
+
+    pub fn merge(&mut self, o: &Timeline) {
+        for p in &o.0 {
+            let t = self.at(p.second as f64 * 1000.0);
+            t.registrations += p.registrations;
+            t.register_errors += p.register_errors;
+            t.device_writes += p.device_writes;
+            t.layout_ops += p.layout_ops;
+            t.layout_errors += p.layout_errors;
+        }
+    }
+}
+
+/// A seed for one thread of one cell, derived from the scenario seed.
+pub fn thread_seed(seed: u64, cell: &str, role: u64, index: u64) -> u64 {
+    // FNV-1a over the cell name, mixed with the seed, the role and the index.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in cell.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h ^ seed.rotate_left(17) ^ (role << 56) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
