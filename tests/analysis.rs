@@ -619,6 +619,17 @@ fn exporters_write_ktap_with_skips_junit_and_csv() {
     // No --scratch-dir: the scratch-dir cells are notrun, with the reason.
     let r = real_run(&sb, &["probe", "--backings", "anon,scratch-dir"]);
     let cells = read(&r).probe.len();
+    // A cell that pinned also has its device I/O judged, as a test of its own.
+    let device_io = read(&r)
+        .probe
+        .iter()
+        .filter(|p| {
+            p.device_io
+                .as_deref()
+                .is_some_and(|d| !d.starts_with("notrun"))
+        })
+        .count();
+    assert!(device_io > 0, "anon pins and checks device I/O");
 
     let o = sb.run(&["export", "ktap", r.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -626,8 +637,12 @@ fn exporters_write_ktap_with_skips_junit_and_csv() {
     let lines: Vec<&str> = k.lines().collect();
     assert_eq!(lines[0], "KTAP version 1");
     assert_eq!(lines[1], "1..1");
-    // Each probe cell and the run itself are tests; the plan says how many.
-    assert!(k.contains(&format!("    1..{}", cells + 1)), "{k}");
+    // Each probe cell, each device I/O check and the run itself are tests; the plan says
+    // how many.
+    assert!(
+        k.contains(&format!("    1..{}", cells + device_io + 1)),
+        "{k}"
+    );
     let skips: Vec<_> = lines
         .iter()
         .filter(|l| l.contains("scratch-dir") && l.contains("# SKIP"))
@@ -647,7 +662,7 @@ fn exporters_write_ktap_with_skips_junit_and_csv() {
         j.starts_with("<?xml") && j.trim_end().ends_with("</testsuites>"),
         "{j}"
     );
-    assert_eq!(j.matches("<testcase ").count(), cells + 1);
+    assert_eq!(j.matches("<testcase ").count(), cells + device_io + 1);
     assert!(j.contains("<skipped message=\""), "{j}");
 
     let out = sb.base.join("r.csv");

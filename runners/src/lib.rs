@@ -13,6 +13,9 @@
 //! The lab (the same scenarios in QEMU guests booted from real kernels) is a crate of its
 //! own, `pinstorm-lab` in `runners/lab/`, built on these.
 
+// No unsafe code here: the system edges are in pinstorm-workloads' `sys` modules.
+#![deny(unsafe_code)]
+
 pub mod bench;
 pub mod cleanup;
 pub mod environment;

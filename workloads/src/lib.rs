@@ -13,6 +13,10 @@
 //!
 //! Nothing here decides whether an outcome was expected or good: that is `analysis`.
 
+// Unsafe code lives only in the `sys` edges (this crate's sys.rs, pin/io_uring/sys.rs,
+// lease/sys.rs) and the verbs FFI (pin/rdma/verbs.rs); everything else is denied it.
+#![deny(unsafe_code)]
+
 pub mod backing;
 pub mod canary;
 pub mod layout;
@@ -21,6 +25,7 @@ pub mod mounts;
 pub mod pin;
 pub mod scenario;
 pub mod scratch;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod sysctl;
 pub mod units;

@@ -152,6 +152,17 @@ pub struct PinTarget {
 }
 
 impl PinTarget {
+    /// `len` bytes at `offset` of this target, if they lie inside it (still a range of the
+    /// same pinstorm mapping).
+    pub fn sub(self, offset: usize, len: usize) -> Option<PinTarget> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then_some(PinTarget {
+            addr: self.addr + offset,
+            len,
+            ..self
+        })
+    }
+
     /// The first `len` bytes of `m` (at most its length).
     pub fn of(m: &crate::sys::Mapping, len: usize) -> PinTarget {
         PinTarget {

@@ -281,9 +281,8 @@ impl Staging {
             op: "mmap(staging)",
             errno: e,
         })?;
-        // SAFETY: the staging mapping is ours and only ever copied through `read_at` and
-        // `write_at`; it is dropped after the MR (field order).
-        let mr = unsafe { Mr::register(pd, mem.addr(), len, 1 | 2 | 4) }.map_err(|e| {
+        // The staging mapping is dropped after the MR (field order).
+        let mr = Mr::register_target(pd, PinTarget::of(&mem, len), 1 | 2 | 4).map_err(|e| {
             PinError::Kernel {
                 op: "ibv_reg_mr(staging)",
                 errno: e,
@@ -390,39 +389,32 @@ impl Loopback {
         }
     }
 
-    /// Post one RDMA WRITE or READ and wait for its completion, at most `timeout`.
+    /// Post one RDMA WRITE or READ of `len` bytes between the staging buffer and `remote`
+    /// (inside the MR `rkey`) and wait for its completion, at most `timeout`.
     fn transfer(
         &mut self,
         write: bool,
         len: usize,
-        remote: usize,
+        remote: PinTarget,
         rkey: u32,
         timeout: Duration,
     ) -> Result<usize, PinError> {
         let op = if write { "RDMA WRITE" } else { "RDMA READ" };
-        let len32 = u32::try_from(len)
-            .map_err(|_| PinError::Tool(anyhow::anyhow!("{op} larger than 4 GiB")))?;
+        if u32::try_from(len).is_err() {
+            return Err(PinError::Tool(anyhow::anyhow!("{op} larger than 4 GiB")));
+        }
         let wr = self.next_wr;
         self.next_wr += 1;
-        // SAFETY: the staging range is inside the staging MR (grown to fit by the caller) and
-        // `remote` inside the MR under test (checked by the caller); we wait for the
-        // completion below, and on a timeout move both QPs to ERROR (flushing the request)
-        // before anything is released.
-        unsafe {
-            self.requester.post_rdma(
-                write,
-                wr,
-                self.staging.mem.addr(),
-                len32,
-                self.staging.mr.lkey(),
-                remote,
-                rkey,
-            )
-        }
-        .map_err(|errno| PinError::Kernel {
-            op: "ibv_post_send",
-            errno,
-        })?;
+        // The staging buffer was grown to fit by the caller; we wait for the completion
+        // below, and on a timeout move both QPs to ERROR (flushing the request) before
+        // anything is released.
+        let local = PinTarget::of(&self.staging.mem, len);
+        self.requester
+            .post_rdma_between(write, wr, local, self.staging.mr.lkey(), remote, rkey)
+            .map_err(|errno| PinError::Kernel {
+                op: "ibv_post_send",
+                errno,
+            })?;
         let deadline = Instant::now() + timeout;
         loop {
             match self.cq.poll_one() {
@@ -529,14 +521,12 @@ impl Pinner for RdmaPinner {
             )));
         }
         let access = self.cfg.access_bits(target.writable, self.odp);
-        // SAFETY: the target is a pinstorm mapping (never borrowed as a slice); the device
-        // writes into it only when `device_write` posts an RDMA WRITE.
-        let mr = unsafe { Mr::register(&self.pd, target.addr, target.len, access) }.map_err(
-            |errno| PinError::Kernel {
+        // The device writes into the target only when `device_write` posts an RDMA WRITE.
+        let mr =
+            Mr::register_target(&self.pd, target, access).map_err(|errno| PinError::Kernel {
                 op: "ibv_reg_mr",
                 errno,
-            },
-        )?;
+            })?;
         if self.odp && self.cfg.prefetch && !self.prefetch_unsupported {
             let len = u32::try_from(target.len).unwrap_or(u32::MAX);
             match mr.prefetch(target.addr, len) {
@@ -584,7 +574,8 @@ impl Pinner for RdmaPinner {
         let timeout = self.cfg.completion_timeout.0;
         let lb = self.loopback(data.len())?;
         lb.staging.mem.write_at(0, data);
-        lb.transfer(true, data.len(), t.addr + offset, rkey, timeout)
+        let remote = t.sub(offset, data.len()).expect("checked by check_span");
+        lb.transfer(true, data.len(), remote, rkey, timeout)
     }
 
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError> {
@@ -592,7 +583,8 @@ impl Pinner for RdmaPinner {
         let rkey = self.mr.as_ref().map(|m| m.rkey()).unwrap_or(0);
         let timeout = self.cfg.completion_timeout.0;
         let lb = self.loopback(len)?;
-        let n = lb.transfer(false, len, t.addr + offset, rkey, timeout)?;
+        let remote = t.sub(offset, len).expect("checked by check_span");
+        let n = lb.transfer(false, len, remote, rkey, timeout)?;
         let mut out = vec![0u8; n.min(len)];
         lb.staging.mem.read_at(0, &mut out);
         Ok(out)
@@ -610,8 +602,8 @@ impl TightLoop for RdmaTightLoop {
     fn cycle(&mut self, target: PinTarget) -> Result<(Duration, Duration), PinError> {
         let access = self.cfg.access_bits(target.writable, self.odp);
         let t0 = Instant::now();
-        // SAFETY: as in `RdmaPinner::register`; no transfer is ever posted on this MR.
-        let r = unsafe { Mr::register(&self.pd, target.addr, target.len, access) };
+        // No transfer is ever posted on this MR.
+        let r = Mr::register_target(&self.pd, target, access);
         let t1 = Instant::now();
         let mr = r.map_err(|errno| PinError::Kernel {
             op: "ibv_reg_mr",

@@ -27,6 +27,7 @@ use crate::units::Span;
 #[cfg(feature = "rdma")]
 mod imp;
 #[cfg(feature = "rdma")]
+#[allow(unsafe_code)]
 pub mod verbs;
 
 /// What to do when there is no device: the words a kernel developer needs.

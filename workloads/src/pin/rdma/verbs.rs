@@ -338,6 +338,19 @@ unsafe impl Send for Mr {}
 unsafe impl Sync for Mr {}
 
 impl Mr {
+    /// Register a pinstorm mapping's range. Safe where [`Mr::register`] is not: a
+    /// [`PinTarget`](crate::pin::PinTarget) is made only from a mapping pinstorm never exposes
+    /// as a Rust slice or object, which is that function's contract.
+    pub fn register_target(
+        pd: &Arc<Pd>,
+        target: crate::pin::PinTarget,
+        access: u32,
+    ) -> Result<Mr, Errno> {
+        // SAFETY: the range is a pinstorm mapping (see `PinTarget`), never borrowed by Rust
+        // code, so the device writing into it aliases nothing Rust knows about.
+        unsafe { Mr::register(pd, target.addr, target.len, access) }
+    }
+
     /// `ibv_reg_mr(pd, addr, len, access)`: the kernel pins the pages (or, with
     /// `IBV_ACCESS_ON_DEMAND`, mirrors the page tables) until `Drop` deregisters.
     ///
@@ -653,6 +666,32 @@ impl Qp {
             return Err(Errno(rc));
         }
         Ok(())
+    }
+}
+
+impl Qp {
+    /// Post one signaled RDMA WRITE (`write`) or READ of `local.len` bytes between two
+    /// pinstorm mappings: `local` registered under `lkey`, `remote` (at least as long) under
+    /// `rkey`. Safe where [`Qp::post_rdma`] is not: both ranges are
+    /// [`PinTarget`](crate::pin::PinTarget)s, made only from mappings pinstorm never exposes
+    /// as Rust slices or objects, so whatever the device moves between them, and whenever,
+    /// aliases nothing Rust knows about; a wrong key or a range outside a registration is a
+    /// completion error from the device, not memory unsafety.
+    pub fn post_rdma_between(
+        &self,
+        write: bool,
+        wr_id: u64,
+        local: crate::pin::PinTarget,
+        lkey: u32,
+        remote: crate::pin::PinTarget,
+        rkey: u32,
+    ) -> Result<(), Errno> {
+        let len = u32::try_from(local.len).map_err(|_| Errno(libc::EINVAL))?;
+        if remote.len < local.len {
+            return Err(Errno(libc::EINVAL));
+        }
+        // SAFETY: see above: both ranges are pinstorm mappings.
+        unsafe { self.post_rdma(write, wr_id, local.addr, len, lkey, remote.addr, rkey) }
     }
 }
 
