@@ -1,0 +1,51 @@
+use super::*;
+
+fn notrun_row(reason: &str) -> BenchRow {
+    BenchRow {
+        pin: "io_uring".into(),
+        backing: "devdax".into(),
+        fs: "-".into(),
+        map: "shared".into(),
+        access: "rw".into(),
+        size: 2 << 20,
+        op: "cycle".into(),
+        threads: 1,
+        outcome: "notrun".into(),
+        reason: Some(reason.into()),
+        stats: None,
+        ops_per_sec: None,
+        ns_per_4k_page: None,
+        baseline_p50_ns: None,
+        overhead_pct: None,
+        histogram: None,
+        baseline_histogram: None,
+    }
+}
+
+#[test]
+fn a_long_notrun_reason_goes_below_the_bench_table_and_widens_no_column() {
+    let reason = "no --devdax given: name a device-dax character device you own as scratch (e.g. /dev/dax0.0 from `ndctl create-namespace -m devdax`), or run `pinstorm lab` which makes one in a guest";
+    let out = bench_table(&[notrun_row(reason)]);
+    let widest_table_line = out
+        .lines()
+        .filter(|l| !l.contains(reason))
+        .map(str::len)
+        .max()
+        .unwrap();
+    assert!(widest_table_line < 120, "{out}");
+    assert_eq!(out.matches(reason).count(), 1, "{out}");
+    assert!(
+        out.contains(&format!("notrun (io_uring devdax): {reason}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn mount_options_are_printed_once_each() {
+    assert_eq!(once_each("rw,relatime,rw"), "rw,relatime");
+    assert_eq!(
+        once_each("rw,nosuid,nodev,relatime,rw,size=1024k"),
+        "rw,nosuid,nodev,relatime,size=1024k"
+    );
+    assert_eq!(once_each(""), "");
+}
