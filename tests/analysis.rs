@@ -211,8 +211,6 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
 fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
     let _g = quiet();
     let sb = Sandbox::new("an-rerun");
-    let a = real_run(&sb, &["run", "quick"]);
-    let b = real_run(&sb, &["run", "quick"]);
     // (No oracle gate: quick has no storm, and a gate with nothing to judge fails.)
     let gates = [
         "p50>+10%",
@@ -221,21 +219,39 @@ fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
         "outcomes>0",
         "differs>0",
     ];
-    let (code, v, err) = compare_json(&sb, &a, &b, &gates);
-    let flagged: Vec<_> = v["latency"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["significant"] == true)
-        .collect();
-    assert!(flagged.is_empty(), "a rerun flagged: {flagged:#?}");
-    assert_eq!(code, Some(0), "{err}\n{:#}", v["gates"]);
-    assert_eq!(
-        v["verdict"]["word"], "NO SIGNIFICANT CHANGE",
-        "{:#}",
-        v["verdict"]
-    );
-    assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
+    // A single run per side has a 50% noise floor, and a machine busy with something else
+    // during one run can still cross it (seen: 4K tmpfs register 993 ns vs 1503 ns while
+    // other builds ran). Until results record how disturbed the machine was (#12), one
+    // disturbed pair is forgiven: a second pair of fresh runs must then be clean. Two flagged
+    // pairs fail.
+    let mut flagged_pairs = Vec::new();
+    for attempt in 0..2 {
+        let a = real_run(&sb, &["run", "quick"]);
+        let b = real_run(&sb, &["run", "quick"]);
+        let (code, v, err) = compare_json(&sb, &a, &b, &gates);
+        let flagged: Vec<_> = v["latency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["significant"] == true)
+            .cloned()
+            .collect();
+        assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
+        if flagged.is_empty() {
+            assert_eq!(code, Some(0), "{err}\n{:#}", v["gates"]);
+            assert_eq!(
+                v["verdict"]["word"], "NO SIGNIFICANT CHANGE",
+                "{:#}",
+                v["verdict"]
+            );
+            if attempt > 0 {
+                eprintln!("the first pair was flagged, the second was clean: {flagged_pairs:#?}");
+            }
+            return;
+        }
+        flagged_pairs.push(flagged);
+    }
+    panic!("two reruns in a row flagged: {flagged_pairs:#?}");
 }
 
 #[test]
