@@ -75,42 +75,28 @@ fn result(i: usize, kernel: &str) -> RunResult {
         }
     }
     RunResult {
-        schema: SCHEMA_NAME.into(),
-        schema_version: SCHEMA_VERSION,
-        run_id: format!("20260101T000000.000Z-{i:04}"),
-        label: None,
-        started: format!("2026-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60),
-        finished: None,
-        complete: true,
-        interrupted: None,
-        error: None,
         command: vec!["pinstorm".into(), "run".into(), "quick".into()],
         tool: Tool {
             name: "pinstorm".into(),
             version: "bench".into(),
         },
-        scenario: ScenarioRecord {
-            name: "quick".into(),
-            origin: "preset".into(),
-            seed: 1,
-            text: String::new(),
-        },
-        environment: Environment {
-            kernel_release: kernel.into(),
-            hostname: "bench".into(),
-            ..Environment::default()
-        },
-        backings: Vec::new(),
         probe,
         bench,
-        storms: Vec::new(),
-        leases: None,
-        storm_verdicts: Vec::new(),
-        expectations: None,
-        pin_counters: None,
-        hugepages: None,
-        notes: Vec::new(),
-        lab: None,
+        ..RunResult::new(
+            &format!("20260101T000000.000Z-{i:04}"),
+            format!("2026-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60),
+            ScenarioRecord {
+                name: "quick".into(),
+                origin: "preset".into(),
+                seed: 1,
+                text: String::new(),
+            },
+            Environment {
+                kernel_release: kernel.into(),
+                hostname: "bench".into(),
+                ..Environment::default()
+            },
+        )
     }
 }
 

@@ -527,6 +527,46 @@ pub struct HugepageRecord {
 }
 
 impl RunResult {
+    /// A result of this pinstorm with nothing measured yet: complete and without error,
+    /// every job's section empty. Callers set what they know with struct update syntax, so
+    /// a new field of the schema is added here once.
+    pub fn new(
+        run_id: &str,
+        started: String,
+        scenario: ScenarioRecord,
+        environment: Environment,
+    ) -> RunResult {
+        RunResult {
+            schema: SCHEMA_NAME.into(),
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.into(),
+            label: None,
+            started,
+            finished: None,
+            complete: true,
+            interrupted: None,
+            error: None,
+            command: Vec::new(),
+            tool: Tool {
+                name: "pinstorm".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            scenario,
+            environment,
+            backings: Vec::new(),
+            probe: Vec::new(),
+            bench: Vec::new(),
+            storms: Vec::new(),
+            leases: None,
+            storm_verdicts: Vec::new(),
+            expectations: None,
+            pin_counters: None,
+            hugepages: None,
+            notes: Vec::new(),
+            lab: None,
+        }
+    }
+
     /// Every stored histogram, with where it is in the file (`bench[2].histogram`).
     pub fn histograms(&self) -> Vec<(String, &str)> {
         let mut v = Vec::new();
@@ -602,40 +642,24 @@ impl RunResult {
 #[cfg(test)]
 pub(crate) fn planted() -> RunResult {
     RunResult {
-        schema: SCHEMA_NAME.into(),
-        schema_version: SCHEMA_VERSION,
-        run_id: "planted".into(),
-        label: None,
-        started: "2026-01-01T00:00:00Z".into(),
         finished: Some("2026-01-01T00:01:00Z".into()),
-        complete: true,
-        interrupted: None,
-        error: None,
-        command: vec![],
         tool: Tool {
             name: "pinstorm".into(),
             version: "0".into(),
         },
-        scenario: ScenarioRecord {
-            name: "planted".into(),
-            origin: "test".into(),
-            seed: 1,
-            text: String::new(),
-        },
-        environment: Environment {
-            kernel_release: "6.18.0".into(),
-            ..Environment::default()
-        },
-        backings: vec![],
-        probe: vec![],
-        bench: vec![],
-        storms: vec![],
-        leases: None,
-        storm_verdicts: vec![],
-        expectations: None,
-        pin_counters: None,
-        hugepages: None,
-        notes: vec![],
-        lab: None,
+        ..RunResult::new(
+            "planted",
+            "2026-01-01T00:00:00Z".into(),
+            ScenarioRecord {
+                name: "planted".into(),
+                origin: "test".into(),
+                seed: 1,
+                text: String::new(),
+            },
+            Environment {
+                kernel_release: "6.18.0".into(),
+                ..Environment::default()
+            },
+        )
     }
 }

@@ -1,9 +1,7 @@
 //! The result the host files for a kernel: the guest's own (with the lab record added), or a
 //! placeholder saying why there is none; and its one-line summary for the matrix table.
 
-use pinstorm_analysis::schema::{
-    Environment, LabFact, LabRecord, RunResult, ScenarioRecord, Tool, SCHEMA_NAME, SCHEMA_VERSION,
-};
+use pinstorm_analysis::schema::{Environment, LabFact, LabRecord, RunResult, ScenarioRecord};
 use pinstorm_runners::run::now_rfc3339;
 
 use crate::options::LabOptions;
@@ -29,14 +27,9 @@ pub(crate) fn placeholder_result(
     reason: &str,
 ) -> RunResult {
     RunResult {
-        schema: SCHEMA_NAME.into(),
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id.into(),
         label,
-        started: now_rfc3339(),
         finished: Some(now_rfc3339()),
         complete: false,
-        interrupted: None,
         error: Some(
             reason
                 .lines()
@@ -45,27 +38,17 @@ pub(crate) fn placeholder_result(
                 .to_string(),
         ),
         command: std::env::args().collect(),
-        tool: Tool {
-            name: "pinstorm".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-        scenario,
-        environment: Environment {
-            kernel_release: release.into(),
-            virtualized: Some("qemu".into()),
-            ..Environment::default()
-        },
-        backings: Vec::new(),
-        probe: Vec::new(),
-        bench: Vec::new(),
-        storms: Vec::new(),
-        leases: None,
-        storm_verdicts: Vec::new(),
-        expectations: None,
-        pin_counters: None,
-        hugepages: None,
         notes: vec![format!("no result came back from the guest: {reason}")],
-        lab: None,
+        ..RunResult::new(
+            run_id,
+            now_rfc3339(),
+            scenario,
+            Environment {
+                kernel_release: release.into(),
+                virtualized: Some("qemu".into()),
+                ..Environment::default()
+            },
+        )
     }
 }
 

@@ -265,7 +265,7 @@ fn events_warn(events: &[ConsoleEvent]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pinstorm_analysis::schema::{Environment, ProbeRow, ScenarioRecord, Tool};
+    use pinstorm_analysis::schema::{Environment, ProbeRow, ScenarioRecord};
 
     #[test]
     fn statuses_serialize_to_the_names_results_and_matrix_states_use() {
@@ -332,38 +332,19 @@ mod tests {
 
     fn result(error: Option<&str>, verdict: pinstorm_analysis::verdict::Verdict) -> RunResult {
         let mut r = RunResult {
-            schema: pinstorm_analysis::schema::SCHEMA_NAME.into(),
-            schema_version: pinstorm_analysis::schema::SCHEMA_VERSION,
-            run_id: "r1".into(),
-            label: None,
-            started: String::new(),
-            finished: None,
             complete: error.is_none(),
-            interrupted: None,
             error: error.map(str::to_string),
-            command: Vec::new(),
-            tool: Tool {
-                name: "pinstorm".into(),
-                version: String::new(),
-            },
-            scenario: ScenarioRecord {
-                name: "t".into(),
-                origin: "test".into(),
-                seed: 1,
-                text: String::new(),
-            },
-            environment: Environment::default(),
-            backings: Vec::new(),
-            probe: Vec::new(),
-            bench: Vec::new(),
-            storms: Vec::new(),
-            leases: None,
-            storm_verdicts: Vec::new(),
-            expectations: None,
-            pin_counters: None,
-            hugepages: None,
-            notes: Vec::new(),
-            lab: None,
+            ..RunResult::new(
+                "r1",
+                String::new(),
+                ScenarioRecord {
+                    name: "t".into(),
+                    origin: "test".into(),
+                    seed: 1,
+                    text: String::new(),
+                },
+                Environment::default(),
+            )
         };
         r.probe.push(ProbeRow {
             pin: "io_uring".into(),

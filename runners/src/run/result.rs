@@ -7,9 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 
 use pinstorm_analysis::expect::Expectations;
-use pinstorm_analysis::schema::{
-    Environment, ExpectationsRecord, RunResult, ScenarioRecord, Tool, SCHEMA_NAME, SCHEMA_VERSION,
-};
+use pinstorm_analysis::schema::{Environment, ExpectationsRecord, RunResult, ScenarioRecord};
 use pinstorm_analysis::store;
 use pinstorm_analysis::verdict::{self, Verdict};
 use pinstorm_workloads::scenario::Scenario;
@@ -79,38 +77,21 @@ impl ResultWriter {
 /// measured.
 pub fn started(opts: &RunOptions, run_id: &str, env: &Environment) -> RunResult {
     RunResult {
-        schema: SCHEMA_NAME.into(),
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id.into(),
         label: opts.label.clone(),
-        started: now_rfc3339(),
-        finished: None,
         complete: false,
-        interrupted: None,
-        error: None,
         command: opts.command.clone(),
-        tool: Tool {
-            name: "pinstorm".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-        scenario: ScenarioRecord {
-            name: opts.scenario.name.clone(),
-            origin: opts.origin.clone(),
-            seed: opts.scenario.seed,
-            text: toml::to_string(&opts.scenario).unwrap_or_default(),
-        },
-        environment: env.clone(),
-        backings: Vec::new(),
-        probe: Vec::new(),
-        storms: Vec::new(),
-        leases: None,
-        storm_verdicts: Vec::new(),
-        bench: Vec::new(),
-        expectations: None,
-        pin_counters: None,
-        hugepages: None,
         notes: unjudged_kinds(&opts.scenario, &opts.expectations),
-        lab: None,
+        ..RunResult::new(
+            run_id,
+            now_rfc3339(),
+            ScenarioRecord {
+                name: opts.scenario.name.clone(),
+                origin: opts.origin.clone(),
+                seed: opts.scenario.seed,
+                text: toml::to_string(&opts.scenario).unwrap_or_default(),
+            },
+            env.clone(),
+        )
     }
 }
 
