@@ -240,20 +240,12 @@ impl OwnedDir {
     /// Create a new subdirectory (mode 0700, `EEXIST` is an error: a name we did not make
     /// is never adopted), optionally with a marker.
     pub fn create_dir(&self, name: &str, marker: Option<&str>) -> Result<OwnedDir, Untrusted> {
-        let path = self.child_path(name)?;
-        rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700))
-            .map_err(|e| Untrusted(format!("mkdir {}: {e}", path.display())))?;
-        let d = OwnedDir::open_child_fd(&self.fd, name, path, "directory")?;
-        if let Some(m) = marker {
-            d.write_marker(m)?;
-        }
-        Ok(d)
+        make_child(&self.fd, &self.path, name, marker)
     }
 
     /// Open a subdirectory that must be ours (owner, mode, no symlink).
     pub fn open_dir(&self, name: &str) -> Result<OwnedDir, Untrusted> {
-        let path = self.child_path(name)?;
-        OwnedDir::open_child_fd(&self.fd, name, path, "directory")
+        open_child(&self.fd, &self.path, name)
     }
 
     /// Create a new file (`O_EXCL`, `O_NOFOLLOW`, mode 0600).
@@ -319,13 +311,7 @@ impl OwnedDir {
     }
 
     fn child_path(&self, name: &str) -> Result<PathBuf, Untrusted> {
-        if !plain_name(name) {
-            return untrusted(format!(
-                "{name:?} is not a plain file name (in {})",
-                self.path.display()
-            ));
-        }
-        Ok(self.path.join(name))
+        child_of(&self.path, name)
     }
 
     /// The path of a child for tools that need a path (mkfs, losetup, mount). Only for
@@ -460,10 +446,7 @@ pub fn open_marked_child(
     name: &str,
     marker: &str,
 ) -> Result<OwnedDir, Untrusted> {
-    if !plain_name(name) {
-        return untrusted(format!("{name:?} is not a plain file name"));
-    }
-    let d = OwnedDir::open_child_fd(parent, name, parent_path.join(name), "directory")?;
+    let d = open_child(parent, parent_path, name)?;
     d.check_marker(marker, "directory")?;
     Ok(d)
 }
@@ -475,15 +458,42 @@ pub fn create_marked_child(
     name: &str,
     marker: &str,
 ) -> Result<OwnedDir, Untrusted> {
+    make_child(parent, parent_path, name, Some(marker))
+}
+
+/// `parent_path/name`, if `name` is one plain path component.
+fn child_of(parent_path: &Path, name: &str) -> Result<PathBuf, Untrusted> {
     if !plain_name(name) {
-        return untrusted(format!("{name:?} is not a plain file name"));
+        return untrusted(format!(
+            "{name:?} is not a plain file name (in {})",
+            parent_path.display()
+        ));
     }
-    let path = parent_path.join(name);
+    Ok(parent_path.join(name))
+}
+
+/// `mkdirat` a new subdirectory (mode 0700; an existing name is an error, never adopted),
+/// open it as ours and mark it if asked.
+fn make_child(
+    parent: &OwnedFd,
+    parent_path: &Path,
+    name: &str,
+    marker: Option<&str>,
+) -> Result<OwnedDir, Untrusted> {
+    let path = child_of(parent_path, name)?;
     rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
         .map_err(|e| Untrusted(format!("mkdir {}: {e}", path.display())))?;
     let d = OwnedDir::open_child_fd(parent, name, path, "directory")?;
-    d.write_marker(marker)?;
+    if let Some(m) = marker {
+        d.write_marker(m)?;
+    }
     Ok(d)
+}
+
+/// Open an existing subdirectory that must be ours (owner, mode, no symlink).
+fn open_child(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedDir, Untrusted> {
+    let path = child_of(parent_path, name)?;
+    OwnedDir::open_child_fd(parent, name, path, "directory")
 }
 
 /// Remove a marked child of a user scratch directory (see [`open_marked_child`]).
