@@ -24,7 +24,7 @@ enum Owned {
     Mount(PathBuf),
     /// pinstorm's marked subdirectory of a user scratch directory: emptied through its
     /// descriptor, then removed from its parent.
-    UserDir(PathBuf),
+    UserDir,
     Loop(LoopFs),
 }
 
@@ -134,8 +134,7 @@ impl DirBacking {
             }
         }
         let d = own_subdir(shm, "/dev/shm", scratch)?;
-        let p = d.path().to_path_buf();
-        DirBacking::new(BackingKind::Tmpfs, d, false, Owned::UserDir(p))
+        DirBacking::new(BackingKind::Tmpfs, d, false, Owned::UserDir)
     }
 
     pub fn hugetlbfs(scratch: &RunScratch) -> Result<DirBacking, NotRun> {
@@ -161,8 +160,7 @@ impl DirBacking {
         let flag = format!("--dax-dir {fs}=");
         let dir = scratch::checked_scratch_dir(dir, &flag).map_err(|e| NotRun(format!("{e:#}")))?;
         let d = own_subdir(&dir, &flag, scratch)?;
-        let p = d.path().to_path_buf();
-        let b = DirBacking::new(kind, d, false, Owned::UserDir(p))?;
+        let b = DirBacking::new(kind, d, false, Owned::UserDir)?;
         if b.info.fs != fs {
             return Err(NotRun(format!(
                 "{flag}{} is on {}, not {fs}",
@@ -193,8 +191,7 @@ impl DirBacking {
         let dir = scratch::checked_scratch_dir(dir, "--scratch-dir")
             .map_err(|e| NotRun(format!("{e:#}")))?;
         let d = own_subdir(&dir, "--scratch-dir", scratch)?;
-        let p = d.path().to_path_buf();
-        DirBacking::new(BackingKind::ScratchDir, d, false, Owned::UserDir(p))
+        DirBacking::new(BackingKind::ScratchDir, d, false, Owned::UserDir)
     }
 }
 
@@ -240,29 +237,9 @@ impl Drop for DirBacking {
                     eprintln!("pinstorm: {e:#}");
                 }
             }
-            Some(Owned::UserDir(d)) => {
-                // Emptied through the descriptor (never following a link, never crossing a
-                // mount); the parent then removes the name only if it is still ours.
-                let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
-                let r = self
-                    .dir
-                    .empty_self()
-                    .and_then(|()| match (d.parent(), name) {
-                        (Some(parent), Some(name)) => {
-                            let (pfd, _) =
-                                scratch::owned::open_user_dir(parent, "scratch directory")
-                                    .map_err(std::io::Error::other)?;
-                            rustix::fs::unlinkat(
-                                &pfd,
-                                name.as_str(),
-                                rustix::fs::AtFlags::REMOVEDIR,
-                            )
-                            .map_err(Into::into)
-                        }
-                        _ => Ok(()),
-                    });
-                if let Err(e) = r {
-                    eprintln!("pinstorm: removing {}: {e}", d.display());
+            Some(Owned::UserDir) => {
+                if let Err(e) = self.dir.remove_from_user_dir() {
+                    eprintln!("pinstorm: removing {}: {e}", self.dir.path().display());
                 }
             }
             Some(Owned::Loop(l)) => drop(l),

@@ -343,6 +343,16 @@ impl OwnedDir {
         }
     }
 
+    /// Remove this directory, a subdirectory pinstorm made in a user scratch directory:
+    /// emptied through its descriptor (never following a link, never crossing a mount),
+    /// then its name removed from the parent, reopened with the ancestor checks.
+    pub fn remove_from_user_dir(&self) -> std::io::Result<()> {
+        let (parent, name) = split(&self.path, "directory").map_err(std::io::Error::other)?;
+        self.empty_self()?;
+        let (pfd, _) = open_user_dir(parent, "scratch directory").map_err(std::io::Error::other)?;
+        rustix::fs::unlinkat(&pfd, name, AtFlags::REMOVEDIR).map_err(Into::into)
+    }
+
     /// Remove everything inside this directory (not itself).
     pub fn empty_self(&self) -> std::io::Result<()> {
         remove_contents(&self.fd, self.dev, &self.path)
