@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use pinstorm_analysis::schema::{LeaseBreakTime, RunResult};
 use pinstorm_workloads::backing::BackingKind;
-use pinstorm_workloads::lease::{Behaviour, Lifecycle};
+use pinstorm_workloads::lease::Behaviour;
 use pinstorm_workloads::scenario::LeaseJob;
 use pinstorm_workloads::scratch::{RunScratch, SysctlGuard};
 use pinstorm_workloads::sysctl::{self, Sysctl};
@@ -83,10 +83,7 @@ fn lease_break_time(
     let waits = job.rounds > 0
         && (job.behaviours.contains(&Behaviour::Hung)
             || job.behaviours.contains(&Behaviour::Downgrading))
-        || job
-            .lifecycle
-            .iter()
-            .any(|l| matches!(l, Lifecycle::HungExpiry | Lifecycle::ScmRights));
+        || job.lifecycle.iter().any(|l| l.spec().waits_for_expiry);
     let want = job.lease_break_time.0.as_secs().max(1);
     let mut rec = LeaseBreakTime {
         original_s: Some(original),
