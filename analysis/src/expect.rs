@@ -141,7 +141,8 @@ impl OracleRule {
 /// `[[expect]]` rules) nor `lifecycle` (judged by the `[[fact]]` `device_write_after_break`).
 pub fn rule_oracles() -> impl Iterator<Item = OracleKind> {
     OracleKind::STORM
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|k| *k != OracleKind::UnexpectedOutcomes)
 }
 

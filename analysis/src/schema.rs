@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::hist::Stats;
 use crate::verdict::Verdict;
 
+pub use crate::oracle::Oracle;
+
 pub const SCHEMA_NAME: &str = "pinstorm-result";
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -289,20 +291,6 @@ pub struct TimelinePoint {
     pub device_writes: u64,
     pub layout_ops: u64,
     pub layout_errors: u64,
-}
-
-/// The oracles of a storm. Every one has a `count`; `notrun` says why one could not judge.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Oracle {
-    pub lost_write: OracleFinding,
-    pub stale_exposure: OracleFinding,
-    pub cross_file: OracleFinding,
-    pub leaked_pins: LeakedPins,
-    pub blocked: Blocked,
-    pub kernel_warnings: KernelWarnings,
-    /// Registrations refused although the expectations allow them, or allowed although
-    /// they say refused (only registrations that did not race a layout operation).
-    pub unexpected_outcomes: OracleFinding,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

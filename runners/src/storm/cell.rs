@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use pinstorm_analysis::expect::Cell;
-use pinstorm_analysis::schema::{LeakedPins, Oracle, StormResult};
+use pinstorm_analysis::oracle::{Oracle, OracleKind};
+use pinstorm_analysis::schema::{LeakedPins, StormResult};
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
 use pinstorm_workloads::layout::Partners;
 use pinstorm_workloads::pin::{Availability, PinKind};
@@ -19,11 +20,11 @@ use pinstorm_workloads::units::Size;
 
 use super::disruptor::{disruptor_thread, DisruptorOut};
 use super::oracle::lost_write::Mapping;
-use super::oracle::{self, Events, FileState, PAGE};
+use super::oracle::{self, Events, FileState, Findings, PAGE};
 use super::pinner::{pinner_thread, PinnerOut};
 use super::report::{self, notrun};
 use super::scan::end_scan;
-use super::state::{thread_seed, Findings, StormState, TrackedFile};
+use super::state::{thread_seed, StormState, TrackedFile};
 use crate::job::JobContext;
 use crate::signals;
 use crate::watchdog::Watchdog;
@@ -232,19 +233,23 @@ pub fn run(
     }
     let mut findings = std::mem::take(&mut *storm.findings());
     let no_write = no_write.or(pinners.write_notrun);
-    oracle::lost_write::cell_notes(&mut findings.lost, &mut findings.stale, no_write, map);
+    oracle::lost_write::cell_notes(&mut findings, no_write, map);
+    // The oracles the end scan feeds.
+    let scanned = [OracleKind::StaleExposure, OracleKind::CrossFile];
     if stuck > 0 {
-        findings.stale.notrun = Some(format!(
-            "{stuck} storm thread(s) never returned; the end scan was skipped"
-        ));
-        findings.cross.notrun = findings.stale.notrun.clone();
+        for k in scanned {
+            findings.get(k).notrun = Some(format!(
+                "{stuck} storm thread(s) never returned; the end scan was skipped"
+            ));
+        }
     }
     if let Some(first) = scan_errors.first() {
         let why = format!(
             "the end scan could not read {} file(s), whose pages were not judged (first: {first})",
             scan_errors.len()
         );
-        for f in [&mut findings.stale, &mut findings.cross] {
+        for k in scanned {
+            let f = findings.get(k);
             f.note = Some(match f.note.take() {
                 Some(n) => format!("{n}; {why}"),
                 None => why.clone(),
@@ -288,13 +293,10 @@ pub fn run(
         layout_ops,
         timeline: timeline.0,
         oracle: Oracle {
-            lost_write: findings.lost,
-            stale_exposure: findings.stale,
-            cross_file: findings.cross,
             leaked_pins: leaked,
             blocked: oracle::blocked::judge(wd.reports(), job.block_threshold.0, job.examples),
             kernel_warnings,
-            unexpected_outcomes: findings.unexpected,
+            ..findings.oracle
         },
         sequence_head: disruptors_out.into_values().map(|d| d.head).collect(),
     })

@@ -11,13 +11,14 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_analysis::schema::{StormTotals, Violation};
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::pin::PinError;
 
 use super::oracle::lost_write::{self, Evidence, Mapping, Verdict, WriteFacts};
 use super::oracle::{self, PAGE};
-use super::state::{add, StormState, Timeline, TrackedFile};
+use super::state::{StormState, Timeline, TrackedFile};
 
 /// What one pinner thread measured, or why it stopped.
 #[derive(Default)]
@@ -79,9 +80,8 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
             }
         };
         if let Some(what) = oracle::unexpected::judge(storm.expected.as_ref(), clean, &outcome) {
-            let mut fd = storm.findings();
-            add(
-                &mut fd.unexpected,
+            storm.findings().add(
+                OracleKind::UnexpectedOutcomes,
                 storm.examples,
                 Violation {
                     file: f.name.clone(),
@@ -249,9 +249,8 @@ fn report_lost(
     };
     history.push(format!("{read_ms:.3} ms: {by} read back {found}"));
     {
-        let mut fd = storm.findings();
-        add(
-            &mut fd.lost,
+        storm.findings().add(
+            OracleKind::LostWrite,
             storm.examples,
             Violation {
                 file: f.name.clone(),

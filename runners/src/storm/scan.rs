@@ -3,13 +3,14 @@
 
 use std::os::unix::fs::FileExt;
 
+use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_analysis::schema::Violation;
 use pinstorm_workloads::backing::RegionFile;
 use pinstorm_workloads::canary::{self, PageContent};
 use pinstorm_workloads::layout::Partner;
 
 use super::oracle::PAGE;
-use super::state::{add, StormState, TrackedFile};
+use super::state::{StormState, TrackedFile};
 
 /// Scan every file of the cell at `at_ms`; returns one line per file it could not read
 /// (whose pages were not judged).
@@ -47,9 +48,8 @@ fn scan(
         .read_exact_at(&mut buf, 0)
         .map_err(|e| format!("{label}: reading {len} bytes: {e}"))?;
     let cross = |offset: u64, what: String| {
-        let mut fd = storm.findings();
-        add(
-            &mut fd.cross,
+        storm.findings().add(
+            OracleKind::CrossFile,
             storm.examples,
             Violation {
                 file: label.into(),

@@ -1,19 +1,19 @@
 //! What one storm cell's threads share: the pinned files and what happened to them, the
 //! findings so far, and the cell's settings.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pinstorm_analysis::schema::{OracleFinding, TimelinePoint, Violation};
+use pinstorm_analysis::schema::{TimelinePoint, Violation};
 use pinstorm_workloads::backing::Region;
 use pinstorm_workloads::layout::{LayoutKind, Partners};
 use pinstorm_workloads::pin::PinPath;
 
-use super::oracle::foreign::{classify_foreign, ForeignKind};
+use super::oracle::foreign::classify_foreign;
 use super::oracle::lost_write::Mapping;
-use super::oracle::{Events, FileState, PAGE};
+use super::oracle::{Events, FileState, Findings, PAGE};
 use crate::watchdog::Watchdog;
 
 /// Layout log entries kept per file for violation histories.
@@ -61,25 +61,6 @@ impl TrackedFile {
     }
 }
 
-/// The findings of the oracles the threads feed as they go.
-#[derive(Default)]
-pub struct Findings {
-    pub lost: OracleFinding,
-    pub stale: OracleFinding,
-    pub cross: OracleFinding,
-    pub unexpected: OracleFinding,
-    /// (file, page, event, oracle) already counted: a page found twice counts once.
-    pub seen: HashSet<(u32, u64, u64, &'static str)>,
-}
-
-/// Count `v` in `f`, keeping it as an example while there are fewer than `examples`.
-pub fn add(f: &mut OracleFinding, examples: usize, v: Violation) {
-    f.count += 1;
-    if f.examples.len() < examples {
-        f.examples.push(v);
-    }
-}
-
 /// Everything a cell's pinner and disruptor threads share.
 pub struct StormState {
     pub files: Vec<TrackedFile>,
@@ -124,12 +105,9 @@ impl StormState {
         else {
             return;
         };
-        let key = match found.kind {
-            ForeignKind::Stale => "stale",
-            ForeignKind::Cross => "cross",
-        };
+        let kind = found.kind.oracle();
         let mut fd = self.findings();
-        if !fd.seen.insert((f.state.id, page_off, found.event, key)) {
+        if !fd.seen.insert((f.state.id, page_off, found.event, kind)) {
             return;
         }
         let v = Violation {
@@ -140,10 +118,7 @@ impl StormState {
             at_ms,
             history: history.to_vec(),
         };
-        match found.kind {
-            ForeignKind::Stale => add(&mut fd.stale, self.examples, v),
-            ForeignKind::Cross => add(&mut fd.cross, self.examples, v),
-        }
+        fd.add(kind, self.examples, v);
     }
 }
 

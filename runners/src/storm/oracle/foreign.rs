@@ -1,6 +1,7 @@
 //! The stale-exposure and cross-file oracles: a page that holds a canary it should not (this
 //! file's data from before an operation removed it, another file's data, another run's).
 
+use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_workloads::canary::{self, PageContent};
 
 use super::{Events, FileState, PAGE};
@@ -9,6 +10,15 @@ use super::{Events, FileState, PAGE};
 pub enum ForeignKind {
     Stale,
     Cross,
+}
+
+impl ForeignKind {
+    pub fn oracle(self) -> OracleKind {
+        match self {
+            ForeignKind::Stale => OracleKind::StaleExposure,
+            ForeignKind::Cross => OracleKind::CrossFile,
+        }
+    }
 }
 
 /// A page that holds what it should not.

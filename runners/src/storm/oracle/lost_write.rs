@@ -1,9 +1,9 @@
 //! The lost-write oracle: did the device's write through a held pin land where it belongs?
 
-use pinstorm_analysis::schema::OracleFinding;
+use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_workloads::backing::MapKind;
 
-use super::{quiet, Snapshot};
+use super::{quiet, Findings, Snapshot};
 
 /// How the pinned memory relates to a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,17 +87,13 @@ pub fn judge(w: &WriteFacts) -> Verdict {
 /// What a whole cell's lost-write finding (and the stale one it shares the write with) must
 /// say besides the count: `no_write` is why the device never wrote (a path without device
 /// writes, a device that cannot do I/O here), if it did not.
-pub fn cell_notes(
-    lost: &mut OracleFinding,
-    stale: &mut OracleFinding,
-    no_write: Option<String>,
-    map: MapKind,
-) {
+pub fn cell_notes(findings: &mut Findings, no_write: Option<String>, map: MapKind) {
     if let Some(why) = no_write {
-        stale.note = Some(format!("only the end scan ran: {why}"));
-        lost.notrun = Some(why);
+        findings.get(OracleKind::StaleExposure).note =
+            Some(format!("only the end scan ran: {why}"));
+        findings.get(OracleKind::LostWrite).notrun = Some(why);
     } else if map == MapKind::Private {
-        lost.note = Some(
+        findings.get(OracleKind::LostWrite).note = Some(
             "private mapping: device writes land in private copy-on-write pages by design and are never expected in the file; each is checked through the device's read-back instead"
                 .into(),
         );

@@ -15,10 +15,12 @@
 //! its start and nothing started or ended until its end. Any number of disruptors may
 //! overlap; the count never hides one behind another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 
+use pinstorm_analysis::oracle::{Oracle, OracleKind};
+use pinstorm_analysis::schema::{OracleFinding, Violation};
 use pinstorm_workloads::layout::Effect;
 
 pub mod blocked;
@@ -30,6 +32,36 @@ pub mod unexpected;
 
 /// The device writes and checks one 4 KiB page at a time, whatever the backing's page size.
 pub const PAGE: u64 = 4096;
+
+/// The findings of the oracles the threads feed as they go: the storm's `oracle` object,
+/// whose other oracles are filled in when the cell ends.
+#[derive(Default)]
+pub struct Findings {
+    pub oracle: Oracle,
+    /// (file, page, event, oracle) already counted: a page found twice counts once.
+    pub seen: HashSet<(u32, u64, u64, OracleKind)>,
+}
+
+impl Findings {
+    /// Count `v` for `kind`, keeping it as an example while there are fewer than `examples`.
+    pub fn add(&mut self, kind: OracleKind, examples: usize, v: Violation) {
+        let f = self
+            .oracle
+            .finding_mut(kind)
+            .unwrap_or_else(|| panic!("{kind} records no located findings"));
+        f.count += 1;
+        if f.examples.len() < examples {
+            f.examples.push(v);
+        }
+    }
+
+    /// The located finding of `kind`, to annotate.
+    pub fn get(&mut self, kind: OracleKind) -> &mut OracleFinding {
+        self.oracle
+            .finding_mut(kind)
+            .unwrap_or_else(|| panic!("{kind} records no located findings"))
+    }
+}
 
 /// The storm-wide event counter shared by pins, device writes and layout operations, and
 /// when each device write completed.
