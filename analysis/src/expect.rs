@@ -64,28 +64,47 @@ impl OneOrMany {
     }
 }
 
-/// The keys that select a pin cell, shared by `[[expect]]` and `[[oracle]]` rules.
-#[allow(clippy::too_many_arguments)]
-fn cell_matches(
-    pin: &Option<OneOrMany>,
-    backing: &Option<OneOrMany>,
-    fs: &Option<OneOrMany>,
-    map: &Option<OneOrMany>,
+/// The keys that select a pin cell, shared by `[[expect]]` and `[[oracle]]` rules. Each rule
+/// type keeps them as its own fields (serde's `flatten` cannot deny unknown keys, and a
+/// misspelt key must be an error) and lends them here, where they are matched once.
+struct CellKeys<'a> {
+    pin: &'a Option<OneOrMany>,
+    backing: &'a Option<OneOrMany>,
+    fs: &'a Option<OneOrMany>,
+    map: &'a Option<OneOrMany>,
     dax: Option<bool>,
-    rdma_device: &Option<OneOrMany>,
-    kernel: &Option<KernelRange>,
-    cell: &Cell,
-    release: &KernelRelease,
-) -> bool {
-    pin.as_ref().is_none_or(|m| m.matches(cell.pin))
-        && backing.as_ref().is_none_or(|m| m.matches(cell.backing))
-        && fs.as_ref().is_none_or(|m| m.matches(cell.fs))
-        && map.as_ref().is_none_or(|m| m.matches(cell.map))
-        && dax.is_none_or(|d| cell.dax == Some(d))
-        && rdma_device
-            .as_ref()
-            .is_none_or(|m| cell.rdma_device.is_some_and(|dev| m.matches_prefix(dev)))
-        && kernel.as_ref().is_none_or(|k| k.contains(release))
+    rdma_device: &'a Option<OneOrMany>,
+    kernel: &'a Option<KernelRange>,
+}
+
+macro_rules! cell_keys {
+    ($r:expr) => {
+        CellKeys {
+            pin: &$r.pin,
+            backing: &$r.backing,
+            fs: &$r.fs,
+            map: &$r.map,
+            dax: $r.dax,
+            rdma_device: &$r.rdma_device,
+            kernel: &$r.kernel,
+        }
+    };
+}
+
+impl CellKeys<'_> {
+    fn matches(&self, cell: &Cell, release: &KernelRelease) -> bool {
+        let one = |m: &Option<OneOrMany>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        one(self.pin, cell.pin)
+            && one(self.backing, cell.backing)
+            && one(self.fs, cell.fs)
+            && one(self.map, cell.map)
+            && self.dax.is_none_or(|d| cell.dax == Some(d))
+            && self
+                .rdma_device
+                .as_ref()
+                .is_none_or(|m| cell.rdma_device.is_some_and(|dev| m.matches_prefix(dev)))
+            && self.kernel.as_ref().is_none_or(|k| k.contains(release))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -274,17 +293,8 @@ impl Expectations {
     /// The expectation for a cell on a kernel: the last matching `[[expect]]` rule.
     pub fn lookup(&self, cell: &Cell, kernel: &KernelRelease) -> Option<&Rule> {
         self.rules.iter().rev().find(|r| {
-            cell_matches(
-                &r.pin,
-                &r.backing,
-                &r.fs,
-                &r.map,
-                r.dax,
-                &r.rdma_device,
-                &r.kernel,
-                cell,
-                kernel,
-            ) && r.access.as_ref().is_none_or(|m| m.matches(cell.access))
+            cell_keys!(r).matches(cell, kernel)
+                && r.access.as_ref().is_none_or(|m| m.matches(cell.access))
         })
     }
 
@@ -296,20 +306,10 @@ impl Expectations {
         cell: &Cell,
         kernel: &KernelRelease,
     ) -> Option<&OracleRule> {
-        self.oracles.iter().rev().find(|r| {
-            r.oracle.matches(oracle.name())
-                && cell_matches(
-                    &r.pin,
-                    &r.backing,
-                    &r.fs,
-                    &r.map,
-                    r.dax,
-                    &r.rdma_device,
-                    &r.kernel,
-                    cell,
-                    kernel,
-                )
-        })
+        self.oracles
+            .iter()
+            .rev()
+            .find(|r| r.oracle.matches(oracle.name()) && cell_keys!(r).matches(cell, kernel))
     }
 }
 
