@@ -25,6 +25,7 @@ pub mod mounts;
 pub mod pin;
 pub mod scenario;
 pub mod scratch;
+pub mod shape;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod sysctl;

@@ -28,6 +28,7 @@ pub mod foreign;
 pub mod kernel_warnings;
 pub mod leaked_pins;
 pub mod lost_write;
+pub mod placement;
 pub mod unexpected;
 
 /// The device writes and checks one 4 KiB page at a time, whatever the backing's page size.
