@@ -74,7 +74,7 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
         }
     }
     for s in r.storms.iter().filter(|s| s.outcome == "ok") {
-        let cell = format!("{} {} {}", s.pin, s.backing, s.map);
+        let cell = s.cell();
         if let Some(hist) = decode(s.register_histogram.as_deref()) {
             out.push(LatencyMetric {
                 kind: "storm-pin",
@@ -215,7 +215,7 @@ pub fn notrun(r: &RunResult) -> Vec<(String, String)> {
         ));
     }
     for s in &r.storms {
-        let cell = format!("storm {} {} {}", s.pin, s.backing, s.map);
+        let cell = format!("storm {}", s.cell());
         if s.outcome == "notrun" {
             v.push((cell.clone(), why(&s.reason)));
             continue;

@@ -218,6 +218,15 @@ oracles! {
         LostWrite => lost_write: OracleFinding,
             "LOST", "device writes", violation,
             "a device write through a held pin is not in the file afterwards";
+        MisplacedWrite => misplaced_write: OracleFinding,
+            "MISPL", "device writes", violation,
+            "a device write (or a chunk of it) landed at another offset than it was sent to, or twice";
+        TornWrite => torn_write: OracleFinding,
+            "TORN", "device writes", violation,
+            "only some bytes of a device write arrived where it was sent";
+        Spill => spill: OracleFinding,
+            "SPILL", "device writes", violation,
+            "a device write arrived and changed bytes outside the range it was sent to";
         StaleExposure => stale_exposure: OracleFinding,
             "STALE", "pages", violation,
             "a page of the file holds this file's canary from before the operation that invalidated that page";

@@ -207,7 +207,7 @@ impl PlotData {
         for (_, runs) in groups {
             for r in runs {
                 for s in r.result.storms.iter().filter(|s| s.outcome == "ok") {
-                    storm_cells.insert(format!("{} {} {}", s.pin, s.backing, s.map));
+                    storm_cells.insert(s.cell());
                 }
             }
         }
@@ -219,10 +219,12 @@ impl PlotData {
                     .map(|(_, runs)| {
                         let mut sum: BTreeMap<u64, (f64, f64, f64)> = BTreeMap::new();
                         for r in runs {
-                            for s in r.result.storms.iter().filter(|s| {
-                                s.outcome == "ok"
-                                    && format!("{} {} {}", s.pin, s.backing, s.map) == cell
-                            }) {
+                            for s in r
+                                .result
+                                .storms
+                                .iter()
+                                .filter(|s| s.outcome == "ok" && s.cell() == cell)
+                            {
                                 for p in &s.timeline {
                                     let e = sum.entry(p.second).or_default();
                                     e.0 += p.registrations as f64;

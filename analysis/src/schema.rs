@@ -249,6 +249,24 @@ pub struct StormResult {
     pub oracle: Oracle,
     /// The first operations each disruptor chose (a replay with the same seed repeats them).
     pub sequence_head: Vec<Vec<String>>,
+    /// A control cell: the same pinners and device writes with no layout operation, so what
+    /// its oracles find is a pin-path or device defect, not a layout race.
+    #[serde(default)]
+    pub control: bool,
+    /// The write shapes the device's writes were drawn from (`page` before shapes existed),
+    /// and why any of the job's shapes could not be drawn here.
+    #[serde(default)]
+    pub shapes: Vec<String>,
+    #[serde(default)]
+    pub shapes_notrun: Vec<String>,
+}
+
+impl StormResult {
+    /// The cell in words: `io_uring tmpfs shared`, `... (control)` for a control cell.
+    pub fn cell(&self) -> String {
+        let control = if self.control { " (control)" } else { "" };
+        format!("{} {} {}{control}", self.pin, self.backing, self.map)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -268,6 +286,9 @@ pub struct StormTotals {
     /// judged for stale or cross-file data. The first error is in the `stale_exposure` note.
     #[serde(default)]
     pub end_scan_errors: u64,
+    /// Device writes that succeeded, by write shape.
+    #[serde(default)]
+    pub writes_by_shape: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -466,6 +487,9 @@ pub struct StormVerdict {
     pub pin: String,
     pub backing: String,
     pub map: String,
+    /// The verdict of a control cell (no layout operation).
+    #[serde(default)]
+    pub control: bool,
     #[serde(flatten)]
     pub fact: FactVerdict,
 }

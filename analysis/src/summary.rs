@@ -192,7 +192,11 @@ pub fn storm_table(storms: &[StormResult]) -> String {
                 s.pin.clone(),
                 s.backing.clone(),
                 s.fs.clone(),
-                s.map.clone(),
+                if s.control {
+                    format!("{} (control)", s.map)
+                } else {
+                    s.map.clone()
+                },
                 format!(
                     "{}/{}",
                     t.registrations,
@@ -236,10 +240,8 @@ pub fn storm_table(storms: &[StormResult]) -> String {
     for s in storms.iter().filter(|s| s.outcome != "ok") {
         let _ = writeln!(
             out,
-            "  {} {} {}: notrun: {}",
-            s.pin,
-            s.backing,
-            s.map,
+            "  {}: notrun: {}",
+            s.cell(),
             s.reason.as_deref().unwrap_or("")
         );
     }
@@ -278,14 +280,7 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
             })
             .collect();
         if !ops.is_empty() {
-            let _ = writeln!(
-                out,
-                "    {} {} {}: {}",
-                s.pin,
-                s.backing,
-                s.map,
-                ops.join("; ")
-            );
+            let _ = writeln!(out, "    {}: {}", s.cell(), ops.join("; "));
         }
     }
     for s in storms {
@@ -297,12 +292,15 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
             if let Some(v) = f.examples.first() {
                 let _ = writeln!(
                     out,
-                    "\n  {} ({} in all) in {} {} {}: {} offset {}+{}",
+                    "\n  {} ({} in all) in {}{}: {} offset {}+{}",
                     kind.name().replace('_', " ").to_uppercase(),
                     f.count,
-                    s.pin,
-                    s.backing,
-                    s.map,
+                    s.cell(),
+                    if s.control {
+                        ", seen without any layout change"
+                    } else {
+                        ""
+                    },
                     v.file,
                     v.offset,
                     v.len
@@ -316,10 +314,8 @@ fn storm_details(out: &mut String, storms: &[StormResult]) {
         for b in o.blocked.examples.iter().take(3) {
             let _ = writeln!(
                 out,
-                "\n  BLOCKED in {} {} {}: {} in {} (tid {}) for {} (wchan {})",
-                s.pin,
-                s.backing,
-                s.map,
+                "\n  BLOCKED in {}: {} in {} (tid {}) for {} (wchan {})",
+                s.cell(),
                 b.op,
                 b.thread,
                 b.tid,

@@ -421,7 +421,7 @@ pub fn judge(r: &RunResult) -> Judgement {
         }
     }
     for s in &r.storms {
-        let cell = format!("storm {} {} {}", s.pin, s.backing, s.map);
+        let cell = format!("storm {}", s.cell());
         if s.outcome != "ok" {
             facts.push(Judged {
                 class: FactClass::Storm,
@@ -437,7 +437,9 @@ pub fn judge(r: &RunResult) -> Judgement {
         let stored: Vec<FactVerdict> = r
             .storm_verdicts
             .iter()
-            .filter(|v| v.pin == s.pin && v.backing == s.backing && v.map == s.map)
+            .filter(|v| {
+                v.pin == s.pin && v.backing == s.backing && v.map == s.map && v.control == s.control
+            })
             .map(|v| v.fact.clone())
             .collect();
         let rows = if stored.is_empty() {

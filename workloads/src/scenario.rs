@@ -15,6 +15,7 @@ use crate::backing::{Access, BackingKind, MapKind};
 use crate::layout::LayoutKind;
 use crate::lease::{Behaviour, BreakerKind, LeaseKind, Lifecycle};
 use crate::pin::PinKind;
+use crate::shape::WriteShape;
 use crate::units::{Size, Span};
 
 /// The presets shipped in `configs/`, compiled in.
@@ -169,6 +170,18 @@ pub struct StormJob {
     /// Examples kept per oracle.
     #[serde(default = "default_examples")]
     pub examples: usize,
+    /// The shapes of the device's writes, one drawn per write (`page`, `sub-page`,
+    /// `page-crossing`, `huge-page-crossing`, `multi-page`, `packets`).
+    #[serde(default = "page_shape")]
+    pub shapes: Vec<WriteShape>,
+    /// Also run every cell as a control: the same pinners and writes with no layout
+    /// operation, so a pin-path or device defect is told apart from a layout race.
+    #[serde(default)]
+    pub control: bool,
+}
+
+fn page_shape() -> Vec<WriteShape> {
+    vec![WriteShape::Page]
 }
 
 /// `[lease]`: lease holders in processes of their own, breakers, lease-check overhead, the

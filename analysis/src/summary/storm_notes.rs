@@ -20,7 +20,7 @@ pub(crate) fn storm_notes(storms: &[StormResult]) -> String {
     let mut out = String::new();
     let mut leak_reasons: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for s in storms.iter().filter(|s| s.outcome == "ok") {
-        let cell = format!("{} {} {}", s.pin, s.backing, s.map);
+        let cell = s.cell();
         let t = &s.totals;
         if t.ambiguous > t.verified {
             let _ = writeln!(

@@ -92,6 +92,9 @@ fn storm(backing: &str, fs: &str, lost: u64) -> StormResult {
             ..Oracle::default()
         },
         sequence_head: vec![],
+        control: false,
+        shapes: vec!["page".into()],
+        shapes_notrun: vec![],
     }
 }
 
@@ -316,6 +319,7 @@ why = "known hazard"
                         pin: s.pin.clone(),
                         backing: s.backing.clone(),
                         map: s.map.clone(),
+                        control: false,
                         fact,
                     }),
             );

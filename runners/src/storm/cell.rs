@@ -30,7 +30,7 @@ use crate::signals;
 use crate::watchdog::Watchdog;
 
 enum ThreadOut {
-    Pinner(PinnerOut),
+    Pinner(Box<PinnerOut>),
     Disruptor(usize, DisruptorOut),
 }
 
@@ -77,12 +77,27 @@ fn make_files(
     Ok(Ok(files))
 }
 
+/// One cell; a `control` cell runs the same pinners and writes with no disruptor.
 pub fn run(
     job: &StormJob,
     ctx: &JobContext,
     pin: PinKind,
     kind: BackingKind,
     map: MapKind,
+    control: bool,
+) -> Result<StormResult> {
+    let mut r = run_cell(job, ctx, pin, kind, map, control)?;
+    r.control = control;
+    Ok(r)
+}
+
+fn run_cell(
+    job: &StormJob,
+    ctx: &JobContext,
+    pin: PinKind,
+    kind: BackingKind,
+    map: MapKind,
+    control: bool,
 ) -> Result<StormResult> {
     let cell_name = format!("{pin}/{kind}/{}", map.name());
     let backing = match ctx.backings.get(kind) {
@@ -118,7 +133,11 @@ pub fn run(
             ctx.kernel,
         )
         .map(|r| (r.outcome.clone(), r.why.clone()));
-    let disruptors = if file_backed { job.disruptors } else { 0 };
+    let disruptors = if file_backed && !control {
+        job.disruptors
+    } else {
+        0
+    };
     let mut names: Vec<String> = (0..job.pinners.get())
         .map(|i| format!("pinner-{i}"))
         .collect();
@@ -150,6 +169,7 @@ pub fn run(
         size,
         align,
         rate: job.rate,
+        shapes: job.shapes.clone(),
     });
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
@@ -160,7 +180,7 @@ pub fn run(
             .name(format!("pinner-{i}"))
             .spawn(move || {
                 let o = pinner_thread(storm, i, seed);
-                let _ = tx.send(ThreadOut::Pinner(o));
+                let _ = tx.send(ThreadOut::Pinner(Box::new(o)));
             })?;
         started += 1;
     }
@@ -192,7 +212,7 @@ pub fn run(
     let mut disruptors_out = BTreeMap::new();
     while pinners_out.len() + disruptors_out.len() < started {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(ThreadOut::Pinner(p)) => pinners_out.push(p),
+            Ok(ThreadOut::Pinner(p)) => pinners_out.push(*p),
             Ok(ThreadOut::Disruptor(j, d)) => {
                 disruptors_out.insert(j, d);
             }
@@ -219,7 +239,9 @@ pub fn run(
     totals.end_scan_errors = scan_errors.len() as u64;
     let kernel_warnings = oracle::kernel_warnings::judge(ctx.kmsg);
 
-    let ops_not_run = if !file_backed {
+    let ops_not_run = if control {
+        Some("a control cell: the same writes with no layout operation")
+    } else if !file_backed {
         Some("anonymous memory has no file whose layout could change")
     } else if disruptors == 0 {
         Some("no disruptors in this scenario (disruptors = 0)")
@@ -299,5 +321,8 @@ pub fn run(
             ..findings.oracle
         },
         sequence_head: disruptors_out.into_values().map(|d| d.head).collect(),
+        control,
+        shapes: job.shapes.iter().map(|s| s.name().to_string()).collect(),
+        shapes_notrun: pinners.shapes_notrun.into_iter().collect(),
     })
 }

@@ -45,6 +45,7 @@ mod oracle;
 mod pinner;
 mod report;
 mod scan;
+mod shaped;
 mod state;
 
 impl Job for StormJob {
@@ -62,7 +63,9 @@ impl Job for StormJob {
     }
 
     fn cells(&self) -> u64 {
-        (self.backings.len() * self.pins.len() * self.maps.len()) as u64
+        let per_backing = |k: &BackingKind| if has_control(self, *k) { 2 } else { 1 };
+        (self.backings.iter().map(per_backing).sum::<usize>() * self.pins.len() * self.maps.len())
+            as u64
     }
 
     /// Every cell, then the verdicts on what ran (also when a cell failed).
@@ -84,11 +87,22 @@ fn run_cells(
             for &map in &job.maps {
                 signals::check()?;
                 progress.step(&format!("storm {pin} {kind} {}", map.name()));
-                out.push(cell::run(job, ctx, pin, kind, map)?);
+                out.push(cell::run(job, ctx, pin, kind, map, false)?);
+                if has_control(job, kind) {
+                    signals::check()?;
+                    progress.step(&format!("storm {pin} {kind} {} (control)", map.name()));
+                    out.push(cell::run(job, ctx, pin, kind, map, true)?);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Whether a control cell runs beside the storm cells of `kind`: only where the storm has
+/// layout operations (anonymous memory has none: its storm cell is its own control).
+fn has_control(job: &StormJob, kind: BackingKind) -> bool {
+    job.control && job.disruptors > 0 && kind.has_file()
 }
 
 /// Judge every storm that ran against the expectations (its registrations and oracle
@@ -113,6 +127,7 @@ fn judge(ctx: &JobContext, storms: &[StormResult]) -> Vec<StormVerdict> {
                     pin: s.pin.clone(),
                     backing: s.backing.clone(),
                     map: s.map.clone(),
+                    control: s.control,
                     fact,
                 })
         })

@@ -2,6 +2,7 @@
 //! canary page through it and judge where the write went, let the device read it back,
 //! unregister; again until the cell stops.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_analysis::schema::{StormTotals, Violation};
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::pin::PinError;
+use pinstorm_workloads::shape::WriteShape;
 
 use super::oracle::lost_write::{self, Evidence, Mapping, Verdict, WriteFacts};
 use super::oracle::{self, PAGE};
+use super::shaped;
 use super::state::{StormState, Timeline, TrackedFile};
 
 /// What one pinner thread measured, or why it stopped.
@@ -27,6 +30,8 @@ pub struct PinnerOut {
     pub totals: StormTotals,
     pub timeline: Timeline,
     pub write_notrun: Option<String>,
+    /// Write shapes of the job this pinner could not draw, with why.
+    pub shapes_notrun: BTreeSet<String>,
     pub notrun: Option<String>,
     pub error: Option<anyhow::Error>,
 }
@@ -51,6 +56,30 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
     let pages = target.len as u64 / PAGE;
     // A path without device writes (vmsplice) only registers; `cell_notes` says why.
     let mut can_write = storm.path.device_writes().is_supported();
+    let unit = pinner.transfer_unit();
+    let shapes: Vec<WriteShape> = storm
+        .shapes
+        .iter()
+        .copied()
+        .filter(|s| match s.unavailable(target.len as u64, unit) {
+            Some(why) => {
+                out.shapes_notrun.insert(why);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if shapes.is_empty() && can_write {
+        can_write = false;
+        out.write_notrun = Some(format!(
+            "no write shape of the job can be drawn here: {}",
+            out.shapes_notrun
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
     while !storm.stop.load(SeqCst) {
         let a = f.state.snapshot();
         storm.wd.begin(&slot, "register");
@@ -106,7 +135,20 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
         if !storm.hold.is_zero() {
             std::thread::sleep(storm.hold);
         }
-        if can_write {
+        // Only a job with several shapes draws one, so page-only jobs replay as before.
+        let shape = match shapes.len() {
+            0 | 1 => shapes.first().copied().unwrap_or(WriteShape::Page),
+            n => shapes[(rng.next_u64() % n as u64) as usize],
+        };
+        if can_write && shape != WriteShape::Page {
+            let at = shape.draw(&mut rng, target.len as u64, unit);
+            let p = shaped::Pin {
+                around: pin,
+                event: pin_event,
+                at_ms: pinned_ms,
+            };
+            shaped::write(&storm, f, &mut *pinner, &slot, &mut out, shape, at, &p);
+        } else if can_write {
             let off = (rng.next_u64() % pages) * PAGE;
             let ev = storm.events.next();
             let data = Canary {
@@ -125,6 +167,7 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
             match w {
                 Ok(_) => {
                     out.totals.device_writes += 1;
+                    *out.totals.writes_by_shape.entry("page".into()).or_default() += 1;
                     out.timeline.at(wrote_ms).device_writes += 1;
                     let mut content = vec![0u8; PAGE as usize];
                     let read = match (&f.region.file, storm.mapping) {

@@ -46,6 +46,9 @@ pub fn notrun(
         timeline: Vec::new(),
         oracle: Oracle::default(),
         sequence_head: Vec::new(),
+        control: false,
+        shapes: job.shapes.iter().map(|s| s.name().to_string()).collect(),
+        shapes_notrun: Vec::new(),
     }
 }
 
@@ -59,6 +62,8 @@ pub struct Pinners {
     pub write_notrun: Option<String>,
     /// Why the pin path could not run here, if a pinner said so.
     pub notrun: Option<String>,
+    /// Write shapes of the job that could not be drawn here, with why.
+    pub shapes_notrun: std::collections::BTreeSet<String>,
 }
 
 /// Sum the pinners' outputs; the first tool error of any of them is the cell's error.
@@ -82,6 +87,10 @@ pub fn pinners(outs: Vec<PinnerOut>) -> anyhow::Result<Pinners> {
         for (k, v) in p.totals.device_write_errors {
             *t.device_write_errors.entry(k).or_default() += v;
         }
+        for (k, v) in p.totals.writes_by_shape {
+            *t.writes_by_shape.entry(k).or_default() += v;
+        }
+        all.shapes_notrun.extend(p.shapes_notrun);
         all.write_notrun = all.write_notrun.or(p.write_notrun);
         all.notrun = all.notrun.or(p.notrun);
     }

@@ -81,6 +81,8 @@ pub struct StormState {
     pub size: u64,
     pub align: u64,
     pub rate: f64,
+    /// The write shapes the job draws from.
+    pub shapes: Vec<pinstorm_workloads::shape::WriteShape>,
 }
 
 impl StormState {

@@ -124,6 +124,11 @@ impl BackingKind {
     }
 
     /// Whether the backing's memory is made of huge pages from the hugetlb pool.
+    /// Whether its regions have a file whose layout can change (anonymous memory has none).
+    pub fn has_file(self) -> bool {
+        !matches!(self, BackingKind::Anon | BackingKind::AnonHugetlb)
+    }
+
     pub fn uses_hugetlb(self) -> bool {
         matches!(
             self,

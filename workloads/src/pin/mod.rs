@@ -284,6 +284,11 @@ pub trait Pinner: Send {
     fn device_write(&mut self, offset: usize, data: &[u8]) -> Result<usize, PinError>;
     /// Let the device read `len` bytes out of the pinned pages at `offset`.
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError>;
+    /// The unit the device splits its transfers into (the RDMA path MTU in bytes), if it has
+    /// one: what `packets` write shapes are drawn around.
+    fn transfer_unit(&self) -> Option<u64> {
+        None
+    }
     /// Something about how this pinner ran that a reader of the results must know although
     /// nothing failed (e.g. an ODP prefetch the device does not have, so it was skipped).
     fn note(&self) -> Option<String> {

@@ -194,6 +194,7 @@ pub fn show(ranges: &[Range<u64>]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one range is what these writes change
 mod tests {
     use super::*;
     use pinstorm_workloads::shape::pattern;

@@ -578,6 +578,11 @@ impl Pinner for RdmaPinner {
         lb.transfer(true, data.len(), remote, rkey, timeout)
     }
 
+    fn transfer_unit(&self) -> Option<u64> {
+        let lb = self.loopback.as_ref().ok()?;
+        Some(128u64 << lb.peer_of_requester.mtu)
+    }
+
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError> {
         let t = check_span(self.registered, offset, len)?;
         let rkey = self.mr.as_ref().map(|m| m.rkey()).unwrap_or(0);
