@@ -10,11 +10,20 @@ use std::time::Duration;
 
 use common::*;
 
-/// Run a storm preset (or file) with overrides; returns the storms of the result.
+/// Run a storm preset (or file) with overrides; returns the storm cells with layout
+/// operations (not the control cells, see [`storm_and_controls`]).
 ///
 /// Callers hold `serial()`: storms move the system-wide FOLL_PIN counters that the
 /// leaked-pins oracle reads, so two storms at once would see each other's pins.
 fn storm(sb: &Sandbox, scenario: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    storm_and_controls(sb, scenario, extra)
+        .into_iter()
+        .filter(|s| s["control"] != true)
+        .collect()
+}
+
+/// Every storm of the result, control cells included.
+fn storm_and_controls(sb: &Sandbox, scenario: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["run", scenario];
     args.extend_from_slice(extra);
     let o = sb.run(&args);
@@ -72,7 +81,7 @@ fn in_memory_backings() -> &'static str {
 
 fn lost_writes_fire(preset: &str, test: &str) {
     let sb = Sandbox::new(test);
-    let storms = storm(
+    let all = storm_and_controls(
         &sb,
         preset,
         &[
@@ -84,6 +93,28 @@ fn lost_writes_fire(preset: &str, test: &str) {
             "3",
         ],
     );
+    let (controls, storms): (Vec<_>, Vec<_>) = all.into_iter().partition(|s| s["control"] == true);
+    // The preset's control cells make the same writes with no layout operation: the same
+    // kernel loses none of them there, which is what makes the storm's losses a layout race.
+    assert_eq!(
+        controls.len(),
+        storms.len(),
+        "a control cell beside every cell"
+    );
+    for c in &controls {
+        assert_eq!(c["disruptors"], 0, "{c}");
+        assert!(
+            c["totals"]["device_writes"].as_u64().unwrap() > 0,
+            "{}",
+            c["totals"]
+        );
+        assert_eq!(
+            c["totals"]["verified"], c["totals"]["device_writes"],
+            "{} control: {}",
+            c["backing"], c["totals"]
+        );
+        assert_no_violations(c);
+    }
     for s in &storms {
         assert_eq!(s["outcome"], "ok", "{s}");
         let lost = count(s, "lost_write");
@@ -687,7 +718,7 @@ control = true
 "#,
     )
     .unwrap();
-    let storms = storm(&sb, file.to_str().unwrap(), &[]);
+    let storms = storm_and_controls(&sb, file.to_str().unwrap(), &[]);
     // A control cell beside each file-backed cell, none beside anonymous memory (which has
     // no layout operation of its own).
     let cells: Vec<String> = storms
@@ -708,7 +739,10 @@ control = true
         ] {
             assert!(
                 by_shape.get(shape).and_then(|n| n.as_u64()).unwrap_or(0) > 0,
-                "{shape}: {t}"
+                "{shape} in {} {} control={}: {t}",
+                s["backing"],
+                s["map"],
+                s["control"]
             );
         }
         assert!(!by_shape.contains_key("packets"), "{t}");

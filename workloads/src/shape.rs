@@ -125,8 +125,12 @@ impl WriteShape {
             }
             WriteShape::MultiPage => {
                 let off = below(range - PAGE - 1);
-                let max = range - off;
-                (off, PAGE + 1 + below(max - PAGE))
+                let max = range - off - PAGE;
+                // Log-uniform: as many writes of a few pages as of a few hundred, and now and
+                // then one up to the end of the range.
+                let bits = 64 - max.leading_zeros() as u64;
+                let scale = 1u64 << below(bits + 1).min(63);
+                (off, PAGE + 1 + below(scale.min(max)))
             }
             WriteShape::Packets => {
                 let u = unit.unwrap_or(PAGE).max(2);
@@ -157,12 +161,16 @@ impl std::fmt::Display for WriteShape {
 /// every byte of the write changes the range and a lost byte is always visible.
 pub fn pattern(run_tag: u32, file_id: u32, event: u64, offset: u64, before: &[u8]) -> Vec<u8> {
     let key = splitmix(((run_tag as u64) << 32 | file_id as u64) ^ splitmix(event));
+    let mut word = (u64::MAX, [0u8; 8]);
     before
         .iter()
         .enumerate()
         .map(|(i, &old)| {
             let x = offset + i as u64;
-            let b = splitmix(key ^ (x >> 3)).to_le_bytes()[(x & 7) as usize];
+            if word.0 != x >> 3 {
+                word = (x >> 3, splitmix(key ^ (x >> 3)).to_le_bytes());
+            }
+            let b = word.1[(x & 7) as usize];
             if b == old {
                 b ^ 0xa5
             } else {
