@@ -165,7 +165,7 @@ pub fn result(data: &[u8]) -> bool {
     .map(|g| Gate::parse(g).expect("valid gate"))
     .collect();
     let mut cmp = compare::compare("base", &[base], "cand", &[&fuzzed], &opts);
-    let _ = gate::apply(&mut cmp, &gates, false);
+    let _ = gate::apply(&mut cmp, &gates, &gate::GateOptions::default());
     let _ = render::text(&cmp);
     let _ = render::markdown(&cmp);
     let _ = serde_json::to_string(&cmp).expect("a comparison serializes");

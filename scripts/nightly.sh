@@ -11,7 +11,9 @@
 #   PINSTORM         the pinstorm binary (default: target/release/pinstorm, built if missing)
 #
 # Exit status: 0 passed (or first night: baseline made), 4 a gate was crossed or judged
-# nothing (its metric was not measured on both nights), other: error.
+# nothing (its metric was not measured on both nights), 5 a latency gate could not judge
+# because a night's machine was disturbed (the baseline stays; rerun when it is quiet),
+# other: error.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${NIGHTLY_DIR:-/var/lib/pinstorm-nightly}"

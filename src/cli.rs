@@ -19,6 +19,8 @@ result say the same: a `not ok` / <failure> exactly when the status is not 0):
   2    bad command line, scenario file, expectations file or path
   3    the run completed and a fact DIFFERS from the expectations (the summary lists which)
   4    compare: a --fail-on gate was crossed, or a gate matched no metric
+  5    compare: no gate failed, but a latency gate left metrics measured on a disturbed
+       machine unjudged (rerun on a quiet machine, or --judge-disturbed)
   130  interrupted by SIGINT (143: SIGTERM, 129: SIGHUP); what was measured is kept
 
 Results go to RESULTS/<kernel-release>/<run-id>/result.json (schema: docs/result-schema.md).
@@ -312,8 +314,17 @@ A gate that matched nothing (no metric of its quantile and filter measured on bo
 oracle no run measured, no cell on both sides) fails like a crossed one, naming what was
 missing, unless --allow-empty-gates is given. A crossed gate names how many metrics crossed
 it and the worst few; --format json lists them all.
-Exit status: 0 no gate failed, 4 a gate crossed or matched nothing, 2 bad input (a path, or
-a selector that selects no run, or a gate expression), 1 error.";
+
+Every run records how disturbed its machine was, per job: other processes' CPU time, steal,
+load, CPU frequency. Disturbed: {THRESHOLDS}.
+Both sides' disturbance is shown. A latency metric measured while either side was disturbed
+is marked and not judged by latency gates unless --judge-disturbed: such a gate that crossed
+nothing else is INCONCLUSIVE (exit 5), naming the side and why. Count gates judge facts
+whatever the load. Results written before disturbance was recorded are judged as measured
+and shown as unknown (docs/analysis.md).
+Exit status: 0 no gate failed, 4 a gate crossed or matched nothing, 5 no gate failed but one
+was inconclusive (disturbed machine), 2 bad input (a path, or a selector that selects no
+run, or a gate expression), 1 error.";
 
 /// The compare help, with the oracles of [`OracleKind`] filled in (indented, wrapped).
 pub fn compare_help() -> String {
@@ -335,7 +346,10 @@ pub fn compare_help() -> String {
         .map(|l| format!("{:22}{l}", ""))
         .collect::<Vec<_>>()
         .join("\n");
-    COMPARE_HELP.replace("{ORACLES}", &list)
+    COMPARE_HELP.replace("{ORACLES}", &list).replace(
+        "{THRESHOLDS}",
+        &pinstorm_analysis::disturbance::thresholds(),
+    )
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +368,10 @@ pub struct CompareArgs {
     /// instead of failing with exit 4.
     #[arg(long)]
     pub allow_empty_gates: bool,
+    /// Judge latency gates on metrics measured while the machine of either side was
+    /// disturbed (by default they are left unjudged and such a gate is inconclusive, exit 5).
+    #[arg(long)]
+    pub judge_disturbed: bool,
     /// A TOML file with fail_on = ["...", ...] (at the top or under [compare]).
     #[arg(long, value_name = "FILE")]
     pub gates: Option<PathBuf>,

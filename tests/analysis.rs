@@ -12,37 +12,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::results::*;
 use common::*;
-use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::schema::RunResult;
-
-/// One real run of a preset (or scenario file) into `sb`'s results; returns its result file.
-fn real_run(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let before = sb.results();
-    let o = sb.run(args);
-    assert!(
-        o.status.success() || o.status.code() == Some(3),
-        "pinstorm {args:?}: {}",
-        stderr(&o)
-    );
-    let after = sb.results();
-    let new: Vec<_> = after.into_iter().filter(|p| !before.contains(p)).collect();
-    assert_eq!(new.len(), 1, "one new result expected: {new:?}");
-    new[0].clone()
-}
-
-fn read(p: &Path) -> RunResult {
-    RunResult::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-/// Write `r` as `<dir>/<kernel>/<run_id>/result.json` (as pinstorm lays results out).
-fn write(dir: &Path, r: &RunResult) -> PathBuf {
-    let d = dir.join(&r.environment.kernel_release).join(&r.run_id);
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("result.json");
-    std::fs::write(&p, serde_json::to_string_pretty(r).unwrap()).unwrap();
-    p
-}
 
 /// A copy of a real result that claims another kernel (rewritten release and run id).
 fn as_kernel(r: &RunResult, release: &str) -> RunResult {
@@ -50,43 +22,6 @@ fn as_kernel(r: &RunResult, release: &str) -> RunResult {
     c.environment.kernel_release = release.into();
     c.run_id = format!("{}-as-{release}", r.run_id);
     c
-}
-
-/// The planted regression: every benchmark histogram of a real result with each value
-/// doubled, its statistics recomputed from the scaled histogram.
-fn planted_2x(r: &RunResult) -> RunResult {
-    let mut c = r.clone();
-    c.run_id = format!("{}-planted-2x", r.run_id);
-    for row in c.bench.iter_mut() {
-        let Some(h) = row.histogram.as_deref() else {
-            continue;
-        };
-        let orig = Latency::decode(h).unwrap();
-        let mut scaled = Latency::new();
-        for v in orig.histogram().iter_recorded() {
-            for _ in 0..v.count_at_value() {
-                scaled.record(v.value_iterated_to() * 2);
-            }
-        }
-        row.stats = Some(scaled.stats());
-        row.histogram = Some(scaled.encode());
-    }
-    c
-}
-
-fn compare_json(
-    sb: &Sandbox,
-    base: &Path,
-    cand: &Path,
-    gates: &[&str],
-) -> (Option<i32>, serde_json::Value, String) {
-    let mut c = sb.cmd();
-    c.args(["--format", "json", "compare"]).arg(base).arg(cand);
-    for g in gates {
-        c.args(["--fail-on", g]);
-    }
-    let o = c.output().unwrap();
-    (o.status.code(), json(&o), stderr(&o))
 }
 
 /// The runs of these tests measure latency: one at a time, never next to each other.
@@ -103,7 +38,15 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
     let other = sb.base.join("planted");
     let cand = write(&other, &planted);
 
-    let (code, v, err) = compare_json(&sb, &base, &cand, &["p50>+10%", "violations>0"]);
+    // Both sides are the same real run and share its machine, busy or not: the statistics
+    // are what is tested here, so disturbed metrics are judged too.
+    let (code, v, err) = compare_json_with(
+        &sb,
+        &base,
+        &cand,
+        &["p50>+10%", "violations>0"],
+        &["--judge-disturbed"],
+    );
     assert_eq!(code, Some(4), "the gate must fail: {err}\n{v:#}");
     assert_eq!(v["verdict"]["word"], "REGRESSION", "{v:#}");
     let lat = v["latency"].as_array().unwrap();
@@ -168,7 +111,7 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
         .arg("compare")
         .arg(&base)
         .arg(&cand)
-        .args(["--fail-on", "p50>+10%"])
+        .args(["--fail-on", "p50>+10%", "--judge-disturbed"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(4));
@@ -208,7 +151,7 @@ fn compare_flags_a_planted_2x_slowdown_and_the_gate_fails_naming_it() {
 }
 
 #[test]
-fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
+fn two_real_runs_of_the_same_configuration_pass_when_quiet_and_are_inconclusive_when_disturbed() {
     let _g = quiet();
     let sb = Sandbox::new("an-rerun");
     // (No oracle gate: quick has no storm, and a gate with nothing to judge fails.)
@@ -221,37 +164,89 @@ fn compare_does_not_flag_two_real_runs_of_the_same_configuration() {
     ];
     // A single run per side has a 50% noise floor, and a machine busy with something else
     // during one run can still cross it (seen: 4K tmpfs register 993 ns vs 1503 ns while
-    // other builds ran). Until results record how disturbed the machine was (#12), one
-    // disturbed pair is forgiven: a second pair of fresh runs must then be clean. Two flagged
-    // pairs fail.
-    let mut flagged_pairs = Vec::new();
-    for attempt in 0..2 {
-        let a = real_run(&sb, &["run", "quick"]);
-        let b = real_run(&sb, &["run", "quick"]);
-        let (code, v, err) = compare_json(&sb, &a, &b, &gates);
-        let flagged: Vec<_> = v["latency"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["significant"] == true)
-            .cloned()
-            .collect();
-        assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
-        if flagged.is_empty() {
-            assert_eq!(code, Some(0), "{err}\n{:#}", v["gates"]);
-            assert_eq!(
-                v["verdict"]["word"], "NO SIGNIFICANT CHANGE",
-                "{:#}",
-                v["verdict"]
-            );
-            if attempt > 0 {
-                eprintln!("the first pair was flagged, the second was clean: {flagged_pairs:#?}");
-            }
-            return;
-        }
-        flagged_pairs.push(flagged);
+    // other builds ran). Each run records how disturbed the machine was, and a latency
+    // metric measured on a disturbed machine is not judged: either the pair was quiet and
+    // nothing may be flagged, or a side was disturbed and the latency gates say so (exit 5).
+    let a = real_run(&sb, &["run", "quick"]);
+    let b = real_run(&sb, &["run", "quick"]);
+    for p in [&a, &b] {
+        let d = read(p)
+            .disturbance
+            .expect("every run records its disturbance");
+        let jobs: Vec<&str> = d.jobs.iter().map(|j| j.job.as_str()).collect();
+        assert_eq!(jobs, ["probe", "bench"], "{d:#?}");
+        assert!(d.run.wall_s > 0.0 && d.run.cpus > 0, "{d:#?}");
+        assert_eq!(d.run.disturbed, !d.run.reasons.is_empty(), "{d:#?}");
     }
-    panic!("two reruns in a row flagged: {flagged_pairs:#?}");
+    let (code, v, err) = compare_json(&sb, &a, &b, &gates);
+    let latency = v["latency"].as_array().unwrap();
+    assert!(v["verdict"]["compared"].as_u64().unwrap() >= 8);
+    let disturbed = latency
+        .iter()
+        .filter(|l| !l["disturbed"].as_array().unwrap().is_empty())
+        .count();
+    let flagged_quiet: Vec<_> = latency
+        .iter()
+        .filter(|l| l["significant"] == true && l["disturbed"].as_array().unwrap().is_empty())
+        .collect();
+    assert!(
+        flagged_quiet.is_empty(),
+        "flagged although measured on a quiet machine: {flagged_quiet:#?}"
+    );
+    if disturbed == 0 {
+        assert_eq!(code, Some(0), "{err}\n{:#}", v["gates"]);
+        assert_eq!(
+            v["verdict"]["word"], "NO SIGNIFICANT CHANGE",
+            "{:#}",
+            v["verdict"]
+        );
+        return;
+    }
+    eprintln!(
+        "{disturbed} metrics measured on a disturbed machine: {:#}",
+        v["base"]["noise"]
+    );
+    assert_eq!(code, Some(5), "{err}\n{:#}", v["gates"]);
+    assert_eq!(v["gate_status"], "inconclusive", "{v:#}");
+    let judged_gates = v["gates"].as_array().unwrap();
+    // p99 of one run per side is not judged anyway (a tail of a single run).
+    assert_eq!(judged_gates[1]["judged"], 0, "{:#}", judged_gates[1]);
+    for g in [&judged_gates[0], &judged_gates[2]] {
+        assert_eq!(g["inconclusive"], true, "{g:#}");
+        assert_eq!(g["failed"], false, "{g:#}");
+        let by = g["disturbed_by"].as_array().unwrap();
+        assert!(
+            by.iter().all(|b| {
+                let b = b.as_str().unwrap();
+                (b.starts_with("base run ") || b.starts_with("cand run "))
+                    && b.contains("bench job: ")
+                    && b.contains("threshold")
+            }),
+            "{g:#}"
+        );
+        let expr = g["expr"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("gate {expr} not judged: ")) && err.contains("--judge-disturbed"),
+            "{err}"
+        );
+    }
+    // Facts are judged whatever the load.
+    for g in &v["gates"].as_array().unwrap()[3..] {
+        assert_eq!(g["inconclusive"], false, "{g:#}");
+        assert_eq!(g["disturbed"], 0, "{g:#}");
+    }
+    // Asked to, the same pair is judged: a pass or a failure, never inconclusive.
+    let (code, v, err) = compare_json_with(&sb, &a, &b, &gates, &["--judge-disturbed"]);
+    assert!(
+        matches!(code, Some(0) | Some(4)),
+        "{code:?}: {err}\n{:#}",
+        v["gates"]
+    );
+    assert!(
+        v["gates"][0]["disturbed_judged"] == true,
+        "{:#}",
+        v["gates"][0]
+    );
 }
 
 #[test]
@@ -343,8 +338,10 @@ fn a_gate_that_matched_no_metric_fails_naming_what_is_missing_unless_allowed() {
         stderr(&o)
     );
 
-    // The same gate on two runs that share the metric judges it (and passes).
-    let (code, v, err) = compare_json(&sb, &base, &base, &["p50>+50%"]);
+    // The same gate on two runs that share the metric judges it (and passes; judged even if
+    // this machine was disturbed: the run is compared with itself).
+    let (code, v, err) =
+        compare_json_with(&sb, &base, &base, &["p50>+50%"], &["--judge-disturbed"]);
     assert_eq!(code, Some(0), "{err}\n{v:#}");
     let p50s = v["latency"]
         .as_array()

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{LoadedRun, RunRef};
+use crate::disturbance::{self, SideNoise};
 use crate::hist::Latency;
 use crate::metrics;
 use crate::oracle::OracleKind;
@@ -77,6 +78,9 @@ pub struct Side {
     pub kernels: Vec<String>,
     pub labels: Vec<String>,
     pub runs: Vec<RunRef>,
+    /// How disturbed the machine was while each run measured.
+    #[serde(default)]
+    pub noise: SideNoise,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +113,14 @@ pub struct LatencyChange {
     pub significant: bool,
     /// `slower`, `faster` (both significant) or `~` (no significant change).
     pub mark: String,
+    /// Runs that measured this metric while the machine was disturbed, with the side and
+    /// why (`cand run ID: bench job: other processes used 61% of a CPU ...`): latency gates
+    /// do not judge the metric unless asked to (see [`crate::disturbance`]).
+    #[serde(default)]
+    pub disturbed: Vec<String>,
+    /// Runs that measured it and recorded no disturbance (older results): unknown.
+    #[serde(default)]
+    pub noise_unknown: Vec<String>,
 }
 
 /// A capability cell whose outcome is not the same on both sides.
@@ -169,6 +181,9 @@ pub struct Verdict {
     /// Oracles with violations in the candidate and none in the baseline.
     pub new_violation_kinds: Vec<String>,
     pub gone_violation_kinds: Vec<String>,
+    /// Latency metrics measured while a side's machine was disturbed.
+    #[serde(default)]
+    pub disturbed: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,6 +205,10 @@ pub struct Comparison {
     /// Filled by [`crate::gate::apply`].
     #[serde(default)]
     pub gates: Vec<crate::gate::GateResult>,
+    /// What the gates amount to, the exit status of `pinstorm compare`; filled by
+    /// [`crate::gate::apply`].
+    #[serde(default)]
+    pub gate_status: crate::gate::GateStatus,
 }
 
 fn side(name: &str, runs: &[&LoadedRun]) -> Side {
@@ -205,6 +224,7 @@ fn side(name: &str, runs: &[&LoadedRun]) -> Side {
         kernels: set(&|r| Some(r.kernel().to_string())),
         labels: set(&|r| r.label().map(str::to_string)),
         runs: runs.iter().map(|r| r.reference()).collect(),
+        noise: SideNoise::of(runs.iter().map(|r| &r.result)),
     }
 }
 
@@ -358,6 +378,8 @@ fn latency_change(
         noise_floor_pct: floor,
         significant,
         mark: mark.to_string(),
+        disturbed: Vec::new(),
+        noise_unknown: Vec::new(),
     }
 }
 
@@ -511,7 +533,20 @@ pub fn compare(
     }
     let mut latency: Vec<LatencyChange> = jobs
         .par_iter()
-        .map(|(kind, key, stat, b, c)| latency_change(kind, key, *stat, b, c, o))
+        .map(|(kind, key, stat, b, c)| {
+            let mut l = latency_change(kind, key, *stat, b, c, o);
+            for (name, runs, p) in [("base", base, b), ("cand", cand, c)] {
+                let measured = p.runs.iter().map(|(i, _)| &runs[*i].result);
+                disturbance::metric_noise(
+                    kind,
+                    name,
+                    measured,
+                    &mut l.disturbed,
+                    &mut l.noise_unknown,
+                );
+            }
+            l
+        })
         .collect();
     let order = |k: &str| {
         metrics::LATENCY_KINDS
@@ -590,6 +625,13 @@ pub fn compare(
         v.push_str(&format!(" (gone: {})", gone_kinds.join(", ")));
     }
     parts.push(v);
+    let disturbed = latency.iter().filter(|l| !l.disturbed.is_empty()).count();
+    if disturbed > 0 {
+        parts.push(format!(
+            "{disturbed} of {} latency metrics measured on a disturbed machine (not conclusive)",
+            latency.len()
+        ));
+    }
     let verdict = Verdict {
         line: format!("{word}: {}", parts.join("; ")),
         word: word.to_string(),
@@ -601,6 +643,7 @@ pub fn compare(
         other_outcome_changes: other,
         new_violation_kinds: new_kinds,
         gone_violation_kinds: gone_kinds,
+        disturbed,
     };
     Comparison {
         base: side(base_name, base),
@@ -615,81 +658,9 @@ pub fn compare(
         differs,
         verdict,
         gates: Vec::new(),
+        gate_status: crate::gate::GateStatus::Passed,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pooled(hs: &[Latency]) -> Pooled {
-        let mut p = Pooled::default();
-        for (i, h) in hs.iter().enumerate() {
-            p.add(i, h, &[0.5]);
-        }
-        p
-    }
-
-    fn lat(values: impl Iterator<Item = u64>) -> Latency {
-        let mut l = Latency::new();
-        for v in values {
-            l.record(v);
-        }
-        l
-    }
-
-    #[test]
-    fn a_single_run_doubling_is_significant_and_small_shifts_are_noise() {
-        let o = CompareOptions::default();
-        let a = lat((0..2000).map(|i| 10_000 + (i * 7919) % 2000));
-        let b2 = lat((0..2000).map(|i| 2 * (10_000 + (i * 7919) % 2000)));
-        let c = latency_change(
-            "pin",
-            "x",
-            (0, "p50"),
-            &pooled(std::slice::from_ref(&a)),
-            &pooled(&[b2]),
-            &o,
-        );
-        assert!(c.significant && c.mark == "slower", "{c:?}");
-        assert!(c.change_pct > 90.0 && c.ci_low_pct > 0.0);
-        assert_eq!(c.method, "bootstrap");
-        // +20%: the interval excludes zero, but one run per side cannot tell that from
-        // run-to-run noise.
-        let b12 = lat((0..2000).map(|i| (10_000 + (i * 7919) % 2000) * 12 / 10));
-        let c = latency_change(
-            "pin",
-            "x",
-            (0, "p50"),
-            &pooled(std::slice::from_ref(&a)),
-            &pooled(&[b12]),
-            &o,
-        );
-        assert!(
-            c.ci_low_pct > 0.0 && !c.significant && c.mark == "~",
-            "{c:?}"
-        );
-        // The same doubling at p99 is shown but not judged from one run per side.
-        let b2 = lat((0..2000).map(|i| 2 * (10_000 + (i * 7919) % 2000)));
-        let c = latency_change("pin", "x", (0, "p99"), &pooled(&[a]), &pooled(&[b2]), &o);
-        assert!(
-            c.change_pct > 90.0 && !c.significant && c.mark == "~",
-            "{c:?}"
-        );
-        assert!(c.method.contains("not judged"), "{c:?}");
-    }
-
-    #[test]
-    fn with_repeated_runs_welch_judges_against_run_to_run_noise() {
-        let o = CompareOptions::default();
-        let run = |base: u64| lat((0..1000).map(move |i| base + (i * 7919) % 100));
-        let base = [run(10_000), run(10_100), run(9_900)];
-        let slower = [run(12_000), run(12_100), run(11_950)];
-        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&slower), &o);
-        assert_eq!(c.method, "welch");
-        assert!(c.significant && c.mark == "slower", "{c:?}");
-        let noisy = [run(8_000), run(13_000), run(10_500)];
-        let c = latency_change("pin", "x", (0, "p50"), &pooled(&base), &pooled(&noisy), &o);
-        assert!(!c.significant, "{c:?}");
-    }
-}
+mod tests;

@@ -19,6 +19,12 @@
 //! both sides, an oracle no run measured, no fact judged against an expectation, no
 //! capability cell on both sides) judged nothing: it fails unless empty gates are allowed
 //! (`--allow-empty-gates`), so that a renamed backing or a missing job cannot silence it.
+//!
+//! A latency metric measured while the machine of either side was disturbed (another
+//! process's CPU time, steal: [`crate::disturbance`]) is not judged by a latency gate
+//! unless `--judge-disturbed`: a gate that crossed nothing else but left such metrics out is
+//! inconclusive, which is an exit status of its own ([`GateStatus`]), never a pass. Count
+//! gates judge facts and are judged whatever the load.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -84,6 +90,68 @@ pub struct GateResult {
     /// Crossed, or matched nothing while empty gates are not allowed: makes compare exit 4.
     #[serde(default)]
     pub failed: bool,
+    /// Matched latency metrics measured while a side's machine was disturbed.
+    #[serde(default)]
+    pub disturbed: usize,
+    /// Which runs of which side were disturbed while measuring them, and why.
+    #[serde(default)]
+    pub disturbed_by: Vec<String>,
+    /// Whether those were judged anyway (`--judge-disturbed`).
+    #[serde(default)]
+    pub disturbed_judged: bool,
+    /// Nothing crossed it, but metrics measured on a disturbed machine were left unjudged:
+    /// neither a pass nor a failure (compare exits 5 unless another gate failed).
+    #[serde(default)]
+    pub inconclusive: bool,
+}
+
+/// How gates are judged (the command line's `--allow-empty-gates`, `--judge-disturbed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateOptions {
+    /// A gate that matched nothing passes instead of failing.
+    pub allow_empty: bool,
+    /// Latency metrics measured on a disturbed machine are judged like the others.
+    pub judge_disturbed: bool,
+}
+
+/// What the gates of a comparison amount to: the one judgement the exit status of
+/// `pinstorm compare`, its stderr and its exports read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateStatus {
+    /// No gate failed and none was inconclusive (or there were no gates).
+    #[default]
+    Passed,
+    /// A gate was crossed, or matched nothing while empty gates are not allowed.
+    Failed,
+    /// No gate failed, but one left metrics measured on a disturbed machine unjudged.
+    Inconclusive,
+}
+
+/// `pinstorm compare`'s exit status when a gate failed.
+pub const EXIT_FAILED: u8 = 4;
+/// `pinstorm compare`'s exit status when no gate failed but one was inconclusive.
+pub const EXIT_INCONCLUSIVE: u8 = 5;
+
+impl GateStatus {
+    /// A failure outranks an inconclusive gate: a crossing on a quiet pair stands.
+    pub fn of(gates: &[GateResult]) -> GateStatus {
+        if gates.iter().any(|g| g.failed) {
+            GateStatus::Failed
+        } else if gates.iter().any(|g| g.inconclusive) {
+            GateStatus::Inconclusive
+        } else {
+            GateStatus::Passed
+        }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        match self {
+            GateStatus::Passed => 0,
+            GateStatus::Failed => EXIT_FAILED,
+            GateStatus::Inconclusive => EXIT_INCONCLUSIVE,
+        }
+    }
 }
 
 impl GateResult {
@@ -229,11 +297,15 @@ impl Gate {
         }
     }
 
-    pub fn judge(&self, cmp: &Comparison) -> GateResult {
+    /// Judge the gate on `cmp`; latency metrics measured on a disturbed machine only when
+    /// `judge_disturbed`.
+    pub fn judge(&self, cmp: &Comparison, judge_disturbed: bool) -> GateResult {
         let mut by = Vec::new();
         let mut matched = 0;
         let mut judged = 0;
         let mut missing = None;
+        let mut disturbed = 0;
+        let mut disturbed_by = std::collections::BTreeSet::new();
         if stat_quantile(&self.metric).is_some() {
             let Value::Percent(v) = self.value else {
                 unreachable!("checked in parse")
@@ -247,6 +319,13 @@ impl Gate {
                 matched += 1;
                 if l.method.contains("not judged") {
                     continue;
+                }
+                if !l.disturbed.is_empty() {
+                    disturbed += 1;
+                    disturbed_by.extend(l.disturbed.iter().cloned());
+                    if !judge_disturbed {
+                        continue;
+                    }
                 }
                 judged += 1;
                 if l.significant && self.op.holds(l.change_pct, v) {
@@ -376,10 +455,14 @@ impl Gate {
             expr: self.expr.clone(),
             crossed: !by.is_empty(),
             failed: !by.is_empty(),
+            inconclusive: by.is_empty() && disturbed > 0 && !judge_disturbed,
             by,
             matched,
             judged,
             missing,
+            disturbed,
+            disturbed_by: disturbed_by.into_iter().collect(),
+            disturbed_judged: disturbed > 0 && judge_disturbed,
         }
     }
 }
@@ -392,18 +475,20 @@ fn trim(x: f64) -> String {
     }
 }
 
-/// Judge every gate and record the results in the comparison; true when one failed: it was
-/// crossed, or it matched nothing and `allow_empty` is false.
-pub fn apply(cmp: &mut Comparison, gates: &[Gate], allow_empty: bool) -> bool {
+/// Judge every gate, record the results and what they amount to in the comparison, and
+/// return that: a gate fails when it was crossed, or matched nothing and empty gates are not
+/// allowed; it is inconclusive when it left disturbed metrics unjudged and crossed nothing.
+pub fn apply(cmp: &mut Comparison, gates: &[Gate], o: &GateOptions) -> GateStatus {
     cmp.gates = gates
         .iter()
         .map(|g| {
-            let mut r = g.judge(cmp);
-            r.failed = r.crossed || (r.is_empty() && !allow_empty);
+            let mut r = g.judge(cmp, o.judge_disturbed);
+            r.failed = r.crossed || (r.is_empty() && !o.allow_empty);
             r
         })
         .collect();
-    cmp.gates.iter().any(|g| g.failed)
+    cmp.gate_status = GateStatus::of(&cmp.gates);
+    cmp.gate_status
 }
 
 /// Gates from a TOML file: `fail_on = ["p99>+10%", ...]` at the top or under `[compare]`.
@@ -429,154 +514,4 @@ pub fn from_toml(text: &str, origin: &str) -> Result<Vec<Gate>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gates_parse_and_bad_ones_say_why() {
-        for ok in [
-            "p99>+10%",
-            "p50[tmpfs] >= +20%",
-            "violations>0",
-            "lost_write>+5",
-            "differs>+50%",
-            "refused>0",
-            "p50<-10%",
-        ] {
-            Gate::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        for (bad, why) in [
-            ("p99", "no comparison"),
-            ("p98>+10%", "unknown metric"),
-            ("p99>10", "relative change"),
-            ("p99>10%", "with its sign"),
-            ("refused>+1", "plain number"),
-            ("violations[x]>0", "FILTER"),
-            ("p99>+ten%", "not a number"),
-        ] {
-            let e = Gate::parse(bad).unwrap_err().to_string();
-            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn count_gates_compare_the_candidate_or_the_change() {
-        let c = CountChange {
-            what: "lost_write".into(),
-            base_total: 80,
-            cand_total: 90,
-            base_per_run: 80.0,
-            cand_per_run: 90.0,
-            base_runs_measured: 1,
-            cand_runs_measured: 1,
-        };
-        assert!(Gate::parse("lost_write>0")
-            .unwrap()
-            .judge_count(&c)
-            .is_some());
-        assert!(Gate::parse("lost_write>+5")
-            .unwrap()
-            .judge_count(&c)
-            .is_some());
-        assert!(Gate::parse("lost_write>+20")
-            .unwrap()
-            .judge_count(&c)
-            .is_none());
-        assert!(Gate::parse("lost_write>+20%")
-            .unwrap()
-            .judge_count(&c)
-            .is_none());
-        assert!(Gate::parse("lost_write>+10%")
-            .unwrap()
-            .judge_count(&c)
-            .is_some());
-    }
-
-    /// Two runs that measured one capability cell each and nothing else.
-    fn probe_only_comparison() -> Comparison {
-        use crate::catalog::LoadedRun;
-        use crate::schema::{planted, ProbeRow};
-        use crate::verdict::Verdict;
-        let run = |id: &str| {
-            let mut r = planted();
-            r.run_id = id.into();
-            r.probe.push(ProbeRow {
-                pin: "io_uring".into(),
-                backing: "anon".into(),
-                fs: "anon".into(),
-                map: "shared".into(),
-                access: "rw".into(),
-                size: 4096,
-                outcome: "ok".into(),
-                reason: None,
-                dax: Some(false),
-                device_io: None,
-                expected: Some("ok".into()),
-                verdict: Verdict::AsExpected,
-                expected_because: Some("planted".into()),
-            });
-            LoadedRun {
-                path: format!("/planted/{id}/result.json").into(),
-                result: r,
-            }
-        };
-        let (b, c) = (run("base"), run("cand"));
-        crate::compare::compare(
-            "base",
-            &[&b],
-            "cand",
-            &[&c],
-            &crate::compare::CompareOptions::default(),
-        )
-    }
-
-    #[test]
-    fn a_gate_that_matched_nothing_fails_naming_what_was_missing_unless_allowed() {
-        let mut cmp = probe_only_comparison();
-        let gates: Vec<Gate> = ["p50>+50%", "p90>+10%", "lost_write>0", "violations>+0"]
-            .iter()
-            .map(|g| Gate::parse(g).unwrap())
-            .collect();
-        assert!(apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
-        for (g, why) in cmp.gates.iter().zip([
-            "no p50 latency metric was measured on both sides",
-            "p90 was not compared (compare --stats p50,p99",
-            "no run of the candidate measured lost_write (no storm ran",
-            "no run of the candidate measured any oracle",
-        ]) {
-            assert!(g.failed && !g.crossed && g.matched == 0, "{g:?}");
-            let missing = g.missing.as_deref().unwrap();
-            assert!(missing.contains(why), "{}: {missing}", g.expr);
-        }
-        assert!(!apply(&mut cmp, &gates, true), "{:#?}", cmp.gates);
-        assert!(cmp.gates.iter().all(|g| !g.failed && g.is_empty()));
-    }
-
-    #[test]
-    fn gates_that_matched_something_judge_as_before_even_when_nothing_crossed() {
-        let mut cmp = probe_only_comparison();
-        let gates: Vec<Gate> = ["refused>0", "outcomes>0", "differs>0"]
-            .iter()
-            .map(|g| Gate::parse(g).unwrap())
-            .collect();
-        assert!(!apply(&mut cmp, &gates, false), "{:#?}", cmp.gates);
-        for g in &cmp.gates {
-            assert!(g.missing.is_none() && g.matched == 1 && !g.failed, "{g:?}");
-        }
-        assert_eq!(cmp.cells_compared, 1);
-    }
-
-    #[test]
-    fn gate_files_name_the_file() {
-        let g = from_toml(
-            "[compare]\nfail_on = [\"p50>+10%\", \"violations>+0\"]\n",
-            "n.toml",
-        )
-        .unwrap();
-        assert_eq!(g.len(), 2);
-        let e = from_toml("[compare]\nfail_on = [\"p5>+10%\"]\n", "n.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("n.toml") && e.contains("p5"), "{e}");
-    }
-}
+mod tests;

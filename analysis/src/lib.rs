@@ -1,6 +1,7 @@
 //! pinstorm analysis: what results mean.
 //!
 //! - [`schema`]: the result file (`result.json`) and its version;
+//! - [`disturbance`]: how disturbed the machine was while a run measured, and the judgement;
 //! - [`hist`]: latency histograms, their summary statistics and lossless storage;
 //! - [`stats`]: medians and bootstrap confidence intervals for comparisons;
 //! - [`kernel`]: kernel releases and version ranges;
@@ -23,6 +24,7 @@
 
 pub mod catalog;
 pub mod compare;
+pub mod disturbance;
 pub mod expect;
 pub mod export;
 pub mod gate;

@@ -32,6 +32,42 @@ fn side_line(s: &Side) -> String {
     )
 }
 
+/// Runs listed one by one per side; beyond that, the counts and every run that was not quiet.
+const NOISE_RUNS: usize = 5;
+
+/// How disturbed the machine was while each side measured: one line per run (or the counts
+/// and the runs that were not quiet, for many runs).
+fn noise_lines(c: &Comparison) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, s) in [("base", &c.base), ("cand", &c.cand)] {
+        let n = &s.noise;
+        if n.runs.len() <= NOISE_RUNS {
+            out.extend(n.runs.iter().map(|r| format!("{name} {r}")));
+            continue;
+        }
+        out.push(format!(
+            "{name}: {} runs quiet, {} disturbed, {} not recorded",
+            n.quiet, n.disturbed, n.not_recorded
+        ));
+        let loud: Vec<_> = n.runs.iter().filter(|r| r.state != "quiet").collect();
+        out.extend(loud.iter().take(NOISE_RUNS).map(|r| format!("{name} {r}")));
+        if loud.len() > NOISE_RUNS {
+            out.push(format!(
+                "{name}: ... and {} more (--format json lists them all)",
+                loud.len() - NOISE_RUNS
+            ));
+        }
+    }
+    out
+}
+
+fn noise_heading() -> String {
+    format!(
+        "Machine while measuring (disturbed: {}; latency gates do not judge metrics measured on a disturbed machine unless --judge-disturbed):",
+        crate::disturbance::thresholds()
+    )
+}
+
 fn significance_note(c: &Comparison) -> String {
     let o = &c.options;
     format!(
@@ -65,7 +101,11 @@ fn latency_rows(c: &Comparison) -> Vec<Vec<String>> {
                 human_ns(l.cand.value_ns),
                 pct(l.change_pct),
                 format!("[{}, {}]", pct(l.ci_low_pct), pct(l.ci_high_pct)),
-                l.mark.clone(),
+                if l.disturbed.is_empty() {
+                    l.mark.clone()
+                } else {
+                    format!("{} (disturbed)", l.mark)
+                },
             ]
         })
         .collect()
@@ -130,11 +170,32 @@ const OUTCOME_HEADER: [&str; 5] = ["cell", "fs", "base", "cand", "change"];
 /// of the comparison has them all.
 pub const GATE_EXAMPLES: usize = 5;
 
-/// One line per gate: passed, crossed (by how many), or judged nothing.
+/// What a gate did with metrics measured on a disturbed machine, if there were any.
+fn disturbed_note(g: &crate::gate::GateResult) -> String {
+    match (g.disturbed, g.disturbed_judged) {
+        (0, _) => String::new(),
+        (n, true) => {
+            format!(" ({n} measured on a disturbed machine, judged because of --judge-disturbed)")
+        }
+        (n, false) => format!(" ({n} measured on a disturbed machine not judged)"),
+    }
+}
+
+/// One line per gate: passed, crossed (by how many), judged nothing, or inconclusive.
 fn gate_line(g: &crate::gate::GateResult) -> String {
+    if g.inconclusive {
+        return format!(
+            "INCONCLUSIVE {}: {} of {} metric(s) measured on a disturbed machine were not judged ({}); rerun on a quiet machine, or --judge-disturbed",
+            g.expr,
+            g.disturbed,
+            g.matched,
+            g.disturbed_by.join("; ")
+        );
+    }
+    let note = disturbed_note(g);
     match (&g.missing, g.crossed, g.failed) {
         (_, true, _) => format!(
-            "FAIL {}: crossed by {} of {} metric(s){}",
+            "FAIL {}: crossed by {} of {} metric(s){note}{}",
             g.expr,
             g.by.len(),
             g.matched,
@@ -153,7 +214,7 @@ fn gate_line(g: &crate::gate::GateResult) -> String {
             "pass {} ({} matched, {} judged: tails of a single run per side are not judged)",
             g.expr, g.matched, g.judged
         ),
-        (None, false, _) => format!("pass {}", g.expr),
+        (None, false, _) => format!("pass {}{note}", g.expr),
     }
 }
 
@@ -162,6 +223,11 @@ pub fn text(c: &Comparison) -> String {
     let _ = writeln!(out, "Comparing");
     let _ = writeln!(out, "  base {}", side_line(&c.base));
     let _ = writeln!(out, "  cand {}", side_line(&c.cand));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", noise_heading());
+    for l in noise_lines(c) {
+        let _ = writeln!(out, "  {l}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Latency (change = cand / base - 1):");
     if c.latency.is_empty() {
@@ -229,13 +295,21 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(out, "**Verdict: {}**\n", md_escape(&c.verdict.line));
     let _ = writeln!(out, "- base {}", md_escape(&side_line(&c.base)));
     let _ = writeln!(out, "- cand {}\n", md_escape(&side_line(&c.cand)));
+    let _ = writeln!(out, "{}\n", md_escape(&noise_heading()));
+    for l in noise_lines(c) {
+        let _ = writeln!(out, "- {}", md_escape(&l));
+    }
+    out.push('\n');
     let _ = writeln!(out, "### Latency\n");
     let rows: Vec<Vec<String>> = latency_rows(c)
         .into_iter()
         .map(|mut r| {
-            if r[7] != "~" {
-                r[7] = format!("**{}**", r[7]);
-            }
+            // The mark in bold, what follows it (`(disturbed)`) not.
+            r[7] = match r[7].split_once(' ') {
+                _ if r[7].starts_with('~') => r[7].clone(),
+                Some((mark, rest)) => format!("**{mark}** {rest}"),
+                None => format!("**{}**", r[7]),
+            };
             r
         })
         .collect();

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::disturbance::{Disturbance, JobDisturbance, RunDisturbance};
 use crate::hist::Stats;
 use crate::verdict::Verdict;
 
@@ -53,6 +54,11 @@ pub struct RunResult {
     pub pin_counters: Option<PinCounters>,
     pub hugepages: Option<HugepageRecord>,
     pub notes: Vec<String>,
+    /// How disturbed the machine was while the run and each job measured (other processes'
+    /// CPU time, steal, load, CPU frequency) and whether that was too much to trust its
+    /// timings. Null in results written before it was recorded: unknown, not quiet.
+    #[serde(default)]
+    pub disturbance: Option<RunDisturbance>,
     /// Set when the run happened in a `pinstorm lab` guest: how the guest was booted and
     /// what its emulated hardware turned out to be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +90,10 @@ pub struct LabRecord {
     pub wall_seconds: f64,
     /// What the guest set up: pmem namespaces, DAX filesystems, device-dax, soft-RoCE.
     pub guest: Vec<LabFact>,
+    /// The host while the guest ran (QEMU and the lab are this host's own processes); the
+    /// guest's own view, steal included, is the result's `disturbance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_disturbance: Option<Disturbance>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -575,6 +585,7 @@ impl RunResult {
             pin_counters: None,
             hugepages: None,
             notes: Vec::new(),
+            disturbance: None,
             lab: None,
         }
     }

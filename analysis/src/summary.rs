@@ -663,6 +663,7 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
             c.outstanding_before, c.outstanding_after, c.settle_ms
         );
     }
+    out.push_str(&crate::disturbance::summary_lines(r));
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }

@@ -7,6 +7,7 @@
 //! - [`probe`], [`bench`], [`storm`], [`lease`]: the jobs of a scenario;
 //! - [`watchdog`], [`kmsg`]: blocked syscalls and kernel warnings during storms;
 //! - [`environment`]: what machine and kernel a run is on;
+//! - [`disturbance`]: how disturbed the machine is while a run and each job measure;
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
 //! - [`cleanup`]: undoing what killed runs left.
 //!
@@ -18,6 +19,7 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod disturbance;
 pub mod environment;
 pub mod job;
 pub mod kmsg;

@@ -10,7 +10,7 @@ use crate::cmd::common::{bad, load, BadInput};
 use crate::cmd::paths::{out_path, results_root};
 use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
 use pinstorm_analysis::compare::{self, CompareOptions};
-use pinstorm_analysis::gate::{self, Gate};
+use pinstorm_analysis::gate::{self, Gate, GateOptions, EXIT_FAILED, EXIT_INCONCLUSIVE};
 use pinstorm_analysis::render;
 
 /// One side of a comparison: a file or directory, or a selector over the results root.
@@ -109,7 +109,14 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
     };
     let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
     let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
-    let failed = gate::apply(&mut cmp, &gates, a.allow_empty_gates);
+    let status = gate::apply(
+        &mut cmp,
+        &gates,
+        &GateOptions {
+            allow_empty: a.allow_empty_gates,
+            judge_disturbed: a.judge_disturbed,
+        },
+    );
     let json = serde_json::to_string_pretty(&cmp)? + "\n";
     match g.format {
         Format::Text => print!("{}", render::text(&cmp)),
@@ -141,10 +148,18 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
                     ""
                 }
             );
+        } else if gr.inconclusive {
+            eprintln!(
+                "pinstorm: gate {} not judged: {} of {} metric(s) were measured on a disturbed machine ({}); inconclusive (exit {EXIT_INCONCLUSIVE} unless another gate fails): rerun on a quiet machine, or pass --judge-disturbed to judge them anyway",
+                gr.expr,
+                gr.disturbed,
+                gr.matched,
+                gr.disturbed_by.join("; ")
+            );
         } else if let Some(missing) = &gr.missing {
             if gr.failed {
                 eprintln!(
-                    "pinstorm: gate {} judged nothing: {missing}; it fails (exit 4) so that a missing metric cannot silence it (--allow-empty-gates lets it pass)",
+                    "pinstorm: gate {} judged nothing: {missing}; it fails (exit {EXIT_FAILED}) so that a missing metric cannot silence it (--allow-empty-gates lets it pass)",
                     gr.expr
                 );
             } else {
@@ -155,8 +170,5 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
             }
         }
     }
-    if failed {
-        return Ok(ExitCode::from(4));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(status.exit_code()))
 }

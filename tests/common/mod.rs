@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
+pub mod results;
+
 pub fn pinstorm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pinstorm"))
 }

@@ -87,7 +87,13 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         kernel.release,
         opts.timeout.as_secs()
     ));
+    // The host while the guest runs: QEMU is this process's descendant, so what is left is
+    // everything else on the host (the guest sees its own side, steal included).
+    let host = pinstorm_runners::disturbance::Monitor::start();
+    let host_interval = host.begin().ok();
     let (end, console_text) = boot(lab, &mut run, &args, &env)?;
+    let host_disturbance = host_interval.and_then(|iv| host.measure(&iv).ok());
+    drop(host);
 
     let (report, guest_result) = collect(&run.stage);
     let events = console::events(&console_text);
@@ -115,6 +121,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         console_events: events,
         wall_seconds: end.wall.as_secs_f64(),
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
+        host_disturbance,
     };
     let mut result = match guest_result {
         Some(r) => r,

@@ -214,6 +214,7 @@ mod tests {
             console_events: Vec::new(),
             wall_seconds: 1.0,
             guest: Vec::new(),
+            host_disturbance: None,
         };
         for (run_id, release, filed_id, filed_release) in [
             ("../../etc", "..", "host-run", "6.1.0-56-amd64"),

@@ -3,7 +3,8 @@
 //! left as it was found.
 //!
 //! Order: lock the scratch root and clean what dead runs left -> capture the environment ->
-//! write an initial (incomplete) result -> reserve huge pages -> set up the backings of every
+//! start measuring how disturbed the machine is (the whole run, and each job) -> write an
+//! initial (incomplete) result -> reserve huge pages -> set up the backings of every
 //! job -> run the jobs (probe, bench, leases, storm), rewriting the result after each -> tear
 //! down backings and huge pages -> settle pin counters -> write the final result. The result
 //! is rewritten atomically after every job, so an interrupted run keeps what it measured.
@@ -26,7 +27,7 @@ use pinstorm_workloads::scratch::{HugePageReservation, ScratchRoot};
 
 use crate::job::{self, BackingSet, Job, JobContext, Progress};
 use crate::signals::{self, Interrupted};
-use crate::{cleanup, environment, kmsg};
+use crate::{cleanup, disturbance, environment, kmsg};
 
 mod paths;
 mod result;
@@ -139,12 +140,14 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 
     let pins = opts.scenario.pin_settings();
     let env = environment::capture(&pins);
+    let (noise, noise_failed) = disturbance::RunMonitor::start();
     let kernel = KernelRelease::parse(&env.kernel_release).unwrap_or(KernelRelease {
         release: env.kernel_release.clone(),
         version: (0, 0, 0),
     });
     let run_id = new_run_id();
     let mut result = result::started(opts, &run_id, &env);
+    result.notes.extend(noise_failed);
     let writer = ResultWriter::create(opts.results_root.path(), &result, &opts.expectations)?;
     log(
         opts,
@@ -209,7 +212,9 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         };
         let outcome = jobs.iter().try_for_each(|job| {
             log(opts, job.name());
+            let measured = noise.job();
             let r = job.run(&ctx, &progress, &mut result);
+            noise.record(measured.map(|iv| (job.name(), iv)), &mut result);
             writer.write(&mut result)?;
             r
         });
@@ -247,6 +252,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         result.complete = false;
         result.interrupted = Some(signals::signal_name(sig).into());
     }
+    noise.record(None, &mut result);
     result.finished = Some(now_rfc3339());
     writer
         .write(&mut result)
