@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_workloads::backing::{Access, BackingKind, MapKind};
 use pinstorm_workloads::pin::PinKind;
+use pinstorm_workloads::scenario::WriteAt;
 use pinstorm_workloads::units::{Size, Span};
 
 const AFTER_HELP: &str = "\
@@ -468,6 +469,14 @@ pub struct RunArgs {
     /// Storm duration per cell (e.g. 5s).
     #[arg(long)]
     pub duration: Option<Span>,
+    /// Run every job with these pin paths only.
+    #[arg(long, value_delimiter = ',', value_parser = PinKind::parse)]
+    pub pin: Vec<PinKind>,
+    /// Replay one device write of a storm finding: every write at OFFSET+LEN bytes into the
+    /// pinned file, with one pinner, no layout operation and no other job (the reproducer
+    /// the summary prints under each finding).
+    #[arg(long, value_name = "OFFSET+LEN", value_parser = WriteAt::parse)]
+    pub write_at: Option<WriteAt>,
 }
 
 #[derive(Args, Debug)]

@@ -124,6 +124,28 @@ fn lost_writes_fire(preset: &str, test: &str) {
             s["backing"],
             s["totals"]
         );
+        // The first example's reproducers: the cell with its seed, then that write alone.
+        let first = &s["oracle"]["lost_write"]["examples"][0];
+        let repro = s["oracle"]["lost_write"]["reproduce"].as_array().unwrap();
+        assert_eq!(repro.len(), 2, "{repro:?}");
+        let cell = format!(
+            "--backing {} --map {}",
+            s["backing"].as_str().unwrap(),
+            s["map"].as_str().unwrap()
+        );
+        assert!(
+            repro[0].as_str().unwrap().starts_with(&format!(
+                "pinstorm run {preset} --pin io_uring {cell} --seed 3"
+            )),
+            "{repro:?}"
+        );
+        assert!(
+            repro[1]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("--write-at {}+{}", first["offset"], first["len"])),
+            "{repro:?}"
+        );
         for ex in s["oracle"]["lost_write"]["examples"].as_array().unwrap() {
             assert_eq!(ex["len"], 4096);
             assert!(ex["offset"].as_u64().unwrap() % 4096 == 0);
@@ -769,5 +791,51 @@ control = true
                 assert_eq!(count(s, o), 0, "{o}: {}", s["oracle"][o]);
             }
         }
+    }
+}
+
+#[test]
+fn a_reproducer_replays_one_write_alone_and_bad_ones_are_refused() {
+    let _g = serial();
+    let sb = Sandbox::new("write-at");
+    let storms = storm_and_controls(
+        &sb,
+        "truncate-vs-pin",
+        &[
+            "--backing",
+            "memfd",
+            "--pin",
+            "io_uring",
+            "--write-at",
+            "4097+33",
+            "--duration",
+            "300ms",
+        ],
+    );
+    assert_eq!(storms.len(), 1, "one cell, no control cell");
+    for s in &storms {
+        assert_eq!(
+            (s["pinners"].as_u64(), s["disruptors"].as_u64()),
+            (Some(1), Some(0))
+        );
+        let t = &s["totals"];
+        let writes = t["device_writes"].as_u64().unwrap();
+        assert!(writes > 0, "{t}");
+        assert_eq!(
+            t["writes_by_shape"]["write-at"].as_u64(),
+            Some(writes),
+            "{t}"
+        );
+        assert_eq!(t["verified"].as_u64(), Some(writes), "{t}");
+    }
+    for (args, flag) in [
+        (&["truncate-vs-pin", "--write-at", "4097"][..], "--write-at"),
+        (&["quick", "--write-at", "1+1"][..], "--write-at"),
+    ] {
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        let o = sb.run(&a);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
     }
 }

@@ -330,6 +330,10 @@ pub struct OracleFinding {
     pub notrun: Option<String>,
     pub note: Option<String>,
     pub examples: Vec<Violation>,
+    /// Command lines that reproduce the first example: the storm cell with its seed, then
+    /// that one write alone (`--write-at`), with no layout operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reproduce: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -58,6 +58,8 @@ pub struct JobContext<'a> {
     pub is_root: bool,
     /// The pinstorm binary that runs lease holders (`__lease-holder`); default: this one.
     pub holder_exe: Option<&'a Path>,
+    /// How `pinstorm run` names this scenario (a preset name or a file), for reproducers.
+    pub scenario: &'a str,
 }
 
 /// The tag written into every canary of a run: a hash of the run id.

@@ -11,7 +11,7 @@ use crate::cmd::common::{bad, configure_rdma, expectations, BadInput};
 use crate::cmd::paths::RunPaths;
 use pinstorm_analysis::summary;
 use pinstorm_runners::run::{self, RunOptions};
-use pinstorm_workloads::scenario::{self, BenchJob, OverrideError, ProbeJob, Scenario};
+use pinstorm_workloads::scenario::{self, BenchJob, OverrideError, Overrides, ProbeJob, Scenario};
 
 /// What `--format json` prints on stdout: the rows of the job asked for, or the whole result.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -82,14 +82,21 @@ fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
 /// `pinstorm run`: a scenario file or preset, with the flags over it.
 pub fn scenario(g: &Global, a: &RunArgs) -> Result<ExitCode> {
     let (mut s, _text, origin) = bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
-    let overridden = s.apply_overrides(&a.backing, a.map.map(Into::into), a.duration, a.seed);
-    match overridden {
+    let overrides = Overrides {
+        backings: a.backing.clone(),
+        pins: a.pin.clone(),
+        map: a.map.map(Into::into),
+        duration: a.duration,
+        seed: a.seed,
+        write_at: a.write_at,
+    };
+    match s.apply_overrides(&overrides) {
         Ok(()) => {}
         Err(OverrideError::ZeroDuration) => bail!(BadInput(anyhow::anyhow!(
             "--duration must be greater than zero (and at most 168h)"
         ))),
         Err(OverrideError::NoStorm) => bail!(BadInput(anyhow::anyhow!(
-            "--duration applies to storms, and {} has no [storm] section",
+            "--duration and --write-at apply to storms, and {} has no [storm] section",
             a.scenario
         ))),
     }

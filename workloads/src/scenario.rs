@@ -1,7 +1,7 @@
 //! Scenario files: what to run, written like a fio job file.
 //!
 //! A scenario is a TOML file with a name, a seed and one section per job (`[probe]`,
-//! `[bench]`; later issues add `[storm]`, `[lease]`). Every key is known: an unknown key or
+//! `[bench]`, `[storm]`, `[lease]`). Every key is known: an unknown key or
 //! a bad value is an error naming the file, the line and the key. The presets under
 //! `configs/` are compiled in, so `pinstorm run default` works from any directory; a path
 //! to a file always wins over a preset name.
@@ -178,6 +178,10 @@ pub struct StormJob {
     /// operation, so a pin-path or device defect is told apart from a layout race.
     #[serde(default)]
     pub control: bool,
+    /// Every device write exactly here, `"OFFSET+LEN"` (a reproducer's replay; see
+    /// `--write-at`), instead of drawn from `shapes`.
+    #[serde(default)]
+    pub write_at: Option<WriteAt>,
 }
 
 fn page_shape() -> Vec<WriteShape> {
@@ -691,63 +695,10 @@ impl Scenario {
             ),
         })
     }
-
-    /// Overrides from the command line, over what the scenario file says: the backings and
-    /// the mapping of every job, the storm's duration, the seed. An empty or `None` override
-    /// leaves the scenario's own value. Refused (nothing changed but the seed, backings and
-    /// mapping, which the caller then drops) when the duration is zero or there is no storm.
-    pub fn apply_overrides(
-        &mut self,
-        backings: &[BackingKind],
-        map: Option<MapKind>,
-        duration: Option<Span>,
-        seed: Option<u64>,
-    ) -> Result<(), OverrideError> {
-        if let Some(seed) = seed {
-            self.seed = seed;
-        }
-        if !backings.is_empty() {
-            if let Some(p) = &mut self.probe {
-                p.backings = backings.to_vec();
-            }
-            if let Some(b) = &mut self.bench {
-                b.backings = backings.to_vec();
-            }
-            if let Some(st) = &mut self.storm {
-                st.backings = backings.to_vec();
-            }
-        }
-        if let Some(m) = map {
-            if let Some(p) = &mut self.probe {
-                p.maps = vec![m];
-            }
-            if let Some(b) = &mut self.bench {
-                b.map = m;
-            }
-            if let Some(st) = &mut self.storm {
-                st.maps = vec![m];
-            }
-        }
-        if let Some(d) = duration {
-            match &mut self.storm {
-                Some(st) if !d.0.is_zero() => st.duration = d,
-                Some(_) => return Err(OverrideError::ZeroDuration),
-                None => return Err(OverrideError::NoStorm),
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Why a command-line override cannot apply to a scenario; the caller words it with the
-/// flag's name, which this library does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OverrideError {
-    /// A storm duration of zero.
-    ZeroDuration,
-    /// A storm duration for a scenario without a `[storm]` section.
-    NoStorm,
-}
+mod overrides;
+pub use overrides::{OverrideError, Overrides, WriteAt};
 
 #[cfg(test)]
 mod tests;

@@ -197,6 +197,12 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 
         let progress = Progress::new(opts.progress, jobs.iter().map(|j| j.cells()).sum());
         let kmsg = std::sync::Mutex::new(kmsg::Kmsg::open());
+        // A preset by its name, a file by its path.
+        let scenario_arg = if opts.origin.starts_with("preset ") {
+            opts.scenario.name.clone()
+        } else {
+            opts.origin.clone()
+        };
         let ctx = JobContext {
             backings: &backings,
             expectations: &opts.expectations,
@@ -209,6 +215,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             scratch: &scratch,
             is_root,
             holder_exe: opts.holder_exe.as_deref(),
+            scenario: &scenario_arg,
         };
         let outcome = jobs.iter().try_for_each(|job| {
             log(opts, job.name());

@@ -14,7 +14,7 @@ use pinstorm_analysis::oracle::{Oracle, OracleKind};
 use pinstorm_analysis::schema::{LeakedPins, StormResult};
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
 use pinstorm_workloads::layout::Partners;
-use pinstorm_workloads::pin::{Availability, PinKind};
+use pinstorm_workloads::pin::{Availability, PinKind, PinPath};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
 
@@ -75,6 +75,56 @@ fn make_files(
         });
     }
     Ok(Ok(files))
+}
+
+/// The command lines that reproduce each oracle's first example: the cell with its seed,
+/// then that write alone with no layout operation.
+fn reproducers(
+    findings: &mut Findings,
+    ctx: &JobContext,
+    path: &dyn PinPath,
+    (pin, kind, map): (PinKind, BackingKind, MapKind),
+) {
+    let mut cell = vec![
+        "pinstorm".to_string(),
+        "run".into(),
+        ctx.scenario.to_string(),
+        "--pin".into(),
+        pin.name().into(),
+        "--backing".into(),
+        kind.name().into(),
+        "--map".into(),
+        map.name().into(),
+    ];
+    cell.extend(path.run_flags());
+    let line = |extra: &[String]| {
+        cell.iter()
+            .chain(extra)
+            .map(|a| shell_word(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for &k in OracleKind::STORM {
+        let Some(f) = findings.oracle.finding_mut(k) else {
+            continue;
+        };
+        if let Some(v) = f.examples.first() {
+            f.reproduce = vec![
+                line(&["--seed".into(), ctx.seed.to_string()]),
+                line(&["--write-at".into(), format!("{}+{}", v.offset, v.len)]),
+            ];
+        }
+    }
+}
+
+/// `s` as one word of a POSIX shell command line.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// One cell; a `control` cell runs the same pinners and writes with no disruptor.
@@ -170,6 +220,7 @@ fn run_cell(
         align,
         rate: job.rate,
         shapes: job.shapes.clone(),
+        write_at: job.write_at,
     });
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
@@ -254,6 +305,7 @@ fn run_cell(
         timeline.merge(&d.timeline);
     }
     let mut findings = std::mem::take(&mut *storm.findings());
+    reproducers(&mut findings, ctx, &*storm.path, (pin, kind, map));
     let no_write = no_write.or(pinners.write_notrun);
     oracle::lost_write::cell_notes(&mut findings, no_write, map);
     // The oracles the end scan feeds.

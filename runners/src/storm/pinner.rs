@@ -69,7 +69,15 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
             None => true,
         })
         .collect();
-    if shapes.is_empty() && can_write {
+    if let Some(w) = storm.write_at {
+        if w.offset + w.len > target.len as u64 {
+            can_write = false;
+            out.write_notrun = Some(format!(
+                "--write-at {w} reaches beyond the pinned file ({} bytes)",
+                target.len
+            ));
+        }
+    } else if shapes.is_empty() && can_write {
         can_write = false;
         out.write_notrun = Some(format!(
             "no write shape of the job can be drawn here: {}",
@@ -140,14 +148,31 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
             0 | 1 => shapes.first().copied().unwrap_or(WriteShape::Page),
             n => shapes[(rng.next_u64() % n as u64) as usize],
         };
-        if can_write && shape != WriteShape::Page {
+        if let (true, Some(w)) = (can_write, storm.write_at) {
+            let p = shaped::Pin {
+                around: pin,
+                event: pin_event,
+                at_ms: pinned_ms,
+            };
+            let at = (w.offset, w.len);
+            shaped::write(&storm, f, &mut *pinner, &slot, &mut out, "write-at", at, &p);
+        } else if can_write && shape != WriteShape::Page {
             let at = shape.draw(&mut rng, target.len as u64, unit);
             let p = shaped::Pin {
                 around: pin,
                 event: pin_event,
                 at_ms: pinned_ms,
             };
-            shaped::write(&storm, f, &mut *pinner, &slot, &mut out, shape, at, &p);
+            shaped::write(
+                &storm,
+                f,
+                &mut *pinner,
+                &slot,
+                &mut out,
+                shape.name(),
+                at,
+                &p,
+            );
         } else if can_write {
             let off = (rng.next_u64() % pages) * PAGE;
             let ev = storm.events.next();

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use pinstorm_analysis::oracle::OracleKind;
 use pinstorm_analysis::schema::Violation;
 use pinstorm_workloads::pin::{PinError, Pinner};
-use pinstorm_workloads::shape::{pattern, WriteShape, PAGE};
+use pinstorm_workloads::shape::{pattern, PAGE};
 
 use super::oracle::lost_write::Mapping;
 use super::oracle::placement::{self, Placement, Window};
@@ -54,7 +54,8 @@ fn read_window(
     }
 }
 
-/// One shaped write of `len` bytes at `off` through `pinner`, judged and counted in `out`.
+/// One write of `len` bytes at `off` through `pinner` (drawn as `shape`, or `write-at`),
+/// judged and counted in `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     storm: &StormState,
@@ -62,7 +63,7 @@ pub fn write(
     pinner: &mut dyn Pinner,
     slot: &Slot,
     out: &mut PinnerOut,
-    shape: WriteShape,
+    shape: &str,
     (off, len): (u64, u64),
     pin: &Pin,
 ) {
@@ -112,7 +113,7 @@ pub fn write(
     out.totals.device_writes += 1;
     *out.totals
         .writes_by_shape
-        .entry(shape.name().to_string())
+        .entry(shape.to_string())
         .or_default() += 1;
     out.timeline.at(wrote_ms).device_writes += 1;
     let after = read_window(f, storm.mapping, pinner, start, wlen);

@@ -83,6 +83,8 @@ pub struct StormState {
     pub rate: f64,
     /// The write shapes the job draws from.
     pub shapes: Vec<pinstorm_workloads::shape::WriteShape>,
+    /// Every write exactly here instead (a reproducer's replay).
+    pub write_at: Option<pinstorm_workloads::scenario::WriteAt>,
 }
 
 impl StormState {

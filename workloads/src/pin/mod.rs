@@ -258,6 +258,11 @@ pub trait PinPath: Send + Sync {
     fn device(&self) -> Option<String> {
         None
     }
+    /// The `pinstorm run` flags that select what this path drove here (`--rdma-dev rxe0
+    /// --rdma-port 1`), for reproducer command lines.
+    fn run_flags(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Whether this path can run on this machine at all.
     fn availability(&self) -> Availability;
     /// A fresh pinning context for one thread.

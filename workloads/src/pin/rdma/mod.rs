@@ -280,6 +280,20 @@ impl PinPath for RdmaPath {
         DeviceIo::Supported
     }
 
+    fn run_flags(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if let Some(d) = self.device() {
+            f.extend(["--rdma-dev".to_string(), d]);
+        }
+        if let Some(p) = self.cfg.port {
+            f.extend(["--rdma-port".to_string(), p.to_string()]);
+        }
+        if !self.cfg.prefetch {
+            f.push("--rdma-no-prefetch".into());
+        }
+        f
+    }
+
     /// The device the configuration selects (`rxe0`), if there is one.
     fn device(&self) -> Option<String> {
         #[cfg(feature = "rdma")]
