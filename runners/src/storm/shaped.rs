@@ -196,3 +196,7 @@ pub fn write(
         },
     );
 }
+
+#[cfg(test)]
+#[path = "shaped_tests.rs"]
+mod tests;

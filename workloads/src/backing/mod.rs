@@ -28,6 +28,7 @@ mod loopfs;
 mod memfd;
 
 pub use loopfs::LoopFs;
+pub use memfd::Memfd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
