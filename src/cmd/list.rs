@@ -10,12 +10,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{Format, Global};
-use crate::cmd::common::configure_rdma;
+use crate::cmd::common::{bad, configure_rdma};
 use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::layout::LayoutKind;
 use pinstorm_workloads::pin::rdma::{self, DeviceReport};
 use pinstorm_workloads::pin::{Availability, PinKind, PinSettings};
 use pinstorm_workloads::scenario::{Scenario, PRESETS};
+use pinstorm_workloads::scratch::ScratchDir;
 
 /// Whether a thing can run on this machine.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,7 +102,10 @@ impl List {
     fn gather(g: &Global, settings: &PinSettings) -> Result<List> {
         let env = SetupEnv {
             is_root: pinstorm_workloads::is_root(),
-            scratch_dir: g.scratch_dir.clone(),
+            scratch_dir: match &g.scratch_dir {
+                Some(d) => Some(bad(ScratchDir::new(d, "--scratch-dir"))?),
+                None => None,
+            },
             dax_dirs: g.dax_dirs()?,
             devdax: g.devdax.clone(),
             unavailable: Default::default(),

@@ -68,7 +68,7 @@ pub fn scratch_root(g: &Global) -> Result<PathBuf> {
 
 impl Global {
     /// `--dax-dir FS=DIR`, each checked: FS is xfs or ext4, DIR an existing scratch directory.
-    pub fn dax_dirs(&self) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    pub fn dax_dirs(&self) -> Result<std::collections::BTreeMap<String, ScratchDir>> {
         let mut out = std::collections::BTreeMap::new();
         for v in &self.dax_dir {
             let Some((fs, dir)) = v.split_once('=') else {
@@ -82,10 +82,7 @@ impl Global {
                 )));
             }
             let flag = format!("--dax-dir {fs}=");
-            let d = bad(scratch::checked_scratch_dir(
-                std::path::Path::new(dir),
-                &flag,
-            ))?;
+            let d = bad(ScratchDir::new(std::path::Path::new(dir), &flag))?;
             if out.insert(fs.to_string(), d).is_some() {
                 return bad(Err(anyhow::anyhow!("--dax-dir {fs}= given twice")));
             }

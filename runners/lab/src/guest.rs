@@ -21,7 +21,7 @@ use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
 use pinstorm_workloads::scenario::Scenario;
 
-use pinstorm_runners::run::{self, RunOptions, WriteDir};
+use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
@@ -438,7 +438,16 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             "the guest's scratch root",
         )?,
         scratch_dir: None,
-        dax_dirs: targets.dax_dirs,
+        dax_dirs: targets
+            .dax_dirs
+            .iter()
+            .map(|(fs, d)| {
+                Ok((
+                    fs.clone(),
+                    ScratchDir::new(d, &format!("the guest's {fs} DAX directory"))?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?,
         devdax: targets.devdax,
         unavailable,
         label: plan.label.clone(),

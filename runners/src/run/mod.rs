@@ -45,7 +45,7 @@ pub struct RunOptions {
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
     /// Directories on FS-DAX filesystems named as scratch, by filesystem (`--dax-dir`).
-    pub dax_dirs: BTreeMap<String, PathBuf>,
+    pub dax_dirs: BTreeMap<String, ScratchDir>,
     /// A device-dax device named as scratch (`--devdax`).
     pub devdax: Option<PathBuf>,
     /// Backings known to be unavailable, with the reason (see `SetupEnv::unavailable`).
@@ -187,7 +187,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         };
         let setup_env = SetupEnv {
             is_root,
-            scratch_dir: opts.scratch_dir.as_ref().map(|d| d.path().to_path_buf()),
+            scratch_dir: opts.scratch_dir.clone(),
             dax_dirs: opts.dax_dirs.clone(),
             devdax: opts.devdax.clone(),
             unavailable: opts.unavailable.clone(),

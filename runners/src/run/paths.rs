@@ -24,22 +24,8 @@ impl WriteDir {
     }
 }
 
-/// A directory the user named as scratch: it exists, is no system directory, and no other
-/// user can replace it or its ancestors ([`scratch::checked_scratch_dir`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    /// Check `path`; `what` names it in the error (`--scratch-dir`).
-    pub fn new(path: &Path, what: &str) -> Result<ScratchDir> {
-        scratch::checked_scratch_dir(path, what).map(ScratchDir)
-    }
-
-    /// The canonical path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
+/// A directory the user named as scratch (checked where it is named).
+pub use pinstorm_workloads::scratch::ScratchDir;
 
 #[cfg(test)]
 mod tests {

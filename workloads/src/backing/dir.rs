@@ -16,7 +16,7 @@ use super::{
     RegionFile, RegionSpec, SetupEnv,
 };
 use crate::mounts;
-use crate::scratch::{self, JournalEntry, OwnedDir, RunScratch, ScratchFile};
+use crate::scratch::{self, JournalEntry, OwnedDir, RunScratch, ScratchDir, ScratchFile};
 use crate::units::Size;
 
 /// Something this backing set up and must undo.
@@ -154,12 +154,12 @@ impl DirBacking {
     pub fn dax_dir(
         kind: BackingKind,
         fs: &str,
-        dir: &Path,
+        dir: &ScratchDir,
         scratch: &RunScratch,
     ) -> Result<DirBacking, NotRun> {
-        let flag = format!("--dax-dir {fs}=");
-        let dir = scratch::checked_scratch_dir(dir, &flag).map_err(|e| NotRun(format!("{e:#}")))?;
-        let d = own_subdir(&dir, &flag, scratch)?;
+        let flag = dir.flag();
+        let d = own_subdir(dir.path(), flag, scratch)?;
+        let dir = dir.path();
         let b = DirBacking::new(kind, d, false, Owned::UserDir)?;
         if b.info.fs != fs {
             return Err(NotRun(format!(
@@ -187,10 +187,8 @@ impl DirBacking {
         }
     }
 
-    pub fn user_dir(dir: &Path, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
-        let dir = scratch::checked_scratch_dir(dir, "--scratch-dir")
-            .map_err(|e| NotRun(format!("{e:#}")))?;
-        let d = own_subdir(&dir, "--scratch-dir", scratch)?;
+    pub fn user_dir(dir: &ScratchDir, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
+        let d = own_subdir(dir.path(), dir.flag(), scratch)?;
         DirBacking::new(BackingKind::ScratchDir, d, false, Owned::UserDir)
     }
 }

@@ -210,11 +210,10 @@ impl BackingKind {
             BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs => {
                 dir::DirBacking::loop_fs(self, scratch).map(boxed)
             }
-            BackingKind::ScratchDir => dir::DirBacking::user_dir(
-                ctx.scratch_dir.as_deref().expect("checked above"),
-                scratch,
-            )
-            .map(boxed),
+            BackingKind::ScratchDir => {
+                dir::DirBacking::user_dir(ctx.scratch_dir.as_ref().expect("checked above"), scratch)
+                    .map(boxed)
+            }
             BackingKind::XfsDax | BackingKind::Ext4Dax => {
                 let fs = self.dax_fs().expect("a DAX directory backing");
                 dir::DirBacking::dax_dir(self, fs, &ctx.dax_dirs[fs], scratch).map(boxed)
@@ -258,10 +257,10 @@ pub struct NotRun(pub String);
 pub struct SetupEnv {
     pub is_root: bool,
     /// The directory the user named as scratch (`--scratch-dir`), already checked.
-    pub scratch_dir: Option<PathBuf>,
+    pub scratch_dir: Option<crate::scratch::ScratchDir>,
     /// Directories on FS-DAX filesystems the user named as scratch, by filesystem
     /// (`--dax-dir xfs=DIR`).
-    pub dax_dirs: std::collections::BTreeMap<String, PathBuf>,
+    pub dax_dirs: std::collections::BTreeMap<String, crate::scratch::ScratchDir>,
     /// A device-dax character device the user named as scratch (`--devdax`).
     pub devdax: Option<PathBuf>,
     /// Why a backing cannot be set up, known before the run (e.g. a lab guest whose

@@ -153,7 +153,7 @@ mod tests {
         let root = ScratchRoot::open(&base.join("root")).unwrap();
         let run = root.new_run("partners").unwrap();
         let env = SetupEnv {
-            scratch_dir: Some(user.clone()),
+            scratch_dir: Some(crate::scratch::ScratchDir::new(&user, "--scratch-dir").unwrap()),
             ..SetupEnv::default()
         };
         let backing = BackingKind::ScratchDir.setup(&env, &run).unwrap();

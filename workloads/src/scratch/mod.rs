@@ -84,6 +84,35 @@ pub fn checked_scratch_dir(path: &Path, what: &str) -> Result<PathBuf> {
     Ok(canon)
 }
 
+/// A directory the user named as scratch, checked once where it was named
+/// ([`checked_scratch_dir`]), with the flag that named it for messages. Where it is used,
+/// pinstorm reaches it through descriptors ([`RunScratch::user_subdir`]), which check again
+/// what a path cannot keep true.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchDir {
+    path: PathBuf,
+    flag: String,
+}
+
+impl ScratchDir {
+    /// Check `path`; `flag` names it in errors (`--scratch-dir`, `--dax-dir xfs=`).
+    pub fn new(path: &Path, flag: &str) -> Result<ScratchDir> {
+        Ok(ScratchDir {
+            path: checked_scratch_dir(path, flag)?,
+            flag: flag.to_string(),
+        })
+    }
+
+    /// The canonical path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn flag(&self) -> &str {
+        &self.flag
+    }
+}
+
 /// The first line of the marker file in a scratch root pinstorm made.
 pub const ROOT_MARKER: &str = "pinstorm scratch root";
 const JOURNAL: &str = "journal";
