@@ -409,8 +409,9 @@ impl Loopback {
         // below, and on a timeout move both QPs to ERROR (flushing the request) before
         // anything is released.
         let local = PinTarget::of(&self.staging.mem, len);
+        let sg = scatter(local, wr, self.requester.max_sge());
         self.requester
-            .post_rdma_between(write, wr, local, self.staging.mr.lkey(), remote, rkey)
+            .post_rdma_between(write, wr, &sg, self.staging.mr.lkey(), remote, rkey)
             .map_err(|errno| PinError::Kernel {
                 op: "ibv_post_send",
                 errno,
@@ -596,6 +597,26 @@ impl Pinner for RdmaPinner {
     }
 }
 
+/// The local side of transfer `wr` as a scatter/gather list of up to `max` ranges: the
+/// request number picks how many (1 to `max`, never more than there are bytes), split at
+/// uneven offsets, so a device that mishandles SGE boundaries shows as misplaced or torn
+/// bytes in the byte-exact check.
+fn scatter(t: PinTarget, wr: u64, max: usize) -> Vec<PinTarget> {
+    let n = (1 + (wr % max.max(1) as u64) as usize).min(t.len.max(1));
+    let mut out = Vec::with_capacity(n);
+    let mut from = 0;
+    for i in 1..=n {
+        let to = if i == n {
+            t.len
+        } else {
+            (t.len * i / n + i % 2).clamp(from + 1, t.len - (n - i))
+        };
+        out.push(t.sub(from, to - from).expect("inside the staging buffer"));
+        from = to;
+    }
+    out
+}
+
 /// The baseline: `ibv_reg_mr` + `ibv_dereg_mr` on one PD, nothing else.
 struct RdmaTightLoop {
     pd: Arc<Pd>,
@@ -634,4 +655,42 @@ pub fn tight_loop(cfg: &RdmaConfig, odp: bool) -> Option<Box<dyn TightLoop>> {
         cfg: cfg.clone(),
         odp,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{MapMode, Mapping};
+
+    #[test]
+    fn a_transfer_is_scattered_into_consecutive_uneven_sges_covering_every_byte() {
+        let m = Mapping::anonymous(
+            8192,
+            MapMode {
+                shared: false,
+                writable: true,
+                hugetlb: false,
+                populate: false,
+            },
+        )
+        .unwrap();
+        let t = PinTarget::of(&m, 8192);
+        let mut counts = std::collections::BTreeSet::new();
+        for wr in 0..8u64 {
+            for len in [1usize, 2, 3, 4, 5, 1023, 4096, 8191] {
+                let sg = scatter(t.sub(0, len).unwrap(), wr, 4);
+                counts.insert(sg.len());
+                assert!(sg.len() <= 4 && sg.len() <= len, "{len}: {}", sg.len());
+                let mut at = t.addr;
+                for s in &sg {
+                    assert_eq!(s.addr, at, "consecutive");
+                    assert!(s.len >= 1);
+                    at += s.len;
+                }
+                assert_eq!(at, t.addr + len, "every byte once");
+            }
+        }
+        assert_eq!(counts, (1..=4).collect(), "every SGE count is used");
+        assert_eq!(scatter(t, 3, 1).len(), 1, "a device with one SGE gets one");
+    }
 }

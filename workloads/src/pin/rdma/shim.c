@@ -99,16 +99,27 @@ int pinstorm_prefetch_mr(struct ibv_pd *pd, uint64_t addr, uint32_t len, uint32_
 // ibv_post_send is inline (provider data path). One signaled RDMA WRITE (`write` != 0) or
 // RDMA READ of `len` bytes between the local buffer (`laddr`, `lkey`) and the remote
 // (`raddr`, `rkey`).
-int pinstorm_post_rdma(struct ibv_qp *qp, int write, uint64_t wr_id, uint64_t laddr,
-		       uint32_t len, uint32_t lkey, uint64_t raddr, uint32_t rkey)
+// One signaled RDMA WRITE or READ whose local side is a scatter/gather list of `nsge`
+// (1 to 4) ranges of one MR, in order.
+int pinstorm_post_rdma(struct ibv_qp *qp, int write, uint64_t wr_id, const uint64_t *laddr,
+		       const uint32_t *len, int nsge, uint32_t lkey, uint64_t raddr,
+		       uint32_t rkey)
 {
-	struct ibv_sge sge = { .addr = laddr, .length = len, .lkey = lkey };
+	struct ibv_sge sge[4];
 	struct ibv_send_wr wr, *bad = NULL;
+	int i;
 
+	if (nsge < 1 || nsge > 4)
+		return EINVAL;
+	for (i = 0; i < nsge; i++) {
+		sge[i].addr = laddr[i];
+		sge[i].length = len[i];
+		sge[i].lkey = lkey;
+	}
 	memset(&wr, 0, sizeof(wr));
 	wr.wr_id = wr_id;
-	wr.sg_list = &sge;
-	wr.num_sge = 1;
+	wr.sg_list = sge;
+	wr.num_sge = nsge;
 	wr.opcode = write ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
 	wr.send_flags = IBV_SEND_SIGNALED;
 	wr.wr.rdma.remote_addr = raddr;

@@ -52,8 +52,9 @@ extern "C" {
         qp: *mut ffi::ibv_qp,
         write: c_int,
         wr_id: u64,
-        laddr: u64,
-        len: u32,
+        laddr: *const u64,
+        len: *const u32,
+        nsge: c_int,
         lkey: u32,
         raddr: u64,
         rkey: u32,
@@ -506,9 +507,13 @@ pub struct Peer {
     pub gid: Option<GidPick>,
 }
 
+/// The most send SGEs pinstorm asks a queue pair for (`Qp::create_rc`).
+pub const MAX_SGE: usize = 4;
+
 /// A reliable-connected queue pair, destroyed on drop.
 pub struct Qp {
     qp: *mut ffi::ibv_qp,
+    max_sge: usize,
     _pd: Arc<Pd>,
     _cq: Arc<Cq>,
 }
@@ -517,25 +522,37 @@ unsafe impl Send for Qp {}
 unsafe impl Sync for Qp {}
 
 impl Qp {
+    /// An RC queue pair with up to [`MAX_SGE`] send SGEs where the device allows that many
+    /// (else one).
     pub fn create_rc(pd: &Arc<Pd>, cq: &Arc<Cq>, max_wr: u32) -> Result<Qp, Errno> {
-        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        init.send_cq = cq.cq;
-        init.recv_cq = cq.cq;
-        init.cap.max_send_wr = max_wr;
-        init.cap.max_recv_wr = 1;
-        init.cap.max_send_sge = 1;
-        init.cap.max_recv_sge = 1;
-        init.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
-        // SAFETY: `init` is a valid ibv_qp_init_attr naming live CQs; destroyed in Drop.
-        let qp = unsafe { ffi::ibv_create_qp(pd.pd, &mut init) };
-        if qp.is_null() {
-            return Err(last_errno());
+        let mut last = Errno(libc::EINVAL);
+        for sges in [MAX_SGE, 1] {
+            let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+            init.send_cq = cq.cq;
+            init.recv_cq = cq.cq;
+            init.cap.max_send_wr = max_wr;
+            init.cap.max_recv_wr = 1;
+            init.cap.max_send_sge = sges as u32;
+            init.cap.max_recv_sge = 1;
+            init.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
+            // SAFETY: `init` is a valid ibv_qp_init_attr naming live CQs; destroyed in Drop.
+            let qp = unsafe { ffi::ibv_create_qp(pd.pd, &mut init) };
+            if !qp.is_null() {
+                return Ok(Qp {
+                    qp,
+                    max_sge: sges,
+                    _pd: pd.clone(),
+                    _cq: cq.clone(),
+                });
+            }
+            last = last_errno();
         }
-        Ok(Qp {
-            qp,
-            _pd: pd.clone(),
-            _cq: cq.clone(),
-        })
+        Err(last)
+    }
+
+    /// The send SGEs a work request may have on this QP.
+    pub fn max_sge(&self) -> usize {
+        self.max_sge
     }
 
     pub fn qp_num(&self) -> u32 {
@@ -634,30 +651,35 @@ impl Qp {
         .map_err(|e| format!("RTS: {e}"))
     }
 
-    /// Post one signaled RDMA WRITE (`write`) or READ between `local` (inside the MR `lkey`)
-    /// and `remote` (inside the MR `rkey`).
+    /// Post one signaled RDMA WRITE (`write`) or READ between `local`, a scatter/gather list
+    /// of (address, length) ranges inside the MR `lkey` taken in order (at most
+    /// [`Qp::max_sge`]), and `remote` (inside the MR `rkey`).
     ///
     /// # Safety
     /// Both ranges must lie in live registrations for as long as the work request is
     /// outstanding: the caller must poll its completion, or move the QP to ERROR/RESET (or
     /// destroy it) before releasing either MR or the memory behind `local`.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn post_rdma(
         &self,
         write: bool,
         wr_id: u64,
-        local: usize,
-        len: u32,
+        local: &[(usize, u32)],
         lkey: u32,
         remote: usize,
         rkey: u32,
     ) -> Result<(), Errno> {
+        if local.is_empty() || local.len() > self.max_sge {
+            return Err(Errno(libc::EINVAL));
+        }
+        let addrs: Vec<u64> = local.iter().map(|(a, _)| *a as u64).collect();
+        let lens: Vec<u32> = local.iter().map(|(_, l)| *l).collect();
         let rc = pinstorm_post_rdma(
             self.qp,
             c_int::from(write),
             wr_id,
-            local as u64,
-            len,
+            addrs.as_ptr(),
+            lens.as_ptr(),
+            local.len() as c_int,
             lkey,
             remote as u64,
             rkey,
@@ -681,17 +703,26 @@ impl Qp {
         &self,
         write: bool,
         wr_id: u64,
-        local: crate::pin::PinTarget,
+        local: &[crate::pin::PinTarget],
         lkey: u32,
         remote: crate::pin::PinTarget,
         rkey: u32,
     ) -> Result<(), Errno> {
-        let len = u32::try_from(local.len).map_err(|_| Errno(libc::EINVAL))?;
-        if remote.len < local.len {
+        let sg = local
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.addr,
+                    u32::try_from(t.len).map_err(|_| Errno(libc::EINVAL))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Errno>>()?;
+        let total: usize = local.iter().map(|t| t.len).sum();
+        if remote.len < total {
             return Err(Errno(libc::EINVAL));
         }
-        // SAFETY: see above: both ranges are pinstorm mappings.
-        unsafe { self.post_rdma(write, wr_id, local.addr, len, lkey, remote.addr, rkey) }
+        // SAFETY: see above: every range is a pinstorm mapping.
+        unsafe { self.post_rdma(write, wr_id, &sg, lkey, remote.addr, rkey) }
     }
 }
 
