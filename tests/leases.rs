@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use pinstorm_analysis::hist::Latency;
 
 const LBT: &str = "/proc/sys/fs/lease-break-time";
 
@@ -75,14 +76,19 @@ fn every_holder_behaviour_and_breaker_kind_runs_and_reports_what_the_kernel_did(
     let breaks = l["breaks"].as_array().unwrap();
     assert_eq!(
         breaks.len(),
-        2 * 4 * 6,
-        "2 leases x 4 behaviours x 6 breakers"
+        2 * 4 * 6 + 6,
+        "2 leases x 4 behaviours x 6 breakers, and a no-pin twin of each pinned cooperative cell"
     );
-    let cell = |lease: &str, holder: &str, breaker: &str| {
+    let cell = |lease: &str, holder: &str, breaker: &str, pinned: bool| {
         breaks
             .iter()
-            .find(|b| b["lease"] == lease && b["behaviour"] == holder && b["breaker"] == breaker)
-            .unwrap_or_else(|| panic!("{lease} {holder} {breaker}"))
+            .find(|b| {
+                b["lease"] == lease
+                    && b["behaviour"] == holder
+                    && b["breaker"] == breaker
+                    && b["pinned"] == pinned
+            })
+            .unwrap_or_else(|| panic!("{lease} {holder} {breaker} pinned={pinned}"))
     };
     for b in breaks {
         if b["outcome"] == "notrun" {
@@ -90,34 +96,112 @@ fn every_holder_behaviour_and_breaker_kind_runs_and_reports_what_the_kernel_did(
             assert!(b["reason"].as_str().unwrap().contains("downgrade"));
             continue;
         }
-        assert!(b["rounds"].as_u64().unwrap() >= 1, "{b}");
+        let rounds = b["rounds"].as_u64().unwrap();
+        assert!(rounds >= 1, "{b}");
         assert!(b["acquire"]["stats"]["p50_ns"].as_u64().unwrap() > 0, "{b}");
-        assert!(b["breaker_wait"]["histogram"].is_string());
+        assert_eq!(b["report_after_release"], true, "{b}");
+        // The histogram holds one breaker wait per round, and is the one the stats came from.
+        let h = Latency::decode(b["breaker_wait"]["histogram"].as_str().unwrap()).unwrap();
+        assert_eq!(h.count(), rounds, "{b}");
+        assert_eq!(
+            h.stats().p50_ns,
+            b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap(),
+            "{b}"
+        );
+        // Only a holder with a pin unpins, and its release includes the unpin.
+        if b["pinned"] == true && b["ended"]["unlock"].as_u64().is_some() {
+            let unpin = b["unpin"]["stats"]["p50_ns"].as_u64().unwrap();
+            assert!(
+                unpin <= b["release"]["stats"]["p50_ns"].as_u64().unwrap(),
+                "{b}"
+            );
+            assert_eq!(b["unpin"]["stats"]["count"], b["ended"]["unlock"], "{b}");
+        } else {
+            assert!(b["unpin"].is_null(), "{b}");
+        }
+    }
+    // What the kernel does with each breaker against a cooperative holder, pinned or not,
+    // against what it does for a C program that holds the lease and answers with F_UNLCK:
+    // who is signalled, what the breaking call returns, how the lease ends. (io_uring's
+    // OPENAT is left out: the witness uses plain syscalls only.)
+    let witness = build_break_witness();
+    let shm = std::path::PathBuf::from(format!("/dev/shm/pinstorm-witness-{}", std::process::id()));
+    std::fs::write(&shm, vec![0u8; 2 << 20]).unwrap();
+    let mut compared = 0;
+    for lease in ["write", "read"] {
+        for breaker in [
+            "open-rdwr",
+            "open-rdonly",
+            "truncate",
+            "open-rdwr-nonblock",
+            "open-rdonly-nonblock",
+        ] {
+            let Some(w) = &witness else { break };
+            let theirs = run_break_witness(w, &shm, lease, breaker, 2);
+            let pins: &[bool] = if lease == "write" {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &pinned in pins {
+                let b = cell(lease, "cooperative", breaker, pinned);
+                let rounds = b["rounds"].as_u64().unwrap();
+                let per_round = |k: &str| theirs[k] * rounds / theirs["rounds"];
+                let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+                assert_eq!(
+                    count(&b["signalled"]),
+                    per_round("signalled"),
+                    "{b} vs {theirs:?}"
+                );
+                assert_eq!(
+                    count(&b["ended"]["unlock"]),
+                    per_round("ended_unlock"),
+                    "{b} vs {theirs:?}"
+                );
+                assert_eq!(
+                    count(&b["breaker_results"]["ok"]),
+                    per_round("breaker_ok"),
+                    "{b} vs {theirs:?}"
+                );
+                assert_eq!(
+                    count(&b["breaker_results"]["EAGAIN"]),
+                    per_round("breaker_EAGAIN"),
+                    "{b} vs {theirs:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&shm);
+    if witness.is_some() {
+        assert_eq!(compared, 15);
     }
     // A cooperative write-lease holder is signalled every time and releases; the breaker
     // waits only for it. The notification latency is measured across processes.
     for breaker in ["open-rdwr", "open-rdonly", "truncate", "io-uring-openat"] {
-        let b = cell("write", "cooperative", breaker);
-        assert_eq!(b["signalled"], b["rounds"], "{b}");
-        assert_eq!(b["ended"]["unlock"], b["rounds"], "{b}");
-        assert!(b["notify"]["stats"]["p50_ns"].as_u64().unwrap() > 0);
-        assert!(
-            b["breaker_wait"]["stats"]["max_ns"].as_u64().unwrap() < 500_000_000,
-            "{b}"
-        );
+        for pinned in [false, true] {
+            let b = cell("write", "cooperative", breaker, pinned);
+            assert_eq!(b["signalled"], b["rounds"], "{b}");
+            assert_eq!(b["ended"]["unlock"], b["rounds"], "{b}");
+            assert!(b["notify"]["stats"]["p50_ns"].as_u64().unwrap() > 0);
+            assert!(
+                b["breaker_wait"]["stats"]["max_ns"].as_u64().unwrap() < 500_000_000,
+                "{b}"
+            );
+        }
     }
     // O_NONBLOCK breakers get EAGAIN at once, and the holder is still told.
     for breaker in ["open-rdwr-nonblock", "open-rdonly-nonblock"] {
-        let b = cell("write", "cooperative", breaker);
+        let b = cell("write", "cooperative", breaker, true);
         assert_eq!(b["breaker_results"]["EAGAIN"], b["rounds"], "{b}");
         assert_eq!(b["signalled"], b["rounds"], "{b}");
     }
     // A reader does not break a read lease.
-    let b = cell("read", "cooperative", "open-rdonly");
+    let b = cell("read", "cooperative", "open-rdonly", false);
     assert_eq!(b["signalled"], 0, "{b}");
     // A hung holder makes a blocking breaker wait the lease-break-time in force (1 s).
     for breaker in ["open-rdwr", "truncate", "io-uring-openat"] {
-        let b = cell("write", "hung", breaker);
+        let b = cell("write", "hung", breaker, true);
         let wait = b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap();
         assert!(
             (800_000_000..3_000_000_000).contains(&wait),
@@ -126,10 +210,161 @@ fn every_holder_behaviour_and_breaker_kind_runs_and_reports_what_the_kernel_did(
         assert_eq!(b["ended"]["revoked"], 1, "{b}");
     }
     // A delayed holder makes the breaker wait about the delay (5 ms by default).
-    let b = cell("write", "delayed", "open-rdwr");
+    let b = cell("write", "delayed", "open-rdwr", true);
     assert!(
         b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap() >= 4_000_000,
         "{b}"
+    );
+}
+
+/// Build the C lease-break witness; `None` (with the reason printed) without a C compiler.
+fn build_break_witness() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/lease_break_witness.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-lease-break-witness");
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => panic!("the lease-break witness does not build:\n{}", stderr(&o)),
+        Err(e) => {
+            skip("lease-break witness", &format!("no C compiler ({e})"));
+            None
+        }
+    }
+}
+
+/// The witness's counts and medians (`key=value` lines) for `rounds` breaks of `lease` by
+/// `breaker` on `file`.
+fn run_break_witness(
+    witness: &Path,
+    file: &Path,
+    lease: &str,
+    breaker: &str,
+    rounds: u32,
+) -> BTreeMap<String, u64> {
+    let o = Command::new(witness)
+        .arg(file)
+        .args([lease, breaker, &rounds.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "lease-break witness: {}", stderr(&o));
+    let kv: BTreeMap<String, u64> = stdout(&o)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(kv.get("rounds"), Some(&u64::from(rounds)), "{kv:?}");
+    kv
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The filesystem type mounted at `mount_point`, from /proc/self/mountinfo.
+fn fs_type(mount_point: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (pre.split(' ').nth(4)? == mount_point)
+            .then(|| post.split(' ').next().map(str::to_string))?
+    })
+}
+
+/// A no-pin holder's break is the lease break alone: the breaker waits for the kernel and the
+/// holder's answer (signal, F_UNLCK), and for nothing pinstorm adds (its holder reports only
+/// after the breaker's call returned). So its medians must be close to those of a C program
+/// that does nothing but answer (tests/independent/lease_break_witness.c), run on tmpfs in
+/// the same test, interleaved with pinstorm's runs so that both see the same machine.
+///
+/// The bound is relative and generous on purpose: timings are never asserted absolutely
+/// (other work on the machine moves both), and pinstorm's holder is a debug build of Rust
+/// where the witness is -O2 C, which costs it a few microseconds of its own. What the bound
+/// catches is a structural gap: a holder that wrote its JSON report to the runner before
+/// releasing, and a runner thread woken by that report, cost the breaker ~40 us more than the
+/// witness's ~10 us on the 2-CPU machine this was written on (breaker wait p50 41-64 us
+/// against 10-15 us in one session; 20-29 us after the fix). Under load heavy enough to slow
+/// the witness several times over, no relative bound can see that gap, and this passes.
+#[test]
+fn a_no_pin_holders_break_costs_what_a_c_holders_does_within_a_small_factor() {
+    let Some(witness) = build_break_witness() else {
+        return;
+    };
+    if fs_type("/dev/shm").as_deref() != Some("tmpfs") {
+        skip("lease-break witness", "/dev/shm is not tmpfs here");
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("lease-witness");
+    let f = sb.base.join("nopin.toml");
+    const ROUNDS: u32 = 100;
+    std::fs::write(
+        &f,
+        format!("name = \"nopin\"\n[lease]\nbackings = [\"tmpfs\"]\nleases = [\"write\"]\nbehaviours = [\"cooperative\"]\nbreakers = [\"open-rdwr\"]\nrounds = {ROUNDS}\npin = false\nlayout_probe = false\n"),
+    )
+    .unwrap();
+    let shm = PathBuf::from(format!(
+        "/dev/shm/pinstorm-witness-nopin-{}",
+        std::process::id()
+    ));
+    std::fs::write(&shm, vec![0u8; 2 << 20]).unwrap();
+    let (mut ours_wait, mut ours_notify, mut theirs_wait, mut theirs_notify) =
+        (vec![], vec![], vec![], vec![]);
+    for rep in 0..5 {
+        let mut ours = || {
+            let _ = std::fs::remove_dir_all(&sb.results);
+            let r = run_json(&sb, &["run", f.to_str().unwrap()]);
+            let b = &r["leases"]["breaks"][0];
+            assert_eq!(b["fs"], "tmpfs", "{b}");
+            assert_eq!(b["pinned"], false, "{b}");
+            assert_eq!(b["signalled"], ROUNDS, "{b}");
+            assert_eq!(b["ended"]["unlock"], ROUNDS, "{b}");
+            ours_wait.push(b["breaker_wait"]["stats"]["p50_ns"].as_u64().unwrap());
+            ours_notify.push(b["notify"]["stats"]["p50_ns"].as_u64().unwrap());
+        };
+        let mut theirs = || {
+            let w = run_break_witness(&witness, &shm, "write", "open-rdwr", ROUNDS);
+            assert_eq!(w["signalled"], u64::from(ROUNDS), "{w:?}");
+            assert_eq!(w["ended_unlock"], u64::from(ROUNDS), "{w:?}");
+            theirs_wait.push(w["breaker_wait_p50_ns"]);
+            theirs_notify.push(w["notify_p50_ns"]);
+        };
+        // Alternate who goes first, so neither always follows the other's warm-up.
+        if rep % 2 == 0 {
+            ours();
+            theirs();
+        } else {
+            theirs();
+            ours();
+        }
+    }
+    let _ = std::fs::remove_file(&shm);
+    let (ow, on, tw, tn) = (
+        median(ours_wait.clone()),
+        median(ours_notify.clone()),
+        median(theirs_wait.clone()),
+        median(theirs_notify.clone()),
+    );
+    eprintln!(
+        "breaker wait p50: pinstorm {ours_wait:?} (median {ow} ns), witness {theirs_wait:?} (median {tw} ns)"
+    );
+    eprintln!(
+        "notify p50: pinstorm {ours_notify:?} (median {on} ns), witness {theirs_notify:?} (median {tn} ns)"
+    );
+    let bound = |theirs: u64| theirs * 5 / 2 + 10_000;
+    assert!(
+        ow <= bound(tw),
+        "pinstorm's no-pin breaker wait ({ow} ns) is more than 2.5 x the witness's ({tw} ns) + 10 us: something of pinstorm's sits between the break and its answer"
+    );
+    assert!(
+        on <= bound(tn),
+        "pinstorm's notify ({on} ns) is more than 2.5 x the witness's ({tn} ns) + 10 us"
     );
 }
 
@@ -197,9 +432,15 @@ fn lease_lifecycle_facts_agree_with_an_independent_probe() {
     for s in scenarios {
         let name = s["scenario"].as_str().unwrap();
         assert_eq!(s["outcome"], "ok", "{s}");
-        assert!(s["breaker_wait_ms"].as_f64().is_some());
-        for fact in ["signalled_process", "lease_ended", "breaker_waited_for"] {
-            assert!(s["facts"][fact].is_string(), "{name} lacks {fact}: {s}");
+        // The breaker's wait says what it waited for, against the lease-break-time in force.
+        let wait_ms = s["breaker_wait_ms"].as_f64().unwrap();
+        let lbt_ms = used as f64 * 1000.0;
+        match s["facts"]["breaker_waited_for"].as_str().unwrap() {
+            "lease-break-time" => assert!(
+                (lbt_ms * 0.8..lbt_ms + 2000.0).contains(&wait_ms),
+                "{name}: {wait_ms} ms with lease-break-time {used} s"
+            ),
+            _ => assert!(wait_ms < lbt_ms * 0.8, "{name}: {wait_ms} ms: {s}"),
         }
         let file = dir.join(name);
         std::fs::write(&file, vec![0u8; 2 << 20]).unwrap();
@@ -219,6 +460,15 @@ fn lease_lifecycle_facts_agree_with_an_independent_probe() {
             !theirs.contains_key("error"),
             "{name}: independent probe: {theirs:?}"
         );
+        // These three every scenario has, on both sides.
+        for fact in ["signalled_process", "lease_ended", "breaker_waited_for"] {
+            let ours = s["facts"][fact].as_str();
+            assert_eq!(
+                ours,
+                theirs.get(fact).map(String::as_str),
+                "{name}: {fact}: pinstorm {ours:?}, the independent probe {theirs:?}"
+            );
+        }
         let mut compared = 0;
         for fact in SHARED_FACTS {
             if let (Some(ours), Some(t)) = (s["facts"][fact].as_str(), theirs.get(*fact)) {

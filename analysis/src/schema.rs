@@ -440,12 +440,20 @@ pub struct LeaseBreakResult {
     /// What the breaking syscall returned, by count (`ok`, `EAGAIN`, ...).
     pub breaker_results: BTreeMap<String, u32>,
     pub acquire: Option<Measured>,
+    /// The holder's answer: unpin (pinned holders) and `F_UNLCK` (or the downgrade).
     pub release: Option<Measured>,
+    /// The unpin's part of `release` (pinned holders; absent in older results).
+    #[serde(default)]
+    pub unpin: Option<Measured>,
     /// Breaker start to the holder's signal.
     pub notify: Option<Measured>,
     /// How long the breaking syscall took.
     pub breaker_wait: Option<Measured>,
     pub lease_break_time_s: Option<u64>,
+    /// The holder wrote its events only after the breaker's call returned. Older results
+    /// (false) had the holder report the signal before releasing, inside `breaker_wait`.
+    #[serde(default)]
+    pub report_after_release: bool,
 }
 
 /// Pin register + unregister with a lease held versus without, on one backing.

@@ -27,14 +27,10 @@ impl Job for LeaseJob {
         self.pin_size.bytes().div_ceil(hp_size) * 2
     }
 
-    /// Per backing: every lease x behaviour x breaker (when rounds are asked for), the
-    /// overhead measurement, every lifecycle scenario.
+    /// Per backing: every break cell (lease x behaviour x breaker, and the no-pin holders'
+    /// cells, when rounds are asked for), the overhead measurement, every lifecycle scenario.
     fn cells(&self) -> u64 {
-        let breaks = if self.rounds > 0 {
-            self.leases.len() * self.behaviours.len() * self.breakers.len()
-        } else {
-            0
-        };
+        let breaks = crate::lease::break_cells(self).len();
         (self.backings.len()
             * (breaks + usize::from(self.overhead_cycles > 0) + self.lifecycle.len()))
             as u64
@@ -59,6 +55,7 @@ impl Job for LeaseJob {
             expiry_notrun: (lbt > 10).then(|| {
                 format!("waiting a lease out takes fs/lease-break-time ({lbt} s here); shortening it needs root")
             }),
+            pins: ctx.pins,
         };
         let mut out = result.leases.take().unwrap_or_default();
         let r = crate::lease::run(self, &lease_ctx, progress, &mut out);

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +97,33 @@ static const char *device_write(struct pin *pn, int fd)
 		return strerrorname_np(-res);
 	ssize_t n = pread(fd, back, sizeof(back), 0);
 	return (n == sizeof(back) && !memcmp(buf, back, sizeof(buf))) ? "kept" : "lost";
+}
+
+/* Whether /proc/locks lists a lease on FILE's inode. */
+static int lease_in_proc_locks(void)
+{
+	struct stat st;
+	if (stat(path, &st))
+		return -1;
+	FILE *f = fopen("/proc/locks", "r");
+	if (!f)
+		return -1;
+	char line[256];
+	int found = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned maj, min;
+		unsigned long ino;
+		char kind[16], dev_ino[64];
+		/* "1: LEASE  ACTIVE    WRITE 1234 00:2f:12345 0 EOF" */
+		if (sscanf(line, "%*d: %15s %*s %*s %*d %63s", kind, dev_ino) != 2)
+			continue;
+		if (strcmp(kind, "LEASE") || sscanf(dev_ino, "%x:%x:%lu", &maj, &min, &ino) != 3)
+			continue;
+		if (ino == st.st_ino && maj == major(st.st_dev) && min == minor(st.st_dev))
+			found = 1;
+	}
+	fclose(f);
+	return found;
 }
 
 static int take_lease(int fd)
@@ -279,9 +308,13 @@ int main(int argc, char **argv)
 	close(ready[1]);
 	close(go[0]);
 	read(ready[0], &b, 1);
-	if (!strcmp(sc, "killed-while-waiting"))
+	if (!strcmp(sc, "killed-while-waiting")) {
 		breaker(0, 300, holder);
-	else
+		/* Nobody answered: whether the kernel let the lease go with its holder is what
+		 * /proc/locks says about the file (reaped first, so its files are closed). */
+		waitpid(holder, NULL, 0);
+		fact("lease_ended", lease_in_proc_locks() ? "held" : "holder-killed");
+	} else
 		breaker(truncating, 0, 0);
 	write(go[1], "g", 1);
 	waitpid(holder, NULL, 0);

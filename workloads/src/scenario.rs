@@ -220,6 +220,11 @@ pub struct LeaseJob {
     pub pin: bool,
     #[serde(default = "two_mib")]
     pub pin_size: Size,
+    /// With `pin`, each cooperative write-lease cell runs a second time with a holder that
+    /// pins nothing: the lease break alone, beside the pinned cell (the difference is the
+    /// unpin) and comparable with a C program that only answers the break.
+    #[serde(default = "yes")]
+    pub no_pin_holder: bool,
     /// `fs/lease-break-time` for the run when something has to wait a lease out (root only;
     /// restored afterwards). Whole seconds.
     #[serde(default = "default_lbt")]

@@ -7,14 +7,14 @@ use std::os::fd::AsFd;
 use pinstorm_analysis::schema::LayoutLeaseProbe;
 use pinstorm_workloads::backing::Backing;
 use pinstorm_workloads::lease;
-use pinstorm_workloads::pin::{PinError, PinTarget};
+use pinstorm_workloads::pin::{PinError, PinSettings, PinTarget};
 use pinstorm_workloads::scenario::LeaseJob;
 use pinstorm_workloads::sys::{fcntl_int, Errno, MapMode, Mapping};
 
 use super::{lease_file, HOLDER_PIN};
 
 /// Probe `F_SETLEASE` with the RFC's layout-lease flags. Upstream has none: EINVAL.
-pub(super) fn run(job: &LeaseJob, b: &dyn Backing) -> LayoutLeaseProbe {
+pub(super) fn run(job: &LeaseJob, b: &dyn Backing, pins: &PinSettings) -> LayoutLeaseProbe {
     let mut p = LayoutLeaseProbe {
         outcome: "notrun".into(),
         reason: None,
@@ -58,7 +58,7 @@ pub(super) fn run(job: &LeaseJob, b: &dyn Backing) -> LayoutLeaseProbe {
     }
     if accepted {
         p.outcome = "ok".into();
-        rfc_checks(job, b, &mut p.checks);
+        rfc_checks(job, b, pins, &mut p.checks);
     } else {
         p.reason = Some(format!(
             "this kernel has no layout leases: F_SETLEASE with F_LAYOUT ({}) answered {}",
@@ -73,7 +73,12 @@ pub(super) fn run(job: &LeaseJob, b: &dyn Backing) -> LayoutLeaseProbe {
 /// the lease is refused; with an exclusive layout lease held, truncating the pinned range
 /// fails with ETXTBSY instead of waiting or losing data; the lease cannot be released while
 /// pins exist. Each check records what the kernel answered.
-fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, String>) {
+fn rfc_checks(
+    job: &LeaseJob,
+    b: &dyn Backing,
+    pins: &PinSettings,
+    checks: &mut BTreeMap<String, String>,
+) {
     let size = job.pin_size.bytes();
     let Ok(file) = lease_file(b, "layout-lease-rfc", size) else {
         return;
@@ -100,10 +105,7 @@ fn rfc_checks(job: &LeaseJob, b: &dyn Backing, checks: &mut BTreeMap<String, Str
         Err(PinError::Kernel { errno, .. }) => errno.name(),
         Err(e) => e.to_string(),
     };
-    let Ok(mut pinner) = HOLDER_PIN
-        .path(&pinstorm_workloads::pin::PinSettings::default())
-        .pinner()
-    else {
+    let Ok(mut pinner) = HOLDER_PIN.path(pins).pinner() else {
         return;
     };
     let r = pinner.register(target);

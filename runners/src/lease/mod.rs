@@ -19,7 +19,7 @@ use pinstorm_analysis::schema::{LeaseResults, Measured};
 use pinstorm_analysis::stats;
 use pinstorm_workloads::backing::Backing;
 use pinstorm_workloads::lease::{Behaviour, HolderConfig, LeaseKind};
-use pinstorm_workloads::pin::PinKind;
+use pinstorm_workloads::pin::{PinKind, PinSettings};
 use pinstorm_workloads::scenario::LeaseJob;
 use pinstorm_workloads::scratch::{ScratchFile, ScratchPath};
 use pinstorm_workloads::sys::{rt_signal, Errno};
@@ -29,6 +29,8 @@ use crate::signals;
 
 mod breaks;
 mod holder;
+
+pub(crate) use breaks::cells as break_cells;
 mod layout_probe;
 mod lifecycle;
 mod overhead;
@@ -45,6 +47,9 @@ pub struct LeaseContext<'a> {
     pub lease_break_time_s: u64,
     /// Why waiting a lease out is not run here (non-root with a long lease-break-time).
     pub expiry_notrun: Option<String>,
+    /// The run's pin settings, handed to every holder (and the layout-lease checks) with
+    /// the pin path.
+    pub pins: &'a PinSettings,
 }
 
 /// The pin path of lease holders and of the layout-lease checks. A `[lease]` job does not
@@ -61,36 +66,26 @@ pub fn run(
     if job.layout_probe {
         if let Some(kind) = job.backings.first() {
             if let Ok(b) = ctx.backings.get(*kind) {
-                out.layout_lease = Some(layout_probe::run(job, b));
+                out.layout_lease = Some(layout_probe::run(job, b, ctx.pins));
             }
         }
     }
     for &kind in &job.backings {
         let backing = ctx.backings.get(kind);
-        if job.rounds > 0 {
-            for &lk in &job.leases {
-                for &bh in &job.behaviours {
-                    for &bk in &job.breakers {
-                        signals::check()?;
-                        progress.step(&format!(
-                            "lease {kind} {} {} {}",
-                            lk.name(),
-                            bh.name(),
-                            bk.name()
-                        ));
-                        let cell = breaks::Cell {
-                            lease: lk,
-                            behaviour: bh,
-                            breaker: bk,
-                        };
-                        let r = match &backing {
-                            Ok(b) => breaks::run(job, ctx, *b, cell)?,
-                            Err(e) => cell.notrun(kind, "", job, e.0.clone()),
-                        };
-                        out.breaks.push(r);
-                    }
-                }
-            }
+        for cell in breaks::cells(job) {
+            signals::check()?;
+            progress.step(&format!(
+                "lease {kind} {} {} {}{}",
+                cell.lease.name(),
+                cell.behaviour.name(),
+                cell.breaker.name(),
+                if cell.pinned { " pinned" } else { "" }
+            ));
+            let r = match &backing {
+                Ok(b) => breaks::run(job, ctx, *b, cell)?,
+                Err(e) => cell.notrun(kind, "", job, e.0.clone()),
+            };
+            out.breaks.push(r);
         }
         if job.overhead_cycles > 0 {
             signals::check()?;
@@ -127,6 +122,7 @@ fn holder_config(
         delay_ms: job.delay.0.as_millis() as u64,
         rounds: job.rounds,
         pin: HOLDER_PIN,
+        pins: ctx.pins.clone(),
         pin_len: None,
         lifecycle: None,
         overhead_cycles: None,

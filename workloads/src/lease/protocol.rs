@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{Behaviour, LeaseKind, Lifecycle};
-use crate::pin::PinKind;
+use crate::pin::{PinKind, PinSettings};
 
 /// What the holder is asked to do.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ pub struct HolderConfig {
     pub rounds: u32,
     /// The pin path the holder pins through (`pin_len`, lifecycle scenarios, overhead).
     pub pin: PinKind,
+    /// The run's settings for that path (`[rdma]` and the `--rdma-*` flags).
+    #[serde(default)]
+    pub pins: PinSettings,
     /// Register a pin of this many bytes on a shared read-write mapping.
     pub pin_len: Option<usize>,
     /// Run a lifecycle scenario instead of rounds.
@@ -43,7 +46,9 @@ pub struct HolderConfig {
 /// A line the runner writes to the holder's stdin. End of input means: stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// The round is over (the breaker closed its descriptor, or did not break): go on.
+    /// The breaker's call returned and it closed what it opened: report the round (break
+    /// storms report only now, so nothing the holder writes falls inside the breaker's wait)
+    /// and go on.
     Next,
     /// The breaker is done: let the device write through the pin that is still held.
     Write,
@@ -88,7 +93,8 @@ pub enum Event {
         what: String,
         errno: String,
     },
-    /// The break signal arrived in this process.
+    /// The break signal arrived in this process (`t`: when `sigtimedwait` returned; the event
+    /// itself is written after the holder's immediate answer, see `holder::respond`).
     Signal {
         t: u64,
         si_fd: i32,
@@ -98,10 +104,14 @@ pub enum Event {
     NoSignal {
         waited_ms: u64,
     },
-    /// The holder gave the lease up (`how`: unlock, downgrade, munmap).
+    /// The holder gave the lease up (`how`: unlock, downgrade, munmap). `release_ns` is the
+    /// unpin (if the holder held a pin) and the release call together; `unpin_ns` the unpin's
+    /// part.
     Released {
         t: u64,
         release_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unpin_ns: Option<u64>,
         how: String,
     },
     ReleaseFailed {
@@ -178,6 +188,18 @@ mod tests {
             Event::parse("{\"ev\":\"no-signal\",\"waited_ms\":3}"),
             Event::NoSignal { waited_ms: 3 }
         );
+        // A release without an unpin (a no-pin holder) carries no `unpin_ns`.
+        let e = Event::Released {
+            t: 1,
+            release_ns: 2,
+            unpin_ns: None,
+            how: "unlock".into(),
+        };
+        assert_eq!(
+            e.line(),
+            "{\"ev\":\"released\",\"t\":1,\"release_ns\":2,\"how\":\"unlock\"}\n"
+        );
+        assert_eq!(Event::parse(e.line().trim()), e);
     }
 
     #[test]
@@ -197,6 +219,7 @@ mod tests {
             delay_ms: 5,
             rounds: 1,
             pin: PinKind::IoUring,
+            pins: PinSettings::default(),
             pin_len: Some(4096),
             lifecycle: Some(Lifecycle::ScmRights),
             overhead_cycles: None,
@@ -209,5 +232,40 @@ mod tests {
         assert_eq!(json["pin"], "io_uring");
         assert_eq!(json["lifecycle"], "scm-rights");
         assert_eq!(serde_json::from_value::<HolderConfig>(json).unwrap(), cfg);
+    }
+
+    /// The holder is a process of its own: its configuration line is the only way the run's
+    /// pin settings reach it, so they must survive the trip, and a configuration without
+    /// them (an older runner's) means the defaults.
+    #[test]
+    fn the_runs_pin_settings_travel_to_the_holder_in_its_configuration() {
+        let mut pins = PinSettings::default();
+        pins.rdma.device = Some("rxe7".into());
+        pins.rdma.port = Some(2);
+        pins.rdma.path_mtu = Some(1024);
+        let cfg = HolderConfig {
+            path: "/tmp/f".into(),
+            lease: LeaseKind::Write,
+            behaviour: Behaviour::Cooperative,
+            delay_ms: 0,
+            rounds: 1,
+            pin: PinKind::Rdma,
+            pins: pins.clone(),
+            pin_len: Some(4096),
+            lifecycle: None,
+            overhead_cycles: None,
+            extra_flags: 0,
+            signal: 35,
+            wait_ms: 3000,
+            run_tag: 9,
+        };
+        let line = serde_json::to_string(&cfg).unwrap();
+        let back: HolderConfig = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.pins, pins);
+        assert_eq!(back.pins.rdma.device.as_deref(), Some("rxe7"));
+        let mut json = serde_json::to_value(&cfg).unwrap();
+        json.as_object_mut().unwrap().remove("pins");
+        let old: HolderConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.pins, PinSettings::default());
     }
 }

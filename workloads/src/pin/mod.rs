@@ -110,10 +110,12 @@ impl std::fmt::Display for PinKind {
 }
 
 /// What a run tells its pin paths: each path reads its own part. Built from the scenario
-/// (`Scenario::pin_settings`), into which the command line merged its flags.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// (`Scenario::pin_settings`), into which the command line merged its flags. Serializable so
+/// that processes pinstorm starts (lease holders) are told the same.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PinSettings {
     /// `[rdma]`: device, port, path MTU and MR access flags of `rdma` and `rdma-odp`.
+    #[serde(default)]
     pub rdma: rdma::RdmaConfig,
 }
 

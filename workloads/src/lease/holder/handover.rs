@@ -63,7 +63,7 @@ pub(super) fn fork_child_pins(out: &Reporter, cfg: &HolderConfig, file: File, le
                 pid: std::process::id(),
                 role: "forked-child".into(),
             });
-            let own = super::pin::pin(cfg.pin, pin.target()).map(|_| "ok".to_string());
+            let own = super::pin::pin(cfg, pin.target()).map(|_| "ok".to_string());
             out.fact(
                 "child_own_pin_of_inherited_mapping",
                 own.unwrap_or_else(|e| e),
@@ -90,8 +90,8 @@ pub(super) fn fork_child_pins(out: &Reporter, cfg: &HolderConfig, file: File, le
     pin.hand_over();
     out.fact("parent_closed_its_ring", "yes");
     ready(out, 0, acquire_ns);
-    if await_signal(out, cfg, Until::Signal) {
-        respond(out, cfg, &file, None);
+    if let Some(woke) = await_signal(out, cfg, Until::Signal) {
+        out.emit_all(&respond(cfg, &file, None, woke));
     }
     if asked_to_write(cfg) {
         let _ = rustix::io::write(&to_child_w, b"w");
@@ -211,10 +211,11 @@ fn receive(out: &Reporter, cfg: &HolderConfig, mut pin: HeldPin, sock: OwnedFd, 
         Some(f) => Until::LeaseGone(f.as_fd()),
         None => Until::Signal,
     };
-    if await_signal(out, cfg, until) {
+    if let Some(woke) = await_signal(out, cfg, until) {
         if let Some(f) = fds.first() {
             let _ = set_lease(f, None, 0);
         }
+        out.emit(&woke.event());
     }
     out.fact(
         "receiver_holds_pin_via",

@@ -3,15 +3,15 @@
 //! row in [`crate::lease::lifecycle::SCENARIOS`].
 
 use std::fs::File;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::pin::HeldPin;
 use super::{
-    asked_to_write, await_signal, open_or_refuse, ready, respond, take_lease, Reporter, Until,
+    asked_to_write, await_signal, open_or_refuse, ready, respond, take_lease, Release, Reporter,
+    Until,
 };
 use crate::lease::protocol::{Event, HolderConfig};
 use crate::lease::{get_lease, lease_name, Lifecycle};
-use crate::sys;
 
 pub(super) fn run(out: &Reporter, cfg: &HolderConfig, l: Lifecycle) {
     let len = cfg.pin_len.unwrap_or(2 << 20);
@@ -44,8 +44,8 @@ fn dup_close(out: &Reporter, cfg: &HolderConfig, file: File) {
     out.fact("lease_after_close_of_original", lease_name(get_lease(&dup)));
     out.fact("lease_at_ready", lease_name(get_lease(&dup)));
     ready(out, 0, acquire_ns);
-    if await_signal(out, cfg, Until::Signal) {
-        respond(out, cfg, &dup, None);
+    if let Some(woke) = await_signal(out, cfg, Until::Signal) {
+        out.emit_all(&respond(cfg, &dup, None, woke));
     }
 }
 
@@ -60,17 +60,15 @@ fn close_before_unpin(out: &Reporter, cfg: &HolderConfig, file: File, len: usize
     drop(file);
     out.fact("lease_fd_closed_with_mapping_and_pin_held", "yes");
     ready(out, 0, acquire_ns);
-    if await_signal(out, cfg, Until::Signal) {
+    if let Some(woke) = await_signal(out, cfg, Until::Signal) {
         // No fd is left to F_UNLCK with: release the pin, then the mapping, which holds the
         // last reference to the open file (and so to the lease).
-        let t = Instant::now();
-        pin.unpin();
-        pin.munmap();
-        out.emit(&Event::Released {
-            t: sys::monotonic_ns(),
-            release_ns: t.elapsed().as_nanos() as u64,
-            how: "munmap".into(),
+        let r = Release::run("munmap", None, || {
+            pin.unpin();
+            pin.munmap();
+            Ok(())
         });
+        out.emit_all(&[woke.event(), r.event()]);
     }
 }
 
@@ -95,10 +93,10 @@ fn pin_outlives_lease(out: &Reporter, cfg: &HolderConfig, l: Lifecycle, file: Fi
     // Whatever the holder did so far must not have cost it its lease.
     out.fact("lease_at_ready", lease_name(get_lease(&file)));
     ready(out, 0, acquire_ns);
-    if await_signal(out, cfg, Until::Signal) {
+    if let Some(woke) = await_signal(out, cfg, Until::Signal) {
         // Cooperative without the pin (it was unmapped, not unregistered): unlock. Hung: wait
         // for the kernel to revoke the lease.
-        respond(out, cfg, &file, None);
+        out.emit_all(&respond(cfg, &file, None, woke));
     }
     out.fact("pin_registered_after_lease_gone", "yes");
     // The runner lets the breaker (a truncate) finish, then asks for the write.
@@ -117,6 +115,8 @@ fn killed_while_waiting(out: &Reporter, cfg: &HolderConfig, file: File) {
         return;
     };
     ready(out, 0, acquire_ns);
-    await_signal(out, cfg, Until::Signal);
+    if let Some(woke) = await_signal(out, cfg, Until::Signal) {
+        out.emit(&woke.event());
+    }
     std::thread::sleep(Duration::from_millis(cfg.wait_ms));
 }

@@ -75,6 +75,12 @@ impl Reporter {
         let _ = o.flush();
     }
 
+    fn emit_all(&self, events: &[Event]) {
+        for e in events {
+            self.emit(e);
+        }
+    }
+
     fn fact(&self, key: &str, value: impl ToString) {
         self.emit(&Event::Fact {
             key: key.into(),
@@ -147,24 +153,80 @@ fn ready(out: &Reporter, round: u32, acquire_ns: u64) {
     out.emit(&Event::Ready { round, acquire_ns });
 }
 
-/// `F_UNLCK`, reported as `Released` (taking `release_ns`) or `ReleaseFailed`.
-fn unlock(out: &Reporter, file: &File, release_ns: impl FnOnce() -> u64) {
-    match set_lease(file, None, 0) {
-        Ok(()) => out.emit(&Event::Released {
+/// The break signal as the holder took it. Reported (as `Event::Signal`) only once the holder
+/// has answered: the report's JSON and pipe write never sit between the signal and the
+/// release a breaker is waiting for.
+#[derive(Clone, Copy, Debug)]
+struct Woke {
+    /// CLOCK_MONOTONIC right after `sigtimedwait` returned.
+    t: u64,
+    si_fd: i32,
+}
+
+impl Woke {
+    fn event(self) -> Event {
+        Event::Signal {
+            t: self.t,
+            si_fd: self.si_fd,
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// How the holder gave the lease up, measured while doing it and reported afterwards.
+struct Release {
+    how: &'static str,
+    result: Result<(), Errno>,
+    /// CLOCK_MONOTONIC when the release returned.
+    t: u64,
+    /// Unpin (if any) and the release call together.
+    release_ns: u64,
+    unpin_ns: Option<u64>,
+}
+
+impl Release {
+    /// Unregister `pin` (if any), then run `give_up` (the `F_SETLEASE` or `munmap` that ends
+    /// the lease), timing both.
+    fn run(
+        how: &'static str,
+        pin: Option<&mut HeldPin>,
+        give_up: impl FnOnce() -> Result<(), Errno>,
+    ) -> Release {
+        let start = Instant::now();
+        let unpin_ns = pin.map(|p| {
+            p.unpin();
+            start.elapsed().as_nanos() as u64
+        });
+        let result = give_up();
+        Release {
+            how,
+            result,
             t: sys::monotonic_ns(),
-            release_ns: release_ns(),
-            how: "unlock".into(),
-        }),
-        Err(e) => out.emit(&Event::ReleaseFailed {
-            how: "unlock".into(),
-            errno: e.name(),
-        }),
+            release_ns: start.elapsed().as_nanos() as u64,
+            unpin_ns,
+        }
+    }
+
+    /// `Released`, or `ReleaseFailed` with the errno.
+    fn event(&self) -> Event {
+        match self.result {
+            Ok(()) => Event::Released {
+                t: self.t,
+                release_ns: self.release_ns,
+                unpin_ns: self.unpin_ns,
+                how: self.how.into(),
+            },
+            Err(e) => Event::ReleaseFailed {
+                how: self.how.into(),
+                errno: e.name(),
+            },
+        }
     }
 }
 
 /// Wait until the kernel takes the lease away or downgrades it (lease-break-time), up to
-/// `limit`; emits `Revoked`.
-fn wait_revoked(out: &Reporter, fd: impl AsFd, limit: Duration) {
+/// `limit`: `Revoked`, or nothing when the limit passed.
+fn wait_revoked(fd: impl AsFd, limit: Duration) -> Option<Event> {
     let start = Instant::now();
     let held = get_lease(&fd).unwrap_or(libc::F_UNLCK);
     while start.elapsed() < limit {
@@ -176,46 +238,43 @@ fn wait_revoked(out: &Reporter, fd: impl AsFd, limit: Duration) {
             Ok(l) if l == libc::F_RDLCK => "read",
             _ => "none",
         };
-        return out.emit(&Event::Revoked {
+        return Some(Event::Revoked {
             t: sys::monotonic_ns(),
             to: to.into(),
         });
     }
+    None
 }
 
-/// React to a break the configured way, releasing `pin` first when there is one.
-fn respond(out: &Reporter, cfg: &HolderConfig, file: &File, pin: Option<&mut HeldPin>) {
+/// Answer a break the configured way (releasing `pin` first when there is one) and return
+/// what to report: the signal, then how the lease ended. Nothing is written here, so the
+/// caller reports when it no longer stands between the breaker and the CPU.
+fn respond(cfg: &HolderConfig, file: &File, pin: Option<&mut HeldPin>, woke: Woke) -> Vec<Event> {
     let wait = Duration::from_millis(cfg.wait_ms);
+    let mut report = vec![woke.event()];
     match cfg.behaviour {
-        Behaviour::Hung => wait_revoked(out, file, wait),
+        Behaviour::Hung => report.extend(wait_revoked(file, wait)),
         Behaviour::Downgrading => {
-            let t = Instant::now();
-            match set_lease(file, Some(LeaseKind::Read), cfg.extra_flags) {
-                Ok(()) => out.emit(&Event::Released {
-                    t: sys::monotonic_ns(),
-                    release_ns: t.elapsed().as_nanos() as u64,
-                    how: "downgrade".into(),
-                }),
-                Err(e) => {
-                    out.emit(&Event::ReleaseFailed {
-                        how: "downgrade".into(),
-                        errno: e.name(),
-                    });
-                    wait_revoked(out, file, wait);
-                }
+            let r = Release::run("downgrade", None, || {
+                set_lease(file, Some(LeaseKind::Read), cfg.extra_flags)
+            });
+            report.push(r.event());
+            if r.result.is_err() {
+                report.extend(wait_revoked(file, wait));
             }
         }
         Behaviour::Cooperative | Behaviour::Delayed => {
             if cfg.behaviour == Behaviour::Delayed {
-                std::thread::sleep(Duration::from_millis(cfg.delay_ms));
+                // Counted from the signal, as a program that answers late would.
+                let until = woke.t + cfg.delay_ms * 1_000_000;
+                std::thread::sleep(Duration::from_nanos(
+                    until.saturating_sub(sys::monotonic_ns()),
+                ));
             }
-            let t = Instant::now();
-            if let Some(p) = pin {
-                p.unpin();
-            }
-            unlock(out, file, || t.elapsed().as_nanos() as u64);
+            report.push(Release::run("unlock", pin, || set_lease(file, None, 0)).event());
         }
     }
+    report
 }
 
 /// How a wait for the break signal may end early besides its time limit.
@@ -223,16 +282,16 @@ fn respond(out: &Reporter, cfg: &HolderConfig, file: &File, pin: Option<&mut Hel
 enum Until<'a> {
     /// Only the signal or the limit.
     Signal,
-    /// A command line from the runner ends the wait (break storms: its breaker finished
-    /// without a break).
+    /// A command line from the runner ends the wait (break storms: its breaker returned
+    /// without breaking the lease).
     Command,
     /// The lease on this descriptor disappearing ends it (emitted as `Revoked`).
     LeaseGone(BorrowedFd<'a>),
 }
 
-/// Wait for the break signal; true when it came (emitted as `Signal`), else `NoSignal` or
-/// `Revoked` is emitted.
-fn await_signal(out: &Reporter, cfg: &HolderConfig, until: Until<'_>) -> bool {
+/// Wait for the break signal; `Some` when it came (for the caller to report once it has
+/// answered), else `NoSignal` or `Revoked` is emitted.
+fn await_signal(out: &Reporter, cfg: &HolderConfig, until: Until<'_>) -> Option<Woke> {
     let start = Instant::now();
     let limit = Duration::from_millis(cfg.wait_ms);
     while start.elapsed() < limit {
@@ -242,29 +301,36 @@ fn await_signal(out: &Reporter, cfg: &HolderConfig, until: Until<'_>) -> bool {
                     t: sys::monotonic_ns(),
                     to: "none".into(),
                 });
-                return false;
+                return None;
             }
         }
-        if let Some(fd) = sys::wait_signal(cfg.signal, Duration::from_millis(20)) {
-            out.emit(&Event::Signal {
+        if let Some(si_fd) = sys::wait_signal(cfg.signal, Duration::from_millis(20)) {
+            return Some(Woke {
                 t: sys::monotonic_ns(),
-                si_fd: fd,
-                pid: std::process::id(),
+                si_fd,
             });
-            return true;
         }
         if matches!(until, Until::Command) && stdin_has_input() {
+            // The runner writes only after its breaker returned, and a break signal is queued
+            // before the breaking call returns: if none is pending now, none is coming. (The
+            // wait above may have timed out just before it was queued.)
+            if let Some(si_fd) = sys::wait_signal(cfg.signal, Duration::ZERO) {
+                return Some(Woke {
+                    t: sys::monotonic_ns(),
+                    si_fd,
+                });
+            }
             let _ = command();
             out.emit(&Event::NoSignal {
                 waited_ms: start.elapsed().as_millis() as u64,
             });
-            return false;
+            return None;
         }
     }
     out.emit(&Event::NoSignal {
         waited_ms: cfg.wait_ms,
     });
-    false
+    None
 }
 
 fn stdin_has_input() -> bool {
@@ -301,10 +367,14 @@ fn rounds(out: &Reporter, cfg: &HolderConfig) {
             return;
         };
         ready(out, round, acquire_ns);
-        if await_signal(out, cfg, Until::Command) {
-            respond(out, cfg, &file, pin.as_mut());
-            // The runner closes its breaking descriptor, then says "next".
-            if command() != Some(Command::Next) {
+        if let Some(woke) = await_signal(out, cfg, Until::Command) {
+            let report = respond(cfg, &file, pin.as_mut(), woke);
+            // Report once the runner says its breaker returned (and closed what it opened):
+            // blocked on that read, this process leaves the CPU to the breaker its release
+            // woke, as a program that answers and goes back to sleep does.
+            let next = command();
+            out.emit_all(&report);
+            if next != Some(Command::Next) {
                 return;
             }
         }

@@ -22,7 +22,7 @@ pub(super) fn run(out: &Reporter, cfg: &HolderConfig, cycles: u32) {
         Err(e) => return out.refused("mmap", e.name()),
     };
     let target = target(&mapping);
-    let mut pinner = match cfg.pin.path(&crate::pin::PinSettings::default()).pinner() {
+    let mut pinner = match cfg.pin.path(&cfg.pins).pinner() {
         Ok(p) => p,
         Err(e) => return out.error(e.to_string()),
     };

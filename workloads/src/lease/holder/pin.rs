@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use super::Reporter;
 use crate::canary::Canary;
 use crate::lease::protocol::HolderConfig;
-use crate::pin::{PinError, PinKind, PinTarget, Pinner};
+use crate::pin::{PinError, PinTarget, Pinner};
 use crate::sys::{MapMode, Mapping};
 
 /// A shared, writable, populated mapping: what an RDMA user pins.
@@ -35,10 +35,11 @@ pub(super) fn pin_error(e: PinError) -> String {
     e.outcome().unwrap_or_else(|| e.to_string())
 }
 
-/// A fresh pinner of `kind`, registered on `target`.
-pub(super) fn pin(kind: PinKind, target: PinTarget) -> Result<Box<dyn Pinner>, String> {
-    let mut pinner = kind
-        .path(&crate::pin::PinSettings::default())
+/// A fresh pinner of the configured path and settings, registered on `target`.
+pub(super) fn pin(cfg: &HolderConfig, target: PinTarget) -> Result<Box<dyn Pinner>, String> {
+    let mut pinner = cfg
+        .pin
+        .path(&cfg.pins)
         .pinner()
         .map_err(|e| e.to_string())?;
     pinner.register(target).map_err(pin_error)?;
@@ -58,7 +59,7 @@ impl HeldPin {
     pub(super) fn new(cfg: &HolderConfig, file: &File, len: usize) -> Result<HeldPin, String> {
         let mapping = map_shared(file, len).map_err(|e| format!("mmap: {}", e.name()))?;
         let target = target(&mapping);
-        let pinner = pin(cfg.pin, target)?;
+        let pinner = pin(cfg, target)?;
         Ok(HeldPin {
             mapping: Some(mapping),
             target,
