@@ -204,11 +204,11 @@ pub struct Comparison {
     pub verdict: Verdict,
     /// Filled by [`crate::gate::apply`].
     #[serde(default)]
-    pub gates: Vec<crate::gate::GateResult>,
+    pub gates: Vec<crate::gated::GateResult>,
     /// What the gates amount to, the exit status of `pinstorm compare`; filled by
     /// [`crate::gate::apply`].
     #[serde(default)]
-    pub gate_status: crate::gate::GateStatus,
+    pub gate_status: crate::gated::GateStatus,
 }
 
 fn side(name: &str, runs: &[&LoadedRun]) -> Side {
@@ -565,8 +565,8 @@ pub fn compare(
                 k.name(),
                 base,
                 cand,
-                |r| k.run_count(&r.result),
-                |r| k.ran_in(&r.result),
+                |r| r.result.oracle_count(*k),
+                |r| r.result.oracle_ran(*k),
             )
         })
         .collect();
@@ -658,7 +658,7 @@ pub fn compare(
         differs,
         verdict,
         gates: Vec::new(),
-        gate_status: crate::gate::GateStatus::Passed,
+        gate_status: crate::gated::GateStatus::Passed,
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::kernel::{KernelRange, KernelRelease};
 use crate::oracle::OracleKind;
-use crate::verdict::Verdict;
+use crate::schema::Verdict;
 
 /// The compiled-in expectation files, in the order they are read.
 pub const BUILTIN: &[(&str, &str)] = &[

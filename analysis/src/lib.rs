@@ -28,6 +28,7 @@ pub mod disturbance;
 pub mod expect;
 pub mod export;
 pub mod gate;
+pub mod gated;
 pub mod hist;
 pub mod kernel;
 pub mod metrics;

@@ -144,7 +144,7 @@ pub const VIOLATION_KINDS: [&str; OracleKind::VIOLATIONS.len()] = {
 pub fn violations(r: &RunResult) -> BTreeMap<&'static str, u64> {
     OracleKind::VIOLATIONS
         .iter()
-        .map(|k| (k.name(), k.run_count(r)))
+        .map(|k| (k.name(), r.oracle_count(*k)))
         .collect()
 }
 

@@ -7,8 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{Blocked, KernelWarnings, LeakedPins, OracleFinding, RunResult};
-
 /// What every storm oracle's finding type says, whatever else it records.
 pub trait Finding {
     /// Violations counted.
@@ -295,47 +293,81 @@ impl OracleKind {
             .collect::<Vec<_>>()
             .join(", ")
     }
-
-    /// This oracle's count in a whole run: summed over its storms, or, for `lifecycle`, the
-    /// lifecycle scenarios' violations.
-    pub fn run_count(self, r: &RunResult) -> u64 {
-        match self {
-            OracleKind::Lifecycle => r
-                .leases
-                .iter()
-                .flat_map(|l| &l.lifecycle)
-                .map(|c| c.violations.len() as u64)
-                .fold(0u64, u64::saturating_add),
-            // Counts come from files: saturate rather than overflow on edited ones.
-            k => r
-                .storms
-                .iter()
-                .map(|s| k.count(&s.oracle))
-                .fold(0u64, u64::saturating_add),
-        }
-    }
-
-    /// Whether this oracle judged anything in a run: a storm (or lifecycle scenario) that
-    /// ran, where the oracle was not notrun.
-    pub fn ran_in(self, r: &RunResult) -> bool {
-        match self {
-            OracleKind::Lifecycle => r
-                .leases
-                .iter()
-                .flat_map(|l| &l.lifecycle)
-                .any(|c| c.outcome == "ok"),
-            k => r
-                .storms
-                .iter()
-                .any(|s| s.outcome == "ok" && k.notrun(&s.oracle).is_none()),
-        }
-    }
 }
 
 impl std::fmt::Display for OracleKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+// The findings each storm oracle records (the schema re-exports them: `storms[].oracle`).
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OracleFinding {
+    pub count: u64,
+    pub notrun: Option<String>,
+    pub note: Option<String>,
+    pub examples: Vec<Violation>,
+    /// Command lines that reproduce the first example: the storm cell with its seed, then
+    /// that one write alone (`--write-at`), with no layout operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reproduce: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The file (path, or `memfd:N`), and the byte range.
+    pub file: String,
+    pub offset: u64,
+    pub len: u64,
+    pub what: String,
+    /// Milliseconds since the storm started.
+    pub at_ms: f64,
+    /// What led there: the pin, the layout operations on the file since, the device write.
+    pub history: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakedPins {
+    /// Pages still pinned (FOLL_PIN, system-wide) after every pin handle was released, the
+    /// pinned files were unmapped and closed, and the settle bound passed.
+    pub count: u64,
+    /// How long the counters took to come back after the handles were released (at most
+    /// the bound).
+    pub settle_ms: u64,
+    /// Pages that stayed pinned after every handle was released, past the bound, and were
+    /// released only when the files were torn down (reported, not counted as leaked).
+    #[serde(default)]
+    pub held_until_teardown: u64,
+    pub notrun: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub count: u64,
+    pub threshold_ms: u64,
+    pub examples: Vec<BlockedOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockedOp {
+    pub thread: String,
+    pub op: String,
+    pub tid: i32,
+    /// When it started, ms since the storm started.
+    pub at_ms: f64,
+    /// How long it took in the end (after pins were released); null if it never returned.
+    pub blocked_ms: Option<f64>,
+    pub wchan: Option<String>,
+    pub stack: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelWarnings {
+    pub count: u64,
+    pub lines: Vec<String>,
+    pub notrun: Option<String>,
 }
 
 #[cfg(test)]

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::disturbance::{Disturbance, JobDisturbance, RunDisturbance};
 use crate::hist::Stats;
-use crate::verdict::Verdict;
+use crate::oracle::OracleKind;
 
-pub use crate::oracle::Oracle;
+pub use crate::oracle::{
+    Blocked, BlockedOp, KernelWarnings, LeakedPins, Oracle, OracleFinding, Violation,
+};
 
 pub const SCHEMA_NAME: &str = "pinstorm-result";
 pub const SCHEMA_VERSION: u32 = 1;
@@ -325,73 +327,6 @@ pub struct TimelinePoint {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OracleFinding {
-    pub count: u64,
-    pub notrun: Option<String>,
-    pub note: Option<String>,
-    pub examples: Vec<Violation>,
-    /// Command lines that reproduce the first example: the storm cell with its seed, then
-    /// that one write alone (`--write-at`), with no layout operation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reproduce: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Violation {
-    /// The file (path, or `memfd:N`), and the byte range.
-    pub file: String,
-    pub offset: u64,
-    pub len: u64,
-    pub what: String,
-    /// Milliseconds since the storm started.
-    pub at_ms: f64,
-    /// What led there: the pin, the layout operations on the file since, the device write.
-    pub history: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LeakedPins {
-    /// Pages still pinned (FOLL_PIN, system-wide) after every pin handle was released, the
-    /// pinned files were unmapped and closed, and the settle bound passed.
-    pub count: u64,
-    /// How long the counters took to come back after the handles were released (at most
-    /// the bound).
-    pub settle_ms: u64,
-    /// Pages that stayed pinned after every handle was released, past the bound, and were
-    /// released only when the files were torn down (reported, not counted as leaked).
-    #[serde(default)]
-    pub held_until_teardown: u64,
-    pub notrun: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Blocked {
-    pub count: u64,
-    pub threshold_ms: u64,
-    pub examples: Vec<BlockedOp>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BlockedOp {
-    pub thread: String,
-    pub op: String,
-    pub tid: i32,
-    /// When it started, ms since the storm started.
-    pub at_ms: f64,
-    /// How long it took in the end (after pins were released); null if it never returned.
-    pub blocked_ms: Option<f64>,
-    pub wchan: Option<String>,
-    pub stack: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct KernelWarnings {
-    pub count: u64,
-    pub lines: Vec<String>,
-    pub notrun: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeaseResults {
     /// `fs/lease-break-time` before the run, the value the run used, and whether it was
     /// put back.
@@ -696,5 +631,95 @@ pub(crate) fn planted() -> RunResult {
                 ..Environment::default()
             },
         )
+    }
+}
+
+impl RunResult {
+    /// This oracle's count in a whole run: summed over its storms, or, for `lifecycle`, the
+    /// lifecycle scenarios' violations.
+    pub fn oracle_count(&self, k: OracleKind) -> u64 {
+        let r = self;
+        match k {
+            OracleKind::Lifecycle => r
+                .leases
+                .iter()
+                .flat_map(|l| &l.lifecycle)
+                .map(|c| c.violations.len() as u64)
+                .fold(0u64, u64::saturating_add),
+            // Counts come from files: saturate rather than overflow on edited ones.
+            k => r
+                .storms
+                .iter()
+                .map(|s| k.count(&s.oracle))
+                .fold(0u64, u64::saturating_add),
+        }
+    }
+
+    /// Whether this oracle judged anything in a run: a storm (or lifecycle scenario) that
+    /// ran, where the oracle was not notrun.
+    pub fn oracle_ran(&self, k: OracleKind) -> bool {
+        let r = self;
+        match k {
+            OracleKind::Lifecycle => r
+                .leases
+                .iter()
+                .flat_map(|l| &l.lifecycle)
+                .any(|c| c.outcome == "ok"),
+            k => r
+                .storms
+                .iter()
+                .any(|s| s.outcome == "ok" && k.notrun(&s.oracle).is_none()),
+        }
+    }
+}
+
+/// How a measured fact compares with its expectation. Serialized as the strings the result
+/// schema has always used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    #[serde(rename = "as-expected")]
+    AsExpected,
+    #[serde(rename = "differs")]
+    Differs,
+    #[serde(rename = "no-expectation")]
+    NoExpectation,
+    #[serde(rename = "notrun")]
+    NotRun,
+    /// The fact could not be measured because the run failed (the run itself, say).
+    #[serde(rename = "error")]
+    Error,
+}
+
+impl Verdict {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::AsExpected => "as-expected",
+            Verdict::Differs => "differs",
+            Verdict::NoExpectation => "no-expectation",
+            Verdict::NotRun => "notrun",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// In words, for tables: `as expected`, `DIFFERS`, `no expectation`, `notrun`, `ERROR`.
+    pub const fn words(self) -> &'static str {
+        match self {
+            Verdict::AsExpected => "as expected",
+            Verdict::Differs => "DIFFERS",
+            Verdict::NoExpectation => "no expectation",
+            Verdict::NotRun => "notrun",
+            Verdict::Error => "ERROR",
+        }
+    }
+
+    /// Whether the fact was compared with an expectation.
+    pub const fn is_judged(self) -> bool {
+        matches!(self, Verdict::AsExpected | Verdict::Differs)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -16,63 +16,12 @@
 //! stopped on an error or did not complete (1) > a fact differs (3) > every judged fact as
 //! expected (0). Facts with no expectation or that did not run never change the status.
 
-use serde::{Deserialize, Serialize};
-
 use crate::expect::{rule_oracles, Cell, Expectations};
 use crate::kernel::KernelRelease;
 use crate::oracle::OracleKind;
 use crate::schema::{FactVerdict, RunResult, StormResult};
 
-/// How a measured fact compares with its expectation. Serialized as the strings the result
-/// schema has always used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Verdict {
-    #[serde(rename = "as-expected")]
-    AsExpected,
-    #[serde(rename = "differs")]
-    Differs,
-    #[serde(rename = "no-expectation")]
-    NoExpectation,
-    #[serde(rename = "notrun")]
-    NotRun,
-    /// The fact could not be measured because the run failed (the run itself, say).
-    #[serde(rename = "error")]
-    Error,
-}
-
-impl Verdict {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Verdict::AsExpected => "as-expected",
-            Verdict::Differs => "differs",
-            Verdict::NoExpectation => "no-expectation",
-            Verdict::NotRun => "notrun",
-            Verdict::Error => "error",
-        }
-    }
-
-    /// In words, for tables: `as expected`, `DIFFERS`, `no expectation`, `notrun`, `ERROR`.
-    pub const fn words(self) -> &'static str {
-        match self {
-            Verdict::AsExpected => "as expected",
-            Verdict::Differs => "DIFFERS",
-            Verdict::NoExpectation => "no expectation",
-            Verdict::NotRun => "notrun",
-            Verdict::Error => "ERROR",
-        }
-    }
-
-    /// Whether the fact was compared with an expectation.
-    pub const fn is_judged(self) -> bool {
-        matches!(self, Verdict::AsExpected | Verdict::Differs)
-    }
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::schema::Verdict;
 
 /// What kind of fact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! canary page through it and judge where the write went, let the device read it back,
 //! unregister; again until the cell stops.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -11,9 +10,8 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::oracle::OracleKind;
-use pinstorm_analysis::schema::{StormTotals, Violation};
+use pinstorm_analysis::schema::Violation;
 use pinstorm_workloads::canary::{self, Canary, PageContent};
 use pinstorm_workloads::pin::PinError;
 use pinstorm_workloads::shape::WriteShape;
@@ -21,20 +19,9 @@ use pinstorm_workloads::shape::WriteShape;
 use super::oracle::lost_write::{self, Evidence, Mapping, Verdict, WriteFacts};
 use super::oracle::{self, PAGE};
 use super::shaped;
-use super::state::{StormState, Timeline, TrackedFile};
+use super::state::{StormState, TrackedFile};
 
-/// What one pinner thread measured, or why it stopped.
-#[derive(Default)]
-pub struct PinnerOut {
-    pub register: Latency,
-    pub totals: StormTotals,
-    pub timeline: Timeline,
-    pub write_notrun: Option<String>,
-    /// Write shapes of the job this pinner could not draw, with why.
-    pub shapes_notrun: BTreeSet<String>,
-    pub notrun: Option<String>,
-    pub error: Option<anyhow::Error>,
-}
+pub use super::state::PinnerOut;
 
 pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
     let mut out = PinnerOut::default();

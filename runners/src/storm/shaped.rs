@@ -14,8 +14,7 @@ use pinstorm_workloads::shape::{pattern, PAGE};
 use super::oracle::lost_write::Mapping;
 use super::oracle::placement::{self, Placement, Window};
 use super::oracle::{quiet, Snapshot};
-use super::pinner::PinnerOut;
-use super::state::{StormState, TrackedFile};
+use super::state::{PinnerOut, StormState, TrackedFile};
 use crate::watchdog::Slot;
 
 /// The pin the write goes through: the file's layout snapshots around its registration, its

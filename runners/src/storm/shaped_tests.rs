@@ -16,8 +16,7 @@ use pinstorm_workloads::units::Size;
 use super::{write, Pin};
 use crate::storm::oracle::lost_write::Mapping;
 use crate::storm::oracle::{Events, FileState, Findings};
-use crate::storm::pinner::PinnerOut;
-use crate::storm::state::{StormState, TrackedFile};
+use crate::storm::state::{PinnerOut, StormState, TrackedFile};
 use crate::watchdog::Watchdog;
 
 /// What the planted device gets wrong.

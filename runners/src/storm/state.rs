@@ -1,12 +1,13 @@
 //! What one storm cell's threads share: the pinned files and what happened to them, the
 //! findings so far, and the cell's settings.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pinstorm_analysis::schema::{TimelinePoint, Violation};
+use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::schema::{StormTotals, TimelinePoint, Violation};
 use pinstorm_workloads::backing::Region;
 use pinstorm_workloads::layout::{LayoutKind, Partners};
 use pinstorm_workloads::pin::PinPath;
@@ -163,4 +164,17 @@ pub fn thread_seed(seed: u64, cell: &str, role: u64, index: u64) -> u64 {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
     h ^ seed.rotate_left(17) ^ (role << 56) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// What one pinner thread measured, or why it stopped.
+#[derive(Default)]
+pub struct PinnerOut {
+    pub register: Latency,
+    pub totals: StormTotals,
+    pub timeline: Timeline,
+    pub write_notrun: Option<String>,
+    /// Write shapes of the job this pinner could not draw, with why.
+    pub shapes_notrun: BTreeSet<String>,
+    pub notrun: Option<String>,
+    pub error: Option<anyhow::Error>,
 }
