@@ -1,4 +1,5 @@
 use super::*;
+use crate::schema::BenchRow;
 
 fn notrun_row(reason: &str) -> BenchRow {
     BenchRow {
@@ -13,12 +14,7 @@ fn notrun_row(reason: &str) -> BenchRow {
         outcome: "notrun".into(),
         reason: Some(reason.into()),
         stats: None,
-        ops_per_sec: None,
-        ns_per_4k_page: None,
-        baseline_p50_ns: None,
-        overhead_pct: None,
-        histogram: None,
-        baseline_histogram: None,
+        ..BenchRow::default()
     }
 }
 
