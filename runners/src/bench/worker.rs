@@ -158,7 +158,7 @@ impl Ended {
             Ended::Iterations(n) => format!("{n} iterations asked for"),
             Ended::Deadline(d) => format!("max-time {} ran out", humantime::format_duration(*d)),
             Ended::Signal(sig, true) => format!("{sig} during warm-up"),
-            Ended::Signal(sig, false) => format!("{sig}"),
+            Ended::Signal(sig, false) => sig.to_string(),
             Ended::NotStarted => "the thread did not start".into(),
         }
     }
