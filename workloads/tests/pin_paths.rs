@@ -235,3 +235,36 @@ fn tight_loop_baseline_releases_every_pin_it_takes_by_the_kernels_foll_pin_count
         );
     });
 }
+
+/// The vmsplice baseline holds the whole range and drains all of it every cycle: a range
+/// four times `fs/pipe-max-size` (so it takes several pipes) cycles again and again. A
+/// cycle that left pages in a pipe would make the next one's non-blocking vmsplice find the
+/// pipe full and fail.
+#[test]
+fn vmsplice_baseline_holds_and_drains_a_range_larger_than_one_pipe_every_cycle() {
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    with_backing(BackingKind::Anon, "vmsplice-tight", |b| {
+        let region = b
+            .region(&RegionSpec {
+                size: Size(4 * max.next_power_of_two()),
+                map: MapKind::Private,
+                access: Access::Rw,
+            })
+            .unwrap();
+        let mut t = PinKind::Vmsplice
+            .path(&PinSettings::default())
+            .tight_loop()
+            .expect("vmsplice has a tight loop");
+        for i in 0..3 {
+            let c = t.cycle(region.pin_target());
+            c.register
+                .unwrap_or_else(|e| panic!("cycle {i}: vmsplice: {e}"));
+            c.unregister
+                .expect("released")
+                .unwrap_or_else(|e| panic!("cycle {i}: drain: {e}"));
+        }
+    });
+}
