@@ -503,8 +503,13 @@ pub struct ProbeArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Register + unregister latency across sizes and backings, next to a tight loop of
-    /// the same syscalls.
+    /// Register + unregister latency across sizes and backings, next to the pin path's
+    /// baseline (the same calls made raw, sharing no code with pinstorm's pinner).
+    ///
+    /// A call that fails is counted by errno (`errors`, `baseline_errors`) and makes the row's
+    /// outcome that errno, so a cell expected `ok` differs (exit status 3). A row with fewer
+    /// than 10 samples is notrun, saying why. ops/s is measured: successful calls over the
+    /// wall time of the measured blocks, added over threads (docs/result-schema.md).
     Pin(BenchPinArgs),
 }
 
@@ -525,7 +530,7 @@ pub struct BenchPinArgs {
     /// Pinning threads, each with its own ring and region.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Recorded cycles per thread and cell.
+    /// Recorded cycles per thread and cell (a row with fewer than 10 samples is notrun).
     #[arg(long, default_value_t = 2000)]
     pub iterations: u64,
     /// Unrecorded warm-up cycles.
@@ -534,7 +539,7 @@ pub struct BenchPinArgs {
     /// Time budget per cell (e.g. 500ms, 2s).
     #[arg(long, default_value = "1s")]
     pub max_time: Span,
-    /// Skip the interleaved tight-loop baseline.
+    /// Skip the interleaved baseline (the same calls made raw in a tight loop).
     #[arg(long)]
     pub no_baseline: bool,
     /// Also time one 4 KiB device write through each fresh registration (op

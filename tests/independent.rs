@@ -227,3 +227,177 @@ fn probe_agrees_with_an_independent_probe_on_ext4_xfs_and_btrfs() {
     assert!(!compared.is_empty(), "no filesystem could be compared");
     assert_left_as_found(&sb.base, &before);
 }
+
+/// Build one of the independent C programs; `None` (with the reason printed) when there is
+/// no C compiler.
+fn build_c(name: &str) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/independent/{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("independent-{name}"));
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => panic!("{name}.c does not build:\n{}", stderr(&o)),
+        Err(e) => {
+            skip(name, &format!("no C compiler to build it ({e})"));
+            None
+        }
+    }
+}
+
+/// `key=value key=value ... vmflags=rest of line` as the C loop prints it.
+fn key_values(line: &str) -> std::collections::BTreeMap<String, String> {
+    let (head, vmflags) = line.split_once("vmflags=").unwrap_or((line, ""));
+    let mut m: std::collections::BTreeMap<String, String> = head
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.insert("vmflags".into(), vmflags.trim().to_string());
+    m
+}
+
+/// What the kernel says of `len` bytes at `addr` of this process, in the C loop's
+/// `--report` words: per page from /proc/self/pagemap (and /proc/kpageflags where it can be
+/// read: root), and of the VMA from /proc/self/smaps. Test code of its own: it reads the
+/// kernel's files, not anything pinstorm computes.
+fn kernel_facts(addr: usize, len: usize) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let kpageflags = std::fs::File::open("/proc/kpageflags").ok();
+    let (mut present, mut exclusive, mut shared, mut swapped, mut thp, mut compound) =
+        (0i64, 0i64, 0i64, 0i64, 0i64, 0i64);
+    let pages = len.div_ceil(4096);
+    for i in 0..pages {
+        let mut e = [0u8; 8];
+        pagemap
+            .read_exact_at(&mut e, ((addr / 4096 + i) * 8) as u64)
+            .unwrap();
+        let e = u64::from_ne_bytes(e);
+        present += (e >> 63 & 1) as i64;
+        swapped += (e >> 62 & 1) as i64;
+        shared += (e >> 61 & 1) as i64;
+        exclusive += (e >> 56 & 1) as i64;
+        let pfn = e & ((1 << 55) - 1);
+        if let (Some(k), true) = (&kpageflags, pfn != 0) {
+            let mut f = [0u8; 8];
+            if k.read_exact_at(&mut f, pfn * 8).is_ok() {
+                let f = u64::from_ne_bytes(f);
+                thp += (f >> 22 & 1) as i64;
+                compound += ((f >> 15 & 1) | (f >> 16 & 1)) as i64;
+            }
+        }
+    }
+    if kpageflags.is_none() {
+        (thp, compound) = (-1, -1);
+    }
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let (mut inside, mut vmflags, mut eligible) = (false, String::new(), "-1".to_string());
+    for line in smaps.lines() {
+        let range = line.split_whitespace().next().unwrap_or("");
+        if let Some((s, e)) = range.split_once('-').filter(|_| !range.ends_with(':')) {
+            if let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)) {
+                inside = (s..e).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("VmFlags:") {
+                vmflags = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("THPeligible:") {
+                eligible = v.trim().to_string();
+            }
+        }
+    }
+    [
+        ("pages", pages as i64),
+        ("present", present),
+        ("exclusive", exclusive),
+        ("file_or_shared", shared),
+        ("swapped", swapped),
+        ("thp", thp),
+        ("compound", compound),
+        ("pmd_aligned", i64::from(addr % (2 << 20) == 0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain([
+        ("thp_eligible".to_string(), eligible),
+        ("vmflags".to_string(), vmflags),
+    ])
+    .collect()
+}
+
+/// The memory pinstorm's bench pins is the memory the independent C loop pins (the yardstick
+/// its cycle and baseline are held against, in workloads/benches/pin.rs): made by the same
+/// backing code as a bench region, pinstorm's region has, by the kernel's own account, the
+/// C loop's pages: as many present and exclusively mapped, none swapped, the same THP and
+/// compound pages (root) or none, the same alignment to 2 MiB, and a VMA with the same flags
+/// and THP eligibility. An anonymous region of pinstorm's that was left to first-touch
+/// faults, got huge pages the C loop's did not, or sat at another alignment would differ.
+#[test]
+fn bench_regions_are_by_the_kernels_account_the_memory_the_independent_c_loop_pins() {
+    use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionSpec, SetupEnv};
+    use pinstorm_workloads::scratch::ScratchRoot;
+    use pinstorm_workloads::units::Size;
+
+    let Some(c_loop) = build_c("pin_cycle_loop") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("pinstorm-witness-{}", std::process::id()));
+    let root = ScratchRoot::open(&dir).unwrap();
+    let run = root.new_run("witness").unwrap();
+    let env = SetupEnv {
+        is_root: is_root(),
+        ..SetupEnv::default()
+    };
+    let mut compared = Vec::new();
+    for (kind, size, map) in [
+        (BackingKind::Anon, 2u64 << 20, MapKind::Private),
+        (BackingKind::Anon, 4096, MapKind::Private),
+        (BackingKind::Tmpfs, 2 << 20, MapKind::Shared),
+    ] {
+        let backing = kind.setup(&env, &run).unwrap();
+        let region = backing
+            .region(&RegionSpec {
+                size: Size(size),
+                map,
+                access: Access::Rw,
+            })
+            .unwrap();
+        let t = region.pin_target();
+        let ours = kernel_facts(t.addr, t.len);
+        let mut cmd = Command::new(&c_loop);
+        cmd.args(["--report", "--size", &size.to_string()]);
+        let file = format!("/dev/shm/pinstorm-witness-{}", std::process::id());
+        if kind == BackingKind::Tmpfs {
+            cmd.args(["--file", &file]);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut theirs = key_values(stdout(&o).trim());
+        if kind == BackingKind::Tmpfs {
+            // Where the kernel puts a shared file mapping that THP cannot use is not the
+            // memory's business (no huge page to align for: thp = 0 on both sides).
+            theirs.remove("pmd_aligned");
+        }
+        let ours: std::collections::BTreeMap<_, _> = ours
+            .into_iter()
+            .filter(|(k, _)| theirs.contains_key(k))
+            .collect();
+        assert_eq!(
+            ours, theirs,
+            "{kind} {size} {map:?}: pinstorm's bench region (left) is not the C loop's (right)"
+        );
+        compared.push(format!("{kind} {size}"));
+        drop(region);
+        drop(backing);
+    }
+    eprintln!("compared with the C loop's memory: {compared:?}");
+    drop(run);
+    drop(root);
+    let _ = std::fs::remove_dir_all(&dir);
+}

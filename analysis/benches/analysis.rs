@@ -38,12 +38,9 @@ fn result(i: usize, kernel: &str) -> RunResult {
                     outcome: "ok".into(),
                     reason: None,
                     stats: Some(l.stats()),
-                    ops_per_sec: None,
-                    ns_per_4k_page: None,
-                    baseline_p50_ns: None,
-                    overhead_pct: None,
                     histogram: Some(l.encode()),
                     baseline_histogram: Some(l.encode()),
+                    ..BenchRow::default()
                 });
             }
         }

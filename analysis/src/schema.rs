@@ -205,7 +205,7 @@ pub struct ProbeRow {
 }
 
 /// One latency row of the pin benchmark.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BenchRow {
     pub pin: String,
     pub backing: String,
@@ -214,14 +214,17 @@ pub struct BenchRow {
     pub access: String,
     /// Requested region size in bytes.
     pub size: u64,
-    /// `register`, `unregister`, or `cycle` (register + unregister).
+    /// `register`, `unregister`, `cycle` (register + unregister) or `device-write`.
     pub op: String,
     pub threads: usize,
-    /// `ok`, the errno that stopped the cell, or `notrun`.
+    /// `ok`; the errno (or device status) that failed this row's calls most often, when any
+    /// failed on either side; or `notrun` (with too few samples among the reasons).
     pub outcome: String,
     pub reason: Option<String>,
     #[serde(flatten)]
     pub stats: Option<Stats>,
+    /// Successful calls of this row's op per second of wall time, summed over threads (each
+    /// thread: its calls in measured cycles over the wall time of its measured blocks).
     pub ops_per_sec: Option<f64>,
     pub ns_per_4k_page: Option<f64>,
     /// Median of the same syscalls made in a tight loop, interleaved with this row's
@@ -232,6 +235,25 @@ pub struct BenchRow {
     /// HdrHistogram V2 compressed, base64; values in nanoseconds.
     pub histogram: Option<String>,
     pub baseline_histogram: Option<String>,
+    /// Failed calls of this row's op through pinstorm's path, by errno name (warm-up
+    /// included); on `cycle` rows every failed call of the cycle. Empty in older results.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// The same for the baseline (tight loop).
+    #[serde(default)]
+    pub baseline_errors: BTreeMap<String, u64>,
+    /// `STATX_ATTR_DAX` of the regions' file; null where unknown or not run.
+    #[serde(default)]
+    pub dax: Option<bool>,
+    /// On `cycle` rows: what the expectations say of the cell's outcome, if anything.
+    #[serde(default)]
+    pub expected: Option<String>,
+    /// On `cycle` rows: the outcome judged against the expectations (`[[expect]]`, as probe
+    /// cells); null on the other rows and in older results.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    #[serde(default)]
+    pub expected_because: Option<String>,
 }
 
 /// One storm: a pin path x backing x map cell, its measurements and its oracles.

@@ -3,11 +3,13 @@
 
 use std::fmt::Write;
 
+mod bench;
 mod storm;
-use storm::storm_details;
 mod storm_notes;
-use crate::schema::{BenchRow, LeaseResults, Measured, ProbeRow, RunResult};
+use crate::schema::{LeaseResults, Measured, ProbeRow, RunResult};
 use crate::verdict::{self, Status, Verdict};
+pub use bench::bench_table;
+use storm::storm_details;
 pub use storm::storm_table;
 
 /// `850ns`, `1.52us`, `1.28ms`, `2.05s`.
@@ -111,76 +113,6 @@ fn once_each(options: &str) -> String {
         }
     }
     seen.join(",")
-}
-
-pub fn bench_table(rows: &[BenchRow]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| match &r.stats {
-            Some(s) if r.outcome == "ok" => vec![
-                r.pin.clone(),
-                r.backing.clone(),
-                human_size(r.size),
-                r.op.clone(),
-                s.count.to_string(),
-                human_ns(s.p50_ns as f64),
-                human_ns(s.p99_ns as f64),
-                human_ns(s.max_ns as f64),
-                r.ops_per_sec.map(|v| format!("{v:.0}")).unwrap_or_default(),
-                r.ns_per_4k_page
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_default(),
-                match (r.baseline_p50_ns, r.overhead_pct) {
-                    (Some(b), Some(o)) => format!("{} ({o:+.1}%)", human_ns(b as f64)),
-                    _ => String::new(),
-                },
-            ],
-            // The reason goes on its own line below the table: a long one would widen a
-            // column of every row.
-            _ => vec![
-                r.pin.clone(),
-                r.backing.clone(),
-                human_size(r.size),
-                r.op.clone(),
-                r.outcome.clone(),
-            ],
-        })
-        .collect();
-    let out = table(
-        &[
-            "pin",
-            "backing",
-            "size",
-            "op",
-            "count",
-            "p50",
-            "p99",
-            "max",
-            "ops/s",
-            "ns/4K",
-            "tight loop p50 (ours vs it)",
-        ],
-        &body,
-    );
-    // Notes on measured rows (how a path ran, e.g. a skipped ODP prefetch), and the reasons
-    // of rows that were not measured, once each.
-    let mut notes: Vec<String> = Vec::new();
-    for r in rows {
-        let Some(n) = &r.reason else { continue };
-        let line = if r.outcome == "ok" && r.stats.is_some() {
-            format!("  note ({} {}): {n}\n", r.pin, r.backing)
-        } else {
-            format!("  {} ({} {}): {n}\n", r.outcome, r.pin, r.backing)
-        };
-        if !notes.contains(&line) {
-            notes.push(line);
-        }
-    }
-    let mut out = out;
-    for n in notes {
-        out.push_str(&n);
-    }
-    out
 }
 
 fn p50(m: &Option<Measured>) -> String {

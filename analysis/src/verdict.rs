@@ -7,6 +7,8 @@
 //! The facts of a run:
 //!
 //! - each probe cell's outcome (judged by `[[expect]]` rules when the probe ran);
+//! - each bench cell's outcome, on its `cycle` row (the same `[[expect]]` rules, judged when
+//!   the benchmark ran: a cell whose calls failed even once has the errno as its outcome);
 //! - each storm's registrations (`[[expect]]`) and each oracle's count (`[[oracle]]`),
 //!   judged when the storm ran ([`judge_storm`]) and stored in `storm_verdicts`;
 //! - each lease lifecycle fact (`[[fact]]`), judged when the scenario ran;
@@ -27,6 +29,7 @@ pub use crate::schema::Verdict;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FactClass {
     Probe,
+    Bench,
     Storm,
     Lifecycle,
     Run,
@@ -36,6 +39,7 @@ impl FactClass {
     pub const fn name(self) -> &'static str {
         match self {
             FactClass::Probe => "probe",
+            FactClass::Bench => "bench",
             FactClass::Storm => "storm",
             FactClass::Lifecycle => "lifecycle",
             FactClass::Run => "run",
@@ -47,7 +51,8 @@ impl FactClass {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Judged {
     pub class: FactClass,
-    /// `probe io_uring tmpfs shared rw (tmpfs)`, `storm io_uring tmpfs shared lost_write`,
+    /// `probe io_uring tmpfs shared rw (tmpfs)`, `bench io_uring anon private rw 2M (anon)`,
+    /// `storm io_uring tmpfs shared lost_write`,
     /// `lifecycle dup-close tmpfs lease_ended`, `run completed`.
     pub name: String,
     pub verdict: Verdict,
@@ -340,6 +345,57 @@ fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
     })
 }
 
+/// A bench cell's fact, from its `cycle` row (the other rows are that cell's parts). The
+/// verdict is the one the benchmark judged with the expectations; a row written before bench
+/// cells were judged has none and is `no-expectation`.
+fn bench_fact(b: &crate::schema::BenchRow) -> Option<Judged> {
+    if b.op != "cycle" {
+        return None;
+    }
+    let verdict = if b.outcome == "notrun" {
+        Verdict::NotRun
+    } else {
+        b.verdict.unwrap_or(Verdict::NoExpectation)
+    };
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let note = match (b.errors.is_empty(), b.baseline_errors.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(format!("failed calls: {}", counts(&b.errors))),
+        (true, false) => Some(format!("tight loop failed: {}", counts(&b.baseline_errors))),
+        (false, false) => Some(format!(
+            "failed calls: {}; tight loop failed: {}",
+            counts(&b.errors),
+            counts(&b.baseline_errors)
+        )),
+    };
+    Some(Judged {
+        class: FactClass::Bench,
+        name: format!(
+            "bench {} {} {} {} {} ({})",
+            b.pin,
+            b.backing,
+            b.map,
+            b.access,
+            crate::summary::human_size(b.size),
+            b.fs
+        ),
+        verdict,
+        measured: b.outcome.clone(),
+        expected: b.expected.clone(),
+        why: if verdict == Verdict::NotRun {
+            why_notrun(&b.reason)
+        } else {
+            b.expected_because.clone()
+        },
+        note,
+    })
+}
+
 /// The verdict of a run: every fact, and the status that decides the exit status.
 pub fn judge(r: &RunResult) -> Judgement {
     let mut facts = Vec::new();
@@ -369,6 +425,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(fact);
         }
     }
+    facts.extend(r.bench.iter().filter_map(bench_fact));
     for s in &r.storms {
         let cell = format!("storm {}", s.cell());
         if s.outcome != "ok" {

@@ -14,7 +14,8 @@
 //! Nothing here decides whether an outcome was expected or good: that is `analysis`.
 
 // Unsafe code lives only in the `sys` edges (this crate's sys.rs, pin/io_uring/sys.rs,
-// lease/sys.rs) and the verbs FFI (pin/rdma/verbs.rs); everything else is denied it.
+// pin/baseline/sys.rs, lease/sys.rs) and the verbs FFI (pin/rdma/verbs.rs); everything else
+// is denied it.
 #![deny(unsafe_code)]
 
 pub mod backing;

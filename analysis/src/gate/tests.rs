@@ -187,6 +187,12 @@ fn bench_run(id: &str, scale: u64, other: Option<f64>) -> crate::catalog::Loaded
         overhead_pct: None,
         histogram: Some(h.encode()),
         baseline_histogram: None,
+        errors: Default::default(),
+        baseline_errors: Default::default(),
+        dax: None,
+        expected: None,
+        verdict: None,
+        expected_because: None,
     });
     r.disturbance = other.map(|other| {
         let d = Disturbance {

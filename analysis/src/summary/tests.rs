@@ -1,4 +1,5 @@
 use super::*;
+use crate::schema::BenchRow;
 
 fn notrun_row(reason: &str) -> BenchRow {
     BenchRow {
@@ -13,12 +14,7 @@ fn notrun_row(reason: &str) -> BenchRow {
         outcome: "notrun".into(),
         reason: Some(reason.into()),
         stats: None,
-        ops_per_sec: None,
-        ns_per_4k_page: None,
-        baseline_p50_ns: None,
-        overhead_pct: None,
-        histogram: None,
-        baseline_histogram: None,
+        ..BenchRow::default()
     }
 }
 
@@ -48,4 +44,32 @@ fn mount_options_are_printed_once_each() {
         "rw,nosuid,nodev,relatime,size=1024k"
     );
     assert_eq!(once_each(""), "");
+}
+
+#[test]
+fn a_bench_row_with_failed_calls_shows_its_errno_and_the_counts_of_both_sides() {
+    let mut l = crate::hist::Latency::new();
+    for ns in [40_000, 45_000, 50_000] {
+        l.record(ns);
+    }
+    let row = BenchRow {
+        op: "register".into(),
+        outcome: "EFAULT".into(),
+        reason: Some("IORING_REGISTER_BUFFERS: EFAULT (Bad address)".into()),
+        stats: Some(l.stats()),
+        errors: [("EFAULT".to_string(), 7)].into(),
+        baseline_errors: [("EFAULT".to_string(), 5)].into(),
+        ..notrun_row("")
+    };
+    let out = bench_table(&[row]);
+    let line = out.lines().nth(1).unwrap();
+    assert!(line.contains("EFAULT") && line.contains("45.0"), "{out}");
+    assert!(
+        out.contains("failed calls (io_uring devdax 2M register): EFAULT x7; tight loop EFAULT x5"),
+        "{out}"
+    );
+    assert!(
+        out.contains("IORING_REGISTER_BUFFERS: EFAULT (Bad address)"),
+        "{out}"
+    );
 }

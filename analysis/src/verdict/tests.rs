@@ -394,3 +394,64 @@ fn a_device_write_that_does_not_land_differs_even_where_the_pin_is_as_expected()
     assert_eq!(j.exit_code(), 3);
     assert_exports_agree(&r);
 }
+
+/// A bench row as results before bench cells were judged wrote it: no `errors`,
+/// `baseline_errors`, `dax`, `expected`, `verdict` or `expected_because`.
+const OLD_BENCH_ROW: &str = r#"{"pin": "io_uring", "backing": "anon", "fs": "anon",
+    "map": "private", "access": "rw", "size": 2097152, "op": "cycle", "threads": 1,
+    "outcome": "ok", "reason": null, "ops_per_sec": 20000.0, "ns_per_4k_page": 88.0,
+    "baseline_p50_ns": 45000, "overhead_pct": 0.4, "histogram": null,
+    "baseline_histogram": null}"#;
+
+#[test]
+fn bench_rows_of_older_results_load_and_their_cells_are_facts_without_expectation() {
+    let row: BenchRow = serde_json::from_str(OLD_BENCH_ROW).unwrap();
+    assert!(row.errors.is_empty() && row.verdict.is_none());
+    let mut r = result();
+    r.bench = vec![
+        BenchRow {
+            op: "register".into(),
+            ..row.clone()
+        },
+        row,
+    ];
+    let j = judge(&r);
+    let bench: Vec<_> = j
+        .facts
+        .iter()
+        .filter(|f| f.class == FactClass::Bench)
+        .collect();
+    assert_eq!(
+        bench.len(),
+        1,
+        "one fact per cell, from its cycle row: {bench:?}"
+    );
+    assert_eq!(bench[0].name, "bench io_uring anon private rw 2M (anon)");
+    assert_eq!(bench[0].verdict, Verdict::NoExpectation);
+    assert_eq!(j.status, Status::AsExpected);
+}
+
+/// The benchmark judged the cell when it ran (a failed call made the outcome `EFAULT`, the
+/// rule says `ok`): the run's verdict, its exit status and every exporter see it differ.
+#[test]
+fn a_bench_cell_judged_differing_makes_the_run_differ_in_every_reader() {
+    let mut row: BenchRow = serde_json::from_str(OLD_BENCH_ROW).unwrap();
+    row.outcome = "EFAULT".into();
+    row.errors = BTreeMap::from([("EFAULT".to_string(), 3)]);
+    row.expected = Some("ok".into());
+    row.verdict = Some(Verdict::Differs);
+    row.expected_because = Some("planted rule".into());
+    let mut r = result();
+    r.bench = vec![row];
+    let j = judge(&r);
+    let fact = j
+        .facts
+        .iter()
+        .find(|f| f.class == FactClass::Bench)
+        .unwrap();
+    assert_eq!(fact.verdict, Verdict::Differs);
+    assert_eq!(fact.measured, "EFAULT");
+    assert_eq!(fact.note.as_deref(), Some("failed calls: EFAULT x3"));
+    assert_eq!(j.exit_code(), 3);
+    assert_exports_agree(&r);
+}

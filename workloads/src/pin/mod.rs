@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::Errno;
 
+pub mod baseline;
 pub mod io_uring;
 pub mod rdma;
 pub mod vmsplice;
@@ -269,8 +270,9 @@ pub trait PinPath: Send + Sync {
     fn availability(&self) -> Availability;
     /// A fresh pinning context for one thread.
     fn pinner(&self) -> Result<Box<dyn Pinner>, PinError>;
-    /// The same register/unregister syscalls made directly in a tight loop, with no
-    /// pinstorm layers, so benchmarks can show the harness's own overhead.
+    /// The benchmark's baseline: the same register/unregister calls made raw in a tight loop
+    /// ([`baseline`]), sharing no code with this path's pinner, so the difference between
+    /// the two is pinstorm's own overhead.
     fn tight_loop(&self) -> Option<Box<dyn TightLoop>> {
         None
     }
@@ -316,9 +318,19 @@ pub trait Pinner: Send {
 }
 
 /// The baseline of a pin path: register + unregister with the raw calls, timed inline.
+/// Implemented in [`baseline`] only, where nothing of the pinners is used.
 pub trait TightLoop: Send {
-    /// One register + unregister; returns the time each half took.
-    fn cycle(&mut self, target: PinTarget) -> Result<(Duration, Duration), PinError>;
+    /// One register + unregister of `target`, each half timed on its own.
+    fn cycle(&mut self, target: PinTarget) -> CycleTimes;
+}
+
+/// What one baseline cycle measured: each half's time or the error it ended in. A refused
+/// registration leaves nothing to release, so it has no second half.
+#[derive(Debug)]
+pub struct CycleTimes {
+    pub register: Result<Duration, PinError>,
+    /// `None` when the registration failed.
+    pub unregister: Option<Result<Duration, PinError>>,
 }
 
 /// Check that `offset..offset+len` lies inside the registered range.

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 
@@ -71,10 +70,11 @@ impl PinPath for IoUringPath {
         Ok(Box::new(IoUringPinner::new()?))
     }
 
+    /// Raw `io_uring_register` on a ring of the baseline's own.
     fn tight_loop(&self) -> Option<Box<dyn TightLoop>> {
-        FixedRing::new(RING_ENTRIES)
+        super::baseline::IoUringBaseline::new()
             .ok()
-            .map(|ring| Box::new(IoUringTightLoop { ring }) as Box<dyn TightLoop>)
+            .map(|b| Box::new(b) as Box<dyn TightLoop>)
     }
 }
 
@@ -182,23 +182,5 @@ impl Drop for IoUringPinner {
             // is not deferred to the ring's asynchronous exit work.
             let _ = self.ring.unregister();
         }
-    }
-}
-
-/// The tight-loop baseline: the same two syscalls, no trait objects, no bookkeeping.
-pub struct IoUringTightLoop {
-    ring: FixedRing,
-}
-
-impl TightLoop for IoUringTightLoop {
-    fn cycle(&mut self, target: PinTarget) -> Result<(Duration, Duration), PinError> {
-        let t0 = Instant::now();
-        let r = self.ring.register(target);
-        let t1 = Instant::now();
-        r.map_err(|e| PinError::kernel("IORING_REGISTER_BUFFERS", &e))?;
-        let r = self.ring.unregister();
-        let t2 = Instant::now();
-        r.map_err(|e| PinError::kernel("IORING_UNREGISTER_BUFFERS", &e))?;
-        Ok((t1 - t0, t2 - t1))
     }
 }

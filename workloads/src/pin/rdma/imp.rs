@@ -617,44 +617,18 @@ fn scatter(t: PinTarget, wr: u64, max: usize) -> Vec<PinTarget> {
     out
 }
 
-/// The baseline: `ibv_reg_mr` + `ibv_dereg_mr` on one PD, nothing else.
-struct RdmaTightLoop {
-    pd: Arc<Pd>,
-    cfg: RdmaConfig,
-    odp: bool,
-}
-
-impl TightLoop for RdmaTightLoop {
-    fn cycle(&mut self, target: PinTarget) -> Result<(Duration, Duration), PinError> {
-        let access = self.cfg.access_bits(target.writable, self.odp);
-        let t0 = Instant::now();
-        // No transfer is ever posted on this MR.
-        let r = Mr::register_target(&self.pd, target, access);
-        let t1 = Instant::now();
-        let mr = r.map_err(|errno| PinError::Kernel {
-            op: "ibv_reg_mr",
-            errno,
-        })?;
-        let r = verbs::deregister(mr);
-        let t2 = Instant::now();
-        r.map_err(|errno| PinError::Kernel {
-            op: "ibv_dereg_mr",
-            errno,
-        })?;
-        Ok((t1 - t0, t2 - t1))
-    }
-}
-
 pub fn tight_loop(cfg: &RdmaConfig, odp: bool) -> Option<Box<dyn TightLoop>> {
     // The baseline registers without prefetch; with prefetch the rows' "ours" side includes
     // ibv_advise_mr and the difference is its cost.
+    // It shares the device context with the pinners (the device is the thing measured) and
+    // nothing else: a PD of its own, raw verbs (pin/baseline).
     let sel = select(cfg).ok()?;
     let pd = Pd::alloc(&sel.ctx).ok()?;
-    Some(Box::new(RdmaTightLoop {
+    Some(Box::new(crate::pin::baseline::RdmaBaseline::new(
         pd,
-        cfg: cfg.clone(),
-        odp,
-    }))
+        cfg.access_bits(true, odp),
+        cfg.access_bits(false, odp),
+    )))
 }
 
 #[cfg(test)]

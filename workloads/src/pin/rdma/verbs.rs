@@ -320,6 +320,12 @@ impl Pd {
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
+
+    /// The raw PD, valid while `self` lives: for the benchmark baseline's own
+    /// `ibv_reg_mr` (pin/baseline/sys.rs), which must not go through [`Mr`].
+    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_pd {
+        self.pd
+    }
 }
 
 impl Drop for Pd {
