@@ -101,6 +101,12 @@ pub struct Judged {
     /// `probe io_uring tmpfs shared rw (tmpfs)`, `storm io_uring tmpfs shared lost_write`,
     /// `lifecycle dup-close tmpfs lease_ended`, `run completed`.
     pub name: String,
+    /// Where the fact is, field by field without the filesystem, for tools that address
+    /// facts (`--check`, KCIDB test paths): `[io_uring, tmpfs, shared, rw]` for a probe cell
+    /// (`[.., rw, device_io]` for its device I/O), `[io_uring, tmpfs, shared]` for a storm
+    /// that did not run and `[io_uring, tmpfs, shared, lost_write]` for one of its facts,
+    /// `[dup-close, tmpfs, lease_ended]` for a lifecycle fact, `[]` for the run.
+    pub path: Vec<String>,
     pub verdict: Verdict,
     pub measured: String,
     pub expected: Option<String>,
@@ -381,6 +387,7 @@ fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
             "probe {} {} {} {} ({}) device_io",
             p.pin, p.backing, p.map, p.access, p.fs
         ),
+        path: probe_path(p, Some("device_io")),
         verdict,
         measured: d.to_string(),
         expected: (verdict != Verdict::NoExpectation).then(|| "ok".to_string()),
@@ -389,6 +396,22 @@ fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
         ),
         note: None,
     })
+}
+
+fn probe_path(p: &crate::schema::ProbeRow, leaf: Option<&str>) -> Vec<String> {
+    [&p.pin, &p.backing, &p.map, &p.access]
+        .into_iter()
+        .cloned()
+        .chain(leaf.map(str::to_string))
+        .collect()
+}
+
+fn storm_path(s: &StormResult, fact: Option<&str>) -> Vec<String> {
+    [&s.pin, &s.backing, &s.map]
+        .into_iter()
+        .cloned()
+        .chain(fact.map(str::to_string))
+        .collect()
 }
 
 /// The verdict of a run: every fact, and the status that decides the exit status.
@@ -406,6 +429,7 @@ pub fn judge(r: &RunResult) -> Judgement {
                 "probe {} {} {} {} ({})",
                 p.pin, p.backing, p.map, p.access, p.fs
             ),
+            path: probe_path(p, None),
             verdict,
             measured: p.outcome.clone(),
             expected: p.expected.clone(),
@@ -426,6 +450,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Storm,
                 name: cell,
+                path: storm_path(s, None),
                 verdict: Verdict::NotRun,
                 measured: s.outcome.clone(),
                 expected: None,
@@ -454,6 +479,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Storm,
                 name: format!("{cell} {}", f.fact),
+                path: storm_path(s, Some(&f.fact)),
                 verdict: f.verdict,
                 measured: f.measured,
                 expected: f.expected,
@@ -468,6 +494,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: cell,
+                path: vec![c.scenario.clone(), c.backing.clone()],
                 verdict: Verdict::NotRun,
                 measured: c.outcome.clone(),
                 expected: None,
@@ -496,6 +523,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: format!("{cell} {}", f.fact),
+                path: vec![c.scenario.clone(), c.backing.clone(), f.fact.clone()],
                 verdict: f.verdict,
                 measured: f.measured.clone(),
                 expected: f.expected.clone(),
@@ -507,6 +535,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: format!("{cell} violations"),
+                path: vec![c.scenario.clone(), c.backing.clone(), "violations".into()],
                 verdict: Verdict::NoExpectation,
                 measured: c.violations.len().to_string(),
                 expected: None,
@@ -527,6 +556,7 @@ pub fn judge(r: &RunResult) -> Judgement {
     facts.push(Judged {
         class: FactClass::Run,
         name: "run completed".into(),
+        path: Vec::new(),
         verdict: match status {
             Status::AsExpected | Status::Differs => Verdict::AsExpected,
             _ => Verdict::Error,
