@@ -6,6 +6,8 @@
 //! - [`kernel`]: kernel releases and version ranges;
 //! - [`expect`]: expectation files (pin outcomes, lease lifecycle facts, oracle counts);
 //! - [`verdict`]: the one judgement of a run: every fact's verdict and the exit status;
+//! - [`check`]: `--check` expressions on those facts, and the exit status `git bisect run`
+//!   reads from them;
 //! - [`oracle`]: the list of oracles, with names, descriptions and units;
 //! - [`store`]: where results go and how they are written (atomically);
 //! - [`summary`]: the human summary printed after a run;
@@ -22,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod catalog;
+pub mod check;
 pub mod compare;
 pub mod expect;
 pub mod export;
