@@ -175,7 +175,11 @@ fn parse_size(s: &str) -> Result<u64> {
         Some((i, 'G' | 'g')) => (&t[..i], 30),
         _ => (t, 0),
     };
-    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+    match num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
         Some(n) if n > 0 => Ok(n),
         _ => bail!("size {s:?} is not a size such as 4K, 2M or 1G"),
     }
@@ -183,7 +187,13 @@ fn parse_size(s: &str) -> Result<u64> {
 
 /// `850ns`, `50us` (or `50µs`), `1.5ms`, `2s`, in nanoseconds.
 fn parse_duration(s: &str) -> Result<f64> {
-    let units = [("ns", 1.0), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9)];
+    let units = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+    ];
     for (u, scale) in units {
         if let Some(n) = s.strip_suffix(u) {
             if let Ok(v) = n.trim().parse::<f64>() {
@@ -235,7 +245,10 @@ impl Check {
         let negated = match cmp {
             Cmp::Eq => false,
             Cmp::Ne => true,
-            _ => bail!("a probe outcome is compared with = or !=, not {}", cmp.as_str()),
+            _ => bail!(
+                "a probe outcome is compared with = or !=, not {}",
+                cmp.as_str()
+            ),
         };
         let mut outcomes = Vec::new();
         for o in rhs.split('|').map(str::trim) {
@@ -249,7 +262,9 @@ impl Check {
             }
             let errno = norm.len() > 1
                 && norm.starts_with('E')
-                && norm.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+                && norm
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
             if norm != "ok" && !errno {
                 bail!("outcome {o:?} is not ok or an errno name such as EFAULT");
             }
@@ -316,7 +331,10 @@ impl Check {
             bail!("a latency is compared with <, <=, > or >= and a duration after ')'");
         };
         if matches!(cmp, Cmp::Eq | Cmp::Ne) {
-            bail!("a latency is compared with <, <=, > or >=, not {}", cmp.as_str());
+            bail!(
+                "a latency is compared with <, <=, > or >=, not {}",
+                cmp.as_str()
+            );
         }
         let bound_ns = parse_duration(rhs)?;
         let parts: Vec<&str> = cell.split(':').collect();

@@ -131,12 +131,19 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                     out.push(LatencyMetric {
                         kind: "lease-break",
                         key: format!("{cell}: {what}"),
-                        path: ["lease", "break", &b.backing, &b.lease, &b.behaviour, &b.breaker]
-                            .into_iter()
-                            .chain(b.pinned.then_some("pinned"))
-                            .chain([leaf])
-                            .map(str::to_string)
-                            .collect(),
+                        path: [
+                            "lease",
+                            "break",
+                            &b.backing,
+                            &b.lease,
+                            &b.behaviour,
+                            &b.breaker,
+                        ]
+                        .into_iter()
+                        .chain(b.pinned.then_some("pinned"))
+                        .chain([leaf])
+                        .map(str::to_string)
+                        .collect(),
                         hist,
                     });
                 }

@@ -176,7 +176,10 @@ fn a_failure_outranks_a_cell_that_could_not_be_measured_which_outranks_holding()
 fn oracle_checks_read_the_judged_storm_counts() {
     let r = run();
     assert_eq!(exit(&["lost_write@io_uring:tmpfs=7"], &r).0, EXIT_GOOD);
-    assert_eq!(exit(&["lost_write@io_uring:tmpfs:shared<=7"], &r).0, EXIT_GOOD);
+    assert_eq!(
+        exit(&["lost_write@io_uring:tmpfs:shared<=7"], &r).0,
+        EXIT_GOOD
+    );
     let (code, rep) = exit(&["lost_write@io_uring:tmpfs=0"], &r);
     assert_eq!(code, EXIT_BAD);
     assert!(
@@ -187,7 +190,11 @@ fn oracle_checks_read_the_judged_storm_counts() {
     // The oracle could not judge on anon: skip, with its reason.
     let (code, rep) = exit(&["lost_write@io_uring:anon=0"], &r);
     assert_eq!(code, EXIT_SKIP);
-    assert!(rep.render().contains("no canary memory"), "{}", rep.render());
+    assert!(
+        rep.render().contains("no canary memory"),
+        "{}",
+        rep.render()
+    );
     // No storm on xfs, or one on the other mapping only.
     assert_eq!(exit(&["lost_write@io_uring:xfs=0"], &r).0, EXIT_SKIP);
     assert_eq!(
@@ -207,7 +214,10 @@ fn oracle_checks_read_the_judged_storm_counts() {
 #[test]
 fn latency_checks_read_the_benchmark_histograms() {
     let r = run();
-    assert_eq!(exit(&["p50(io_uring:anon:2M:register)<50us"], &r).0, EXIT_GOOD);
+    assert_eq!(
+        exit(&["p50(io_uring:anon:2M:register)<50us"], &r).0,
+        EXIT_GOOD
+    );
     assert_eq!(
         exit(&["p50(io_uring:anon:shared:rw:2M:register)<50us"], &r).0,
         EXIT_GOOD
@@ -215,14 +225,27 @@ fn latency_checks_read_the_benchmark_histograms() {
     let (code, rep) = exit(&["p50(io_uring:anon:2M:register)<30us"], &r);
     assert_eq!(code, EXIT_BAD);
     assert!(rep.render().contains("p50 40."), "{}", rep.render());
-    assert_eq!(exit(&["p99(io_uring:anon:2M:register)>=0.03ms"], &r).0, EXIT_GOOD);
+    assert_eq!(
+        exit(&["p99(io_uring:anon:2M:register)>=0.03ms"], &r).0,
+        EXIT_GOOD
+    );
     // Not run: skip; refused by the kernel: measured, and no latency holds the bound.
-    assert_eq!(exit(&["p50(io_uring:devdax:2M:register)<50us"], &r).0, EXIT_SKIP);
+    assert_eq!(
+        exit(&["p50(io_uring:devdax:2M:register)<50us"], &r).0,
+        EXIT_SKIP
+    );
     let (code, rep) = exit(&["p50(io_uring:xfs:2M:register)<50us"], &r);
     assert_eq!(code, EXIT_BAD);
-    assert!(rep.render().contains("stopped on EFAULT"), "{}", rep.render());
+    assert!(
+        rep.render().contains("stopped on EFAULT"),
+        "{}",
+        rep.render()
+    );
     // Another size, or another mapping: not in the run.
-    assert_eq!(exit(&["p50(io_uring:anon:4K:register)<50us"], &r).0, EXIT_SKIP);
+    assert_eq!(
+        exit(&["p50(io_uring:anon:4K:register)<50us"], &r).0,
+        EXIT_SKIP
+    );
     assert_eq!(
         exit(&["p50(io_uring:anon:private:rw:2M:register)<50us"], &r).0,
         EXIT_SKIP
@@ -296,7 +319,10 @@ fn bad_expressions_are_refused_naming_the_expression_and_the_forms() {
         ("io_uring:xfs:shared=ok", "4 fields"),
         ("io_uring:xfs:shared:rw", "no comparison"),
         ("io_uring:xfs:shared:rw<ok", "= or !="),
-        ("io_uring:xfs:sharde:rw=ok", "\"sharde\" is not shared or private"),
+        (
+            "io_uring:xfs:sharde:rw=ok",
+            "\"sharde\" is not shared or private",
+        ),
         ("io_uring:xfs:shared:wr=ok", "\"wr\" is not rw or ro"),
         ("io_uring:xfs:shared:rw=fine", "not ok or an errno"),
         ("io_uring:xfs:shared:rw=notrun", "exit 125"),
