@@ -2,7 +2,8 @@
 //! emulated NVDIMM (FS-DAX xfs and ext4, device-dax) and soft-RoCE, and bring each result
 //! home tagged with the kernel it ran on.
 //!
-//! Host side, per kernel (`kernel_run`): fetch/unpack it into the cache ([`kernels`]),
+//! Host side, per kernel (`kernel_run`): fetch/unpack it into the cache ([`kernels`]), or
+//! build a kernel tree with the options the guest uses ([`build`], `--build`),
 //! decide KVM or TCG ([`vm::probe_accel`]), boot `vng` with the guest agent
 //! (`pinstorm __lab-guest`, see [`guest`]) under a watchdog ([`vm::boot`]), read the console
 //! for panics and oopses ([`console`]), judge the guest ([`status`]) and store its result
@@ -20,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod apt;
+pub mod build;
 mod cache;
 pub mod console;
 pub mod guest;
