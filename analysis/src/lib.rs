@@ -16,7 +16,7 @@
 //! - [`compare`] and [`gate`]: two sets of runs side by side, and regression gates;
 //! - [`render`]: comparisons as text and Markdown;
 //! - [`plot`]: SVG and PNG charts per kernel version; [`report`]: one HTML file;
-//! - [`export`]: CSV, KTAP and JUnit XML.
+//! - [`export`]: CSV, KTAP, JUnit XML and KCIDB JSON.
 //!
 //! Nothing here runs anything against the kernel.
 
