@@ -15,8 +15,9 @@
 //!
 //! Ids are `pinstorm:` and what identifies the object (a test: its run id and path), so
 //! exporting the same results again gives the same ids and KCIDB merges instead of
-//! duplicating. No string carries a NUL (the schema forbids it; a result file is not
-//! trusted to be free of them), and excerpts are cut to the schema's 16 KiB.
+//! duplicating. No string carries a NUL and no value is null (the schema forbids both; a
+//! result file is not trusted to be free of them), and excerpts are cut to the schema's
+//! 16 KiB.
 
 use std::collections::BTreeSet;
 
@@ -338,7 +339,8 @@ fn tests(r: &RunResult, out: &mut Vec<Value>) {
     }
 }
 
-/// Replace NULs in every string (keys included): the schema forbids them everywhere.
+/// Replace NULs in every string (keys included) and leave out nulls: the schema forbids
+/// both everywhere.
 fn without_nul(v: Value) -> Value {
     let clean = |s: String| {
         if s.contains('\0') {
@@ -349,9 +351,15 @@ fn without_nul(v: Value) -> Value {
     };
     match v {
         Value::String(s) => Value::String(clean(s)),
-        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .filter(|v| !v.is_null())
+                .map(without_nul)
+                .collect(),
+        ),
         Value::Object(o) => Value::Object(
             o.into_iter()
+                .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| (clean(k), without_nul(v)))
                 .collect(),
         ),
