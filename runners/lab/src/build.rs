@@ -290,7 +290,7 @@ pub fn build_tree(cache: &Path, vng: &Path, tree: &Path, log: &dyn Fn(&str)) -> 
     let mut source = vec![format!("tree:{} (built by --build)", tree.display())];
     source.extend(git_head(&tree));
     source.push(format!("build log:{}", b.log().display()));
-    source.extend(k.source.drain(..));
+    source.append(&mut k.source);
     k.source = source;
     k.cached = false;
     Ok(k)

@@ -14,7 +14,8 @@
 //!
 //! Confinement: the guest never gets a writable host root (no `--rw`); on the host the lab
 //! writes only under the cache directory and the results directory, both absolute and
-//! checked; virtme-ng runs with HOME and TMPDIR inside the cache.
+//! checked (and, with `--build`, in the kernel tree it is asked to build); virtme-ng runs
+//! with HOME and TMPDIR inside the cache.
 //!
 //! No unsafe code: signals and /proc go through `sys` (rustix), and the lint keeps it so.
 
