@@ -146,7 +146,7 @@ pub enum Format {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a scenario file or preset (default: the default host suite).
+    /// Run scenario files or presets, one result each (default: the default host suite).
     Run(RunArgs),
     /// Print which pins this kernel allows: pin path x backing x map x access.
     Probe(ProbeArgs),
