@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use pinstorm_analysis::catalog::{self, Catalog, LoadedRun, Selector};
+use pinstorm_analysis::check::{self, Check};
 use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
@@ -40,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("histogram", histogram),
     ("selector", selector),
     ("gate", gate),
+    ("check", check),
     ("gates-toml", gates_toml),
     ("units", units),
     ("kernel", kernel),
@@ -145,6 +147,16 @@ pub fn result(data: &[u8]) -> bool {
     let _ = export::csv::render(&[&fuzzed]);
     let _ = export::ktap::render(&[&fuzzed]);
     let _ = export::junit::render(&[&fuzzed]);
+    let _ = export::kcidb::render(&[&fuzzed]);
+    let checks: Vec<Check> = [
+        "io_uring:anon:shared:rw=ok",
+        "lost_write@io_uring:tmpfs<=3",
+        "p50(io_uring:anon:4K:register)<50us",
+    ]
+    .iter()
+    .map(|c| Check::parse(c).expect("valid check"))
+    .collect();
+    let _ = check::evaluate(&checks, &check::subjects_by_release(&[&fuzzed.result])).render();
     // Few bootstrap replicates: the statistics are not what is tested here.
     let opts = CompareOptions {
         iterations: 20,
@@ -252,6 +264,20 @@ pub fn gate(data: &[u8]) -> bool {
     Gate::parse(&text(data)).is_ok()
 }
 
+/// A `--check` expression, judged on a real result as `git bisect run` would have it.
+pub fn check(data: &[u8]) -> bool {
+    let Ok(c) = Check::parse(&text(data)) else {
+        return false;
+    };
+    let _ = c.pin_and_backing();
+    let report = check::evaluate(
+        std::slice::from_ref(&c),
+        &check::subjects_by_release(&[&base_run().result]),
+    );
+    let _ = (report.render(), report.exit_code());
+    true
+}
+
 /// A `--gates` file.
 pub fn gates_toml(data: &[u8]) -> bool {
     gate::from_toml(&text(data), "fuzz.toml").is_ok()
@@ -353,6 +379,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .into_iter()
             .map(|g| g.expr.into_bytes())
             .collect(),
+        "check" => [
+            "io_uring:xfs:shared:rw=EFAULT",
+            "io_uring:anon:shared:rw=ok|EOPNOTSUPP",
+            "io_uring:tmpfs:private:ro!=EFAULT",
+            "lost_write@io_uring:xfs-dax=0",
+            "cross_file@io_uring:tmpfs:shared<=2",
+            "p50(io_uring:devdax:2M:register)<50us",
+            "p999(io_uring:anon:shared:rw:4K:cycle)>=1.5ms",
+        ]
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect(),
         "histogram" => foreign_histograms()
             .into_iter()
             .enumerate()

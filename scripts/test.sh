@@ -22,8 +22,12 @@ if [ "$(id -u)" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
     # QEMU, virtme-ng (in a venv in the lab cache) and the guest's tools, for tests/lab.rs.
     PINSTORM_SKIP_APT_UPDATE=1 bash scripts/lab-setup.sh
+    # kcidb-io, check-jsonschema and kubernetes-validate (a venv in the lab cache), for
+    # tests/nightly.rs: the KCIDB export and the CI examples checked by their own schemas.
+    bash scripts/validators-setup.sh
 else
     echo "== not root: not installing packages; tests that need root will say they skipped"
+    bash scripts/validators-setup.sh || echo "== no validators (python3-venv?): tests/nightly.rs will say it skipped"
 fi
 
 echo "== cargo fmt --check"

@@ -24,6 +24,15 @@ result say the same: a `not ok` / <failure> exactly when the status is not 0):
        machine unjudged (rerun on a quiet machine, or --judge-disturbed)
   130  interrupted by SIGINT (143: SIGTERM, 129: SIGHUP); what was measured is kept
 
+With --check EXPR (run, probe, bench pin, lab; repeatable), the status is for `git bisect
+run` instead: 0 every check holds, 1 a check fails, 125 a checked fact could not be
+measured (notrun, not in any result, the kernel did not build or boot, its guest
+panicked); a failure outranks 125. Any usage or tool error exits 128 (git bisect aborts),
+never 2 (bisect would take it for \"bad\"). The forms (docs/bisect.md):
+  io_uring:xfs:shared:rw=EFAULT          a probe cell's outcome (=ok|EOPNOTSUPP, !=EFAULT)
+  lost_write@io_uring:xfs-dax=0          a storm oracle's count (also <, <=, >, >=, !=)
+  p50(io_uring:devdax:2M:register)<50us  a benchmark quantile (min p50 p90 p99 p999 max mean)
+
 Results go to RESULTS/<kernel-release>/<run-id>/result.json (schema: docs/result-schema.md).
 Nothing outside the scratch root, the results directory and a --scratch-dir you name is
 ever written, and everything pinstorm mounts, attaches or changes is undone on exit; a run
@@ -41,6 +50,8 @@ Examples:
   pinstorm plot $PWD/results --out $PWD/plots
   pinstorm report $PWD/results --out $PWD/report.html
   pinstorm lab --kernels deb:6.12,deb:sid dax-vs-pin      (QEMU guests with FS-DAX and rxe)
+  git bisect run pinstorm lab --kernels tree:. --build --check 'io_uring:xfs:shared:rw=EFAULT'
+  pinstorm export kcidb $PWD/results --out $PWD/kcidb.json   (KCIDB I/O JSON)
   pinstorm probe --pins rdma,rdma-odp --rdma-dev rxe0   (a build with --features rdma)";
 
 #[derive(Parser, Debug)]
@@ -138,7 +149,7 @@ pub enum Format {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a scenario file or preset (default: the default host suite).
+    /// Run scenario files or presets, one result each (default: the default host suite).
     Run(RunArgs),
     /// Print which pins this kernel allows: pin path x backing x map x access.
     Probe(ProbeArgs),
@@ -160,7 +171,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// Write one self-contained HTML report (charts, comparisons, environments, notruns).
     Report(ReportArgs),
-    /// Export results as CSV, KTAP (kernel CI) or JUnit XML (generic CI).
+    /// Export results as CSV, KTAP (kernel CI), JUnit XML (generic CI) or KCIDB JSON (the
+    /// kernel community's shared results database).
     Export(ExportArgs),
 }
 
@@ -185,28 +197,74 @@ debian-archive-keyring; never installed on the host); a second run downloads not
 Exit status: 0 all kernels ran and agree with the expectations, 3 a kernel's result has a
 fact that differs (as `pinstorm run` would exit 3 there) or its console shows a kernel
 warning, 1 a guest panicked, hung, or could not be set up, 2 bad command line, 130/143
-interrupted.
+interrupted. With --check: 0 every check holds on every kernel, 1 one fails, 125 one could
+not be judged (a kernel that does not build or boot, a guest that panics or times out, a
+notrun cell), 128 usage or tool error (see `pinstorm --help`, docs/bisect.md).
+
+Several scenarios make a matrix of kernels x scenarios, one guest per entry; --plan prints
+it as JSON (with each entry's shard) and --shard K/N runs every N-th entry from the K-th,
+for CI engines that spread a nightly over machines (docs/nightly.md). The shards' result
+directories together hold the unsharded run's results, each once.
 
 Examples:
   pinstorm lab                                         default scenario on deb:6.1,deb:6.12,deb:sid
   pinstorm lab --kernels deb:6.12 --devdax-namespace dax-vs-pin
   pinstorm lab --kernels path:/src/linux/arch/x86/boot/bzImage --modules /tmp/mods --label gup-v3
   pinstorm lab --kernels tree:/src/linux --label my-series quick
-See docs/lab.md.";
+  pinstorm lab --kernels tree:. --build --check 'io_uring:xfs:shared:rw=EFAULT' quick
+  pinstorm lab --kernels deb:6.1,deb:6.12,deb:sid --shard 2/3 quick dax-vs-pin
+  pinstorm lab --plan --shard 1/3 quick dax-vs-pin
+See docs/lab.md, docs/bisect.md, docs/nightly.md.";
+
+/// `--check`, for `git bisect run`.
+#[derive(Args, Debug, Default)]
+pub struct CheckArgs {
+    /// A check for `git bisect run` (repeatable): io_uring:xfs:shared:rw=EFAULT,
+    /// lost_write@io_uring:xfs-dax=0, p50(io_uring:devdax:2M:register)<50us. The exit
+    /// status becomes 0 (all hold), 1 (one fails), 125 (one could not be measured) or 128
+    /// (usage or tool error). See `pinstorm --help`.
+    #[arg(long = "check", value_name = "EXPR")]
+    pub checks: Vec<String>,
+}
+
+/// The matrix of kernels x scenarios, and its shards.
+#[derive(Args, Debug, Default)]
+pub struct MatrixArgs {
+    /// Run shard K of N of the matrix (entries are kernel x scenario, numbered kernel by
+    /// kernel; entry i goes to shard i mod N + 1). Every shard must be given the same
+    /// kernels and scenarios.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Print the matrix (every kernel x scenario entry and its shard) as JSON, run nothing.
+    #[arg(long)]
+    pub plan: bool,
+}
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
-    /// A scenario file or preset, run in every guest.
-    #[arg(default_value = "default")]
-    pub scenario: String,
+    /// Scenario files or presets, each run in every guest (one guest per kernel and
+    /// scenario).
+    #[arg(value_name = "SCENARIO", default_value = "default")]
+    pub scenarios: Vec<String>,
     /// Kernels to boot, comma-separated: deb:6.1, deb:6.12, deb:sid, deb:VERSION,
-    /// deb:PACKAGE[=VERSION], path:BZIMAGE (with --modules), tree:KERNEL_BUILD_DIR.
+    /// deb:PACKAGE[=VERSION], path:BZIMAGE (with --modules), tree:KERNEL_DIR (a relative
+    /// path such as tree:. is taken from the current directory).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "deb:6.1,deb:6.12,deb:sid"
     )]
     pub kernels: Vec<String>,
+    /// Build tree: kernels before booting them: `vng --kconfig` with the options the guest
+    /// uses (replacing the tree's .config), `make bzImage modules`, modules installed into
+    /// the cache; then booted like path: kernels. A kernel that does not build is a
+    /// setup-error (125 with --check). Never resumed: measured every time.
+    #[arg(long)]
+    pub build: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    #[command(flatten)]
+    pub matrix: MatrixArgs,
     /// Modules for path: kernels: a directory holding lib/modules/RELEASE (an
     /// INSTALL_MOD_PATH) or the release directory itself.
     #[arg(long, value_name = "DIR")]
@@ -434,7 +492,7 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// csv, ktap or junit.
+    /// csv, ktap, junit or kcidb (KCIDB I/O JSON, schema v5.3; docs/nightly.md).
     #[arg(value_enum)]
     pub to: ExportFormat,
     /// Result files or directories (default: the results directory).
@@ -450,13 +508,15 @@ pub enum ExportFormat {
     Csv,
     Ktap,
     Junit,
+    Kcidb,
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A scenario file, or a preset name (default, quick).
-    #[arg(default_value = "default")]
-    pub scenario: String,
+    /// Scenario files or preset names (default, quick, ...), run one after the other, one
+    /// result each: the matrix of this kernel x these scenarios (--plan, --shard).
+    #[arg(value_name = "SCENARIO", default_value = "default")]
+    pub scenarios: Vec<String>,
     /// Run every job on these backings only.
     #[arg(long, value_delimiter = ',', value_parser = BackingKind::parse)]
     pub backing: Vec<BackingKind>,
@@ -477,6 +537,10 @@ pub struct RunArgs {
     /// the summary prints under each finding).
     #[arg(long, value_name = "OFFSET+LEN", value_parser = WriteAt::parse)]
     pub write_at: Option<WriteAt>,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    #[command(flatten)]
+    pub matrix: MatrixArgs,
 }
 
 #[derive(Args, Debug)]
@@ -499,6 +563,8 @@ pub struct ProbeArgs {
     /// Do not let the device write and read through successful pins.
     #[arg(long)]
     pub no_device_io: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -546,6 +612,8 @@ pub struct BenchPinArgs {
     /// `device-write`; for rdma-odp the device's page fault, or a prefetched write).
     #[arg(long)]
     pub device_write: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

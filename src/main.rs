@@ -11,13 +11,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use pinstorm_analysis::check::EXIT_ABORT as ABORT;
 
 use cli::{BenchCommand, Cli, Command, Format};
 use cmd::common::BadInput;
 use pinstorm_workloads::scratch;
 
-fn real_main() -> Result<ExitCode> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     if g.format == Format::Markdown && !matches!(cli.command, Command::Compare(_)) {
         bail!(BadInput(anyhow::anyhow!(
@@ -57,8 +57,25 @@ fn main() -> ExitCode {
             }
         };
     }
-    match real_main() {
+    // With --check, pinstorm answers `git bisect run`, which takes 1-127 (but 125) for
+    // "bad": a usage or tool error must abort the bisection instead (128), clap's included.
+    let checking = cmd::check::given(&args);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if checking && e.use_stderr() => {
+            let _ = e.print();
+            eprintln!("pinstorm: with --check, a usage error exits {ABORT} (git bisect aborts)");
+            return ExitCode::from(ABORT);
+        }
+        Err(e) => e.exit(),
+    };
+    match real_main(cli) {
         Ok(c) => c,
+        Err(e) if checking => {
+            eprintln!("pinstorm: error: {e:#}");
+            eprintln!("pinstorm: with --check, an error exits {ABORT} (git bisect aborts)");
+            ExitCode::from(ABORT)
+        }
         Err(e) => {
             eprintln!("pinstorm: error: {e:#}");
             // A scratch root or directory that is not provably ours is refused like bad

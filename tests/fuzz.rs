@@ -616,6 +616,11 @@ fn fuzz_gates() {
 }
 
 #[test]
+fn fuzz_bisect_checks() {
+    fuzz("check", DEFAULT_ITERS);
+}
+
+#[test]
 fn fuzz_gate_files() {
     fuzz("gates-toml", DEFAULT_ITERS);
 }

@@ -7,6 +7,8 @@
 //! - [`kernel`]: kernel releases and version ranges;
 //! - [`expect`]: expectation files (pin outcomes, lease lifecycle facts, oracle counts);
 //! - [`verdict`]: the one judgement of a run: every fact's verdict and the exit status;
+//! - [`check`]: `--check` expressions on those facts, and the exit status `git bisect run`
+//!   reads from them;
 //! - [`oracle`]: the list of oracles, with names, descriptions and units;
 //! - [`store`]: where results go and how they are written (atomically);
 //! - [`summary`]: the human summary printed after a run;
@@ -15,7 +17,7 @@
 //! - [`compare`] and [`gate`]: two sets of runs side by side, and regression gates;
 //! - [`render`]: comparisons as text and Markdown;
 //! - [`plot`]: SVG and PNG charts per kernel version; [`report`]: one HTML file;
-//! - [`export`]: CSV, KTAP and JUnit XML.
+//! - [`export`]: CSV, KTAP, JUnit XML and KCIDB JSON.
 //!
 //! Nothing here runs anything against the kernel.
 
@@ -23,6 +25,7 @@
 #![deny(unsafe_code)]
 
 pub mod catalog;
+pub mod check;
 pub mod compare;
 pub mod disturbance;
 pub mod expect;

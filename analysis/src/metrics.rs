@@ -18,6 +18,12 @@ pub struct LatencyMetric {
     pub kind: &'static str,
     /// The cell, in words: `io_uring tmpfs shared rw 4K register`.
     pub key: String,
+    /// The same cell field by field, under its section, for tools that address metrics
+    /// (KCIDB test paths): `[bench, io_uring, tmpfs, shared, rw, 4K, register]`,
+    /// `[storm, io_uring, tmpfs, shared, register]`, `[storm, io_uring, tmpfs, shared,
+    /// layout, truncate]`, `[lease, break, tmpfs, write, unlock, open-rdwr, pinned, wait]`,
+    /// `[lease, check, tmpfs, with]`.
+    pub path: Vec<String>,
     pub hist: Latency,
 }
 
@@ -69,16 +75,31 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                 key: bench_key(
                     &b.pin, &b.backing, &b.map, &b.access, b.size, &b.op, b.threads,
                 ),
+                path: ["bench", &b.pin, &b.backing, &b.map, &b.access]
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain([human_size(b.size), b.op.clone()])
+                    .chain((b.threads > 1).then(|| format!("x{}", b.threads)))
+                    .collect(),
                 hist,
             });
         }
     }
     for s in r.storms.iter().filter(|s| s.outcome == "ok") {
         let cell = s.cell();
+        let storm_path = |leaf: &[&str]| -> Vec<String> {
+            ["storm", &s.pin, &s.backing, &s.map]
+                .iter()
+                .chain(s.control.then_some(&"control"))
+                .chain(leaf)
+                .map(|p| p.to_string())
+                .collect()
+        };
         if let Some(hist) = decode(s.register_histogram.as_deref()) {
             out.push(LatencyMetric {
                 kind: "storm-pin",
                 key: format!("{cell} register during storm"),
+                path: storm_path(&["register"]),
                 hist,
             });
         }
@@ -87,6 +108,7 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                 out.push(LatencyMetric {
                     kind: "layout-op",
                     key: format!("{} on {} {} (pinned by {})", op.op, s.backing, s.map, s.pin),
+                    path: storm_path(&["layout", &op.op]),
                     hist,
                 });
             }
@@ -102,22 +124,45 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                 b.breaker,
                 if b.pinned { ", pinned" } else { "" }
             );
-            for (what, m) in [("break wait", &b.breaker_wait), ("notify", &b.notify)] {
+            for (what, leaf, m) in [
+                ("break wait", "wait", &b.breaker_wait),
+                ("notify", "notify", &b.notify),
+            ] {
                 if let Some(hist) = measured(m.as_ref()) {
                     out.push(LatencyMetric {
                         kind: "lease-break",
                         key: format!("{cell}: {what}"),
+                        path: [
+                            "lease",
+                            "break",
+                            &b.backing,
+                            &b.lease,
+                            &b.behaviour,
+                            &b.breaker,
+                        ]
+                        .into_iter()
+                        .chain(b.pinned.then_some("pinned"))
+                        .chain([leaf])
+                        .map(str::to_string)
+                        .collect(),
                         hist,
                     });
                 }
             }
         }
         for o in l.overhead.iter().filter(|o| o.outcome == "ok") {
-            for (what, m) in [("without lease", &o.without), ("with lease", &o.with)] {
+            for (what, leaf, m) in [
+                ("without lease", "without", &o.without),
+                ("with lease", "with", &o.with),
+            ] {
                 if let Some(hist) = measured(m.as_ref()) {
                     out.push(LatencyMetric {
                         kind: "lease-check",
                         key: format!("{} pin+unpin {what}", o.backing),
+                        path: ["lease", "check", &o.backing, leaf]
+                            .into_iter()
+                            .map(str::to_string)
+                            .collect(),
                         hist,
                     });
                 }

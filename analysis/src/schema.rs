@@ -107,6 +107,18 @@ pub struct ConsoleEvent {
     pub text: String,
 }
 
+impl ConsoleEvent {
+    /// Whether this event is a kernel warning a finished guest is flagged for (the lab's
+    /// `kernel-warning` status, a failing KCIDB boot test): a WARNING, hung task, RCU stall
+    /// or lockdep report. Panics, oopses, BUGs and lockups are worse and judged as such.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "warning" | "hung-task" | "rcu-stall" | "lockdep"
+        )
+    }
+}
+
 /// One thing the guest set up, or why it could not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LabFact {

@@ -55,6 +55,14 @@ pub struct Judged {
     /// `storm io_uring tmpfs shared lost_write`,
     /// `lifecycle dup-close tmpfs lease_ended`, `run completed`.
     pub name: String,
+    /// Where the fact is, field by field without the filesystem, for tools that address
+    /// facts (`--check`, KCIDB test paths): `[io_uring, tmpfs, shared, rw]` for a probe cell
+    /// (`[.., rw, device_io]` for its device I/O), `[io_uring, anon, private, rw, 2M]` for a
+    /// bench cell, `[io_uring, tmpfs, shared]` for a storm (`[.., shared, control]` for its
+    /// control cell)
+    /// that did not run and `[io_uring, tmpfs, shared, lost_write]` for one of its facts,
+    /// `[dup-close, tmpfs, lease_ended]` for a lifecycle fact, `[]` for the run.
+    pub path: Vec<String>,
     pub verdict: Verdict,
     pub measured: String,
     pub expected: Option<String>,
@@ -335,6 +343,7 @@ fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
             "probe {} {} {} {} ({}) device_io",
             p.pin, p.backing, p.map, p.access, p.fs
         ),
+        path: probe_path(p, Some("device_io")),
         verdict,
         measured: d.to_string(),
         expected: (verdict != Verdict::NoExpectation).then(|| "ok".to_string()),
@@ -375,6 +384,13 @@ fn bench_fact(b: &crate::schema::BenchRow) -> Option<Judged> {
     };
     Some(Judged {
         class: FactClass::Bench,
+        path: vec![
+            b.pin.clone(),
+            b.backing.clone(),
+            b.map.clone(),
+            b.access.clone(),
+            crate::summary::human_size(b.size),
+        ],
         name: format!(
             "bench {} {} {} {} {} ({})",
             b.pin,
@@ -396,6 +412,24 @@ fn bench_fact(b: &crate::schema::BenchRow) -> Option<Judged> {
     })
 }
 
+fn probe_path(p: &crate::schema::ProbeRow, leaf: Option<&str>) -> Vec<String> {
+    [&p.pin, &p.backing, &p.map, &p.access]
+        .into_iter()
+        .cloned()
+        .chain(leaf.map(str::to_string))
+        .collect()
+}
+
+/// A control cell's path has `control` after the map, so it never collides with the storm's.
+fn storm_path(s: &StormResult, fact: Option<&str>) -> Vec<String> {
+    [&s.pin, &s.backing, &s.map]
+        .into_iter()
+        .cloned()
+        .chain(s.control.then(|| "control".to_string()))
+        .chain(fact.map(str::to_string))
+        .collect()
+}
+
 /// The verdict of a run: every fact, and the status that decides the exit status.
 pub fn judge(r: &RunResult) -> Judgement {
     let mut facts = Vec::new();
@@ -411,6 +445,7 @@ pub fn judge(r: &RunResult) -> Judgement {
                 "probe {} {} {} {} ({})",
                 p.pin, p.backing, p.map, p.access, p.fs
             ),
+            path: probe_path(p, None),
             verdict,
             measured: p.outcome.clone(),
             expected: p.expected.clone(),
@@ -432,6 +467,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Storm,
                 name: cell,
+                path: storm_path(s, None),
                 verdict: Verdict::NotRun,
                 measured: s.outcome.clone(),
                 expected: None,
@@ -462,6 +498,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Storm,
                 name: format!("{cell} {}", f.fact),
+                path: storm_path(s, Some(&f.fact)),
                 verdict: f.verdict,
                 measured: f.measured,
                 expected: f.expected,
@@ -476,6 +513,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: cell,
+                path: vec![c.scenario.clone(), c.backing.clone()],
                 verdict: Verdict::NotRun,
                 measured: c.outcome.clone(),
                 expected: None,
@@ -504,6 +542,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: format!("{cell} {}", f.fact),
+                path: vec![c.scenario.clone(), c.backing.clone(), f.fact.clone()],
                 verdict: f.verdict,
                 measured: f.measured.clone(),
                 expected: f.expected.clone(),
@@ -515,6 +554,7 @@ pub fn judge(r: &RunResult) -> Judgement {
             facts.push(Judged {
                 class: FactClass::Lifecycle,
                 name: format!("{cell} violations"),
+                path: vec![c.scenario.clone(), c.backing.clone(), "violations".into()],
                 verdict: Verdict::NoExpectation,
                 measured: c.violations.len().to_string(),
                 expected: None,
@@ -535,6 +575,7 @@ pub fn judge(r: &RunResult) -> Judgement {
     facts.push(Judged {
         class: FactClass::Run,
         name: "run completed".into(),
+        path: Vec::new(),
         verdict: match status {
             Status::AsExpected | Status::Differs => Verdict::AsExpected,
             _ => Verdict::Error,

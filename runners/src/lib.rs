@@ -9,6 +9,7 @@
 //! - [`environment`]: what machine and kernel a run is on;
 //! - [`disturbance`]: how disturbed the machine is while a run and each job measure;
 //! - [`signals`]: SIGINT/SIGTERM become an orderly, cleaned-up stop;
+//! - [`shard`]: the kernels x scenarios matrix of a nightly, cut into shards for CI engines;
 //! - [`cleanup`]: undoing what killed runs left.
 //!
 //! The lab (the same scenarios in QEMU guests booted from real kernels) is a crate of its
@@ -27,6 +28,7 @@ pub mod lease;
 mod lease_job;
 pub mod probe;
 pub mod run;
+pub mod shard;
 pub mod signals;
 pub mod storm;
 pub mod watchdog;

@@ -1,4 +1,4 @@
-//! `pinstorm export`: results as CSV, KTAP or JUnit XML.
+//! `pinstorm export`: results as CSV, KTAP, JUnit XML or KCIDB JSON.
 
 use std::process::ExitCode;
 
@@ -18,6 +18,7 @@ pub fn run(g: &Global, a: &ExportArgs) -> Result<ExitCode> {
         ExportFormat::Csv => export::csv::render(&runs),
         ExportFormat::Ktap => export::ktap::render(&runs),
         ExportFormat::Junit => export::junit::render(&runs),
+        ExportFormat::Kcidb => export::kcidb::render(&runs),
     };
     match out {
         Some(p) => pinstorm_analysis::store::write_atomic(&p, text.as_bytes())?,

@@ -1,5 +1,6 @@
 //! One module per command; `common` and `paths` hold what several of them share.
 
+pub mod check;
 pub mod cleanup;
 pub mod common;
 pub mod compare;

@@ -1,5 +1,5 @@
-//! `run`, `probe` and `bench pin`: a scenario (a file, a preset, or one made from the flags)
-//! run on this machine.
+//! `run`, `probe` and `bench pin`: scenarios (files, presets, or one made from the flags)
+//! run on this machine; with `--check`, judged for `git bisect run`.
 
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::process::ExitCode;
@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use crate::cli::{BenchPinArgs, Format, Global, ProbeArgs, RunArgs};
+use crate::cmd::check;
 use crate::cmd::common::{bad, configure_rdma, expectations, BadInput};
 use crate::cmd::paths::RunPaths;
+use pinstorm_analysis::check::{evaluate, subjects_by_release, Check};
 use pinstorm_analysis::summary;
-use pinstorm_runners::run::{self, RunOptions};
+use pinstorm_runners::run::{self, RunOptions, RunOutcome};
+use pinstorm_runners::shard::{Plan, Shard};
 use pinstorm_workloads::scenario::{self, BenchJob, OverrideError, Overrides, ProbeJob, Scenario};
 
 /// What `--format json` prints on stdout: the rows of the job asked for, or the whole result.
@@ -21,12 +24,8 @@ enum JsonOut {
     Result,
 }
 
-fn run_scenario(
-    g: &Global,
-    mut scenario: Scenario,
-    origin: String,
-    json_out: JsonOut,
-) -> Result<ExitCode> {
+/// Run one scenario; the result is on disk when this returns.
+fn run_one(g: &Global, mut scenario: Scenario, origin: String) -> Result<RunOutcome> {
     configure_rdma(g, Some(&mut scenario));
     let paths = RunPaths::check(g)?;
     let opts = RunOptions {
@@ -45,30 +44,159 @@ fn run_scenario(
         verbose: !g.quiet,
         holder_exe: None,
     };
-    let outcome = run::run(&opts)?;
+    run::run(&opts)
+}
+
+fn json_of(o: &RunOutcome, json_out: JsonOut) -> Result<serde_json::Value> {
+    Ok(match json_out {
+        JsonOut::ProbeRows => serde_json::to_value(&o.result.probe)?,
+        JsonOut::BenchRows => {
+            let mut rows = o.result.bench.clone();
+            for r in &mut rows {
+                r.histogram = None;
+                r.baseline_histogram = None;
+            }
+            serde_json::to_value(rows)?
+        }
+        JsonOut::Result => serde_json::to_value(&o.result)?,
+    })
+}
+
+/// Print what the runs measured: each summary, or JSON (one value, or an array of them
+/// when several scenarios were asked for).
+fn print(g: &Global, outcomes: &[RunOutcome], json_out: JsonOut, several: bool) -> Result<()> {
     match g.format {
-        Format::Text => print!("{}", summary::render(&outcome.result, Some(&outcome.path))),
+        Format::Text => {
+            for o in outcomes {
+                print!("{}", summary::render(&o.result, Some(&o.path)));
+            }
+        }
         Format::Markdown => unreachable!("refused before the run"),
         Format::Json => {
-            let value = match json_out {
-                JsonOut::ProbeRows => serde_json::to_value(&outcome.result.probe)?,
-                JsonOut::BenchRows => {
-                    let mut rows = outcome.result.bench.clone();
-                    for r in &mut rows {
-                        r.histogram = None;
-                        r.baseline_histogram = None;
-                    }
-                    serde_json::to_value(rows)?
-                }
-                JsonOut::Result => serde_json::to_value(&outcome.result)?,
+            let values = outcomes
+                .iter()
+                .map(|o| json_of(o, json_out))
+                .collect::<Result<Vec<_>>>()?;
+            let value = match (several, values.len()) {
+                (false, 1) => values.into_iter().next().expect("one value"),
+                _ => serde_json::Value::Array(values),
             };
             println!("{}", serde_json::to_string_pretty(&value)?);
             if !g.quiet {
-                eprintln!("pinstorm: result written to {}", outcome.path.display());
+                for o in outcomes {
+                    eprintln!("pinstorm: result written to {}", o.path.display());
+                }
             }
         }
     }
-    Ok(ExitCode::from(outcome.exit_code() as u8))
+    Ok(())
+}
+
+/// The exit status of several runs: a signal, else the worst of error (1), differs (3),
+/// as expected (0); with checks, the checks' status (a signal still wins: bisect stops).
+fn finish(outcomes: &[RunOutcome], checks: &[Check]) -> ExitCode {
+    let codes: Vec<i32> = outcomes.iter().map(RunOutcome::exit_code).collect();
+    if let Some(sig) = codes.iter().find_map(|c| check::interrupted(*c)) {
+        return sig;
+    }
+    if !checks.is_empty() {
+        let results: Vec<_> = outcomes.iter().map(|o| &o.result).collect();
+        return check::exit(&evaluate(checks, &subjects_by_release(&results)));
+    }
+    let rank = |c: i32| match c {
+        0 => 0,
+        3 => 1,
+        _ => 2,
+    };
+    let worst = codes.into_iter().max_by_key(|c| rank(*c)).unwrap_or(0);
+    ExitCode::from(worst.clamp(0, 255) as u8)
+}
+
+/// Run scenarios one after the other, stopping at a signal.
+fn run_all(
+    g: &Global,
+    scenarios: Vec<(Scenario, String)>,
+    json_out: JsonOut,
+    several: bool,
+    checks: &[Check],
+) -> Result<ExitCode> {
+    let mut outcomes = Vec::new();
+    for (s, origin) in scenarios {
+        let o = run_one(g, s, origin)?;
+        let stop = o.result.interrupted.is_some();
+        outcomes.push(o);
+        if stop {
+            break;
+        }
+    }
+    print(g, &outcomes, json_out, several)?;
+    Ok(finish(&outcomes, checks))
+}
+
+/// The running kernel's release, as the host's matrix names it.
+fn this_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this-kernel".into())
+}
+
+/// `pinstorm run`: scenario files or presets, with the flags over each; the matrix of this
+/// kernel x the scenarios, or one shard of it.
+pub fn scenario(g: &Global, a: &RunArgs) -> Result<ExitCode> {
+    let checks = check::parse(&a.check.checks)?;
+    let mut scenarios = Vec::new();
+    for name in &a.scenarios {
+        let (mut s, _text, origin) = bad(Scenario::resolve(name).map_err(anyhow::Error::from))?;
+        let overrides = Overrides {
+            backings: a.backing.clone(),
+            pins: a.pin.clone(),
+            map: a.map.map(Into::into),
+            duration: a.duration,
+            seed: a.seed,
+            write_at: a.write_at,
+        };
+        match s.apply_overrides(&overrides) {
+            Ok(()) => {}
+            Err(OverrideError::ZeroDuration) => bail!(BadInput(anyhow::anyhow!(
+                "--duration must be greater than zero (and at most 168h)"
+            ))),
+            Err(OverrideError::NoStorm) => bail!(BadInput(anyhow::anyhow!(
+                "--duration and --write-at apply to storms, and {name} has no [storm] section"
+            ))),
+        }
+        scenarios.push((s, origin));
+    }
+    let shard = match &a.matrix.shard {
+        Some(s) => bad(Shard::parse(s))?,
+        None => Shard::WHOLE,
+    };
+    let plan = bad(Plan::new(&[this_kernel()], &a.scenarios, shard))?;
+    if a.matrix.plan {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if shard != Shard::WHOLE && !checks.is_empty() {
+        bail!(BadInput(anyhow::anyhow!(
+            "--check judges the whole matrix, and --shard runs a part of it: give one or the other"
+        )));
+    }
+    // One kernel: entry i is scenario i.
+    let mine: Vec<usize> = plan.selected().map(|e| e.index).collect();
+    if mine.is_empty() {
+        eprintln!(
+            "pinstorm: shard {shard} of this matrix ({} entries) is empty: nothing to run",
+            plan.entries.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let several = a.scenarios.len() > 1;
+    let selected = scenarios
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mine.contains(i))
+        .map(|(_, s)| s)
+        .collect();
+    run_all(g, selected, JsonOut::Result, several, &checks)
 }
 
 fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
@@ -77,30 +205,6 @@ fn or_default<T: Clone>(v: Vec<T>, default: Vec<T>) -> Vec<T> {
     } else {
         v
     }
-}
-
-/// `pinstorm run`: a scenario file or preset, with the flags over it.
-pub fn scenario(g: &Global, a: &RunArgs) -> Result<ExitCode> {
-    let (mut s, _text, origin) = bad(Scenario::resolve(&a.scenario).map_err(anyhow::Error::from))?;
-    let overrides = Overrides {
-        backings: a.backing.clone(),
-        pins: a.pin.clone(),
-        map: a.map.map(Into::into),
-        duration: a.duration,
-        seed: a.seed,
-        write_at: a.write_at,
-    };
-    match s.apply_overrides(&overrides) {
-        Ok(()) => {}
-        Err(OverrideError::ZeroDuration) => bail!(BadInput(anyhow::anyhow!(
-            "--duration must be greater than zero (and at most 168h)"
-        ))),
-        Err(OverrideError::NoStorm) => bail!(BadInput(anyhow::anyhow!(
-            "--duration and --write-at apply to storms, and {} has no [storm] section",
-            a.scenario
-        ))),
-    }
-    run_scenario(g, s, origin, JsonOut::Result)
 }
 
 /// `pinstorm probe`: the probe job made from the flags.
@@ -114,6 +218,7 @@ pub fn probe(g: &Global, a: &ProbeArgs) -> Result<ExitCode> {
         size: a.size,
         device_io: !a.no_device_io,
     };
+    let checks = check::parse(&a.check.checks)?;
     let s = Scenario {
         name: "probe".into(),
         description: "pinstorm probe".into(),
@@ -124,11 +229,18 @@ pub fn probe(g: &Global, a: &ProbeArgs) -> Result<ExitCode> {
         lease: None,
         rdma: None,
     };
-    run_scenario(g, s, "command line".into(), JsonOut::ProbeRows)
+    run_all(
+        g,
+        vec![(s, "command line".into())],
+        JsonOut::ProbeRows,
+        false,
+        &checks,
+    )
 }
 
 /// `pinstorm bench pin`: the bench job made from the flags.
 pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
+    let checks = check::parse(&a.check.checks)?;
     let d = BenchJob::default();
     let Some(threads) = NonZeroUsize::new(a.threads).filter(|t| t.get() <= scenario::MAX_THREADS)
     else {
@@ -182,5 +294,11 @@ pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
         lease: None,
         rdma: None,
     };
-    run_scenario(g, s, "command line".into(), JsonOut::BenchRows)
+    run_all(
+        g,
+        vec![(s, "command line".into())],
+        JsonOut::BenchRows,
+        false,
+        &checks,
+    )
 }

@@ -1,9 +1,12 @@
 //! Exporters, one module per format: [`csv`] (every latency metric, violation count and
-//! capability cell of every run, one row each), [`ktap`] (what kernel CI systems read) and
-//! [`junit`] (generic CI). KTAP and JUnit share one list of test cases per run, built here.
+//! capability cell of every run, one row each), [`ktap`] (what kernel CI systems read),
+//! [`junit`] (generic CI) and [`kcidb`] (the kernel community's shared results database).
+//! KTAP and JUnit share one list of test cases per run, built here; KCIDB keeps the five
+//! statuses the judgement has apart, so it reads the judgement itself.
 
 pub mod csv;
 pub mod junit;
+pub mod kcidb;
 pub mod ktap;
 
 use crate::schema::RunResult;

@@ -33,7 +33,8 @@ pub(crate) fn lock_cache(cache: &Path) -> Result<CacheLock> {
         bail!("--cache {} is a system directory ({sys}); name a directory of its own, e.g. ~/.cache/pinstorm", cache.display());
     }
     if cache.exists() && !cache.join(CACHE_MARKER).exists() {
-        // Only what a lab (or scripts/lab-setup.sh, which makes the venv) puts there.
+        // Only what a lab (or scripts/lab-setup.sh, which makes the venv, and
+        // scripts/validators-setup.sh, the validators' venv) puts there.
         let foreign = std::fs::read_dir(cache)
             .with_context(|| format!("--cache {}", cache.display()))?
             .flatten()
@@ -41,7 +42,14 @@ pub(crate) fn lock_cache(cache: &Path) -> Result<CacheLock> {
             .find(|n| {
                 let known = matches!(
                     n.as_str(),
-                    "venv" | "kernels" | "apt" | "downloads" | "runs" | "lab.lock"
+                    "venv"
+                        | "validators"
+                        | "kernels"
+                        | "builds"
+                        | "apt"
+                        | "downloads"
+                        | "runs"
+                        | "lab.lock"
                 ) || n.starts_with("accel-");
                 !known
             });
@@ -195,6 +203,14 @@ mod tests {
         let e = lock_cache(&foreign).err().unwrap().to_string();
         assert!(e.contains("not a pinstorm lab cache"), "{e}");
         assert!(foreign.join("thesis.tex").exists());
+
+        // What the setup scripts make before any lab ran: the cache of a fresh machine.
+        let set_up = tmp("setup");
+        for d in ["venv", "validators"] {
+            std::fs::create_dir_all(set_up.join(d)).unwrap();
+        }
+        drop(lock_cache(&set_up).unwrap());
+        let _ = std::fs::remove_dir_all(&set_up);
 
         let ours = tmp("ours");
         drop(lock_cache(&ours).unwrap());

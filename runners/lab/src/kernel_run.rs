@@ -10,6 +10,7 @@ use pinstorm_analysis::schema::{LabRecord, RunResult};
 use pinstorm_analysis::store;
 
 use crate::apt::Apt;
+use crate::build;
 use crate::cache::RunDir;
 use crate::console;
 use crate::guest::{GuestPlan, GuestReport, PmemMode};
@@ -44,6 +45,10 @@ pub(crate) fn prepare_kernel(
         KernelSpec::Deb(w) => kernels::prepare_deb(cache, apt, w, opts.refresh, log),
         KernelSpec::Path { image, modules } => {
             kernels::prepare_path(cache, image, modules.as_deref())
+        }
+        KernelSpec::Tree(d) if opts.plan.build => {
+            let vng = vm::find_vng(opts.vng.as_deref(), cache)?;
+            build::build_tree(cache, &vng, d, log)
         }
         KernelSpec::Tree(d) => kernels::prepare_tree(d),
     }

@@ -2,7 +2,8 @@
 //! emulated NVDIMM (FS-DAX xfs and ext4, device-dax) and soft-RoCE, and bring each result
 //! home tagged with the kernel it ran on.
 //!
-//! Host side, per kernel (`kernel_run`): fetch/unpack it into the cache ([`kernels`]),
+//! Host side, per kernel (`kernel_run`): fetch/unpack it into the cache ([`kernels`]), or
+//! build a kernel tree with the options the guest uses ([`build`], `--build`),
 //! decide KVM or TCG ([`vm::probe_accel`]), boot `vng` with the guest agent
 //! (`pinstorm __lab-guest`, see [`guest`]) under a watchdog ([`vm::boot`]), read the console
 //! for panics and oopses ([`console`]), judge the guest ([`status`]) and store its result
@@ -13,13 +14,15 @@
 //!
 //! Confinement: the guest never gets a writable host root (no `--rw`); on the host the lab
 //! writes only under the cache directory and the results directory, both absolute and
-//! checked; virtme-ng runs with HOME and TMPDIR inside the cache.
+//! checked (and, with `--build`, in the kernel tree it is asked to build); virtme-ng runs
+//! with HOME and TMPDIR inside the cache.
 //!
 //! No unsafe code: signals and /proc go through `sys` (rustix), and the lint keeps it so.
 
 #![deny(unsafe_code)]
 
 pub mod apt;
+pub mod build;
 mod cache;
 pub mod console;
 pub mod guest;

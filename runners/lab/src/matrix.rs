@@ -13,7 +13,7 @@ use pinstorm_workloads::scratch;
 use crate::apt::Apt;
 use crate::cache::{clean_leftovers, lock_cache};
 use crate::kernel_run::{prepare_kernel, run_kernel, Lab};
-use crate::kernels::Kernel;
+use crate::kernels::{Kernel, KernelSpec};
 use crate::options::LabOptions;
 use crate::status::{self, KernelOutcome, KernelStatus};
 use crate::vm;
@@ -87,6 +87,12 @@ impl MatrixState {
     }
 }
 
+/// Whether a kernel measured before is taken from the matrix state instead of booted again:
+/// not one that `--build` builds, whose tree may be at another commit by now.
+fn resumable(build: bool, spec: &KernelSpec) -> bool {
+    !(build && matches!(spec, KernelSpec::Tree(_)))
+}
+
 fn logger(opts: &LabOptions) -> impl Fn(&str) + '_ {
     move |m: &str| {
         if opts.verbose {
@@ -150,7 +156,10 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
     };
     for spec in &opts.plan.kernels {
         let spec_s = spec.to_string();
-        if let Some(done) = state.measured(&spec_s) {
+        if let Some(done) = state
+            .measured(&spec_s)
+            .filter(|_| resumable(opts.plan.build, spec))
+        {
             log(&format!(
                 "{spec_s}: already measured in this matrix ({}), skipping; --fresh measures again",
                 done.result
@@ -200,6 +209,18 @@ mod tests {
             summary: String::new(),
             wall_seconds: 0.0,
         }
+    }
+
+    #[test]
+    fn a_tree_the_lab_builds_is_measured_again_every_time() {
+        let tree = KernelSpec::Tree("/src/linux".into());
+        let deb = KernelSpec::Deb("6.1".into());
+        assert!(
+            !resumable(true, &tree),
+            "a bisection moves the tree between runs"
+        );
+        assert!(resumable(true, &deb));
+        assert!(resumable(false, &tree));
     }
 
     #[test]

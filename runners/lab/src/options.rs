@@ -39,6 +39,10 @@ pub struct LabPlan {
     pub cpus: usize,
     pub inject: Option<Inject>,
     pub guest_exec: Option<String>,
+    /// `--build`: build `tree:` kernels (vng --kconfig with the lab's options, make) before
+    /// booting them; such a kernel is measured every time, never resumed (the tree changes
+    /// between runs: that is what a bisection does).
+    pub build: bool,
 }
 
 impl LabPlan {
@@ -95,6 +99,15 @@ pub const MAX_CPUS: usize = 256;
 pub fn check(opts: &LabOptions) -> Result<()> {
     if opts.plan.kernels.is_empty() {
         bail!("--kernels is empty");
+    }
+    if opts.plan.build
+        && !opts
+            .plan
+            .kernels
+            .iter()
+            .any(|k| matches!(k, KernelSpec::Tree(_)))
+    {
+        bail!("--build builds tree: kernels, and --kernels names none (e.g. --kernels tree:.)");
     }
     if !(1024..=MAX_MEMORY_MIB).contains(&opts.plan.memory_mib) {
         bail!(
@@ -186,6 +199,7 @@ mod tests {
             cpus: 2,
             inject: None,
             guest_exec: None,
+            build: false,
         }
     }
 
@@ -213,6 +227,7 @@ mod tests {
                 })
             }),
             ("guest_exec", |p| p.guest_exec = Some("true".into())),
+            ("build", |p| p.build = true),
         ];
         let base = plan();
         let base_json = serde_json::to_value(&base).unwrap();
@@ -298,6 +313,16 @@ mod tests {
             "{e}"
         );
         p.inject = Some(Inject::parse("panic:deb:6.1").unwrap());
+        check(&opts(p)).unwrap();
+    }
+
+    #[test]
+    fn build_is_refused_without_a_tree_kernel() {
+        let mut p = plan();
+        p.build = true;
+        let e = check(&opts(p.clone())).unwrap_err().to_string();
+        assert!(e.contains("--build builds tree: kernels"), "{e}");
+        p.kernels.push(KernelSpec::Tree("/src/linux".into()));
         check(&opts(p)).unwrap();
     }
 

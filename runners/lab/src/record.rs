@@ -158,6 +158,7 @@ mod tests {
                 cpus: 2,
                 inject: None,
                 guest_exec: None,
+                build: false,
             },
             origin,
             scenario_name: "quick".into(),

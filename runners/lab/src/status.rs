@@ -254,12 +254,7 @@ fn guest_status(e: &Evidence) -> (KernelStatus, Option<String>) {
 
 /// Whether the console shows kernel warnings worth failing a CI run on (exit 3).
 fn events_warn(events: &[ConsoleEvent]) -> bool {
-    events.iter().any(|e| {
-        matches!(
-            e.kind.as_str(),
-            "warning" | "hung-task" | "rcu-stall" | "lockdep"
-        )
-    })
+    events.iter().any(ConsoleEvent::is_warning)
 }
 
 #[cfg(test)]
