@@ -33,6 +33,7 @@ pub mod export;
 pub mod gate;
 pub mod gated;
 pub mod hist;
+pub mod human;
 pub mod kernel;
 pub mod metrics;
 pub mod oracle;

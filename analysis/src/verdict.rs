@@ -389,7 +389,7 @@ fn bench_fact(b: &crate::schema::BenchRow) -> Option<Judged> {
             b.backing.clone(),
             b.map.clone(),
             b.access.clone(),
-            crate::summary::human_size(b.size),
+            crate::human::human_size(b.size),
         ],
         name: format!(
             "bench {} {} {} {} {} ({})",
@@ -397,7 +397,7 @@ fn bench_fact(b: &crate::schema::BenchRow) -> Option<Judged> {
             b.backing,
             b.map,
             b.access,
-            crate::summary::human_size(b.size),
+            crate::human::human_size(b.size),
             b.fs
         ),
         verdict,

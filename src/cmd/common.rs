@@ -1,13 +1,9 @@
-//! What several commands share: the bad-input error (exit 2), expectations, the RDMA
-//! configuration, and loading results.
-
-use std::path::PathBuf;
+//! What several commands share: the bad-input error (exit 2), expectations and the RDMA
+//! configuration.
 
 use anyhow::Result;
 
 use crate::cli::Global;
-use crate::cmd::paths::results_root;
-use pinstorm_analysis::catalog::Catalog;
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_workloads::pin::rdma;
 use pinstorm_workloads::scenario::Scenario;
@@ -62,18 +58,4 @@ pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) -> rdma::Rdma
         }
     }
     cfg
-}
-
-/// Load results, saying on stderr which files were skipped and why.
-pub fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
-    let paths = if paths.is_empty() {
-        vec![results_root(g)?]
-    } else {
-        paths.to_vec()
-    };
-    let c = bad(Catalog::load(&paths))?;
-    for s in &c.skipped {
-        eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
-    }
-    Ok(c)
 }

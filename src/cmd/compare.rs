@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{CompareArgs, Format, Global};
-use crate::cmd::common::{bad, load, BadInput};
+use crate::cmd::common::{bad, BadInput};
+use crate::cmd::paths::load;
 use crate::cmd::paths::{out_path, results_root};
 use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
 use pinstorm_analysis::compare::{self, CompareOptions};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::{ExportArgs, ExportFormat, Global};
-use crate::cmd::common::load;
+use crate::cmd::paths::load;
 use crate::cmd::paths::out_path;
 use pinstorm_analysis::catalog::LoadedRun;
 use pinstorm_analysis::export;

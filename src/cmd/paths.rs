@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::Global;
 use crate::cmd::common::bad;
+use pinstorm_analysis::catalog::Catalog;
 use pinstorm_runners::run::{ScratchDir, WriteDir};
 use pinstorm_workloads::scratch;
 
@@ -113,4 +114,18 @@ pub fn lab_cache(flag: Option<&PathBuf>) -> Result<PathBuf> {
 /// A path to write to: checked like every other (absolute, no `..`).
 pub fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
     bad(scratch::checked_write_path(p, what))
+}
+
+/// Load results (under `--results` when no path is given), saying on stderr which files were skipped and why.
+pub fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
+    let paths = if paths.is_empty() {
+        vec![results_root(g)?]
+    } else {
+        paths.to_vec()
+    };
+    let c = bad(Catalog::load(&paths))?;
+    for s in &c.skipped {
+        eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
+    }
+    Ok(c)
 }

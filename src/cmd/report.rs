@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use crate::cli::{Global, ReportArgs};
-use crate::cmd::common::{load, BadInput};
+use crate::cmd::common::BadInput;
+use crate::cmd::paths::load;
 use crate::cmd::paths::out_path;
 use pinstorm_analysis::compare::CompareOptions;
 use pinstorm_analysis::report;
