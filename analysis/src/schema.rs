@@ -12,8 +12,15 @@ pub use crate::disturbance::{Disturbance, JobDisturbance, RunDisturbance};
 use crate::hist::Stats;
 use crate::oracle::OracleKind;
 
+mod lab;
+mod lease;
 pub use crate::oracle::{
     Blocked, BlockedOp, KernelWarnings, LeakedPins, Oracle, OracleFinding, Violation,
+};
+pub use lab::{ConsoleEvent, LabFact, LabRecord};
+pub use lease::{
+    LayoutLeaseProbe, LeaseBreakResult, LeaseBreakTime, LeaseOverhead, LeaseResults,
+    LifecycleResult,
 };
 
 pub const SCHEMA_NAME: &str = "pinstorm-result";
@@ -65,69 +72,6 @@ pub struct RunResult {
     /// what its emulated hardware turned out to be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabRecord>,
-}
-
-/// How a lab guest ran (added by the host after the guest returned).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LabRecord {
-    /// The `--kernels` entry (`deb:6.12`, `path:...`, `tree:...`).
-    pub kernel_spec: String,
-    /// Where the kernel came from (Debian package=version, or the user's paths).
-    pub kernel_source: Vec<String>,
-    /// `ok`, `panic`, `timeout`, `guest-error`, `interrupted`.
-    pub status: String,
-    /// What went wrong, with the console lines that show it.
-    pub reason: Option<String>,
-    /// `kvm` or `tcg`, and why.
-    pub accel: String,
-    pub accel_reason: String,
-    pub vng_command: Vec<String>,
-    /// The QEMU command line virtme-ng ran (from `vng --dry-run` with the same arguments).
-    pub qemu_command: Option<String>,
-    /// The guest console, next to result.json.
-    pub console_log: String,
-    /// Kernel messages that matter (oops, BUG, WARNING, hung task, panic), from the console.
-    pub console_events: Vec<ConsoleEvent>,
-    /// Seconds from starting QEMU to the guest's result being back.
-    pub wall_seconds: f64,
-    /// What the guest set up: pmem namespaces, DAX filesystems, device-dax, soft-RoCE.
-    pub guest: Vec<LabFact>,
-    /// The host while the guest ran (QEMU and the lab are this host's own processes); the
-    /// guest's own view, steal included, is the result's `disturbance`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_disturbance: Option<Disturbance>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConsoleEvent {
-    /// `panic`, `oops`, `bug`, `lockup`, `warning`, `hung-task`, `lockdep`, `rcu-stall`.
-    pub kind: String,
-    /// Line number in the console log (1-based).
-    pub line: usize,
-    pub text: String,
-}
-
-impl ConsoleEvent {
-    /// Whether this event is a kernel warning a finished guest is flagged for (the lab's
-    /// `kernel-warning` status, a failing KCIDB boot test): a WARNING, hung task, RCU stall
-    /// or lockdep report. Panics, oopses, BUGs and lockups are worse and judged as such.
-    pub fn is_warning(&self) -> bool {
-        matches!(
-            self.kind.as_str(),
-            "warning" | "hung-task" | "rcu-stall" | "lockdep"
-        )
-    }
-}
-
-/// One thing the guest set up, or why it could not.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LabFact {
-    /// e.g. `pmem`, `fsdax-xfs`, `fsdax-ext4`, `devdax`, `rxe`, `control-xfs`.
-    pub name: String,
-    /// `ok` or `notrun`.
-    pub outcome: String,
-    /// Device, mount point, sysfs evidence.
-    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -360,24 +304,6 @@ pub struct TimelinePoint {
     pub layout_errors: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LeaseResults {
-    /// `fs/lease-break-time` before the run, the value the run used, and whether it was
-    /// put back.
-    pub lease_break_time: LeaseBreakTime,
-    pub breaks: Vec<LeaseBreakResult>,
-    pub overhead: Vec<LeaseOverhead>,
-    pub lifecycle: Vec<LifecycleResult>,
-    pub layout_lease: Option<LayoutLeaseProbe>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LeaseBreakTime {
-    pub original_s: Option<u64>,
-    pub used_s: Option<u64>,
-    pub restored: bool,
-}
-
 /// A histogram with its statistics, and (where the raw samples were kept) a 95% bootstrap
 /// confidence interval of the median.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -388,76 +314,6 @@ pub struct Measured {
     pub median_ci_low_ns: Option<f64>,
     #[serde(default)]
     pub median_ci_high_ns: Option<f64>,
-}
-
-/// One lease x holder behaviour x breaker x backing cell of a break storm.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LeaseBreakResult {
-    pub backing: String,
-    pub fs: String,
-    pub lease: String,
-    pub behaviour: String,
-    pub breaker: String,
-    pub pinned: bool,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub rounds: u32,
-    /// Rounds in which the holder received the break signal.
-    pub signalled: u32,
-    /// How the lease ended, by count: unlock, downgrade, revoked, none (not broken), ...
-    pub ended: BTreeMap<String, u32>,
-    /// What the breaking syscall returned, by count (`ok`, `EAGAIN`, ...).
-    pub breaker_results: BTreeMap<String, u32>,
-    pub acquire: Option<Measured>,
-    /// The holder's answer: unpin (pinned holders) and `F_UNLCK` (or the downgrade).
-    pub release: Option<Measured>,
-    /// The unpin's part of `release` (pinned holders; absent in older results).
-    #[serde(default)]
-    pub unpin: Option<Measured>,
-    /// Breaker start to the holder's signal.
-    pub notify: Option<Measured>,
-    /// How long the breaking syscall took.
-    pub breaker_wait: Option<Measured>,
-    pub lease_break_time_s: Option<u64>,
-    /// The holder wrote its events only after the breaker's call returned. Older results
-    /// (false) had the holder report the signal before releasing, inside `breaker_wait`.
-    #[serde(default)]
-    pub report_after_release: bool,
-}
-
-/// Pin register + unregister with a lease held versus without, on one backing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LeaseOverhead {
-    pub backing: String,
-    pub fs: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub without: Option<Measured>,
-    pub with: Option<Measured>,
-    /// Median with minus median without, and its bootstrap confidence interval.
-    pub overhead_ns: Option<f64>,
-    pub ci_low_ns: Option<f64>,
-    pub ci_high_ns: Option<f64>,
-    pub confidence: f64,
-    pub overhead_pct: Option<f64>,
-    /// Whether the interval excludes zero.
-    pub significant: Option<bool>,
-}
-
-/// One lifecycle scenario: what the kernel did, and the verdict per fact.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LifecycleResult {
-    pub scenario: String,
-    pub backing: String,
-    pub fs: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub breaker: String,
-    pub breaker_result: Option<String>,
-    pub breaker_wait_ms: Option<f64>,
-    pub facts: BTreeMap<String, String>,
-    pub verdicts: Vec<FactVerdict>,
-    pub violations: Vec<Violation>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -483,19 +339,6 @@ pub struct StormVerdict {
     pub control: bool,
     #[serde(flatten)]
     pub fact: FactVerdict,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LayoutLeaseProbe {
-    /// `notrun` when the kernel has no layout leases (upstream: EINVAL), else `ok`.
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub f_layout: i32,
-    pub f_exclusive: i32,
-    /// What `F_SETLEASE` answered for each flag combination tried.
-    pub answers: BTreeMap<String, String>,
-    /// The RFC's promises, checked where layout leases exist.
-    pub checks: BTreeMap<String, String>,
 }
 
 /// The expectations a run was judged by, and how its facts fared (see [`crate::verdict`]).
