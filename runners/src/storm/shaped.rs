@@ -17,6 +17,9 @@ use super::oracle::{quiet, Snapshot};
 use super::state::{PinnerOut, StormState, TrackedFile};
 use crate::watchdog::Slot;
 
+/// The most runs of a write's byte map kept in an example's history.
+const MAP_LINES: usize = 24;
+
 /// The pin the write goes through: the file's layout snapshots around its registration, its
 /// event and when it was taken.
 pub struct Pin {
@@ -182,6 +185,15 @@ pub fn write(
     history.push(format!(
         "{wrote_ms:.3} ms: device wrote {len} bytes ({shape}) at offset {off} (event {ev})"
     ));
+    // Where every byte went, run by run: what a driver developer needs to see the pattern
+    // (an in-page offset dropped, packets overwriting each other, a chunk cut short).
+    history.push(format!("then the file at {start}..{end} held, run by run:"));
+    let map = placement::map(target.clone(), &data, &window);
+    history.extend(
+        placement::describe(&map, &target, MAP_LINES)
+            .into_iter()
+            .map(|l| format!("  {l}")),
+    );
     storm.findings().add(
         kind,
         storm.examples,

@@ -13,7 +13,13 @@
 //! - **repeated**: part of the target holds a chunk of the data that belongs elsewhere in it;
 //! - **torn**: some bytes of the target hold the data, the rest do not;
 //! - **lost**: no byte of the target holds the data, and it is nowhere else in the window.
+//!
+//! [`map`] says the same byte by byte, in runs (its own data, its data from elsewhere with
+//! where that belongs, unchanged, other), for the example's history. Both label the window
+//! in one linear pass: a moved chunk is found through an index of the data's 8-byte runs,
+//! so a scattered write of megabytes costs what one that landed costs.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// What a shaped write did, with the byte ranges (file offsets) that show it.
@@ -51,6 +57,196 @@ pub struct Window<'a> {
 
 /// The shortest data a shifted copy is looked for: shorter runs occur by chance.
 const MIN_SEARCH: usize = 8;
+/// Up to this length every offset of the data is indexed, so a moved run of
+/// [`MIN_SEARCH`] bytes is found; longer data is indexed every 8 bytes (a moved run is
+/// then found from 15 bytes on), which keeps the index small for writes of megabytes.
+const INDEX_EVERY_OFFSET: usize = 64 * 1024;
+
+/// What a run of window bytes holds after the write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The data that belongs there (inside the target only).
+    Own,
+    /// Data of the write that belongs at file offset `from` (the run's first byte).
+    Moved { from: u64 },
+    /// What it held before the write.
+    Unchanged,
+    /// Something else: neither what it held nor data of the write.
+    Other,
+}
+
+/// A run of the window, in file offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub range: Range<u64>,
+    pub held: Held,
+}
+
+const OWN: u8 = 0;
+const UNCHANGED: u8 = 1;
+const OTHER: u8 = 2;
+const MOVED: u8 = 3;
+
+/// Every byte of the window, labelled, with the data offset of each moved byte.
+struct Labels {
+    label: Vec<u8>,
+    src: Vec<u32>,
+}
+
+/// Label every byte of the window in one pass: the write's own data, unchanged, moved
+/// data of the write (found through an index of the data's 8-byte runs, then extended both
+/// ways byte by byte) or other. Linear in the window, so a write of megabytes that the
+/// device scattered is judged as fast as one that landed.
+fn label(lo: usize, data: &[u8], w: &Window) -> Labels {
+    let (before, after) = (w.before, w.after);
+    let n = after.len();
+    let hi = lo + data.len();
+    let own = |k: usize| k >= lo && k < hi && after[k] == data[k - lo];
+    let stride = if data.len() <= INDEX_EVERY_OFFSET {
+        1
+    } else {
+        MIN_SEARCH
+    };
+    let mut index: HashMap<[u8; MIN_SEARCH], u32> = HashMap::new();
+    if data.len() >= MIN_SEARCH {
+        index.reserve(data.len() / stride);
+        for j in (0..=data.len() - MIN_SEARCH).step_by(stride) {
+            let key: [u8; MIN_SEARCH] = data[j..j + MIN_SEARCH].try_into().unwrap();
+            index.entry(key).or_insert(j as u32);
+        }
+    }
+    let mut label = vec![OTHER; n];
+    let mut src = vec![u32::MAX; n];
+    let mut k = 0;
+    while k < n {
+        if label[k] == MOVED {
+            k += 1;
+            continue;
+        }
+        if own(k) {
+            label[k] = OWN;
+            k += 1;
+            continue;
+        }
+        if after[k] == before[k] {
+            label[k] = UNCHANGED;
+            k += 1;
+            continue;
+        }
+        let hit = after
+            .get(k..k + MIN_SEARCH)
+            .and_then(|probe| index.get(probe))
+            .map(|&j| j as usize);
+        let Some(j) = hit else {
+            k += 1;
+            continue;
+        };
+        // Back to where this chunk starts (its first bytes may have come before an indexed
+        // offset, or looked unchanged or in place by chance), then forward to where it ends.
+        let (mut s, mut js) = (k, j);
+        while s > 0 && js > 0 && label[s - 1] != MOVED && after[s - 1] == data[js - 1] {
+            s -= 1;
+            js -= 1;
+        }
+        let (mut e, mut je) = (k, j);
+        while e < n && je < data.len() && after[e] == data[je] {
+            e += 1;
+            je += 1;
+        }
+        for (x, i) in (s..e).zip(js..) {
+            label[x] = MOVED;
+            src[x] = i as u32;
+        }
+        k = e.max(k + 1);
+    }
+    Labels { label, src }
+}
+
+/// Where each byte of the window is after a write of `data` to `target`: runs of its own
+/// data, of its data from elsewhere (`Moved`), unchanged bytes and other bytes.
+pub fn map(target: Range<u64>, data: &[u8], w: &Window) -> Vec<Segment> {
+    let lo = (target.start - w.start) as usize;
+    segments(w.start, &label(lo, data, w), target.start)
+}
+
+fn segments(base: u64, l: &Labels, target_start: u64) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (k, (&lab, &src)) in l.label.iter().zip(&l.src).enumerate() {
+        let at = base + k as u64;
+        let held = match lab {
+            OWN => Held::Own,
+            UNCHANGED => Held::Unchanged,
+            MOVED => Held::Moved {
+                from: target_start + src as u64,
+            },
+            _ => Held::Other,
+        };
+        if let Some(last) = out.last_mut() {
+            let continues = match (&last.held, &held) {
+                (Held::Moved { from: a }, Held::Moved { from: b }) => {
+                    *b == *a + (last.range.end - last.range.start)
+                }
+                (a, b) => a == b,
+            };
+            if continues && last.range.end == at {
+                last.range.end = at + 1;
+                continue;
+            }
+        }
+        out.push(Segment {
+            range: at..at + 1,
+            held,
+        });
+    }
+    out
+}
+
+/// The map in lines for a report, cut at the target's ends: every run in the target, and
+/// every changed run outside it; at most `max` lines.
+pub fn describe(map: &[Segment], target: &Range<u64>, max: usize) -> Vec<String> {
+    let mut pieces: Vec<(Range<u64>, Held, bool)> = Vec::new();
+    for s in map {
+        let cuts = [s.range.start, target.start, target.end, s.range.end];
+        for w in [cuts[0]..cuts[1], cuts[1]..cuts[2], cuts[2]..cuts[3]] {
+            let r = w.start.max(s.range.start)..w.end.min(s.range.end);
+            if r.start >= r.end {
+                continue;
+            }
+            let held = match s.held {
+                Held::Moved { from } => Held::Moved {
+                    from: from + (r.start - s.range.start),
+                },
+                ref h => h.clone(),
+            };
+            let inside = r.start >= target.start && r.end <= target.end;
+            if inside || held != Held::Unchanged {
+                pieces.push((r, held, inside));
+            }
+        }
+    }
+    let mut lines: Vec<String> = pieces
+        .iter()
+        .take(max)
+        .map(|(r, held, inside)| {
+            let (a, b) = (r.start, r.end);
+            let place = if *inside { "" } else { " (outside the target)" };
+            match held {
+                Held::Own => format!("{a}..{b}: its data, where it belongs"),
+                Held::Moved { from } => format!(
+                    "{a}..{b}{place}: its data of {from}..{} ({:+} bytes)",
+                    from + (b - a),
+                    a as i64 - *from as i64
+                ),
+                Held::Unchanged => format!("{a}..{b}: unchanged"),
+                Held::Other => format!("{a}..{b}{place}: changed, but not to its data"),
+            }
+        })
+        .collect();
+    if pieces.len() > max {
+        lines.push(format!("... and {} more runs", pieces.len() - max));
+    }
+    lines
+}
 
 /// Judge a write of `data` to file offsets `target` (inside the window).
 pub fn classify(target: Range<u64>, data: &[u8], w: &Window) -> Placement {
@@ -76,17 +272,26 @@ pub fn classify(target: Range<u64>, data: &[u8], w: &Window) -> Placement {
             Placement::Spill { changed }
         };
     }
-    if let Some((shift, found)) = shifted_copy(data, lo, after) {
+    let labels = label(lo, data, w);
+    if let Some((shift, found)) = shifted_copy(data, lo, after.len(), &labels) {
         return Placement::Misplaced {
             shift,
             found: w.start + found.start as u64..w.start + found.end as u64,
         };
     }
-    if let Some((at, from)) = repeated_chunk(data, lo, after, &matches) {
-        return Placement::Repeated {
-            at: w.start + at.start as u64..w.start + at.end as u64,
-            from: target.start + from as u64,
-        };
+    // A run of the target holding data of another offset of the same write.
+    let repeated = segments(w.start, &labels, target.start)
+        .into_iter()
+        .find_map(|s| match s.held {
+            Held::Moved { from } => {
+                let a = s.range.start.max(target.start);
+                let b = s.range.end.min(target.end);
+                (b >= a + MIN_SEARCH as u64).then(|| (a..b, from + (a - s.range.start)))
+            }
+            _ => None,
+        });
+    if let Some((at, from)) = repeated {
+        return Placement::Repeated { at, from };
     }
     if matched == 0 {
         return Placement::Lost;
@@ -97,73 +302,22 @@ pub fn classify(target: Range<u64>, data: &[u8], w: &Window) -> Placement {
     }
 }
 
-/// The shift at which at least 7/8 of `data` sits in `after` (indices into `after`), if any.
-fn shifted_copy(data: &[u8], lo: usize, after: &[u8]) -> Option<(i64, Range<usize>)> {
+/// The shift at which at least 7/8 of `data` sits in the window (indices into it), if any.
+fn shifted_copy(data: &[u8], lo: usize, n: usize, l: &Labels) -> Option<(i64, Range<usize>)> {
     if data.len() < MIN_SEARCH {
         return None;
     }
-    // Anchor on a few places of the data, so a copy that is itself torn is still found.
-    let anchors = [0, data.len() / 2, data.len() - MIN_SEARCH];
-    let mut best: Option<(usize, i64)> = None;
-    for a in anchors {
-        let needle = &data[a..a + MIN_SEARCH];
-        for (p, win) in after.windows(MIN_SEARCH).enumerate() {
-            if win != needle {
-                continue;
-            }
-            let shift = p as i64 - (lo + a) as i64;
-            if shift == 0 {
-                continue;
-            }
-            let hits = data
-                .iter()
-                .enumerate()
-                .filter(|(i, b)| {
-                    let j = (lo + i) as i64 + shift;
-                    j >= 0 && (j as usize) < after.len() && after[j as usize] == **b
-                })
-                .count();
-            if hits * 8 >= data.len() * 7 && best.is_none_or(|(h, _)| hits > h) {
-                best = Some((hits, shift));
-            }
+    let mut hits: HashMap<i64, usize> = HashMap::new();
+    for (k, (&lab, &src)) in l.label.iter().zip(&l.src).enumerate() {
+        if lab == MOVED {
+            *hits.entry(k as i64 - (lo as i64 + src as i64)).or_default() += 1;
         }
     }
-    best.map(|(_, shift)| {
+    let (shift, count) = hits.into_iter().max_by_key(|(s, c)| (*c, -s.abs()))?;
+    (count * 8 >= data.len() * 7).then(|| {
         let start = (lo as i64 + shift).max(0) as usize;
-        (shift, start..(start + data.len()).min(after.len()))
+        (shift, start..(start + data.len()).min(n))
     })
-}
-
-/// A run of at least [`MIN_SEARCH`] target bytes that do not hold their own data but hold
-/// the data of another offset of the same write: `(the run in after, offset into data)`.
-fn repeated_chunk(
-    data: &[u8],
-    lo: usize,
-    after: &[u8],
-    matches: &[bool],
-) -> Option<(Range<usize>, usize)> {
-    let mut i = 0;
-    while i + MIN_SEARCH <= matches.len() {
-        if matches[i] {
-            i += 1;
-            continue;
-        }
-        let probe = &after[lo + i..lo + i + MIN_SEARCH];
-        if let Some(from) = data.windows(MIN_SEARCH).position(|w| w == probe) {
-            if from != i {
-                let mut end = i + MIN_SEARCH;
-                while end < matches.len()
-                    && from + (end - i) < data.len()
-                    && after[lo + end] == data[from + (end - i)]
-                {
-                    end += 1;
-                }
-                return Some((lo + i..lo + end, from));
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 /// The runs where `flags` is true, as offsets from `base`.
@@ -320,6 +474,97 @@ mod tests {
         assert_eq!(p.judge(), Placement::Lost);
         p.put(p.off, 0, 1);
         assert_eq!(p.judge(), Placement::Exact);
+    }
+
+    /// A device that drops the in-page offset of every packet: each `unit`-byte packet of a
+    /// write at `off` lands at the start of the page its own address is in.
+    fn packets_to_page_starts(after: &mut [u8], start: u64, off: u64, data: &[u8], unit: usize) {
+        for (n, chunk) in data.chunks(unit).enumerate() {
+            let page = (off + (n * unit) as u64) / 4096 * 4096;
+            let i = (page - start) as usize;
+            after[i..i + chunk.len()].copy_from_slice(chunk);
+        }
+    }
+
+    #[test]
+    fn packets_landing_at_page_starts_are_mapped_packet_by_packet() {
+        // 3072 bytes at in-page offset 2090 in 1024-byte packets: the first two land at the
+        // start of their page, the third at the start of the next page.
+        let mut p = planted(START + 2090, 3072);
+        let data = p.data.clone();
+        packets_to_page_starts(&mut p.after, START, p.off, &data, 1024);
+        let w = Window {
+            start: START,
+            before: &p.before,
+            after: &p.after,
+        };
+        let target = p.off..p.off + 3072;
+        let m = map(target.clone(), &data, &w);
+        let moved: Vec<_> = m
+            .iter()
+            .filter_map(|s| match s.held {
+                Held::Moved { from } => Some((s.range.clone(), from)),
+                _ => None,
+            })
+            .collect();
+        // The second packet overwrote the first at the page start; the third sits at the
+        // start of the next page, inside the target.
+        assert_eq!(
+            moved,
+            vec![
+                (START..START + 1024, p.off + 1024),
+                (START + 4096..START + 5120, p.off + 2048),
+            ]
+        );
+        let lines = describe(&m, &target, 32);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{START}..{}", START + 1024))
+                    && l.contains("outside the target")),
+            "{lines:?}"
+        );
+        // Inside the target, the third packet's data repeats where other bytes belong.
+        assert_eq!(
+            p.judge(),
+            Placement::Repeated {
+                at: START + 4096..START + 5120,
+                from: p.off + 2048,
+            }
+        );
+    }
+
+    #[test]
+    fn a_scattered_write_of_two_mebibytes_is_judged_and_mapped_chunk_by_chunk() {
+        // Long writes are indexed every 8 bytes: the classifier stays linear in the window,
+        // and every 1024-byte chunk the device put elsewhere is still found and named.
+        let len = 2 << 20;
+        let start = 0u64;
+        let off = 4096 + 300;
+        let n = (off as usize + len).div_ceil(4096) * 4096 + 4096;
+        let before: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let lo = (off - start) as usize;
+        let data = pattern(7, 1, 43, off, &before[lo..lo + len]);
+        let mut after = before.clone();
+        packets_to_page_starts(&mut after, start, off, &data, 1024);
+        let w = Window {
+            start,
+            before: &before,
+            after: &after,
+        };
+        let target = off..off + len as u64;
+        let m = map(target.clone(), &data, &w);
+        let moved = m
+            .iter()
+            .filter(|s| matches!(s.held, Held::Moved { .. }))
+            .count();
+        // One chunk survives per page a packet starts in (the last such packet): the write
+        // touches pages 1..=513, and no packet starts in the last one.
+        assert_eq!(moved, 512);
+        assert!(matches!(
+            classify(target, &data, &w),
+            Placement::Repeated { .. }
+        ));
     }
 
     #[test]
