@@ -120,7 +120,9 @@ fn a_duration_that_cannot_apply_to_the_scenario_is_bad_input() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("--duration applies to storms, and quick has no [storm] section"),
+        stderr(&o).contains(
+            "--duration and --write-at apply to storms, and quick has no [storm] section"
+        ),
         "{}",
         stderr(&o)
     );
