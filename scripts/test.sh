@@ -38,7 +38,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Bounded: a hang must fail the run quickly, not eat CI's whole budget.
-timeout --signal=KILL 1800 cargo test --workspace --all-features
+timeout --signal=KILL 1800 cargo test --workspace --all-features --no-fail-fast
 
 echo "== benchmark smoke run (each benchmark once; no timing is checked)"
 cargo bench -p pinstorm-workloads --bench pin -- --test

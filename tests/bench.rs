@@ -79,9 +79,18 @@ fn sigint_during_warm_up_leaves_a_notrun_row_that_says_so() {
         line.clear();
     }
     assert!(line.contains("pinstorm: bench"), "the bench never began");
-    // The worker thread exists once the cell has begun: from then on the signal is the cell's.
+    // A worker thread (named `pinstorm-bench`) exists once the cell has begun: from then on
+    // the signal is the cell's. Other threads (watchdog, disturbance sampler) start earlier.
+    let worker_running = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+            d.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "pinstorm-bench")
+            })
+        })
+    };
     let t = Instant::now();
-    while std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) < 2 {
+    while !worker_running() {
         assert!(t.elapsed() < Duration::from_secs(60), "no bench worker");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -54,6 +54,9 @@ impl Job for BenchJob {
     }
 }
 
+/// The name of a bench worker thread (at most 15 bytes: the kernel's `comm`).
+pub const WORKER_THREAD: &str = "pinstorm-bench";
+
 fn run(
     job: &BenchJob,
     ctx: &JobContext,
@@ -101,7 +104,15 @@ fn run(
                 let barrier = Barrier::new(threads);
                 let results: Vec<ThreadResult> = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..threads)
-                        .map(|_| s.spawn(|| worker::worker(&*path, backing, spec, job, &barrier)))
+                        .map(|_| {
+                            // The name tells a watcher (`/proc/PID/task/*/comm`) the cell began.
+                            std::thread::Builder::new()
+                                .name(WORKER_THREAD.into())
+                                .spawn_scoped(s, || {
+                                    worker::worker(&*path, backing, spec, job, &barrier)
+                                })
+                                .expect("spawning a bench worker")
+                        })
                         .collect();
                     handles
                         .into_iter()
