@@ -751,7 +751,11 @@ control = true
     for s in &storms {
         let t = &s["totals"];
         let by_shape = t["writes_by_shape"].as_object().unwrap();
-        // io_uring has no packets: that shape is reported as not drawn, the rest were.
+        let quiet = s["control"] == true || s["backing"] == "anon";
+        // io_uring has no packets: that shape is reported as not drawn, the rest were. Under
+        // a truncate storm how many registrations succeed is up to the scheduler (a loaded
+        // machine got 2 in a second, every other one racing a shrink: EFAULT), so every
+        // shape is required only where nothing changes the layout.
         for shape in [
             "sub-page",
             "page-crossing",
@@ -760,7 +764,7 @@ control = true
             "page",
         ] {
             assert!(
-                by_shape.get(shape).and_then(|n| n.as_u64()).unwrap_or(0) > 0,
+                !quiet || by_shape.get(shape).and_then(|n| n.as_u64()).unwrap_or(0) > 0,
                 "{shape} in {} {} control={}: {t}",
                 s["backing"],
                 s["map"],
@@ -780,7 +784,7 @@ control = true
         );
         // Where nothing changes the layout (a control cell, anonymous memory), every write
         // is judged and every one is exactly where it was sent, to the byte.
-        if s["control"] == true || s["backing"] == "anon" {
+        if quiet {
             assert_eq!(
                 t["verified"].as_u64().unwrap(),
                 writes,

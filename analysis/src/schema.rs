@@ -279,6 +279,11 @@ pub struct StormTotals {
     /// Device writes that succeeded, by write shape.
     #[serde(default)]
     pub writes_by_shape: BTreeMap<String, u64>,
+    /// Shaped writes not issued: the bytes around the target could not be read first (the
+    /// file was shorter than the window, a truncate in flight), so nothing could have judged
+    /// them. Not in `device_writes`.
+    #[serde(default)]
+    pub skipped_writes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ pub fn pinners(outs: Vec<PinnerOut>) -> anyhow::Result<Pinners> {
         t.verified += p.totals.verified;
         t.ambiguous += p.totals.ambiguous;
         t.readback_mismatches += p.totals.readback_mismatches;
+        t.skipped_writes += p.totals.skipped_writes;
         for (k, v) in p.totals.register_errors {
             *t.register_errors.entry(k).or_default() += v;
         }

@@ -80,7 +80,9 @@ pub fn write(
     let lo = (off - start) as usize;
     let s0 = f.state.snapshot();
     let Some(before) = read_window(f, storm.mapping, pinner, start, wlen) else {
-        out.totals.ambiguous += 1;
+        // Not written at all, so neither verified nor ambiguous: every device write stays
+        // verified, ambiguous or a finding.
+        out.totals.skipped_writes += 1;
         return;
     };
     let ev = storm.events.next();

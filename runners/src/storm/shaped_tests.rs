@@ -26,6 +26,8 @@ enum Defect {
     DropsInPageOffset,
     /// Writes one byte more than it was given.
     OneBytePastTheEnd,
+    /// Must never be asked to write: the test fails if it is.
+    MustNotWrite,
 }
 
 struct Shim {
@@ -51,6 +53,7 @@ impl Pinner for Shim {
                 more.push(data[data.len() - 1] ^ 0xff);
                 self.inner.device_write(offset, &more)
             }
+            Defect::MustNotWrite => panic!("the device was asked to write {offset}+{}", data.len()),
         }
     }
     fn device_read(&mut self, offset: usize, len: usize) -> Result<Vec<u8>, PinError> {
@@ -60,6 +63,17 @@ impl Pinner for Shim {
 
 /// One write of 333 bytes at offset 4096+77 through the shim; the findings.
 fn planted(defect: Defect) -> Option<Findings> {
+    let (findings, out) = planted_after(defect, |_| {})?;
+    assert_eq!(out.totals.device_writes, 1);
+    Some(findings)
+}
+
+/// As `planted`, with `before` done to the file after the pin and before the write; the
+/// findings and the pinner's counts.
+fn planted_after(
+    defect: Defect,
+    before: impl FnOnce(&TrackedFile),
+) -> Option<(Findings, PinnerOut)> {
     let path = PinKind::IoUring.path(&PinSettings::default());
     let mut pinner = match path.pinner() {
         Ok(p) => Shim { inner: p, defect },
@@ -117,6 +131,7 @@ fn planted(defect: Defect) -> Option<Findings> {
     };
     let mut out = PinnerOut::default();
     let slot = wd.slot(0);
+    before(f);
     write(
         &storm,
         f,
@@ -129,9 +144,8 @@ fn planted(defect: Defect) -> Option<Findings> {
     );
     pinner.unregister().expect("unregistering");
     assert!(out.error.is_none(), "{:?}", out.error);
-    assert_eq!(out.totals.device_writes, 1);
     let findings = std::mem::take(&mut *storm.findings());
-    Some(findings)
+    Some((findings, out))
 }
 
 #[test]
@@ -159,4 +173,29 @@ fn a_device_that_writes_a_byte_past_the_end_is_reported_as_a_spill_of_that_byte(
     let what = &s.examples[0].what;
     assert!(what.contains("4506..4507"), "{what}");
     assert_eq!(f.get(OracleKind::MisplacedWrite).count, 0);
+}
+
+/// A truncate in flight leaves the file shorter than the write's window: the write is not
+/// issued (the device shim fails the test if asked to write), and it is counted as skipped,
+/// neither ambiguous nor written, so every device write stays verified, ambiguous or a
+/// finding.
+#[test]
+fn a_write_whose_window_cannot_be_read_is_skipped_not_issued_and_not_called_ambiguous() {
+    let Some((mut f, out)) = planted_after(Defect::MustNotWrite, |tf| {
+        let rf = tf.region.file.as_ref().expect("a memfd has a file");
+        rf.file().set_len(4096).expect("truncating the memfd");
+    }) else {
+        return;
+    };
+    assert_eq!(out.totals.skipped_writes, 1, "{:?}", out.totals);
+    assert_eq!(out.totals.device_writes, 0);
+    assert_eq!(out.totals.ambiguous, 0);
+    assert_eq!(out.totals.verified, 0);
+    for k in [
+        OracleKind::LostWrite,
+        OracleKind::Spill,
+        OracleKind::MisplacedWrite,
+    ] {
+        assert_eq!(f.get(k).count, 0, "{k}");
+    }
 }
