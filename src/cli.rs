@@ -612,6 +612,13 @@ pub struct BenchPinArgs {
     /// `device-write`; for rdma-odp the device's page fault, or a prefetched write).
     #[arg(long)]
     pub device_write: bool,
+    /// Time device writes of these lengths through each fresh registration, each at an
+    /// offset of its own, first right after it (the first touch: an ODP page fault) and then
+    /// again (ops `device-write-LEN`, `device-rewrite-LEN`; plain `device-write` and
+    /// `device-rewrite` for 4K). E.g. 1,4K,64K,1M; lengths that do not fit the region are
+    /// notrun. Implies --device-write.
+    #[arg(long, value_delimiter = ',', value_name = "LENS")]
+    pub write_sizes: Vec<Size>,
     #[command(flatten)]
     pub check: CheckArgs,
 }

@@ -170,7 +170,8 @@ pub struct BenchRow {
     pub access: String,
     /// Requested region size in bytes.
     pub size: u64,
-    /// `register`, `unregister`, `cycle` (register + unregister) or `device-write`.
+    /// `register`, `unregister`, `cycle` (register + unregister), or a device write:
+    /// `device-write`/`device-rewrite` (4 KiB) or `device-write-LEN`/`device-rewrite-LEN`.
     pub op: String,
     pub threads: usize,
     /// `ok`; the errno (or device status) that failed this row's calls most often, when any

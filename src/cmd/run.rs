@@ -271,6 +271,14 @@ pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
             "--max-time must be greater than zero (and at most 168h)"
         )));
     }
+    if a.write_sizes.iter().any(|w| w.bytes() == 0)
+        || a.write_sizes.len() > scenario::MAX_WRITE_SIZES
+    {
+        bail!(BadInput(anyhow::anyhow!(
+            "--write-sizes: at most {} lengths, each at least 1 byte",
+            scenario::MAX_WRITE_SIZES
+        )));
+    }
     let job = BenchJob {
         pins: or_default(a.pins.clone(), d.pins),
         backings: or_default(a.backings.clone(), d.backings),
@@ -283,6 +291,7 @@ pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
         max_time: a.max_time,
         baseline: !a.no_baseline,
         device_write: a.device_write,
+        write_sizes: a.write_sizes.clone(),
     };
     let s = Scenario {
         name: "bench-pin".into(),

@@ -130,6 +130,24 @@ pub struct BenchJob {
     /// `[rdma] prefetch`, a write into prefetched pages.
     #[serde(default)]
     pub device_write: bool,
+    /// The device writes to time after each recorded registration, by length (implies
+    /// `device_write`; empty: one of 4 KiB). Each length is written twice at an offset of its
+    /// own: right after the registration (op `device-write-LEN`: the first touch, an ODP
+    /// fault) and again (`device-rewrite-LEN`); a 4 KiB write keeps the plain op names.
+    #[serde(default)]
+    pub write_sizes: Vec<Size>,
+}
+
+impl BenchJob {
+    /// The lengths of the device writes timed after each registration; none without
+    /// `device_write` or `write_sizes`.
+    pub fn device_writes(&self) -> Vec<Size> {
+        match (self.device_write, self.write_sizes.is_empty()) {
+            (_, false) => self.write_sizes.clone(),
+            (true, true) => vec![Size(4096)],
+            (false, true) => vec![],
+        }
+    }
 }
 
 /// `[storm]`: pinners register, hold, let the device write and read, and unregister, while
@@ -404,6 +422,8 @@ impl Default for BenchJob {
 pub const MAX_THREADS: usize = 1024;
 /// `[bench] warmup`: unrecorded cycles per thread (not bounded by `max_time`).
 pub const MAX_WARMUP: u64 = 10_000_000;
+/// `[bench] write_sizes`: device writes timed after each registration.
+pub const MAX_WRITE_SIZES: usize = 16;
 /// `[bench] iterations`: recorded cycles per thread and cell.
 pub const MAX_ITERATIONS: u64 = 1_000_000_000;
 /// `[storm] examples`: violations kept per oracle.
@@ -641,6 +661,16 @@ impl Scenario {
                     "bench",
                     "warmup",
                     &format!("must be between 0 and {MAX_WARMUP}"),
+                );
+            }
+            if b.write_sizes.iter().any(|w| w.bytes() == 0) {
+                return err("bench", "write_sizes", "a write is at least 1 byte long");
+            }
+            if b.write_sizes.len() > MAX_WRITE_SIZES {
+                return err(
+                    "bench",
+                    "write_sizes",
+                    &format!("at most {MAX_WRITE_SIZES} lengths"),
                 );
             }
             if b.iterations.get() > MAX_ITERATIONS {

@@ -149,7 +149,7 @@ fn run(
                         &base,
                         &ended.unwrap_or(Ended::NotStarted),
                         note,
-                        job.device_write,
+                        &job.device_writes(),
                     )),
                 }
             }

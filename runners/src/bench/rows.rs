@@ -12,7 +12,9 @@ use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::kernel::KernelRelease;
 use pinstorm_analysis::schema::BenchRow;
 
-use super::worker::{Ended, ErrnoCounts, Op, Side};
+use pinstorm_workloads::units::Size;
+
+use super::worker::{plan_writes, Ended, ErrnoCounts, Op, Side};
 use crate::job::{with_memlock_hint, JobContext};
 
 /// What turning measurements into rows needs from the run.
@@ -115,7 +117,8 @@ fn too_few(samples: u64, ended: &Ended) -> String {
 }
 
 /// The rows of a cell that ran: `cycle` alone when no cycle of pinstorm's completed, else
-/// one per op (`device-write` only when the job wrote).
+/// one per op, and two per device write length (`writes`: the first write after the
+/// registration and the same write again).
 pub(super) fn cell_rows(
     ctx: &RowContext,
     key: &CellKey,
@@ -123,7 +126,7 @@ pub(super) fn cell_rows(
     base: &Side,
     ended: &Ended,
     note: Option<String>,
-    device_write: bool,
+    writes: &[Size],
 ) -> Vec<BenchRow> {
     let none = ErrnoCounts::new();
     let op_errors = |side: &Side, op: Op| side.errors.get(&op).cloned().unwrap_or_default();
@@ -140,9 +143,9 @@ pub(super) fn cell_rows(
         return vec![row];
     }
     let pages = (key.size.div_ceil(4096)).max(1) as f64;
-    let mut specs: Vec<(&str, &Latency, &Latency, ErrnoCounts, ErrnoCounts, f64)> = vec![
+    let mut specs: Vec<(String, &Latency, &Latency, ErrnoCounts, ErrnoCounts, f64)> = vec![
         (
-            "register",
+            "register".to_string(),
             &ours.register,
             &base.register,
             op_errors(ours, Op::Register),
@@ -150,7 +153,7 @@ pub(super) fn cell_rows(
             ours.rates.register,
         ),
         (
-            "unregister",
+            "unregister".to_string(),
             &ours.unregister,
             &base.unregister,
             op_errors(ours, Op::Unregister),
@@ -158,7 +161,7 @@ pub(super) fn cell_rows(
             ours.rates.unregister,
         ),
         (
-            "cycle",
+            "cycle".to_string(),
             &ours.cycle,
             &base.cycle,
             ours.all_errors(),
@@ -167,29 +170,51 @@ pub(super) fn cell_rows(
         ),
     ];
     let no_baseline = Latency::default();
-    if device_write {
+    let no_times = Default::default();
+    let lens: Vec<u64> = writes.iter().map(|w| w.bytes()).collect();
+    let mut unfit = Vec::new();
+    for (i, (len, at)) in writes.iter().zip(plan_writes(&lens, key.size)).enumerate() {
+        let (first, again) = write_ops(*len);
+        if at.is_none() {
+            let why = format!(
+                "a {len} write does not fit the {} region after the writes before it",
+                Size(key.size)
+            );
+            unfit.push(key.row(&first, "notrun".into(), Some(why.clone())));
+            unfit.push(key.row(&again, "notrun".into(), Some(why)));
+            continue;
+        }
+        let t = ours.writes.get(i).unwrap_or(&no_times);
         specs.push((
-            "device-write",
-            &ours.device_write,
+            first,
+            &t.first,
             &no_baseline,
-            op_errors(ours, Op::DeviceWrite),
+            op_errors(ours, Op::DeviceWrite(i)),
             none.clone(),
-            ours.rates.device_write,
+            t.first_rate,
+        ));
+        specs.push((
+            again,
+            &t.again,
+            &no_baseline,
+            op_errors(ours, Op::DeviceRewrite(i)),
+            none.clone(),
+            t.again_rate,
         ));
     }
-    specs
+    let mut rows: Vec<BenchRow> = specs
         .into_iter()
         .map(|(op, h, b, errors, base_errors, rate)| {
             let failed = most_frequent(&errors).or(most_frequent(&base_errors));
             let mut row = match failed {
                 Some(e) => {
                     let reason = error_reason(ctx, ours, base);
-                    key.row(op, e.to_string(), Some(reason))
+                    key.row(&op, e.to_string(), Some(reason))
                 }
                 None if h.count() < MIN_SAMPLES => {
-                    key.row(op, "notrun".into(), Some(too_few(h.count(), ended)))
+                    key.row(&op, "notrun".into(), Some(too_few(h.count(), ended)))
                 }
-                None => key.row(op, "ok".into(), note.clone()),
+                None => key.row(&op, "ok".into(), note.clone()),
             };
             if row.outcome != "notrun" && h.count() > 0 {
                 let st = h.stats();
@@ -211,5 +236,20 @@ pub(super) fn cell_rows(
             }
             row
         })
-        .collect()
+        .collect();
+    rows.extend(unfit);
+    rows
+}
+
+/// The ops of the first write of `len` bytes after a registration and of the same write
+/// again: `device-write`/`device-rewrite` for 4 KiB (as in results before `write_sizes`),
+/// else with the length (`device-write-64K`).
+pub(super) fn write_ops(len: Size) -> (String, String) {
+    match len.bytes() {
+        4096 => ("device-write".into(), "device-rewrite".into()),
+        _ => (
+            format!("device-write-{len}"),
+            format!("device-rewrite-{len}"),
+        ),
+    }
 }

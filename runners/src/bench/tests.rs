@@ -11,7 +11,9 @@ use pinstorm_workloads::pin::PinError;
 use pinstorm_workloads::sys::Errno;
 
 use super::rows::{cell_rows, CellKey, RowContext, MIN_SAMPLES};
-use super::worker::{Ended, Op, Side};
+use pinstorm_workloads::units::Size;
+
+use super::worker::{plan_writes, Ended, Op, Side};
 
 const OK_RULE: &str = r#"
 [[expect]]
@@ -54,6 +56,10 @@ fn kernel_errno(op: &'static str, errno: i32) -> PinError {
 }
 
 fn rows(ours: &Side, base: &Side, ended: Ended) -> Vec<BenchRow> {
+    rows_writing(ours, base, ended, &[])
+}
+
+fn rows_writing(ours: &Side, base: &Side, ended: Ended, writes: &[Size]) -> Vec<BenchRow> {
     let exp = Expectations::parse(OK_RULE, "test.toml").unwrap();
     let kernel = KernelRelease::parse("6.18.0").unwrap();
     let ctx = RowContext {
@@ -61,7 +67,7 @@ fn rows(ours: &Side, base: &Side, ended: Ended) -> Vec<BenchRow> {
         kernel: &kernel,
         memlock_hint: None,
     };
-    cell_rows(&ctx, &key(), ours, base, &ended, None, false)
+    cell_rows(&ctx, &key(), ours, base, &ended, None, writes)
 }
 
 fn row<'a>(rows: &'a [BenchRow], op: &str) -> &'a BenchRow {
@@ -243,4 +249,62 @@ fn throughput_is_what_completed_over_the_wall_time_not_the_inverse_of_the_mean()
     two.merge(&side(500, Duration::from_millis(100)));
     let rows2 = rows(&two, &Side::default(), Ended::Iterations(1000));
     assert!((row(&rows2, "cycle").ops_per_sec.unwrap() - 15_000.0).abs() < 1e-6);
+}
+
+#[test]
+fn each_write_length_gets_untouched_pages_of_its_own_and_one_that_does_not_fit_gets_none() {
+    // 1 byte at 0; 4K from the next page; 64K after that; 2M cannot follow in 2M.
+    assert_eq!(
+        plan_writes(&[1, 4096, 65536, 2 << 20], 2 << 20),
+        vec![Some(0), Some(4096), Some(8192), None]
+    );
+    // A write that fits after one that did not still goes where it fits.
+    assert_eq!(plan_writes(&[3 << 20, 100], 2 << 20), vec![None, Some(0)]);
+    assert_eq!(plan_writes(&[u64::MAX, 1], 4096), vec![None, Some(0)]);
+}
+
+#[test]
+fn every_write_length_has_a_first_write_and_a_rewrite_row_and_a_length_that_does_not_fit_is_notrun()
+{
+    let mut ours = side(50, Duration::from_millis(10));
+    let base = side(50, Duration::from_millis(10));
+    for i in 0..2 {
+        let w = ours.write(i);
+        for n in 0..50 {
+            w.first.record(20_000 + n);
+            w.again.record(5_000 + n);
+        }
+    }
+    assert!(ours
+        .failed(
+            Op::DeviceRewrite(1),
+            kernel_errno("device write", libc::EIO)
+        )
+        .is_ok());
+    let rows = rows_writing(
+        &ours,
+        &base,
+        Ended::Iterations(50),
+        &[Size(4096), Size(64 << 10), Size(4 << 20)],
+    );
+    let first = row(&rows, "device-write");
+    let st = first.stats.as_ref().unwrap();
+    assert_eq!((first.outcome.as_str(), st.count), ("ok", 50));
+    assert!((19_900..20_100).contains(&st.min_ns), "{st:?}");
+    // The rewrite's own timings, not the first write's.
+    let st = row(&rows, "device-rewrite").stats.clone().unwrap();
+    assert!((4_900..5_100).contains(&st.min_ns), "{st:?}");
+    assert_eq!(row(&rows, "device-write-64K").outcome, "ok");
+    // A failure of the 64K rewrite is that row's, not the first write's.
+    let again = row(&rows, "device-rewrite-64K");
+    assert_eq!(again.outcome, "EIO");
+    assert_eq!(again.errors.get("EIO"), Some(&1));
+    for op in ["device-write-4M", "device-rewrite-4M"] {
+        let r = row(&rows, op);
+        assert_eq!(r.outcome, "notrun", "{op}");
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("a 4M write does not fit the 2M region after the writes before it")
+        );
+    }
 }

@@ -25,7 +25,40 @@ const BLOCK: u64 = 32;
 pub(super) enum Op {
     Register,
     Unregister,
-    DeviceWrite,
+    /// The first write of `write_sizes[i]` through a fresh registration.
+    DeviceWrite(usize),
+    /// The same write again.
+    DeviceRewrite(usize),
+}
+
+/// Where each of the job's device writes goes in a region of `region_len` bytes: one after
+/// the other, each at a page boundary of its own so its first write touches pages no other
+/// write did; `None` for a write that does not fit.
+pub(super) fn plan_writes(sizes: &[u64], region_len: u64) -> Vec<Option<u64>> {
+    let mut next = 0u64;
+    sizes
+        .iter()
+        .map(|&len| {
+            let end = next.checked_add(len)?;
+            if end > region_len {
+                return None;
+            }
+            let at = next;
+            next = end.div_ceil(4096) * 4096;
+            Some(at)
+        })
+        .collect()
+}
+
+/// The timings of one write length: its first write after each registration and the
+/// write again.
+#[derive(Default)]
+pub(super) struct WriteTimes {
+    pub first: Latency,
+    pub again: Latency,
+    /// Successful calls per second of the side's wall time.
+    pub first_rate: f64,
+    pub again_rate: f64,
 }
 
 /// Failed calls by errno name (or device status).
@@ -39,8 +72,8 @@ pub(super) struct Side {
     pub unregister: Latency,
     /// Register + unregister of the cycles in which both succeeded.
     pub cycle: Latency,
-    /// One 4 KiB device write right after the registration (`device_write = true`).
-    pub device_write: Latency,
+    /// The device writes after each registration, per length (`write_sizes`).
+    pub writes: Vec<WriteTimes>,
     /// Failed calls per operation, warm-up included (a refusal is a refusal).
     pub errors: BTreeMap<Op, ErrnoCounts>,
     /// The first failure's words (`IORING_REGISTER_BUFFERS: EFAULT (Bad address)`).
@@ -58,7 +91,6 @@ pub(super) struct Rates {
     pub register: f64,
     pub unregister: f64,
     pub cycle: f64,
-    pub device_write: f64,
 }
 
 impl Side {
@@ -85,8 +117,11 @@ impl Side {
                 register: per_sec(&self.register),
                 unregister: per_sec(&self.unregister),
                 cycle: per_sec(&self.cycle),
-                device_write: per_sec(&self.device_write),
             };
+            for w in &mut self.writes {
+                w.first_rate = per_sec(&w.first);
+                w.again_rate = per_sec(&w.again);
+            }
         }
     }
 
@@ -94,7 +129,14 @@ impl Side {
         self.register.merge(&o.register);
         self.unregister.merge(&o.unregister);
         self.cycle.merge(&o.cycle);
-        self.device_write.merge(&o.device_write);
+        for (i, w) in o.writes.iter().enumerate() {
+            let mine = self.write(i);
+            mine.first.merge(&w.first);
+            mine.again.merge(&w.again);
+            // The threads ran at the same time, so their rates add up.
+            mine.first_rate += w.first_rate;
+            mine.again_rate += w.again_rate;
+        }
         for (op, counts) in &o.errors {
             let mine = self.errors.entry(*op).or_default();
             for (name, n) in counts {
@@ -109,7 +151,14 @@ impl Side {
         self.rates.register += o.rates.register;
         self.rates.unregister += o.rates.unregister;
         self.rates.cycle += o.rates.cycle;
-        self.rates.device_write += o.rates.device_write;
+    }
+
+    /// The timings of write length `i`, made on first use.
+    pub fn write(&mut self, i: usize) -> &mut WriteTimes {
+        if self.writes.len() <= i {
+            self.writes.resize_with(i + 1, WriteTimes::default);
+        }
+        &mut self.writes[i]
     }
 
     /// Every failed call of the cycle, by errno: what the `cycle` row counts.
@@ -180,8 +229,9 @@ struct Ours<'a> {
     path: &'a dyn PinPath,
     pinner: Box<dyn Pinner>,
     target: PinTarget,
-    page: Vec<u8>,
-    device_write: bool,
+    /// The device writes after each registration: (index in `write_sizes`, offset, data);
+    /// the lengths that do not fit the region are left out.
+    writes: Vec<(usize, usize, Vec<u8>)>,
 }
 
 impl Ours<'_> {
@@ -194,16 +244,23 @@ impl Ours<'_> {
         if let Err(e) = r {
             return side.failed(Op::Register, e);
         }
-        // Outside the register/unregister timings: the device's first write through the
-        // fresh registration (an ODP page fault unless prefetched).
-        if self.device_write {
-            let w0 = Instant::now();
-            let r = self.pinner.device_write(0, &self.page);
-            let took = w0.elapsed();
-            match r {
-                Ok(_) if record => side.device_write.record(took.as_nanos() as u64),
-                Ok(_) => {}
-                Err(e) => side.failed(Op::DeviceWrite, e)?,
+        // Outside the register/unregister timings: the device's first write of each length
+        // through the fresh registration (an ODP page fault unless prefetched), then the same
+        // write again into pages the device has touched.
+        for (i, off, data) in &self.writes {
+            for again in [false, true] {
+                let w0 = Instant::now();
+                let r = self.pinner.device_write(*off, data);
+                let took = w0.elapsed().as_nanos() as u64;
+                let (op, times) = match again {
+                    false => (Op::DeviceWrite(*i), &mut side.write(*i).first),
+                    true => (Op::DeviceRewrite(*i), &mut side.write(*i).again),
+                };
+                match r {
+                    Ok(_) if record => times.record(took),
+                    Ok(_) => {}
+                    Err(e) => side.failed(op, e)?,
+                }
             }
         }
         let t2 = Instant::now();
@@ -313,8 +370,15 @@ pub(super) fn worker(
         path,
         pinner,
         target,
-        page: vec![0x5au8; 4096.min(target.len)],
-        device_write: job.device_write,
+        writes: {
+            let sizes: Vec<u64> = job.device_writes().iter().map(|s| s.bytes()).collect();
+            plan_writes(&sizes, target.len as u64)
+                .into_iter()
+                .zip(&sizes)
+                .enumerate()
+                .filter_map(|(i, (at, &len))| Some((i, at? as usize, vec![0x5au8; len as usize])))
+                .collect()
+        },
     };
     let run = (|| -> Result<Ended, CellStop> {
         for _ in 0..job.warmup {
