@@ -161,7 +161,7 @@ pub enum Command {
     /// Run a scenario in QEMU guests booted from real kernels (Debian packages or your own
     /// build), with an emulated NVDIMM (FS-DAX xfs and ext4, device-dax) and soft-RoCE.
     #[command(after_help = LAB_HELP)]
-    Lab(LabArgs),
+    Lab(Box<LabArgs>),
     /// Undo what killed pinstorm runs left (mounts, loop devices, sysctls, files, lab guests).
     Cleanup(CleanupArgs),
     /// Compare two sets of runs (baseline and candidate) with significance, and gate on
@@ -301,6 +301,8 @@ pub struct LabArgs {
     /// Override the scenario's seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// Refresh the Debian package lists even if they are less than a day old.
     #[arg(long)]
     pub refresh: bool,
@@ -511,18 +513,12 @@ pub enum ExportFormat {
     Kcidb,
 }
 
+/// What `run` and `lab` may change in the scenarios they run.
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Scenario files or preset names (default, quick, ...), run one after the other, one
-    /// result each: the matrix of this kernel x these scenarios (--plan, --shard).
-    #[arg(value_name = "SCENARIO", default_value = "default")]
-    pub scenarios: Vec<String>,
+pub struct OverrideArgs {
     /// Run every job on these backings only.
     #[arg(long, value_delimiter = ',', value_parser = BackingKind::parse)]
     pub backing: Vec<BackingKind>,
-    /// Override the scenario's seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Run storms (and the probe) with this mapping only.
     #[arg(long, value_enum)]
     pub map: Option<MapArg>,
@@ -537,6 +533,19 @@ pub struct RunArgs {
     /// the summary prints under each finding).
     #[arg(long, value_name = "OFFSET+LEN", value_parser = WriteAt::parse)]
     pub write_at: Option<WriteAt>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Scenario files or preset names (default, quick, ...), run one after the other, one
+    /// result each: the matrix of this kernel x these scenarios (--plan, --shard).
+    #[arg(value_name = "SCENARIO", default_value = "default")]
+    pub scenarios: Vec<String>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     #[command(flatten)]
     pub check: CheckArgs,
     #[command(flatten)]

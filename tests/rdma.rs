@@ -355,6 +355,58 @@ fn in_a_lab_guest_the_rdma_paths_are_measured_with_rxe_as_the_device() {
         control["totals"]["verified"], control["totals"]["device_writes"],
         "{control}"
     );
+    // A finding in a guest is reproduced with the lab on the same kernel, not with a
+    // `pinstorm run` the host cannot do.
+    let lab_line = format!(
+        "pinstorm lab --kernels deb:6.1 {} --pin rdma --backing tmpfs --map shared",
+        scenario.display()
+    );
+    for storm in storms {
+        for (oracle, f) in storm["oracle"].as_object().unwrap() {
+            for line in f["reproduce"].as_array().into_iter().flatten() {
+                assert!(
+                    line.as_str().unwrap().starts_with(&lab_line),
+                    "{oracle}: {line} (want {lab_line} ...)"
+                );
+            }
+        }
+    }
+    // And the reproducer's replay of one write runs in the guest: `lab` takes `--write-at`
+    // and the other override flags of `run` into the scenario it hands the guest.
+    let replay = Sandbox::new("rdmalab-replay");
+    let o = replay
+        .cmd()
+        .args(["lab", "--fresh", "--kernels", "deb:6.1", "--timeout", "8m"])
+        .arg(&scenario)
+        .args(["--pin", "rdma", "--backing", "tmpfs", "--map", "shared"])
+        .args(["--write-at", "4097+1100", "--duration", "300ms"])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "lab replay failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let r = read_json(&replay.results()[0]);
+    let storms = r["storms"].as_array().unwrap();
+    assert_eq!(storms.len(), 1, "one cell, no control cell: {storms:?}");
+    let s = &storms[0];
+    assert_eq!(
+        (s["pinners"].as_u64(), s["disruptors"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let t = &s["totals"];
+    let writes = t["device_writes"].as_u64().unwrap();
+    assert!(writes > 0, "{t}");
+    assert_eq!(
+        t["writes_by_shape"]["write-at"].as_u64(),
+        Some(writes),
+        "{t}"
+    );
+    // 1100 bytes at an odd offset (more than one packet at the lab's path MTU) into a
+    // pinned MR, with no layout change: every write lands where it was sent.
+    assert_eq!(t["verified"].as_u64(), Some(writes), "{t}");
 }
 
 /// What the kernel is expected to do in the lab test's storm (pinned MRs on tmpfs, shared,

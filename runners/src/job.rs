@@ -60,6 +60,9 @@ pub struct JobContext<'a> {
     pub holder_exe: Option<&'a Path>,
     /// How `pinstorm run` names this scenario (a preset name or a file), for reproducers.
     pub scenario: &'a str,
+    /// How a reproducer's command line starts, up to the scenario (`pinstorm run` when
+    /// empty; `RunOptions::reproduce_as`).
+    pub reproduce_as: &'a [String],
 }
 
 /// The tag written into every canary of a run: a hash of the run id.

@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 
-use crate::cli::Global;
+use crate::cli::{Global, OverrideArgs};
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_workloads::pin::rdma;
-use pinstorm_workloads::scenario::Scenario;
+use pinstorm_workloads::scenario::{OverrideError, Overrides, Scenario};
 
 /// An error in what the user gave us (exit 2), as opposed to one met while running (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -58,4 +58,31 @@ pub fn configure_rdma(g: &Global, scenario: Option<&mut Scenario>) -> rdma::Rdma
         }
     }
     cfg
+}
+
+/// The override flags (`--pin`, `--backing`, `--map`, `--duration`, `--write-at`) and
+/// `--seed` over scenario `name`; a flag that cannot apply is bad input naming it.
+pub fn apply_overrides(
+    name: &str,
+    s: &mut Scenario,
+    a: &OverrideArgs,
+    seed: Option<u64>,
+) -> Result<()> {
+    let overrides = Overrides {
+        backings: a.backing.clone(),
+        pins: a.pin.clone(),
+        map: a.map.map(Into::into),
+        duration: a.duration,
+        seed,
+        write_at: a.write_at,
+    };
+    match s.apply_overrides(&overrides) {
+        Ok(()) => Ok(()),
+        Err(OverrideError::ZeroDuration) => bad(Err(anyhow::anyhow!(
+            "--duration must be greater than zero (and at most 168h)"
+        ))),
+        Err(OverrideError::NoStorm) => bad(Err(anyhow::anyhow!(
+            "--duration and --write-at apply to storms, and {name} has no [storm] section"
+        ))),
+    }
 }

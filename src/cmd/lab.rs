@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{self, Format, Global};
 use crate::cmd::check;
-use crate::cmd::common::{bad, configure_rdma, expectation_sources};
+use crate::cmd::common::{apply_overrides, bad, configure_rdma, expectation_sources};
 use crate::cmd::paths::{lab_cache, results_root};
 use pinstorm_analysis::check::{evaluate, Check, Subject};
 use pinstorm_analysis::schema::RunResult;
@@ -41,9 +41,21 @@ fn options(
 ) -> Result<lab::LabOptions> {
     let (mut scenario, mut text, origin) =
         bad(Scenario::resolve(name).map_err(anyhow::Error::from))?;
-    // `--rdma-*` reach the guests inside the scenario's `[rdma]`.
+    // `--rdma-*` and the override flags reach the guests inside the scenario they run (the
+    // seed goes on its own, as the matrix records it).
+    let o = &a.overrides;
+    let overridden = !o.backing.is_empty()
+        || !o.pin.is_empty()
+        || o.map.is_some()
+        || o.duration.is_some()
+        || o.write_at.is_some();
+    if overridden {
+        apply_overrides(name, &mut scenario, o, None)?;
+    }
     if g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
         configure_rdma(g, Some(&mut scenario));
+    }
+    if overridden || g.rdma_dev.is_some() || g.rdma_port.is_some() || g.rdma_no_prefetch {
         text = scenario.to_text();
     }
     Ok(lab::LabOptions {

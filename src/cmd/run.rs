@@ -8,13 +8,13 @@ use anyhow::{bail, Result};
 
 use crate::cli::{BenchPinArgs, Format, Global, ProbeArgs, RunArgs};
 use crate::cmd::check;
-use crate::cmd::common::{bad, configure_rdma, expectations, BadInput};
+use crate::cmd::common::{apply_overrides, bad, configure_rdma, expectations, BadInput};
 use crate::cmd::paths::RunPaths;
 use pinstorm_analysis::check::{evaluate, subjects_by_release, Check};
 use pinstorm_analysis::summary;
 use pinstorm_runners::run::{self, RunOptions, RunOutcome};
 use pinstorm_runners::shard::{Plan, Shard};
-use pinstorm_workloads::scenario::{self, BenchJob, OverrideError, Overrides, ProbeJob, Scenario};
+use pinstorm_workloads::scenario::{self, BenchJob, ProbeJob, Scenario};
 
 /// What `--format json` prints on stdout: the rows of the job asked for, or the whole result.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,7 @@ fn run_one(g: &Global, mut scenario: Scenario, origin: String) -> Result<RunOutc
         progress: !g.quiet,
         verbose: !g.quiet,
         holder_exe: None,
+        reproduce_as: Vec::new(),
     };
     run::run(&opts)
 }
@@ -147,23 +148,7 @@ pub fn scenario(g: &Global, a: &RunArgs) -> Result<ExitCode> {
     let mut scenarios = Vec::new();
     for name in &a.scenarios {
         let (mut s, _text, origin) = bad(Scenario::resolve(name).map_err(anyhow::Error::from))?;
-        let overrides = Overrides {
-            backings: a.backing.clone(),
-            pins: a.pin.clone(),
-            map: a.map.map(Into::into),
-            duration: a.duration,
-            seed: a.seed,
-            write_at: a.write_at,
-        };
-        match s.apply_overrides(&overrides) {
-            Ok(()) => {}
-            Err(OverrideError::ZeroDuration) => bail!(BadInput(anyhow::anyhow!(
-                "--duration must be greater than zero (and at most 168h)"
-            ))),
-            Err(OverrideError::NoStorm) => bail!(BadInput(anyhow::anyhow!(
-                "--duration and --write-at apply to storms, and {name} has no [storm] section"
-            ))),
-        }
+        apply_overrides(name, &mut s, &a.overrides, a.seed)?;
         scenarios.push((s, origin));
     }
     let shard = match &a.matrix.shard {

@@ -77,6 +77,10 @@ pub struct GuestPlan {
     /// A shell command to run after the scenario (`--guest-exec`), e.g. an independent
     /// probe; its output goes to `guest-exec.log` next to the result.
     pub guest_exec: Option<String>,
+    /// How a reproducer names this guest's run: `pinstorm lab --kernels deb:sid` (with
+    /// `--build` or `--modules` where the kernel needs them), before the scenario.
+    #[serde(default)]
+    pub reproduce_as: Vec<String>,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -456,6 +460,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         progress: false,
         verbose: true,
         holder_exe: None,
+        reproduce_as: plan.reproduce_as.clone(),
     };
     let run = run::run(&opts);
     if let Some(cmd) = &plan.guest_exec {

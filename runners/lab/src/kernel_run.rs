@@ -189,6 +189,7 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         rxe: p.rxe,
         inject: p.inject.as_ref().and_then(|i| i.for_kernel(spec)),
         guest_exec: p.guest_exec.clone(),
+        reproduce_as: reproduce_as(spec, p.build),
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
@@ -291,6 +292,21 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The command a finding in this kernel's guest is reproduced with, up to the scenario:
+/// the same kernel, built or with its modules as it was given.
+fn reproduce_as(spec: &KernelSpec, build: bool) -> Vec<String> {
+    let mut cmd: Vec<String> = vec!["pinstorm".into(), "lab".into(), "--kernels".into()];
+    cmd.push(spec.to_string());
+    match spec {
+        KernelSpec::Tree(_) if build => cmd.push("--build".into()),
+        KernelSpec::Path {
+            modules: Some(m), ..
+        } => cmd.extend(["--modules".into(), m.display().to_string()]),
+        _ => {}
+    }
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +317,32 @@ mod tests {
         assert_eq!(shell_quote("/a b/pinstorm"), "'/a b/pinstorm'");
         assert_eq!(shell_quote("/it's"), "'/it'\\''s'");
         assert_eq!(shell_quote("/x;rm -rf /"), "'/x;rm -rf /'");
+    }
+
+    #[test]
+    fn a_guest_finding_is_reproduced_on_the_same_kernel_as_it_was_given() {
+        let deb = KernelSpec::parse("deb:sid", None).unwrap();
+        assert_eq!(
+            reproduce_as(&deb, false),
+            ["pinstorm", "lab", "--kernels", "deb:sid"]
+        );
+        let tree = KernelSpec::parse("tree:/src/linux", None).unwrap();
+        assert_eq!(
+            reproduce_as(&tree, true),
+            ["pinstorm", "lab", "--kernels", "tree:/src/linux", "--build"]
+        );
+        let path =
+            KernelSpec::parse("path:/k/bzImage", Some(std::path::Path::new("/k/mods"))).unwrap();
+        assert_eq!(
+            reproduce_as(&path, false),
+            [
+                "pinstorm",
+                "lab",
+                "--kernels",
+                "path:/k/bzImage",
+                "--modules",
+                "/k/mods"
+            ]
+        );
     }
 }

@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub verbose: bool,
     /// The pinstorm binary that runs lease holders (`__lease-holder`); default: this one.
     pub holder_exe: Option<PathBuf>,
+    /// How a reproducer's command line starts, up to the scenario: empty for `pinstorm run`
+    /// on this machine; `pinstorm lab --kernels deb:sid` in a lab guest.
+    pub reproduce_as: Vec<String>,
 }
 
 pub struct RunOutcome {
@@ -216,6 +219,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             is_root,
             holder_exe: opts.holder_exe.as_deref(),
             scenario: &scenario_arg,
+            reproduce_as: &opts.reproduce_as,
         };
         let outcome = jobs.iter().try_for_each(|job| {
             log(opts, job.name());

@@ -85,9 +85,11 @@ fn reproducers(
     path: &dyn PinPath,
     (pin, kind, map): (PinKind, BackingKind, MapKind),
 ) {
-    let mut cell = vec![
-        "pinstorm".to_string(),
-        "run".into(),
+    let mut cell: Vec<String> = match ctx.reproduce_as {
+        [] => vec!["pinstorm".into(), "run".into()],
+        lab => lab.to_vec(),
+    };
+    cell.extend([
         ctx.scenario.to_string(),
         "--pin".into(),
         pin.name().into(),
@@ -95,7 +97,7 @@ fn reproducers(
         kind.name().into(),
         "--map".into(),
         map.name().into(),
-    ];
+    ]);
     cell.extend(path.run_flags());
     let line = |extra: &[String]| {
         cell.iter()
