@@ -1,26 +1,43 @@
-//! Layout operations: what changes a file's block map under a pin.
+//! Layout operations: what changes a file's block map, or the memory behind a mapping, under
+//! a pin.
 //!
 //! One [`LayoutOp`] per kind, in small modules: `truncate` (shrink, then re-extend),
 //! `fallocate` (punch hole, zero range, collapse range, insert range), `reflink` (FICLONE and
-//! FICLONERANGE out of the pinned file, FICLONERANGE into it) and `dedupe` (FIDEDUPERANGE).
+//! FICLONERANGE out of the pinned file, FICLONERANGE into it) and `dedupe` (FIDEDUPERANGE)
+//! change a file; the memory-management operations change what is behind the pinned mapping:
+//! `madvise` (DONTNEED, FREE, REMOVE, PAGEOUT, COLD), `fork_cow` (fork, then writes in child
+//! and parent), `mremap` (move away and back, grow and shrink), `compact`
+//! (vm/compact_memory), `migrate` (move_pages to another node) and `ksm` (MADV_MERGEABLE).
 //! Each picks its aligned range from the caller's seeded RNG, so a seed replays the same
-//! sequence, and reports what it did to the file's contents ([`Effect`]) for the oracles.
+//! sequence, and reports what it did ([`Effect`]) for the oracles.
 //!
-//! Operations only ever take a [`RegionFile`]: a file a backing created for this run. An
-//! operation that works with a second file declares it ([`LayoutOp::partners`]); the storm
-//! makes those partners ([`Partners::prepare`]) and never names an operation. Adding an
-//! operation touches its module and this module's registry ([`LayoutKind`]).
+//! Operations only ever take a [`RegionFile`] and a [`Mapping`] a backing created for this
+//! run. An operation declares where it applies: whether it needs a file
+//! ([`LayoutOp::needs_file`]), the files next to the pinned one it works with
+//! ([`LayoutOp::partners`]), whether it cuts the file short ([`LayoutOp::cuts_file`]: then the
+//! CPU must not touch the mapping) and why it cannot run on a target
+//! ([`LayoutOp::unavailable`]); the storm makes the partners ([`Partners::prepare`]) and never
+//! names an operation. Adding an operation touches its module and this module's registry
+//! ([`LayoutKind`]). The unsafe calls (madvise, mremap, fork, move_pages) are in `sys`.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::backing::RegionFile;
-use crate::sys::Errno;
+use crate::backing::{MapKind, RegionFile};
+use crate::sys::{Errno, Mapping};
 
+mod compact;
 mod dedupe;
 mod fallocate;
+mod fork_cow;
+mod ksm;
+mod madvise;
+mod migrate;
+mod mremap;
 mod partners;
 mod reflink;
+#[allow(unsafe_code)]
+mod sys;
 mod truncate;
 
 pub use partners::{Partner, Partners};
@@ -37,6 +54,17 @@ pub enum LayoutKind {
     ReflinkRangeOut,
     ReflinkRangeIn,
     Dedupe,
+    MadviseDontneed,
+    MadviseFree,
+    MadviseRemove,
+    MadvisePageout,
+    MadviseCold,
+    ForkCow,
+    MremapMove,
+    MremapGrow,
+    Compact,
+    Migrate,
+    Ksm,
 }
 
 impl LayoutKind {
@@ -50,6 +78,17 @@ impl LayoutKind {
         LayoutKind::ReflinkRangeOut,
         LayoutKind::ReflinkRangeIn,
         LayoutKind::Dedupe,
+        LayoutKind::MadviseDontneed,
+        LayoutKind::MadviseFree,
+        LayoutKind::MadviseRemove,
+        LayoutKind::MadvisePageout,
+        LayoutKind::MadviseCold,
+        LayoutKind::ForkCow,
+        LayoutKind::MremapMove,
+        LayoutKind::MremapGrow,
+        LayoutKind::Compact,
+        LayoutKind::Migrate,
+        LayoutKind::Ksm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +102,17 @@ impl LayoutKind {
             LayoutKind::ReflinkRangeOut => "reflink-range-out",
             LayoutKind::ReflinkRangeIn => "reflink-range-in",
             LayoutKind::Dedupe => "dedupe",
+            LayoutKind::MadviseDontneed => "madvise-dontneed",
+            LayoutKind::MadviseFree => "madvise-free",
+            LayoutKind::MadviseRemove => "madvise-remove",
+            LayoutKind::MadvisePageout => "madvise-pageout",
+            LayoutKind::MadviseCold => "madvise-cold",
+            LayoutKind::ForkCow => "fork-cow",
+            LayoutKind::MremapMove => "mremap-move",
+            LayoutKind::MremapGrow => "mremap-grow",
+            LayoutKind::Compact => "compact",
+            LayoutKind::Migrate => "migrate",
+            LayoutKind::Ksm => "ksm",
         }
     }
 
@@ -85,6 +135,31 @@ impl LayoutKind {
             LayoutKind::Dedupe => {
                 "FIDEDUPERANGE a range of the pinned file against an identical copy"
             }
+            LayoutKind::MadviseDontneed => "madvise(MADV_DONTNEED) of a random aligned range",
+            LayoutKind::MadviseFree => {
+                "madvise(MADV_FREE) of a random aligned range (private anonymous memory)"
+            }
+            LayoutKind::MadviseRemove => {
+                "madvise(MADV_REMOVE) of a random aligned range (shared mappings of shmem)"
+            }
+            LayoutKind::MadvisePageout => "madvise(MADV_PAGEOUT) of a random aligned range",
+            LayoutKind::MadviseCold => "madvise(MADV_COLD) of a random aligned range",
+            LayoutKind::ForkCow => {
+                "fork; the child writes a random range and exits, the parent writes it too"
+            }
+            LayoutKind::MremapMove => {
+                "mremap the mapping to a reserved address (MREMAP_DONTUNMAP) and back"
+            }
+            LayoutKind::MremapGrow => {
+                "mremap the mapping away, grow it in place to twice its size, shrink it, move it back"
+            }
+            LayoutKind::Compact => "write 1 to /proc/sys/vm/compact_memory (root)",
+            LayoutKind::Migrate => {
+                "move_pages(2) a random range to another NUMA node (needs two nodes)"
+            }
+            LayoutKind::Ksm => {
+                "madvise(MADV_MERGEABLE), wait for two ksmd scans, MADV_UNMERGEABLE (ksmd running)"
+            }
         }
     }
 
@@ -99,6 +174,16 @@ impl LayoutKind {
                 Box::new(reflink::Reflink(self))
             }
             LayoutKind::Dedupe => Box::new(dedupe::Dedupe),
+            LayoutKind::MadviseDontneed
+            | LayoutKind::MadviseFree
+            | LayoutKind::MadviseRemove
+            | LayoutKind::MadvisePageout
+            | LayoutKind::MadviseCold => Box::new(madvise::Madvise(self)),
+            LayoutKind::ForkCow => Box::new(fork_cow::ForkCow),
+            LayoutKind::MremapMove | LayoutKind::MremapGrow => Box::new(mremap::Mremap(self)),
+            LayoutKind::Compact => Box::new(compact::Compact),
+            LayoutKind::Migrate => Box::new(migrate::Migrate),
+            LayoutKind::Ksm => Box::new(ksm::Ksm),
         }
     }
 
@@ -123,15 +208,24 @@ impl std::fmt::Display for LayoutKind {
     }
 }
 
-/// The file to change, and its partners on the same filesystem.
+/// The pinned region to change: its mapping, its file (none for anonymous memory) and the
+/// file's partners on the same filesystem.
 pub struct LayoutTarget<'a> {
-    pub file: &'a RegionFile,
+    pub file: Option<&'a RegionFile>,
+    /// The pinned mapping (its address and length are what memory operations work on).
+    pub mapping: &'a Mapping,
+    pub map: MapKind,
+    /// Whether the memory comes from the hugetlb pool.
+    pub hugetlb: bool,
     /// The file's full size; operations that shrink or grow it put this size back.
     pub size: u64,
     /// Ranges are multiples of this (the backing's page size, at least the fs block size).
     pub align: u64,
     /// The partner files made for the operations that declared them.
     pub partners: &'a Partners,
+    /// Whether the CPU may touch the mapping: no operation of the storm cuts the file short
+    /// (a page past end of file would SIGBUS).
+    pub cpu_access: bool,
 }
 
 impl LayoutTarget<'_> {
@@ -141,9 +235,20 @@ impl LayoutTarget<'_> {
             .get(p)
             .expect("a declared partner, checked by cannot_run()")
     }
+
+    /// The file of an operation that declared it needs one ([`LayoutOp::needs_file`]).
+    pub(crate) fn file(&self) -> &RegionFile {
+        self.file
+            .expect("an operation that needs a file, checked by cannot_run()")
+    }
+
+    /// Whether the memory is anonymous (no file) and private: plain anonymous pages.
+    pub fn private_anon(&self) -> bool {
+        self.file.is_none() && self.map == MapKind::Private
+    }
 }
 
-/// What an operation did to the pinned file's contents.
+/// What an operation did to the pinned file's contents or to the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// These bytes no longer hold what they held: they read as zeros or the donor's fill.
@@ -152,6 +257,15 @@ pub enum Effect {
     Shifted { offset: u64 },
     /// The contents are unchanged; the blocks may now be shared with another file.
     Shared { offset: u64, len: u64 },
+    /// A memory-management operation worked on the mapping of these bytes: the pages the
+    /// process sees there may be other pages now (by the operation's design, or not: that is
+    /// for the diverged and moved oracles and the expectations). `contents`: what the
+    /// process reads there may have changed too (data dropped or written).
+    Remapped {
+        offset: u64,
+        len: u64,
+        contents: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +297,16 @@ impl LayoutError {
 
 pub trait LayoutOp: Send + Sync {
     fn kind(&self) -> LayoutKind;
+    /// Whether it changes a file (anonymous memory has none): the layout operations do,
+    /// memory-management operations work on any mapping.
+    fn needs_file(&self) -> bool {
+        true
+    }
+    /// Whether it may cut the file short for a while (truncate, collapse): while it may run,
+    /// the CPU must never touch the mapping, whose cut pages would SIGBUS.
+    fn cuts_file(&self) -> bool {
+        false
+    }
     /// The files next to the pinned one this operation works with, made before the storm.
     fn partners(&self) -> &'static [Partner] {
         &[]
@@ -193,9 +317,13 @@ pub trait LayoutOp: Send + Sync {
     }
     fn apply(&self, target: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError>;
 
-    /// Why this operation cannot run on `target`: a declared partner is missing, or
-    /// [`LayoutOp::unavailable`]. Checked before every [`LayoutOp::apply`].
+    /// Why this operation cannot run on `target`: it needs a file and there is none, a
+    /// declared partner is missing, or [`LayoutOp::unavailable`]. Checked before every
+    /// [`LayoutOp::apply`].
     fn cannot_run(&self, target: &LayoutTarget) -> Option<String> {
+        if self.needs_file() && target.file.is_none() {
+            return Some("anonymous memory has no file whose layout could change".into());
+        }
         if self
             .partners()
             .iter()
