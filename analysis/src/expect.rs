@@ -550,6 +550,34 @@ why = "Stoakes"
     }
 
     #[test]
+    fn the_builtin_rules_expect_divergence_only_from_operations_that_replace_pages_by_design() {
+        let e = Expectations::builtin();
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        let max = |pin: &'static str, map: &'static str, op: &str| {
+            let c = Cell {
+                pin,
+                map,
+                ..cell("anon", map, "rw")
+            };
+            e.lookup_oracle_op(OracleKind::Diverged, &c, &k, op)
+                .unwrap()
+                .max
+        };
+        assert_eq!(max("io_uring", "private", "madvise-dontneed"), None);
+        assert_eq!(max("io_uring", "shared", "madvise-dontneed"), Some(0));
+        assert_eq!(max("io_uring", "shared", "madvise-remove"), None);
+        for op in ["none", "fork-cow", "compact", "mremap-move", "madvise-cold"] {
+            assert_eq!(max("io_uring", "private", op), Some(0), "{op}");
+        }
+        assert_eq!(max("vmsplice", "private", "none"), None);
+        // Before the fork fix a parent's write could copy a pinned page away.
+        let c = cell("anon", "private", "rw");
+        let old = KernelRelease::parse("5.4.0").unwrap();
+        let r = e.lookup_oracle_op(OracleKind::Diverged, &c, &old, "fork-cow");
+        assert_eq!(r.unwrap().max, None);
+    }
+
+    #[test]
     fn rxe_odp_misplaced_writes_are_expected_only_where_measured() {
         // rxe's ODP copy misplaces writes on 7.2.13 (docs/findings.md): any number there, but
         // 0 on another device, for pinned MRs, and on kernels nobody measured.

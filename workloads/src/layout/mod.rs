@@ -391,6 +391,139 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// A mapping of `len` bytes of anonymous memory.
+    fn anon(len: usize, shared: bool) -> Mapping {
+        Mapping::anonymous(
+            len,
+            crate::sys::MapMode {
+                shared,
+                writable: true,
+                hugetlb: false,
+                populate: true,
+            },
+        )
+        .unwrap()
+    }
+
+    fn target<'a>(
+        m: &'a Mapping,
+        p: &'a Partners,
+        map: MapKind,
+        hugetlb: bool,
+    ) -> LayoutTarget<'a> {
+        LayoutTarget {
+            file: None,
+            mapping: m,
+            map,
+            hugetlb,
+            size: m.len() as u64,
+            align: 4096,
+            partners: p,
+            cpu_access: true,
+        }
+    }
+
+    #[test]
+    fn memory_operations_declare_where_they_apply_and_file_operations_need_a_file() {
+        let p = Partners::default();
+        let (private, shared) = (anon(1 << 16, false), anon(1 << 16, true));
+        let on_private = target(&private, &p, MapKind::Private, false);
+        let on_shared = target(&shared, &p, MapKind::Shared, false);
+        let why = |k: LayoutKind, t: &LayoutTarget| k.op().cannot_run(t);
+        for k in LayoutKind::ALL {
+            let mm = !k.op().needs_file();
+            let r = why(*k, &on_private);
+            if !mm {
+                assert!(
+                    r.as_deref().is_some_and(|r| r.contains("no file")),
+                    "{k}: {r:?}"
+                );
+            }
+        }
+        assert_eq!(why(LayoutKind::MadviseFree, &on_private), None);
+        assert!(why(LayoutKind::MadviseFree, &on_shared)
+            .is_some_and(|r| r.contains("private anonymous")));
+        assert_eq!(why(LayoutKind::MadviseRemove, &on_shared), None);
+        assert!(why(LayoutKind::MadviseRemove, &on_private)
+            .is_some_and(|r| r.contains("shared mappings only")));
+        for k in [
+            LayoutKind::MadviseDontneed,
+            LayoutKind::MadviseCold,
+            LayoutKind::ForkCow,
+            LayoutKind::MremapMove,
+            LayoutKind::MremapGrow,
+        ] {
+            assert_eq!(why(k, &on_private), None, "{k}");
+            assert_eq!(why(k, &on_shared), None, "{k}");
+        }
+        let huge = target(&private, &p, MapKind::Private, true);
+        assert!(why(LayoutKind::MadvisePageout, &huge).is_some_and(|r| r.contains("hugetlb")));
+        // Only an operation that never cuts a file short lets the CPU write the mapping.
+        let cut = LayoutTarget {
+            cpu_access: false,
+            ..target(&private, &p, MapKind::Private, false)
+        };
+        assert!(why(LayoutKind::ForkCow, &cut).is_some_and(|r| r.contains("SIGBUS")));
+        let cutting: Vec<_> = LayoutKind::ALL
+            .iter()
+            .filter(|k| k.op().cuts_file())
+            .collect();
+        assert_eq!(cutting, [&LayoutKind::Truncate, &LayoutKind::CollapseRange]);
+        // KSM and migration say why where the machine lacks them: ksmd stopped, one node.
+        if std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|r| r.trim() != "1") {
+            assert!(why(LayoutKind::Ksm, &on_private)
+                .is_some_and(|r| r.contains("ksmd is not running")));
+        }
+        assert!(why(LayoutKind::Ksm, &on_shared).is_some());
+        if std::fs::read_to_string("/sys/devices/system/node/online").is_ok_and(|n| n.trim() == "0")
+        {
+            assert!(
+                why(LayoutKind::Migrate, &on_private).is_some_and(|r| r.contains("one NUMA node"))
+            );
+        }
+    }
+
+    #[test]
+    fn memory_operations_leave_the_mapping_at_its_address_and_say_what_they_did() {
+        let p = Partners::default();
+        let m = anon(1 << 16, false);
+        m.write_at(0, &[0x5a; 1 << 16]);
+        let addr = m.addr();
+        let t = target(&m, &p, MapKind::Private, false);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for k in [
+            LayoutKind::MadviseDontneed,
+            LayoutKind::MadviseFree,
+            LayoutKind::MadvisePageout,
+            LayoutKind::MadviseCold,
+            LayoutKind::ForkCow,
+            LayoutKind::MremapMove,
+            LayoutKind::MremapGrow,
+        ] {
+            let a = k
+                .op()
+                .apply(&t, &mut rng)
+                .unwrap_or_else(|e| panic!("{k}: {e}"));
+            assert_eq!(m.addr(), addr, "{k}");
+            let Effect::Remapped {
+                offset,
+                len,
+                contents,
+            } = a.effect
+            else {
+                panic!("{k}: {:?}", a.effect)
+            };
+            assert!(offset + len <= 1 << 16 && len > 0, "{k}");
+            // Dropped or rewritten private data changes what the process reads; moving the
+            // mapping or aging its pages does not.
+            let changes = matches!(
+                k,
+                LayoutKind::MadviseDontneed | LayoutKind::MadviseFree | LayoutKind::ForkCow
+            );
+            assert_eq!(contents, changes, "{k}");
+        }
+    }
+
     #[test]
     fn names_round_trip() {
         for k in LayoutKind::ALL {

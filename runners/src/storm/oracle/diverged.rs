@@ -83,3 +83,143 @@ pub fn moved(before: &[Option<u64>], after: &[Option<u64>]) -> Vec<(usize, u64, 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Events, FileState, NO_OPERATION, PAGE};
+    use super::*;
+    use pinstorm_workloads::layout::{Effect, LayoutKind};
+
+    const WROTE: &[u8] = &[0xc3; 16];
+    const OTHER: &[u8] = &[0; 16];
+
+    fn facts<'a>(
+        pin: (Snapshot, Snapshot),
+        window: (Snapshot, Snapshot),
+        landed: bool,
+        seen: Option<&'a [u8]>,
+    ) -> ViewFacts<'a> {
+        ViewFacts {
+            pin,
+            window,
+            wrote: WROTE,
+            landed,
+            seen,
+        }
+    }
+
+    /// A file with one operation of `kind` that did `effect`, run between `before` and the
+    /// returned snapshot; `.0` is the snapshot taken before it.
+    fn run_op(f: &FileState, ev: &Events, kind: LayoutKind, effect: Effect) {
+        let mut op = f.op_begin(ev);
+        op.kind = Some(kind);
+        f.op_end(op, Some(effect), ev);
+    }
+
+    #[test]
+    fn a_view_that_differs_is_diverged_only_when_no_operation_overlapped_pin_or_check() {
+        let f = FileState::new(1, 4);
+        let ev = Events::default();
+        let s = f.snapshot();
+        let quiet = (s, s);
+        assert_eq!(judge(&facts(quiet, quiet, true, Some(WROTE))), View::Same);
+        assert_eq!(
+            judge(&facts(quiet, quiet, true, Some(OTHER))),
+            View::Diverged
+        );
+        // The other side could not read: nothing to judge.
+        assert_eq!(judge(&facts(quiet, quiet, true, None)), View::Ambiguous);
+        // A device write that is not even in the pinned page is the lost-write oracle's.
+        assert_eq!(
+            judge(&facts(quiet, quiet, false, Some(OTHER))),
+            View::Ambiguous
+        );
+        // An operation overlapping the registration or the check: not judged.
+        let op = f.op_begin(&ev);
+        let busy = f.snapshot();
+        assert_eq!(
+            judge(&facts((s, busy), quiet, true, Some(OTHER))),
+            View::Ambiguous
+        );
+        assert_eq!(
+            judge(&facts(quiet, (busy, busy), true, Some(OTHER))),
+            View::Ambiguous
+        );
+        f.op_end(op, None, &ev);
+        let after = f.snapshot();
+        assert_eq!(
+            judge(&facts(quiet, (s, after), true, Some(OTHER))),
+            View::Ambiguous
+        );
+        // One that ran between the pin and the write (ended before the write) is the cause,
+        // not an overlap: judged.
+        assert_eq!(
+            judge(&facts(quiet, (after, after), true, Some(OTHER))),
+            View::Diverged
+        );
+    }
+
+    #[test]
+    fn pages_whose_frame_changed_are_moved_and_pages_not_present_are_not_judged() {
+        let before = [Some(10), Some(11), None, Some(13)];
+        let after = [Some(10), Some(99), Some(12), None];
+        assert_eq!(moved(&before, &after), vec![(1, 11, 99)]);
+        assert!(moved(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn a_page_is_attributed_to_the_operations_that_worked_on_it_after_the_pin() {
+        let f = FileState::new(1, 4);
+        let ev = Events::default();
+        // Before the pin: not a cause of anything the pin sees.
+        run_op(
+            &f,
+            &ev,
+            LayoutKind::MadviseDontneed,
+            Effect::Remapped {
+                offset: 0,
+                len: 4 * PAGE,
+                contents: true,
+            },
+        );
+        let pin_event = ev.next();
+        assert_eq!(f.cause(pin_event, 0), NO_OPERATION);
+        run_op(
+            &f,
+            &ev,
+            LayoutKind::MadviseCold,
+            Effect::Remapped {
+                offset: PAGE,
+                len: PAGE,
+                contents: false,
+            },
+        );
+        run_op(
+            &f,
+            &ev,
+            LayoutKind::ForkCow,
+            Effect::Remapped {
+                offset: PAGE,
+                len: 2 * PAGE,
+                contents: true,
+            },
+        );
+        // A layout operation's effect on the file counts too.
+        run_op(
+            &f,
+            &ev,
+            LayoutKind::PunchHole,
+            Effect::Invalidated {
+                offset: 3 * PAGE,
+                len: PAGE,
+            },
+        );
+        assert_eq!(f.cause(pin_event, 0), NO_OPERATION);
+        assert_eq!(f.cause(pin_event, 1), "fork-cow+madvise-cold");
+        assert_eq!(f.cause(pin_event, 2), "fork-cow");
+        assert_eq!(f.cause(pin_event, 3), "punch-hole");
+        // Only a write that changed what the process reads makes a canary stale.
+        assert!(f.page(2).invalidated_at > pin_event);
+        assert_eq!(f.page(0).invalidated_at, 1);
+    }
+}
