@@ -158,7 +158,7 @@ impl LayoutKind {
                 "move_pages(2) a random range to another NUMA node (needs two nodes)"
             }
             LayoutKind::Ksm => {
-                "madvise(MADV_MERGEABLE), wait for two ksmd scans, MADV_UNMERGEABLE (ksmd running)"
+                "madvise(MADV_MERGEABLE), wait (at most 500 ms) for a full ksmd scan, MADV_UNMERGEABLE (ksmd running)"
             }
         }
     }
