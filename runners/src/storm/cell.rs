@@ -34,6 +34,31 @@ enum ThreadOut {
     Disruptor(usize, DisruptorOut),
 }
 
+/// Whether any of the job's operations works without a file (on anonymous memory too).
+pub fn any_op_without_file(job: &StormJob) -> bool {
+    job.ops.iter().any(|k| !k.op().needs_file())
+}
+
+/// Whether the CPU may read and write the pinned mappings: no operation of the job cuts a
+/// file short (a cut page of a mapping would SIGBUS), or none runs (a control cell).
+fn cpu_view(job: &StormJob, control: bool) -> bool {
+    control || !job.ops.iter().any(|k| k.op().cuts_file())
+}
+
+/// Why the moved oracle cannot judge frames in this process, if it cannot: a reading of a
+/// page of this process's own memory shows its frame only with CAP_SYS_ADMIN.
+fn frames_notrun(files: &[TrackedFile]) -> Option<String> {
+    let f = files.first()?;
+    let pagemap = match super::frames::open() {
+        Ok(p) => p,
+        Err(e) => return Some(e),
+    };
+    match super::frames::read(&pagemap, f.region.mapping.addr(), f.region.mapping.len()) {
+        Ok(frames) => super::frames::hidden(&frames),
+        Err(e) => Some(e),
+    }
+}
+
 /// One file per pinner, mapped as asked, with the partners the job's operations declared;
 /// `Ok(Err(why))` when the backing cannot make one.
 fn make_files(
@@ -129,6 +154,33 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+/// Why the diverged and moved oracles judged nothing in a cell, if they did not.
+fn view_notes(
+    findings: &mut Findings,
+    (cpu_view, frames_notrun): (bool, Option<String>),
+    (view_checks, frame_checks): (u64, u64),
+) {
+    let d = findings.get(OracleKind::Diverged);
+    if !cpu_view {
+        d.notrun = Some(
+            "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
+                .into(),
+        );
+    } else if view_checks == 0 {
+        d.notrun =
+            Some("no write was checked with no operation overlapping its pin or its check".into());
+    }
+    let m = findings.get(OracleKind::Moved);
+    if let Some(why) = frames_notrun {
+        m.notrun = Some(why);
+    } else if frame_checks == 0 {
+        m.notrun = Some(
+            "no pin was taken and held with no operation overlapping its registration or the second reading of its frames"
+                .into(),
+        );
+    }
+}
+
 /// One cell; a `control` cell runs the same pinners and writes with no disruptor.
 pub fn run(
     job: &StormJob,
@@ -185,11 +237,13 @@ fn run_cell(
             ctx.kernel,
         )
         .map(|r| (r.outcome.clone(), r.why.clone()));
-    let disruptors = if file_backed && !control {
+    let disruptors = if !control && (file_backed || any_op_without_file(job)) {
         job.disruptors
     } else {
         0
     };
+    let cpu_view = cpu_view(job, control);
+    let frames_notrun = frames_notrun(&files);
     let mut names: Vec<String> = (0..job.pinners.get())
         .map(|i| format!("pinner-{i}"))
         .collect();
@@ -220,9 +274,12 @@ fn run_cell(
         expected,
         size,
         align,
+        hugetlb: kind.uses_hugetlb(),
         rate: job.rate,
         shapes: job.shapes.clone(),
         write_at: job.write_at,
+        cpu_view,
+        frames_notrun: frames_notrun.clone(),
     });
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
@@ -294,7 +351,7 @@ fn run_cell(
 
     let ops_not_run = if control {
         Some("a control cell: the same writes with no layout operation")
-    } else if !file_backed {
+    } else if !file_backed && disruptors == 0 {
         Some("anonymous memory has no file whose layout could change")
     } else if disruptors == 0 {
         Some("no disruptors in this scenario (disruptors = 0)")
@@ -310,6 +367,11 @@ fn run_cell(
     reproducers(&mut findings, ctx, &*storm.path, (pin, kind, map));
     let no_write = no_write.or(pinners.write_notrun);
     oracle::lost_write::cell_notes(&mut findings, no_write, map);
+    view_notes(
+        &mut findings,
+        (cpu_view, frames_notrun),
+        (pinners.view_checks, pinners.frame_checks),
+    );
     // The oracles the end scan feeds.
     let scanned = [OracleKind::StaleExposure, OracleKind::CrossFile];
     if stuck > 0 {
