@@ -39,10 +39,24 @@ pub fn any_op_without_file(job: &StormJob) -> bool {
     job.ops.iter().any(|k| !k.op().needs_file())
 }
 
-/// Whether the CPU may read and write the pinned mappings: no operation of the job cuts a
-/// file short (a cut page of a mapping would SIGBUS), or none runs (a control cell).
-fn cpu_view(job: &StormJob, control: bool) -> bool {
-    control || !job.ops.iter().any(|k| k.op().cuts_file())
+/// Why the CPU does not read and write the pinned mappings (the diverged oracle's two
+/// checks) in this cell, or `None` when it does: only storms with memory-management
+/// operations, which change what the process sees, check the CPU's view, and only where no
+/// operation of the job cuts a file short (a cut page of a mapping would SIGBUS) or none
+/// runs (their control cells). Layout storms leave the mapping to the device as before: a
+/// CPU write into a pinned page-cache page is a hazard of its own (dirtying under a pin),
+/// not what they measure.
+fn no_cpu_view(job: &StormJob, control: bool) -> Option<String> {
+    if !any_op_without_file(job) {
+        return Some(
+            "no memory-management operation in the storm: layout storms leave the mapping to the device and never check the CPU's view"
+                .into(),
+        );
+    }
+    (!control && job.ops.iter().any(|k| k.op().cuts_file())).then(|| {
+        "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
+            .into()
+    })
 }
 
 /// Why the moved oracle cannot judge frames in this process, if it cannot: a reading of a
@@ -157,15 +171,12 @@ fn shell_word(s: &str) -> String {
 /// Why the diverged and moved oracles judged nothing in a cell, if they did not.
 fn view_notes(
     findings: &mut Findings,
-    (cpu_view, frames_notrun): (bool, Option<String>),
+    (no_cpu_view, frames_notrun): (Option<String>, Option<String>),
     (view_checks, frame_checks): (u64, u64),
 ) {
     let d = findings.get(OracleKind::Diverged);
-    if !cpu_view {
-        d.notrun = Some(
-            "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
-                .into(),
-        );
+    if let Some(why) = no_cpu_view {
+        d.notrun = Some(why);
     } else if view_checks == 0 {
         d.notrun =
             Some("no write was checked with no operation overlapping its pin or its check".into());
@@ -242,7 +253,8 @@ fn run_cell(
     } else {
         0
     };
-    let cpu_view = cpu_view(job, control);
+    let no_cpu_view = no_cpu_view(job, control);
+    let cpu_view = no_cpu_view.is_none();
     let frames_notrun = frames_notrun(&files);
     let mut names: Vec<String> = (0..job.pinners.get())
         .map(|i| format!("pinner-{i}"))
@@ -369,7 +381,7 @@ fn run_cell(
     oracle::lost_write::cell_notes(&mut findings, no_write, map);
     view_notes(
         &mut findings,
-        (cpu_view, frames_notrun),
+        (no_cpu_view, frames_notrun),
         (pinners.view_checks, pinners.frame_checks),
     );
     // The oracles the end scan feeds.
