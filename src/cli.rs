@@ -104,6 +104,20 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DEV")]
     pub devdax: Option<PathBuf>,
 
+    /// A block device you name as scratch, fstests style (an NVDIMM or CXL pmem namespace
+    /// such as /dev/pmem0, or any disk): pinstorm refuses it while it is mounted or in use,
+    /// or when it holds a filesystem or partition table; otherwise it partitions it, makes
+    /// xfs (reflink) and ext4, mounts them dax=always in the run directory for the xfs-dax
+    /// and ext4-dax backings (STATX_ATTR_DAX decides whether they are DAX), and wipes the
+    /// device at the end. Everything on it is lost.
+    #[arg(long, global = true, value_name = "DEV")]
+    pub scratch_dev: Option<PathBuf>,
+
+    /// With --scratch-dev: wipe what is on the device (filesystem, partition table)
+    /// instead of refusing it.
+    #[arg(long, global = true, requires = "scratch_dev")]
+    pub scratch_dev_force: bool,
+
     /// A name for what is being tested (kernel patch set, machine), stored in the result.
     #[arg(long, global = true)]
     pub label: Option<String>,

@@ -16,6 +16,7 @@ pub struct RunPaths {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
+    pub scratch_dev: Option<scratch::ScratchDevice>,
 }
 
 impl RunPaths {
@@ -37,6 +38,20 @@ impl RunPaths {
                 "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
             ))?,
             scratch_dir,
+            scratch_dev: match &g.scratch_dev {
+                Some(d) => {
+                    if g.dax_dir
+                        .iter()
+                        .any(|v| v.starts_with("xfs=") || v.starts_with("ext4="))
+                    {
+                        return bad(Err(anyhow::anyhow!(
+                            "--scratch-dev makes the xfs-dax and ext4-dax directories itself: give it or --dax-dir, not both"
+                        )));
+                    }
+                    Some(bad(scratch::ScratchDevice::new(d, g.scratch_dev_force))?)
+                }
+                None => None,
+            },
         })
     }
 }

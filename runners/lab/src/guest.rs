@@ -442,6 +442,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             "the guest's scratch root",
         )?,
         scratch_dir: None,
+        scratch_dev: None,
         dax_dirs: targets
             .dax_dirs
             .iter()

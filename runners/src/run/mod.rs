@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
+    /// A block device named as scratch (`--scratch-dev`), checked: the run makes xfs and
+    /// ext4 on it for the DAX backings.
+    pub scratch_dev: Option<pinstorm_workloads::scratch::ScratchDevice>,
     /// Directories on FS-DAX filesystems named as scratch, by filesystem (`--dax-dir`).
     pub dax_dirs: BTreeMap<String, ScratchDir>,
     /// A device-dax device named as scratch (`--devdax`).
@@ -128,6 +131,45 @@ fn settle_pins(target: i64, bound: Duration) -> (i64, u64) {
     }
 }
 
+/// Make the DAX filesystems on the user's scratch device and hand their mount points to
+/// the DAX backings; what fails is their notrun reason.
+fn scratch_device(
+    opts: &RunOptions,
+    d: &pinstorm_workloads::scratch::ScratchDevice,
+    scratch: &pinstorm_workloads::scratch::RunScratch,
+    env: &mut SetupEnv,
+) -> Option<pinstorm_workloads::scratch::DeviceFs> {
+    log(
+        opts,
+        &format!(
+            "making xfs and ext4 on the scratch device {}",
+            d.path().display()
+        ),
+    );
+    let dev = d.path().display();
+    let made = pinstorm_workloads::scratch::DeviceFs::make(d, scratch).and_then(|fs| {
+        for (name, mnt) in fs.mounts() {
+            let dir = ScratchDir::new(mnt, &format!("--scratch-dev {dev} {name} at "))?;
+            env.dax_dirs.insert(name.to_string(), dir);
+        }
+        for (name, why) in fs.failures() {
+            env.unavailable
+                .insert(format!("{name}-dax"), format!("--scratch-dev {dev}: {why}"));
+        }
+        Ok(fs)
+    });
+    match made {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            for b in ["xfs-dax", "ext4-dax"] {
+                env.unavailable
+                    .insert(b.into(), format!("--scratch-dev {dev}: {e:#}"));
+            }
+            None
+        }
+    }
+}
+
 fn log(opts: &RunOptions, msg: &str) {
     if opts.verbose {
         eprintln!("pinstorm: {msg}");
@@ -188,13 +230,18 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         } else {
             None
         };
-        let setup_env = SetupEnv {
+        let mut setup_env = SetupEnv {
             is_root,
             scratch_dir: opts.scratch_dir.clone(),
             dax_dirs: opts.dax_dirs.clone(),
             devdax: opts.devdax.clone(),
             unavailable: opts.unavailable.clone(),
         };
+        // Declared before the backings, so dropped after them: their files live on it.
+        let _device_fs = opts
+            .scratch_dev
+            .as_ref()
+            .and_then(|d| scratch_device(opts, d, &scratch, &mut setup_env));
         let backings = BackingSet::set_up(kinds, &setup_env, &scratch, |m| log(opts, m))?;
         result.backings = backings.records();
 
