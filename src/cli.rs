@@ -300,6 +300,11 @@ pub struct LabArgs {
     /// allows long-term pins: the contrast case to FS-DAX).
     #[arg(long)]
     pub devdax_namespace: bool,
+    /// Make one fsdax namespace and hand it to the run as --scratch-dev (pinstorm
+    /// partitions it and makes xfs and ext4 on it, as on a host with a real NVDIMM) instead
+    /// of making the DAX filesystems in the guest's own set-up. Needs --pmem nvdimm.
+    #[arg(long)]
+    pub pmem_scratch_dev: bool,
     /// Do not set up soft-RoCE in the guest.
     #[arg(long)]
     pub no_rxe: bool,

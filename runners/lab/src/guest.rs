@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
 use pinstorm_workloads::scenario::Scenario;
+use pinstorm_workloads::scratch::ScratchDevice;
 
 use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 
@@ -81,6 +82,10 @@ pub struct GuestPlan {
     /// `--build` or `--modules` where the kernel needs them), before the scenario.
     #[serde(default)]
     pub reproduce_as: Vec<String>,
+    /// Make one fsdax namespace and hand it to the run as `--scratch-dev` instead of making
+    /// the DAX filesystems here.
+    #[serde(default)]
+    pub pmem_scratch_dev: bool,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -182,12 +187,15 @@ fn make_dax_fs(fs: &str, dev: &str) -> Result<PathBuf> {
 struct Targets {
     dax_dirs: BTreeMap<String, PathBuf>,
     devdax: Option<PathBuf>,
+    /// The fsdax namespace's block device for the run's `--scratch-dev`.
+    scratch_dev: Option<PathBuf>,
 }
 
 fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
         devdax: None,
+        scratch_dev: None,
     };
     let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
     match plan.pmem {
@@ -223,10 +231,38 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                     sysfs("/sys/bus/nd/devices/region0/size")
                 ),
             ));
-            for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
-                match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
-                    Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
-                    Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+            if plan.pmem_scratch_dev {
+                // One namespace for both filesystems (two halves of at least 300 MiB):
+                // pinstorm's --scratch-dev code partitions and formats it, as on a host.
+                match create_namespace(&["-m", "fsdax", "--map=mem", "-s", "640M"]) {
+                    Ok((v, out)) => match json_find(&v, "blockdev") {
+                        Some(b) => {
+                            let p = PathBuf::from(format!("/dev/{b}"));
+                            facts.push(fact(
+                                "scratch-dev",
+                                true,
+                                format!(
+                                    "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev",
+                                    p.display(),
+                                    sysfs(&format!("/sys/block/{b}/queue/dax"))
+                                ),
+                            ));
+                            t.scratch_dev = Some(p);
+                        }
+                        None => facts.push(fact(
+                            "scratch-dev",
+                            false,
+                            format!("ndctl answered no blockdev: {out}"),
+                        )),
+                    },
+                    Err(e) => facts.push(fact("scratch-dev", false, format!("{e:#}"))),
+                }
+            } else {
+                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
+                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                        Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
+                        Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+                    }
                 }
             }
             if plan.devdax {
@@ -442,7 +478,10 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             "the guest's scratch root",
         )?,
         scratch_dir: None,
-        scratch_dev: None,
+        scratch_dev: match &targets.scratch_dev {
+            Some(d) => Some(ScratchDevice::new(d, false)?),
+            None => None,
+        },
         dax_dirs: targets
             .dax_dirs
             .iter()
@@ -464,6 +503,41 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         reproduce_as: plan.reproduce_as.clone(),
     };
     let run = run::run(&opts);
+    // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
+    // says so.
+    if let Some(d) = &targets.scratch_dev {
+        let blank = Command::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(d)
+            .output()
+            .map(|o| {
+                (
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            });
+        report.facts.push(match blank {
+            Ok((Some(2), _)) => fact(
+                "scratch-dev-after",
+                true,
+                format!(
+                    "{}: blank after the run (blkid -p found nothing)",
+                    d.display()
+                ),
+            ),
+            Ok((code, out)) => fact(
+                "scratch-dev-after",
+                false,
+                format!(
+                    "{}: not blank after the run (blkid -p exit {code:?}): {}",
+                    d.display(),
+                    out.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
+            ),
+            Err(e) => fact("scratch-dev-after", false, format!("blkid: {e}")),
+        });
+        write_report(&report);
+    }
     if let Some(cmd) = &plan.guest_exec {
         let log = plan.stage.join("guest-exec.log");
         let st = std::fs::File::create(&log).and_then(|f| {
