@@ -257,7 +257,60 @@ fn env_rows(r: &LoadedRun) -> Vec<Vec<String>> {
     for n in &res.notes {
         kv.push(("note", n.clone()));
     }
+    if let Some(lab) = &res.lab {
+        kv.extend(lab_rows(lab));
+    }
     kv.into_iter().map(|(k, v)| vec![esc(k), esc(&v)]).collect()
+}
+
+/// How a lab guest ran: the kernel and where it came from, QEMU, what the guest set up and
+/// what its console said.
+fn lab_rows(lab: &crate::schema::LabRecord) -> Vec<(&'static str, String)> {
+    let mut kv = vec![
+        (
+            "lab kernel",
+            format!("{} ({})", lab.kernel_spec, lab.kernel_source.join(", ")),
+        ),
+        (
+            "lab status",
+            match &lab.reason {
+                Some(r) => format!("{}: {r}", lab.status),
+                None => lab.status.clone(),
+            },
+        ),
+        (
+            "lab accel",
+            format!(
+                "{} ({}), {:.1} s in all",
+                lab.accel, lab.accel_reason, lab.wall_seconds
+            ),
+        ),
+        (
+            "lab QEMU",
+            lab.qemu_command
+                .clone()
+                .unwrap_or_else(|| lab.vng_command.join(" ")),
+        ),
+    ];
+    for f in &lab.guest {
+        kv.push((
+            "lab guest set-up",
+            format!("{} {}: {}", f.name, f.outcome, f.detail),
+        ));
+    }
+    if lab.console_events.is_empty() {
+        kv.push((
+            "lab console",
+            format!("no kernel warnings ({})", lab.console_log),
+        ));
+    }
+    for e in &lab.console_events {
+        kv.push((
+            "lab console",
+            format!("{} at line {}: {}", e.kind, e.line, e.text),
+        ));
+    }
+    kv
 }
 
 /// The report for these groups of runs (in order; the first is the baseline the others
@@ -385,4 +438,50 @@ pub fn render(
     );
     out.push_str("</body></html>\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ConsoleEvent, LabFact, LabRecord};
+
+    #[test]
+    fn a_lab_run_shows_its_kernel_qemu_guest_set_up_and_console_events() {
+        let lab = LabRecord {
+            kernel_spec: "deb:6.1".into(),
+            kernel_source: vec!["debian:linux-image-6.1.0-57-amd64=6.1.192-3".into()],
+            status: "ok".into(),
+            accel: "tcg".into(),
+            accel_reason: "no KVM".into(),
+            qemu_command: Some("qemu-system-x86_64 -machine nvdimm=on".into()),
+            console_log: "console.log".into(),
+            console_events: vec![ConsoleEvent {
+                kind: "warning".into(),
+                line: 812,
+                text: "WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>".into(),
+            }],
+            wall_seconds: 45.2,
+            guest: vec![LabFact {
+                name: "fsdax-xfs".into(),
+                outcome: "ok".into(),
+                detail: "/dev/pmem0 xfs mounted dax=always".into(),
+            }],
+            ..LabRecord::default()
+        };
+        let rows = lab_rows(&lab);
+        let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let all = text.join("\n");
+        for want in [
+            "lab kernel: deb:6.1 (debian:linux-image-6.1.0-57-amd64=6.1.192-3)",
+            "lab status: ok",
+            "lab accel: tcg (no KVM), 45.2 s in all",
+            "lab QEMU: qemu-system-x86_64 -machine nvdimm=on",
+            "lab guest set-up: fsdax-xfs ok: /dev/pmem0 xfs mounted dax=always",
+            "lab console: warning at line 812: WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>",
+        ] {
+            assert!(text.iter().any(|t| t == want), "{want} not in:\n{all}");
+        }
+        // The table escapes what a hostile console line holds.
+        assert!(esc("<script>").contains("&lt;script&gt;"));
+    }
 }
