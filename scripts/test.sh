@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # (--all-features below): libibverbs-dev (headers and the library pinstorm links), cmake,
 # make, python3, clang and libnl for ibverbs-sys's vendored rdma-core build and bindgen, and
 # ibverbs-providers so a machine with a device (rxe, a NIC) can open it. See docs/rdma.md.
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux fdisk mount gcc libc6-dev linux-libc-dev liburing-dev chromium
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount gcc libc6-dev linux-libc-dev liburing-dev chromium
     libibverbs-dev ibverbs-providers cmake make python3 clang pkg-config libnl-3-dev libnl-route-3-dev)
 
 if [ "$(id -u)" = 0 ]; then

@@ -122,7 +122,7 @@ pub fn run(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         (!g.dax_dir.is_empty(), "--dax-dir"),
         (g.devdax.is_some(), "--devdax"),
         (g.scratch_dir.is_some(), "--scratch-dir"),
-        (g.scratch_dev.is_some(), "--scratch-dev"),
+        (!g.scratch_dev.is_empty(), "--scratch-dev"),
     ] {
         if given {
             return bad(Err(anyhow::anyhow!(

@@ -16,7 +16,7 @@ pub struct RunPaths {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
-    pub scratch_dev: Option<scratch::ScratchDevice>,
+    pub scratch_devs: Vec<scratch::ScratchDevice>,
 }
 
 impl RunPaths {
@@ -38,22 +38,42 @@ impl RunPaths {
                 "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
             ))?,
             scratch_dir,
-            scratch_dev: match &g.scratch_dev {
-                Some(d) => {
-                    if g.dax_dir
-                        .iter()
-                        .any(|v| v.starts_with("xfs=") || v.starts_with("ext4="))
-                    {
-                        return bad(Err(anyhow::anyhow!(
-                            "--scratch-dev makes the xfs-dax and ext4-dax directories itself: give it or --dax-dir, not both"
-                        )));
-                    }
-                    Some(bad(scratch::ScratchDevice::new(d, g.scratch_dev_force))?)
-                }
-                None => None,
-            },
+            scratch_devs: scratch_devs(g)?,
         })
     }
+}
+
+/// `--scratch-dev [FS=]DEV`, each checked: one device per filesystem, and not a filesystem
+/// `--dax-dir` names too.
+fn scratch_devs(g: &Global) -> Result<Vec<scratch::ScratchDevice>> {
+    if g.scratch_dev_force && g.scratch_dev.is_empty() {
+        return bad(Err(anyhow::anyhow!(
+            "--scratch-dev-force applies to --scratch-dev, which was not given"
+        )));
+    }
+    let mut devs: Vec<scratch::ScratchDevice> = Vec::new();
+    for v in &g.scratch_dev {
+        let d = bad(scratch::ScratchDevice::new(v, g.scratch_dev_force))?;
+        if devs
+            .iter()
+            .any(|o| o.fs() == d.fs() || o.path() == d.path())
+        {
+            return bad(Err(anyhow::anyhow!(
+                "--scratch-dev {v}: one device per filesystem, and each device once"
+            )));
+        }
+        if g.dax_dir
+            .iter()
+            .any(|dd| dd.starts_with(&format!("{}=", d.fs())))
+        {
+            return bad(Err(anyhow::anyhow!(
+                "--scratch-dev {v}: --dax-dir names a {} directory too; give one or the other",
+                d.fs()
+            )));
+        }
+        devs.push(d);
+    }
+    Ok(devs)
 }
 
 pub fn results_root(g: &Global) -> Result<PathBuf> {

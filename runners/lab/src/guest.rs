@@ -82,8 +82,8 @@ pub struct GuestPlan {
     /// `--build` or `--modules` where the kernel needs them), before the scenario.
     #[serde(default)]
     pub reproduce_as: Vec<String>,
-    /// Make one fsdax namespace and hand it to the run as `--scratch-dev` instead of making
-    /// the DAX filesystems here.
+    /// Make an fsdax namespace per filesystem and hand them to the run as `--scratch-dev
+    /// FS=DEV` instead of making the DAX filesystems here.
     #[serde(default)]
     pub pmem_scratch_dev: bool,
 }
@@ -187,15 +187,15 @@ fn make_dax_fs(fs: &str, dev: &str) -> Result<PathBuf> {
 struct Targets {
     dax_dirs: BTreeMap<String, PathBuf>,
     devdax: Option<PathBuf>,
-    /// The fsdax namespace's block device for the run's `--scratch-dev`.
-    scratch_dev: Option<PathBuf>,
+    /// The fsdax namespaces' block devices for the run's `--scratch-dev FS=DEV`.
+    scratch_devs: Vec<(&'static str, PathBuf)>,
 }
 
 fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
         devdax: None,
-        scratch_dev: None,
+        scratch_devs: Vec::new(),
     };
     let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
     match plan.pmem {
@@ -232,30 +232,34 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 ),
             ));
             if plan.pmem_scratch_dev {
-                // One namespace for both filesystems (two halves of at least 300 MiB):
-                // pinstorm's --scratch-dev code partitions and formats it, as on a host.
-                match create_namespace(&["-m", "fsdax", "--map=mem", "-s", "640M"]) {
-                    Ok((v, out)) => match json_find(&v, "blockdev") {
-                        Some(b) => {
-                            let p = PathBuf::from(format!("/dev/{b}"));
-                            facts.push(fact(
-                                "scratch-dev",
-                                true,
-                                format!(
-                                    "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev",
-                                    p.display(),
-                                    sysfs(&format!("/sys/block/{b}/queue/dax"))
-                                ),
-                            ));
-                            t.scratch_dev = Some(p);
-                        }
-                        None => facts.push(fact(
-                            "scratch-dev",
-                            false,
-                            format!("ndctl answered no blockdev: {out}"),
-                        )),
-                    },
-                    Err(e) => facts.push(fact("scratch-dev", false, format!("{e:#}"))),
+                // A namespace per filesystem, handed to the run as --scratch-dev FS=DEV:
+                // pinstorm's own code formats, mounts and wipes them, as on a host.
+                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
+                    let name = format!("scratch-dev-{fs}");
+                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                        Ok((v, out)) => match json_find(&v, "blockdev") {
+                            Some(b) => {
+                                let p = PathBuf::from(format!("/dev/{b}"));
+                                facts.push(fact(
+                                    &name,
+                                    true,
+                                    format!(
+                                        "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev {fs}={}",
+                                        p.display(),
+                                        sysfs(&format!("/sys/block/{b}/queue/dax")),
+                                        p.display()
+                                    ),
+                                ));
+                                t.scratch_devs.push((fs, p));
+                            }
+                            None => facts.push(fact(
+                                &name,
+                                false,
+                                format!("ndctl answered no blockdev: {out}"),
+                            )),
+                        },
+                        Err(e) => facts.push(fact(&name, false, format!("{e:#}"))),
+                    }
                 }
             } else {
                 for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
@@ -478,10 +482,11 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             "the guest's scratch root",
         )?,
         scratch_dir: None,
-        scratch_dev: match &targets.scratch_dev {
-            Some(d) => Some(ScratchDevice::new(d, false)?),
-            None => None,
-        },
+        scratch_devs: targets
+            .scratch_devs
+            .iter()
+            .map(|(fs, d)| ScratchDevice::new(&format!("{fs}={}", d.display()), false))
+            .collect::<anyhow::Result<_>>()?,
         dax_dirs: targets
             .dax_dirs
             .iter()
@@ -505,7 +510,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     let run = run::run(&opts);
     // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
     // says so.
-    if let Some(d) = &targets.scratch_dev {
+    for (fs, d) in &targets.scratch_devs {
+        let name = format!("scratch-dev-{fs}-after");
         let blank = Command::new("blkid")
             .args(["-p", "-o", "export"])
             .arg(d)
@@ -518,7 +524,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             });
         report.facts.push(match blank {
             Ok((Some(2), _)) => fact(
-                "scratch-dev-after",
+                &name,
                 true,
                 format!(
                     "{}: blank after the run (blkid -p found nothing)",
@@ -526,7 +532,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
                 ),
             ),
             Ok((code, out)) => fact(
-                "scratch-dev-after",
+                &name,
                 false,
                 format!(
                     "{}: not blank after the run (blkid -p exit {code:?}): {}",
@@ -534,7 +540,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
                     out.split_whitespace().collect::<Vec<_>>().join(" ")
                 ),
             ),
-            Err(e) => fact("scratch-dev-after", false, format!("blkid: {e}")),
+            Err(e) => fact(&name, false, format!("blkid: {e}")),
         });
         write_report(&report);
     }

@@ -43,9 +43,8 @@ pub struct LabPlan {
     /// booting them; such a kernel is measured every time, never resumed (the tree changes
     /// between runs: that is what a bisection does).
     pub build: bool,
-    /// `--pmem-scratch-dev`: the guest makes one fsdax namespace and hands it to the run as
-    /// `--scratch-dev` (pinstorm partitions it and makes the DAX filesystems) instead of
-    /// making them itself.
+    /// `--pmem-scratch-dev`: the guest makes an fsdax namespace per filesystem and hands
+    /// them to the run as `--scratch-dev FS=DEV` instead of making the filesystems itself.
     pub pmem_scratch_dev: bool,
 }
 

@@ -44,9 +44,9 @@ pub struct RunOptions {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
-    /// A block device named as scratch (`--scratch-dev`), checked: the run makes xfs and
-    /// ext4 on it for the DAX backings.
-    pub scratch_dev: Option<pinstorm_workloads::scratch::ScratchDevice>,
+    /// Block devices named as scratch (`--scratch-dev`), checked: the run makes each one's
+    /// filesystem on it for its DAX backing.
+    pub scratch_devs: Vec<pinstorm_workloads::scratch::ScratchDevice>,
     /// Directories on FS-DAX filesystems named as scratch, by filesystem (`--dax-dir`).
     pub dax_dirs: BTreeMap<String, ScratchDir>,
     /// A device-dax device named as scratch (`--devdax`).
@@ -131,40 +131,30 @@ fn settle_pins(target: i64, bound: Duration) -> (i64, u64) {
     }
 }
 
-/// Make the DAX filesystems on the user's scratch device and hand their mount points to
-/// the DAX backings; what fails is their notrun reason.
+/// Make the filesystem on one of the user's scratch devices and hand its mount point to
+/// its DAX backing; what fails is that backing's notrun reason.
 fn scratch_device(
     opts: &RunOptions,
     d: &pinstorm_workloads::scratch::ScratchDevice,
     scratch: &pinstorm_workloads::scratch::RunScratch,
     env: &mut SetupEnv,
 ) -> Option<pinstorm_workloads::scratch::DeviceFs> {
-    log(
-        opts,
-        &format!(
-            "making xfs and ext4 on the scratch device {}",
-            d.path().display()
-        ),
-    );
     let dev = d.path().display();
-    let made = pinstorm_workloads::scratch::DeviceFs::make(d, scratch).and_then(|fs| {
-        for (name, mnt) in fs.mounts() {
-            let dir = ScratchDir::new(mnt, &format!("--scratch-dev {dev} {name} at "))?;
-            env.dax_dirs.insert(name.to_string(), dir);
-        }
-        for (name, why) in fs.failures() {
-            env.unavailable
-                .insert(format!("{name}-dax"), format!("--scratch-dev {dev}: {why}"));
-        }
-        Ok(fs)
+    let fs = d.fs();
+    log(opts, &format!("making {fs} on the scratch device {dev}"));
+    let made = pinstorm_workloads::scratch::DeviceFs::make(d, scratch).and_then(|made| {
+        let (_, mnt) = made.mount();
+        let dir = ScratchDir::new(mnt, &format!("--scratch-dev {fs}={dev} at "))?;
+        env.dax_dirs.insert(fs.to_string(), dir);
+        Ok(made)
     });
     match made {
-        Ok(fs) => Some(fs),
+        Ok(m) => Some(m),
         Err(e) => {
-            for b in ["xfs-dax", "ext4-dax"] {
-                env.unavailable
-                    .insert(b.into(), format!("--scratch-dev {dev}: {e:#}"));
-            }
+            env.unavailable.insert(
+                format!("{fs}-dax"),
+                format!("--scratch-dev {fs}={dev}: {e:#}"),
+            );
             None
         }
     }
@@ -238,10 +228,11 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             unavailable: opts.unavailable.clone(),
         };
         // Declared before the backings, so dropped after them: their files live on it.
-        let _device_fs = opts
-            .scratch_dev
-            .as_ref()
-            .and_then(|d| scratch_device(opts, d, &scratch, &mut setup_env));
+        let _device_fs: Vec<_> = opts
+            .scratch_devs
+            .iter()
+            .filter_map(|d| scratch_device(opts, d, &scratch, &mut setup_env))
+            .collect();
         let backings = BackingSet::set_up(kinds, &setup_env, &scratch, |m| log(opts, m))?;
         result.backings = backings.records();
 

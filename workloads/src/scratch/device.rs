@@ -1,56 +1,72 @@
-//! A block device the user names as scratch (`--scratch-dev`), fstests style: pinstorm
-//! checks that nothing uses it and nothing is on it, partitions it, makes xfs (with reflink)
-//! and ext4 on it, mounts them `dax=always` in the run directory for the `xfs-dax` and
-//! `ext4-dax` backings, and leaves the device blank at the end.
+//! Block devices the user names as scratch (`--scratch-dev [FS=]DEV`), fstests style:
+//! pinstorm checks that nothing uses a device and nothing is on it, makes the filesystem on
+//! the whole device (xfs with reflink, or ext4), mounts it `dax=always` in the run directory
+//! for the `xfs-dax` / `ext4-dax` backing, and leaves the device blank at the end.
+//!
+//! One filesystem per device, on the whole device: xfs refuses DAX together with reflink on
+//! a partition ("DAX and reflink cannot work with multi-partitions!", `xfs_setup_dax_always`;
+//! measured on 6.1), so a device is never partitioned.
 //!
 //! The device is the user's: it is checked where it is named ([`ScratchDevice::new`]) and
-//! again, through a descriptor, before anything is written ([`DeviceFs::make`]). A device
-//! that is mounted, held open exclusively (a filesystem, device-mapper, md, swap), has
-//! holders or partitions, or carries any signature `blkid` knows (a filesystem, a partition
-//! table, LVM, RAID) is refused unless the user says `--scratch-dev-force`, which wipes it.
-//! Whether the mounts really are DAX is proved later, per file, by `STATX_ATTR_DAX` (a
-//! device without DAX gives `notrun` backings, never ones called DAX).
+//! again, through a descriptor, before anything is written ([`DeviceFs::make`]), and every
+//! tool and the mount reach it through that descriptor (`/proc/self/fd/N`), never by its name
+//! again. A device that is mounted, held open exclusively (a filesystem, device-mapper, md,
+//! swap), has holders or partitions, or carries any signature `blkid` knows (a filesystem,
+//! a partition table, LVM, RAID) is refused unless the user says `--scratch-dev-force`,
+//! which wipes it. Whether the mount really is DAX is proved later, per file, by
+//! `STATX_ATTR_DAX` (a device without DAX gives a `notrun` backing, never one called DAX).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::{JournalEntry, RunScratch};
 use crate::backing::loopfs::find_program;
 
-/// Smallest partition for each filesystem: xfs refuses fewer than 300 MiB since xfsprogs
-/// 5.19.
-const MIN_PART: u64 = 300 << 20;
-/// Partitions start and end on 2 MiB boundaries, so huge-page (PMD) DAX mappings are
-/// possible on them.
-const ALIGN: u64 = 2 << 20;
+/// Smallest device for xfs: mkfs.xfs refuses fewer than 300 MiB since xfsprogs 5.19.
+const MIN_XFS: u64 = 300 << 20;
 
-/// The filesystems made on a scratch device, in partition order, with their mkfs.
+/// The filesystems a scratch device can get (an allow-list: the name reaches mkfs and
+/// mount), with their mkfs and its arguments.
 const FILESYSTEMS: &[(&str, &str, &[&str])] = &[
     ("xfs", "mkfs.xfs", &["-f", "-q", "-m", "reflink=1"]),
-    ("ext4", "mkfs.ext4", &["-F", "-q", "-E", "nodiscard"]),
+    (
+        "ext4",
+        "mkfs.ext4",
+        &["-F", "-q", "-E", "nodiscard", "-b", "4096"],
+    ),
 ];
 
 /// A block device named as scratch, checked where it was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScratchDevice {
     path: PathBuf,
+    /// `xfs` or `ext4`: the filesystem it gets.
+    fs: &'static str,
     /// `--scratch-dev-force`: wipe what is on it instead of refusing it.
     force: bool,
 }
 
 impl ScratchDevice {
-    /// Check `path` (`--scratch-dev`): absolute, a block device, not in use; with nothing
-    /// on it unless `force`.
-    pub fn new(path: &Path, force: bool) -> Result<ScratchDevice> {
-        if path.as_os_str().is_empty() || !path.is_absolute() {
-            bail!("--scratch-dev must be an absolute path to a block device, got {path:?}");
+    /// Check one `--scratch-dev` value, `[FS=]DEV` (FS `xfs`, the default, or `ext4`):
+    /// an absolute path to a block device, not in use; with nothing on it unless `force`.
+    pub fn new(arg: &str, force: bool) -> Result<ScratchDevice> {
+        let (fs, dev) = match arg.split_once('=') {
+            Some((fs, dev)) => (fs, dev),
+            None => ("xfs", arg),
+        };
+        let Some(&(fs, _, _)) = FILESYSTEMS.iter().find(|f| f.0 == fs) else {
+            bail!("--scratch-dev {arg}: the filesystem must be xfs or ext4 (FS=DEV), got {fs:?}");
+        };
+        let path = Path::new(dev);
+        if dev.is_empty() || !path.is_absolute() {
+            bail!("--scratch-dev {arg}: must be an absolute path to a block device ([xfs=|ext4=]/dev/pmem0)");
         }
         let d = ScratchDevice {
             path: path.to_path_buf(),
+            fs,
             force,
         };
         d.check()?;
@@ -59,6 +75,11 @@ impl ScratchDevice {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `xfs` or `ext4`.
+    pub fn fs(&self) -> &'static str {
+        self.fs
     }
 
     /// Open the device exclusively (which the kernel refuses with EBUSY while it is mounted
@@ -190,31 +211,6 @@ fn parse_blkid(out: &str) -> Vec<String> {
     found
 }
 
-/// Where each partition goes on a device of `bytes`: two equal halves, 2 MiB aligned, after
-/// a 2 MiB gap for the partition table; `None` when a half would be too small for xfs.
-/// In 512-byte sectors: `(start, size)` each.
-fn layout(bytes: u64) -> Option<[(u64, u64); 2]> {
-    // The backup GPT takes the last 33 sectors: keep 2 MiB at the end too.
-    let usable = bytes.checked_sub(2 * ALIGN)?;
-    let half = usable / 2 / ALIGN * ALIGN;
-    if half < MIN_PART {
-        return None;
-    }
-    let s = |b: u64| b / 512;
-    Some([(s(ALIGN), s(half)), (s(ALIGN + half), s(half))])
-}
-
-/// The name of partition `n` of `dev`: `/dev/pmem0p1`, `/dev/loop3p2`, `/dev/sdb1`.
-fn partition_path(dev: &Path, n: usize) -> PathBuf {
-    let s = dev.to_string_lossy();
-    let sep = if s.ends_with(|c: char| c.is_ascii_digit()) {
-        "p"
-    } else {
-        ""
-    };
-    PathBuf::from(format!("{s}{sep}{n}"))
-}
-
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .stdin(Stdio::null())
@@ -239,42 +235,38 @@ fn tool(name: &str) -> Result<PathBuf> {
         .with_context(|| format!("{name} not found (util-linux, xfsprogs, e2fsprogs)"))
 }
 
-/// The filesystems pinstorm made on a scratch device, mounted in the run directory.
-/// Dropping it unmounts them and wipes the device.
+/// The filesystem pinstorm made on a scratch device, mounted in the run directory.
+/// Dropping it unmounts it and wipes the device.
 pub struct DeviceFs {
     dev: PathBuf,
-    /// `(filesystem, partition, mount point, mounted)`.
-    mounts: Vec<(&'static str, PathBuf, PathBuf, bool)>,
-    /// `(filesystem, why)` for each that could not be made or mounted.
-    failed: Vec<(&'static str, String)>,
+    /// Our descriptor of the device, which the tools and the mount reach it through.
+    fd: OwnedFd,
+    fs: &'static str,
+    mnt: PathBuf,
+    mounted: bool,
 }
 
 impl DeviceFs {
-    /// Check `d` again, wipe it when forced, partition it, make the filesystems and mount
-    /// them `dax=always` in the run directory (journaled first, so a killed run's mounts
-    /// are undone by the next run).
+    /// Check `d` again, wipe it when forced, make its filesystem and mount it `dax=always`
+    /// in the run directory (journaled first, so a killed run's mount is undone by the next
+    /// run).
     pub fn make(d: &ScratchDevice, scratch: &RunScratch) -> Result<DeviceFs> {
         let (fd, dev) = d.check()?;
         let p = d.path.display();
-        let by_fd = |fd: &OwnedFd| -> Result<(OwnedFd, String)> {
-            let inherited = rustix::io::dup(fd.as_fd())?;
-            let path = format!("/proc/self/fd/{}", inherited.as_raw_fd());
-            Ok((inherited, path))
-        };
         let bytes: u64 = std::fs::read_to_string(sys_dir(dev).join("size"))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(|sectors| sectors * 512)
             .with_context(|| format!("--scratch-dev {p}: its size"))?;
-        let Some(parts) = layout(bytes) else {
+        if d.fs == "xfs" && bytes < MIN_XFS {
             bail!(
-                "--scratch-dev {p}: {} MiB is too small for an xfs and an ext4 of at least {} MiB each",
+                "--scratch-dev {p}: {} MiB is too small for xfs (at least {} MiB)",
                 bytes >> 20,
-                MIN_PART >> 20
+                MIN_XFS >> 20
             );
-        };
-        // Nothing may be open on it while mkfs and the kernel re-read it: the check held
-        // it exclusively, and what follows names it through a descriptor that is not.
+        }
+        // mkfs opens the device exclusively itself: let go of the check's claim, and from
+        // here on reach it through a descriptor that is not exclusive, of the same device.
         drop(fd);
         let fd = rustix::fs::open(
             &d.path,
@@ -286,178 +278,96 @@ impl DeviceFs {
         if (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)) != dev {
             bail!("--scratch-dev {p}: the name now points at another device; refused");
         }
+        let name = format!("{}-dev.mnt", d.fs);
         let mut made = DeviceFs {
             dev: d.path.clone(),
-            mounts: vec![],
-            failed: vec![],
+            fd,
+            fs: d.fs,
+            mnt: scratch.owned().join(&name),
+            mounted: false,
         };
+        let (_keep, by_fd) = made.by_fd()?;
         if d.force {
-            let (_keep, path) = by_fd(&fd)?;
             run(
-                Command::new(tool("wipefs")?).args(["-a", "-q"]).arg(&path),
+                Command::new(tool("wipefs")?).args(["-a", "-q"]).arg(&by_fd),
                 "wipefs -a",
             )?;
         }
-        let table = format!(
-            "label: gpt\nstart={}, size={}, type=linux\nstart={}, size={}, type=linux\n",
-            parts[0].0, parts[0].1, parts[1].0, parts[1].1
-        );
-        let mut sfdisk = Command::new(tool("sfdisk")?)
-            .args(["-q", "--wipe", "always", "--wipe-partitions", "always"])
-            .arg(&d.path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running sfdisk")?;
-        {
-            use std::io::Write;
-            let mut stdin = sfdisk.stdin.take().expect("piped");
-            stdin.write_all(table.as_bytes())?;
-        }
-        let out = sfdisk.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "--scratch-dev {p}: sfdisk failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        // sfdisk asks the kernel to re-read the table, which it may decline (a loop device
-        // here ignored it); partx adds the partitions one by one.
-        let _ = run(
-            Command::new(tool("partx")?).arg("-u").arg(&d.path),
-            "partx -u",
-        );
-        let dax = std::fs::read_to_string(sys_dir(dev).join("queue/dax"))
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
-        for (i, &(fs, mkfs, args)) in FILESYSTEMS.iter().enumerate() {
-            let part = partition_path(&d.path, i + 1);
-            let name = format!("{fs}-dev.mnt");
-            let mnt = scratch.owned().join(&name);
-            made.mounts.push((fs, part.clone(), mnt.clone(), false));
-            let r = (|| -> Result<()> {
-                wait_for_partition(&part, dev)?;
-                run(Command::new(tool(mkfs)?).args(args).arg(&part), mkfs)?;
-                scratch
-                    .owned()
-                    .create_dir(&name, None)
-                    .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", mnt.display()))?;
-                scratch.record(&JournalEntry::Mount(name.clone()))?;
-                rustix::mount::mount(
-                    &part,
-                    &mnt,
-                    fs,
-                    rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-                    Some(c"dax=always"),
-                )
-                .map_err(|e| {
-                    let why = if dax {
-                        ""
-                    } else {
-                        " (the device has no DAX: queue/dax is 0)"
-                    };
-                    anyhow::anyhow!(
-                        "mount -t {fs} -o dax=always {} {}: {e}{why}",
-                        part.display(),
-                        mnt.display()
-                    )
-                })
-            })();
-            match r {
-                Ok(()) => made.mounts.last_mut().expect("pushed").3 = true,
-                Err(e) => made.failed.push((fs, format!("{e:#}"))),
-            }
-        }
+        let &(_, mkfs, args) = FILESYSTEMS
+            .iter()
+            .find(|f| f.0 == d.fs)
+            .expect("an allowed filesystem");
+        run(Command::new(tool(mkfs)?).args(args).arg(&by_fd), mkfs)?;
+        scratch
+            .owned()
+            .create_dir(&name, None)
+            .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", made.mnt.display()))?;
+        scratch.record(&JournalEntry::Mount(name))?;
+        let dax =
+            std::fs::read_to_string(sys_dir(dev).join("queue/dax")).is_ok_and(|v| v.trim() == "1");
+        rustix::mount::mount(
+            by_fd.as_str(),
+            &made.mnt,
+            d.fs,
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            Some(c"dax=always"),
+        )
+        .map_err(|e| {
+            let why = if dax {
+                ""
+            } else {
+                " (the device has no DAX: queue/dax is 0)"
+            };
+            anyhow::anyhow!(
+                "mount -t {} -o dax=always {p} {}: {e}{why}",
+                d.fs,
+                made.mnt.display()
+            )
+        })?;
+        made.mounted = true;
         Ok(made)
     }
 
-    /// The filesystems that could not be made or mounted, with why.
-    pub fn failures(&self) -> &[(&'static str, String)] {
-        &self.failed
+    /// A duplicate of our descriptor that a child inherits, and its `/proc/self/fd` path.
+    fn by_fd(&self) -> Result<(OwnedFd, String)> {
+        let inherited = rustix::io::dup(self.fd.as_fd())?;
+        let path = format!("/proc/self/fd/{}", inherited.as_raw_fd());
+        Ok((inherited, path))
     }
 
-    /// The mounted filesystems: `(filesystem, mount point)`.
-    pub fn mounts(&self) -> impl Iterator<Item = (&'static str, &Path)> {
-        self.mounts
-            .iter()
-            .filter(|m| m.3)
-            .map(|m| (m.0, m.2.as_path()))
-    }
-}
-
-/// Wait until the kernel shows partition `part` of device `dev` (devtmpfs makes the node
-/// after sfdisk told the kernel; no udev needed), and check it is that device's partition.
-fn wait_for_partition(part: &Path, dev: (u32, u32)) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        if let Ok(m) = std::fs::symlink_metadata(part) {
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            let rdev = m.rdev();
-            let mine = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
-            let parent = sys_dir(mine).join("..").canonicalize().ok();
-            if m.file_type().is_block_device() && parent == sys_dir(dev).canonicalize().ok() {
-                return Ok(());
-            }
-            bail!(
-                "{} is not a partition of the scratch device; refused",
-                part.display()
-            );
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "{} did not appear within 10 s after partitioning",
-                part.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    /// The filesystem and where it is mounted.
+    pub fn mount(&self) -> (&'static str, &Path) {
+        (self.fs, &self.mnt)
     }
 }
 
 impl Drop for DeviceFs {
     fn drop(&mut self) {
-        for (_, part, mnt, mounted) in self.mounts.iter().rev() {
-            if *mounted {
-                if let Err(e) = super::unmount(mnt) {
-                    eprintln!("pinstorm: {e:#}");
-                    // Wiping what is still mounted would fail anyway; say what is left.
-                    eprintln!(
-                        "pinstorm: --scratch-dev {}: left as is ({} still mounted)",
-                        self.dev.display(),
-                        part.display()
-                    );
-                    return;
-                }
+        if self.mounted {
+            if let Err(e) = super::unmount(&self.mnt) {
+                eprintln!("pinstorm: {e:#}");
+                // Wiping what is still mounted would fail anyway; say what is left.
+                eprintln!(
+                    "pinstorm: --scratch-dev {}: left as is (still mounted)",
+                    self.dev.display()
+                );
+                return;
             }
-            let _ = std::fs::remove_dir(mnt);
         }
-        if self.mounts.is_empty() {
-            return;
-        }
-        // The filesystems first, then the partition table (wipefs tells the kernel, which
-        // drops the partitions): the device is blank again.
-        let wipe = find_program("wipefs").map(|w| {
-            let mut c = Command::new(w);
-            c.args(["-a", "-q"]);
-            for (_, part, _, _) in &self.mounts {
-                c.arg(part);
+        let _ = std::fs::remove_dir(&self.mnt);
+        let wipe = match (find_program("wipefs"), self.by_fd()) {
+            (Some(w), Ok((_keep, path))) => {
+                run(Command::new(w).args(["-a", "-q"]).arg(path), "wipefs -a")
             }
-            c.arg(&self.dev);
-            run(&mut c, "wipefs -a")
-        });
-        // And the kernel forgets the partitions (the re-read wipefs asks for may be
-        // declined, as after sfdisk).
-        if let Some(partx) = find_program("partx") {
-            let _ = run(Command::new(partx).arg("-d").arg(&self.dev), "partx -d");
-        }
-        match wipe {
-            Some(Ok(())) => {}
-            Some(Err(e)) => eprintln!("pinstorm: --scratch-dev {}: {e:#}", self.dev.display()),
-            None => eprintln!(
-                "pinstorm: --scratch-dev {}: wipefs not found; the device keeps pinstorm's filesystems",
-                self.dev.display()
-            ),
+            (None, _) => Err(anyhow::anyhow!("wipefs not found")),
+            (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = wipe {
+            eprintln!(
+                "pinstorm: --scratch-dev {}: {e:#}; the device keeps pinstorm's {}",
+                self.dev.display(),
+                self.fs
+            );
         }
     }
 }
@@ -465,37 +375,6 @@ impl Drop for DeviceFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn two_aligned_halves_or_none_when_too_small() {
-        let [(s1, n1), (s2, n2)] = layout(16 << 30).unwrap();
-        assert_eq!(s1 * 512, ALIGN);
-        assert_eq!(s2, s1 + n1);
-        assert_eq!(n1, n2);
-        for v in [s1, n1, s2, n2] {
-            assert_eq!(v * 512 % ALIGN, 0);
-        }
-        assert!((s2 + n2) * 512 <= (16 << 30) - ALIGN);
-        assert!(layout(600 << 20).is_none());
-        assert!(layout(0).is_none());
-        assert!(layout(2 * MIN_PART + 2 * ALIGN).is_some());
-    }
-
-    #[test]
-    fn partitions_are_named_as_the_kernel_names_them() {
-        assert_eq!(
-            partition_path(Path::new("/dev/pmem0"), 1),
-            Path::new("/dev/pmem0p1")
-        );
-        assert_eq!(
-            partition_path(Path::new("/dev/loop12"), 2),
-            Path::new("/dev/loop12p2")
-        );
-        assert_eq!(
-            partition_path(Path::new("/dev/sdb"), 1),
-            Path::new("/dev/sdb1")
-        );
-    }
 
     #[test]
     fn what_blkid_found_is_named_and_hostile_values_stay_words() {
@@ -512,18 +391,22 @@ mod tests {
     }
 
     #[test]
-    fn a_relative_or_empty_path_is_refused_before_anything_is_opened() {
-        for p in ["", "dev/pmem0", "pmem0"] {
-            let e = ScratchDevice::new(Path::new(p), false).unwrap_err();
+    fn a_relative_or_empty_path_or_an_unknown_filesystem_is_refused_before_anything_is_opened() {
+        for p in ["", "dev/pmem0", "pmem0", "xfs=", "ext4=pmem0"] {
+            let e = ScratchDevice::new(p, false).unwrap_err();
             assert!(e.to_string().contains("absolute"), "{p}: {e}");
         }
+        let e = ScratchDevice::new("btrfs=/dev/pmem0", false).unwrap_err();
+        assert!(e.to_string().contains("xfs or ext4"), "{e}");
     }
 
     #[test]
     fn a_file_is_not_a_block_device() {
         let f = std::env::temp_dir().join(format!("pinstorm-scratchdev-{}", std::process::id()));
         std::fs::write(&f, b"x").unwrap();
-        let e = ScratchDevice::new(&f, false).unwrap_err().to_string();
+        let e = ScratchDevice::new(f.to_str().unwrap(), false)
+            .unwrap_err()
+            .to_string();
         let _ = std::fs::remove_file(&f);
         assert!(e.contains("not a block device"), "{e}");
     }
