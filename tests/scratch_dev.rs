@@ -39,10 +39,6 @@ impl LoopDev {
         })
     }
 
-    fn name(&self) -> String {
-        self.dev.file_name().unwrap().to_string_lossy().into_owned()
-    }
-
     fn path(&self) -> &str {
         self.dev.to_str().unwrap()
     }
