@@ -138,7 +138,7 @@ pub fn load_file(path: &Path) -> Result<RunResult> {
 pub fn parse_result(bytes: &[u8]) -> Result<RunResult> {
     let r = parse_json(bytes)?;
     for (at, h) in r.histograms() {
-        crate::hist::Latency::decode(h).with_context(|| format!("{at} does not decode"))?;
+        crate::hist::Sparse::decode(h).with_context(|| format!("{at} does not decode"))?;
     }
     Ok(r)
 }
