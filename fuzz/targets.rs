@@ -176,7 +176,8 @@ pub fn result(data: &[u8]) -> bool {
     .iter()
     .map(|g| Gate::parse(g).expect("valid gate"))
     .collect();
-    let mut cmp = compare::compare("base", &[base], "cand", &[&fuzzed], &opts);
+    let facts = |r: &LoadedRun| r.facts().expect("a result that parsed has facts");
+    let mut cmp = compare::compare("base", &[&facts(base)], "cand", &[&facts(&fuzzed)], &opts);
     let _ = gate::apply(&mut cmp, &gates, &gate::GateOptions::default());
     let _ = render::text(&cmp);
     let _ = render::markdown(&cmp);
@@ -187,7 +188,7 @@ pub fn result(data: &[u8]) -> bool {
     copy.result.run_id.push_str("-copy");
     copy.result.label = Some("fuzz-copy".into());
     let catalog = Catalog {
-        runs: vec![base.clone(), fuzzed, copy],
+        runs: vec![facts(base), facts(&fuzzed), facts(&copy)],
         skipped: Vec::new(),
     };
     let groups = catalog.groups();

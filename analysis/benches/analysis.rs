@@ -114,13 +114,13 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("load 1000 result files", |b| {
         b.iter(|| {
-            let cat = Catalog::load(&paths).unwrap();
+            let cat = Catalog::load_facts(&paths).unwrap();
             assert_eq!(cat.runs.len(), 1000);
         })
     });
     g.bench_function("load and compare 500 vs 500 runs", |b| {
         b.iter(|| {
-            let cat = Catalog::load(&paths).unwrap();
+            let cat = Catalog::load_facts(&paths).unwrap();
             let base = cat.select(&Selector::parse("kernel=6.12").unwrap());
             let cand = cat.select(&Selector::parse("kernel=7.0").unwrap());
             let cmp = compare("6.12", &base, "7.0", &cand, &CompareOptions::default());

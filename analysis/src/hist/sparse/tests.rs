@@ -90,7 +90,9 @@ fn assert_same(s: &Sparse, l: &Latency, what: &str) {
     assert_eq!(s.count(), h.len(), "{what}: count");
     assert_eq!(s.clamped(), l.clamped(), "{what}: clamped");
     // Points of the percentile curves `plot` draws.
-    let curve = (0..=250).step_by(10).map(|i| 1.0 - 10f64.powf(-(i as f64) * 0.02));
+    let curve = (0..=250)
+        .step_by(10)
+        .map(|i| 1.0 - 10f64.powf(-(i as f64) * 0.02));
     for q in QUANTILES.into_iter().chain(curve) {
         assert_eq!(
             s.value_at_quantile(q),
@@ -130,7 +132,11 @@ fn sparse_decoding_gives_the_buckets_quantiles_and_ranks_of_the_full_histogram()
             "case {case}: pinstorm's own histograms are read without the full decoder"
         );
         assert_same(&s, &full, &format!("case {case}"));
-        assert_eq!(s, Sparse::of(&full), "case {case}: decoded as its full form");
+        assert_eq!(
+            s,
+            Sparse::of(&full),
+            "case {case}: decoded as its full form"
+        );
         assert_eq!(Sparse::of(&s.to_latency()), s, "case {case}: round trip");
     }
 }
@@ -191,9 +197,7 @@ fn other_producers_histograms_are_clamped_into_our_bounds_as_in_full() {
     for (low, high, digits) in [(1, u64::MAX, 2), (1000, 1 << 50, 5), (1, MAX_NS, 2)] {
         let mut other = Histogram::<u64>::new_with_bounds(low, high, digits).unwrap();
         for _ in 0..2000 {
-            other
-                .record(rng.log_uniform(50).clamp(low, high))
-                .unwrap();
+            other.record(rng.log_uniform(50).clamp(low, high)).unwrap();
         }
         let encoded = b64(&uncompressed(&other));
         let full = Latency::decode(&encoded).unwrap();
@@ -263,5 +267,8 @@ fn edited_encodings_decode_or_fail_exactly_as_the_full_decoder_does() {
         }
     }
     // Both outcomes were exercised, so neither side of the comparison is vacuous.
-    assert!(decoded > 150 && refused > 150, "{decoded} decoded, {refused} refused");
+    assert!(
+        decoded > 150 && refused > 150,
+        "{decoded} decoded, {refused} refused"
+    );
 }
