@@ -18,7 +18,7 @@ use pinstorm_analysis::check::{self, Check};
 use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
-use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::hist::{Latency, Sparse};
 use pinstorm_analysis::kernel::{KernelRange, KernelRelease};
 use pinstorm_analysis::stats::Ranked;
 use pinstorm_analysis::{export, metrics, render, report, summary};
@@ -208,9 +208,21 @@ pub fn histogram(data: &[u8]) -> bool {
         1 => b64(rest),
         _ => b64(&compressed_v2(rest)),
     };
+    // What compare and report decode must agree with the full decoder: the same buckets,
+    // or the same refusal.
+    let sparse = Sparse::decode(&encoded);
     let Ok(l) = Latency::decode(&encoded) else {
+        assert_eq!(
+            sparse.map_err(|e| format!("{e:#}")),
+            Err(format!("{:#}", Latency::decode(&encoded).unwrap_err())),
+            "the sparse decoder refuses what the full one refuses, saying the same"
+        );
         return false;
     };
+    assert_eq!(
+        sparse.expect("the sparse decoder reads what the full one reads"),
+        Sparse::of(&l)
+    );
     let s = l.stats();
     assert!(s.count <= pinstorm_analysis::hist::MAX_SAMPLES, "{s:?}");
     let r = Ranked::from_histogram(l.histogram());
