@@ -12,11 +12,10 @@ use std::fmt::Write;
 use anyhow::Result;
 use base64::Engine;
 
-use crate::catalog::{Catalog, LoadedRun};
+use crate::catalog::{Catalog, Indexed, RunFacts};
 use crate::compare::{compare, CompareOptions, Comparison};
-use crate::metrics;
 use crate::plot::{self, Chart, PlotData};
-use crate::summary::{human_ns, human_size};
+use crate::summary::human_ns;
 
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -182,142 +181,11 @@ else a bootstrap within runs). Significant (slower/faster) when the whole interv
     );
 }
 
-fn env_rows(r: &LoadedRun) -> Vec<Vec<String>> {
-    let res = &r.result;
-    let e = &res.environment;
-    let mem = |b: Option<u64>| b.map_or("unlimited".to_string(), human_size);
-    let mut kv: Vec<(&str, String)> = vec![
-        ("result file", r.path.display().to_string()),
-        ("run id", res.run_id.clone()),
-        ("label", res.label.clone().unwrap_or_default()),
-        (
-            "scenario",
-            format!("{} ({})", res.scenario.name, res.scenario.origin),
-        ),
-        (
-            "started / finished",
-            format!(
-                "{} / {}",
-                res.started,
-                res.finished.as_deref().unwrap_or("-")
-            ),
-        ),
-        (
-            "complete",
-            match (&res.interrupted, &res.error) {
-                (Some(s), _) => format!("no: interrupted by {s}"),
-                (_, Some(err)) => format!("no: {err}"),
-                _ => res.complete.to_string(),
-            },
-        ),
-        (
-            "kernel",
-            format!("{} {}", e.kernel_release, e.kernel_version),
-        ),
-        ("host", format!("{} ({})", e.hostname, e.machine)),
-        (
-            "virtualized",
-            e.virtualized.clone().unwrap_or_else(|| "no".into()),
-        ),
-        ("cpu", format!("{} x {}", e.cpus, e.cpu_model)),
-        ("memory", human_size(e.mem_total_bytes)),
-        (
-            "memlock soft/hard",
-            format!(
-                "{} / {}",
-                mem(e.memlock_soft_bytes),
-                mem(e.memlock_hard_bytes)
-            ),
-        ),
-        (
-            "CAP_IPC_LOCK, euid",
-            format!("{}, {}", e.cap_ipc_lock, e.euid),
-        ),
-        (
-            "io_uring_disabled",
-            e.io_uring_disabled.clone().unwrap_or_default(),
-        ),
-        ("THP", e.thp_enabled.clone().unwrap_or_default()),
-        (
-            "huge pages",
-            format!(
-                "{} total, {} free, {} each",
-                e.hugepages_total,
-                e.hugepages_free,
-                human_size(e.hugepage_size_bytes)
-            ),
-        ),
-        ("cmdline", e.cmdline.clone()),
-        ("command", res.command.join(" ")),
-        ("tool", format!("{} {}", res.tool.name, res.tool.version)),
-    ];
-    for (k, v) in &e.sysctls {
-        kv.push(("sysctl", format!("{k} = {v}")));
-    }
-    for n in &res.notes {
-        kv.push(("note", n.clone()));
-    }
-    if let Some(lab) = &res.lab {
-        kv.extend(lab_rows(lab));
-    }
-    kv.into_iter().map(|(k, v)| vec![esc(k), esc(&v)]).collect()
-}
-
-/// How a lab guest ran: the kernel and where it came from, QEMU, what the guest set up and
-/// what its console said.
-fn lab_rows(lab: &crate::schema::LabRecord) -> Vec<(&'static str, String)> {
-    let mut kv = vec![
-        (
-            "lab kernel",
-            format!("{} ({})", lab.kernel_spec, lab.kernel_source.join(", ")),
-        ),
-        (
-            "lab status",
-            match &lab.reason {
-                Some(r) => format!("{}: {r}", lab.status),
-                None => lab.status.clone(),
-            },
-        ),
-        (
-            "lab accel",
-            format!(
-                "{} ({}), {:.1} s in all",
-                lab.accel, lab.accel_reason, lab.wall_seconds
-            ),
-        ),
-        (
-            "lab QEMU",
-            lab.qemu_command
-                .clone()
-                .unwrap_or_else(|| lab.vng_command.join(" ")),
-        ),
-    ];
-    for f in &lab.guest {
-        kv.push((
-            "lab guest set-up",
-            format!("{} {}: {}", f.name, f.outcome, f.detail),
-        ));
-    }
-    if lab.console_events.is_empty() {
-        kv.push((
-            "lab console",
-            format!("no kernel warnings ({})", lab.console_log),
-        ));
-    }
-    for e in &lab.console_events {
-        kv.push((
-            "lab console",
-            format!("{} at line {}: {}", e.kind, e.line, e.text),
-        ));
-    }
-    kv
-}
-
 /// The report for these groups of runs (in order; the first is the baseline the others
 /// are compared against).
 pub fn render(
-    catalog: &Catalog,
-    groups: &[(String, Vec<&LoadedRun>)],
+    catalog: &Catalog<RunFacts>,
+    groups: &[(String, Vec<&RunFacts>)],
     options: &CompareOptions,
     title: &str,
 ) -> Result<String> {
@@ -403,17 +271,22 @@ pub fn render(
     out.push_str("<h2>Runs: environment and what did not run</h2>\n");
     for (name, runs) in groups {
         for r in runs {
-            let nr = metrics::notrun(&r.result);
+            let nr = &r.notrun;
             let _ = writeln!(
                 out,
                 "<details><summary><b>{}</b>: run {} ({} on {}), {} notrun</summary>",
                 esc(name),
-                esc(&r.result.run_id),
-                esc(&r.result.scenario.name),
+                esc(r.run_id()),
+                esc(r.scenario()),
                 esc(r.host()),
                 nr.len()
             );
-            table(&mut out, "env", &["", ""], &env_rows(r));
+            let env: Vec<Vec<String>> = r
+                .environment
+                .iter()
+                .map(|(k, v)| vec![esc(k), esc(v)])
+                .collect();
+            table(&mut out, "env", &["", ""], &env);
             if !nr.is_empty() {
                 let rows: Vec<Vec<String>> =
                     nr.iter().map(|(w, why)| vec![esc(w), esc(why)]).collect();
@@ -468,7 +341,7 @@ mod tests {
             }],
             ..LabRecord::default()
         };
-        let rows = lab_rows(&lab);
+        let rows = crate::facts::lab_rows(&lab);
         let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let all = text.join("\n");
         for want in [

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::Global;
 use crate::cmd::common::bad;
-use pinstorm_analysis::catalog::Catalog;
+use pinstorm_analysis::catalog::{Catalog, RunFacts};
 use pinstorm_runners::run::{ScratchDir, WriteDir};
 use pinstorm_workloads::scratch;
 
@@ -151,14 +151,27 @@ pub fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
     bad(scratch::checked_write_path(p, what))
 }
 
-/// Load results (under `--results` when no path is given), saying on stderr which files were skipped and why.
+/// Load whole results (under `--results` when no path is given), saying on stderr which files were skipped and why.
 pub fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
+    load_with(paths, g, Catalog::load)
+}
+
+/// Load as [`load`], keeping only what compare, plot and report read of each run.
+pub fn load_facts(paths: &[PathBuf], g: &Global) -> Result<Catalog<RunFacts>> {
+    load_with(paths, g, Catalog::load_facts)
+}
+
+fn load_with<R>(
+    paths: &[PathBuf],
+    g: &Global,
+    load: fn(&[PathBuf]) -> Result<Catalog<R>>,
+) -> Result<Catalog<R>> {
     let paths = if paths.is_empty() {
         vec![results_root(g)?]
     } else {
         paths.to_vec()
     };
-    let c = bad(Catalog::load(&paths))?;
+    let c = bad(load(&paths))?;
     for s in &c.skipped {
         eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
     }
