@@ -118,6 +118,7 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
     assert_eq!(r["complete"], true);
     let storms = r["storms"].as_array().unwrap();
     let mut compared = BTreeMap::new();
+    let mut missed: Vec<(String, String, String, (bool, bool))> = Vec::new();
     for s in storms {
         assert_eq!(s["outcome"], "ok", "{s}");
         let (backing, map) = (s["backing"].as_str().unwrap(), s["map"].as_str().unwrap());
@@ -160,19 +161,58 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
             };
             assert!(ran, "{backing} {map} {name} runs in the witness: {op}");
             let ours = (by_op(s, "diverged", name) > 0, by_op(s, "moved", name) > 0);
-            assert_eq!(
-                ours,
-                (diverged, moved),
+            // A finding the witness does not make is wrong at once. A finding the witness
+            // makes and the storm did not is a chance the storm did not get (it samples: an
+            // operation must hit the page a pinner checks, between its pin and its check,
+            // with no other operation in between, and a busy machine runs fewer cycles):
+            // that cell runs again, longer, below, and must find it then.
+            let extra = (ours.0 && !diverged) || (ours.1 && !moved);
+            assert!(
+                !extra,
                 "{backing} {map} {name}: pinstorm (diverged, moved) = {ours:?}, the witness {:?}; pinstorm found {} / {}",
                 (diverged, moved),
                 s["oracle"]["diverged"],
                 s["oracle"]["moved"],
             );
-            compared.insert(format!("{backing} {map} {name}"), ours);
+            if ours != (diverged, moved) {
+                eprintln!(
+                    "{backing} {map} {name}: missed {:?} in {} ops (the witness {:?}); running the cell again for longer",
+                    ours,
+                    op["count"],
+                    (diverged, moved)
+                );
+                missed.push((backing.to_string(), map.to_string(), name.to_string(), (diverged, moved)));
+            }
+            compared.insert(format!("{backing} {map} {name}"), (diverged, moved));
         }
         // Nothing diverges or moves on this kernel without an operation since the pin.
         assert_eq!(by_op(s, "diverged", "none"), 0, "{backing} {map}");
         assert_eq!(by_op(s, "moved", "none"), 0, "{backing} {map}");
+    }
+    for (backing, map, name, want) in &missed {
+        let o = pinstorm()
+            .arg("--results")
+            .arg(&sb.results)
+            .arg("--scratch-root")
+            .arg(&sb.scratch)
+            .args(["run", "mm-vs-pin", "--pin", "io_uring", "--backing", backing])
+            .args(["--map", map, "--duration", "8s"])
+            .output()
+            .unwrap();
+        assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}", stderr(&o));
+        let r = read_json(sb.results().last().unwrap());
+        let s = r["storms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["control"] != true)
+            .expect("the storm cell");
+        let ours = (by_op(s, "diverged", name) > 0, by_op(s, "moved", name) > 0);
+        assert_eq!(
+            ours, *want,
+            "{backing} {map} {name}, 8 s: pinstorm (diverged, moved) = {ours:?}, the witness {want:?}; pinstorm found {} / {}",
+            s["oracle"]["diverged"], s["oracle"]["moved"],
+        );
     }
     // Both verdicts were seen: the comparison can fail both ways.
     assert!(

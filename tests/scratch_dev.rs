@@ -99,8 +99,6 @@ fn tools_missing() -> Option<String> {
     for t in [
         "losetup",
         "blkid",
-        "sfdisk",
-        "partx",
         "wipefs",
         "mkfs.xfs",
         "mkfs.ext4",
