@@ -260,6 +260,9 @@ fn print(g: &Global, outcomes: &[(String, LabOutcome)]) -> Result<()> {
                         k.wall_seconds,
                         k.summary
                     );
+                    if let Some(t) = &k.timings {
+                        println!("  {:<14} phases: {}", "", pinstorm_lab::describe_timings(t));
+                    }
                     if let Some(p) = &k.result {
                         println!("  {:<14} result: {}", "", p.display());
                     }

@@ -33,6 +33,46 @@ pub struct LabRecord {
     /// guest's own view, steal included, is the result's `disturbance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_disturbance: Option<Disturbance>,
+    /// Where this kernel's time went, phase by phase; null in results from before it was
+    /// recorded.
+    #[serde(default)]
+    pub timings: Option<LabTimings>,
+}
+
+/// Seconds per phase of one kernel's lab run. The top-level phases (prepare, boot, set-up,
+/// run, end) follow one another and sum to at most `total_s`; `setup` and `jobs` break two
+/// of them down. Host phases are timed on the host; set-up and run by the guest's own clock
+/// (under TCG and KVM alike it follows the host's); boot is the host seeing the guest's
+/// first step, polled every 200 ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LabTimings {
+    /// Fetching or finding the kernel, and choosing KVM or TCG (host).
+    pub prepare_s: f64,
+    /// QEMU start to the guest agent's first step (firmware, kernel, virtme-ng's init);
+    /// null when the guest never got there.
+    pub boot_s: Option<f64>,
+    /// The guest's set-up of pmem, DAX filesystems, device-dax and soft-RoCE.
+    pub setup_s: Option<f64>,
+    /// Each set-up step, in order: `pmem`, `mkfs-xfs`, `mkfs-ext4`, `devdax`, `rxe`.
+    pub setup: Vec<LabPhase>,
+    /// The scenario in the guest, from its start to its result.
+    pub run_s: Option<f64>,
+    /// Each job of the run, in order (from the result's per-job `disturbance` intervals).
+    pub jobs: Vec<LabPhase>,
+    /// The scenario's end to QEMU gone (report, power-off, QEMU exit).
+    pub end_s: Option<f64>,
+    /// QEMU start to the scenario's start (boot + set-up).
+    pub to_scenario_s: Option<f64>,
+    /// Prepare plus QEMU start to QEMU gone.
+    pub total_s: f64,
+}
+
+/// One timed phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabPhase {
+    pub name: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

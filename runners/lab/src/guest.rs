@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use pinstorm_analysis::expect::Expectations;
-use pinstorm_analysis::schema::LabFact;
+use pinstorm_analysis::schema::{LabFact, LabPhase};
 use pinstorm_workloads::scenario::Scenario;
 
 use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
@@ -91,6 +91,42 @@ pub struct GuestReport {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub guest_exec_status: Option<i32>,
+    /// Each set-up step and how long it took, by the guest's clock.
+    #[serde(default)]
+    pub setup: Vec<LabPhase>,
+    #[serde(default)]
+    pub setup_s: Option<f64>,
+    /// The scenario, from its start to its result.
+    #[serde(default)]
+    pub run_s: Option<f64>,
+}
+
+/// The file the guest creates in the staging directory as its first step: the host takes
+/// the moment it sees it as the end of the boot.
+pub const STARTED_MARKER: &str = "started";
+
+/// Set-up steps timed one after the other: each lap is the time since the previous one.
+struct Laps {
+    last: Instant,
+    phases: Vec<LabPhase>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(LabPhase {
+            name: name.into(),
+            seconds: (now - self.last).as_secs_f64(),
+        });
+        self.last = now;
+    }
 }
 
 fn fact(name: &str, ok: bool, detail: impl Into<String>) -> LabFact {
@@ -184,7 +220,7 @@ struct Targets {
     devdax: Option<PathBuf>,
 }
 
-fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
+fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
         devdax: None,
@@ -229,6 +265,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                     Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
                 }
             }
+            laps.lap("pmem");
             if plan.devdax {
                 match create_namespace(&["-m", "devdax", "-a", "2M", "-s", "256M"]) {
                     Ok((v, out)) => match json_find(&v, "chardev") {
@@ -256,6 +293,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                     "not asked for (pinstorm lab --devdax-namespace)",
                 ));
             }
+            laps.lap("devdax");
         }
         PmemMode::Memmap => {
             let failed = modprobe(&["nd_e820", "nd_pmem"]);
@@ -283,6 +321,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 false,
                 "memmap= pmem has no namespaces; device-dax needs --pmem nvdimm",
             ));
+            laps.lap("pmem");
         }
     }
     for (fs, dev) in fsdax_devs {
@@ -314,6 +353,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 format!("/dev/{dev} (queue/dax={dax_flag}): {e:#}"),
             )),
         }
+        laps.lap(&format!("mkfs-{fs}"));
     }
     t
 }
@@ -361,6 +401,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             .with_context(|| format!("reading the lab plan {}", plan_path.display()))?,
     )
     .context("parsing the lab plan")?;
+    // Before anything else: the host's boot phase ends here.
+    let _ = std::fs::write(plan.stage.join(STARTED_MARKER), b"");
     let report_path = plan.stage.join("guest.json");
     let mut report = GuestReport::default();
     let write_report = |r: &GuestReport| {
@@ -383,14 +425,20 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         }
         None => {}
     }
+    let setup_start = Instant::now();
+    let mut laps = Laps::new();
     std::fs::create_dir_all(GUEST_ROOT)?;
     let _ = modprobe(&["loop"]);
-    let targets = setup_pmem(&plan, &mut report.facts);
+    laps.lap("loop");
+    let targets = setup_pmem(&plan, &mut report.facts, &mut laps);
     if plan.rxe {
         setup_rxe(&mut report.facts);
+        laps.lap("rxe");
     } else {
         report.facts.push(fact("rxe", false, "not asked for"));
     }
+    report.setup = laps.phases;
+    report.setup_s = Some(setup_start.elapsed().as_secs_f64());
     write_report(&report);
 
     let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
@@ -462,7 +510,9 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         holder_exe: None,
         reproduce_as: plan.reproduce_as.clone(),
     };
+    let run_start = Instant::now();
     let run = run::run(&opts);
+    report.run_s = Some(run_start.elapsed().as_secs_f64());
     if let Some(cmd) = &plan.guest_exec {
         let log = plan.stage.join("guest-exec.log");
         let st = std::fs::File::create(&log).and_then(|f| {

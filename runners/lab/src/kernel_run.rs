@@ -18,6 +18,7 @@ use crate::kernels::{self, Kernel, KernelSpec};
 use crate::options::LabOptions;
 use crate::record;
 use crate::status::{self, Evidence, KernelOutcome};
+use crate::timings;
 use crate::vm::{self, Accel, GuestEnd};
 
 /// What every kernel of a lab run shares.
@@ -58,6 +59,7 @@ pub(crate) fn prepare_kernel(
 pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> {
     let opts = lab.opts;
     let log = lab.log;
+    let prepare_start = std::time::Instant::now();
     let kernel = prepare_kernel(opts, &lab.cache, &lab.apt, spec, log)?;
     log(&format!(
         "{spec}: kernel {} ({}{})",
@@ -66,6 +68,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         if kernel.cached { ", cached" } else { "" }
     ));
     let accel = choose_accel(lab, spec, &kernel);
+    let prepare = prepare_start.elapsed();
 
     let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;
     let plan_path = write_plan(lab, spec, &run)?;
@@ -111,6 +114,14 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         timeout: opts.timeout,
     });
 
+    let timings = timings::account(&timings::Measured {
+        prepare,
+        wall: end.wall,
+        first_step: end.first_step,
+        report: report.as_ref(),
+        result: guest_result.as_ref(),
+    });
+    log(&format!("{spec}: {}", timings::describe(&timings)));
     let lab_record = LabRecord {
         kernel_spec: spec.to_string(),
         kernel_source: kernel.source.clone(),
@@ -127,6 +138,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         wall_seconds: end.wall.as_secs_f64(),
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
         host_disturbance,
+        timings: Some(timings.clone()),
     };
     let mut result = match guest_result {
         Some(r) => r,
@@ -155,6 +167,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         result: Some(path),
         summary: record::summarize(&result),
         wall_seconds: end.wall.as_secs_f64(),
+        timings: Some(timings),
     })
 }
 
@@ -211,9 +224,12 @@ fn boot(
         &lab.vng,
         args,
         env,
-        &console_path,
-        &stdout_path,
-        &run.dir.join("pgid"),
+        &vm::BootFiles {
+            console: &console_path,
+            stdout: &stdout_path,
+            pgid: &run.dir.join("pgid"),
+            started: &run.stage.join(crate::guest::STARTED_MARKER),
+        },
         lab.opts.timeout,
     );
     let console_text = std::fs::read_to_string(&console_path).unwrap_or_default()

@@ -33,6 +33,7 @@ mod options;
 mod record;
 pub mod status;
 mod sys;
+pub mod timings;
 pub mod vm;
 
 pub use cache::{clean_leftovers, cleanup};
@@ -41,6 +42,7 @@ pub use matrix::{fetch, run, LabOutcome};
 pub use options::{check, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
 pub use record::summarize;
 pub use status::{KernelOutcome, KernelStatus};
+pub use timings::describe as describe_timings;
 
 /// FNV-1a: a stable hash for names in the cache and the matrix's resume key (not for
 /// anything an adversary chooses to collide).

@@ -183,6 +183,7 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
             result: None,
             summary: format!("{e:#}"),
             wall_seconds: 0.0,
+            timings: None,
         });
         log(&format!("{spec_s}: {} {}", k.status, k.summary));
         state.record(&state_file, k.clone())?;
@@ -208,6 +209,7 @@ mod tests {
             result,
             summary: String::new(),
             wall_seconds: 0.0,
+            timings: None,
         }
     }
 

@@ -216,6 +216,7 @@ mod tests {
             wall_seconds: 1.0,
             guest: Vec::new(),
             host_disturbance: None,
+            timings: None,
         };
         for (run_id, release, filed_id, filed_release) in [
             ("../../etc", "..", "host-run", "6.1.0-56-amd64"),

@@ -297,21 +297,32 @@ pub struct GuestEnd {
     pub interrupted: Option<i32>,
     pub panicked: bool,
     pub wall: Duration,
+    /// When the guest's first step was seen (its marker in the staging directory), from
+    /// QEMU's start; None if it never got there.
+    pub first_step: Option<Duration>,
 }
 
-/// Run `vng` with `args`, console (stderr) into `console`, guest stdout into `stdout`,
-/// under a watchdog: at most `timeout`, stopped early by SIGINT/SIGTERM to pinstorm, and
-/// QEMU is dead when this returns, whatever happened. `pgid_file` records the process group
-/// while it runs, so a later run can kill it if pinstorm itself is killed.
+/// The files of one boot: where the console and the guest's stdout go, where the process
+/// group is recorded while it runs, and the marker whose appearance ends the boot phase.
+pub struct BootFiles<'a> {
+    pub console: &'a Path,
+    pub stdout: &'a Path,
+    pub pgid: &'a Path,
+    pub started: &'a Path,
+}
+
+/// Run `vng` with `args`, console (stderr) into `files.console`, guest stdout into
+/// `files.stdout`, under a watchdog: at most `timeout`, stopped early by SIGINT/SIGTERM to
+/// pinstorm, and QEMU is dead when this returns, whatever happened. `files.pgid` records the
+/// process group while it runs, so a later run can kill it if pinstorm itself is killed.
 pub fn boot(
     vng: &Path,
     args: &[String],
     env: &[(String, String)],
-    console_path: &Path,
-    stdout_path: &Path,
-    pgid_file: &Path,
+    files: &BootFiles,
     timeout: Duration,
 ) -> Result<GuestEnd> {
+    let (console_path, stdout_path, pgid_file) = (files.console, files.stdout, files.pgid);
     let con = File::create(console_path)
         .with_context(|| format!("creating {}", console_path.display()))?;
     let out = File::create(stdout_path)?;
@@ -344,6 +355,7 @@ pub fn boot(
         interrupted: None,
         panicked: false,
         wall: Duration::ZERO,
+        first_step: None,
     };
     let mut panic_seen: Option<Instant> = None;
     let mut last_len = 0u64;
@@ -359,6 +371,9 @@ pub fn boot(
         if t0.elapsed() > timeout {
             end.timed_out = true;
             break;
+        }
+        if end.first_step.is_none() && files.started.exists() {
+            end.first_step = Some(t0.elapsed());
         }
         // A panicked guest reboots and QEMU (-no-reboot) exits by itself; give it a moment.
         // Only what the console added since the last look (from the start of its last,
