@@ -54,7 +54,7 @@ pub struct LabTimings {
     pub boot_s: Option<f64>,
     /// The guest's set-up of pmem, DAX filesystems, device-dax and soft-RoCE.
     pub setup_s: Option<f64>,
-    /// Each set-up step, in order: `pmem`, `mkfs-xfs`, `mkfs-ext4`, `devdax`, `rxe`.
+    /// Each set-up step, in order: `modules`, `pmem`, `devdax`, `mkfs-xfs`, `mkfs-ext4`, `rxe`.
     pub setup: Vec<LabPhase>,
     /// The scenario in the guest, from its start to its result.
     pub run_s: Option<f64>,

@@ -90,6 +90,20 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     let args = vm::vng_args(&shape);
     let env = vm::vng_env(&lab.vng, &run.home, &run.tmp);
     let qemu = vm::qemu_command(&lab.vng, &args, &env);
+    // The lab's init in front of virtme-ng's (no udev, no systemd-tmpfiles); the recorded
+    // QEMU command is the one that runs.
+    let (args, qemu) = match lab_init(&run, &args, qemu.as_deref()) {
+        Ok((a, _)) => {
+            let q = vm::qemu_command(&lab.vng, &a, &env);
+            (a, q)
+        }
+        Err(why) => {
+            log(&format!(
+                "{spec}: booting with virtme-ng's init as it is (udev and all): {why}"
+            ));
+            (args, qemu)
+        }
+    };
     log(&format!(
         "{spec}: booting {} (timeout {}s)",
         kernel.release,
@@ -169,6 +183,25 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         wall_seconds: end.wall.as_secs_f64(),
         timings: Some(timings),
     })
+}
+
+/// The vng arguments that boot the lab's init script (written into the run directory, which
+/// the guest cannot write) in front of virtme-ng's, and the script's path.
+fn lab_init(
+    run: &RunDir,
+    args: &[String],
+    qemu: Option<&str>,
+) -> std::result::Result<(Vec<String>, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = run.dir.join("lab-init");
+    let q = qemu.ok_or("vng --dry-run printed no QEMU command")?;
+    let (a, next) = vm::with_lab_init(args, q, &path)
+        .ok_or("its kernel command line could not be rewritten")?;
+    let text = crate::guest_init::script(&next).ok_or("virtme-ng's init path cannot be quoted")?;
+    std::fs::write(&path, text)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok((a, path))
 }
 
 /// KVM or TCG for this kernel (the probe boots it under KVM), and say which.

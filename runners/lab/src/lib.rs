@@ -26,6 +26,7 @@ pub mod build;
 mod cache;
 pub mod console;
 pub mod guest;
+pub mod guest_init;
 mod kernel_run;
 pub mod kernels;
 mod matrix;

@@ -247,6 +247,48 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
     a
 }
 
+/// The `vng` arguments with the lab's init (`init_path`, see [`crate::guest_init`]) in front
+/// of virtme-ng's: the kernel command line `vng --dry-run` printed (`qemu_line`) with `init=`
+/// pointing at `init_path`, given to QEMU as a later `-append` (QEMU keeps the last). Returns
+/// them with virtme-ng's init, which the lab's execs; None when the command line cannot be
+/// read or rewritten (then the guest boots as vng boots it).
+pub fn with_lab_init(
+    args: &[String],
+    qemu_line: &str,
+    init_path: &Path,
+) -> Option<(Vec<String>, String)> {
+    let words = shlex::split(qemu_line)?;
+    let i = words.iter().rposition(|w| w == "-append")?;
+    let cmdline = words.get(i + 1)?;
+    let init = init_path.to_str()?;
+    // The kernel splits its command line on spaces and takes quotes: a path with either
+    // cannot be init= as it is.
+    if init.is_empty() || init.contains(|c: char| c.is_whitespace() || c == '"') {
+        return None;
+    }
+    let at = cmdline
+        .rfind(" init=")
+        .map(|p| p + 1)
+        .or_else(|| cmdline.starts_with("init=").then_some(0))?;
+    let rest = &cmdline[at + "init=".len()..];
+    let (next, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    if next.is_empty() || next.contains('"') {
+        return None;
+    }
+    let mut new = format!("{}init={init}", &cmdline[..at]);
+    if !tail.is_empty() {
+        new.push(' ');
+        new.push_str(tail);
+    }
+    let mut a = args.to_vec();
+    // vng joins its --qemu-opts and splits them again as a shell would.
+    a.push(format!(
+        "--qemu-opts=-append {}",
+        shlex::try_quote(&new).ok()?
+    ));
+    Some((a, next.to_string()))
+}
+
 /// The environment `vng` runs with: its venv first on PATH (it calls `virtme-run`), and
 /// HOME/TMPDIR inside the lab's own directories so virtme-ng's caches and temporary files
 /// land there and nowhere else on the host.
