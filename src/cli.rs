@@ -295,6 +295,10 @@ pub struct LabArgs {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: usize,
+    /// Guests at once (kernels booted in parallel; the summary stays in matrix order).
+    /// Default: half the host's CPUs, as many as free memory holds, at least 1.
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Watchdog: a guest that has not returned after this long is killed and reported.
     #[arg(long, default_value = "10m")]
     pub timeout: Span,

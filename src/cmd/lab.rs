@@ -85,6 +85,11 @@ fn options(
         cache: lab_cache(a.cache.as_ref())?,
         vng: a.vng.clone(),
         timeout: a.timeout.0,
+        jobs: match a.jobs {
+            Some(0) => bad(Err(anyhow::anyhow!("--jobs 0: at least one guest")))?,
+            Some(n) => n,
+            None => lab::default_jobs(a.memory),
+        },
         refresh: a.refresh,
         fresh: a.fresh,
         mirror: a.mirror.clone(),

@@ -31,7 +31,10 @@ pub(crate) struct Lab<'a> {
     pub guest_exe: PathBuf,
     /// The seed the guests run the scenario with.
     pub seed: u64,
-    pub log: &'a dyn Fn(&str),
+    pub log: &'a (dyn Fn(&str) + Sync),
+    /// Guests run at once (`--jobs`), but kernels are fetched and the accelerator probed one
+    /// at a time: they share the apt state and the probe's files in the cache.
+    pub prepare_lock: std::sync::Mutex<()>,
 }
 
 /// Fetch (or find in the cache) the kernel `spec` names.
@@ -60,6 +63,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     let opts = lab.opts;
     let log = lab.log;
     let prepare_start = std::time::Instant::now();
+    let prepared = lab.prepare_lock.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = prepare_kernel(opts, &lab.cache, &lab.apt, spec, log)?;
     log(&format!(
         "{spec}: kernel {} ({}{})",
@@ -68,6 +72,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         if kernel.cached { ", cached" } else { "" }
     ));
     let accel = choose_accel(lab, spec, &kernel);
+    drop(prepared);
     let prepare = prepare_start.elapsed();
 
     let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;

@@ -40,7 +40,7 @@ pub mod vm;
 pub use cache::{clean_leftovers, cleanup};
 pub use guest::InjectKind;
 pub use matrix::{fetch, run, LabOutcome};
-pub use options::{check, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
+pub use options::{check, default_jobs, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
 pub use record::summarize;
 pub use status::{KernelOutcome, KernelStatus};
 pub use timings::describe as describe_timings;

@@ -166,6 +166,7 @@ mod tests {
             cache: "/c".into(),
             vng: None,
             timeout: std::time::Duration::from_secs(600),
+            jobs: 1,
             refresh: false,
             fresh: false,
             mirror: String::new(),
