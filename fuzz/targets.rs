@@ -18,7 +18,7 @@ use pinstorm_analysis::check::{self, Check};
 use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::expect::{self, Expectations};
 use pinstorm_analysis::gate::{self, Gate};
-use pinstorm_analysis::hist::Latency;
+use pinstorm_analysis::hist::{Latency, Sparse};
 use pinstorm_analysis::kernel::{KernelRange, KernelRelease};
 use pinstorm_analysis::stats::Ranked;
 use pinstorm_analysis::{export, metrics, render, report, summary};
@@ -176,7 +176,8 @@ pub fn result(data: &[u8]) -> bool {
     .iter()
     .map(|g| Gate::parse(g).expect("valid gate"))
     .collect();
-    let mut cmp = compare::compare("base", &[base], "cand", &[&fuzzed], &opts);
+    let facts = |r: &LoadedRun| r.facts().expect("a result that parsed has facts");
+    let mut cmp = compare::compare("base", &[&facts(base)], "cand", &[&facts(&fuzzed)], &opts);
     let _ = gate::apply(&mut cmp, &gates, &gate::GateOptions::default());
     let _ = render::text(&cmp);
     let _ = render::markdown(&cmp);
@@ -187,7 +188,7 @@ pub fn result(data: &[u8]) -> bool {
     copy.result.run_id.push_str("-copy");
     copy.result.label = Some("fuzz-copy".into());
     let catalog = Catalog {
-        runs: vec![base.clone(), fuzzed, copy],
+        runs: vec![facts(base), facts(&fuzzed), facts(&copy)],
         skipped: Vec::new(),
     };
     let groups = catalog.groups();
@@ -207,9 +208,21 @@ pub fn histogram(data: &[u8]) -> bool {
         1 => b64(rest),
         _ => b64(&compressed_v2(rest)),
     };
+    // What compare and report decode must agree with the full decoder: the same buckets,
+    // or the same refusal.
+    let sparse = Sparse::decode(&encoded);
     let Ok(l) = Latency::decode(&encoded) else {
+        assert_eq!(
+            sparse.map_err(|e| format!("{e:#}")),
+            Err(format!("{:#}", Latency::decode(&encoded).unwrap_err())),
+            "the sparse decoder refuses what the full one refuses, saying the same"
+        );
         return false;
     };
+    assert_eq!(
+        sparse.expect("the sparse decoder reads what the full one reads"),
+        Sparse::of(&l)
+    );
     let s = l.stats();
     assert!(s.count <= pinstorm_analysis::hist::MAX_SAMPLES, "{s:?}");
     let r = Ranked::from_histogram(l.histogram());

@@ -104,6 +104,21 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DEV")]
     pub devdax: Option<PathBuf>,
 
+    /// A block device you name as scratch, fstests style, as [FS=]DEV: FS xfs (the default:
+    /// with reflink) or ext4, DEV an NVDIMM or CXL pmem namespace such as /dev/pmem0, or any
+    /// disk. Repeatable, one per filesystem. pinstorm refuses a device that is mounted or in
+    /// use, or holds a filesystem or partition table; otherwise it makes the filesystem on the
+    /// whole device, mounts it dax=always in the run directory for the xfs-dax or ext4-dax
+    /// backing (STATX_ATTR_DAX decides whether it is DAX), and wipes the device at the end.
+    /// Everything on it is lost.
+    #[arg(long, global = true, value_name = "[FS=]DEV")]
+    pub scratch_dev: Vec<String>,
+
+    /// With --scratch-dev: wipe what is on the device (filesystem, partition table)
+    /// instead of refusing it.
+    #[arg(long, global = true)]
+    pub scratch_dev_force: bool,
+
     /// A name for what is being tested (kernel patch set, machine), stored in the result.
     #[arg(long, global = true)]
     pub label: Option<String>,
@@ -286,6 +301,12 @@ pub struct LabArgs {
     /// allows long-term pins: the contrast case to FS-DAX).
     #[arg(long)]
     pub devdax_namespace: bool,
+    /// Make an fsdax namespace per filesystem and hand them to the run as --scratch-dev
+    /// xfs=DEV and ext4=DEV (pinstorm makes, mounts and wipes the filesystems, as on a host
+    /// with a real NVDIMM) instead of making them in the guest's own set-up. Needs --pmem
+    /// nvdimm.
+    #[arg(long)]
+    pub pmem_scratch_dev: bool,
     /// Do not set up soft-RoCE in the guest.
     #[arg(long)]
     pub no_rxe: bool,

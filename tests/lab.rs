@@ -610,3 +610,90 @@ fn tempdir(tag: &str) -> TempDir {
     std::fs::create_dir_all(&d).unwrap();
     TempDir(d)
 }
+
+const SCRATCH_DEV_SCENARIO: &str = r#"
+name = "lab-scratch-dev"
+description = "the DAX backings on the guest's pmem named as --scratch-dev"
+seed = 1
+[probe]
+pins = ["io_uring", "vmsplice"]
+backings = ["xfs-dax", "ext4-dax"]
+maps = ["shared"]
+access = ["rw"]
+size = "2M"
+"#;
+
+/// The guest's pmem handed to the run as `--scratch-dev` (not made by the lab's own set-up):
+/// pinstorm makes xfs and ext4 on two fsdax namespaces, mounts them dax=always, the
+/// regions there are DAX (STATX_ATTR_DAX), and afterwards `blkid -p` in the guest finds the
+/// devices blank.
+#[test]
+fn the_guests_pmem_as_a_scratch_device_gets_dax_and_is_blank_afterwards() {
+    if skip("the_guests_pmem_as_a_scratch_device") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-scratch-dev");
+    let results = tmp.join("results");
+    let scenario = tmp.join("scratch-dev.toml");
+    std::fs::write(&scenario, SCRATCH_DEV_SCENARIO).unwrap();
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.1",
+            "--no-rxe",
+        ])
+        .args(["--pmem-scratch-dev", "--timeout", "8m"])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{err}");
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let r = &all[0].1;
+    let facts = r["lab"]["guest"].as_array().unwrap();
+    let fact = |name: &str| {
+        facts
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} fact: {facts:?}"))
+    };
+    for fs in ["xfs", "ext4"] {
+        assert_eq!(
+            fact(&format!("scratch-dev-{fs}"))["outcome"],
+            "ok",
+            "{facts:?}"
+        );
+        assert_eq!(
+            fact(&format!("scratch-dev-{fs}-after"))["outcome"],
+            "ok",
+            "{facts:?}"
+        );
+    }
+    for fs in ["xfs-dax", "ext4-dax"] {
+        let b = r["backings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backing"] == fs)
+            .unwrap();
+        assert_eq!(b["outcome"], "ok", "{b:#}");
+        // The namespace's block device, reached through pinstorm's descriptor.
+        assert!(
+            b["mount_options"]
+                .as_str()
+                .is_some_and(|o| o.contains("dax")),
+            "{b:#}"
+        );
+        for pin in ["io_uring", "vmsplice"] {
+            let cell = probe_row(r, pin, fs, "shared", "rw");
+            assert_eq!(cell["dax"], true, "{cell:#}");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Reading many results at once: every `result.json` under the given files and directories,
 //! parsed in parallel (rayon), checked for the schema name and version, and indexed by kernel
 //! release, label, scenario, host and start time. Selectors (`kernel=6.12,label=v2,latest`)
-//! pick runs out of a catalog.
+//! pick runs out of a catalog. A catalog keeps whole results ([`LoadedRun`], for exporters)
+//! or only what comparisons, charts and reports read of them ([`RunFacts`], for fleets of
+//! thousands of results).
 //!
 //! A file that cannot be read or parsed (a half-copied file, another tool's JSON, a result
 //! of another schema version) is listed in [`Catalog::skipped`] with its path and why, and
@@ -14,56 +16,67 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use crate::facts::RunFacts;
 use crate::kernel::KernelRelease;
 use crate::schema::{RunResult, SCHEMA_NAME, SCHEMA_VERSION};
 
-/// One result file as loaded.
+/// One result file as loaded, whole.
 #[derive(Clone, Debug)]
 pub struct LoadedRun {
     pub path: PathBuf,
     pub result: RunResult,
 }
 
-impl LoadedRun {
-    pub fn kernel(&self) -> &str {
-        &self.result.environment.kernel_release
-    }
-
-    pub fn label(&self) -> Option<&str> {
-        self.result.label.as_deref()
-    }
-
-    pub fn host(&self) -> &str {
-        &self.result.environment.hostname
-    }
-
-    pub fn scenario(&self) -> &str {
-        &self.result.scenario.name
-    }
+/// What a catalog indexes, groups and selects runs by.
+pub trait Indexed {
+    fn run_id(&self) -> &str;
+    fn started(&self) -> &str;
+    fn kernel(&self) -> &str;
+    fn label(&self) -> Option<&str>;
+    fn host(&self) -> &str;
+    fn scenario(&self) -> &str;
 
     /// `6.18.44-fc (my-series)`: the kernel, and the label when there is one. Plots and
     /// reports group runs by this.
-    pub fn kernel_and_label(&self) -> String {
+    fn kernel_and_label(&self) -> String {
         match self.label() {
             Some(l) if !l.is_empty() => format!("{} ({l})", self.kernel()),
             _ => self.kernel().to_string(),
         }
     }
+}
 
-    /// What a table says about the run, in one line.
-    pub fn reference(&self) -> RunRef {
-        let r = &self.result;
-        RunRef {
-            run_id: r.run_id.clone(),
-            path: self.path.display().to_string(),
-            kernel_release: r.environment.kernel_release.clone(),
-            label: r.label.clone(),
-            scenario: r.scenario.name.clone(),
-            host: r.environment.hostname.clone(),
-            started: r.started.clone(),
-            complete: r.complete,
-            virtualized: r.environment.virtualized.clone(),
-        }
+impl Indexed for LoadedRun {
+    fn run_id(&self) -> &str {
+        &self.result.run_id
+    }
+
+    fn started(&self) -> &str {
+        &self.result.started
+    }
+
+    fn kernel(&self) -> &str {
+        &self.result.environment.kernel_release
+    }
+
+    fn label(&self) -> Option<&str> {
+        self.result.label.as_deref()
+    }
+
+    fn host(&self) -> &str {
+        &self.result.environment.hostname
+    }
+
+    fn scenario(&self) -> &str {
+        &self.result.scenario.name
+    }
+}
+
+impl LoadedRun {
+    /// What analysis reads of this run (the histograms decoded again: for tests and tools
+    /// that hold whole results; catalogs make facts as they load).
+    pub fn facts(&self) -> Result<RunFacts> {
+        RunFacts::of(&self.path, &self.result)
     }
 }
 
@@ -88,11 +101,21 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Runs loaded from files and directories, sorted by start time (then run id).
-#[derive(Clone, Debug, Default)]
-pub struct Catalog {
-    pub runs: Vec<LoadedRun>,
+/// Runs loaded from files and directories, sorted by start time (then run id): whole
+/// results ([`LoadedRun`]) or their facts ([`RunFacts`]).
+#[derive(Clone, Debug)]
+pub struct Catalog<R = LoadedRun> {
+    pub runs: Vec<R>,
     pub skipped: Vec<Skipped>,
+}
+
+impl<R> Default for Catalog<R> {
+    fn default() -> Self {
+        Catalog {
+            runs: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
 }
 
 /// Every `result.json` below `dir` (following no symlinked directories, skipping the
@@ -138,7 +161,7 @@ pub fn load_file(path: &Path) -> Result<RunResult> {
 pub fn parse_result(bytes: &[u8]) -> Result<RunResult> {
     let r = parse_json(bytes)?;
     for (at, h) in r.histograms() {
-        crate::hist::Latency::decode(h).with_context(|| format!("{at} does not decode"))?;
+        crate::hist::Sparse::decode(h).with_context(|| format!("{at} does not decode"))?;
     }
     Ok(r)
 }
@@ -177,11 +200,34 @@ fn parse_json(bytes: &[u8]) -> Result<RunResult> {
     }
 }
 
-impl Catalog {
+impl Catalog<LoadedRun> {
     /// Load every result under `paths` (files are taken as results whatever their name,
     /// directories are searched for `result.json`). Files that fail are in `skipped`; a
     /// path that does not exist is an error (it is a typo, not a bad file).
-    pub fn load(paths: &[PathBuf]) -> Result<Catalog> {
+    pub fn load(paths: &[PathBuf]) -> Result<Catalog<LoadedRun>> {
+        Catalog::load_with(paths, |path, bytes| {
+            Ok(LoadedRun {
+                path: path.to_path_buf(),
+                result: parse_result(bytes)?,
+            })
+        })
+    }
+}
+
+impl Catalog<RunFacts> {
+    /// Load as [`Catalog::load`] does (the same files, refused for the same reasons), but
+    /// keep only the facts of each run: every histogram is decoded once, as the file is
+    /// checked, and the whole result is dropped as soon as its facts are taken.
+    pub fn load_facts(paths: &[PathBuf]) -> Result<Catalog<RunFacts>> {
+        Catalog::load_with(paths, |path, bytes| RunFacts::of(path, &parse_json(bytes)?))
+    }
+}
+
+impl<R: Indexed + Send> Catalog<R> {
+    fn load_with(
+        paths: &[PathBuf],
+        parse: impl Fn(&Path, &[u8]) -> Result<R> + Sync,
+    ) -> Result<Catalog<R>> {
         let mut files = Vec::new();
         let mut skipped = Vec::new();
         for p in paths {
@@ -194,10 +240,12 @@ impl Catalog {
         }
         files.sort();
         files.dedup();
-        let loaded: Vec<(PathBuf, Result<RunResult>)> = files
+        let loaded: Vec<(PathBuf, Result<R>)> = files
             .into_par_iter()
             .map(|p| {
-                let r = load_file(&p);
+                let r = std::fs::read(&p)
+                    .context("cannot read it")
+                    .and_then(|bytes| parse(&p, &bytes));
                 (p, r)
             })
             .collect();
@@ -205,20 +253,20 @@ impl Catalog {
         let mut seen = BTreeSet::new();
         for (path, r) in loaded {
             match r {
-                Ok(result) => {
+                Ok(run) => {
                     // The same run copied twice (a baseline kept next to the results) must
                     // not count twice.
-                    if !seen.insert(result.run_id.clone()) {
+                    if !seen.insert(run.run_id().to_string()) {
                         skipped.push(Skipped {
                             path,
                             reason: format!(
                                 "run {} was already loaded from another file",
-                                result.run_id
+                                run.run_id()
                             ),
                         });
                         continue;
                     }
-                    runs.push(LoadedRun { path, result });
+                    runs.push(run);
                 }
                 Err(e) => skipped.push(Skipped {
                     path,
@@ -226,16 +274,15 @@ impl Catalog {
                 }),
             }
         }
-        runs.sort_by(|a, b| {
-            (a.result.started.as_str(), a.result.run_id.as_str())
-                .cmp(&(b.result.started.as_str(), b.result.run_id.as_str()))
-        });
+        runs.sort_by(|a, b| (a.started(), a.run_id()).cmp(&(b.started(), b.run_id())));
         Ok(Catalog { runs, skipped })
     }
+}
 
+impl<R: Indexed> Catalog<R> {
     /// Runs by kernel release (releases in version order).
-    pub fn by_kernel(&self) -> Vec<(String, Vec<&LoadedRun>)> {
-        let mut m: BTreeMap<String, Vec<&LoadedRun>> = BTreeMap::new();
+    pub fn by_kernel(&self) -> Vec<(String, Vec<&R>)> {
+        let mut m: BTreeMap<String, Vec<&R>> = BTreeMap::new();
         for r in &self.runs {
             m.entry(r.kernel().to_string()).or_default().push(r);
         }
@@ -246,8 +293,8 @@ impl Catalog {
 
     /// Runs grouped by kernel and label (`6.12.0 (baseline)`), in kernel version order:
     /// what plots and reports put side by side.
-    pub fn groups(&self) -> Vec<(String, Vec<&LoadedRun>)> {
-        let mut m: BTreeMap<(Vec<u32>, String), Vec<&LoadedRun>> = BTreeMap::new();
+    pub fn groups(&self) -> Vec<(String, Vec<&R>)> {
+        let mut m: BTreeMap<(Vec<u32>, String), Vec<&R>> = BTreeMap::new();
         for r in &self.runs {
             let mut key = kernel_sort_key(r.kernel());
             key.push(0);
@@ -257,8 +304,8 @@ impl Catalog {
     }
 
     /// The runs a selector picks, oldest first.
-    pub fn select(&self, sel: &Selector) -> Vec<&LoadedRun> {
-        let mut v: Vec<&LoadedRun> = self.runs.iter().filter(|r| sel.matches(r)).collect();
+    pub fn select(&self, sel: &Selector) -> Vec<&R> {
+        let mut v: Vec<&R> = self.runs.iter().filter(|r| sel.matches(*r)).collect();
         if let Some(n) = sel.latest {
             let skip = v.len().saturating_sub(n);
             v.drain(..skip);
@@ -345,35 +392,19 @@ impl Selector {
         Ok(sel)
     }
 
-    pub fn matches(&self, r: &LoadedRun) -> bool {
-        let res = &r.result;
+    pub fn matches(&self, r: &impl Indexed) -> bool {
         self.kernel
             .as_deref()
-            .is_none_or(|k| release_matches(&res.environment.kernel_release, k))
-            && self
-                .label
-                .as_deref()
-                .is_none_or(|l| res.label.as_deref() == Some(l))
-            && self
-                .scenario
-                .as_deref()
-                .is_none_or(|s| res.scenario.name == s)
-            && self
-                .host
-                .as_deref()
-                .is_none_or(|h| res.environment.hostname == h)
+            .is_none_or(|k| release_matches(r.kernel(), k))
+            && self.label.as_deref().is_none_or(|l| r.label() == Some(l))
+            && self.scenario.as_deref().is_none_or(|s| r.scenario() == s)
+            && self.host.as_deref().is_none_or(|h| r.host() == h)
             && self
                 .run
                 .as_deref()
-                .is_none_or(|id| res.run_id.starts_with(id))
-            && self
-                .since
-                .as_deref()
-                .is_none_or(|t| res.started.as_str() >= t)
-            && self
-                .until
-                .as_deref()
-                .is_none_or(|t| res.started.as_str() < t)
+                .is_none_or(|id| r.run_id().starts_with(id))
+            && self.since.as_deref().is_none_or(|t| r.started() >= t)
+            && self.until.as_deref().is_none_or(|t| r.started() < t)
     }
 }
 

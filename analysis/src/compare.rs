@@ -24,9 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{LoadedRun, RunRef};
+use crate::catalog::{Indexed, RunFacts, RunRef};
 use crate::disturbance::{self, SideNoise};
-use crate::hist::Latency;
+use crate::hist::Sparse;
 use crate::metrics;
 use crate::oracle::OracleKind;
 use crate::stats::{interval, welch_interval, Ranked};
@@ -211,8 +211,8 @@ pub struct Comparison {
     pub gate_status: crate::gated::GateStatus,
 }
 
-fn side(name: &str, runs: &[&LoadedRun]) -> Side {
-    let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| -> Vec<String> {
+fn side(name: &str, runs: &[&RunFacts]) -> Side {
+    let set = |f: &dyn Fn(&RunFacts) -> Option<String>| -> Vec<String> {
         runs.iter()
             .filter_map(|r| f(r))
             .collect::<BTreeSet<_>>()
@@ -223,8 +223,8 @@ fn side(name: &str, runs: &[&LoadedRun]) -> Side {
         name: name.to_string(),
         kernels: set(&|r| Some(r.kernel().to_string())),
         labels: set(&|r| r.label().map(str::to_string)),
-        runs: runs.iter().map(|r| r.reference()).collect(),
-        noise: SideNoise::of(runs.iter().map(|r| &r.result)),
+        runs: runs.iter().map(|r| r.reference.clone()).collect(),
+        noise: SideNoise::of(runs.iter().copied()),
     }
 }
 
@@ -236,57 +236,50 @@ fn seed_of(s: &str) -> u64 {
 }
 
 /// One metric on one side: every run's samples merged, and each run's quantiles (in the
-/// order of `CompareOptions::stats`). Histograms are folded in as runs are decoded, so a
-/// thousand runs never hold a thousand histograms in memory.
+/// order of `CompareOptions::stats`). Runs' histograms were decoded once, sparse, when they
+/// were loaded; here they are only summed.
 #[derive(Clone, Debug, Default)]
 struct Pooled {
-    merged: Latency,
-    /// (run index, quantiles)
+    merged: Sparse,
+    /// (run index, quantiles), by run index.
     runs: Vec<(usize, Vec<f64>)>,
 }
 
 impl Pooled {
-    fn add(&mut self, run: usize, h: &Latency, qs: &[f64]) {
-        self.runs.push((
-            run,
-            qs.iter()
-                .map(|q| h.histogram().value_at_quantile(*q) as f64)
+    fn of(hists: &[(usize, &Sparse)], qs: &[f64]) -> Pooled {
+        Pooled {
+            merged: Sparse::sum(hists.iter().map(|h| h.1)),
+            runs: hists
+                .iter()
+                .map(|(i, h)| {
+                    (
+                        *i,
+                        qs.iter().map(|q| h.value_at_quantile(*q) as f64).collect(),
+                    )
+                })
                 .collect(),
-        ));
-        self.merged.merge(h);
-    }
-
-    fn absorb(&mut self, other: Pooled) {
-        self.merged.merge(&other.merged);
-        self.runs.extend(other.runs);
+        }
     }
 }
 
-type PoolMap = BTreeMap<(String, String), Pooled>;
+type PoolMap<'a> = BTreeMap<(&'a str, &'a str), Pooled>;
 
-/// Every latency metric of `runs`, pooled per metric, decoding in parallel.
-fn pool(runs: &[&LoadedRun], qs: &[f64]) -> PoolMap {
-    let mut m = runs
-        .par_iter()
-        .enumerate()
-        .fold(PoolMap::new, |mut acc, (i, r)| {
-            for l in metrics::latencies(&r.result) {
-                acc.entry((l.kind.to_string(), l.key))
-                    .or_default()
-                    .add(i, &l.hist, qs);
-            }
-            acc
-        })
-        .reduce(PoolMap::new, |mut a, b| {
-            for (k, v) in b {
-                a.entry(k).or_default().absorb(v);
-            }
-            a
-        });
-    for p in m.values_mut() {
-        p.runs.sort_by_key(|r| r.0);
+/// Every latency metric of `runs`, pooled per metric, metrics in parallel.
+fn pool<'a>(runs: &[&'a RunFacts], qs: &[f64]) -> PoolMap<'a> {
+    let mut by_metric: BTreeMap<(&str, &str), Vec<(usize, &Sparse)>> = BTreeMap::new();
+    for (i, r) in runs.iter().enumerate() {
+        for l in &r.latencies {
+            by_metric
+                .entry((l.kind, l.key.as_str()))
+                .or_default()
+                .push((i, &l.hist));
+        }
     }
-    m
+    let by_metric: Vec<_> = by_metric.into_iter().collect();
+    by_metric
+        .into_par_iter()
+        .map(|(k, hists)| (k, Pooled::of(&hists, qs)))
+        .collect()
 }
 
 fn latency_change(
@@ -299,7 +292,7 @@ fn latency_change(
 ) -> LatencyChange {
     let q = stat_quantile(stat).expect("stats are checked when options are made");
     let side = |p: &Pooled| {
-        let m = Ranked::from_histogram(p.merged.histogram());
+        let m = Ranked::from_sparse(&p.merged);
         (
             SideStat {
                 runs: p.runs.len(),
@@ -395,24 +388,24 @@ fn outcome_set(cells: &[&metrics::Cell], f: impl Fn(&metrics::Cell) -> String) -
         .join("|")
 }
 
-fn outcome_changes(base: &[&LoadedRun], cand: &[&LoadedRun]) -> Vec<OutcomeChange> {
-    type Cells = BTreeMap<String, Vec<metrics::Cell>>;
-    let collect = |runs: &[&LoadedRun]| -> Cells {
+fn outcome_changes<'a>(base: &[&'a RunFacts], cand: &[&'a RunFacts]) -> Vec<OutcomeChange> {
+    type Cells<'a> = BTreeMap<&'a str, Vec<&'a metrics::Cell>>;
+    let collect = |runs: &[&'a RunFacts]| -> Cells<'a> {
         let mut m: Cells = BTreeMap::new();
         for r in runs {
-            for c in metrics::cells(&r.result) {
-                m.entry(c.key.clone()).or_default().push(c);
+            for c in &r.cells {
+                m.entry(c.key.as_str()).or_default().push(c);
             }
         }
         m
     };
     let (b, c) = (collect(base), collect(cand));
-    let keys: BTreeSet<&String> = b.keys().chain(c.keys()).collect();
+    let keys: BTreeSet<&str> = b.keys().chain(c.keys()).copied().collect();
     let mut out = Vec::new();
     for k in keys {
         let (bc, cc): (Vec<&metrics::Cell>, Vec<&metrics::Cell>) = (
-            b.get(k).map(|v| v.iter().collect()).unwrap_or_default(),
-            c.get(k).map(|v| v.iter().collect()).unwrap_or_default(),
+            b.get(k).cloned().unwrap_or_default(),
+            c.get(k).cloned().unwrap_or_default(),
         );
         let fs = cc
             .first()
@@ -437,7 +430,7 @@ fn outcome_changes(base: &[&LoadedRun], cand: &[&LoadedRun]) -> Vec<OutcomeChang
             };
             if bo == "ok" && dio(&bc) != dio(&cc) {
                 out.push(OutcomeChange {
-                    cell: k.clone(),
+                    cell: k.to_string(),
                     fs,
                     base: format!("ok, device io {}", dio(&bc)),
                     cand: format!("ok, device io {}", dio(&cc)),
@@ -458,7 +451,7 @@ fn outcome_changes(base: &[&LoadedRun], cand: &[&LoadedRun]) -> Vec<OutcomeChang
             "refusal changed"
         };
         out.push(OutcomeChange {
-            cell: k.clone(),
+            cell: k.to_string(),
             fs,
             base: if bc.is_empty() { "-".into() } else { bo },
             cand: if cc.is_empty() { "-".into() } else { co },
@@ -471,10 +464,10 @@ fn outcome_changes(base: &[&LoadedRun], cand: &[&LoadedRun]) -> Vec<OutcomeChang
 
 fn count_change(
     what: &str,
-    base: &[&LoadedRun],
-    cand: &[&LoadedRun],
-    f: impl Fn(&LoadedRun) -> u64,
-    measured: impl Fn(&LoadedRun) -> bool,
+    base: &[&RunFacts],
+    cand: &[&RunFacts],
+    f: impl Fn(&RunFacts) -> u64,
+    measured: impl Fn(&RunFacts) -> bool,
 ) -> CountChange {
     // Counts come from files: saturate rather than overflow on edited ones.
     let bt = base.iter().fold(0u64, |t, r| t.saturating_add(f(r)));
@@ -491,12 +484,12 @@ fn count_change(
 }
 
 /// Capability cells measured (not notrun) on both sides.
-fn cells_in_common(base: &[&LoadedRun], cand: &[&LoadedRun]) -> usize {
-    let measured = |runs: &[&LoadedRun]| -> BTreeSet<String> {
+fn cells_in_common<'a>(base: &[&'a RunFacts], cand: &[&'a RunFacts]) -> usize {
+    let measured = |runs: &[&'a RunFacts]| -> BTreeSet<&'a str> {
         runs.iter()
-            .flat_map(|r| metrics::cells(&r.result))
+            .flat_map(|r| &r.cells)
             .filter(|c| c.outcome != "notrun")
-            .map(|c| c.key)
+            .map(|c| c.key.as_str())
             .collect()
     };
     measured(base).intersection(&measured(cand)).count()
@@ -506,15 +499,15 @@ fn cells_in_common(base: &[&LoadedRun], cand: &[&LoadedRun]) -> usize {
 /// or path matched nothing).
 pub fn compare(
     base_name: &str,
-    base: &[&LoadedRun],
+    base: &[&RunFacts],
     cand_name: &str,
-    cand: &[&LoadedRun],
+    cand: &[&RunFacts],
     o: &CompareOptions,
 ) -> Comparison {
     let qs: Vec<f64> = o.stats.iter().filter_map(|s| stat_quantile(s)).collect();
     let (bp, cp) = rayon::join(|| pool(base, &qs), || pool(cand, &qs));
     let empty = Pooled::default();
-    let keys: BTreeSet<&(String, String)> = bp.keys().chain(cp.keys()).collect();
+    let keys: BTreeSet<&(&str, &str)> = bp.keys().chain(cp.keys()).collect();
     let mut only_in_base = Vec::new();
     let mut only_in_cand = Vec::new();
     let mut jobs = Vec::new();
@@ -536,7 +529,7 @@ pub fn compare(
         .map(|(kind, key, stat, b, c)| {
             let mut l = latency_change(kind, key, *stat, b, c, o);
             for (name, runs, p) in [("base", base, b), ("cand", cand, c)] {
-                let measured = p.runs.iter().map(|(i, _)| &runs[*i].result);
+                let measured = p.runs.iter().map(|(i, _)| runs[*i]);
                 disturbance::metric_noise(
                     kind,
                     name,
@@ -565,8 +558,8 @@ pub fn compare(
                 k.name(),
                 base,
                 cand,
-                |r| r.result.oracle_count(*k),
-                |r| r.result.oracle_ran(*k),
+                |r| r.oracle_count(*k),
+                |r| r.oracle_ran(*k),
             )
         })
         .collect();
@@ -574,8 +567,8 @@ pub fn compare(
         "differs from expectations",
         base,
         cand,
-        |r| metrics::differs(&r.result),
-        |r| metrics::judged(&r.result) > 0,
+        |r| r.differs,
+        |r| r.judged > 0,
     );
     let cells_compared = cells_in_common(base, cand);
 

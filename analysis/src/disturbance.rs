@@ -244,17 +244,38 @@ pub fn job_of(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// What the judgements of noise read of a run: its id, its disturbance record and, for a
+/// lab guest, its host's. A whole result gives one, and so does what analysis keeps of it
+/// ([`crate::facts::RunFacts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseRecord<'a> {
+    pub run_id: &'a str,
+    pub disturbance: Option<&'a RunDisturbance>,
+    pub lab_host: Option<&'a Disturbance>,
+}
+
+impl<'a> From<&'a RunResult> for NoiseRecord<'a> {
+    fn from(r: &'a RunResult) -> NoiseRecord<'a> {
+        NoiseRecord {
+            run_id: &r.run_id,
+            disturbance: r.disturbance.as_ref(),
+            lab_host: r.lab.as_ref().and_then(|l| l.host_disturbance.as_ref()),
+        }
+    }
+}
+
 /// The runs of one side (`side`: `base` or `cand`) that measured a latency metric of
 /// `kind`: each that was disturbed while doing so goes to `disturbed` with why, each that
 /// recorded nothing to `unknown`.
-pub fn metric_noise<'a>(
+pub fn metric_noise<'a, R: Into<NoiseRecord<'a>>>(
     kind: &str,
     side: &str,
-    runs: impl IntoIterator<Item = &'a RunResult>,
+    runs: impl IntoIterator<Item = R>,
     disturbed: &mut Vec<String>,
     unknown: &mut Vec<String>,
 ) {
     for r in runs {
+        let r = r.into();
         match RunNoise::of(r, job_of(kind)) {
             RunNoise::Quiet => {}
             RunNoise::Disturbed(why) => {
@@ -279,8 +300,9 @@ pub enum RunNoise {
 impl RunNoise {
     /// The run while its `job` ran (the whole run when the job has no interval of its own,
     /// or for `None`), with the lab host's disturbance when the run was a lab guest.
-    pub fn of(r: &RunResult, job: Option<&str>) -> RunNoise {
-        let Some(d) = &r.disturbance else {
+    pub fn of<'a>(r: impl Into<NoiseRecord<'a>>, job: Option<&str>) -> RunNoise {
+        let r = r.into();
+        let Some(d) = r.disturbance else {
             return RunNoise::NotRecorded;
         };
         let mut reasons = match job.and_then(|j| d.jobs.iter().find(|x| x.job == j)) {
@@ -294,7 +316,7 @@ impl RunNoise {
             None if job.is_none() => d.disturbed(),
             None => Vec::new(),
         };
-        if let Some(h) = r.lab.as_ref().and_then(|l| l.host_disturbance.as_ref()) {
+        if let Some(h) = r.lab_host {
             if h.disturbed {
                 reasons.push(format!("lab host: {}", h.reasons.join("; ")));
             }
@@ -338,13 +360,14 @@ impl std::fmt::Display for RunNoiseLine {
 }
 
 impl SideNoise {
-    pub fn of<'a>(runs: impl IntoIterator<Item = &'a RunResult>) -> SideNoise {
+    pub fn of<'a, R: Into<NoiseRecord<'a>>>(runs: impl IntoIterator<Item = R>) -> SideNoise {
         let mut s = SideNoise::default();
         for r in runs {
+            let r = r.into();
             let (state, detail) = match RunNoise::of(r, None) {
                 RunNoise::Quiet => {
                     s.quiet += 1;
-                    let numbers = r.disturbance.as_ref().map(|d| d.run.numbers());
+                    let numbers = r.disturbance.map(|d| d.run.numbers());
                     ("quiet", numbers.unwrap_or_default())
                 }
                 RunNoise::Disturbed(why) => {
@@ -361,7 +384,7 @@ impl SideNoise {
                 }
             };
             s.runs.push(RunNoiseLine {
-                run_id: r.run_id.clone(),
+                run_id: r.run_id.to_string(),
                 state: state.into(),
                 detail,
             });

@@ -139,6 +139,11 @@ pub struct OracleRule {
     dax: Option<bool>,
     rdma_device: Option<OneOrMany>,
     kernel: Option<KernelRange>,
+    /// Operation name(s): the rule judges only the part of a count attributed to these
+    /// operations (a finding's `by_op`; an attribution to several operations matches when
+    /// any of them is listed, `none` is the part no operation explains). A rule without it
+    /// matches every part.
+    op: Option<OneOrMany>,
     /// The most violations one storm may count; left out: any number (a known property of
     /// the kernel, e.g. lost writes on shmem).
     pub max: Option<u64>,
@@ -299,17 +304,35 @@ impl Expectations {
     }
 
     /// The expectation for an oracle's count in a storm cell: the last matching
-    /// `[[oracle]]` rule.
+    /// `[[oracle]]` rule without an `op` key.
     pub fn lookup_oracle(
         &self,
         oracle: OracleKind,
         cell: &Cell,
         kernel: &KernelRelease,
     ) -> Option<&OracleRule> {
-        self.oracles
-            .iter()
-            .rev()
-            .find(|r| r.oracle.matches(oracle.name()) && cell_keys!(r).matches(cell, kernel))
+        self.oracles.iter().rev().find(|r| {
+            r.op.is_none() && r.oracle.matches(oracle.name()) && cell_keys!(r).matches(cell, kernel)
+        })
+    }
+
+    /// The expectation for the part of an oracle's count attributed to `op` (an operation
+    /// name, several joined with `+`, or `none`): the last matching `[[oracle]]` rule whose
+    /// `op` names one of them, or that has no `op` key.
+    pub fn lookup_oracle_op(
+        &self,
+        oracle: OracleKind,
+        cell: &Cell,
+        kernel: &KernelRelease,
+        op: &str,
+    ) -> Option<&OracleRule> {
+        self.oracles.iter().rev().find(|r| {
+            r.oracle.matches(oracle.name())
+                && cell_keys!(r).matches(cell, kernel)
+                && r.op
+                    .as_ref()
+                    .is_none_or(|m| op.split('+').any(|o| m.matches(o)))
+        })
     }
 }
 
@@ -524,6 +547,34 @@ why = "Stoakes"
         assert!(e
             .lookup_oracle(OracleKind::KernelWarnings, &cell("xfs", "shared", "rw"), &k)
             .is_none());
+    }
+
+    #[test]
+    fn the_builtin_rules_expect_divergence_only_from_operations_that_replace_pages_by_design() {
+        let e = Expectations::builtin();
+        let k = KernelRelease::parse("6.18.0").unwrap();
+        let max = |pin: &'static str, map: &'static str, op: &str| {
+            let c = Cell {
+                pin,
+                map,
+                ..cell("anon", map, "rw")
+            };
+            e.lookup_oracle_op(OracleKind::Diverged, &c, &k, op)
+                .unwrap()
+                .max
+        };
+        assert_eq!(max("io_uring", "private", "madvise-dontneed"), None);
+        assert_eq!(max("io_uring", "shared", "madvise-dontneed"), Some(0));
+        assert_eq!(max("io_uring", "shared", "madvise-remove"), None);
+        for op in ["none", "fork-cow", "compact", "mremap-move", "madvise-cold"] {
+            assert_eq!(max("io_uring", "private", op), Some(0), "{op}");
+        }
+        assert_eq!(max("vmsplice", "private", "none"), None);
+        // Before the fork fix a parent's write could copy a pinned page away.
+        let c = cell("anon", "private", "rw");
+        let old = KernelRelease::parse("5.4.0").unwrap();
+        let r = e.lookup_oracle_op(OracleKind::Diverged, &c, &old, "fork-cow");
+        assert_eq!(r.unwrap().max, None);
     }
 
     #[test]

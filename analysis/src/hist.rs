@@ -17,6 +17,9 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+mod sparse;
+pub use sparse::Sparse;
+
 /// Highest value a histogram tracks: one hour in nanoseconds. Larger values are clamped
 /// (and counted in `Latency::clamped`).
 const MAX_NS: u64 = 3_600_000_000_000;
@@ -132,23 +135,19 @@ impl Latency {
     /// producer. Samples outside pinstorm's bounds are clamped into them (and counted in
     /// `clamped`). The error says what is wrong with the encoding.
     pub fn decode(s: &str) -> anyhow::Result<Latency> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .context("not base64")?;
-        let v2 = uncompressed_v2(&bytes)?;
-        check_v2(&v2)?;
+        Latency::from_v2(&checked_v2(s)?)
+    }
+
+    /// The histogram of a V2 encoding that passed [`checked_v2`].
+    fn from_v2(v2: &[u8]) -> anyhow::Result<Latency> {
         let h: Histogram<u64> = Deserializer::new()
-            .deserialize(&mut v2.as_slice())
+            .deserialize(&mut &v2[..])
             .map_err(|e| anyhow::anyhow!("not a valid HdrHistogram: {e}"))?;
         // Bounds checked against a histogram made once: a fresh `Latency` here would
         // allocate and zero its ~270 KiB of counts only to be dropped, and analysis at
         // fleet scale decodes hundreds of thousands of histograms.
-        static BOUNDS: OnceLock<(u64, u64, u8)> = OnceLock::new();
-        let bounds = *BOUNDS.get_or_init(|| {
-            let l = Latency::new();
-            (l.h.low(), l.h.high(), l.h.sigfig())
-        });
-        if (h.low(), h.high(), h.sigfig()) == bounds {
+        let r = reference();
+        if (h.low(), h.high(), h.sigfig()) == (r.low(), r.high(), r.sigfig()) {
             return Ok(Latency { h, clamped: 0 });
         }
         let mut out = Latency::new();
@@ -164,6 +163,26 @@ impl Latency {
         }
         Ok(out)
     }
+}
+
+/// An empty histogram of pinstorm's bounds, made once: what bounds and bucket arithmetic
+/// are checked against. A fresh `Latency` for that would allocate and zero its ~270 KiB of
+/// counts only to be dropped, and analysis at fleet scale decodes hundreds of thousands of
+/// histograms.
+fn reference() -> &'static Histogram<u64> {
+    static REFERENCE: OnceLock<Histogram<u64>> = OnceLock::new();
+    REFERENCE.get_or_init(|| Latency::new().h)
+}
+
+/// The V2 encoding of a stored histogram (base64 of V2 or V2-compressed), with everything
+/// HdrHistogram's deserializer takes on trust checked. The error says what is wrong.
+fn checked_v2(s: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .context("not base64")?;
+    let v2 = uncompressed_v2(&bytes)?;
+    check_v2(&v2)?;
+    Ok(v2)
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {

@@ -13,6 +13,8 @@
 //! - [`store`]: where results go and how they are written (atomically);
 //! - [`summary`]: the human summary printed after a run;
 //! - [`catalog`]: loading many results at once (in parallel) and selecting runs;
+//! - [`facts`]: what comparisons, charts and reports read of a run, kept in place of the
+//!   whole result;
 //! - [`metrics`]: what a run measured (latencies, violations, capability cells, notruns);
 //! - [`compare`] and [`gate`]: two sets of runs side by side, and regression gates;
 //! - [`render`]: comparisons as text and Markdown;
@@ -30,6 +32,7 @@ pub mod compare;
 pub mod disturbance;
 pub mod expect;
 pub mod export;
+pub mod facts;
 pub mod gate;
 pub mod gated;
 pub mod hist;

@@ -10,9 +10,9 @@ use crate::schema::{Measured, RunResult};
 use crate::summary::human_size;
 use crate::verdict::{self, Verdict};
 
-/// One latency distribution of a run.
+/// One latency distribution of a run (`H`: the histogram, full or [`crate::hist::Sparse`]).
 #[derive(Clone, Debug)]
-pub struct LatencyMetric {
+pub struct LatencyMetric<H = Latency> {
     /// `pin` (benchmark rows), `storm-pin` (pins taken during a storm), `layout-op`,
     /// `lease-break`, `lease-check`.
     pub kind: &'static str,
@@ -24,7 +24,7 @@ pub struct LatencyMetric {
     /// layout, truncate]`, `[lease, break, tmpfs, write, unlock, open-rdwr, pinned, wait]`,
     /// `[lease, check, tmpfs, with]`.
     pub path: Vec<String>,
-    pub hist: Latency,
+    pub hist: H,
 }
 
 pub const LATENCY_KINDS: [&str; 5] = [
@@ -56,17 +56,19 @@ pub fn bench_key(
     )
 }
 
-fn decode(h: Option<&str>) -> Option<Latency> {
-    Latency::decode(h?).ok().filter(|l| l.count() > 0)
-}
-
-fn measured(m: Option<&Measured>) -> Option<Latency> {
-    decode(m.map(|m| m.histogram.as_str()))
-}
-
 /// Every latency distribution in `r` that has samples. Histograms that do not decode are
 /// left out (the stats in the file are still shown by `summary`).
 pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
+    latencies_with(r, |h| Latency::decode(h).ok().filter(|l| l.count() > 0))
+}
+
+/// Every latency distribution in `r` for which `decode` gives a histogram (it is handed
+/// each stored histogram in turn, and says `None` for one without samples).
+pub fn latencies_with<H>(
+    r: &RunResult,
+    mut decode_stored: impl FnMut(&str) -> Option<H>,
+) -> Vec<LatencyMetric<H>> {
+    let mut decode = |h: Option<&str>| decode_stored(h?);
     let mut out = Vec::new();
     for b in r.bench.iter().filter(|b| b.outcome == "ok") {
         if let Some(hist) = decode(b.histogram.as_deref()) {
@@ -128,7 +130,7 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                 ("break wait", "wait", &b.breaker_wait),
                 ("notify", "notify", &b.notify),
             ] {
-                if let Some(hist) = measured(m.as_ref()) {
+                if let Some(hist) = decode(m.as_ref().map(|m: &Measured| m.histogram.as_str())) {
                     out.push(LatencyMetric {
                         kind: "lease-break",
                         key: format!("{cell}: {what}"),
@@ -155,7 +157,7 @@ pub fn latencies(r: &RunResult) -> Vec<LatencyMetric> {
                 ("without lease", "without", &o.without),
                 ("with lease", "with", &o.with),
             ] {
-                if let Some(hist) = measured(m.as_ref()) {
+                if let Some(hist) = decode(m.as_ref().map(|m: &Measured| m.histogram.as_str())) {
                     out.push(LatencyMetric {
                         kind: "lease-check",
                         key: format!("{} pin+unpin {what}", o.backing),

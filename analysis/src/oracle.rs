@@ -5,6 +5,8 @@
 //! The names are the keys of `storms[].oracle` in the result schema (and `lifecycle`, the
 //! pins that outlived their lease in the lease lifecycle scenarios).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// What every storm oracle's finding type says, whatever else it records.
@@ -237,6 +239,12 @@ oracles! {
         Blocked => blocked: Blocked,
             "blocked", "operations", violation,
             "a pinner or layout operation blocked beyond the threshold";
+        Diverged => diverged: OracleFinding,
+            "DIVERG", "checks", violation,
+            "the pin and the process's mapping show different pages: the device's write is not what the process sees, or the process's write is not what the device reads";
+        Moved => moved: OracleFinding,
+            "MOVED", "pages", violation,
+            "a pinned page's mapping moved to another physical frame while the pin was held (/proc/self/pagemap)";
         KernelWarnings => kernel_warnings: KernelWarnings,
             "kwarn", "kernel log lines", violation,
             "WARNING, BUG, oops, hung task or lockdep lines in the kernel log during the storm";
@@ -313,6 +321,11 @@ pub struct OracleFinding {
     /// that one write alone (`--write-at`), with no layout operation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reproduce: Vec<String>,
+    /// The count split by the operations that ran on each page between the pin and the
+    /// check (`+`-joined names when several did; `none` when none did), for the oracles
+    /// whose expectations depend on the operation (diverged, moved).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_op: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

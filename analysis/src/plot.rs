@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::LoadedRun;
-use crate::hist::Latency;
-use crate::metrics::{self, VIOLATION_KINDS};
+use crate::catalog::RunFacts;
+use crate::hist::Sparse;
+use crate::metrics::VIOLATION_KINDS;
 use crate::stats::{interval, Ranked};
 
 mod draw;
@@ -92,7 +92,7 @@ fn estimate(r: &Ranked, q: f64, seed: u64) -> Estimate {
     }
 }
 
-fn curve(h: &Latency) -> Vec<(f64, f64)> {
+fn curve(h: &Sparse) -> Vec<(f64, f64)> {
     let n = h.count() as f64;
     // Up to the quantile the samples support: 1 / (1 - q) <= n.
     let xmax = n.log10().min(5.0);
@@ -100,29 +100,32 @@ fn curve(h: &Latency) -> Vec<(f64, f64)> {
     let mut x = 0.0;
     while x <= xmax + 1e-9 {
         let q = 1.0 - 10f64.powf(-x);
-        pts.push((x, h.histogram().value_at_quantile(q).max(1) as f64));
+        pts.push((x, h.value_at_quantile(q).max(1) as f64));
         x += 0.02;
     }
     pts
 }
 
 impl PlotData {
-    pub fn new(groups: &[(String, Vec<&LoadedRun>)]) -> PlotData {
+    pub fn new(groups: &[(String, Vec<&RunFacts>)]) -> PlotData {
         use rayon::prelude::*;
         let names: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
         // Latency histograms merged per group and cell.
-        let per_group: Vec<BTreeMap<(String, String), Latency>> = groups
-            .par_iter()
+        let per_group: Vec<BTreeMap<(String, String), Sparse>> = groups
+            .iter()
             .map(|(_, runs)| {
-                let mut m: BTreeMap<(String, String), Latency> = BTreeMap::new();
+                let mut m: BTreeMap<(&str, &str), Vec<&Sparse>> = BTreeMap::new();
                 for r in runs {
-                    for l in metrics::latencies(&r.result) {
-                        m.entry((l.kind.to_string(), l.key))
-                            .or_default()
-                            .merge(&l.hist);
+                    for l in &r.latencies {
+                        m.entry((l.kind, &l.key)).or_default().push(&l.hist);
                     }
                 }
-                m
+                let m: Vec<_> = m.into_iter().collect();
+                m.into_par_iter()
+                    .map(|((kind, key), hists)| {
+                        ((kind.to_string(), key.to_string()), Sparse::sum(hists))
+                    })
+                    .collect()
             })
             .collect();
         let keys: BTreeSet<(String, String)> =
@@ -136,7 +139,7 @@ impl PlotData {
                     .par_iter()
                     .map(|m| {
                         m.get(kk).map(|h| {
-                            let r = Ranked::from_histogram(h.histogram());
+                            let r = Ranked::from_sparse(h);
                             (estimate(&r, 0.5, 1), estimate(&r, 0.99, 2))
                         })
                     })
@@ -151,10 +154,8 @@ impl PlotData {
                 let per = per_group
                     .iter()
                     .map(|m| {
-                        m.get(kk).map(|h| {
-                            let s = h.histogram();
-                            (s.value_at_quantile(0.5), s.value_at_quantile(0.99))
-                        })
+                        m.get(kk)
+                            .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
                     })
                     .collect();
                 (kk.1.clone(), per)
@@ -176,7 +177,7 @@ impl PlotData {
             .map(|(_, runs)| {
                 let mut m: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
                 for r in runs {
-                    for c in metrics::cells(&r.result) {
+                    for c in &r.cells {
                         m.entry((
                             format!("{} {} {}", c.pin, c.map, c.access),
                             c.backing.clone(),
@@ -196,7 +197,7 @@ impl PlotData {
                 let mut m: BTreeMap<&'static str, f64> =
                     VIOLATION_KINDS.iter().map(|k| (*k, 0.0)).collect();
                 for r in runs {
-                    for (k, v) in metrics::violations(&r.result) {
+                    for (k, v) in r.violations() {
                         *m.get_mut(k).unwrap() += v as f64 / runs.len() as f64;
                     }
                 }
@@ -206,8 +207,8 @@ impl PlotData {
         let mut storm_cells = BTreeSet::new();
         for (_, runs) in groups {
             for r in runs {
-                for s in r.result.storms.iter().filter(|s| s.outcome == "ok") {
-                    storm_cells.insert(s.cell());
+                for (cell, _) in &r.timelines {
+                    storm_cells.insert(cell.clone());
                 }
             }
         }
@@ -219,16 +220,11 @@ impl PlotData {
                     .map(|(_, runs)| {
                         let mut sum: BTreeMap<u64, (f64, f64, f64)> = BTreeMap::new();
                         for r in runs {
-                            for s in r
-                                .result
-                                .storms
-                                .iter()
-                                .filter(|s| s.outcome == "ok" && s.cell() == cell)
-                            {
-                                for p in &s.timeline {
-                                    let e = sum.entry(p.second).or_default();
-                                    e.0 += p.registrations as f64;
-                                    e.1 += p.layout_ops as f64;
+                            for (_, timeline) in r.timelines.iter().filter(|t| t.0 == cell) {
+                                for (second, registrations, layout_ops) in timeline {
+                                    let e = sum.entry(*second).or_default();
+                                    e.0 += *registrations as f64;
+                                    e.1 += *layout_ops as f64;
                                     e.2 += 1.0;
                                 }
                             }

@@ -12,11 +12,10 @@ use std::fmt::Write;
 use anyhow::Result;
 use base64::Engine;
 
-use crate::catalog::{Catalog, LoadedRun};
+use crate::catalog::{Catalog, Indexed, RunFacts};
 use crate::compare::{compare, CompareOptions, Comparison};
-use crate::metrics;
 use crate::plot::{self, Chart, PlotData};
-use crate::summary::{human_ns, human_size};
+use crate::summary::human_ns;
 
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -182,89 +181,11 @@ else a bootstrap within runs). Significant (slower/faster) when the whole interv
     );
 }
 
-fn env_rows(r: &LoadedRun) -> Vec<Vec<String>> {
-    let res = &r.result;
-    let e = &res.environment;
-    let mem = |b: Option<u64>| b.map_or("unlimited".to_string(), human_size);
-    let mut kv: Vec<(&str, String)> = vec![
-        ("result file", r.path.display().to_string()),
-        ("run id", res.run_id.clone()),
-        ("label", res.label.clone().unwrap_or_default()),
-        (
-            "scenario",
-            format!("{} ({})", res.scenario.name, res.scenario.origin),
-        ),
-        (
-            "started / finished",
-            format!(
-                "{} / {}",
-                res.started,
-                res.finished.as_deref().unwrap_or("-")
-            ),
-        ),
-        (
-            "complete",
-            match (&res.interrupted, &res.error) {
-                (Some(s), _) => format!("no: interrupted by {s}"),
-                (_, Some(err)) => format!("no: {err}"),
-                _ => res.complete.to_string(),
-            },
-        ),
-        (
-            "kernel",
-            format!("{} {}", e.kernel_release, e.kernel_version),
-        ),
-        ("host", format!("{} ({})", e.hostname, e.machine)),
-        (
-            "virtualized",
-            e.virtualized.clone().unwrap_or_else(|| "no".into()),
-        ),
-        ("cpu", format!("{} x {}", e.cpus, e.cpu_model)),
-        ("memory", human_size(e.mem_total_bytes)),
-        (
-            "memlock soft/hard",
-            format!(
-                "{} / {}",
-                mem(e.memlock_soft_bytes),
-                mem(e.memlock_hard_bytes)
-            ),
-        ),
-        (
-            "CAP_IPC_LOCK, euid",
-            format!("{}, {}", e.cap_ipc_lock, e.euid),
-        ),
-        (
-            "io_uring_disabled",
-            e.io_uring_disabled.clone().unwrap_or_default(),
-        ),
-        ("THP", e.thp_enabled.clone().unwrap_or_default()),
-        (
-            "huge pages",
-            format!(
-                "{} total, {} free, {} each",
-                e.hugepages_total,
-                e.hugepages_free,
-                human_size(e.hugepage_size_bytes)
-            ),
-        ),
-        ("cmdline", e.cmdline.clone()),
-        ("command", res.command.join(" ")),
-        ("tool", format!("{} {}", res.tool.name, res.tool.version)),
-    ];
-    for (k, v) in &e.sysctls {
-        kv.push(("sysctl", format!("{k} = {v}")));
-    }
-    for n in &res.notes {
-        kv.push(("note", n.clone()));
-    }
-    kv.into_iter().map(|(k, v)| vec![esc(k), esc(&v)]).collect()
-}
-
 /// The report for these groups of runs (in order; the first is the baseline the others
 /// are compared against).
 pub fn render(
-    catalog: &Catalog,
-    groups: &[(String, Vec<&LoadedRun>)],
+    catalog: &Catalog<RunFacts>,
+    groups: &[(String, Vec<&RunFacts>)],
     options: &CompareOptions,
     title: &str,
 ) -> Result<String> {
@@ -350,17 +271,22 @@ pub fn render(
     out.push_str("<h2>Runs: environment and what did not run</h2>\n");
     for (name, runs) in groups {
         for r in runs {
-            let nr = metrics::notrun(&r.result);
+            let nr = &r.notrun;
             let _ = writeln!(
                 out,
                 "<details><summary><b>{}</b>: run {} ({} on {}), {} notrun</summary>",
                 esc(name),
-                esc(&r.result.run_id),
-                esc(&r.result.scenario.name),
+                esc(r.run_id()),
+                esc(r.scenario()),
                 esc(r.host()),
                 nr.len()
             );
-            table(&mut out, "env", &["", ""], &env_rows(r));
+            let env: Vec<Vec<String>> = r
+                .environment
+                .iter()
+                .map(|(k, v)| vec![esc(k), esc(v)])
+                .collect();
+            table(&mut out, "env", &["", ""], &env);
             if !nr.is_empty() {
                 let rows: Vec<Vec<String>> =
                     nr.iter().map(|(w, why)| vec![esc(w), esc(why)]).collect();
@@ -385,4 +311,50 @@ pub fn render(
     );
     out.push_str("</body></html>\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ConsoleEvent, LabFact, LabRecord};
+
+    #[test]
+    fn a_lab_run_shows_its_kernel_qemu_guest_set_up_and_console_events() {
+        let lab = LabRecord {
+            kernel_spec: "deb:6.1".into(),
+            kernel_source: vec!["debian:linux-image-6.1.0-57-amd64=6.1.192-3".into()],
+            status: "ok".into(),
+            accel: "tcg".into(),
+            accel_reason: "no KVM".into(),
+            qemu_command: Some("qemu-system-x86_64 -machine nvdimm=on".into()),
+            console_log: "console.log".into(),
+            console_events: vec![ConsoleEvent {
+                kind: "warning".into(),
+                line: 812,
+                text: "WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>".into(),
+            }],
+            wall_seconds: 45.2,
+            guest: vec![LabFact {
+                name: "fsdax-xfs".into(),
+                outcome: "ok".into(),
+                detail: "/dev/pmem0 xfs mounted dax=always".into(),
+            }],
+            ..LabRecord::default()
+        };
+        let rows = crate::facts::lab_rows(&lab);
+        let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let all = text.join("\n");
+        for want in [
+            "lab kernel: deb:6.1 (debian:linux-image-6.1.0-57-amd64=6.1.192-3)",
+            "lab status: ok",
+            "lab accel: tcg (no KVM), 45.2 s in all",
+            "lab QEMU: qemu-system-x86_64 -machine nvdimm=on",
+            "lab guest set-up: fsdax-xfs ok: /dev/pmem0 xfs mounted dax=always",
+            "lab console: warning at line 812: WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>",
+        ] {
+            assert!(text.iter().any(|t| t == want), "{want} not in:\n{all}");
+        }
+        // The table escapes what a hostile console line holds.
+        assert!(esc("<script>").contains("&lt;script&gt;"));
+    }
 }

@@ -144,12 +144,26 @@ pub struct Ranked {
 
 impl Ranked {
     pub fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Ranked {
-        let mut cum = Vec::new();
+        Ranked::from_recorded(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value())),
+        )
+    }
+
+    /// From a histogram's buckets only, which is all the ranks need.
+    pub fn from_sparse(h: &crate::hist::Sparse) -> Ranked {
+        Ranked::from_recorded(h.iter())
+    }
+
+    /// From recorded buckets, (value, count) in ascending order.
+    fn from_recorded(buckets: impl Iterator<Item = (u64, u64)>) -> Ranked {
         let mut total = 0u64;
-        for v in h.iter_recorded() {
-            total = total.saturating_add(v.count_at_value());
-            cum.push((total, v.value_iterated_to()));
-        }
+        let cum = buckets
+            .map(|(value, count)| {
+                total = total.saturating_add(count);
+                (total, value)
+            })
+            .collect();
         Ranked { cum }
     }
 

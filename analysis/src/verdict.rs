@@ -254,6 +254,14 @@ pub fn judge_storm(
     });
     for k in rule_oracles() {
         let count = k.count(&s.oracle);
+        let by_op = k
+            .finding(&s.oracle)
+            .map(|f| &f.by_op)
+            .filter(|b| !b.is_empty());
+        if let (None, Some(by_op)) = (k.notrun(&s.oracle), by_op) {
+            out.push(judge_by_op(exp, k, &cell, kernel, count, by_op));
+            continue;
+        }
         let fv = match (k.notrun(&s.oracle), exp.lookup_oracle(k, &cell, kernel)) {
             (Some(why), _) => FactVerdict {
                 fact: k.name().into(),
@@ -284,6 +292,51 @@ pub fn judge_storm(
         out.push(fv);
     }
     out
+}
+
+/// An oracle count split by the operations it is attributed to: each part is judged by its
+/// own rule (`op`), and the fact differs when any part does. `measured` stays the count
+/// (`--check` compares it); the parts and their rules are in `expected` and `why`.
+fn judge_by_op(
+    exp: &Expectations,
+    k: OracleKind,
+    cell: &Cell,
+    kernel: &KernelRelease,
+    count: u64,
+    by_op: &std::collections::BTreeMap<String, u64>,
+) -> FactVerdict {
+    let mut verdict = Verdict::AsExpected;
+    let (mut expected, mut why) = (Vec::new(), Vec::new());
+    for (op, &n) in by_op {
+        match exp.lookup_oracle_op(k, cell, kernel, op) {
+            None => {
+                if verdict == Verdict::AsExpected {
+                    verdict = Verdict::NoExpectation;
+                }
+                expected.push(format!("{op}: no expectation"));
+                why.push(format!("{op} {n}: no rule"));
+            }
+            Some(r) => {
+                let over = r.max.is_some_and(|m| n > m);
+                if over {
+                    verdict = Verdict::Differs;
+                }
+                expected.push(format!("{op}: {}", r.expected()));
+                why.push(format!(
+                    "{op} {n}{}: {}",
+                    if over { " (differs)" } else { "" },
+                    r.why
+                ));
+            }
+        }
+    }
+    FactVerdict {
+        fact: k.name().into(),
+        measured: count.to_string(),
+        expected: Some(expected.join("; ")),
+        verdict,
+        why: Some(why.join("; ")),
+    }
 }
 
 /// Storm facts of a result written before storms were judged (no `storm_verdicts`):

@@ -1,5 +1,6 @@
 //! `pinstorm compare`: two sets of results, with gates that fail the command.
 
+use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,28 +8,50 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::{CompareArgs, Format, Global};
 use crate::cmd::common::{bad, BadInput};
-use crate::cmd::paths::load;
+use crate::cmd::paths::load_facts;
 use crate::cmd::paths::{out_path, results_root};
-use pinstorm_analysis::catalog::{Catalog, LoadedRun, Selector, SELECTOR_KEYS};
+use pinstorm_analysis::catalog::{Catalog, Indexed, RunFacts, Selector, SELECTOR_KEYS};
 use pinstorm_analysis::compare::{self, CompareOptions};
 use pinstorm_analysis::gate::{self, Gate, GateOptions, EXIT_FAILED, EXIT_INCONCLUSIVE};
 use pinstorm_analysis::render;
 
-/// One side of a comparison: a file or directory, or a selector over the results root.
-fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result<Vec<LoadedRun>> {
+/// The runs of one side: loaded for it from a path, or picked out of the results root
+/// (which both sides share, so its runs are borrowed rather than copied).
+enum SideRuns<'a> {
+    Loaded(Vec<RunFacts>),
+    Selected(Vec<&'a RunFacts>),
+}
+
+impl SideRuns<'_> {
+    fn runs(&self) -> Vec<&RunFacts> {
+        match self {
+            SideRuns::Loaded(v) => v.iter().collect(),
+            SideRuns::Selected(v) => v.clone(),
+        }
+    }
+}
+
+/// One side of a comparison: a file or directory, or a selector over the results root
+/// (loaded when a side first needs it).
+fn side<'a>(
+    arg: &str,
+    what: &str,
+    g: &Global,
+    root: &'a OnceCell<Catalog<RunFacts>>,
+) -> Result<SideRuns<'a>> {
     let p = PathBuf::from(arg);
     let runs = if p.exists() {
-        load(&[p], g)?.runs
+        SideRuns::Loaded(load_facts(&[p], g)?.runs)
     } else if Selector::looks_like(arg) {
         let sel = bad(Selector::parse(arg).map_err(|e| anyhow::anyhow!("{what}: {e}")))?;
-        if root.is_none() {
-            *root = Some(load(&[], g)?);
+        if root.get().is_none() {
+            let _ = root.set(load_facts(&[], g)?);
         }
-        let cat = root.as_ref().expect("loaded above");
-        let runs: Vec<LoadedRun> = cat.select(&sel).into_iter().cloned().collect();
+        let cat = root.get().expect("loaded above");
+        let runs = cat.select(&sel);
         if runs.is_empty() {
             // Name what there is, so a typo or a renamed label is seen at once.
-            let set = |f: &dyn Fn(&LoadedRun) -> Option<String>| {
+            let set = |f: &dyn Fn(&RunFacts) -> Option<String>| {
                 let s: std::collections::BTreeSet<String> = cat.runs.iter().filter_map(f).collect();
                 if s.is_empty() {
                     "none".to_string()
@@ -42,16 +65,16 @@ fn side(arg: &str, what: &str, g: &Global, root: &mut Option<Catalog>) -> Result
                 results_root(g)?.display(),
                 set(&|r| Some(r.kernel().to_string())),
                 set(&|r| r.label().map(str::to_string)),
-                set(&|r| Some(r.result.scenario.name.clone())),
+                set(&|r| Some(r.scenario().to_string())),
             )));
         }
-        runs
+        SideRuns::Selected(runs)
     } else {
         bail!(BadInput(anyhow::anyhow!(
             "{what} {arg:?}: no such file or directory, and not a selector ({SELECTOR_KEYS})"
         )))
     };
-    if runs.is_empty() {
+    if runs.runs().is_empty() {
         bail!(BadInput(anyhow::anyhow!(
             "{what} {arg:?} holds no result that could be loaded"
         )));
@@ -98,9 +121,9 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|p| out_path(p, "--json-out"))
         .transpose()?;
-    let mut root = None;
-    let base = side(&a.base, "BASE", g, &mut root)?;
-    let cand = side(&a.cand, "CAND", g, &mut root)?;
+    let root = OnceCell::new();
+    let base = side(&a.base, "BASE", g, &root)?;
+    let cand = side(&a.cand, "CAND", g, &root)?;
     let opts = CompareOptions {
         confidence: a.confidence,
         min_effect_pct: a.min_effect,
@@ -108,7 +131,7 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
         stats: a.stats.clone(),
         ..CompareOptions::default()
     };
-    let (b, c): (Vec<&LoadedRun>, Vec<&LoadedRun>) = (base.iter().collect(), cand.iter().collect());
+    let (b, c) = (base.runs(), cand.runs());
     let mut cmp = compare::compare(&a.base, &b, &a.cand, &c, &opts);
     let status = gate::apply(
         &mut cmp,
@@ -118,16 +141,19 @@ pub fn run(g: &Global, a: &CompareArgs) -> Result<ExitCode> {
             judge_disturbed: a.judge_disturbed,
         },
     );
-    let json = serde_json::to_string_pretty(&cmp)? + "\n";
+    // Only when asked for: a thousand runs' comparison is tens of MB of JSON.
+    let json = (g.format == Format::Json || json_out.is_some())
+        .then(|| serde_json::to_string_pretty(&cmp).map(|j| j + "\n"))
+        .transpose()?;
     match g.format {
         Format::Text => print!("{}", render::text(&cmp)),
         Format::Markdown => print!("{}", render::markdown(&cmp)),
-        Format::Json => print!("{json}"),
+        Format::Json => print!("{}", json.as_deref().unwrap_or_default()),
     }
     if let Some(p) = md_out {
         pinstorm_analysis::store::write_atomic(&p, render::markdown(&cmp).as_bytes())?;
     }
-    if let Some(p) = json_out {
+    if let (Some(p), Some(json)) = (json_out, &json) {
         pinstorm_analysis::store::write_atomic(&p, json.as_bytes())?;
     }
     for gr in &cmp.gates {

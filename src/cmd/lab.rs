@@ -77,6 +77,7 @@ fn options(
             cpus: a.cpus,
             inject: bad(a.inject.as_deref().map(lab::Inject::parse).transpose())?,
             guest_exec: a.guest_exec.clone(),
+            pmem_scratch_dev: a.pmem_scratch_dev,
             build: a.build,
         },
         origin,
@@ -126,12 +127,18 @@ pub fn run(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
         (!g.dax_dir.is_empty(), "--dax-dir"),
         (g.devdax.is_some(), "--devdax"),
         (g.scratch_dir.is_some(), "--scratch-dir"),
+        (!g.scratch_dev.is_empty(), "--scratch-dev"),
     ] {
         if given {
             return bad(Err(anyhow::anyhow!(
                 "{flag} does not apply to `pinstorm lab`: each guest makes its own DAX targets and scratch space (--scratch-root is the host's and the guests do not use it)"
             )));
         }
+    }
+    if a.pmem_scratch_dev && a.pmem != cli::PmemArg::Nvdimm {
+        return bad(Err(anyhow::anyhow!(
+            "--pmem-scratch-dev makes an fsdax namespace, which needs --pmem nvdimm"
+        )));
     }
     // Every scenario's options, checked with the whole matrix before anything is fetched.
     let mut per_scenario = Vec::new();

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::Global;
 use crate::cmd::common::bad;
-use pinstorm_analysis::catalog::Catalog;
+use pinstorm_analysis::catalog::{Catalog, RunFacts};
 use pinstorm_runners::run::{ScratchDir, WriteDir};
 use pinstorm_workloads::scratch;
 
@@ -16,6 +16,7 @@ pub struct RunPaths {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
+    pub scratch_devs: Vec<scratch::ScratchDevice>,
 }
 
 impl RunPaths {
@@ -37,8 +38,42 @@ impl RunPaths {
                 "--scratch-root (or PINSTORM_SCRATCH_ROOT)",
             ))?,
             scratch_dir,
+            scratch_devs: scratch_devs(g)?,
         })
     }
+}
+
+/// `--scratch-dev [FS=]DEV`, each checked: one device per filesystem, and not a filesystem
+/// `--dax-dir` names too.
+fn scratch_devs(g: &Global) -> Result<Vec<scratch::ScratchDevice>> {
+    if g.scratch_dev_force && g.scratch_dev.is_empty() {
+        return bad(Err(anyhow::anyhow!(
+            "--scratch-dev-force applies to --scratch-dev, which was not given"
+        )));
+    }
+    let mut devs: Vec<scratch::ScratchDevice> = Vec::new();
+    for v in &g.scratch_dev {
+        let d = bad(scratch::ScratchDevice::new(v, g.scratch_dev_force))?;
+        if devs
+            .iter()
+            .any(|o| o.fs() == d.fs() || o.path() == d.path())
+        {
+            return bad(Err(anyhow::anyhow!(
+                "--scratch-dev {v}: one device per filesystem, and each device once"
+            )));
+        }
+        if g.dax_dir
+            .iter()
+            .any(|dd| dd.starts_with(&format!("{}=", d.fs())))
+        {
+            return bad(Err(anyhow::anyhow!(
+                "--scratch-dev {v}: --dax-dir names a {} directory too; give one or the other",
+                d.fs()
+            )));
+        }
+        devs.push(d);
+    }
+    Ok(devs)
 }
 
 pub fn results_root(g: &Global) -> Result<PathBuf> {
@@ -116,14 +151,27 @@ pub fn out_path(p: &std::path::Path, what: &str) -> Result<PathBuf> {
     bad(scratch::checked_write_path(p, what))
 }
 
-/// Load results (under `--results` when no path is given), saying on stderr which files were skipped and why.
+/// Load whole results (under `--results` when no path is given), saying on stderr which files were skipped and why.
 pub fn load(paths: &[PathBuf], g: &Global) -> Result<Catalog> {
+    load_with(paths, g, Catalog::load)
+}
+
+/// Load as [`load`], keeping only what compare, plot and report read of each run.
+pub fn load_facts(paths: &[PathBuf], g: &Global) -> Result<Catalog<RunFacts>> {
+    load_with(paths, g, Catalog::load_facts)
+}
+
+fn load_with<R>(
+    paths: &[PathBuf],
+    g: &Global,
+    load: fn(&[PathBuf]) -> Result<Catalog<R>>,
+) -> Result<Catalog<R>> {
     let paths = if paths.is_empty() {
         vec![results_root(g)?]
     } else {
         paths.to_vec()
     };
-    let c = bad(Catalog::load(&paths))?;
+    let c = bad(load(&paths))?;
     for s in &c.skipped {
         eprintln!("pinstorm: skipped {}: {}", s.path.display(), s.reason);
     }

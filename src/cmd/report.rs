@@ -6,14 +6,14 @@ use anyhow::{bail, Result};
 
 use crate::cli::{Global, ReportArgs};
 use crate::cmd::common::BadInput;
-use crate::cmd::paths::load;
+use crate::cmd::paths::load_facts;
 use crate::cmd::paths::out_path;
 use pinstorm_analysis::compare::CompareOptions;
 use pinstorm_analysis::report;
 
 pub fn run(g: &Global, a: &ReportArgs) -> Result<ExitCode> {
     let out = out_path(&a.out, "--out")?;
-    let cat = load(&a.paths, g)?;
+    let cat = load_facts(&a.paths, g)?;
     if cat.runs.is_empty() {
         bail!(BadInput(anyhow::anyhow!(
             "no result could be loaded from the paths given"

@@ -34,6 +34,7 @@ fn run_one(g: &Global, mut scenario: Scenario, origin: String) -> Result<RunOutc
         results_root: paths.results_root,
         scratch_root: paths.scratch_root,
         scratch_dir: paths.scratch_dir,
+        scratch_devs: paths.scratch_devs,
         dax_dirs: g.dax_dirs()?,
         devdax: g.devdax.clone(),
         unavailable: Default::default(),

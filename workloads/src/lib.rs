@@ -14,7 +14,7 @@
 //! Nothing here decides whether an outcome was expected or good: that is `analysis`.
 
 // Unsafe code lives only in the `sys` edges (this crate's sys.rs, pin/io_uring/sys.rs,
-// pin/baseline/sys.rs, lease/sys.rs) and the verbs FFI (pin/rdma/verbs.rs); everything else
+// pin/baseline/sys.rs, lease/sys.rs, layout/sys.rs) and the verbs FFI (pin/rdma/verbs.rs); everything else
 // is denied it.
 #![deny(unsafe_code)]
 

@@ -40,6 +40,7 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../configs/mixed-layout-storm.toml"),
     ),
     ("odp-on-dax", include_str!("../../configs/odp-on-dax.toml")),
+    ("mm-vs-pin", include_str!("../../configs/mm-vs-pin.toml")),
     (
         "rdma-vs-layout",
         include_str!("../../configs/rdma-vs-layout.toml"),

@@ -1,11 +1,10 @@
 use super::*;
+use crate::hist::Latency;
 
 fn pooled(hs: &[Latency]) -> Pooled {
-    let mut p = Pooled::default();
-    for (i, h) in hs.iter().enumerate() {
-        p.add(i, h, &[0.5]);
-    }
-    p
+    let sparse: Vec<Sparse> = hs.iter().map(Sparse::of).collect();
+    let runs: Vec<(usize, &Sparse)> = sparse.iter().enumerate().collect();
+    Pooled::of(&runs, &[0.5])
 }
 
 fn lat(values: impl Iterator<Item = u64>) -> Latency {

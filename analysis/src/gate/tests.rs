@@ -92,7 +92,7 @@ fn probe_only_comparison() -> Comparison {
             result: r,
         }
     };
-    let (b, c) = (run("base"), run("cand"));
+    let (b, c) = (run("base").facts().unwrap(), run("cand").facts().unwrap());
     crate::compare::compare(
         "base",
         &[&b],
@@ -223,9 +223,9 @@ fn compared(
 ) -> crate::compare::Comparison {
     crate::compare::compare(
         "base",
-        &[base],
+        &[&base.facts().unwrap()],
         "cand",
-        &[cand],
+        &[&cand.facts().unwrap()],
         &crate::compare::CompareOptions::default(),
     )
 }

@@ -455,3 +455,73 @@ fn a_bench_cell_judged_differing_makes_the_run_differ_in_every_reader() {
     assert_eq!(j.exit_code(), 3);
     assert_exports_agree(&r);
 }
+
+#[test]
+fn a_count_split_by_operation_is_judged_part_by_part_by_the_rules_for_each_operation() {
+    let exp = Expectations::parse(
+        r#"
+[[oracle]]
+oracle = ["diverged", "moved"]
+max = 0
+why = "the pin sees what the process sees"
+[[oracle]]
+oracle = "diverged"
+op = ["madvise-dontneed", "madvise-remove"]
+map = "shared"
+why = "by design"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let k = KernelRelease::parse("6.18.0").unwrap();
+    let fact = |s: &StormResult, name: &str| {
+        judge_storm(&exp, s, &k, None)
+            .into_iter()
+            .find(|f| f.fact == name)
+            .unwrap()
+    };
+    let with = |parts: &[(&str, u64)]| {
+        let mut s = storm("anon", "anon", 0);
+        s.oracle.diverged = OracleFinding {
+            count: parts.iter().map(|p| p.1).sum(),
+            by_op: parts.iter().map(|(o, n)| (o.to_string(), *n)).collect(),
+            ..OracleFinding::default()
+        };
+        s
+    };
+    // Only the by-design operation: as expected, and the count stays the measured value.
+    let f = fact(&with(&[("madvise-dontneed", 7)]), "diverged");
+    assert_eq!((f.verdict, f.measured.as_str()), (Verdict::AsExpected, "7"));
+    assert!(
+        f.expected
+            .as_deref()
+            .unwrap()
+            .contains("madvise-dontneed: any"),
+        "{f:?}"
+    );
+    // Several operations on the page, one of them by design: explained.
+    let f = fact(&with(&[("fork-cow+madvise-remove", 2)]), "diverged");
+    assert_eq!(f.verdict, Verdict::AsExpected, "{f:?}");
+    // A part no rule explains differs, whatever the other parts are.
+    let f = fact(
+        &with(&[("madvise-dontneed", 7), ("fork-cow", 1)]),
+        "diverged",
+    );
+    assert_eq!(f.verdict, Verdict::Differs, "{f:?}");
+    assert!(
+        f.why.as_deref().unwrap().contains("fork-cow 1 (differs)"),
+        "{f:?}"
+    );
+    let f = fact(&with(&[("none", 1)]), "diverged");
+    assert_eq!(f.verdict, Verdict::Differs);
+    // On a private mapping the by-design rule does not match: dontneed differs there.
+    let mut s = with(&[("madvise-dontneed", 3)]);
+    s.map = "private".into();
+    assert_eq!(fact(&s, "diverged").verdict, Verdict::Differs);
+    // Without a split, a rule with `op` never judges the whole count.
+    let f = fact(&storm("anon", "anon", 0), "diverged");
+    assert_eq!(
+        (f.verdict, f.expected.as_deref()),
+        (Verdict::AsExpected, Some("0"))
+    );
+}

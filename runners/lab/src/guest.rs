@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::{LabFact, LabPhase};
 use pinstorm_workloads::scenario::Scenario;
+use pinstorm_workloads::scratch::ScratchDevice;
 
 use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 
@@ -81,6 +82,10 @@ pub struct GuestPlan {
     /// `--build` or `--modules` where the kernel needs them), before the scenario.
     #[serde(default)]
     pub reproduce_as: Vec<String>,
+    /// Make an fsdax namespace per filesystem and hand them to the run as `--scratch-dev
+    /// FS=DEV` instead of making the DAX filesystems here.
+    #[serde(default)]
+    pub pmem_scratch_dev: bool,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -234,12 +239,15 @@ fn make_dax_fs(fs: &str, dev: &str) -> Result<PathBuf> {
 struct Targets {
     dax_dirs: BTreeMap<String, PathBuf>,
     devdax: Option<PathBuf>,
+    /// The fsdax namespaces' block devices for the run's `--scratch-dev FS=DEV`.
+    scratch_devs: Vec<(&'static str, PathBuf)>,
 }
 
 fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
         devdax: None,
+        scratch_devs: Vec::new(),
     };
     let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
     match plan.pmem {
@@ -275,10 +283,42 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
                     sysfs("/sys/bus/nd/devices/region0/size")
                 ),
             ));
-            for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
-                match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
-                    Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
-                    Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+            if plan.pmem_scratch_dev {
+                // A namespace per filesystem, handed to the run as --scratch-dev FS=DEV:
+                // pinstorm's own code formats, mounts and wipes them, as on a host.
+                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
+                    let name = format!("scratch-dev-{fs}");
+                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                        Ok((v, out)) => match json_find(&v, "blockdev") {
+                            Some(b) => {
+                                let p = PathBuf::from(format!("/dev/{b}"));
+                                facts.push(fact(
+                                    &name,
+                                    true,
+                                    format!(
+                                        "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev {fs}={}",
+                                        p.display(),
+                                        sysfs(&format!("/sys/block/{b}/queue/dax")),
+                                        p.display()
+                                    ),
+                                ));
+                                t.scratch_devs.push((fs, p));
+                            }
+                            None => facts.push(fact(
+                                &name,
+                                false,
+                                format!("ndctl answered no blockdev: {out}"),
+                            )),
+                        },
+                        Err(e) => facts.push(fact(&name, false, format!("{e:#}"))),
+                    }
+                }
+            } else {
+                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
+                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                        Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
+                        Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+                    }
                 }
             }
             laps.lap("pmem");
@@ -510,6 +550,11 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             "the guest's scratch root",
         )?,
         scratch_dir: None,
+        scratch_devs: targets
+            .scratch_devs
+            .iter()
+            .map(|(fs, d)| ScratchDevice::new(&format!("{fs}={}", d.display()), false))
+            .collect::<anyhow::Result<_>>()?,
         dax_dirs: targets
             .dax_dirs
             .iter()
@@ -533,6 +578,42 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     let run_start = Instant::now();
     let run = run::run(&opts);
     report.run_s = Some(run_start.elapsed().as_secs_f64());
+    // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
+    // says so.
+    for (fs, d) in &targets.scratch_devs {
+        let name = format!("scratch-dev-{fs}-after");
+        let blank = Command::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(d)
+            .output()
+            .map(|o| {
+                (
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            });
+        report.facts.push(match blank {
+            Ok((Some(2), _)) => fact(
+                &name,
+                true,
+                format!(
+                    "{}: blank after the run (blkid -p found nothing)",
+                    d.display()
+                ),
+            ),
+            Ok((code, out)) => fact(
+                &name,
+                false,
+                format!(
+                    "{}: not blank after the run (blkid -p exit {code:?}): {}",
+                    d.display(),
+                    out.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
+            ),
+            Err(e) => fact(&name, false, format!("blkid: {e}")),
+        });
+        write_report(&report);
+    }
     if let Some(cmd) = &plan.guest_exec {
         let log = plan.stage.join("guest-exec.log");
         let st = std::fs::File::create(&log).and_then(|f| {

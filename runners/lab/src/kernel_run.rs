@@ -241,6 +241,7 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         inject: p.inject.as_ref().and_then(|i| i.for_kernel(spec)),
         guest_exec: p.guest_exec.clone(),
         reproduce_as: reproduce_as(spec, p.build),
+        pmem_scratch_dev: p.pmem_scratch_dev,
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;

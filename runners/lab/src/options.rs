@@ -43,6 +43,9 @@ pub struct LabPlan {
     /// booting them; such a kernel is measured every time, never resumed (the tree changes
     /// between runs: that is what a bisection does).
     pub build: bool,
+    /// `--pmem-scratch-dev`: the guest makes an fsdax namespace per filesystem and hands
+    /// them to the run as `--scratch-dev FS=DEV` instead of making the filesystems itself.
+    pub pmem_scratch_dev: bool,
 }
 
 impl LabPlan {
@@ -231,6 +234,7 @@ mod tests {
             inject: None,
             guest_exec: None,
             build: false,
+            pmem_scratch_dev: false,
         }
     }
 
@@ -259,6 +263,7 @@ mod tests {
             }),
             ("guest_exec", |p| p.guest_exec = Some("true".into())),
             ("build", |p| p.build = true),
+            ("pmem_scratch_dev", |p| p.pmem_scratch_dev = true),
         ];
         let base = plan();
         let base_json = serde_json::to_value(&base).unwrap();

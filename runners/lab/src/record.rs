@@ -159,6 +159,7 @@ mod tests {
                 inject: None,
                 guest_exec: None,
                 build: false,
+                pmem_scratch_dev: false,
             },
             origin,
             scenario_name: "quick".into(),

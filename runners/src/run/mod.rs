@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub results_root: WriteDir,
     pub scratch_root: WriteDir,
     pub scratch_dir: Option<ScratchDir>,
+    /// Block devices named as scratch (`--scratch-dev`), checked: the run makes each one's
+    /// filesystem on it for its DAX backing.
+    pub scratch_devs: Vec<pinstorm_workloads::scratch::ScratchDevice>,
     /// Directories on FS-DAX filesystems named as scratch, by filesystem (`--dax-dir`).
     pub dax_dirs: BTreeMap<String, ScratchDir>,
     /// A device-dax device named as scratch (`--devdax`).
@@ -128,6 +131,35 @@ fn settle_pins(target: i64, bound: Duration) -> (i64, u64) {
     }
 }
 
+/// Make the filesystem on one of the user's scratch devices and hand its mount point to
+/// its DAX backing; what fails is that backing's notrun reason.
+fn scratch_device(
+    opts: &RunOptions,
+    d: &pinstorm_workloads::scratch::ScratchDevice,
+    scratch: &pinstorm_workloads::scratch::RunScratch,
+    env: &mut SetupEnv,
+) -> Option<pinstorm_workloads::scratch::DeviceFs> {
+    let dev = d.path().display();
+    let fs = d.fs();
+    log(opts, &format!("making {fs} on the scratch device {dev}"));
+    let made = pinstorm_workloads::scratch::DeviceFs::make(d, scratch).and_then(|made| {
+        let (_, mnt) = made.mount();
+        let dir = ScratchDir::new(mnt, &format!("--scratch-dev {fs}={dev} at "))?;
+        env.dax_dirs.insert(fs.to_string(), dir);
+        Ok(made)
+    });
+    match made {
+        Ok(m) => Some(m),
+        Err(e) => {
+            env.unavailable.insert(
+                format!("{fs}-dax"),
+                format!("--scratch-dev {fs}={dev}: {e:#}"),
+            );
+            None
+        }
+    }
+}
+
 fn log(opts: &RunOptions, msg: &str) {
     if opts.verbose {
         eprintln!("pinstorm: {msg}");
@@ -188,13 +220,19 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         } else {
             None
         };
-        let setup_env = SetupEnv {
+        let mut setup_env = SetupEnv {
             is_root,
             scratch_dir: opts.scratch_dir.clone(),
             dax_dirs: opts.dax_dirs.clone(),
             devdax: opts.devdax.clone(),
             unavailable: opts.unavailable.clone(),
         };
+        // Declared before the backings, so dropped after them: their files live on it.
+        let _device_fs: Vec<_> = opts
+            .scratch_devs
+            .iter()
+            .filter_map(|d| scratch_device(opts, d, &scratch, &mut setup_env))
+            .collect();
         let backings = BackingSet::set_up(kinds, &setup_env, &scratch, |m| log(opts, m))?;
         result.backings = backings.records();
 

@@ -34,6 +34,45 @@ enum ThreadOut {
     Disruptor(usize, DisruptorOut),
 }
 
+/// Whether any of the job's operations works without a file (on anonymous memory too).
+pub fn any_op_without_file(job: &StormJob) -> bool {
+    job.ops.iter().any(|k| !k.op().needs_file())
+}
+
+/// Why the CPU does not read and write the pinned mappings (the diverged oracle's two
+/// checks) in this cell, or `None` when it does: only storms with memory-management
+/// operations, which change what the process sees, check the CPU's view, and only where no
+/// operation of the job cuts a file short (a cut page of a mapping would SIGBUS) or none
+/// runs (their control cells). Layout storms leave the mapping to the device as before: a
+/// CPU write into a pinned page-cache page is a hazard of its own (dirtying under a pin),
+/// not what they measure.
+fn no_cpu_view(job: &StormJob, control: bool) -> Option<String> {
+    if !any_op_without_file(job) {
+        return Some(
+            "no memory-management operation in the storm: layout storms leave the mapping to the device and never check the CPU's view"
+                .into(),
+        );
+    }
+    (!control && job.ops.iter().any(|k| k.op().cuts_file())).then(|| {
+        "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
+            .into()
+    })
+}
+
+/// Why the moved oracle cannot judge frames in this process, if it cannot: a reading of a
+/// page of this process's own memory shows its frame only with CAP_SYS_ADMIN.
+fn frames_notrun(files: &[TrackedFile]) -> Option<String> {
+    let f = files.first()?;
+    let pagemap = match super::frames::open() {
+        Ok(p) => p,
+        Err(e) => return Some(e),
+    };
+    match super::frames::read(&pagemap, f.region.mapping.addr(), f.region.mapping.len()) {
+        Ok(frames) => super::frames::hidden(&frames),
+        Err(e) => Some(e),
+    }
+}
+
 /// One file per pinner, mapped as asked, with the partners the job's operations declared;
 /// `Ok(Err(why))` when the backing cannot make one.
 fn make_files(
@@ -129,6 +168,30 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+/// Why the diverged and moved oracles judged nothing in a cell, if they did not.
+fn view_notes(
+    findings: &mut Findings,
+    (no_cpu_view, frames_notrun): (Option<String>, Option<String>),
+    (view_checks, frame_checks): (u64, u64),
+) {
+    let d = findings.get(OracleKind::Diverged);
+    if let Some(why) = no_cpu_view {
+        d.notrun = Some(why);
+    } else if view_checks == 0 {
+        d.notrun =
+            Some("no write was checked with no operation overlapping its pin or its check".into());
+    }
+    let m = findings.get(OracleKind::Moved);
+    if let Some(why) = frames_notrun {
+        m.notrun = Some(why);
+    } else if frame_checks == 0 {
+        m.notrun = Some(
+            "no pin was taken and held with no operation overlapping its registration or the second reading of its frames"
+                .into(),
+        );
+    }
+}
+
 /// One cell; a `control` cell runs the same pinners and writes with no disruptor.
 pub fn run(
     job: &StormJob,
@@ -185,11 +248,14 @@ fn run_cell(
             ctx.kernel,
         )
         .map(|r| (r.outcome.clone(), r.why.clone()));
-    let disruptors = if file_backed && !control {
+    let disruptors = if !control && (file_backed || any_op_without_file(job)) {
         job.disruptors
     } else {
         0
     };
+    let no_cpu_view = no_cpu_view(job, control);
+    let cpu_view = no_cpu_view.is_none();
+    let frames_notrun = frames_notrun(&files);
     let mut names: Vec<String> = (0..job.pinners.get())
         .map(|i| format!("pinner-{i}"))
         .collect();
@@ -220,9 +286,12 @@ fn run_cell(
         expected,
         size,
         align,
+        hugetlb: kind.uses_hugetlb(),
         rate: job.rate,
         shapes: job.shapes.clone(),
         write_at: job.write_at,
+        cpu_view,
+        frames_notrun: frames_notrun.clone(),
     });
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
@@ -294,7 +363,7 @@ fn run_cell(
 
     let ops_not_run = if control {
         Some("a control cell: the same writes with no layout operation")
-    } else if !file_backed {
+    } else if !file_backed && disruptors == 0 {
         Some("anonymous memory has no file whose layout could change")
     } else if disruptors == 0 {
         Some("no disruptors in this scenario (disruptors = 0)")
@@ -310,6 +379,11 @@ fn run_cell(
     reproducers(&mut findings, ctx, &*storm.path, (pin, kind, map));
     let no_write = no_write.or(pinners.write_notrun);
     oracle::lost_write::cell_notes(&mut findings, no_write, map);
+    view_notes(
+        &mut findings,
+        (no_cpu_view, frames_notrun),
+        (pinners.view_checks, pinners.frame_checks),
+    );
     // The oracles the end scan feeds.
     let scanned = [OracleKind::StaleExposure, OracleKind::CrossFile];
     if stuck > 0 {

@@ -61,20 +61,22 @@ pub fn disruptor_thread(
             continue;
         }
         let f = &storm.files[fi];
-        let Some(file) = f.region.file.as_ref() else {
-            break;
-        };
         let target = LayoutTarget {
-            file,
+            file: f.region.file.as_ref(),
+            mapping: &f.region.mapping,
+            map: f.region.spec.map,
+            hugetlb: storm.hugetlb,
             size: storm.size,
             align: storm.align,
             partners: &f.partners,
+            cpu_access: storm.cpu_view,
         };
         if let Some(why) = boxed[k].cannot_run(&target) {
             storm.unsupported().entry(kind).or_insert(why);
             continue;
         }
-        let op = f.state.op_begin(&storm.events);
+        let mut op = f.state.op_begin(&storm.events);
+        op.kind = Some(kind);
         let ev = op.event;
         storm.wd.begin(&slot, kind.name());
         let t0 = Instant::now();

@@ -41,12 +41,14 @@ use crate::signals;
 
 mod cell;
 mod disruptor;
+mod frames;
 mod oracle;
 mod pinner;
 mod report;
 mod scan;
 mod shaped;
 mod state;
+mod views;
 
 impl Job for StormJob {
     fn name(&self) -> &'static str {
@@ -100,9 +102,10 @@ fn run_cells(
 }
 
 /// Whether a control cell runs beside the storm cells of `kind`: only where the storm has
-/// layout operations (anonymous memory has none: its storm cell is its own control).
+/// operations that apply (anonymous memory has no file: with layout operations only, its
+/// storm cell is its own control).
 fn has_control(job: &StormJob, kind: BackingKind) -> bool {
-    job.control && job.disruptors > 0 && kind.has_file()
+    job.control && job.disruptors > 0 && (kind.has_file() || cell::any_op_without_file(job))
 }
 
 /// Judge every storm that ran against the expectations (its registrations and oracle

@@ -20,6 +20,7 @@ use super::oracle::lost_write::{self, Evidence, Mapping, Verdict, WriteFacts};
 use super::oracle::{self, PAGE};
 use super::shaped;
 use super::state::{StormState, TrackedFile};
+use super::{frames, views};
 
 pub use super::state::PinnerOut;
 
@@ -41,6 +42,11 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let target = f.region.pin_target();
     let pages = target.len as u64 / PAGE;
+    let pagemap = storm
+        .frames_notrun
+        .is_none()
+        .then(frames::open)
+        .and_then(Result::ok);
     // A path without device writes (vmsplice) only registers; `cell_notes` says why.
     let mut can_write = storm.path.device_writes().is_supported();
     let unit = pinner.transfer_unit();
@@ -127,6 +133,14 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
         out.totals.registrations += 1;
         out.timeline.at(now).registrations += 1;
         let pinned_ms = now;
+        let vpin = views::Pin {
+            around: pin,
+            event: pin_event,
+            at_ms: pinned_ms,
+        };
+        let frames_before = views::frames_after_pin(&storm, f, pagemap.as_ref(), &vpin);
+        // The page the CPU-to-device check writes: the canary's, if one was written.
+        let mut check_at = (out.totals.registrations % pages) * PAGE;
         if !storm.hold.is_zero() {
             std::thread::sleep(storm.hold);
         }
@@ -194,6 +208,16 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
                         // SIGBUS): pread.
                         (Some(rf), _) => rf.file().read_exact_at(&mut content, off).is_ok(),
                     };
+                    // What the process sees through its mapping, where the CPU may look.
+                    let view = match &f.region.file {
+                        None => Some(content.clone()),
+                        Some(_) if storm.cpu_view => {
+                            let mut v = vec![0u8; PAGE as usize];
+                            f.region.mapping.read_at(off as usize, &mut v);
+                            Some(v)
+                        }
+                        Some(_) => None,
+                    };
                     let s1 = f.state.snapshot();
                     let read_ms = storm.wd.elapsed_ms();
                     storm.wd.begin(&slot, "device-read");
@@ -203,6 +227,17 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
                     if matches!(&back, Some(b) if *b != data) {
                         out.totals.readback_mismatches += 1;
                     }
+                    check_at = off;
+                    views::device_to_cpu(
+                        &storm,
+                        f,
+                        &mut out,
+                        &vpin,
+                        off,
+                        (&data, back.as_deref(), view.as_deref()),
+                        (s0, s2),
+                        wrote_ms,
+                    );
                     let facts = WriteFacts {
                         mapping: storm.mapping,
                         pin,
@@ -247,6 +282,12 @@ pub fn pinner_thread(storm: Arc<StormState>, i: usize, seed: u64) -> PinnerOut {
                     out.error = Some(anyhow::anyhow!("pinner {i}: device write: {e:#}"));
                 }
             }
+        }
+        if storm.cpu_view && storm.path.device_reads().is_supported() && out.error.is_none() {
+            views::cpu_to_device(&storm, f, &mut *pinner, &slot, &mut out, &vpin, check_at);
+        }
+        if let Some(before) = &frames_before {
+            views::moved_before_unpin(&storm, f, pagemap.as_ref(), &mut out, &vpin, before);
         }
         storm.wd.begin(&slot, "unregister");
         let u = pinner.unregister();

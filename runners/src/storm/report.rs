@@ -64,6 +64,9 @@ pub struct Pinners {
     pub notrun: Option<String>,
     /// Write shapes of the job that could not be drawn here, with why.
     pub shapes_notrun: std::collections::BTreeSet<String>,
+    /// Judged checks of the two views, and of the frames.
+    pub view_checks: u64,
+    pub frame_checks: u64,
 }
 
 /// Sum the pinners' outputs; the first tool error of any of them is the cell's error.
@@ -92,6 +95,8 @@ pub fn pinners(outs: Vec<PinnerOut>) -> anyhow::Result<Pinners> {
             *t.writes_by_shape.entry(k).or_default() += v;
         }
         all.shapes_notrun.extend(p.shapes_notrun);
+        all.view_checks += p.view_checks;
+        all.frame_checks += p.frame_checks;
         all.write_notrun = all.write_notrun.or(p.write_notrun);
         all.notrun = all.notrun.or(p.notrun);
     }

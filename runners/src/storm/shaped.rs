@@ -129,7 +129,11 @@ pub fn write(
             out.totals.readback_mismatches += 1;
         }
     }
-    let judged = after.filter(|_| quiet(pin.around.0, pin.around.1) && quiet(s0, s1));
+    // Anonymous memory is read through the mapping, which a memory operation since the pin
+    // may have pointed at other pages than the pin's: judged only when none ran (the
+    // diverged oracle judges the mapping).
+    let since_pin = storm.mapping != Mapping::Anon || quiet(pin.around.1, s1);
+    let judged = after.filter(|_| quiet(pin.around.0, pin.around.1) && quiet(s0, s1) && since_pin);
     let Some(after) = judged else {
         out.totals.ambiguous += 1;
         return;

@@ -117,9 +117,12 @@ fn planted_after(
         expected: None,
         size: 4 * 4096,
         align: 4096,
+        hugetlb: false,
         rate: 0.0,
         shapes: vec![],
         write_at: None,
+        cpu_view: false,
+        frames_notrun: None,
     };
     let f = &storm.files[0];
     pinner.register(f.region.pin_target()).expect("registering");

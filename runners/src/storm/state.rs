@@ -81,11 +81,18 @@ pub struct StormState {
     pub expected: Option<(String, String)>,
     pub size: u64,
     pub align: u64,
+    /// Whether the memory comes from the hugetlb pool (operations declare where they apply).
+    pub hugetlb: bool,
     pub rate: f64,
     /// The write shapes the job draws from.
     pub shapes: Vec<pinstorm_workloads::shape::WriteShape>,
     /// Every write exactly here instead (a reproducer's replay).
     pub write_at: Option<pinstorm_workloads::scenario::WriteAt>,
+    /// Whether pinners may read and write the mapping with the CPU (no operation of the
+    /// storm cuts a file short): the diverged oracle's checks.
+    pub cpu_view: bool,
+    /// Why the moved oracle cannot read frames here, if it cannot.
+    pub frames_notrun: Option<String>,
 }
 
 impl StormState {
@@ -177,4 +184,8 @@ pub struct PinnerOut {
     pub shapes_notrun: BTreeSet<String>,
     pub notrun: Option<String>,
     pub error: Option<anyhow::Error>,
+    /// Checks of the two views (device to CPU, CPU to device) that were judged.
+    pub view_checks: u64,
+    /// Readings of the pinned range's frames that were compared with the pin's.
+    pub frame_checks: u64,
 }

@@ -24,7 +24,7 @@ use crate::units::Size;
 mod anon;
 mod devdax;
 mod dir;
-mod loopfs;
+pub(crate) mod loopfs;
 mod memfd;
 
 pub use loopfs::LoopFs;

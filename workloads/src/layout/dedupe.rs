@@ -24,7 +24,7 @@ impl LayoutOp for Dedupe {
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
-        let f = t.file.file();
+        let f = t.file().file();
         let clone = t.partner(Partner::Clone).file();
         let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");
         let mut buf = vec![0u8; len as usize];

@@ -14,6 +14,11 @@ impl LayoutOp for Fallocate {
         self.0
     }
 
+    /// Collapse shrinks the file before it is re-extended.
+    fn cuts_file(&self) -> bool {
+        self.0 == LayoutKind::CollapseRange
+    }
+
     fn unavailable(&self, t: &LayoutTarget) -> Option<String> {
         let shifts = matches!(self.0, LayoutKind::CollapseRange | LayoutKind::InsertRange);
         (shifts && t.size / t.align < 2).then(|| {
@@ -25,7 +30,7 @@ impl LayoutOp for Fallocate {
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
-        let f = t.file.file();
+        let f = t.file().file();
         match self.0 {
             LayoutKind::PunchHole | LayoutKind::ZeroRange => {
                 let (off, len) = pick_range(rng, t.size, t.align, 0).expect("size >= align");

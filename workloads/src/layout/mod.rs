@@ -1,26 +1,43 @@
-//! Layout operations: what changes a file's block map under a pin.
+//! Layout operations: what changes a file's block map, or the memory behind a mapping, under
+//! a pin.
 //!
 //! One [`LayoutOp`] per kind, in small modules: `truncate` (shrink, then re-extend),
 //! `fallocate` (punch hole, zero range, collapse range, insert range), `reflink` (FICLONE and
-//! FICLONERANGE out of the pinned file, FICLONERANGE into it) and `dedupe` (FIDEDUPERANGE).
+//! FICLONERANGE out of the pinned file, FICLONERANGE into it) and `dedupe` (FIDEDUPERANGE)
+//! change a file; the memory-management operations change what is behind the pinned mapping:
+//! `madvise` (DONTNEED, FREE, REMOVE, PAGEOUT, COLD), `fork_cow` (fork, then writes in child
+//! and parent), `mremap` (move away and back, grow and shrink), `compact`
+//! (vm/compact_memory), `migrate` (move_pages to another node) and `ksm` (MADV_MERGEABLE).
 //! Each picks its aligned range from the caller's seeded RNG, so a seed replays the same
-//! sequence, and reports what it did to the file's contents ([`Effect`]) for the oracles.
+//! sequence, and reports what it did ([`Effect`]) for the oracles.
 //!
-//! Operations only ever take a [`RegionFile`]: a file a backing created for this run. An
-//! operation that works with a second file declares it ([`LayoutOp::partners`]); the storm
-//! makes those partners ([`Partners::prepare`]) and never names an operation. Adding an
-//! operation touches its module and this module's registry ([`LayoutKind`]).
+//! Operations only ever take a [`RegionFile`] and a [`Mapping`] a backing created for this
+//! run. An operation declares where it applies: whether it needs a file
+//! ([`LayoutOp::needs_file`]), the files next to the pinned one it works with
+//! ([`LayoutOp::partners`]), whether it cuts the file short ([`LayoutOp::cuts_file`]: then the
+//! CPU must not touch the mapping) and why it cannot run on a target
+//! ([`LayoutOp::unavailable`]); the storm makes the partners ([`Partners::prepare`]) and never
+//! names an operation. Adding an operation touches its module and this module's registry
+//! ([`LayoutKind`]). The unsafe calls (madvise, mremap, fork, move_pages) are in `sys`.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::backing::RegionFile;
-use crate::sys::Errno;
+use crate::backing::{MapKind, RegionFile};
+use crate::sys::{Errno, Mapping};
 
+mod compact;
 mod dedupe;
 mod fallocate;
+mod fork_cow;
+mod ksm;
+mod madvise;
+mod migrate;
+mod mremap;
 mod partners;
 mod reflink;
+#[allow(unsafe_code)]
+mod sys;
 mod truncate;
 
 pub use partners::{Partner, Partners};
@@ -37,6 +54,17 @@ pub enum LayoutKind {
     ReflinkRangeOut,
     ReflinkRangeIn,
     Dedupe,
+    MadviseDontneed,
+    MadviseFree,
+    MadviseRemove,
+    MadvisePageout,
+    MadviseCold,
+    ForkCow,
+    MremapMove,
+    MremapGrow,
+    Compact,
+    Migrate,
+    Ksm,
 }
 
 impl LayoutKind {
@@ -50,6 +78,17 @@ impl LayoutKind {
         LayoutKind::ReflinkRangeOut,
         LayoutKind::ReflinkRangeIn,
         LayoutKind::Dedupe,
+        LayoutKind::MadviseDontneed,
+        LayoutKind::MadviseFree,
+        LayoutKind::MadviseRemove,
+        LayoutKind::MadvisePageout,
+        LayoutKind::MadviseCold,
+        LayoutKind::ForkCow,
+        LayoutKind::MremapMove,
+        LayoutKind::MremapGrow,
+        LayoutKind::Compact,
+        LayoutKind::Migrate,
+        LayoutKind::Ksm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +102,17 @@ impl LayoutKind {
             LayoutKind::ReflinkRangeOut => "reflink-range-out",
             LayoutKind::ReflinkRangeIn => "reflink-range-in",
             LayoutKind::Dedupe => "dedupe",
+            LayoutKind::MadviseDontneed => "madvise-dontneed",
+            LayoutKind::MadviseFree => "madvise-free",
+            LayoutKind::MadviseRemove => "madvise-remove",
+            LayoutKind::MadvisePageout => "madvise-pageout",
+            LayoutKind::MadviseCold => "madvise-cold",
+            LayoutKind::ForkCow => "fork-cow",
+            LayoutKind::MremapMove => "mremap-move",
+            LayoutKind::MremapGrow => "mremap-grow",
+            LayoutKind::Compact => "compact",
+            LayoutKind::Migrate => "migrate",
+            LayoutKind::Ksm => "ksm",
         }
     }
 
@@ -85,6 +135,31 @@ impl LayoutKind {
             LayoutKind::Dedupe => {
                 "FIDEDUPERANGE a range of the pinned file against an identical copy"
             }
+            LayoutKind::MadviseDontneed => "madvise(MADV_DONTNEED) of a random aligned range",
+            LayoutKind::MadviseFree => {
+                "madvise(MADV_FREE) of a random aligned range (private anonymous memory)"
+            }
+            LayoutKind::MadviseRemove => {
+                "madvise(MADV_REMOVE) of a random aligned range (shared mappings of shmem)"
+            }
+            LayoutKind::MadvisePageout => "madvise(MADV_PAGEOUT) of a random aligned range",
+            LayoutKind::MadviseCold => "madvise(MADV_COLD) of a random aligned range",
+            LayoutKind::ForkCow => {
+                "fork; the child writes a random range and exits, the parent writes it too"
+            }
+            LayoutKind::MremapMove => {
+                "mremap the mapping to a reserved address (MREMAP_DONTUNMAP) and back"
+            }
+            LayoutKind::MremapGrow => {
+                "mremap the mapping away, grow it in place to twice its size, shrink it, move it back"
+            }
+            LayoutKind::Compact => "write 1 to /proc/sys/vm/compact_memory (root)",
+            LayoutKind::Migrate => {
+                "move_pages(2) a random range to another NUMA node (needs two nodes)"
+            }
+            LayoutKind::Ksm => {
+                "madvise(MADV_MERGEABLE), wait (at most 500 ms) for a full ksmd scan, MADV_UNMERGEABLE (ksmd running)"
+            }
         }
     }
 
@@ -99,6 +174,16 @@ impl LayoutKind {
                 Box::new(reflink::Reflink(self))
             }
             LayoutKind::Dedupe => Box::new(dedupe::Dedupe),
+            LayoutKind::MadviseDontneed
+            | LayoutKind::MadviseFree
+            | LayoutKind::MadviseRemove
+            | LayoutKind::MadvisePageout
+            | LayoutKind::MadviseCold => Box::new(madvise::Madvise(self)),
+            LayoutKind::ForkCow => Box::new(fork_cow::ForkCow),
+            LayoutKind::MremapMove | LayoutKind::MremapGrow => Box::new(mremap::Mremap(self)),
+            LayoutKind::Compact => Box::new(compact::Compact),
+            LayoutKind::Migrate => Box::new(migrate::Migrate),
+            LayoutKind::Ksm => Box::new(ksm::Ksm),
         }
     }
 
@@ -123,15 +208,24 @@ impl std::fmt::Display for LayoutKind {
     }
 }
 
-/// The file to change, and its partners on the same filesystem.
+/// The pinned region to change: its mapping, its file (none for anonymous memory) and the
+/// file's partners on the same filesystem.
 pub struct LayoutTarget<'a> {
-    pub file: &'a RegionFile,
+    pub file: Option<&'a RegionFile>,
+    /// The pinned mapping (its address and length are what memory operations work on).
+    pub mapping: &'a Mapping,
+    pub map: MapKind,
+    /// Whether the memory comes from the hugetlb pool.
+    pub hugetlb: bool,
     /// The file's full size; operations that shrink or grow it put this size back.
     pub size: u64,
     /// Ranges are multiples of this (the backing's page size, at least the fs block size).
     pub align: u64,
     /// The partner files made for the operations that declared them.
     pub partners: &'a Partners,
+    /// Whether the CPU may touch the mapping: no operation of the storm cuts the file short
+    /// (a page past end of file would SIGBUS).
+    pub cpu_access: bool,
 }
 
 impl LayoutTarget<'_> {
@@ -141,9 +235,20 @@ impl LayoutTarget<'_> {
             .get(p)
             .expect("a declared partner, checked by cannot_run()")
     }
+
+    /// The file of an operation that declared it needs one ([`LayoutOp::needs_file`]).
+    pub(crate) fn file(&self) -> &RegionFile {
+        self.file
+            .expect("an operation that needs a file, checked by cannot_run()")
+    }
+
+    /// Whether the memory is anonymous (no file) and private: plain anonymous pages.
+    pub fn private_anon(&self) -> bool {
+        self.file.is_none() && self.map == MapKind::Private
+    }
 }
 
-/// What an operation did to the pinned file's contents.
+/// What an operation did to the pinned file's contents or to the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// These bytes no longer hold what they held: they read as zeros or the donor's fill.
@@ -152,6 +257,15 @@ pub enum Effect {
     Shifted { offset: u64 },
     /// The contents are unchanged; the blocks may now be shared with another file.
     Shared { offset: u64, len: u64 },
+    /// A memory-management operation worked on the mapping of these bytes: the pages the
+    /// process sees there may be other pages now (by the operation's design, or not: that is
+    /// for the diverged and moved oracles and the expectations). `contents`: what the
+    /// process reads there may have changed too (data dropped or written).
+    Remapped {
+        offset: u64,
+        len: u64,
+        contents: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +297,16 @@ impl LayoutError {
 
 pub trait LayoutOp: Send + Sync {
     fn kind(&self) -> LayoutKind;
+    /// Whether it changes a file (anonymous memory has none): the layout operations do,
+    /// memory-management operations work on any mapping.
+    fn needs_file(&self) -> bool {
+        true
+    }
+    /// Whether it may cut the file short for a while (truncate, collapse): while it may run,
+    /// the CPU must never touch the mapping, whose cut pages would SIGBUS.
+    fn cuts_file(&self) -> bool {
+        false
+    }
     /// The files next to the pinned one this operation works with, made before the storm.
     fn partners(&self) -> &'static [Partner] {
         &[]
@@ -193,9 +317,13 @@ pub trait LayoutOp: Send + Sync {
     }
     fn apply(&self, target: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError>;
 
-    /// Why this operation cannot run on `target`: a declared partner is missing, or
-    /// [`LayoutOp::unavailable`]. Checked before every [`LayoutOp::apply`].
+    /// Why this operation cannot run on `target`: it needs a file and there is none, a
+    /// declared partner is missing, or [`LayoutOp::unavailable`]. Checked before every
+    /// [`LayoutOp::apply`].
     fn cannot_run(&self, target: &LayoutTarget) -> Option<String> {
+        if self.needs_file() && target.file.is_none() {
+            return Some("anonymous memory has no file whose layout could change".into());
+        }
         if self
             .partners()
             .iter()
@@ -261,6 +389,139 @@ mod tests {
                 .collect()
         };
         assert_eq!(a, b);
+    }
+
+    /// A mapping of `len` bytes of anonymous memory.
+    fn anon(len: usize, shared: bool) -> Mapping {
+        Mapping::anonymous(
+            len,
+            crate::sys::MapMode {
+                shared,
+                writable: true,
+                hugetlb: false,
+                populate: true,
+            },
+        )
+        .unwrap()
+    }
+
+    fn target<'a>(
+        m: &'a Mapping,
+        p: &'a Partners,
+        map: MapKind,
+        hugetlb: bool,
+    ) -> LayoutTarget<'a> {
+        LayoutTarget {
+            file: None,
+            mapping: m,
+            map,
+            hugetlb,
+            size: m.len() as u64,
+            align: 4096,
+            partners: p,
+            cpu_access: true,
+        }
+    }
+
+    #[test]
+    fn memory_operations_declare_where_they_apply_and_file_operations_need_a_file() {
+        let p = Partners::default();
+        let (private, shared) = (anon(1 << 16, false), anon(1 << 16, true));
+        let on_private = target(&private, &p, MapKind::Private, false);
+        let on_shared = target(&shared, &p, MapKind::Shared, false);
+        let why = |k: LayoutKind, t: &LayoutTarget| k.op().cannot_run(t);
+        for k in LayoutKind::ALL {
+            let mm = !k.op().needs_file();
+            let r = why(*k, &on_private);
+            if !mm {
+                assert!(
+                    r.as_deref().is_some_and(|r| r.contains("no file")),
+                    "{k}: {r:?}"
+                );
+            }
+        }
+        assert_eq!(why(LayoutKind::MadviseFree, &on_private), None);
+        assert!(why(LayoutKind::MadviseFree, &on_shared)
+            .is_some_and(|r| r.contains("private anonymous")));
+        assert_eq!(why(LayoutKind::MadviseRemove, &on_shared), None);
+        assert!(why(LayoutKind::MadviseRemove, &on_private)
+            .is_some_and(|r| r.contains("shared mappings only")));
+        for k in [
+            LayoutKind::MadviseDontneed,
+            LayoutKind::MadviseCold,
+            LayoutKind::ForkCow,
+            LayoutKind::MremapMove,
+            LayoutKind::MremapGrow,
+        ] {
+            assert_eq!(why(k, &on_private), None, "{k}");
+            assert_eq!(why(k, &on_shared), None, "{k}");
+        }
+        let huge = target(&private, &p, MapKind::Private, true);
+        assert!(why(LayoutKind::MadvisePageout, &huge).is_some_and(|r| r.contains("hugetlb")));
+        // Only an operation that never cuts a file short lets the CPU write the mapping.
+        let cut = LayoutTarget {
+            cpu_access: false,
+            ..target(&private, &p, MapKind::Private, false)
+        };
+        assert!(why(LayoutKind::ForkCow, &cut).is_some_and(|r| r.contains("SIGBUS")));
+        let cutting: Vec<_> = LayoutKind::ALL
+            .iter()
+            .filter(|k| k.op().cuts_file())
+            .collect();
+        assert_eq!(cutting, [&LayoutKind::Truncate, &LayoutKind::CollapseRange]);
+        // KSM and migration say why where the machine lacks them: ksmd stopped, one node.
+        if std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|r| r.trim() != "1") {
+            assert!(why(LayoutKind::Ksm, &on_private)
+                .is_some_and(|r| r.contains("ksmd is not running")));
+        }
+        assert!(why(LayoutKind::Ksm, &on_shared).is_some());
+        if std::fs::read_to_string("/sys/devices/system/node/online").is_ok_and(|n| n.trim() == "0")
+        {
+            assert!(
+                why(LayoutKind::Migrate, &on_private).is_some_and(|r| r.contains("one NUMA node"))
+            );
+        }
+    }
+
+    #[test]
+    fn memory_operations_leave_the_mapping_at_its_address_and_say_what_they_did() {
+        let p = Partners::default();
+        let m = anon(1 << 16, false);
+        m.write_at(0, &[0x5a; 1 << 16]);
+        let addr = m.addr();
+        let t = target(&m, &p, MapKind::Private, false);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for k in [
+            LayoutKind::MadviseDontneed,
+            LayoutKind::MadviseFree,
+            LayoutKind::MadvisePageout,
+            LayoutKind::MadviseCold,
+            LayoutKind::ForkCow,
+            LayoutKind::MremapMove,
+            LayoutKind::MremapGrow,
+        ] {
+            let a = k
+                .op()
+                .apply(&t, &mut rng)
+                .unwrap_or_else(|e| panic!("{k}: {e}"));
+            assert_eq!(m.addr(), addr, "{k}");
+            let Effect::Remapped {
+                offset,
+                len,
+                contents,
+            } = a.effect
+            else {
+                panic!("{k}: {:?}", a.effect)
+            };
+            assert!(offset + len <= 1 << 16 && len > 0, "{k}");
+            // Dropped or rewritten private data changes what the process reads; moving the
+            // mapping or aging its pages does not.
+            let changes = matches!(
+                k,
+                LayoutKind::MadviseDontneed | LayoutKind::MadviseFree | LayoutKind::ForkCow
+            );
+            assert_eq!(contents, changes, "{k}");
+        }
     }
 
     #[test]

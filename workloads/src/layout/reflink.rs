@@ -26,7 +26,7 @@ impl LayoutOp for Reflink {
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
-        let f = t.file.file();
+        let f = t.file().file();
         match self.0 {
             LayoutKind::ReflinkOut => {
                 let clone = t.partner(Partner::Clone).file();

@@ -13,6 +13,10 @@ impl LayoutOp for Truncate {
         LayoutKind::Truncate
     }
 
+    fn cuts_file(&self) -> bool {
+        true
+    }
+
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
         let units = t.size / t.align;
         let new = if rng.next_u64() % 2 == 0 || units <= 1 {
@@ -20,7 +24,7 @@ impl LayoutOp for Truncate {
         } else {
             (rng.next_u64() % units) * t.align
         };
-        let f = t.file.file();
+        let f = t.file().file();
         rustix::fs::ftruncate(f, new).map_err(|e| err("ftruncate(shrink)", e))?;
         rustix::fs::ftruncate(f, t.size).map_err(|e| LayoutError {
             op: "ftruncate(extend)",

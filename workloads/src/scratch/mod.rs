@@ -17,6 +17,7 @@
 //!   a journal is replayed only from a run directory of ours, and every entry is checked
 //!   again before it is acted on ([`journal`]).
 
+pub mod device;
 pub mod journal;
 pub mod owned;
 mod reserve;
@@ -31,6 +32,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::mounts;
 pub use crate::sysctl::Sysctl;
+pub use device::{DeviceFs, ScratchDevice};
 pub use journal::JournalEntry;
 pub use owned::{OwnedDir, Untrusted};
 pub use reserve::{HugePageReservation, SysctlGuard};

@@ -61,7 +61,10 @@ pub enum Verdict {
 ///   file by design; the device's own read-back checks it. A mismatch is lost unless an
 ///   operation overlapped the window from the write to the read-back (an ODP device mirrors
 ///   the page tables, which an operation may change).
-/// - Anonymous memory has no file: the memory must hold the write.
+/// - Anonymous memory has no file: the memory must hold the write, unless a memory
+///   operation ran (the write is then ambiguous if it overlapped the check; if it ran
+///   between the pin and the write and the pinned page holds the write, the diverged oracle
+///   judges the mapping).
 pub fn judge(w: &WriteFacts) -> Verdict {
     match w.mapping {
         Mapping::PrivateFile => match w.readback {
@@ -71,8 +74,14 @@ pub fn judge(w: &WriteFacts) -> Verdict {
         },
         Mapping::Anon => match w.file {
             Some(mem) if mem == w.data => Verdict::Verified,
-            Some(_) => Verdict::Lost(Evidence::File),
-            None => Verdict::Ambiguous,
+            // The pinned page holds the write and the mapping shows another page: after a
+            // memory operation since the pin that is the diverged oracle's to judge; with
+            // nothing run since the pin, the memory lost the write.
+            Some(_) if w.readback == Some(w.data) && !quiet(w.pin.0, w.readback_done) => {
+                Verdict::Ambiguous
+            }
+            Some(_) if quiet(w.write.0, w.readback_done) => Verdict::Lost(Evidence::File),
+            _ => Verdict::Ambiguous,
         },
         Mapping::SharedFile => match w.file {
             Some(file) if file == w.data => Verdict::Verified,

@@ -2,6 +2,8 @@
 //! interleaving can be replayed against them (see the tests). One module per oracle:
 //!
 //! - [`lost_write`]: where each device write went;
+//! - [`diverged`]: whether the pin and the process's mapping still show the same page, both
+//!   ways, and whether a pinned page changed frame (`moved`);
 //! - [`foreign`]: stale exposure and cross-file pages (a page holding what it should not);
 //! - [`leaked_pins`]: FOLL_PIN pages still held after the storm;
 //! - [`unexpected`]: registrations the expectations did not expect;
@@ -15,15 +17,16 @@
 //! its start and nothing started or ended until its end. Any number of disruptors may
 //! overlap; the count never hides one behind another.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use pinstorm_analysis::oracle::{Oracle, OracleKind};
 use pinstorm_analysis::schema::{OracleFinding, Violation};
-use pinstorm_workloads::layout::Effect;
+use pinstorm_workloads::layout::{Effect, LayoutKind};
 
 pub mod blocked;
+pub mod diverged;
 pub mod foreign;
 pub mod kernel_warnings;
 pub mod leaked_pins;
@@ -54,6 +57,13 @@ impl Findings {
         if f.examples.len() < examples {
             f.examples.push(v);
         }
+    }
+
+    /// [`Findings::add`], attributed to `cause` (the operations that ran on the page since
+    /// the pin, see [`FileState::cause`]) in the finding's `by_op`.
+    pub fn add_by(&mut self, kind: OracleKind, examples: usize, v: Violation, cause: String) {
+        self.add(kind, examples, v);
+        *self.get(kind).by_op.entry(cause).or_default() += 1;
     }
 
     /// The located finding of `kind`, to annotate.
@@ -127,13 +137,31 @@ pub struct PageTrack {
 #[derive(Debug)]
 pub struct OpStart {
     pub event: u64,
+    /// Which operation, for the attribution of diverged and moved pages.
+    pub kind: Option<LayoutKind>,
 }
+
+/// Operations remembered per file for attributing pages (more than run during one pin).
+const TOUCHES: usize = 256;
+
+/// An operation that ended having worked on pages `from..to` of the file or its mapping.
+#[derive(Clone, Copy, Debug)]
+struct Touch {
+    event: u64,
+    kind: Option<LayoutKind>,
+    from: u64,
+    to: u64,
+}
+
+/// What [`FileState::cause`] names when no operation worked on a page since the pin.
+pub const NO_OPERATION: &str = "none";
 
 /// The oracles' view of one file: its layout operations and what they did to its pages.
 pub struct FileState {
     pub id: u32,
     ops: Mutex<Snapshot>,
     pages: Mutex<Vec<PageTrack>>,
+    touches: Mutex<VecDeque<Touch>>,
 }
 
 impl FileState {
@@ -142,6 +170,7 @@ impl FileState {
             id,
             ops: Mutex::new(Snapshot::default()),
             pages: Mutex::new(vec![PageTrack::default(); pages]),
+            touches: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -163,6 +192,28 @@ impl FileState {
         }
         OpStart {
             event: events.next(),
+            kind: None,
+        }
+    }
+
+    /// The operations that worked on `page` and started after `pin_event` (a quiet pin's
+    /// event: every operation that did not overlap it either ended before or started after
+    /// it), by name, sorted and joined with `+`; [`NO_OPERATION`] when there were none.
+    /// Diverged and moved pages are attributed to these, so expectations can say which
+    /// operation leaves the pin and the mapping apart by design.
+    pub fn cause(&self, pin_event: u64, page: u64) -> String {
+        let names: BTreeSet<&str> = self
+            .touches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|t| t.event > pin_event && (t.from..t.to).contains(&page))
+            .map(|t| t.kind.map_or("unnamed", LayoutKind::name))
+            .collect();
+        if names.is_empty() {
+            NO_OPERATION.to_string()
+        } else {
+            names.into_iter().collect::<Vec<_>>().join("+")
         }
     }
 
@@ -174,15 +225,33 @@ impl FileState {
             let end = events.next();
             let mut pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
             let n = pages.len() as u64;
+            let span =
+                |offset: u64, len: u64| (offset / PAGE, offset.saturating_add(len).div_ceil(PAGE));
             let (from, to, shifted) = match effect {
-                Effect::Invalidated { offset, len } => (
-                    offset / PAGE,
-                    offset.saturating_add(len).div_ceil(PAGE),
-                    false,
-                ),
+                Effect::Invalidated { offset, len } => {
+                    let (a, b) = span(offset, len);
+                    (a, b, false)
+                }
                 Effect::Shifted { offset } => (offset / PAGE, n, true),
                 Effect::Shared { .. } => (0, 0, false),
+                Effect::Remapped {
+                    offset,
+                    len,
+                    contents,
+                } => {
+                    let (a, b) = span(offset, len);
+                    self.touched(op.event, op.kind, a, b);
+                    // Only dropped or rewritten contents make an earlier canary stale.
+                    if contents {
+                        (a, b, false)
+                    } else {
+                        (0, 0, false)
+                    }
+                }
             };
+            if !matches!(effect, Effect::Remapped { .. } | Effect::Shared { .. }) {
+                self.touched(op.event, op.kind, from, to.min(n));
+            }
             for p in pages
                 .iter_mut()
                 .take(to.min(n) as usize)
@@ -198,6 +267,19 @@ impl FileState {
         let mut s = self.ops();
         s.generation += 1;
         s.in_flight -= 1;
+    }
+
+    fn touched(&self, event: u64, kind: Option<LayoutKind>, from: u64, to: u64) {
+        let mut t = self.touches.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() == TOUCHES {
+            t.pop_front();
+        }
+        t.push_back(Touch {
+            event,
+            kind,
+            from,
+            to,
+        });
     }
 
     pub fn page(&self, page: usize) -> PageTrack {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Regenerate results/reference/: one lab matrix (Debian 6.1, 6.12 and sid; the default
+# scenario and the DAX and RDMA presets) with this machine's paths stripped, its HTML
+# report and its plots. The README shows three of the plots.
+#
+# Needs what `pinstorm lab` needs (root, scripts/lab-setup.sh); takes 20-40 minutes under
+# TCG. Usage: sudo bash scripts/reference-results.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+out=$repo/results/reference
+work=$(mktemp -d /var/tmp/pinstorm-reference.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cache=${PINSTORM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pinstorm}
+
+cargo build --release --all-features
+bin=$repo/target/release/pinstorm
+
+# Exit 3 (a fact differs from the expectations) is a result like any other here.
+"$bin" --results "$work/results" lab --cache "$cache" --fresh --devdax-namespace \
+    --kernels deb:6.1,deb:6.12,deb:sid default dax-vs-pin rdma-vs-layout || [ $? -eq 3 ]
+
+rm -rf "$out"
+mkdir -p "$out"
+python3 scripts/strip-paths.py "$work/results" "$out/runs" \
+    RESULTS="$work/results" CACHE="$cache" REPO="$repo" HOME="$HOME"
+"$bin" report "$out/runs" --out "$out/report.html"
+"$bin" plot "$out/runs" --out "$out/plots"
+# The report and the plots are made from the stripped results: check them too.
+for p in "$work" "$cache" "$repo" "$HOME"; do
+    if grep -rqF "$p" "$out"; then
+        echo "reference-results.sh: $p is still named under $out" >&2
+        exit 1
+    fi
+done
+echo "results/reference regenerated: $(find "$out/runs" -name result.json | wc -l) results"

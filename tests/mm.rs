@@ -1,0 +1,187 @@
+//! Memory-management operations against held pins on this host's kernel (`mm-vs-pin`):
+//! every operation runs or says why not, and the diverged and moved oracles agree, operation
+//! by operation, with an independent witness: a small C program
+//! (tests/independent/mm_probe.c) that pins a buffer with io_uring fixed buffers, runs the
+//! same operation, and checks both ways through the pin and the mapping and the frames in
+//! /proc/self/pagemap.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn build_mm_probe() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-mm-probe");
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-luring")
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => {
+            skip(
+                "independent mm probe",
+                &format!("it needs liburing-dev: {}", stderr(&o)),
+            );
+            None
+        }
+        Err(e) => {
+            skip("independent mm probe", &format!("no C compiler ({e})"));
+            None
+        }
+    }
+}
+
+/// The witness's name for a pinstorm operation, where it has one.
+fn probe_op(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "madvise-dontneed" => "dontneed",
+        "madvise-free" => "free",
+        "madvise-remove" => "remove",
+        "madvise-pageout" => "pageout",
+        "madvise-cold" => "cold",
+        "fork-cow" => "fork",
+        "mremap-move" => "mremap-move",
+        "mremap-grow" => "mremap-grow",
+        "compact" => "compact",
+        _ => return None,
+    })
+}
+
+/// What the witness says for one backing, mapping and operation: `(diverged, moved)`, or
+/// `None` when the operation failed there (`op:ERRNO`).
+fn witness(probe: &Path, kind: &str, map: &str, op: &str) -> Option<(bool, bool)> {
+    let o = Command::new(probe)
+        .args([kind, map, op, "2097152"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "witness {kind} {map} {op}: {}",
+        stderr(&o)
+    );
+    let out = stdout(&o).trim().to_string();
+    if out.contains(':') {
+        return None;
+    }
+    let (d, m) = out
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("witness said {out:?}"));
+    assert_ne!(m, "unknown", "the witness runs as root and reads frames");
+    Some((d == "diverged", m == "moved"))
+}
+
+/// How many of an oracle's findings were attributed to `op` alone.
+fn by_op(s: &serde_json::Value, oracle: &str, op: &str) -> u64 {
+    s["oracle"][oracle]["by_op"][op].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent_witness() {
+    if !is_root() {
+        skip(
+            "mm-vs-pin",
+            "compaction and the frames in /proc/self/pagemap need root",
+        );
+        return;
+    }
+    let Some(probe) = build_mm_probe() else {
+        return;
+    };
+    let _g = serial();
+    let sb = Sandbox::new("mm");
+    let before = machine_state(&sb.base);
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&sb.results)
+        .arg("--scratch-root")
+        .arg(&sb.scratch)
+        .args(["run", "mm-vs-pin", "--pin", "io_uring", "--duration", "2s"])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // The summary shows both oracles.
+    let text = stdout(&o);
+    assert!(text.contains("DIVERG") && text.contains("MOVED"), "{text}");
+    let r = read_json(sb.results().last().unwrap());
+    assert_eq!(r["complete"], true);
+    let storms = r["storms"].as_array().unwrap();
+    let mut compared = BTreeMap::new();
+    for s in storms {
+        assert_eq!(s["outcome"], "ok", "{s}");
+        let (backing, map) = (s["backing"].as_str().unwrap(), s["map"].as_str().unwrap());
+        if s["control"] == true {
+            // No operation: nothing may diverge or move.
+            for oracle in ["diverged", "moved", "lost_write"] {
+                assert_eq!(
+                    s["oracle"][oracle]["count"], 0,
+                    "{backing} {map} control {oracle}"
+                );
+            }
+            continue;
+        }
+        let kind = match backing {
+            "anon" => "anon",
+            // tmpfs files are shmem like memfd: the witness uses a memfd for both.
+            "memfd" | "tmpfs" => "memfd",
+            b => panic!("unexpected backing {b}"),
+        };
+        for op in s["layout_ops"].as_array().unwrap() {
+            let name = op["op"].as_str().unwrap();
+            let ran = op["count"].as_u64().unwrap() > 0;
+            // Every operation ran, or is notrun with the reason.
+            if !ran {
+                assert_eq!(op["outcome"], "notrun", "{backing} {map} {name}: {op}");
+                assert!(
+                    op["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                    "{backing} {map} {name} did not run and says no reason: {op}"
+                );
+            }
+            let Some(pop) = probe_op(name) else { continue };
+            let theirs = witness(&probe, kind, map, pop);
+            let Some((diverged, moved)) = theirs else {
+                // The witness's call failed there: pinstorm must not have run it either.
+                assert!(
+                    !ran || !op["errors"].as_object().unwrap().is_empty(),
+                    "{backing} {map} {name}: the witness's call fails, pinstorm's ran: {op}"
+                );
+                continue;
+            };
+            assert!(ran, "{backing} {map} {name} runs in the witness: {op}");
+            let ours = (by_op(s, "diverged", name) > 0, by_op(s, "moved", name) > 0);
+            assert_eq!(
+                ours,
+                (diverged, moved),
+                "{backing} {map} {name}: pinstorm (diverged, moved) = {ours:?}, the witness {:?}; pinstorm found {} / {}",
+                (diverged, moved),
+                s["oracle"]["diverged"],
+                s["oracle"]["moved"],
+            );
+            compared.insert(format!("{backing} {map} {name}"), ours);
+        }
+        // Nothing diverges or moves on this kernel without an operation since the pin.
+        assert_eq!(by_op(s, "diverged", "none"), 0, "{backing} {map}");
+        assert_eq!(by_op(s, "moved", "none"), 0, "{backing} {map}");
+    }
+    // Both verdicts were seen: the comparison can fail both ways.
+    assert!(
+        compared.values().any(|v| *v == (true, true)),
+        "{compared:?}"
+    );
+    assert!(
+        compared.values().any(|v| *v == (false, false)),
+        "{compared:?}"
+    );
+    assert_left_as_found(&sb.base, &before);
+}
