@@ -158,18 +158,45 @@ fn sh(prog: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The modules the guest's set-up loads (pmem, DAX, loop, soft-RoCE).
-const LAB_MODULES: &[&str] = &[
-    "loop",
-    "nfit",
-    "nd_pmem",
-    "dax_pmem",
-    "device_dax",
-    "dummy",
-    "rdma_rxe",
-    "ib_uverbs",
-    "nd_e820",
-];
+/// The modules the guest's pmem set-up loads (NVDIMM, FS-DAX, device-dax).
+const PMEM_MODULES: &[&str] = &["nfit", "nd_pmem", "dax_pmem", "device_dax", "nd_e820"];
+/// The modules soft-RoCE needs.
+const RXE_MODULES: &[&str] = &["dummy", "rdma_rxe", "ib_uverbs"];
+
+/// Which parts of the guest's set-up a run needs: why a part is skipped, or None when it
+/// runs. A `--guest-exec` command may use anything, so it gets everything; otherwise pmem
+/// only for a scenario with a DAX backing (or `--pmem-scratch-dev`), soft-RoCE only for one
+/// with a pin path that drives an RDMA device. Each step skipped saves seconds of a TCG boot.
+#[derive(Debug, PartialEq)]
+struct Needs {
+    pmem: Option<String>,
+    rxe: Option<String>,
+}
+
+fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
+    let everything = plan.guest_exec.is_some();
+    let dax = scenario
+        .backings_used()
+        .into_iter()
+        .any(|b| b.dax_fs().is_some() || b == pinstorm_workloads::backing::BackingKind::Devdax);
+    let settings = scenario.pin_settings();
+    let rdma = scenario
+        .pins_used()
+        .into_iter()
+        .any(|k| k.path(&settings).uses_rdma_device());
+    Needs {
+        pmem: (!(everything || dax || plan.pmem_scratch_dev)).then(|| {
+            "not needed: the scenario uses no DAX backing (xfs-dax, ext4-dax, devdax)".into()
+        }),
+        rxe: if !plan.rxe {
+            Some("not asked for (--no-rxe)".into())
+        } else if !(everything || rdma) {
+            Some("not needed: the scenario drives no RDMA device (rdma, rdma-odp)".into())
+        } else {
+            None
+        },
+    }
+}
 
 fn modprobe(names: &[&str]) -> Vec<String> {
     let mut failed = Vec::new();
@@ -415,7 +442,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
 }
 
 fn setup_rxe(facts: &mut Vec<LabFact>) {
-    let failed = modprobe(&["dummy", "rdma_rxe", "ib_uverbs"]);
+    let failed = modprobe(RXE_MODULES);
     let r = (|| -> Result<String> {
         sh("ip", &["link", "add", "pinstorm0", "type", "dummy"])?;
         sh("ip", &["link", "set", "pinstorm0", "up"])?;
@@ -483,27 +510,46 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     }
     let setup_start = Instant::now();
     let mut laps = Laps::new();
+    let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
+        .map_err(anyhow::Error::from)
+        .context("the scenario (validated on the host) does not parse in the guest")?;
+    let needs = needs(&plan, &scenario);
     std::fs::create_dir_all(GUEST_ROOT)?;
-    // Every module the set-up may use, in one modprobe: without udev nothing has loaded
+    // Every module the set-up will use, in one modprobe: without udev nothing has loaded
     // them, and each modprobe is a process started from the 9p root (slow under TCG). What
     // this misses, the steps' own modprobe reports.
-    let _ = sh("modprobe", &[&["-a"], LAB_MODULES].concat());
+    let mut modules = vec!["-a", "loop"];
+    if needs.pmem.is_none() {
+        modules.extend_from_slice(PMEM_MODULES);
+    }
+    if needs.rxe.is_none() {
+        modules.extend_from_slice(RXE_MODULES);
+    }
+    let _ = sh("modprobe", &modules);
     let _ = modprobe(&["loop"]);
     laps.lap("modules");
-    let targets = setup_pmem(&plan, &mut report.facts, &mut laps);
-    if plan.rxe {
-        setup_rxe(&mut report.facts);
-        laps.lap("rxe");
-    } else {
-        report.facts.push(fact("rxe", false, "not asked for"));
+    let targets = match &needs.pmem {
+        None => setup_pmem(&plan, &mut report.facts, &mut laps),
+        Some(why) => {
+            report.facts.push(fact("pmem", false, why.clone()));
+            Targets {
+                dax_dirs: BTreeMap::new(),
+                devdax: None,
+                scratch_devs: Vec::new(),
+            }
+        }
+    };
+    match &needs.rxe {
+        None => {
+            setup_rxe(&mut report.facts);
+            laps.lap("rxe");
+        }
+        Some(why) => report.facts.push(fact("rxe", false, why.clone())),
     }
     report.setup = laps.phases;
     report.setup_s = Some(setup_start.elapsed().as_secs_f64());
     write_report(&report);
 
-    let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
-        .map_err(anyhow::Error::from)
-        .context("the scenario (validated on the host) does not parse in the guest")?;
     let mut scenario = scenario;
     if let Some(s) = plan.seed {
         scenario.seed = s;
@@ -641,5 +687,57 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             write_report(&report);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(scenario: &str, guest_exec: Option<&str>) -> (GuestPlan, Scenario) {
+        let (s, text, origin) = Scenario::resolve(scenario).unwrap();
+        let p = GuestPlan {
+            scenario_text: text,
+            origin,
+            seed: None,
+            label: None,
+            expectations: None,
+            stage: PathBuf::from("/stage"),
+            pmem: PmemMode::Nvdimm,
+            devdax: true,
+            rxe: true,
+            inject: None,
+            guest_exec: guest_exec.map(str::to_string),
+            reproduce_as: Vec::new(),
+            pmem_scratch_dev: false,
+        };
+        (p, s)
+    }
+
+    #[test]
+    fn the_guest_sets_up_pmem_and_rxe_only_for_scenarios_that_use_them() {
+        // quick: in-memory backings, io_uring: neither.
+        let (p, s) = plan("quick", None);
+        let n = needs(&p, &s);
+        assert!(n.pmem.as_deref().is_some_and(|w| w.contains("no DAX backing")), "{n:?}");
+        assert!(n.rxe.as_deref().is_some_and(|w| w.contains("no RDMA device")), "{n:?}");
+        // default: DAX backings in the probe, no RDMA.
+        let (p, s) = plan("default", None);
+        let n = needs(&p, &s);
+        assert_eq!(n.pmem, None);
+        assert!(n.rxe.is_some(), "{n:?}");
+        // rdma-vs-layout: both.
+        let (p, s) = plan("rdma-vs-layout", None);
+        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        // A guest command may use anything.
+        let (p, s) = plan("quick", Some("true"));
+        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        // --pmem-scratch-dev needs pmem whatever the scenario; --no-rxe is never overridden.
+        let (mut p, s) = plan("quick", Some("true"));
+        p.rxe = false;
+        assert_eq!(needs(&p, &s).rxe.as_deref(), Some("not asked for (--no-rxe)"));
+        let (mut p, s) = plan("quick", None);
+        p.pmem_scratch_dev = true;
+        assert_eq!(needs(&p, &s).pmem, None);
     }
 }
