@@ -54,7 +54,8 @@ pub struct LabTimings {
     pub boot_s: Option<f64>,
     /// The guest's set-up of pmem, DAX filesystems, device-dax and soft-RoCE.
     pub setup_s: Option<f64>,
-    /// Each set-up step, in order: `modules`, `pmem`, `devdax`, `mkfs-xfs`, `mkfs-ext4`, `rxe`.
+    /// Each set-up step, in order: `modules`, `pmem`, `devdax`, `mkfs-xfs`, `mkfs-ext4`, `rxe`,
+    /// `fs-modules`; a step the scenario does not need is not run.
     pub setup: Vec<LabPhase>,
     /// The scenario in the guest, from its start to its result.
     pub run_s: Option<f64>,
@@ -64,8 +65,44 @@ pub struct LabTimings {
     pub end_s: Option<f64>,
     /// QEMU start to the scenario's start (boot + set-up).
     pub to_scenario_s: Option<f64>,
+    /// QEMU start to the first job's result: boot, set-up, and the first job's end in the
+    /// run (the run's own set-up of its backings and the first job).
+    #[serde(default)]
+    pub first_result_s: Option<f64>,
     /// Prepare plus QEMU start to QEMU gone.
     pub total_s: f64,
+}
+
+impl LabTimings {
+    /// One readable line: `prepare 0.1s, boot 12.3s, set-up 6.1s (pmem 2.0, ...), run 20.0s
+    /// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`.
+    pub fn describe(&self) -> String {
+            let t = self;
+        fn parts(p: &[LabPhase]) -> String {
+            if p.is_empty() {
+                return String::new();
+            }
+            let each: Vec<String> = p
+                .iter()
+                .map(|x| format!("{} {:.1}", x.name, x.seconds))
+                .collect();
+            format!(" ({})", each.join(", "))
+        }
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.1}s"));
+        format!(
+            "prepare {:.1}s, boot {}, set-up {}{}, run {}{}, end {}; scenario at {}, first result at {}, total {:.1}s",
+            t.prepare_s,
+            opt(t.boot_s),
+            opt(t.setup_s),
+            parts(&t.setup),
+            opt(t.run_s),
+            parts(&t.jobs),
+            opt(t.end_s),
+            opt(t.to_scenario_s),
+            opt(t.first_result_s),
+            t.total_s
+        )
+    }
 }
 
 /// One timed phase.

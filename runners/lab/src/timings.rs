@@ -44,7 +44,7 @@ pub(crate) fn account(m: &Measured) -> LabTimings {
         (Some(b), Some(_)) => Some((wall - b - guest).max(0.0)),
         _ => None,
     };
-    let jobs = m
+    let jobs: Vec<LabPhase> = m
         .result
         .and_then(|r| r.disturbance.as_ref())
         .map(|d| {
@@ -57,6 +57,16 @@ pub(crate) fn account(m: &Measured) -> LabTimings {
                 .collect()
         })
         .unwrap_or_default();
+    // The first job's end in the run (the run's own set-up of its backings and job one).
+    let first_job_end = m
+        .result
+        .and_then(|r| r.disturbance.as_ref())
+        .and_then(|d| d.jobs.first())
+        .and_then(|j| j.ended_s);
+    let first_result = match (boot, setup, first_job_end) {
+        (Some(b), Some(s), Some(e)) => Some(b + s + e),
+        _ => None,
+    };
     LabTimings {
         prepare_s: m.prepare.as_secs_f64(),
         boot_s: boot,
@@ -66,36 +76,14 @@ pub(crate) fn account(m: &Measured) -> LabTimings {
         jobs,
         end_s: end,
         to_scenario_s: boot.zip(setup).map(|(b, s)| b + s),
+        first_result_s: first_result,
         total_s: m.prepare.as_secs_f64() + wall,
     }
 }
 
-/// One readable line: `prepare 0.1s, boot 12.3s, set-up 6.1s (pmem 2.0, ...), run 20.0s
-/// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`.
+/// One readable line (see [`LabTimings::describe`]).
 pub fn describe(t: &LabTimings) -> String {
-    fn parts(p: &[LabPhase]) -> String {
-        if p.is_empty() {
-            return String::new();
-        }
-        let each: Vec<String> = p
-            .iter()
-            .map(|x| format!("{} {:.1}", x.name, x.seconds))
-            .collect();
-        format!(" ({})", each.join(", "))
-    }
-    let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.1}s"));
-    format!(
-        "prepare {:.1}s, boot {}, set-up {}{}, run {}{}, end {}; scenario at {}, total {:.1}s",
-        t.prepare_s,
-        opt(t.boot_s),
-        opt(t.setup_s),
-        parts(&t.setup),
-        opt(t.run_s),
-        parts(&t.jobs),
-        opt(t.end_s),
-        opt(t.to_scenario_s),
-        t.total_s
-    )
+    t.describe()
 }
 
 #[cfg(test)]
@@ -155,7 +143,10 @@ mod tests {
             line.contains("boot 10.0s, set-up 5.0s (pmem 2.5, rxe 2.5), run 12.0s"),
             "{line}"
         );
-        assert!(line.ends_with("scenario at 15.0s, total 31.0s"), "{line}");
+        assert!(
+            line.ends_with("scenario at 15.0s, first result at -, total 31.0s"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -235,8 +226,10 @@ mod tests {
             jobs: ["probe", "bench"]
                 .iter()
                 .zip([1.5, 7.0])
-                .map(|(j, s)| JobDisturbance {
+                .zip([2.5, 9.5])
+                .map(|((j, s), e)| JobDisturbance {
                     job: j.to_string(),
+                    ended_s: Some(e),
                     measured: Disturbance {
                         wall_s: s,
                         ..Disturbance::default()
@@ -258,5 +251,8 @@ mod tests {
             .collect();
         assert_eq!(names, [("probe", 1.5), ("bench", 7.0)]);
         assert!(describe(&t).contains("run 10.0s (probe 1.5, bench 7.0)"));
+        // The first result: boot 5, set-up 2, and the probe's end 2.5 s into the run.
+        assert_eq!(t.first_result_s, Some(5.0 + 2.0 + 2.5));
+        assert!(describe(&t).contains("first result at 9.5s"));
     }
 }
