@@ -258,8 +258,9 @@ pub struct MatrixArgs {
 #[derive(Args, Debug)]
 pub struct LabArgs {
     /// Scenario files or presets, each run in every guest (one guest per kernel and
-    /// scenario).
-    #[arg(value_name = "SCENARIO", default_value = "default")]
+    /// scenario). The default, `lab`, is the default suite sized for a TCG guest (DAX
+    /// backings included); `default` runs the host's full suite in the guest.
+    #[arg(value_name = "SCENARIO", default_value = "lab")]
     pub scenarios: Vec<String>,
     /// Kernels to boot, comma-separated: deb:6.1, deb:6.12, deb:sid, deb:VERSION,
     /// deb:PACKAGE[=VERSION], path:BZIMAGE (with --modules), tree:KERNEL_DIR (a relative
@@ -316,6 +317,10 @@ pub struct LabArgs {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: usize,
+    /// Guests at once (kernels booted in parallel; the summary stays in matrix order).
+    /// Default: half the host's CPUs, as many as free memory holds, at least 1.
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Watchdog: a guest that has not returned after this long is killed and reported.
     #[arg(long, default_value = "10m")]
     pub timeout: Span,

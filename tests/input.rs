@@ -57,6 +57,14 @@ fn a_duration_too_large_for_a_duration_is_exit_2_naming_the_flag_and_the_range()
 }
 
 #[test]
+fn lab_with_no_guests_at_once_is_exit_2_naming_jobs() {
+    let sb = Sandbox::new("in-lab-jobs");
+    let o = sb.run(&["lab", "--kernels", "deb:6.1", "--jobs", "0"]);
+    refused(&o, &["--jobs 0"]);
+    assert!(sb.results().is_empty());
+}
+
+#[test]
 fn a_duration_that_would_overflow_a_deadline_is_exit_2_naming_the_flag_and_the_range() {
     let sb = Sandbox::new("in-far-deadline");
     for args in [

@@ -290,6 +290,44 @@ fn check_lab_result(path: &Path, r: &serde_json::Value) {
         .as_str()
         .is_some_and(|q| q.contains("nvdimm")));
     assert!(path.with_file_name("console.log").exists());
+    // Its phases: the guest got through boot and set-up and ran every job, each timed, and
+    // the phases that follow one another add up to no more than the whole.
+    let t = &lab["timings"];
+    let secs = |k: &str| {
+        t[k].as_f64()
+            .unwrap_or_else(|| panic!("timings.{k}: {t:#}"))
+    };
+    let phases = ["prepare_s", "boot_s", "setup_s", "run_s", "end_s"].map(secs);
+    assert!(phases.iter().all(|&p| p >= 0.0), "{t:#}");
+    assert!(
+        phases.iter().sum::<f64>() <= secs("total_s") + 1e-6,
+        "{t:#}"
+    );
+    let names = |k: &str| -> Vec<String> {
+        t[k].as_array()
+            .unwrap_or_else(|| panic!("timings.{k}: {t:#}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        ["pmem", "mkfs-xfs", "mkfs-ext4", "rxe"]
+            .iter()
+            .all(|n| names("setup").iter().any(|x| x == n)),
+        "{t:#}"
+    );
+    let jobs: Vec<String> = r["disturbance"]["jobs"]
+        .as_array()
+        .map(|j| {
+            j.iter()
+                .map(|x| x["job"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(names("jobs"), jobs, "one timed phase per job: {t:#}");
+    // Booted through the lab's init: virtme-ng's init skipped udev.
+    let console = std::fs::read_to_string(path.with_file_name("console.log")).unwrap();
+    assert!(console.contains("pinstorm lab init: hid"), "{console}");
 
     // The xfs target is really DAX: the backing was set up (it verifies STATX_ATTR_DAX) and
     // every region on it says dax.

@@ -92,6 +92,10 @@ pub struct Disturbance {
 pub struct JobDisturbance {
     /// `probe`, `bench`, `leases`, `storm`.
     pub job: String,
+    /// When the job ended, in seconds since the run's interval began (absent in older
+    /// results): what a lab's "first result at" adds to boot and set-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_s: Option<f64>,
     #[serde(flatten)]
     pub measured: Disturbance,
 }
@@ -454,10 +458,12 @@ mod tests {
             run: quiet.clone(),
             jobs: vec![
                 JobDisturbance {
+                    ended_s: None,
                     job: "probe".into(),
                     measured: quiet.clone(),
                 },
                 JobDisturbance {
+                    ended_s: None,
                     job: "bench".into(),
                     measured: busy,
                 },

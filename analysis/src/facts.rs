@@ -301,6 +301,9 @@ pub(crate) fn lab_rows(lab: &crate::schema::LabRecord) -> Vec<(&'static str, Str
                 .unwrap_or_else(|| lab.vng_command.join(" ")),
         ),
     ];
+    if let Some(t) = &lab.timings {
+        kv.push(("lab phases", t.describe()));
+    }
     for f in &lab.guest {
         kv.push((
             "lab guest set-up",

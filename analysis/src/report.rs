@@ -334,6 +334,15 @@ mod tests {
                 text: "WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>".into(),
             }],
             wall_seconds: 45.2,
+            timings: Some(crate::schema::LabTimings {
+                boot_s: Some(11.5),
+                setup_s: Some(4.0),
+                run_s: Some(20.0),
+                to_scenario_s: Some(15.5),
+                first_result_s: Some(17.0),
+                total_s: 45.2,
+                ..crate::schema::LabTimings::default()
+            }),
             guest: vec![LabFact {
                 name: "fsdax-xfs".into(),
                 outcome: "ok".into(),
@@ -350,6 +359,7 @@ mod tests {
             "lab accel: tcg (no KVM), 45.2 s in all",
             "lab QEMU: qemu-system-x86_64 -machine nvdimm=on",
             "lab guest set-up: fsdax-xfs ok: /dev/pmem0 xfs mounted dax=always",
+            "lab phases: prepare 0.0s, boot 11.5s, set-up 4.0s, run 20.0s, end -; scenario at 15.5s, first result at 17.0s, total 45.2s",
             "lab console: warning at line 812: WARNING: CPU: 1 PID: 7 at mm/gup.c:1 <script>",
         ] {
             assert!(text.iter().any(|t| t == want), "{want} not in:\n{all}");

@@ -428,11 +428,13 @@ impl RunMonitor {
         let d = result
             .disturbance
             .get_or_insert_with(RunDisturbance::default);
+        let ended_s = Some(run.wall_s);
         d.run = run;
         if let Some((name, iv)) = job {
             if let Ok(measured) = self.monitor.measure(&iv) {
                 d.jobs.push(JobDisturbance {
                     job: name.into(),
+                    ended_s,
                     measured,
                 });
             }

@@ -86,6 +86,11 @@ fn options(
         cache: lab_cache(a.cache.as_ref())?,
         vng: a.vng.clone(),
         timeout: a.timeout.0,
+        jobs: match a.jobs {
+            Some(0) => bad(Err(anyhow::anyhow!("--jobs 0: at least one guest")))?,
+            Some(n) => n,
+            None => lab::default_jobs(a.memory),
+        },
         refresh: a.refresh,
         fresh: a.fresh,
         mirror: a.mirror.clone(),
@@ -267,6 +272,9 @@ fn print(g: &Global, outcomes: &[(String, LabOutcome)]) -> Result<()> {
                         k.wall_seconds,
                         k.summary
                     );
+                    if let Some(t) = &k.timings {
+                        println!("  {:<14} phases: {}", "", pinstorm_lab::describe_timings(t));
+                    }
                     if let Some(p) = &k.result {
                         println!("  {:<14} result: {}", "", p.display());
                     }

@@ -22,6 +22,7 @@ use crate::units::{Size, Span};
 pub const PRESETS: &[(&str, &str)] = &[
     ("default", include_str!("../../configs/default.toml")),
     ("quick", include_str!("../../configs/quick.toml")),
+    ("lab", include_str!("../../configs/lab.toml")),
     ("dax-vs-pin", include_str!("../../configs/dax-vs-pin.toml")),
     (
         "truncate-vs-pin",
@@ -474,6 +475,40 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
 }
 
 impl Scenario {
+    /// Every backing a job of this scenario uses.
+    pub fn backings_used(&self) -> std::collections::BTreeSet<BackingKind> {
+        let mut b = std::collections::BTreeSet::new();
+        if let Some(j) = &self.probe {
+            b.extend(j.backings.iter().copied());
+        }
+        if let Some(j) = &self.bench {
+            b.extend(j.backings.iter().copied());
+        }
+        if let Some(j) = &self.storm {
+            b.extend(j.backings.iter().copied());
+        }
+        if let Some(j) = &self.lease {
+            b.extend(j.backings.iter().copied());
+        }
+        b
+    }
+
+    /// Every pin path a probe, benchmark or storm of this scenario drives (lease holders
+    /// pin with io_uring, see the lease job).
+    pub fn pins_used(&self) -> std::collections::BTreeSet<PinKind> {
+        let mut p = std::collections::BTreeSet::new();
+        if let Some(j) = &self.probe {
+            p.extend(j.pins.iter().copied());
+        }
+        if let Some(j) = &self.bench {
+            p.extend(j.pins.iter().copied());
+        }
+        if let Some(j) = &self.storm {
+            p.extend(j.pins.iter().copied());
+        }
+        p
+    }
+
     /// What the pin paths are told: the tables of the paths that have settings.
     pub fn pin_settings(&self) -> crate::pin::PinSettings {
         crate::pin::PinSettings {

@@ -119,6 +119,7 @@ fn disturbance(i: usize) -> RunDisturbance {
         jobs: ["probe", "bench", "storm"]
             .iter()
             .map(|j| JobDisturbance {
+                ended_s: None,
                 job: j.to_string(),
                 measured: interval(2.0 + (i % 3) as f64),
             })

@@ -206,6 +206,7 @@ fn bench_run(id: &str, scale: u64, other: Option<f64>) -> crate::catalog::Loaded
         RunDisturbance {
             run: d.clone(),
             jobs: vec![JobDisturbance {
+                ended_s: None,
                 job: "bench".into(),
                 measured: d,
             }],

@@ -33,6 +33,83 @@ pub struct LabRecord {
     /// guest's own view, steal included, is the result's `disturbance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_disturbance: Option<Disturbance>,
+    /// Where this kernel's time went, phase by phase; null in results from before it was
+    /// recorded.
+    #[serde(default)]
+    pub timings: Option<LabTimings>,
+}
+
+/// Seconds per phase of one kernel's lab run. The top-level phases (prepare, boot, set-up,
+/// run, end) follow one another and sum to at most `total_s`; `setup` and `jobs` break two
+/// of them down. Host phases are timed on the host; set-up and run by the guest's own clock
+/// (under TCG and KVM alike it follows the host's); boot is the host seeing the guest's
+/// first step, polled every 200 ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LabTimings {
+    /// Fetching or finding the kernel, and choosing KVM or TCG (host).
+    pub prepare_s: f64,
+    /// QEMU start to the guest agent's first step (firmware, kernel, virtme-ng's init);
+    /// null when the guest never got there.
+    pub boot_s: Option<f64>,
+    /// The guest's set-up of pmem, DAX filesystems, device-dax and soft-RoCE.
+    pub setup_s: Option<f64>,
+    /// Each set-up step, in order: `modules`, `pmem`, `devdax`, `mkfs-xfs`, `mkfs-ext4`, `rxe`,
+    /// `fs-modules`; a step the scenario does not need is not run.
+    pub setup: Vec<LabPhase>,
+    /// The scenario in the guest, from its start to its result.
+    pub run_s: Option<f64>,
+    /// Each job of the run, in order (from the result's per-job `disturbance` intervals).
+    pub jobs: Vec<LabPhase>,
+    /// The scenario's end to QEMU gone (report, power-off, QEMU exit).
+    pub end_s: Option<f64>,
+    /// QEMU start to the scenario's start (boot + set-up).
+    pub to_scenario_s: Option<f64>,
+    /// QEMU start to the first job's result: boot, set-up, and the first job's end in the
+    /// run (the run's own set-up of its backings and the first job).
+    #[serde(default)]
+    pub first_result_s: Option<f64>,
+    /// Prepare plus QEMU start to QEMU gone.
+    pub total_s: f64,
+}
+
+impl LabTimings {
+    /// One readable line: `prepare 0.1s, boot 12.3s, set-up 6.1s (pmem 2.0, ...), run 20.0s
+    /// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`.
+    pub fn describe(&self) -> String {
+            let t = self;
+        fn parts(p: &[LabPhase]) -> String {
+            if p.is_empty() {
+                return String::new();
+            }
+            let each: Vec<String> = p
+                .iter()
+                .map(|x| format!("{} {:.1}", x.name, x.seconds))
+                .collect();
+            format!(" ({})", each.join(", "))
+        }
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.1}s"));
+        format!(
+            "prepare {:.1}s, boot {}, set-up {}{}, run {}{}, end {}; scenario at {}, first result at {}, total {:.1}s",
+            t.prepare_s,
+            opt(t.boot_s),
+            opt(t.setup_s),
+            parts(&t.setup),
+            opt(t.run_s),
+            parts(&t.jobs),
+            opt(t.end_s),
+            opt(t.to_scenario_s),
+            opt(t.first_result_s),
+            t.total_s
+        )
+    }
+}
+
+/// One timed phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabPhase {
+    pub name: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use pinstorm_analysis::expect::Expectations;
-use pinstorm_analysis::schema::LabFact;
+use pinstorm_analysis::schema::{LabFact, LabPhase};
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::ScratchDevice;
 
@@ -96,6 +96,42 @@ pub struct GuestReport {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub guest_exec_status: Option<i32>,
+    /// Each set-up step and how long it took, by the guest's clock.
+    #[serde(default)]
+    pub setup: Vec<LabPhase>,
+    #[serde(default)]
+    pub setup_s: Option<f64>,
+    /// The scenario, from its start to its result.
+    #[serde(default)]
+    pub run_s: Option<f64>,
+}
+
+/// The file the guest creates in the staging directory as its first step: the host takes
+/// the moment it sees it as the end of the boot.
+pub const STARTED_MARKER: &str = "started";
+
+/// Set-up steps timed one after the other: each lap is the time since the previous one.
+struct Laps {
+    last: Instant,
+    phases: Vec<LabPhase>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(LabPhase {
+            name: name.into(),
+            seconds: (now - self.last).as_secs_f64(),
+        });
+        self.last = now;
+    }
 }
 
 fn fact(name: &str, ok: bool, detail: impl Into<String>) -> LabFact {
@@ -122,9 +158,52 @@ fn sh(prog: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The modules the guest's pmem set-up loads (NVDIMM, FS-DAX, device-dax).
+const PMEM_MODULES: &[&str] = &["nfit", "nd_pmem", "dax_pmem", "device_dax", "nd_e820"];
+/// The modules soft-RoCE needs.
+const RXE_MODULES: &[&str] = &["dummy", "rdma_rxe", "ib_uverbs"];
+
+/// Which parts of the guest's set-up a run needs: why a part is skipped, or None when it
+/// runs. A `--guest-exec` command may use anything, so it gets everything; otherwise pmem
+/// only for a scenario with a DAX backing (or `--pmem-scratch-dev`), soft-RoCE only for one
+/// with a pin path that drives an RDMA device. Each step skipped saves seconds of a TCG boot.
+#[derive(Debug, PartialEq)]
+struct Needs {
+    pmem: Option<String>,
+    rxe: Option<String>,
+}
+
+fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
+    let everything = plan.guest_exec.is_some();
+    let dax = scenario
+        .backings_used()
+        .into_iter()
+        .any(|b| b.dax_fs().is_some() || b == pinstorm_workloads::backing::BackingKind::Devdax);
+    let settings = scenario.pin_settings();
+    let rdma = scenario
+        .pins_used()
+        .into_iter()
+        .any(|k| k.path(&settings).uses_rdma_device());
+    Needs {
+        pmem: (!(everything || dax || plan.pmem_scratch_dev)).then(|| {
+            "not needed: the scenario uses no DAX backing (xfs-dax, ext4-dax, devdax)".into()
+        }),
+        rxe: if !plan.rxe {
+            Some("not asked for (--no-rxe)".into())
+        } else if !(everything || rdma) {
+            Some("not needed: the scenario drives no RDMA device (rdma, rdma-odp)".into())
+        } else {
+            None
+        },
+    }
+}
+
 fn modprobe(names: &[&str]) -> Vec<String> {
     let mut failed = Vec::new();
     for n in names {
+        if Path::new("/sys/module").join(n).exists() {
+            continue;
+        }
         if let Err(e) = sh("modprobe", &[n]) {
             failed.push(format!("{n}: {e:#}"));
         }
@@ -191,7 +270,7 @@ struct Targets {
     scratch_devs: Vec<(&'static str, PathBuf)>,
 }
 
-fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
+fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
         devdax: None,
@@ -269,6 +348,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                     }
                 }
             }
+            laps.lap("pmem");
             if plan.devdax {
                 match create_namespace(&["-m", "devdax", "-a", "2M", "-s", "256M"]) {
                     Ok((v, out)) => match json_find(&v, "chardev") {
@@ -296,6 +376,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                     "not asked for (pinstorm lab --devdax-namespace)",
                 ));
             }
+            laps.lap("devdax");
         }
         PmemMode::Memmap => {
             let failed = modprobe(&["nd_e820", "nd_pmem"]);
@@ -323,6 +404,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 false,
                 "memmap= pmem has no namespaces; device-dax needs --pmem nvdimm",
             ));
+            laps.lap("pmem");
         }
     }
     for (fs, dev) in fsdax_devs {
@@ -354,12 +436,13 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
                 format!("/dev/{dev} (queue/dax={dax_flag}): {e:#}"),
             )),
         }
+        laps.lap(&format!("mkfs-{fs}"));
     }
     t
 }
 
 fn setup_rxe(facts: &mut Vec<LabFact>) {
-    let failed = modprobe(&["dummy", "rdma_rxe", "ib_uverbs"]);
+    let failed = modprobe(RXE_MODULES);
     let r = (|| -> Result<String> {
         sh("ip", &["link", "add", "pinstorm0", "type", "dummy"])?;
         sh("ip", &["link", "set", "pinstorm0", "up"])?;
@@ -401,6 +484,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             .with_context(|| format!("reading the lab plan {}", plan_path.display()))?,
     )
     .context("parsing the lab plan")?;
+    // Before anything else: the host's boot phase ends here.
+    let _ = std::fs::write(plan.stage.join(STARTED_MARKER), b"");
     let report_path = plan.stage.join("guest.json");
     let mut report = GuestReport::default();
     let write_report = |r: &GuestReport| {
@@ -423,19 +508,72 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         }
         None => {}
     }
-    std::fs::create_dir_all(GUEST_ROOT)?;
-    let _ = modprobe(&["loop"]);
-    let targets = setup_pmem(&plan, &mut report.facts);
-    if plan.rxe {
-        setup_rxe(&mut report.facts);
-    } else {
-        report.facts.push(fact("rxe", false, "not asked for"));
-    }
-    write_report(&report);
-
+    let setup_start = Instant::now();
+    let mut laps = Laps::new();
     let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
         .map_err(anyhow::Error::from)
         .context("the scenario (validated on the host) does not parse in the guest")?;
+    let needs = needs(&plan, &scenario);
+    // The disk filesystems the run will mount load beside the rest of the set-up, on the
+    // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
+    // benchmark), xfs ~1 s, each in the run's critical path before.
+    let fs_modules: std::collections::BTreeSet<&str> = scenario
+        .backings_used()
+        .into_iter()
+        .filter_map(|b| b.disk_fs())
+        .collect();
+    let mut preload = (!fs_modules.is_empty())
+        .then(|| {
+            Command::new("modprobe")
+                .arg("-a")
+                .args(&fs_modules)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .flatten();
+    std::fs::create_dir_all(GUEST_ROOT)?;
+    // Every module the set-up will use, in one modprobe: without udev nothing has loaded
+    // them, and each modprobe is a process started from the 9p root (slow under TCG). What
+    // this misses, the steps' own modprobe reports.
+    let mut modules = vec!["-a", "loop"];
+    if needs.pmem.is_none() {
+        modules.extend_from_slice(PMEM_MODULES);
+    }
+    if needs.rxe.is_none() {
+        modules.extend_from_slice(RXE_MODULES);
+    }
+    let _ = sh("modprobe", &modules);
+    let _ = modprobe(&["loop"]);
+    laps.lap("modules");
+    let targets = match &needs.pmem {
+        None => setup_pmem(&plan, &mut report.facts, &mut laps),
+        Some(why) => {
+            report.facts.push(fact("pmem", false, why.clone()));
+            Targets {
+                dax_dirs: BTreeMap::new(),
+                devdax: None,
+                scratch_devs: Vec::new(),
+            }
+        }
+    };
+    match &needs.rxe {
+        None => {
+            setup_rxe(&mut report.facts);
+            laps.lap("rxe");
+        }
+        Some(why) => report.facts.push(fact("rxe", false, why.clone())),
+    }
+    if let Some(c) = preload.as_mut() {
+        // Whatever it could not load, the run's mount asks for again and reports.
+        let _ = c.wait();
+        laps.lap("fs-modules");
+    }
+    report.setup = laps.phases;
+    report.setup_s = Some(setup_start.elapsed().as_secs_f64());
+    write_report(&report);
+
     let mut scenario = scenario;
     if let Some(s) = plan.seed {
         scenario.seed = s;
@@ -507,7 +645,9 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         holder_exe: None,
         reproduce_as: plan.reproduce_as.clone(),
     };
+    let run_start = Instant::now();
     let run = run::run(&opts);
+    report.run_s = Some(run_start.elapsed().as_secs_f64());
     // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
     // says so.
     for (fs, d) in &targets.scratch_devs {
@@ -571,5 +711,57 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             write_report(&report);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(scenario: &str, guest_exec: Option<&str>) -> (GuestPlan, Scenario) {
+        let (s, text, origin) = Scenario::resolve(scenario).unwrap();
+        let p = GuestPlan {
+            scenario_text: text,
+            origin,
+            seed: None,
+            label: None,
+            expectations: None,
+            stage: PathBuf::from("/stage"),
+            pmem: PmemMode::Nvdimm,
+            devdax: true,
+            rxe: true,
+            inject: None,
+            guest_exec: guest_exec.map(str::to_string),
+            reproduce_as: Vec::new(),
+            pmem_scratch_dev: false,
+        };
+        (p, s)
+    }
+
+    #[test]
+    fn the_guest_sets_up_pmem_and_rxe_only_for_scenarios_that_use_them() {
+        // quick: in-memory backings, io_uring: neither.
+        let (p, s) = plan("quick", None);
+        let n = needs(&p, &s);
+        assert!(n.pmem.as_deref().is_some_and(|w| w.contains("no DAX backing")), "{n:?}");
+        assert!(n.rxe.as_deref().is_some_and(|w| w.contains("no RDMA device")), "{n:?}");
+        // default: DAX backings in the probe, no RDMA.
+        let (p, s) = plan("default", None);
+        let n = needs(&p, &s);
+        assert_eq!(n.pmem, None);
+        assert!(n.rxe.is_some(), "{n:?}");
+        // rdma-vs-layout: both.
+        let (p, s) = plan("rdma-vs-layout", None);
+        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        // A guest command may use anything.
+        let (p, s) = plan("quick", Some("true"));
+        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        // --pmem-scratch-dev needs pmem whatever the scenario; --no-rxe is never overridden.
+        let (mut p, s) = plan("quick", Some("true"));
+        p.rxe = false;
+        assert_eq!(needs(&p, &s).rxe.as_deref(), Some("not asked for (--no-rxe)"));
+        let (mut p, s) = plan("quick", None);
+        p.pmem_scratch_dev = true;
+        assert_eq!(needs(&p, &s).pmem, None);
     }
 }

@@ -18,6 +18,7 @@ use crate::kernels::{self, Kernel, KernelSpec};
 use crate::options::LabOptions;
 use crate::record;
 use crate::status::{self, Evidence, KernelOutcome};
+use crate::timings;
 use crate::vm::{self, Accel, GuestEnd};
 
 /// What every kernel of a lab run shares.
@@ -30,7 +31,10 @@ pub(crate) struct Lab<'a> {
     pub guest_exe: PathBuf,
     /// The seed the guests run the scenario with.
     pub seed: u64,
-    pub log: &'a dyn Fn(&str),
+    pub log: &'a (dyn Fn(&str) + Sync),
+    /// Guests run at once (`--jobs`), but kernels are fetched and the accelerator probed one
+    /// at a time: they share the apt state and the probe's files in the cache.
+    pub prepare_lock: std::sync::Mutex<()>,
 }
 
 /// Fetch (or find in the cache) the kernel `spec` names.
@@ -58,6 +62,8 @@ pub(crate) fn prepare_kernel(
 pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> {
     let opts = lab.opts;
     let log = lab.log;
+    let prepare_start = std::time::Instant::now();
+    let prepared = lab.prepare_lock.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = prepare_kernel(opts, &lab.cache, &lab.apt, spec, log)?;
     log(&format!(
         "{spec}: kernel {} ({}{})",
@@ -66,6 +72,8 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         if kernel.cached { ", cached" } else { "" }
     ));
     let accel = choose_accel(lab, spec, &kernel);
+    drop(prepared);
+    let prepare = prepare_start.elapsed();
 
     let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;
     let plan_path = write_plan(lab, spec, &run)?;
@@ -87,6 +95,20 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     let args = vm::vng_args(&shape);
     let env = vm::vng_env(&lab.vng, &run.home, &run.tmp);
     let qemu = vm::qemu_command(&lab.vng, &args, &env);
+    // The lab's init in front of virtme-ng's (no udev, no systemd-tmpfiles); the recorded
+    // QEMU command is the one that runs.
+    let (args, qemu) = match lab_init(&run, &args, qemu.as_deref()) {
+        Ok((a, _)) => {
+            let q = vm::qemu_command(&lab.vng, &a, &env);
+            (a, q)
+        }
+        Err(why) => {
+            log(&format!(
+                "{spec}: booting with virtme-ng's init as it is (udev and all): {why}"
+            ));
+            (args, qemu)
+        }
+    };
     log(&format!(
         "{spec}: booting {} (timeout {}s)",
         kernel.release,
@@ -111,6 +133,14 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         timeout: opts.timeout,
     });
 
+    let timings = timings::account(&timings::Measured {
+        prepare,
+        wall: end.wall,
+        first_step: end.first_step,
+        report: report.as_ref(),
+        result: guest_result.as_ref(),
+    });
+    log(&format!("{spec}: {}", timings::describe(&timings)));
     let lab_record = LabRecord {
         kernel_spec: spec.to_string(),
         kernel_source: kernel.source.clone(),
@@ -127,6 +157,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         wall_seconds: end.wall.as_secs_f64(),
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
         host_disturbance,
+        timings: Some(timings.clone()),
     };
     let mut result = match guest_result {
         Some(r) => r,
@@ -155,7 +186,27 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         result: Some(path),
         summary: record::summarize(&result),
         wall_seconds: end.wall.as_secs_f64(),
+        timings: Some(timings),
     })
+}
+
+/// The vng arguments that boot the lab's init script (written into the run directory, which
+/// the guest cannot write) in front of virtme-ng's, and the script's path.
+fn lab_init(
+    run: &RunDir,
+    args: &[String],
+    qemu: Option<&str>,
+) -> std::result::Result<(Vec<String>, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = run.dir.join("lab-init");
+    let q = qemu.ok_or("vng --dry-run printed no QEMU command")?;
+    let (a, next) = vm::with_lab_init(args, q, &path)
+        .ok_or("its kernel command line could not be rewritten")?;
+    let text = crate::guest_init::script(&next).ok_or("virtme-ng's init path cannot be quoted")?;
+    std::fs::write(&path, text)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok((a, path))
 }
 
 /// KVM or TCG for this kernel (the probe boots it under KVM), and say which.
@@ -212,9 +263,12 @@ fn boot(
         &lab.vng,
         args,
         env,
-        &console_path,
-        &stdout_path,
-        &run.dir.join("pgid"),
+        &vm::BootFiles {
+            console: &console_path,
+            stdout: &stdout_path,
+            pgid: &run.dir.join("pgid"),
+            started: &run.stage.join(crate::guest::STARTED_MARKER),
+        },
         lab.opts.timeout,
     );
     let console_text = std::fs::read_to_string(&console_path).unwrap_or_default()

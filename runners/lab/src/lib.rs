@@ -26,6 +26,7 @@ pub mod build;
 mod cache;
 pub mod console;
 pub mod guest;
+pub mod guest_init;
 mod kernel_run;
 pub mod kernels;
 mod matrix;
@@ -33,14 +34,16 @@ mod options;
 mod record;
 pub mod status;
 mod sys;
+pub mod timings;
 pub mod vm;
 
 pub use cache::{clean_leftovers, cleanup};
 pub use guest::InjectKind;
 pub use matrix::{fetch, run, LabOutcome};
-pub use options::{check, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
+pub use options::{check, default_jobs, Inject, LabOptions, LabPlan, DEFAULT_KERNELS};
 pub use record::summarize;
 pub use status::{KernelOutcome, KernelStatus};
+pub use timings::describe as describe_timings;
 
 /// FNV-1a: a stable hash for names in the cache and the matrix's resume key (not for
 /// anything an adversary chooses to collide).

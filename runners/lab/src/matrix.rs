@@ -2,6 +2,8 @@
 //! resumes where it stopped instead of measuring again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -93,7 +95,12 @@ fn resumable(build: bool, spec: &KernelSpec) -> bool {
     !(build && matches!(spec, KernelSpec::Tree(_)))
 }
 
-fn logger(opts: &LabOptions) -> impl Fn(&str) + '_ {
+/// A lock whose holder panicked still guards plain data: take it anyway.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn logger(opts: &LabOptions) -> impl Fn(&str) + Sync + '_ {
     move |m: &str| {
         if opts.verbose {
             eprintln!("pinstorm lab: {m}");
@@ -137,7 +144,7 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut state = MatrixState::load(&state_file, key, opts.fresh);
+    let state = MatrixState::load(&state_file, key, opts.fresh);
 
     let lab = Lab {
         opts,
@@ -148,51 +155,81 @@ pub fn run(opts: &LabOptions) -> Result<LabOutcome> {
         guest_exe,
         seed,
         log: &log,
+        prepare_lock: Mutex::new(()),
     };
-    let mut outcome = LabOutcome {
-        kernels: Vec::new(),
-        state_file: state_file.clone(),
-        interrupted: None,
-    };
-    for spec in &opts.plan.kernels {
+    let kernels = &opts.plan.kernels;
+    // Each kernel's line, in matrix order whatever order the guests finish in.
+    let lines: Mutex<Vec<Option<KernelOutcome>>> = Mutex::new(vec![None; kernels.len()]);
+    let mut todo = Vec::new();
+    for (i, spec) in kernels.iter().enumerate() {
         let spec_s = spec.to_string();
-        if let Some(done) = state
+        match state
             .measured(&spec_s)
             .filter(|_| resumable(opts.plan.build, spec))
         {
-            log(&format!(
-                "{spec_s}: already measured in this matrix ({}), skipping; --fresh measures again",
-                done.result
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ));
-            let mut k = done.clone();
-            k.summary = format!("(measured before, resumed) {}", k.summary);
-            outcome.kernels.push(k);
-            continue;
-        }
-        if let Some(sig) = signals::pending() {
-            outcome.interrupted = Some(sig);
-            break;
-        }
-        let k = run_kernel(&lab, spec).unwrap_or_else(|e| KernelOutcome {
-            spec: spec_s.clone(),
-            release: None,
-            status: KernelStatus::SetupError,
-            result: None,
-            summary: format!("{e:#}"),
-            wall_seconds: 0.0,
-        });
-        log(&format!("{spec_s}: {} {}", k.status, k.summary));
-        state.record(&state_file, k.clone())?;
-        let stop = k.status == KernelStatus::Interrupted;
-        outcome.kernels.push(k);
-        if stop {
-            outcome.interrupted = signals::pending().or(Some(libc::SIGINT));
-            break;
+            Some(done) => {
+                log(&format!(
+                    "{spec_s}: already measured in this matrix ({}), skipping; --fresh measures again",
+                    done.result
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ));
+                let mut k = done.clone();
+                k.summary = format!("(measured before, resumed) {}", k.summary);
+                lock(&lines)[i] = Some(k);
+            }
+            None => todo.push(i),
         }
     }
+    let state = Mutex::new(state);
+    let next = AtomicUsize::new(0);
+    let interrupted: Mutex<Option<i32>> = Mutex::new(None);
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    // Up to --jobs guests at once: each worker takes the next kernel not yet started.
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.clamp(1, todo.len().max(1)) {
+            s.spawn(|| loop {
+                if lock(&interrupted).is_some() || lock(&failed).is_some() {
+                    break;
+                }
+                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    break;
+                };
+                if let Some(sig) = signals::pending() {
+                    *lock(&interrupted) = Some(sig);
+                    break;
+                }
+                let spec = &kernels[i];
+                let spec_s = spec.to_string();
+                let k = run_kernel(&lab, spec).unwrap_or_else(|e| KernelOutcome {
+                    spec: spec_s.clone(),
+                    release: None,
+                    status: KernelStatus::SetupError,
+                    result: None,
+                    summary: format!("{e:#}"),
+                    wall_seconds: 0.0,
+                    timings: None,
+                });
+                log(&format!("{spec_s}: {} {}", k.status, k.summary));
+                if let Err(e) = lock(&state).record(&state_file, k.clone()) {
+                    lock(&failed).get_or_insert(e);
+                }
+                if k.status == KernelStatus::Interrupted {
+                    *lock(&interrupted) = signals::pending().or(Some(libc::SIGINT));
+                }
+                lock(&lines)[i] = Some(k);
+            });
+        }
+    });
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
+    }
+    let outcome = LabOutcome {
+        kernels: lock(&lines).drain(..).flatten().collect(),
+        state_file: state_file.clone(),
+        interrupted: *lock(&interrupted),
+    };
     Ok(outcome)
 }
 
@@ -208,6 +245,7 @@ mod tests {
             result,
             summary: String::new(),
             wall_seconds: 0.0,
+            timings: None,
         }
     }
 

@@ -70,6 +70,8 @@ pub struct LabOptions {
     /// Watchdog: a guest that has not returned after this long is killed. Not in the plan:
     /// a kernel that timed out runs again when the matrix resumes anyway.
     pub timeout: Duration,
+    /// Guests booted at once (`--jobs`).
+    pub jobs: usize,
     pub refresh: bool,
     pub fresh: bool,
     pub mirror: String,
@@ -77,6 +79,27 @@ pub struct LabOptions {
     /// The pinstorm binary the guest runs (default: this one).
     pub guest_exe: Option<PathBuf>,
     pub verbose: bool,
+}
+
+/// Guests at once when `--jobs` is not given: half the host's CPUs (each TCG guest keeps a
+/// core or more busy), and no more than free memory holds (a guest's RAM and its 1 GiB
+/// NVDIMM), at least one.
+pub fn default_jobs(memory_mib: u64) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let available_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    jobs_for(cpus, available_mib, memory_mib + 1024)
+}
+
+fn jobs_for(cpus: usize, available_mib: u64, guest_mib: u64) -> usize {
+    let by_memory = (available_mib / guest_mib.max(1)) as usize;
+    (cpus / 2).min(by_memory).max(1)
 }
 
 impl LabOptions {
@@ -186,6 +209,14 @@ impl Inject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_at_once_default_to_half_the_cpus_within_free_memory_and_at_least_one() {
+        assert_eq!(jobs_for(2, 64 * 1024, 3072), 1);
+        assert_eq!(jobs_for(16, 64 * 1024, 3072), 8);
+        assert_eq!(jobs_for(16, 7000, 3072), 2, "memory for two guests");
+        assert_eq!(jobs_for(1, 0, 3072), 1, "never none");
+    }
 
     fn plan() -> LabPlan {
         LabPlan {
@@ -304,6 +335,7 @@ mod tests {
             mirror: String::new(),
             security_mirror: String::new(),
             guest_exe: None,
+            jobs: 1,
             verbose: false,
         }
     }

@@ -167,6 +167,7 @@ mod tests {
             cache: "/c".into(),
             vng: None,
             timeout: std::time::Duration::from_secs(600),
+            jobs: 1,
             refresh: false,
             fresh: false,
             mirror: String::new(),
@@ -217,6 +218,7 @@ mod tests {
             wall_seconds: 1.0,
             guest: Vec::new(),
             host_disturbance: None,
+            timings: None,
         };
         for (run_id, release, filed_id, filed_release) in [
             ("../../etc", "..", "host-run", "6.1.0-56-amd64"),

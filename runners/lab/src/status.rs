@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use pinstorm_analysis::schema::{ConsoleEvent, RunResult};
+use pinstorm_analysis::schema::{ConsoleEvent, LabTimings, RunResult};
 use pinstorm_runners::signals;
 
 use crate::console;
@@ -107,6 +107,9 @@ pub struct KernelOutcome {
     pub result: Option<PathBuf>,
     pub summary: String,
     pub wall_seconds: f64,
+    /// Where the kernel's time went (also in its result's `lab.timings`).
+    #[serde(default)]
+    pub timings: Option<LabTimings>,
 }
 
 /// The exit code of a matrix: 128+N when stopped by signal N; else the worst of its kernels
@@ -322,6 +325,7 @@ mod tests {
             interrupted: None,
             panicked: false,
             wall: Duration::from_secs(30),
+            first_step: Some(Duration::from_secs(10)),
         }
     }
 

@@ -247,6 +247,48 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
     a
 }
 
+/// The `vng` arguments with the lab's init (`init_path`, see [`crate::guest_init`]) in front
+/// of virtme-ng's: the kernel command line `vng --dry-run` printed (`qemu_line`) with `init=`
+/// pointing at `init_path`, given to QEMU as a later `-append` (QEMU keeps the last). Returns
+/// them with virtme-ng's init, which the lab's execs; None when the command line cannot be
+/// read or rewritten (then the guest boots as vng boots it).
+pub fn with_lab_init(
+    args: &[String],
+    qemu_line: &str,
+    init_path: &Path,
+) -> Option<(Vec<String>, String)> {
+    let words = shlex::split(qemu_line)?;
+    let i = words.iter().rposition(|w| w == "-append")?;
+    let cmdline = words.get(i + 1)?;
+    let init = init_path.to_str()?;
+    // The kernel splits its command line on spaces and takes quotes: a path with either
+    // cannot be init= as it is.
+    if init.is_empty() || init.contains(|c: char| c.is_whitespace() || c == '"') {
+        return None;
+    }
+    let at = cmdline
+        .rfind(" init=")
+        .map(|p| p + 1)
+        .or_else(|| cmdline.starts_with("init=").then_some(0))?;
+    let rest = &cmdline[at + "init=".len()..];
+    let (next, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    if next.is_empty() || next.contains('"') {
+        return None;
+    }
+    let mut new = format!("{}init={init}", &cmdline[..at]);
+    if !tail.is_empty() {
+        new.push(' ');
+        new.push_str(tail);
+    }
+    let mut a = args.to_vec();
+    // vng joins its --qemu-opts and splits them again as a shell would.
+    a.push(format!(
+        "--qemu-opts=-append {}",
+        shlex::try_quote(&new).ok()?
+    ));
+    Some((a, next.to_string()))
+}
+
 /// The environment `vng` runs with: its venv first on PATH (it calls `virtme-run`), and
 /// HOME/TMPDIR inside the lab's own directories so virtme-ng's caches and temporary files
 /// land there and nowhere else on the host.
@@ -297,21 +339,32 @@ pub struct GuestEnd {
     pub interrupted: Option<i32>,
     pub panicked: bool,
     pub wall: Duration,
+    /// When the guest's first step was seen (its marker in the staging directory), from
+    /// QEMU's start; None if it never got there.
+    pub first_step: Option<Duration>,
 }
 
-/// Run `vng` with `args`, console (stderr) into `console`, guest stdout into `stdout`,
-/// under a watchdog: at most `timeout`, stopped early by SIGINT/SIGTERM to pinstorm, and
-/// QEMU is dead when this returns, whatever happened. `pgid_file` records the process group
-/// while it runs, so a later run can kill it if pinstorm itself is killed.
+/// The files of one boot: where the console and the guest's stdout go, where the process
+/// group is recorded while it runs, and the marker whose appearance ends the boot phase.
+pub struct BootFiles<'a> {
+    pub console: &'a Path,
+    pub stdout: &'a Path,
+    pub pgid: &'a Path,
+    pub started: &'a Path,
+}
+
+/// Run `vng` with `args`, console (stderr) into `files.console`, guest stdout into
+/// `files.stdout`, under a watchdog: at most `timeout`, stopped early by SIGINT/SIGTERM to
+/// pinstorm, and QEMU is dead when this returns, whatever happened. `files.pgid` records the
+/// process group while it runs, so a later run can kill it if pinstorm itself is killed.
 pub fn boot(
     vng: &Path,
     args: &[String],
     env: &[(String, String)],
-    console_path: &Path,
-    stdout_path: &Path,
-    pgid_file: &Path,
+    files: &BootFiles,
     timeout: Duration,
 ) -> Result<GuestEnd> {
+    let (console_path, stdout_path, pgid_file) = (files.console, files.stdout, files.pgid);
     let con = File::create(console_path)
         .with_context(|| format!("creating {}", console_path.display()))?;
     let out = File::create(stdout_path)?;
@@ -344,6 +397,7 @@ pub fn boot(
         interrupted: None,
         panicked: false,
         wall: Duration::ZERO,
+        first_step: None,
     };
     let mut panic_seen: Option<Instant> = None;
     let mut last_len = 0u64;
@@ -359,6 +413,9 @@ pub fn boot(
         if t0.elapsed() > timeout {
             end.timed_out = true;
             break;
+        }
+        if end.first_step.is_none() && files.started.exists() {
+            end.first_step = Some(t0.elapsed());
         }
         // A panicked guest reboots and QEMU (-no-reboot) exits by itself; give it a moment.
         // Only what the console added since the last look (from the start of its last,

@@ -124,12 +124,23 @@ impl BackingKind {
         }
     }
 
-    /// Whether the backing's memory is made of huge pages from the hugetlb pool.
+    /// The disk filesystem the backing mounts (`xfs` for `xfs` and `xfs-dax`), which may be a
+    /// kernel module: a lab guest loads it early, beside its other set-up.
+    pub fn disk_fs(self) -> Option<&'static str> {
+        match self {
+            BackingKind::Ext4 | BackingKind::Ext4Dax => Some("ext4"),
+            BackingKind::Xfs | BackingKind::XfsDax => Some("xfs"),
+            BackingKind::Btrfs => Some("btrfs"),
+            _ => None,
+        }
+    }
+
     /// Whether its regions have a file whose layout can change (anonymous memory has none).
     pub fn has_file(self) -> bool {
         !matches!(self, BackingKind::Anon | BackingKind::AnonHugetlb)
     }
 
+    /// Whether the backing's memory is made of huge pages from the hugetlb pool.
     pub fn uses_hugetlb(self) -> bool {
         matches!(
             self,

@@ -261,6 +261,11 @@ pub trait PinPath: Send + Sync {
     fn device(&self) -> Option<String> {
         None
     }
+    /// Whether it drives an RDMA device (a NIC, or soft-RoCE): a lab guest sets up rxe only
+    /// for scenarios with such a path.
+    fn uses_rdma_device(&self) -> bool {
+        false
+    }
     /// The `pinstorm run` flags that select what this path drove here (`--rdma-dev rxe0
     /// --rdma-port 1`), for reproducer command lines.
     fn run_flags(&self) -> Vec<String> {

@@ -258,6 +258,10 @@ impl PinPath for RdmaPath {
         }
     }
 
+    fn uses_rdma_device(&self) -> bool {
+        true
+    }
+
     /// A plain MR is pinned by ib_umem_get (pin_user_pages_fast, FOLL_LONGTERM); an ODP MR
     /// pins nothing.
     fn foll_pins(&self) -> FollPins {
