@@ -181,7 +181,12 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
                     op["count"],
                     (diverged, moved)
                 );
-                missed.push((backing.to_string(), map.to_string(), name.to_string(), (diverged, moved)));
+                missed.push((
+                    backing.to_string(),
+                    map.to_string(),
+                    name.to_string(),
+                    (diverged, moved),
+                ));
             }
             compared.insert(format!("{backing} {map} {name}"), (diverged, moved));
         }
@@ -195,11 +200,22 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
             .arg(&sb.results)
             .arg("--scratch-root")
             .arg(&sb.scratch)
-            .args(["run", "mm-vs-pin", "--pin", "io_uring", "--backing", backing])
+            .args([
+                "run",
+                "mm-vs-pin",
+                "--pin",
+                "io_uring",
+                "--backing",
+                backing,
+            ])
             .args(["--map", map, "--duration", "8s"])
             .output()
             .unwrap();
-        assert!(matches!(o.status.code(), Some(0) | Some(3)), "{}", stderr(&o));
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(3)),
+            "{}",
+            stderr(&o)
+        );
         let r = read_json(sb.results().last().unwrap());
         let s = r["storms"]
             .as_array()

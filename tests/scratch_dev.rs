@@ -96,13 +96,7 @@ fn tools_missing() -> Option<String> {
     if !is_root() {
         return Some("needs root (losetup, mkfs, mount)".into());
     }
-    for t in [
-        "losetup",
-        "blkid",
-        "wipefs",
-        "mkfs.xfs",
-        "mkfs.ext4",
-    ] {
+    for t in ["losetup", "blkid", "wipefs", "mkfs.xfs", "mkfs.ext4"] {
         let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
             .iter()
             .any(|d| Path::new(d).join(t).exists());

@@ -77,7 +77,7 @@ impl LabTimings {
     /// One readable line: `prepare 0.1s, boot 12.3s, set-up 6.1s (pmem 2.0, ...), run 20.0s
     /// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`.
     pub fn describe(&self) -> String {
-            let t = self;
+        let t = self;
         fn parts(p: &[LabPhase]) -> String {
             if p.is_empty() {
                 return String::new();

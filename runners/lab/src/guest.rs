@@ -743,8 +743,18 @@ mod tests {
         // quick: in-memory backings, io_uring: neither.
         let (p, s) = plan("quick", None);
         let n = needs(&p, &s);
-        assert!(n.pmem.as_deref().is_some_and(|w| w.contains("no DAX backing")), "{n:?}");
-        assert!(n.rxe.as_deref().is_some_and(|w| w.contains("no RDMA device")), "{n:?}");
+        assert!(
+            n.pmem
+                .as_deref()
+                .is_some_and(|w| w.contains("no DAX backing")),
+            "{n:?}"
+        );
+        assert!(
+            n.rxe
+                .as_deref()
+                .is_some_and(|w| w.contains("no RDMA device")),
+            "{n:?}"
+        );
         // default: DAX backings in the probe, no RDMA.
         let (p, s) = plan("default", None);
         let n = needs(&p, &s);
@@ -752,14 +762,29 @@ mod tests {
         assert!(n.rxe.is_some(), "{n:?}");
         // rdma-vs-layout: both.
         let (p, s) = plan("rdma-vs-layout", None);
-        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        assert_eq!(
+            needs(&p, &s),
+            Needs {
+                pmem: None,
+                rxe: None
+            }
+        );
         // A guest command may use anything.
         let (p, s) = plan("quick", Some("true"));
-        assert_eq!(needs(&p, &s), Needs { pmem: None, rxe: None });
+        assert_eq!(
+            needs(&p, &s),
+            Needs {
+                pmem: None,
+                rxe: None
+            }
+        );
         // --pmem-scratch-dev needs pmem whatever the scenario; --no-rxe is never overridden.
         let (mut p, s) = plan("quick", Some("true"));
         p.rxe = false;
-        assert_eq!(needs(&p, &s).rxe.as_deref(), Some("not asked for (--no-rxe)"));
+        assert_eq!(
+            needs(&p, &s).rxe.as_deref(),
+            Some("not asked for (--no-rxe)")
+        );
         let (mut p, s) = plan("quick", None);
         p.pmem_scratch_dev = true;
         assert_eq!(needs(&p, &s).pmem, None);
