@@ -94,7 +94,7 @@ pub fn default_jobs(memory_mib: u64) -> usize {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb / 1024);
-    jobs_for(cpus, available_mib, memory_mib + 1024)
+    jobs_for(cpus, available_mib, memory_mib.saturating_add(1024))
 }
 
 fn jobs_for(cpus: usize, available_mib: u64, guest_mib: u64) -> usize {
