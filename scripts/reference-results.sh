@@ -23,11 +23,11 @@ bin=${CARGO_TARGET_DIR:-$repo/target}/release/pinstorm
 rm -rf "$out"
 mkdir -p "$out"
 python3 scripts/strip-paths.py "$work/results" "$out/runs" \
-    RESULTS="$work/results" CACHE="$cache" REPO="$repo" HOME="$HOME"
-"$bin" report "$out/runs" --out "$out/report.html"
-"$bin" plot "$out/runs" --out "$out/plots"
+    RESULTS="$work/results" CACHE="$cache" PINSTORM="$bin" REPO="$repo" HOME="$HOME"
+# From inside $out with a relative path: the report names each result file as it was given.
+(cd "$out" && "$bin" report runs --out "$out/report.html" && "$bin" plot runs --formats png --out "$out/plots")
 # The report and the plots are made from the stripped results: check them too.
-for p in "$work" "$cache" "$repo" "$HOME"; do
+for p in "$work" "$cache" "$bin" "$repo" "$HOME"; do
     if grep -rqF "$p" "$out"; then
         echo "reference-results.sh: $p is still named under $out" >&2
         exit 1
