@@ -705,3 +705,77 @@ fn exporters_write_ktap_with_skips_junit_and_csv() {
         assert_eq!(l.split(',').count(), cols, "ragged row: {l}");
     }
 }
+
+#[test]
+fn the_reference_results_load_whole_judged_and_name_no_directory_of_the_machine_that_made_them() {
+    let _g = quiet();
+    let sb = Sandbox::new("an-reference");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/reference");
+    let runs = reference.join("runs");
+    let mut files = Vec::new();
+    let mut stack = vec![reference.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    // Every result parses as a result of this schema and comes from a lab guest.
+    let results: Vec<_> = files
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "result.json"))
+        .collect();
+    assert_eq!(results.len(), 9, "3 kernels x 3 scenarios: {results:?}");
+    let mut kernels = std::collections::BTreeSet::new();
+    for p in &results {
+        let r = read(p);
+        assert!(r.complete, "{}", p.display());
+        let lab = r.lab.as_ref().expect("a lab result");
+        assert_eq!(lab.status, "ok", "{}", p.display());
+        kernels.insert(r.environment.kernel_release.clone());
+    }
+    assert_eq!(kernels.len(), 3, "{kernels:?}");
+    // No directory of the machine that made them, in any file (the report and the PNGs'
+    // text chunks included): no absolute path into a home, the build machine's work tree or
+    // its temporary directories. The guest's own scratch root (/tmp/pinstorm-lab) is the
+    // guest's, the same on every machine.
+    for p in &files {
+        let bytes = std::fs::read(p).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for dir in ["/root/", "/home/", "/work/", "/tmp/", "/var/tmp/"] {
+            for (i, _) in text.match_indices(dir) {
+                let absolute = text[..i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| " \"'=:(\n>".contains(c));
+                let guest = text[i..].starts_with("/tmp/pinstorm-lab/");
+                assert!(
+                    !absolute || guest,
+                    "{} names {}",
+                    p.display(),
+                    &text[i..(i + 60).min(text.len())]
+                );
+            }
+        }
+    }
+    // The report of them renders from the committed files alone.
+    let out = sb.base.join("reference.html");
+    let o = sb
+        .cmd()
+        .arg("report")
+        .arg(&runs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let html = std::fs::read_to_string(&out).unwrap();
+    for p in &results {
+        let id = read(p).run_id;
+        assert!(html.contains(&id), "the report has no run {id}");
+    }
+}
