@@ -333,6 +333,26 @@ fn draw_violations<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, d: &PlotDa
                 Rectangle::new([(x0, 0.0), (x0 + band * 0.9, m[k])], colour(gi).filled())
             }))
             .map_err(err)?;
+        // Each count over its bar: a few lost writes beside hundreds of misplaced ones would
+        // otherwise be a bar one pixel high.
+        chart
+            .draw_series(
+                VIOLATION_KINDS
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| m[*k] > 0.0)
+                    .map(|(ki, k)| {
+                        let x0 = ki as f64 + 0.1 + gi as f64 * band;
+                        let v = m[k];
+                        let label = if v >= 10.0 || v.fract() == 0.0 {
+                            format!("{v:.0}")
+                        } else {
+                            format!("{v:.1}")
+                        };
+                        Text::new(label, (x0, v + ymax * 0.02), font(11))
+                    }),
+            )
+            .map_err(err)?;
     }
     if ymax == 0.0 {
         body.draw(&Text::new("no violations in any run", (300, 200), font(18)))
