@@ -42,6 +42,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("odp-on-dax", include_str!("../../configs/odp-on-dax.toml")),
     ("mm-vs-pin", include_str!("../../configs/mm-vs-pin.toml")),
     (
+        "mm-vs-pin-lab",
+        include_str!("../../configs/mm-vs-pin-lab.toml"),
+    ),
+    (
         "rdma-vs-layout",
         include_str!("../../configs/rdma-vs-layout.toml"),
     ),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::LabFact;
+use pinstorm_workloads::layout::LabMachine;
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::ScratchDevice;
 
@@ -86,6 +87,10 @@ pub struct GuestPlan {
     /// FS=DEV` instead of making the DAX filesystems here.
     #[serde(default)]
     pub pmem_scratch_dev: bool,
+    /// Make a device-dax namespace of what the region has left and online it as system RAM
+    /// on the guest's memoryless node 1 (`--kmem-node`).
+    #[serde(default)]
+    pub kmem_node: bool,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -358,6 +363,59 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
     t
 }
 
+/// `--kmem-node`: a device-dax namespace of what the region has left, onlined as system RAM
+/// (node 1's only memory); the lab machine the run is told about.
+fn setup_kmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> LabMachine {
+    if !plan.kmem_node {
+        return LabMachine::default();
+    }
+    let made = (|| -> Result<_> {
+        if plan.pmem != PmemMode::Nvdimm {
+            bail!("--kmem-node needs --pmem nvdimm");
+        }
+        let failed = modprobe(&["device_dax", "kmem"]);
+        let (v, out) = create_namespace(&["-m", "devdax", "-a", "2M"])
+            .with_context(|| format!("a devdax namespace for kmem (modprobe: {failed:?})"))?;
+        let dev = json_find(&v, "chardev")
+            .with_context(|| format!("ndctl answered no chardev: {out}"))?;
+        crate::kmem::online(&dev).with_context(|| format!("modprobe: {failed:?}"))
+    })();
+    match made {
+        Ok(k) => {
+            facts.push(fact(
+                "kmem-node",
+                true,
+                format!(
+                    "{} on kmem: node {} (online: {}), memory blocks {:?} in zone {}; node {} MemTotal {}",
+                    k.device,
+                    k.node,
+                    sysfs("/sys/devices/system/node/online"),
+                    k.blocks,
+                    k.zone,
+                    k.node,
+                    sysfs(&format!("/sys/devices/system/node/node{}/meminfo", k.node))
+                        .lines()
+                        .find(|l| l.contains("MemTotal"))
+                        .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default()
+                ),
+            ));
+            LabMachine {
+                kmem: Some(k),
+                kmem_missing: None,
+            }
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            facts.push(fact("kmem-node", false, why.clone()));
+            LabMachine {
+                kmem: None,
+                kmem_missing: Some(why),
+            }
+        }
+    }
+}
+
 fn setup_rxe(facts: &mut Vec<LabFact>) {
     let failed = modprobe(&["dummy", "rdma_rxe", "ib_uverbs"]);
     let r = (|| -> Result<String> {
@@ -426,6 +484,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     std::fs::create_dir_all(GUEST_ROOT)?;
     let _ = modprobe(&["loop"]);
     let targets = setup_pmem(&plan, &mut report.facts);
+    let lab = setup_kmem(&plan, &mut report.facts);
     if plan.rxe {
         setup_rxe(&mut report.facts);
     } else {
@@ -506,8 +565,17 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         verbose: true,
         holder_exe: None,
         reproduce_as: plan.reproduce_as.clone(),
+        // The one place that says "this run is in a lab guest".
+        lab: Some(lab.clone()),
     };
     let run = run::run(&opts);
+    if let Some(k) = &lab.kmem {
+        report.facts.push(match crate::kmem::restore(k) {
+            Ok(done) => fact("kmem-node-after", true, done),
+            Err(e) => fact("kmem-node-after", false, format!("{e:#}")),
+        });
+        write_report(&report);
+    }
     // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
     // says so.
     for (fs, d) in &targets.scratch_devs {

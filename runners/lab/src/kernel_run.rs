@@ -82,6 +82,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         nvdimm_image: &run.nvdimm,
         memory_mib: opts.plan.memory_mib,
         cpus: opts.plan.cpus,
+        kmem_node: opts.plan.kmem_node,
         exec,
     };
     let args = vm::vng_args(&shape);
@@ -191,6 +192,7 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         guest_exec: p.guest_exec.clone(),
         reproduce_as: reproduce_as(spec, p.build),
         pmem_scratch_dev: p.pmem_scratch_dev,
+        kmem_node: p.kmem_node,
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;

@@ -28,6 +28,7 @@ pub mod console;
 pub mod guest;
 mod kernel_run;
 pub mod kernels;
+mod kmem;
 mod matrix;
 mod options;
 mod record;

@@ -46,6 +46,9 @@ pub struct LabPlan {
     /// `--pmem-scratch-dev`: the guest makes an fsdax namespace per filesystem and hands
     /// them to the run as `--scratch-dev FS=DEV` instead of making the filesystems itself.
     pub pmem_scratch_dev: bool,
+    /// `--kmem-node`: the guest gets a memoryless NUMA node 1 whose memory is a device-dax
+    /// namespace onlined as system RAM (the memory-offline operation's target).
+    pub kmem_node: bool,
 }
 
 impl LabPlan {
@@ -204,6 +207,7 @@ mod tests {
             guest_exec: None,
             build: false,
             pmem_scratch_dev: false,
+            kmem_node: false,
         }
     }
 
@@ -233,6 +237,7 @@ mod tests {
             ("guest_exec", |p| p.guest_exec = Some("true".into())),
             ("build", |p| p.build = true),
             ("pmem_scratch_dev", |p| p.pmem_scratch_dev = true),
+            ("kmem_node", |p| p.kmem_node = true),
         ];
         let base = plan();
         let base_json = serde_json::to_value(&base).unwrap();

@@ -160,6 +160,7 @@ mod tests {
                 guest_exec: None,
                 build: false,
                 pmem_scratch_dev: false,
+                kmem_node: false,
             },
             origin,
             scenario_name: "quick".into(),

@@ -53,8 +53,14 @@ fn no_cpu_view(job: &StormJob, control: bool) -> Option<String> {
                 .into(),
         );
     }
-    (!control && job.ops.iter().any(|k| k.op().cuts_file())).then(|| {
-        "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
+    if control {
+        return None;
+    }
+    if job.ops.iter().any(|k| k.op().cuts_file()) {
+        return Some("the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS".into());
+    }
+    job.ops.iter().any(|k| k.op().poisons()).then(|| {
+        "the storm's operations poison pages (hwpoison): the CPU never touches the mapping, where a poisoned page would SIGBUS"
             .into()
     })
 }
@@ -292,6 +298,10 @@ fn run_cell(
         write_at: job.write_at,
         cpu_view,
         frames_notrun: frames_notrun.clone(),
+        env: pinstorm_workloads::layout::OpEnv {
+            lab: ctx.lab.cloned(),
+            journal: Some(ctx.scratch.journal()),
+        },
     });
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;

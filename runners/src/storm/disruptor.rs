@@ -70,6 +70,7 @@ pub fn disruptor_thread(
             align: storm.align,
             partners: &f.partners,
             cpu_access: storm.cpu_view,
+            env: &storm.env,
         };
         if let Some(why) = boxed[k].cannot_run(&target) {
             storm.unsupported().entry(kind).or_insert(why);

@@ -30,17 +30,22 @@ mod compact;
 mod dedupe;
 mod fallocate;
 mod fork_cow;
+mod hwpoison;
 mod ksm;
 mod madvise;
+mod memory_offline;
 mod migrate;
 mod mremap;
 mod partners;
 mod reflink;
+mod requires;
+mod soft_offline;
 #[allow(unsafe_code)]
 mod sys;
 mod truncate;
 
 pub use partners::{Partner, Partners};
+pub use requires::{KmemNode, LabMachine, OpEnv, Requirement};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -65,6 +70,9 @@ pub enum LayoutKind {
     Compact,
     Migrate,
     Ksm,
+    Hwpoison,
+    SoftOffline,
+    MemoryOffline,
 }
 
 impl LayoutKind {
@@ -89,6 +97,9 @@ impl LayoutKind {
         LayoutKind::Compact,
         LayoutKind::Migrate,
         LayoutKind::Ksm,
+        LayoutKind::Hwpoison,
+        LayoutKind::SoftOffline,
+        LayoutKind::MemoryOffline,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +124,9 @@ impl LayoutKind {
             LayoutKind::Compact => "compact",
             LayoutKind::Migrate => "migrate",
             LayoutKind::Ksm => "ksm",
+            LayoutKind::Hwpoison => "hwpoison",
+            LayoutKind::SoftOffline => "soft-offline",
+            LayoutKind::MemoryOffline => "memory-offline",
         }
     }
 
@@ -160,6 +174,15 @@ impl LayoutKind {
             LayoutKind::Ksm => {
                 "madvise(MADV_MERGEABLE), wait (at most 500 ms) for a full ksmd scan, MADV_UNMERGEABLE (ksmd running)"
             }
+            LayoutKind::Hwpoison => {
+                "madvise(MADV_HWPOISON) of a random page, then MADV_DONTNEED of it (lab guests only)"
+            }
+            LayoutKind::SoftOffline => {
+                "madvise(MADV_SOFT_OFFLINE) of a random aligned range (lab guests only)"
+            }
+            LayoutKind::MemoryOffline => {
+                "move_pages a random range to the guest's kmem node, take the node's blocks holding it offline (bounded), put them back online (lab guests only)"
+            }
         }
     }
 
@@ -184,6 +207,9 @@ impl LayoutKind {
             LayoutKind::Compact => Box::new(compact::Compact),
             LayoutKind::Migrate => Box::new(migrate::Migrate),
             LayoutKind::Ksm => Box::new(ksm::Ksm),
+            LayoutKind::Hwpoison => Box::new(hwpoison::Hwpoison),
+            LayoutKind::SoftOffline => Box::new(soft_offline::SoftOffline),
+            LayoutKind::MemoryOffline => Box::new(memory_offline::MemoryOffline),
         }
     }
 
@@ -226,6 +252,8 @@ pub struct LayoutTarget<'a> {
     /// Whether the CPU may touch the mapping: no operation of the storm cuts the file short
     /// (a page past end of file would SIGBUS).
     pub cpu_access: bool,
+    /// What the run offers the operations (lab guest, journal).
+    pub env: &'a OpEnv,
 }
 
 impl LayoutTarget<'_> {
@@ -297,6 +325,17 @@ impl LayoutError {
 
 pub trait LayoutOp: Send + Sync {
     fn kind(&self) -> LayoutKind;
+    /// What it needs from the machine, from the one list ([`Requirement`]), checked in
+    /// order by [`LayoutOp::cannot_run`] before anything about the target.
+    fn requires(&self) -> &'static [Requirement] {
+        &[]
+    }
+    /// Whether it leaves pages the CPU must not touch for a while (a poisoned page SIGBUSes
+    /// the process that reads it): like [`LayoutOp::cuts_file`], the storm then never reads
+    /// or writes the mapping with the CPU.
+    fn poisons(&self) -> bool {
+        false
+    }
     /// Whether it changes a file (anonymous memory has none): the layout operations do,
     /// memory-management operations work on any mapping.
     fn needs_file(&self) -> bool {
@@ -321,6 +360,9 @@ pub trait LayoutOp: Send + Sync {
     /// declared partner is missing, or [`LayoutOp::unavailable`]. Checked before every
     /// [`LayoutOp::apply`].
     fn cannot_run(&self, target: &LayoutTarget) -> Option<String> {
+        if let Some(why) = self.requires().iter().find_map(|r| r.unmet(target.env)) {
+            return Some(why);
+        }
         if self.needs_file() && target.file.is_none() {
             return Some("anonymous memory has no file whose layout could change".into());
         }
@@ -405,6 +447,11 @@ mod tests {
         .unwrap()
     }
 
+    static HOST: OpEnv = OpEnv {
+        lab: None,
+        journal: None,
+    };
+
     fn target<'a>(
         m: &'a Mapping,
         p: &'a Partners,
@@ -412,6 +459,7 @@ mod tests {
         hugetlb: bool,
     ) -> LayoutTarget<'a> {
         LayoutTarget {
+            env: &HOST,
             file: None,
             mapping: m,
             map,

@@ -22,6 +22,10 @@ pub enum Advice {
     Cold,
     Mergeable,
     Unmergeable,
+    /// MADV_HWPOISON: lab guests only (the operation requires one).
+    HwPoison,
+    /// MADV_SOFT_OFFLINE: lab guests only.
+    SoftOffline,
 }
 
 /// `madvise(2)` of `len` bytes at `offset` of `m`.
@@ -39,11 +43,17 @@ pub fn madvise(m: &Mapping, offset: usize, len: usize, advice: Advice) -> Result
         Advice::Cold => A::LinuxCold,
         Advice::Mergeable => A::LinuxMergeable,
         Advice::Unmergeable => A::LinuxUnmergeable,
+        Advice::HwPoison => A::LinuxHwPoison,
+        Advice::SoftOffline => A::LinuxSoftOffline,
     };
     // SAFETY: the range is inside our mapping (checked). None of these advices unmaps it:
     // DONTNEED, FREE and REMOVE drop pages (a later access faults in zeros or the file's
     // page, which raw-pointer copies may observe: no Rust reference into the mapping
     // exists), PAGEOUT, COLD and (UN)MERGEABLE only change how the kernel treats the pages.
+    // SOFT_OFFLINE migrates a page's contents to a new page (or fails). HWPOISON leaves the
+    // range mapped but replaces the page with a poison entry that SIGBUSes an access: the
+    // storm never touches the mapping with the CPU where an operation poisons
+    // (`LayoutOp::poisons`), and the operation drops the entry (DONTNEED) right after.
     unsafe { rustix::mm::madvise((m.addr() + offset) as *mut _, len, a) }.map_err(Errno::from)
 }
 
