@@ -250,6 +250,11 @@ pub struct StormResult {
     pub shapes: Vec<String>,
     #[serde(default)]
     pub shapes_notrun: Vec<String>,
+    /// Where operations placed the pinned memory before the storm (`LayoutOp::prepare`:
+    /// memory-offline moves it to the lab guest's kmem node), one line per file and
+    /// operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 impl StormResult {

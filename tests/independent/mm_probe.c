@@ -11,7 +11,9 @@
  *
  * Build: cc -O2 -o probe mm_probe.c -luring
  * usage: probe anon|memfd private|shared OP BYTES
- *   OP: none, dontneed, free, remove, pageout, cold, fork, mremap-move, mremap-grow, compact
+ *   OP: none, dontneed, free, remove, pageout, cold, fork, mremap-move, mremap-grow, compact,
+ *       soft-offline (MADV_SOFT_OFFLINE of the whole buffer), hwpoison (MADV_HWPOISON of page
+ *       2, then MADV_DONTNEED of it; pages 0 and 1 are checked as usual): lab guests only
  * prints: "<diverged|same> <moved|kept|unknown>", or "op:ERRNO" when the operation failed,
  *         or the errno name of the registration when the kernel refused the pin.
  *         "unknown": the frames read as 0 (no CAP_SYS_ADMIN) or a page was not present.
@@ -163,6 +165,16 @@ int main(int argc, char **argv)
 		if (fd < 0 || write(fd, "1", 1) != 1)
 			return op_failed(op, errno);
 		close(fd);
+	} else if (strcmp(op, "soft-offline") == 0) {
+		if (madvise(p, len, MADV_SOFT_OFFLINE))
+			return op_failed(op, errno);
+	} else if (strcmp(op, "hwpoison") == 0) {
+		if (len < 3 * PG)
+			die("hwpoison needs three pages", EINVAL);
+		if (madvise(p + 2 * PG, PG, MADV_HWPOISON))
+			return op_failed(op, errno);
+		if (madvise(p + 2 * PG, PG, MADV_DONTNEED))
+			die("madvise(DONTNEED) after hwpoison", errno);
 	} else if (strcmp(op, "none") != 0) {
 		return 2;
 	}

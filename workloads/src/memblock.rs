@@ -190,6 +190,82 @@ pub fn write_state(block: u32, value: &str, bound: Duration) -> Result<StateWrit
     }
 }
 
+/// New kernel log records since it was opened (`/dev/kmsg`, root): where the kernel says
+/// why a block stayed online (it dumps the page that stopped it).
+pub struct KmsgTail(Option<std::fs::File>);
+
+impl KmsgTail {
+    pub fn open() -> KmsgTail {
+        use std::io::Seek;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).map(|_| f));
+        KmsgTail(f.ok())
+    }
+
+    /// The messages logged since [`KmsgTail::open`] (or the last call).
+    pub fn read(&mut self) -> Vec<String> {
+        let Some(f) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match std::io::Read::read(f, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    // Only the kernel's own records (facility 0: prio < 8): a user can write
+                    // to /dev/kmsg too (docs/safety.md).
+                    let Some((head, msg)) = rec.split_once(';') else {
+                        continue;
+                    };
+                    let prio = head.split(',').next().and_then(|p| p.parse::<u32>().ok());
+                    if prio.is_some_and(|p| p < 8) {
+                        out.push(msg.lines().next().unwrap_or("").to_string());
+                    }
+                }
+                // Records overwritten before we read them: go on with the next.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// Why the kernel kept a block online, from its log: the page it dumped ("unmovable page",
+/// "migration failure") and that page's flags (`slab`, `lru|swapbacked`, ...).
+pub fn offline_cause(log: &[String]) -> Option<String> {
+    let at = log
+        .iter()
+        .position(|l| l.starts_with("page dumped because: "))?;
+    let why = log[at].trim_start_matches("page dumped because: ").trim();
+    let flags = log[..at]
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let f = l.trim_start().strip_prefix("flags: ")?;
+            let inner = f.split_once('(')?.1.split(')').next()?;
+            Some(
+                inner
+                    .split('|')
+                    .filter(|w| !w.contains('='))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            )
+        })
+        .unwrap_or_default();
+    Some(if flags.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}: {flags}")
+    })
+}
+
 /// Put a journaled block back online the way it was, if it is offline: `Some(what was
 /// done)`, `None` when it is online already.
 pub fn restore(block: u32, online: Online) -> Result<Option<String>> {
@@ -231,6 +307,24 @@ mod tests {
         assert_eq!(errno_of_message(inval), Some(Errno(libc::EINVAL)));
         assert_eq!(errno_of_message("dd: something else"), None);
         assert_eq!(errno_of_message(""), None);
+    }
+
+    #[test]
+    fn the_page_the_kernel_dumped_names_the_cause() {
+        let log: Vec<String> = [
+            "page:000000006ac2c81e refcount:1 mapcount:0 mapping:0000000000000000 index:0x0 pfn:0x130000",
+            "head:000000006ac2c81e order:2 compound_mapcount:0 compound_pincount:0",
+            "flags: 0x57ffffc0010200(slab|head|node=1|zone=2|lastcpupid=0x1fffff)",
+            "raw: 0057ffffc0010200 dead000000000100 dead000000000122 ff19998f41034b00",
+            "page dumped because: unmovable page",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            offline_cause(&log).as_deref(),
+            Some("unmovable page: slab|head")
+        );
+        assert_eq!(offline_cause(&log[..3]), None);
     }
 
     #[test]

@@ -378,20 +378,32 @@ fn setup_kmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> LabMachine {
             .with_context(|| format!("a devdax namespace for kmem (modprobe: {failed:?})"))?;
         let dev = json_find(&v, "chardev")
             .with_context(|| format!("ndctl answered no chardev: {out}"))?;
-        crate::kmem::online(&dev).with_context(|| format!("modprobe: {failed:?}"))
+        let mut k = crate::kmem::online(&dev).with_context(|| format!("modprobe: {failed:?}"))?;
+        let all = k.blocks.clone();
+        let (clean, refused) = crate::kmem::clean_blocks(&k)?;
+        if clean.is_empty() {
+            bail!(
+                "{dev} on kmem (node {}), but none of its memory blocks {all:?} goes offline with nothing pinned: {}",
+                k.node,
+                refused.join(", ")
+            );
+        }
+        k.blocks = clean;
+        Ok((k, all, refused))
     })();
     match made {
-        Ok(k) => {
+        Ok((k, all, refused)) => {
             facts.push(fact(
                 "kmem-node",
                 true,
                 format!(
-                    "{} on kmem: node {} (online: {}), memory blocks {:?} in zone {}; node {} MemTotal {}",
+                    "{} on kmem: node {} (online: {}), memory blocks {all:?} in zone {}, of which {:?} go offline with nothing pinned (refused: {}); node {} MemTotal {}",
                     k.device,
                     k.node,
                     sysfs("/sys/devices/system/node/online"),
-                    k.blocks,
                     k.zone,
+                    k.blocks,
+                    if refused.is_empty() { "none".to_string() } else { refused.join(", ") },
                     k.node,
                     sysfs(&format!("/sys/devices/system/node/node{}/meminfo", k.node))
                         .lines()
@@ -569,13 +581,6 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         lab: Some(lab.clone()),
     };
     let run = run::run(&opts);
-    if let Some(k) = &lab.kmem {
-        report.facts.push(match crate::kmem::restore(k) {
-            Ok(done) => fact("kmem-node-after", true, done),
-            Err(e) => fact("kmem-node-after", false, format!("{e:#}")),
-        });
-        write_report(&report);
-    }
     // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
     // says so.
     for (fs, d) in &targets.scratch_devs {
@@ -626,6 +631,19 @@ pub fn main(plan_path: &Path) -> Result<i32> {
                 .status()
         });
         report.guest_exec_status = st.ok().and_then(|s| s.code());
+    }
+    // After --guest-exec, so a witness there reads the memory blocks as the run left them.
+    if let Some(k) = &lab.kmem {
+        // Every block the device brought, the ones left out of the operation too.
+        let k = pinstorm_workloads::layout::KmemNode {
+            blocks: crate::kmem::device_blocks(&k.device).unwrap_or_else(|_| k.blocks.clone()),
+            ..k.clone()
+        };
+        report.facts.push(match crate::kmem::restore(&k) {
+            Ok(done) => fact("kmem-node-after", true, done),
+            Err(e) => fact("kmem-node-after", false, format!("{e:#}")),
+        });
+        write_report(&report);
     }
     match run {
         Ok(outcome) => {

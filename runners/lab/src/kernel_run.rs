@@ -67,7 +67,10 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     ));
     let accel = choose_accel(lab, spec, &kernel);
 
-    let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;
+    let mut run = RunDir::create(
+        &lab.cache,
+        (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
+    )?;
     let plan_path = write_plan(lab, spec, &run)?;
     let exec = format!(
         "{} __lab-guest {}",

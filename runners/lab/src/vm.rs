@@ -195,6 +195,17 @@ pub struct GuestShape<'a> {
     pub exec: String,
 }
 
+/// The emulated NVDIMM's size in MiB: 1 GiB (the fsdax namespaces take 640 MiB, a devdax
+/// one 256 MiB), 2 GiB with `--kmem-node`, whose namespace takes what is left (1408 MiB: ten
+/// whole 128 MiB memory blocks after alignment).
+pub fn nvdimm_mib(kmem_node: bool) -> u64 {
+    if kmem_node {
+        2048
+    } else {
+        1024
+    }
+}
+
 /// The `vng` arguments (after the program name).
 pub fn vng_args(s: &GuestShape) -> Vec<String> {
     let mut a: Vec<String> = vec![
@@ -238,10 +249,11 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
             };
             // `--opt=value`: argparse would take a value starting with '-' for an option.
             a.push(format!(
-                "--qemu-opts=-machine nvdimm=on -m {}M,slots=2,maxmem={}M -object memory-backend-file,id=pinstorm-nv,share=on,mem-path={},size=1G -device nvdimm,id=nv1,memdev=pinstorm-nv,label-size=128K{node}",
+                "--qemu-opts=-machine nvdimm=on -m {}M,slots=2,maxmem={}M -object memory-backend-file,id=pinstorm-nv,share=on,mem-path={},size={}M -device nvdimm,id=nv1,memdev=pinstorm-nv,label-size=128K{node}",
                 s.memory_mib,
                 s.memory_mib + 4096,
-                s.nvdimm_image.display()
+                s.nvdimm_image.display(),
+                nvdimm_mib(s.kmem_node)
             ));
         }
         PmemMode::Memmap => {

@@ -13,7 +13,7 @@ use pinstorm_analysis::expect::Cell;
 use pinstorm_analysis::oracle::{Oracle, OracleKind};
 use pinstorm_analysis::schema::{LeakedPins, StormResult};
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
-use pinstorm_workloads::layout::Partners;
+use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partners};
 use pinstorm_workloads::pin::{Availability, PinKind, PinPath};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
@@ -198,6 +198,34 @@ fn view_notes(
     }
 }
 
+/// Each operation's [`pinstorm_workloads::layout::LayoutOp::prepare`] on every file where it
+/// can run: what each did, one line per file and operation.
+fn place(storm: &StormState, ops: &[LayoutKind]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, f) in storm.files.iter().enumerate() {
+        let target = LayoutTarget {
+            file: f.region.file.as_ref(),
+            mapping: &f.region.mapping,
+            map: f.region.spec.map,
+            hugetlb: storm.hugetlb,
+            size: storm.size,
+            align: storm.align,
+            partners: &f.partners,
+            cpu_access: storm.cpu_view,
+            env: &storm.env,
+        };
+        for k in ops {
+            let op = k.op();
+            if op.cannot_run(&target).is_none() {
+                if let Some(done) = op.prepare(&target) {
+                    out.push(format!("file={i} {k}: {done}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One cell; a `control` cell runs the same pinners and writes with no disruptor.
 pub fn run(
     job: &StormJob,
@@ -303,6 +331,9 @@ fn run_cell(
             journal: Some(ctx.scratch.journal()),
         },
     });
+    // Memory placed where the operations need it, before anything is pinned; control cells
+    // too, so they differ from their storm only by the operations.
+    let placement = place(&storm, &job.ops);
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
     for i in 0..job.pinners.get() {
@@ -462,5 +493,6 @@ fn run_cell(
         control,
         shapes: job.shapes.iter().map(|s| s.name().to_string()).collect(),
         shapes_notrun: pinners.shapes_notrun.into_iter().collect(),
+        placement,
     })
 }

@@ -123,7 +123,7 @@ pub fn disruptor_thread(
                 st.count -= 1;
             }
             Err(e) => {
-                *st.errors.entry(e.errno.name()).or_default() += 1;
+                *st.errors.entry(e.key()).or_default() += 1;
                 out.timeline.at(now).layout_errors += 1;
             }
         }

@@ -81,11 +81,13 @@ impl LayoutOp for Hwpoison {
                 op: "madvise(MADV_HWPOISON)",
                 errno,
                 partial: Some(effect),
+                cause: None,
             }),
             (Ok(()), Err(errno)) => Err(LayoutError {
                 op: "madvise(MADV_DONTNEED) after MADV_HWPOISON",
                 errno,
                 partial: Some(effect),
+                cause: None,
             }),
             (Ok(()), Ok(())) => Ok(Applied {
                 effect,

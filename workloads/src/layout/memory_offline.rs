@@ -3,7 +3,8 @@
 //! Each call:
 //!
 //! 1. `move_pages(2)` a random range of the pinned mapping to the kmem node (a page pinned at
-//!    that moment does not move: its status is an errno);
+//!    that moment does not move: its status is an errno); the whole region was moved there
+//!    before the storm ([`LayoutOp::prepare`]), so pins hold pages on the node;
 //! 2. reads the range's frames (`/proc/self/pagemap`, root) and takes the node's memory
 //!    blocks holding any of them offline, one by one (`state` = `offline`, journaled first,
 //!    bounded: see [`crate::memblock`]);
@@ -112,6 +113,18 @@ impl LayoutOp for MemoryOffline {
             .then(|| "no run journal to record the blocks it takes offline".into())
     }
 
+    /// Move the whole region to the kmem node before anything pins it: a long-term pin then
+    /// holds pages on the node's blocks (in ZONE_NORMAL it does not migrate them).
+    fn prepare(&self, t: &LayoutTarget) -> Option<String> {
+        let node = t.env.lab.as_ref()?.kmem.as_ref()?.node;
+        Some(
+            match move_pages(t.mapping, 0, t.mapping.len(), Some(node)) {
+                Ok(status) => format!("move_pages to node {node}: {}", statuses(&status, node)),
+                Err(e) => format!("move_pages to node {node}: {}", e.name()),
+            },
+        )
+    }
+
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
         let kmem = t
             .env
@@ -139,10 +152,11 @@ impl LayoutOp for MemoryOffline {
                 op: "no page of the range on the kmem node to offline",
                 errno: Errno(libc::ENOENT),
                 partial: None,
+                cause: None,
             });
         }
         let mut done = Vec::new();
-        let mut failed: Option<(String, Errno)> = None;
+        let mut failed: Option<(Errno, Option<String>)> = None;
         for (b, pages) in &held {
             let online = memblock::zone(*b)
                 .map(|z| Online::of_zone(&z))
@@ -150,8 +164,10 @@ impl LayoutOp for MemoryOffline {
             journal
                 .record(&JournalEntry::MemoryBlock { block: *b, online })
                 .map_err(|_| err("journaling a memory block", Errno(libc::EIO)))?;
+            let mut log = memblock::KmsgTail::open();
             let w = memblock::write_state(*b, "offline", BOUND)
                 .map_err(|_| err("writing a memory block's state", Errno(libc::EIO)))?;
+            let cause = memblock::offline_cause(&log.read());
             match w {
                 StateWrite::Done { ms } => {
                     // Back online at once, the way it was.
@@ -164,6 +180,7 @@ impl LayoutOp for MemoryOffline {
                                 _ => Errno(libc::EIO),
                             },
                             partial: Some(effect),
+                            cause: None,
                         });
                     }
                     done.push(format!(
@@ -176,13 +193,18 @@ impl LayoutOp for MemoryOffline {
                         "memory{b} ({pages} pages): {} after {ms:.1} ms",
                         errno.name()
                     ));
-                    failed.get_or_insert((format!("memory{b}"), errno));
+                    failed.get_or_insert((errno, cause));
                 }
                 StateWrite::Interrupted { ms } => {
                     done.push(format!(
                         "memory{b} ({pages} pages): still retrying after {ms:.0} ms, writer killed"
                     ));
-                    failed.get_or_insert((format!("memory{b}"), Errno(libc::EINTR)));
+                    failed.get_or_insert((
+                        Errno(libc::EINTR),
+                        Some(cause.map_or("still migrating: writer killed".into(), |c| {
+                            format!("still migrating: writer killed; {c}")
+                        })),
+                    ));
                 }
             }
         }
@@ -193,10 +215,11 @@ impl LayoutOp for MemoryOffline {
         );
         match failed {
             // Offlining migrates what it can before it fails: pages may have moved.
-            Some((_, errno)) => Err(LayoutError {
+            Some((errno, cause)) => Err(LayoutError {
                 op: "offlining a memory block holding the range",
                 errno,
                 partial: Some(effect),
+                cause,
             }),
             None => Ok(Applied { effect, desc }),
         }

@@ -310,6 +310,19 @@ pub struct LayoutError {
     pub errno: Errno,
     /// What the operation had already done when it failed (e.g. shrunk but not re-extended).
     pub partial: Option<Effect>,
+    /// Why, where the errno alone does not say and the kernel told (memory-offline: the page
+    /// that kept a block online): counted apart, as `EBUSY (cause)`.
+    pub cause: Option<String>,
+}
+
+impl LayoutError {
+    /// How the storm counts this failure: the errno, with its cause when known.
+    pub fn key(&self) -> String {
+        match &self.cause {
+            Some(c) => format!("{} ({c})", self.errno.name()),
+            None => self.errno.name(),
+        }
+    }
 }
 
 impl LayoutError {
@@ -356,6 +369,14 @@ pub trait LayoutOp: Send + Sync {
     }
     fn apply(&self, target: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError>;
 
+    /// Called once per pinned region before the storm starts, nothing pinned yet, where the
+    /// operation can run ([`LayoutOp::cannot_run`] is `None`): put the memory where the
+    /// operation needs it (memory-offline moves it to the kmem node). Returns what it did,
+    /// for the result's `placement`.
+    fn prepare(&self, _target: &LayoutTarget) -> Option<String> {
+        None
+    }
+
     /// Why this operation cannot run on `target`: it needs a file and there is none, a
     /// declared partner is missing, or [`LayoutOp::unavailable`]. Checked before every
     /// [`LayoutOp::apply`].
@@ -377,11 +398,19 @@ pub trait LayoutOp: Send + Sync {
     }
 }
 
+/// `move_pages(2)` every page of `m` to NUMA node `node`: each page's node, or a negative
+/// errno where it did not move. For set-up code outside the storms (the lab guest's kmem
+/// node).
+pub fn move_to_node(m: &Mapping, node: i32) -> Result<Vec<i32>, Errno> {
+    sys::move_pages(m, 0, m.len(), Some(node))
+}
+
 pub(crate) fn err(op: &'static str, e: impl Into<Errno>) -> LayoutError {
     LayoutError {
         op,
         errno: e.into(),
         partial: None,
+        cause: None,
     }
 }
 

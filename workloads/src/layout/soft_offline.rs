@@ -54,6 +54,7 @@ impl LayoutOp for SoftOffline {
                 errno,
                 // Pages before the one that failed may have moved.
                 partial: Some(effect),
+                cause: None,
             }),
             Ok(()) => Ok(Applied {
                 effect,
