@@ -32,6 +32,14 @@
 
 #define PG 4096
 
+/* <linux/mman.h> values; glibc's <sys/mman.h> may not carry them. */
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
+
 static void die(const char *what, int err)
 {
 	fprintf(stderr, "probe: %s: %s\n", what, strerror(err));

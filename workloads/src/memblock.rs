@@ -259,6 +259,21 @@ pub fn offline_cause(log: &[String]) -> Option<String> {
             )
         })
         .unwrap_or_default();
+    // Newer kernels name a slab page by its type (`page_type: f5(slab)`), not by a flag.
+    let page_type = log[..at].iter().rev().find_map(|l| {
+        let t = l.trim_start().strip_prefix("page_type: ")?;
+        Some(t.split_once('(')?.1.split(')').next()?.to_string())
+    });
+    let flags = match page_type {
+        Some(t) if !flags.split('|').any(|f| f == t) => {
+            if flags.is_empty() {
+                t
+            } else {
+                format!("{t}|{flags}")
+            }
+        }
+        _ => flags,
+    };
     Some(if flags.is_empty() {
         why.to_string()
     } else {
@@ -325,6 +340,17 @@ mod tests {
             Some("unmovable page: slab|head")
         );
         assert_eq!(offline_cause(&log[..3]), None);
+        // 6.12: the slab is the page's type, not a flag.
+        let log: Vec<String> = [
+            "page: refcount:1 mapcount:0 mapping:0000000000000000 index:0xff29b7d630001880 pfn:0x130001",
+            "flags: 0x57ffffc0000000(node=1|zone=2|lastcpupid=0x1fffff)",
+            "page_type: f5(slab)",
+            "raw: 0057ffffc0000000 ff29b7d501034600 dead000000000122 0000000000000000",
+            "page dumped because: unmovable page",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(offline_cause(&log).as_deref(), Some("unmovable page: slab"));
     }
 
     #[test]

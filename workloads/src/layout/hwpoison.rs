@@ -12,8 +12,9 @@
 
 use rand::RngCore;
 
-use super::sys::{madvise, Advice};
+use super::sys::{hwpoison, madvise, Advice, SIGNALLED};
 use super::{Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget, Requirement};
+use crate::sys::Errno;
 
 pub struct Hwpoison;
 
@@ -62,7 +63,7 @@ impl LayoutOp for Hwpoison {
         let off = (rng.next_u64() % pages) * t.align;
         let len = t.align;
         let before = hardware_corrupted_kb();
-        let poisoned = madvise(t.mapping, off as usize, len as usize, Advice::HwPoison);
+        let poisoned = hwpoison(t.mapping, off as usize, len as usize);
         let after = hardware_corrupted_kb();
         let effect = Effect::Remapped {
             offset: off,
@@ -76,20 +77,27 @@ impl LayoutOp for Hwpoison {
             (Some(b), Some(a)) => format!("HardwareCorrupted {b} -> {a} kB"),
             _ => "no HardwareCorrupted in /proc/meminfo".into(),
         };
+        const SIGBUS: &str = "and the kernel sent the caller SIGBUS (BUS_MCEERR)";
         match (poisoned, dropped) {
             (Err(errno), _) => Err(LayoutError {
                 op: "madvise(MADV_HWPOISON)",
-                errno,
+                errno: Errno(errno.0 & !SIGNALLED),
                 partial: Some(effect),
-                cause: None,
+                cause: (errno.0 & SIGNALLED != 0).then(|| SIGBUS.to_string()),
             }),
-            (Ok(()), Err(errno)) => Err(LayoutError {
+            (Ok(true), _) => Err(LayoutError {
+                op: "madvise(MADV_HWPOISON)",
+                errno: Errno(0),
+                partial: Some(effect),
+                cause: Some(format!("returned 0, {SIGBUS}")),
+            }),
+            (Ok(false), Err(errno)) => Err(LayoutError {
                 op: "madvise(MADV_DONTNEED) after MADV_HWPOISON",
                 errno,
                 partial: Some(effect),
                 cause: None,
             }),
-            (Ok(()), Ok(())) => Ok(Applied {
+            (Ok(false), Ok(())) => Ok(Applied {
                 effect,
                 desc: format!("hwpoison {off}+{len}: {corrupted}"),
             }),

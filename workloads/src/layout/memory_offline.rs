@@ -114,15 +114,73 @@ impl LayoutOp for MemoryOffline {
     }
 
     /// Move the whole region to the kmem node before anything pins it: a long-term pin then
-    /// holds pages on the node's blocks (in ZONE_NORMAL it does not migrate them).
+    /// holds pages on the node's blocks (in ZONE_NORMAL it does not migrate them). The
+    /// kernel puts its own node-local allocations at the node's lowest free pages (measured
+    /// on 6.1, 6.12 and 7.2: a slab page at the first page of the first block), and a block
+    /// holding one never goes offline, pin or not; the node hands out its lowest free pages
+    /// first. So a ballast of one block's size goes to the node first and is freed after the
+    /// region followed it: the region lands past the kernel's pages, and what the kernel
+    /// allocates later goes where the ballast was. Says which blocks hold the region.
     fn prepare(&self, t: &LayoutTarget) -> Option<String> {
-        let node = t.env.lab.as_ref()?.kmem.as_ref()?.node;
-        Some(
-            match move_pages(t.mapping, 0, t.mapping.len(), Some(node)) {
-                Ok(status) => format!("move_pages to node {node}: {}", statuses(&status, node)),
-                Err(e) => format!("move_pages to node {node}: {}", e.name()),
-            },
-        )
+        use crate::sys::{MapMode, Mapping};
+        let kmem = t.env.lab.as_ref()?.kmem.as_ref()?;
+        let node = kmem.node;
+        let ballast = memblock::block_size().ok().and_then(|bs| {
+            let m = Mapping::anonymous(
+                bs as usize,
+                MapMode {
+                    shared: false,
+                    writable: true,
+                    hugetlb: false,
+                    populate: true,
+                },
+            )
+            .ok()?;
+            let st = move_pages(&m, 0, m.len(), Some(node)).ok()?;
+            let on = st.iter().filter(|s| **s == node).count();
+            Some((m, on))
+        });
+        let moved = match move_pages(t.mapping, 0, t.mapping.len(), Some(node)) {
+            Ok(status) => statuses(&status, node),
+            Err(e) => e.name(),
+        };
+        let ballast = match ballast {
+            Some((m, on)) => {
+                drop(m);
+                format!("after a ballast of {on} pages")
+            }
+            None => "no ballast".into(),
+        };
+        let all = memblock::node_blocks(node).unwrap_or_default();
+        let held = memblock::block_size()
+            .ok()
+            .and_then(|bs| {
+                Some(blocks_of(
+                    &frames(t.mapping.addr(), t.mapping.len()).ok()?,
+                    bs,
+                    &all,
+                ))
+            })
+            .unwrap_or_default();
+        let held: Vec<String> = held
+            .iter()
+            .map(|(b, n)| {
+                let usable = if kmem.blocks.contains(b) {
+                    ""
+                } else {
+                    ", left out"
+                };
+                format!("memory{b} x{n}{usable}")
+            })
+            .collect();
+        Some(format!(
+            "move_pages to node {node} ({ballast}): {moved}; on {}",
+            if held.is_empty() {
+                "no block of the node".to_string()
+            } else {
+                held.join(", ")
+            }
+        ))
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
@@ -149,7 +207,7 @@ impl LayoutOp for MemoryOffline {
         };
         if held.is_empty() {
             return Err(LayoutError {
-                op: "no page of the range on the kmem node to offline",
+                op: "no page of the range on a usable block of the kmem node",
                 errno: Errno(libc::ENOENT),
                 partial: None,
                 cause: None,

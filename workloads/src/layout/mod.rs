@@ -304,7 +304,7 @@ pub struct Applied {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{op}: {}", errno.name())]
+#[error("{op}: {}", self.key())]
 pub struct LayoutError {
     pub op: &'static str,
     pub errno: Errno,
@@ -316,9 +316,11 @@ pub struct LayoutError {
 }
 
 impl LayoutError {
-    /// How the storm counts this failure: the errno, with its cause when known.
+    /// How the storm counts this failure: the errno, with its cause when known (the cause
+    /// alone for a call that returned 0 and still failed, e.g. with a signal).
     pub fn key(&self) -> String {
         match &self.cause {
+            Some(c) if self.errno.0 == 0 => c.clone(),
             Some(c) => format!("{} ({c})", self.errno.name()),
             None => self.errno.name(),
         }
