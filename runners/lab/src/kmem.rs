@@ -122,7 +122,7 @@ fn warm_up(node: i32) -> Result<()> {
     m.write_at(0, &vec![0x6b; 2 << 20]);
     let st = pinstorm_workloads::layout::move_to_node(&m, node)
         .map_err(|e| anyhow::anyhow!("move_pages to node {node}: {}", e.name()))?;
-    if !st.iter().any(|s| *s == node) {
+    if !st.contains(&node) {
         bail!("move_pages put no page on node {node}: {st:?}");
     }
     Ok(())
