@@ -356,6 +356,20 @@ mod tests {
     }
 
     #[test]
+    fn only_scenarios_with_lab_only_operations_are_refused_outside_a_lab_guest() {
+        let lab = preset("mm-vs-pin-lab");
+        let why = lab_only_refusal(&lab, false).unwrap();
+        for op in ["hwpoison", "soft-offline", "memory-offline"] {
+            assert!(why.contains(op), "{why}");
+        }
+        assert!(why.contains("pinstorm lab"), "{why}");
+        assert_eq!(lab_only_refusal(&lab, true), None);
+        for name in ["mm-vs-pin", "default", "quick", "truncate-vs-pin"] {
+            assert_eq!(lab_only_refusal(&preset(name), false), None, "{name}");
+        }
+    }
+
+    #[test]
     fn jobs_run_in_the_order_probe_bench_leases_storm() {
         let mut s = preset("default");
         s.lease = Some(Default::default());
