@@ -209,7 +209,8 @@ impl LayoutOp for MemoryOffline {
             return Err(LayoutError {
                 op: "no page of the range on a usable block of the kmem node",
                 errno: Errno(libc::ENOENT),
-                partial: None,
+                // move_pages may have moved pages of the range: attributed to this call.
+                partial: Some(effect),
                 cause: None,
             });
         }
