@@ -674,7 +674,8 @@ for c in "anon private soft-offline" "memfd shared soft-offline" "anon private h
 done
 "#;
 
-fn build_mm_probe(dir: &Path) -> PathBuf {
+/// The mm probe, or None (skipped with the reason) where it cannot be built outside CI.
+fn build_mm_probe(dir: &Path) -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
     let out = dir.join("mm_probe");
     let o = Command::new("cc")
@@ -682,14 +683,21 @@ fn build_mm_probe(dir: &Path) -> PathBuf {
         .arg(&out)
         .arg(&src)
         .arg("-luring")
-        .output()
-        .expect("cc (gcc is installed by scripts/test.sh)");
-    assert!(
-        o.status.success(),
-        "building the mm probe (liburing-dev): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(out),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => format!("cc: {e}"),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("building the mm probe (liburing-dev, installed by scripts/test.sh): {why}");
+            }
+            eprintln!("memory_operations_that_damage_memory: skipped: the mm probe needs liburing-dev: {why}");
+            None
+        }
+    }
 }
 
 /// `mm-vs-pin-lab` in a 6.1 guest with a kmem node: the lab-only operations ran (none is
@@ -706,7 +714,9 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
     let _g = serial();
     let tmp = tempdir("lab-mm");
     let results = tmp.join("results");
-    let probe = build_mm_probe(&tmp);
+    let Some(probe) = build_mm_probe(&tmp) else {
+        return;
+    };
     let exec = MM_LAB_EXEC.replace("@PROBE@", probe.to_str().unwrap());
     let o = pinstorm()
         .arg("--results")
