@@ -313,6 +313,11 @@ pub struct LabArgs {
     /// only memory, for the memory-offline operation (mm-vs-pin-lab). Needs --pmem nvdimm.
     #[arg(long)]
     pub kmem_node: bool,
+    /// Boot each guest kernel with `movablecore=SIZE` (512M, 1G, or a percentage of memory
+    /// such as 25%): a ZONE_MOVABLE, from which a long-term pin must migrate its pages out
+    /// first. The guest records the zone it got (fact `movablecore`).
+    #[arg(long, value_name = "SIZE")]
+    pub movablecore: Option<String>,
     /// Do not set up soft-RoCE in the guest.
     #[arg(long)]
     pub no_rxe: bool,

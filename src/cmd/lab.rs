@@ -79,6 +79,7 @@ fn options(
             guest_exec: a.guest_exec.clone(),
             pmem_scratch_dev: a.pmem_scratch_dev,
             kmem_node: a.kmem_node,
+            movablecore: a.movablecore.clone(),
             build: a.build,
         },
         origin,

@@ -91,6 +91,9 @@ pub struct GuestPlan {
     /// on the guest's memoryless node 1 (`--kmem-node`).
     #[serde(default)]
     pub kmem_node: bool,
+    /// The kernel was booted with `movablecore=` (`--movablecore`): record the zones.
+    #[serde(default)]
+    pub movablecore: bool,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -363,6 +366,51 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> Targets {
     t
 }
 
+/// The Movable zones of `/proc/zoneinfo` with their present pages (`node 0 Movable`).
+fn movable_zones(zoneinfo: &str) -> Vec<(String, u64)> {
+    let mut zones = Vec::new();
+    let mut current: Option<String> = None;
+    for l in zoneinfo.lines() {
+        if let Some(rest) = l.strip_prefix("Node ") {
+            current = rest
+                .split_once(", zone")
+                .map(|(n, z)| format!("node {n} {}", z.trim()));
+        } else if let (Some(z), Some(p)) = (&current, l.trim().strip_prefix("present ")) {
+            if z.ends_with("Movable") {
+                zones.push((z.clone(), p.trim().parse().unwrap_or(0)));
+            }
+        }
+    }
+    zones
+}
+
+/// `--movablecore`: whether the kernel made a ZONE_MOVABLE, and how big (`/proc/zoneinfo`).
+fn movable_zone() -> LabFact {
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    let cmdline = sysfs("/proc/cmdline");
+    let arg = cmdline
+        .split_whitespace()
+        .find(|a| a.starts_with("movablecore="))
+        .unwrap_or("no movablecore= on the command line")
+        .to_string();
+    let zones = movable_zones(&zoneinfo);
+    let present: u64 = zones.iter().map(|(_, p)| p).sum();
+    let detail = format!(
+        "{arg}: ZONE_MOVABLE {} MiB ({})",
+        (present * 4096) >> 20,
+        if zones.is_empty() {
+            "no Movable zone in /proc/zoneinfo".to_string()
+        } else {
+            zones
+                .iter()
+                .map(|(z, p)| format!("{z}: {p} pages"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    fact("movablecore", present > 0, detail)
+}
+
 /// `--kmem-node`: a device-dax namespace of what the region has left, onlined as system RAM
 /// (node 1's only memory); the lab machine the run is told about.
 fn setup_kmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> LabMachine {
@@ -497,6 +545,9 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     let _ = modprobe(&["loop"]);
     let targets = setup_pmem(&plan, &mut report.facts);
     let lab = setup_kmem(&plan, &mut report.facts);
+    if plan.movablecore {
+        report.facts.push(movable_zone());
+    }
     if plan.rxe {
         setup_rxe(&mut report.facts);
     } else {
@@ -657,5 +708,23 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             write_report(&report);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::movable_zones;
+
+    #[test]
+    fn movable_zones_are_read_from_zoneinfo_with_their_present_pages() {
+        let z = "Node 0, zone   Normal\n  pages free     1000\n        present  262144\nNode 0, zone  Movable\n  pages free     5\n        present  131072\n        managed  131000\nNode 1, zone  Movable\n        present  0\n";
+        assert_eq!(
+            movable_zones(z),
+            vec![
+                ("node 0 Movable".to_string(), 131072),
+                ("node 1 Movable".to_string(), 0)
+            ]
+        );
+        assert!(movable_zones("Node 0, zone   Normal\n        present  5\n").is_empty());
     }
 }

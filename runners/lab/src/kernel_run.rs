@@ -86,6 +86,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         memory_mib: opts.plan.memory_mib,
         cpus: opts.plan.cpus,
         kmem_node: opts.plan.kmem_node,
+        movablecore: opts.plan.movablecore.clone(),
         exec,
     };
     let args = vm::vng_args(&shape);
@@ -196,6 +197,7 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         reproduce_as: reproduce_as(spec, p.build),
         pmem_scratch_dev: p.pmem_scratch_dev,
         kmem_node: p.kmem_node,
+        movablecore: p.movablecore.is_some(),
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;

@@ -161,6 +161,7 @@ mod tests {
                 build: false,
                 pmem_scratch_dev: false,
                 kmem_node: false,
+                movablecore: None,
             },
             origin,
             scenario_name: "quick".into(),

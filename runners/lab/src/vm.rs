@@ -192,6 +192,8 @@ pub struct GuestShape<'a> {
     pub cpus: usize,
     /// A memoryless NUMA node 1 that the NVDIMM belongs to (`--kmem-node`).
     pub kmem_node: bool,
+    /// `movablecore=` for the kernel (`--movablecore`).
+    pub movablecore: Option<String>,
     pub exec: String,
 }
 
@@ -229,6 +231,9 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
     // Hung tasks are reported after 20 s instead of 120 s, so a storm that blocks a task
     // for good shows up in the console well before the watchdog's timeout.
     let mut append = vec!["sysctl.kernel.hung_task_timeout_secs=20".to_string()];
+    if let Some(m) = &s.movablecore {
+        append.push(format!("movablecore={m}"));
+    }
     match s.pmem {
         PmemMode::Nvdimm => {
             a.push("--memory".into());
@@ -470,6 +475,7 @@ mod tests {
             memory_mib: 2048,
             cpus: 2,
             kmem_node: false,
+            movablecore: None,
             exec: "/bin/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
         }
     }
@@ -515,6 +521,16 @@ mod tests {
         assert_eq!(numa, ["--numa=2048M,cpus=0-1", "--numa=0"]);
         let q = k.iter().find(|x| x.starts_with("--qemu-opts=")).unwrap();
         assert!(q.ends_with("label-size=128K,node=1"), "{q}");
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains("movablecore")));
+        let mc = vng_args(&GuestShape {
+            movablecore: Some("25%".into()),
+            ..shape(&tcg, PmemMode::Nvdimm)
+        });
+        assert!(mc
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains(" movablecore=25%")));
         let m = vng_args(&shape(&tcg, PmemMode::Memmap));
         assert!(m
             .iter()
