@@ -883,3 +883,63 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
         None => assert_eq!(p, "same kept", "{log}"),
     }
 }
+
+/// `pin-migration` in a 6.1 guest booted with `movablecore=25%`: the guest has a ZONE_MOVABLE
+/// (read by the witness from /proc/zoneinfo, not by pinstorm), fresh regions start there,
+/// every page a long-term io_uring pin held had been moved out of it, the first pin is
+/// slower than pinning the same pages again, pinning pages a pipe holds has an outcome, and
+/// every fact was judged against an expectation (a fact without one fails the test).
+#[test]
+fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
+    if skip("a_long_term_pin_moves_pages_out_of_zone_movable") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-movable");
+    let results = tmp.join("results");
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.1",
+            "--no-rxe",
+            "--movablecore",
+            "25%",
+            "--timeout",
+            "8m",
+            "--guest-exec",
+            "awk '/^Node/ {z=$4} z==\"Movable\" && $1==\"present\" {print \"movable-present\", $2}' /proc/zoneinfo",
+            "pin-migration",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (path, r) = &all[0];
+    assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let log = std::fs::read_to_string(path.with_file_name("guest-exec.log")).unwrap();
+    let present: u64 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("movable-present "))
+        .map(|n| n.trim().parse::<u64>().unwrap())
+        .sum();
+    assert!(present > 0, "no ZONE_MOVABLE in the guest: {log}");
+    let m = &r["migration"][0];
+    assert_eq!(m["outcome"], "ok", "{m:#}");
+    let before = m["movable_before"].as_u64().unwrap();
+    assert!(before > 0, "{m:#}");
+    assert_eq!(m["migrated"], before, "{m:#}");
+    assert_eq!(m["movable_while_pinned"], 0, "{m:#}");
+    assert!(!m["held"].as_str().unwrap().is_empty(), "{m:#}");
+    let verdicts = m["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 4, "{m:#}");
+    for v in verdicts {
+        assert_eq!(v["verdict"], "as-expected", "{v:#}");
+    }
+}

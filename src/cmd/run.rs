@@ -225,6 +225,7 @@ pub fn probe(g: &Global, a: &ProbeArgs) -> Result<ExitCode> {
         bench: None,
         storm: None,
         lease: None,
+        migration: None,
         rdma: None,
     };
     run_all(
@@ -299,6 +300,7 @@ pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
         bench: Some(job),
         storm: None,
         lease: None,
+        migration: None,
         rdma: None,
     };
     run_all(

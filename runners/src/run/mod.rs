@@ -117,7 +117,11 @@ fn jobs(s: &Scenario) -> Vec<&dyn Job> {
     let bench = s.bench.as_ref().map(|j| j as &dyn Job);
     let lease = s.lease.as_ref().map(|j| j as &dyn Job);
     let storm = s.storm.as_ref().map(|j| j as &dyn Job);
-    [probe, bench, lease, storm].into_iter().flatten().collect()
+    let migration = s.migration.as_ref().map(|j| j as &dyn Job);
+    [probe, bench, lease, storm, migration]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn memlock_hint(env: &Environment) -> Option<String> {
