@@ -308,6 +308,17 @@ pub struct LabArgs {
     /// nvdimm.
     #[arg(long)]
     pub pmem_scratch_dev: bool,
+    /// Give the guest a memoryless NUMA node 1 and the NVDIMM to it; the guest makes a
+    /// device-dax namespace of what the region has left (384 MiB after the fsdax ones),
+    /// binds it to the kmem driver and onlines its memory blocks in ZONE_NORMAL: node 1's
+    /// only memory, for the memory-offline operation (mm-vs-pin-lab). Needs --pmem nvdimm.
+    #[arg(long)]
+    pub kmem_node: bool,
+    /// Boot each guest kernel with `movablecore=SIZE` (512M, 1G, or a percentage of memory
+    /// such as 25%): a ZONE_MOVABLE, from which a long-term pin must migrate its pages out
+    /// first. The guest records the zone it got (fact `movablecore`).
+    #[arg(long, value_name = "SIZE")]
+    pub movablecore: Option<String>,
     /// Do not set up soft-RoCE in the guest.
     #[arg(long)]
     pub no_rxe: bool,

@@ -229,6 +229,8 @@ fn lab_guest_sizes_out_of_range_are_exit_2_naming_the_flag_and_the_range() {
             "between 1024 and 1048576",
         ),
         ("--timeout", "0s", "greater than zero"),
+        ("--movablecore", "100%", "a percentage of memory"),
+        ("--movablecore", "1G mem=4G", "a size"),
     ] {
         let o = sb.run(&[
             "lab",

@@ -703,3 +703,287 @@ fn the_guests_pmem_as_a_scratch_device_gets_dax_and_is_blank_afterwards() {
         }
     }
 }
+
+/// The witness of `mm-vs-pin-lab`, run in the guest after the scenario and before the kmem
+/// node is put back: HardwareCorrupted, the state of node 1's memory blocks, and the C probe
+/// (tests/independent/mm_probe.c) running soft-offline and hwpoison on its own pinned
+/// buffers.
+const MM_LAB_EXEC: &str = r#"set -u
+P="@PROBE@"
+echo "hardware-corrupted $(awk '/^HardwareCorrupted/ {print $2}' /proc/meminfo)"
+for f in /sys/devices/system/node/node1/memory*; do echo "block ${f##*memory} $(cat "$f/state")"; done
+for c in "anon private soft-offline" "memfd shared soft-offline" "anon private hwpoison" "anon private none"; do
+  set -- $c
+  echo "probe $1 $2 $3 $("$P" "$1" "$2" "$3" 2097152 2>&1)"
+done
+"#;
+
+/// The mm probe, or None (skipped with the reason) where it cannot be built outside CI.
+fn build_mm_probe(dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
+    let out = dir.join("mm_probe");
+    let o = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-luring")
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(out),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => format!("cc: {e}"),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("building the mm probe (liburing-dev, installed by scripts/test.sh): {why}");
+            }
+            eprintln!("memory_operations_that_damage_memory: skipped: the mm probe needs liburing-dev: {why}");
+            None
+        }
+    }
+}
+
+/// `mm-vs-pin-lab` in a 6.1 guest with a kmem node: the lab-only operations ran (none is
+/// notrun where it applies), the storm's verdict is the expectations', no pinned page moved,
+/// every memory block the operation took offline is back online (read by the witness, not
+/// by pinstorm), HardwareCorrupted holds at least the pages pinstorm says it poisoned, and
+/// the errno pinstorm counted for soft-offline and hwpoison of pinned pages is the one the
+/// C probe gets for its own pinned buffer on the same kernel.
+#[test]
+fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest() {
+    if skip("memory_operations_that_damage_memory") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-mm");
+    let results = tmp.join("results");
+    let Some(probe) = build_mm_probe(&tmp) else {
+        return;
+    };
+    let exec = MM_LAB_EXEC.replace("@PROBE@", probe.to_str().unwrap());
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.1",
+            "--no-rxe",
+            "--kmem-node",
+            "--timeout",
+            "8m",
+            "--guest-exec",
+            &exec,
+            "mm-vs-pin-lab",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (path, r) = &all[0];
+    assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let facts = r["lab"]["guest"].as_array().unwrap();
+    let kmem = facts.iter().find(|f| f["name"] == "kmem-node").unwrap();
+    assert_eq!(kmem["outcome"], "ok", "{kmem:#}");
+    // "... of which [39, 40] go offline ...": the blocks the operation may take offline.
+    let detail = kmem["detail"].as_str().unwrap();
+    let usable: Vec<u32> = detail
+        .split("of which [")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or_else(|| panic!("{detail}"))
+        .split(", ")
+        .map(|b| b.parse().unwrap())
+        .collect();
+    assert!(!usable.is_empty(), "{detail}");
+
+    let log = std::fs::read_to_string(path.with_file_name("guest-exec.log")).unwrap();
+    let field = |prefix: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    // Every block the operation may have taken offline is online again.
+    let states: Vec<String> = field("block ");
+    for b in &usable {
+        let st = states
+            .iter()
+            .find_map(|s| s.strip_prefix(&format!("{b} ")))
+            .unwrap_or_else(|| panic!("no block {b} in the witness: {log}"));
+        assert_eq!(st, "online", "memory{b}: {log}");
+    }
+
+    let storms = r["storms"].as_array().unwrap();
+    let mut ran = std::collections::BTreeMap::<String, u64>::new();
+    let mut errors = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut poisoned = 0u64;
+    for s in storms.iter().filter(|s| s["control"] != true) {
+        assert_eq!(
+            s["oracle"]["moved"]["count"], 0,
+            "{:#}",
+            s["oracle"]["moved"]
+        );
+        assert!(
+            s["oracle"]["moved"]["notrun"].is_null(),
+            "{:#}",
+            s["oracle"]
+        );
+        for op in s["layout_ops"].as_array().unwrap() {
+            let name = op["op"].as_str().unwrap().to_string();
+            if op["outcome"] == "ok" {
+                *ran.entry(name.clone()).or_default() += op["count"].as_u64().unwrap();
+                let ok = op["stats"]["count"].as_u64().unwrap_or(0);
+                if name == "hwpoison" {
+                    poisoned += ok;
+                }
+                for e in op["errors"].as_object().unwrap().keys() {
+                    errors.entry(name.clone()).or_default().push(e.clone());
+                }
+            } else {
+                // Only where the operation does not apply, never for want of a capability.
+                let why = op["reason"].as_str().unwrap_or("");
+                assert!(
+                    why.contains("private anonymous memory only") || why.contains("control"),
+                    "{name}: {why}"
+                );
+            }
+        }
+    }
+    for op in ["hwpoison", "soft-offline", "memory-offline"] {
+        assert!(
+            ran.get(op).is_some_and(|n| *n > 0),
+            "{op} never ran: {ran:?}"
+        );
+    }
+    // The kernel's count of poisoned memory holds what pinstorm poisoned (and what it
+    // soft-offlined; the probe's own pages come after this line).
+    let hc: u64 = field("hardware-corrupted ")[0].parse().unwrap();
+    assert!(
+        hc >= poisoned * 4,
+        "HardwareCorrupted {hc} kB < {poisoned} pages: {log}"
+    );
+    if poisoned > 0 {
+        assert!(hc > 0);
+    }
+    // The errno of a pinned page, as the probe gets it on its own buffer.
+    let probe_says = |what: &str| -> String {
+        field("probe ")
+            .into_iter()
+            .find_map(|l| l.strip_prefix(what).map(|s| s.trim().to_string()))
+            .unwrap_or_else(|| panic!("no probe line for {what}: {log}"))
+    };
+    assert_eq!(probe_says("anon private none"), "same kept", "{log}");
+    for (op, what) in [
+        ("soft-offline", "anon private soft-offline"),
+        ("soft-offline", "memfd shared soft-offline"),
+    ] {
+        let p = probe_says(what);
+        let errno = p
+            .strip_prefix(&format!("{op}:"))
+            .unwrap_or_else(|| panic!("{what}: the probe's pinned buffer was offlined: {p}"));
+        for e in errors.get(op).into_iter().flatten() {
+            let e = e.split(' ').next().unwrap();
+            assert_eq!(
+                e, errno,
+                "{op}: pinstorm counted {e}, the probe got {errno}"
+            );
+        }
+    }
+    // hwpoison of a pinned page: what pinstorm counted failing failed as the probe's call
+    // did; a call that succeeded (a page between two pins) leaves pin and mapping agreeing
+    // on the other pages.
+    let p = probe_says("anon private hwpoison");
+    match p.strip_prefix("hwpoison:") {
+        Some(errno) => {
+            // `EHWPOISON+SIGBUS` from the probe is `EHWPOISON (and the kernel sent the
+            // caller SIGBUS ...)` in pinstorm's count.
+            let (errno, sigbus) = match errno.strip_suffix("+SIGBUS") {
+                Some(e) => (e, true),
+                None => (errno, false),
+            };
+            for e in errors.get("hwpoison").into_iter().flatten() {
+                assert_eq!(
+                    e.contains("SIGBUS"),
+                    sigbus,
+                    "hwpoison: pinstorm {e}, probe {p}"
+                );
+                let e = if e.starts_with("returned 0") {
+                    "0"
+                } else {
+                    e.split(' ').next().unwrap()
+                };
+                assert_eq!(
+                    e, errno,
+                    "hwpoison: pinstorm counted {e}, the probe got {errno}"
+                );
+            }
+        }
+        None => assert_eq!(p, "same kept", "{log}"),
+    }
+}
+
+/// `pin-migration` in a 6.1 guest booted with `movablecore=25%`: the guest has a ZONE_MOVABLE
+/// (read by the witness from /proc/zoneinfo, not by pinstorm), fresh regions start there,
+/// every page a long-term io_uring pin held had been moved out of it, the first pin is
+/// slower than pinning the same pages again, pinning pages a pipe holds has an outcome, and
+/// every fact was judged against an expectation (a fact without one fails the test).
+#[test]
+fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
+    if skip("a_long_term_pin_moves_pages_out_of_zone_movable") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-movable");
+    let results = tmp.join("results");
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.1",
+            "--no-rxe",
+            "--movablecore",
+            "25%",
+            "--timeout",
+            "8m",
+            "--guest-exec",
+            "awk '/^Node/ {z=$4} z==\"Movable\" && $1==\"present\" {print \"movable-present\", $2}' /proc/zoneinfo",
+            "pin-migration",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (path, r) = &all[0];
+    assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let log = std::fs::read_to_string(path.with_file_name("guest-exec.log")).unwrap();
+    let present: u64 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("movable-present "))
+        .map(|n| n.trim().parse::<u64>().unwrap())
+        .sum();
+    assert!(present > 0, "no ZONE_MOVABLE in the guest: {log}");
+    let m = &r["migration"][0];
+    assert_eq!(m["outcome"], "ok", "{m:#}");
+    let before = m["movable_before"].as_u64().unwrap();
+    assert!(before > 0, "{m:#}");
+    assert_eq!(m["migrated"], before, "{m:#}");
+    assert_eq!(m["movable_while_pinned"], 0, "{m:#}");
+    assert!(!m["held"].as_str().unwrap().is_empty(), "{m:#}");
+    let verdicts = m["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 4, "{m:#}");
+    for v in verdicts {
+        assert_eq!(v["verdict"], "as-expected", "{v:#}");
+    }
+}

@@ -241,3 +241,36 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
     );
     assert_left_as_found(&sb.base, &before);
 }
+
+/// The lab-only operations never run on a host: `pinstorm run mm-vs-pin-lab` is refused
+/// with exit 2 and the reason, before anything is set up (no result, no run directory),
+/// root or not. Only the lab guest's entry point tells a run it is in a lab guest.
+#[test]
+fn mm_vs_pin_lab_is_refused_on_a_host_with_the_reason() {
+    let sb = Sandbox::new("mm-lab-refused");
+    let o = sb.run(&["run", "mm-vs-pin-lab"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("only inside a lab guest"), "{err}");
+    for op in ["hwpoison", "soft-offline", "memory-offline"] {
+        assert!(err.contains(op), "{err}");
+    }
+    assert!(sb.results().is_empty());
+    assert!(sb.leftover_run_dirs().is_empty());
+    // Refused as a whole before an earlier scenario of the same command runs.
+    let o = sb.run(&["run", "quick", "mm-vs-pin-lab"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(sb.results().is_empty());
+    // The operations themselves, in a scenario file of the user's, are refused the same way.
+    let file = std::env::temp_dir().join(format!("pinstorm-hwpoison-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "name = \"mine\"\n[storm]\npins = [\"io_uring\"]\nbackings = [\"anon\"]\nops = [\"madvise-cold\", \"hwpoison\"]\n",
+    )
+    .unwrap();
+    let o = sb.run(&["run", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hwpoison"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("madvise-cold"), "{}", stderr(&o));
+}

@@ -37,6 +37,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "configs/expectations/oracles.toml",
         include_str!("../../configs/expectations/oracles.toml"),
     ),
+    (
+        "configs/expectations/migration.toml",
+        include_str!("../../configs/expectations/migration.toml"),
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize)]

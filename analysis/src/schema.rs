@@ -55,6 +55,10 @@ pub struct RunResult {
     /// Lease breaks, lease-check overhead, lifecycle scenarios, layout-lease probe.
     #[serde(default)]
     pub leases: Option<LeaseResults>,
+    /// Long-term pins of pages in ZONE_MOVABLE (`[migration]`), one row per pin path, its
+    /// facts judged against `[[fact]]` rules of scenario `pin-migration`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migration: Vec<MigrationResult>,
     /// Each storm's registrations and oracle counts judged against the expectations
     /// (`[[expect]]` and `[[oracle]]` rules), one row per storm and fact.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -250,6 +254,11 @@ pub struct StormResult {
     pub shapes: Vec<String>,
     #[serde(default)]
     pub shapes_notrun: Vec<String>,
+    /// Where operations placed the pinned memory before the storm (`LayoutOp::prepare`:
+    /// memory-offline moves it to the lab guest's kmem node), one line per file and
+    /// operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 impl StormResult {
@@ -332,6 +341,33 @@ pub struct FactVerdict {
     pub why: Option<String>,
 }
 
+/// One long-term pin path against pages in ZONE_MOVABLE (`[migration]`, docs/mm.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationResult {
+    pub pin: String,
+    pub backing: String,
+    /// `ok` or `notrun` (with the reason).
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub rounds: u32,
+    /// Pages per region.
+    pub pages: u64,
+    /// Pages of the fresh regions in ZONE_MOVABLE before their first pin, all rounds.
+    pub movable_before: u64,
+    /// Of those, at another frame outside ZONE_MOVABLE while the pin held them.
+    pub migrated: u64,
+    /// Pages found in ZONE_MOVABLE while a pin held them.
+    pub movable_while_pinned: u64,
+    /// Latency of the first pin of each region (its pages in ZONE_MOVABLE) and of pinning it
+    /// again (its pages already moved out).
+    pub first_pin: Option<crate::hist::Stats>,
+    pub repin: Option<crate::hist::Stats>,
+    /// Each round's outcome when the region's pages were also referenced by a pipe
+    /// (vmsplice) while in ZONE_MOVABLE: `EBUSY x3, ok (stayed in Movable) x1`.
+    pub held: String,
+    pub verdicts: Vec<FactVerdict>,
+}
+
 /// One fact of a storm judged against the expectations: `registrations` (did every
 /// registration that raced no layout operation give the outcome `[[expect]]` says) or an
 /// oracle's count (`lost_write`, ...; against `[[oracle]]`).
@@ -410,6 +446,7 @@ impl RunResult {
             bench: Vec::new(),
             storms: Vec::new(),
             leases: None,
+            migration: Vec::new(),
             storm_verdicts: Vec::new(),
             expectations: None,
             pin_counters: None,

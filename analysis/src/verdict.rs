@@ -32,6 +32,7 @@ pub enum FactClass {
     Bench,
     Storm,
     Lifecycle,
+    Migration,
     Run,
 }
 
@@ -42,6 +43,7 @@ impl FactClass {
             FactClass::Bench => "bench",
             FactClass::Storm => "storm",
             FactClass::Lifecycle => "lifecycle",
+            FactClass::Migration => "migration",
             FactClass::Run => "run",
         }
     }
@@ -613,6 +615,34 @@ pub fn judge(r: &RunResult) -> Judgement {
                 expected: None,
                 why: None,
                 note: Some(what.clone()),
+            });
+        }
+    }
+    for m in &r.migration {
+        let cell = format!("migration {} {}", m.pin, m.backing);
+        if m.outcome != "ok" {
+            facts.push(Judged {
+                class: FactClass::Migration,
+                name: cell,
+                path: vec![m.pin.clone(), m.backing.clone()],
+                verdict: Verdict::NotRun,
+                measured: m.outcome.clone(),
+                expected: None,
+                why: why_notrun(&m.reason),
+                note: None,
+            });
+            continue;
+        }
+        for f in &m.verdicts {
+            facts.push(Judged {
+                class: FactClass::Migration,
+                name: format!("{cell} {}", f.fact),
+                path: vec![m.pin.clone(), m.backing.clone(), f.fact.clone()],
+                verdict: f.verdict,
+                measured: f.measured.clone(),
+                expected: f.expected.clone(),
+                why: f.why.clone(),
+                note: None,
             });
         }
     }

@@ -63,6 +63,9 @@ pub struct JobContext<'a> {
     /// How a reproducer's command line starts, up to the scenario (`pinstorm run` when
     /// empty; `RunOptions::reproduce_as`).
     pub reproduce_as: &'a [String],
+    /// What a lab guest made for the memory operations; `None` outside a lab guest
+    /// (`RunOptions::lab`).
+    pub lab: Option<&'a pinstorm_workloads::layout::LabMachine>,
 }
 
 /// The tag written into every canary of a run: a hash of the run id.

@@ -26,6 +26,7 @@ pub mod job;
 pub mod kmsg;
 pub mod lease;
 mod lease_job;
+pub mod migration;
 pub mod probe;
 pub mod run;
 pub mod shard;

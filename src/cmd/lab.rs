@@ -78,6 +78,8 @@ fn options(
             inject: bad(a.inject.as_deref().map(lab::Inject::parse).transpose())?,
             guest_exec: a.guest_exec.clone(),
             pmem_scratch_dev: a.pmem_scratch_dev,
+            kmem_node: a.kmem_node,
+            movablecore: a.movablecore.clone(),
             build: a.build,
         },
         origin,
@@ -134,6 +136,11 @@ pub fn run(g: &Global, a: &cli::LabArgs) -> Result<ExitCode> {
                 "{flag} does not apply to `pinstorm lab`: each guest makes its own DAX targets and scratch space (--scratch-root is the host's and the guests do not use it)"
             )));
         }
+    }
+    if a.kmem_node && a.pmem != cli::PmemArg::Nvdimm {
+        return bad(Err(anyhow::anyhow!(
+            "--kmem-node onlines a device-dax namespace as system RAM, which needs --pmem nvdimm"
+        )));
     }
     if a.pmem_scratch_dev && a.pmem != cli::PmemArg::Nvdimm {
         return bad(Err(anyhow::anyhow!(

@@ -27,6 +27,11 @@ enum JsonOut {
 /// Run one scenario; the result is on disk when this returns.
 fn run_one(g: &Global, mut scenario: Scenario, origin: String) -> Result<RunOutcome> {
     configure_rdma(g, Some(&mut scenario));
+    // Operations that damage memory run only in lab guests; this command never runs in one
+    // (the guest calls runners::run::run with RunOptions::lab set).
+    if let Some(why) = run::lab_only_refusal(&scenario, false) {
+        return bad(Err(anyhow::anyhow!(why)));
+    }
     let paths = RunPaths::check(g)?;
     let opts = RunOptions {
         scenario,
@@ -45,6 +50,7 @@ fn run_one(g: &Global, mut scenario: Scenario, origin: String) -> Result<RunOutc
         verbose: !g.quiet,
         holder_exe: None,
         reproduce_as: Vec::new(),
+        lab: None,
     };
     run::run(&opts)
 }
@@ -122,6 +128,12 @@ fn run_all(
     several: bool,
     checks: &[Check],
 ) -> Result<ExitCode> {
+    // Refused before anything runs, not after the scenarios before it.
+    for (s, _) in &scenarios {
+        if let Some(why) = run::lab_only_refusal(s, false) {
+            return bad(Err(anyhow::anyhow!(why)));
+        }
+    }
     let mut outcomes = Vec::new();
     for (s, origin) in scenarios {
         let o = run_one(g, s, origin)?;
@@ -213,6 +225,7 @@ pub fn probe(g: &Global, a: &ProbeArgs) -> Result<ExitCode> {
         bench: None,
         storm: None,
         lease: None,
+        migration: None,
         rdma: None,
     };
     run_all(
@@ -287,6 +300,7 @@ pub fn bench_pin(g: &Global, a: &BenchPinArgs) -> Result<ExitCode> {
         bench: Some(job),
         storm: None,
         lease: None,
+        migration: None,
         rdma: None,
     };
     run_all(

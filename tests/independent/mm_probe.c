@@ -11,13 +11,16 @@
  *
  * Build: cc -O2 -o probe mm_probe.c -luring
  * usage: probe anon|memfd private|shared OP BYTES
- *   OP: none, dontneed, free, remove, pageout, cold, fork, mremap-move, mremap-grow, compact
+ *   OP: none, dontneed, free, remove, pageout, cold, fork, mremap-move, mremap-grow, compact,
+ *       soft-offline (MADV_SOFT_OFFLINE of the whole buffer), hwpoison (MADV_HWPOISON of page
+ *       2, then MADV_DONTNEED of it; pages 0 and 1 are checked as usual): lab guests only
  * prints: "<diverged|same> <moved|kept|unknown>", or "op:ERRNO" when the operation failed,
  *         or the errno name of the registration when the kernel refused the pin.
  *         "unknown": the frames read as 0 (no CAP_SYS_ADMIN) or a page was not present.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <stdint.h>
@@ -30,15 +33,38 @@
 
 #define PG 4096
 
+/* <linux/mman.h> values; glibc's <sys/mman.h> may not carry them. */
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
+
 static void die(const char *what, int err)
 {
 	fprintf(stderr, "probe: %s: %s\n", what, strerror(err));
 	exit(2);
 }
 
+/* An action-required memory-failure SIGBUS sent to the caller of MADV_HWPOISON (newer
+ * kernels, for a page they cannot recover): noted, and the call's result printed with it. */
+static volatile sig_atomic_t mce_sigbus;
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	(void)ctx;
+	if (si->si_code == BUS_MCEERR_AR || si->si_code == BUS_MCEERR_AO) {
+		mce_sigbus = 1;
+		return;
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 static int op_failed(const char *op, int err)
 {
-	printf("%s:%s\n", op, strerrorname_np(err));
+	printf("%s:%s%s\n", op, err ? strerrorname_np(err) : "0", mce_sigbus ? "+SIGBUS" : "");
 	return 0;
 }
 
@@ -163,6 +189,21 @@ int main(int argc, char **argv)
 		if (fd < 0 || write(fd, "1", 1) != 1)
 			return op_failed(op, errno);
 		close(fd);
+	} else if (strcmp(op, "soft-offline") == 0) {
+		if (madvise(p, len, MADV_SOFT_OFFLINE))
+			return op_failed(op, errno);
+	} else if (strcmp(op, "hwpoison") == 0) {
+		if (len < 3 * PG)
+			die("hwpoison needs three pages", EINVAL);
+		struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGBUS, &sa, NULL);
+		if (madvise(p + 2 * PG, PG, MADV_HWPOISON))
+			return op_failed(op, errno);
+		if (mce_sigbus)
+			return op_failed(op, 0);
+		if (madvise(p + 2 * PG, PG, MADV_DONTNEED))
+			die("madvise(DONTNEED) after hwpoison", errno);
 	} else if (strcmp(op, "none") != 0) {
 		return 2;
 	}

@@ -22,6 +22,7 @@ pub mod backing;
 pub mod canary;
 pub mod layout;
 pub mod lease;
+pub mod memblock;
 pub mod mounts;
 pub mod pin;
 pub mod scenario;

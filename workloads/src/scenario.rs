@@ -43,6 +43,14 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("odp-on-dax", include_str!("../../configs/odp-on-dax.toml")),
     ("mm-vs-pin", include_str!("../../configs/mm-vs-pin.toml")),
     (
+        "mm-vs-pin-lab",
+        include_str!("../../configs/mm-vs-pin-lab.toml"),
+    ),
+    (
+        "pin-migration",
+        include_str!("../../configs/pin-migration.toml"),
+    ),
+    (
         "rdma-vs-layout",
         include_str!("../../configs/rdma-vs-layout.toml"),
     ),
@@ -73,6 +81,9 @@ pub struct Scenario {
     pub bench: Option<BenchJob>,
     pub storm: Option<StormJob>,
     pub lease: Option<LeaseJob>,
+    /// `[migration]`: long-term pins of pages in ZONE_MOVABLE (docs/mm.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationJob>,
     /// `[rdma]`: device, port and MR access flags of the `rdma` and `rdma-odp` pin paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma: Option<crate::pin::rdma::RdmaConfig>,
@@ -206,6 +217,31 @@ pub struct StormJob {
 
 fn page_shape() -> Vec<WriteShape> {
     vec![WriteShape::Page]
+}
+
+/// `[migration]`: does a long-term pin migrate pages out of ZONE_MOVABLE before it pins
+/// them, what does it cost, and what happens when they cannot move. Each round maps a fresh
+/// anonymous region (its pages come from ZONE_MOVABLE first where there is one), pins it,
+/// pins it again, and once more with its pages also referenced by a pipe (vmsplice), which
+/// no migration can move.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationJob {
+    /// The long-term pin paths measured.
+    #[serde(default = "io_uring_only")]
+    pub pins: Vec<PinKind>,
+    #[serde(default = "two_mib")]
+    pub size: Size,
+    #[serde(default = "migration_rounds")]
+    pub rounds: u32,
+}
+
+fn io_uring_only() -> Vec<PinKind> {
+    vec![PinKind::IoUring]
+}
+
+fn migration_rounds() -> u32 {
+    8
 }
 
 /// `[lease]`: lease holders in processes of their own, breakers, lease-check overhead, the
@@ -539,13 +575,30 @@ impl Scenario {
         if s.name.trim().is_empty() {
             return err("", "name", "must not be empty");
         }
-        if s.probe.is_none() && s.bench.is_none() && s.storm.is_none() && s.lease.is_none() {
+        if s.probe.is_none()
+            && s.bench.is_none()
+            && s.storm.is_none()
+            && s.lease.is_none()
+            && s.migration.is_none()
+        {
             return Err(ScenarioError {
                 origin: origin.into(),
                 message:
-                    "the scenario has no job: add a [probe], [bench], [storm] or [lease] section"
+                    "the scenario has no job: add a [probe], [bench], [storm], [lease] or [migration] section"
                         .into(),
             });
+        }
+        if let Some(m) = &s.migration {
+            if m.pins.is_empty() || m.rounds == 0 || m.rounds > 10_000 {
+                return err(
+                    "[migration].",
+                    "pins/rounds",
+                    "name at least one pin path and 1 to 10000 rounds",
+                );
+            }
+            if m.size.bytes() < 4096 || m.size.bytes() > 1 << 30 {
+                return err("[migration].", "size", "between 4K and 1G");
+            }
         }
         if let Some(l) = &s.lease {
             if l.backings.is_empty() {

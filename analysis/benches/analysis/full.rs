@@ -237,6 +237,7 @@ pub fn result(pool: &Pool, i: usize, kernel: &str, label: &str) -> RunResult {
             control: false,
             shapes: vec!["page".into()],
             shapes_notrun: Vec::new(),
+            placement: Vec::new(),
         });
         for fact in [
             "registrations",

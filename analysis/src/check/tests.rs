@@ -92,6 +92,7 @@ fn storm(r: &mut RunResult, backing: &str, lost: u64, lost_notrun: Option<&str>)
         control: false,
         shapes: vec![],
         shapes_notrun: vec![],
+        placement: vec![],
     };
     let exp = crate::expect::Expectations::parse("", "none.toml").unwrap();
     let k = crate::kernel::KernelRelease::parse("6.18.0").unwrap();

@@ -95,6 +95,7 @@ fn storm(backing: &str, fs: &str, lost: u64) -> StormResult {
         control: false,
         shapes: vec!["page".into()],
         shapes_notrun: vec![],
+        placement: vec![],
     }
 }
 

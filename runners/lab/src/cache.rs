@@ -141,9 +141,9 @@ pub(crate) struct RunDir {
 }
 
 impl RunDir {
-    /// Make a new run directory, marked as the lab's, with a 1 GiB NVDIMM backing file when
-    /// the guest gets an emulated NVDIMM.
-    pub fn create(cache: &Path, nvdimm: bool) -> Result<RunDir> {
+    /// Make a new run directory, marked as the lab's, with an NVDIMM backing file of
+    /// `nvdimm` MiB when the guest gets an emulated NVDIMM.
+    pub fn create(cache: &Path, nvdimm: Option<u64>) -> Result<RunDir> {
         let id = new_run_id();
         let dir = cache.join("runs").join(&id);
         let run = RunDir {
@@ -159,9 +159,9 @@ impl RunDir {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         std::fs::write(run.dir.join(RUN_MARKER), &run.id)?;
-        if nvdimm {
+        if let Some(mib) = nvdimm {
             File::create(&run.nvdimm)
-                .and_then(|f| f.set_len(1 << 30))
+                .and_then(|f| f.set_len(mib << 20))
                 .with_context(|| {
                     format!("creating the NVDIMM backing file {}", run.nvdimm.display())
                 })?;
@@ -232,14 +232,14 @@ mod tests {
     fn a_run_directory_is_marked_and_removed_unless_kept() {
         let cache = tmp("rundir");
         drop(lock_cache(&cache).unwrap());
-        let run = RunDir::create(&cache, false).unwrap();
+        let run = RunDir::create(&cache, None).unwrap();
         assert!(run.dir.join(RUN_MARKER).is_file());
         assert!(run.stage.is_dir() && run.home.is_dir() && run.tmp.is_dir());
         assert!(!run.nvdimm.exists());
         let dir = run.dir.clone();
         drop(run);
         assert!(!dir.exists());
-        let mut run = RunDir::create(&cache, false).unwrap();
+        let mut run = RunDir::create(&cache, None).unwrap();
         run.keep();
         let dir = run.dir.clone();
         drop(run);

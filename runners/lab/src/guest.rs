@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::schema::{LabFact, LabPhase};
+use pinstorm_workloads::layout::LabMachine;
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::ScratchDevice;
 
@@ -86,6 +87,13 @@ pub struct GuestPlan {
     /// FS=DEV` instead of making the DAX filesystems here.
     #[serde(default)]
     pub pmem_scratch_dev: bool,
+    /// Make a device-dax namespace of what the region has left and online it as system RAM
+    /// on the guest's memoryless node 1 (`--kmem-node`).
+    #[serde(default)]
+    pub kmem_node: bool,
+    /// The kernel was booted with `movablecore=` (`--movablecore`): record the zones.
+    #[serde(default)]
+    pub movablecore: bool,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -185,7 +193,7 @@ fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
         .into_iter()
         .any(|k| k.path(&settings).uses_rdma_device());
     Needs {
-        pmem: (!(everything || dax || plan.pmem_scratch_dev)).then(|| {
+        pmem: (!(everything || dax || plan.pmem_scratch_dev || plan.kmem_node)).then(|| {
             "not needed: the scenario uses no DAX backing (xfs-dax, ext4-dax, devdax)".into()
         }),
         rxe: if !plan.rxe {
@@ -441,6 +449,116 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
     t
 }
 
+/// The Movable zones of `/proc/zoneinfo` with their present pages (`node 0 Movable`).
+fn movable_zones(zoneinfo: &str) -> Vec<(String, u64)> {
+    let mut zones = Vec::new();
+    let mut current: Option<String> = None;
+    for l in zoneinfo.lines() {
+        if let Some(rest) = l.strip_prefix("Node ") {
+            current = rest
+                .split_once(", zone")
+                .map(|(n, z)| format!("node {n} {}", z.trim()));
+        } else if let (Some(z), Some(p)) = (&current, l.trim().strip_prefix("present ")) {
+            if z.ends_with("Movable") {
+                zones.push((z.clone(), p.trim().parse().unwrap_or(0)));
+            }
+        }
+    }
+    zones
+}
+
+/// `--movablecore`: whether the kernel made a ZONE_MOVABLE, and how big (`/proc/zoneinfo`).
+fn movable_zone() -> LabFact {
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    let cmdline = sysfs("/proc/cmdline");
+    let arg = cmdline
+        .split_whitespace()
+        .find(|a| a.starts_with("movablecore="))
+        .unwrap_or("no movablecore= on the command line")
+        .to_string();
+    let zones = movable_zones(&zoneinfo);
+    let present: u64 = zones.iter().map(|(_, p)| p).sum();
+    let detail = format!(
+        "{arg}: ZONE_MOVABLE {} MiB ({})",
+        (present * 4096) >> 20,
+        if zones.is_empty() {
+            "no Movable zone in /proc/zoneinfo".to_string()
+        } else {
+            zones
+                .iter()
+                .map(|(z, p)| format!("{z}: {p} pages"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    fact("movablecore", present > 0, detail)
+}
+
+/// `--kmem-node`: a device-dax namespace of what the region has left, onlined as system RAM
+/// (node 1's only memory); the lab machine the run is told about.
+fn setup_kmem(plan: &GuestPlan, facts: &mut Vec<LabFact>) -> LabMachine {
+    if !plan.kmem_node {
+        return LabMachine::default();
+    }
+    let made = (|| -> Result<_> {
+        if plan.pmem != PmemMode::Nvdimm {
+            bail!("--kmem-node needs --pmem nvdimm");
+        }
+        let failed = modprobe(&["device_dax", "kmem"]);
+        let (v, out) = create_namespace(&["-m", "devdax", "-a", "2M"])
+            .with_context(|| format!("a devdax namespace for kmem (modprobe: {failed:?})"))?;
+        let dev = json_find(&v, "chardev")
+            .with_context(|| format!("ndctl answered no chardev: {out}"))?;
+        let mut k = crate::kmem::online(&dev).with_context(|| format!("modprobe: {failed:?}"))?;
+        let all = k.blocks.clone();
+        let (clean, refused) = crate::kmem::clean_blocks(&k)?;
+        if clean.is_empty() {
+            bail!(
+                "{dev} on kmem (node {}), but none of its memory blocks {all:?} goes offline with nothing pinned: {}",
+                k.node,
+                refused.join(", ")
+            );
+        }
+        k.blocks = clean;
+        Ok((k, all, refused))
+    })();
+    match made {
+        Ok((k, all, refused)) => {
+            facts.push(fact(
+                "kmem-node",
+                true,
+                format!(
+                    "{} on kmem: node {} (online: {}), memory blocks {all:?} in zone {}, of which {:?} go offline with nothing pinned (refused: {}); node {} MemTotal {}",
+                    k.device,
+                    k.node,
+                    sysfs("/sys/devices/system/node/online"),
+                    k.zone,
+                    k.blocks,
+                    if refused.is_empty() { "none".to_string() } else { refused.join(", ") },
+                    k.node,
+                    sysfs(&format!("/sys/devices/system/node/node{}/meminfo", k.node))
+                        .lines()
+                        .find(|l| l.contains("MemTotal"))
+                        .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default()
+                ),
+            ));
+            LabMachine {
+                kmem: Some(k),
+                kmem_missing: None,
+            }
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            facts.push(fact("kmem-node", false, why.clone()));
+            LabMachine {
+                kmem: None,
+                kmem_missing: Some(why),
+            }
+        }
+    }
+}
+
 fn setup_rxe(facts: &mut Vec<LabFact>) {
     let failed = modprobe(RXE_MODULES);
     let r = (|| -> Result<String> {
@@ -558,6 +676,13 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             }
         }
     };
+    let lab = setup_kmem(&plan, &mut report.facts);
+    if plan.kmem_node {
+        laps.lap("kmem-node");
+    }
+    if plan.movablecore {
+        report.facts.push(movable_zone());
+    }
     match &needs.rxe {
         None => {
             setup_rxe(&mut report.facts);
@@ -644,6 +769,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         verbose: true,
         holder_exe: None,
         reproduce_as: plan.reproduce_as.clone(),
+        // The one place that says "this run is in a lab guest".
+        lab: Some(lab.clone()),
     };
     let run_start = Instant::now();
     let run = run::run(&opts);
@@ -699,6 +826,19 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         });
         report.guest_exec_status = st.ok().and_then(|s| s.code());
     }
+    // After --guest-exec, so a witness there reads the memory blocks as the run left them.
+    if let Some(k) = &lab.kmem {
+        // Every block the device brought, the ones left out of the operation too.
+        let k = pinstorm_workloads::layout::KmemNode {
+            blocks: crate::kmem::device_blocks(&k.device).unwrap_or_else(|_| k.blocks.clone()),
+            ..k.clone()
+        };
+        report.facts.push(match crate::kmem::restore(&k) {
+            Ok(done) => fact("kmem-node-after", true, done),
+            Err(e) => fact("kmem-node-after", false, format!("{e:#}")),
+        });
+        write_report(&report);
+    }
     match run {
         Ok(outcome) => {
             report.result = Some(outcome.path.clone());
@@ -734,6 +874,8 @@ mod tests {
             guest_exec: guest_exec.map(str::to_string),
             reproduce_as: Vec::new(),
             pmem_scratch_dev: false,
+            kmem_node: false,
+            movablecore: false,
         };
         (p, s)
     }
@@ -788,5 +930,22 @@ mod tests {
         let (mut p, s) = plan("quick", None);
         p.pmem_scratch_dev = true;
         assert_eq!(needs(&p, &s).pmem, None);
+        // So does --kmem-node: its device-dax namespace is cut from the NVDIMM's region.
+        let (mut p, s) = plan("quick", None);
+        p.kmem_node = true;
+        assert_eq!(needs(&p, &s).pmem, None);
+    }
+
+    #[test]
+    fn movable_zones_are_read_from_zoneinfo_with_their_present_pages() {
+        let z = "Node 0, zone   Normal\n  pages free     1000\n        present  262144\nNode 0, zone  Movable\n  pages free     5\n        present  131072\n        managed  131000\nNode 1, zone  Movable\n        present  0\n";
+        assert_eq!(
+            movable_zones(z),
+            vec![
+                ("node 0 Movable".to_string(), 131072),
+                ("node 1 Movable".to_string(), 0)
+            ]
+        );
+        assert!(movable_zones("Node 0, zone   Normal\n        present  5\n").is_empty());
     }
 }

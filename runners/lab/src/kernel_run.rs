@@ -75,7 +75,10 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     drop(prepared);
     let prepare = prepare_start.elapsed();
 
-    let mut run = RunDir::create(&lab.cache, opts.plan.pmem == PmemMode::Nvdimm)?;
+    let mut run = RunDir::create(
+        &lab.cache,
+        (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
+    )?;
     let plan_path = write_plan(lab, spec, &run)?;
     let exec = format!(
         "{} __lab-guest {}",
@@ -90,6 +93,8 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         nvdimm_image: &run.nvdimm,
         memory_mib: opts.plan.memory_mib,
         cpus: opts.plan.cpus,
+        kmem_node: opts.plan.kmem_node,
+        movablecore: opts.plan.movablecore.clone(),
         exec,
     };
     let args = vm::vng_args(&shape);
@@ -242,6 +247,8 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         guest_exec: p.guest_exec.clone(),
         reproduce_as: reproduce_as(spec, p.build),
         pmem_scratch_dev: p.pmem_scratch_dev,
+        kmem_node: p.kmem_node,
+        movablecore: p.movablecore.is_some(),
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;

@@ -29,6 +29,7 @@ pub mod guest;
 pub mod guest_init;
 mod kernel_run;
 pub mod kernels;
+mod kmem;
 mod matrix;
 mod options;
 mod record;

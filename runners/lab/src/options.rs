@@ -46,6 +46,29 @@ pub struct LabPlan {
     /// `--pmem-scratch-dev`: the guest makes an fsdax namespace per filesystem and hands
     /// them to the run as `--scratch-dev FS=DEV` instead of making the filesystems itself.
     pub pmem_scratch_dev: bool,
+    /// `--kmem-node`: the guest gets a memoryless NUMA node 1 whose memory is a device-dax
+    /// namespace onlined as system RAM (the memory-offline operation's target).
+    pub kmem_node: bool,
+    /// `--movablecore SIZE`: the guest kernel boots with `movablecore=SIZE` (a ZONE_MOVABLE
+    /// of that size, or percentage of memory), where a long-term pin must migrate its pages
+    /// out first (docs/lab.md).
+    pub movablecore: Option<String>,
+}
+
+/// Whether `s` is a value the kernel takes for `movablecore=`: a size (`512M`, `1G`,
+/// `1048576`) or a percentage of memory below 100 (`25%`).
+pub fn valid_movablecore(s: &str) -> bool {
+    if let Some(p) = s.strip_suffix('%') {
+        return !p.is_empty()
+            && p.len() <= 2
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n > 0);
+    }
+    let digits = s.strip_suffix(['K', 'M', 'G']).unwrap_or(s);
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
 impl LabPlan {
@@ -147,6 +170,11 @@ pub fn check(opts: &LabOptions) -> Result<()> {
             opts.plan.cpus
         );
     }
+    if let Some(m) = &opts.plan.movablecore {
+        if !valid_movablecore(m) {
+            bail!("--movablecore {m:?}: a size (512M, 1G) or a percentage of memory (25%)");
+        }
+    }
     if opts.timeout.is_zero() {
         bail!("--timeout must be greater than zero (and at most 168h)");
     }
@@ -235,6 +263,20 @@ mod tests {
             guest_exec: None,
             build: false,
             pmem_scratch_dev: false,
+            kmem_node: false,
+            movablecore: None,
+        }
+    }
+
+    #[test]
+    fn movablecore_takes_what_the_kernel_takes() {
+        for ok in ["512M", "1G", "1048576", "25%", "4K"] {
+            assert!(valid_movablecore(ok), "{ok}");
+        }
+        for bad in [
+            "", "0", "0%", "100%", "25%%", "1T", "-1G", "1G ro", "x", "512M\n",
+        ] {
+            assert!(!valid_movablecore(bad), "{bad:?}");
         }
     }
 
@@ -264,6 +306,8 @@ mod tests {
             ("guest_exec", |p| p.guest_exec = Some("true".into())),
             ("build", |p| p.build = true),
             ("pmem_scratch_dev", |p| p.pmem_scratch_dev = true),
+            ("kmem_node", |p| p.kmem_node = true),
+            ("movablecore", |p| p.movablecore = Some("25%".into())),
         ];
         let base = plan();
         let base_json = serde_json::to_value(&base).unwrap();

@@ -160,6 +160,8 @@ mod tests {
                 guest_exec: None,
                 build: false,
                 pmem_scratch_dev: false,
+                kmem_node: false,
+                movablecore: None,
             },
             origin,
             scenario_name: "quick".into(),

@@ -190,7 +190,22 @@ pub struct GuestShape<'a> {
     pub nvdimm_image: &'a Path,
     pub memory_mib: u64,
     pub cpus: usize,
+    /// A memoryless NUMA node 1 that the NVDIMM belongs to (`--kmem-node`).
+    pub kmem_node: bool,
+    /// `movablecore=` for the kernel (`--movablecore`).
+    pub movablecore: Option<String>,
     pub exec: String,
+}
+
+/// The emulated NVDIMM's size in MiB: 1 GiB (the fsdax namespaces take 640 MiB, a devdax
+/// one 256 MiB), 2 GiB with `--kmem-node`, whose namespace takes what is left (1408 MiB: ten
+/// whole 128 MiB memory blocks after alignment).
+pub fn nvdimm_mib(kmem_node: bool) -> u64 {
+    if kmem_node {
+        2048
+    } else {
+        1024
+    }
 }
 
 /// The `vng` arguments (after the program name).
@@ -216,16 +231,34 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
     // Hung tasks are reported after 20 s instead of 120 s, so a storm that blocks a task
     // for good shows up in the console well before the watchdog's timeout.
     let mut append = vec!["sysctl.kernel.hung_task_timeout_secs=20".to_string()];
+    if let Some(m) = &s.movablecore {
+        append.push(format!("movablecore={m}"));
+    }
     match s.pmem {
         PmemMode::Nvdimm => {
             a.push("--memory".into());
             a.push(format!("{}M", s.memory_mib));
+            // --kmem-node: node 0 has all the RAM and the CPUs, node 1 none (vng's `--numa
+            // 0`); the NVDIMM's proximity domain is node 1, so its memory hot-added through
+            // kmem becomes node 1's only memory.
+            let node = if s.kmem_node {
+                a.push(format!(
+                    "--numa={}M,cpus=0-{}",
+                    s.memory_mib,
+                    s.cpus.saturating_sub(1)
+                ));
+                a.push("--numa=0".into());
+                ",node=1"
+            } else {
+                ""
+            };
             // `--opt=value`: argparse would take a value starting with '-' for an option.
             a.push(format!(
-                "--qemu-opts=-machine nvdimm=on -m {}M,slots=2,maxmem={}M -object memory-backend-file,id=pinstorm-nv,share=on,mem-path={},size=1G -device nvdimm,id=nv1,memdev=pinstorm-nv,label-size=128K",
+                "--qemu-opts=-machine nvdimm=on -m {}M,slots=2,maxmem={}M -object memory-backend-file,id=pinstorm-nv,share=on,mem-path={},size={}M -device nvdimm,id=nv1,memdev=pinstorm-nv,label-size=128K{node}",
                 s.memory_mib,
                 s.memory_mib + 4096,
-                s.nvdimm_image.display()
+                s.nvdimm_image.display(),
+                nvdimm_mib(s.kmem_node)
             ));
         }
         PmemMode::Memmap => {
@@ -498,6 +531,8 @@ mod tests {
             nvdimm_image: Path::new("/cache/runs/r/nvdimm.img"),
             memory_mib: 2048,
             cpus: 2,
+            kmem_node: false,
+            movablecore: None,
             exec: "/bin/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
         }
     }
@@ -532,6 +567,27 @@ mod tests {
         let q = a.iter().find(|x| x.starts_with("--qemu-opts=")).unwrap();
         assert!(q.contains("nvdimm=on") && q.contains("label-size=128K"));
         assert!(q.contains("mem-path=/cache/runs/r/nvdimm.img"));
+        assert!(!a.iter().any(|x| x.starts_with("--numa")) && !q.contains("node="));
+        // --kmem-node: node 0 holds the RAM and the CPUs, node 1 is memoryless and owns
+        // the NVDIMM.
+        let k = vng_args(&GuestShape {
+            kmem_node: true,
+            ..shape(&tcg, PmemMode::Nvdimm)
+        });
+        let numa: Vec<_> = k.iter().filter(|x| x.starts_with("--numa")).collect();
+        assert_eq!(numa, ["--numa=2048M,cpus=0-1", "--numa=0"]);
+        let q = k.iter().find(|x| x.starts_with("--qemu-opts=")).unwrap();
+        assert!(q.ends_with("label-size=128K,node=1"), "{q}");
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains("movablecore")));
+        let mc = vng_args(&GuestShape {
+            movablecore: Some("25%".into()),
+            ..shape(&tcg, PmemMode::Nvdimm)
+        });
+        assert!(mc
+            .iter()
+            .any(|x| x.starts_with("--append=") && x.contains(" movablecore=25%")));
         let m = vng_args(&shape(&tcg, PmemMode::Memmap));
         assert!(m
             .iter()

@@ -65,6 +65,35 @@ pub struct RunOptions {
     /// How a reproducer's command line starts, up to the scenario: empty for `pinstorm run`
     /// on this machine; `pinstorm lab --kernels deb:sid` in a lab guest.
     pub reproduce_as: Vec<String>,
+    /// Set only by the lab guest's entry point (`pinstorm __lab-guest`): the run is inside a
+    /// lab guest, which operations that damage memory require, with what the guest made
+    /// for them. Never derived from the machine (a file or variable could be planted).
+    pub lab: Option<pinstorm_workloads::layout::LabMachine>,
+}
+
+/// Why a scenario may not run here, if it may not: its storm has operations that require a
+/// lab guest and this run is not in one. `pinstorm run` turns it into exit 2.
+pub fn lab_only_refusal(scenario: &Scenario, in_lab: bool) -> Option<String> {
+    use pinstorm_workloads::layout::Requirement;
+    if in_lab {
+        return None;
+    }
+    let ops: Vec<&str> = scenario
+        .storm
+        .as_ref()?
+        .ops
+        .iter()
+        .filter(|k| k.op().requires().contains(&Requirement::LabGuest))
+        .map(|k| k.name())
+        .collect();
+    (!ops.is_empty()).then(|| {
+        format!(
+            "scenario {}: {} damage memory and run only inside a lab guest; run it with 'pinstorm lab {}' (docs/mm.md)",
+            scenario.name,
+            ops.join(", "),
+            scenario.name
+        )
+    })
 }
 
 pub struct RunOutcome {
@@ -88,7 +117,11 @@ fn jobs(s: &Scenario) -> Vec<&dyn Job> {
     let bench = s.bench.as_ref().map(|j| j as &dyn Job);
     let lease = s.lease.as_ref().map(|j| j as &dyn Job);
     let storm = s.storm.as_ref().map(|j| j as &dyn Job);
-    [probe, bench, lease, storm].into_iter().flatten().collect()
+    let migration = s.migration.as_ref().map(|j| j as &dyn Job);
+    [probe, bench, lease, storm, migration]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn memlock_hint(env: &Environment) -> Option<String> {
@@ -167,6 +200,9 @@ fn log(opts: &RunOptions, msg: &str) {
 }
 
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
+    if let Some(why) = lab_only_refusal(&opts.scenario, opts.lab.is_some()) {
+        anyhow::bail!(why);
+    }
     signals::install();
     let root = ScratchRoot::open(opts.scratch_root.path())?;
     for line in cleanup::clean_leftovers(&root) {
@@ -258,6 +294,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             holder_exe: opts.holder_exe.as_deref(),
             scenario: &scenario_arg,
             reproduce_as: &opts.reproduce_as,
+            lab: opts.lab.as_ref(),
         };
         let outcome = jobs.iter().try_for_each(|job| {
             log(opts, job.name());
@@ -320,6 +357,20 @@ mod tests {
     fn preset(name: &str) -> Scenario {
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).unwrap();
         Scenario::parse(text, name).unwrap()
+    }
+
+    #[test]
+    fn only_scenarios_with_lab_only_operations_are_refused_outside_a_lab_guest() {
+        let lab = preset("mm-vs-pin-lab");
+        let why = lab_only_refusal(&lab, false).unwrap();
+        for op in ["hwpoison", "soft-offline", "memory-offline"] {
+            assert!(why.contains(op), "{why}");
+        }
+        assert!(why.contains("pinstorm lab"), "{why}");
+        assert_eq!(lab_only_refusal(&lab, true), None);
+        for name in ["mm-vs-pin", "default", "quick", "truncate-vs-pin"] {
+            assert_eq!(lab_only_refusal(&preset(name), false), None, "{name}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use pinstorm_analysis::expect::Cell;
 use pinstorm_analysis::oracle::{Oracle, OracleKind};
 use pinstorm_analysis::schema::{LeakedPins, StormResult};
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
-use pinstorm_workloads::layout::Partners;
+use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partners};
 use pinstorm_workloads::pin::{Availability, PinKind, PinPath};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
@@ -53,8 +53,14 @@ fn no_cpu_view(job: &StormJob, control: bool) -> Option<String> {
                 .into(),
         );
     }
-    (!control && job.ops.iter().any(|k| k.op().cuts_file())).then(|| {
-        "the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS"
+    if control {
+        return None;
+    }
+    if job.ops.iter().any(|k| k.op().cuts_file()) {
+        return Some("the storm's operations cut files short (truncate, collapse-range): the CPU never touches the mapping, where a cut page would SIGBUS".into());
+    }
+    job.ops.iter().any(|k| k.op().poisons()).then(|| {
+        "the storm's operations poison pages (hwpoison): the CPU never touches the mapping, where a poisoned page would SIGBUS"
             .into()
     })
 }
@@ -192,6 +198,34 @@ fn view_notes(
     }
 }
 
+/// Each operation's [`pinstorm_workloads::layout::LayoutOp::prepare`] on every file where it
+/// can run: what each did, one line per file and operation.
+fn place(storm: &StormState, ops: &[LayoutKind]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, f) in storm.files.iter().enumerate() {
+        let target = LayoutTarget {
+            file: f.region.file.as_ref(),
+            mapping: &f.region.mapping,
+            map: f.region.spec.map,
+            hugetlb: storm.hugetlb,
+            size: storm.size,
+            align: storm.align,
+            partners: &f.partners,
+            cpu_access: storm.cpu_view,
+            env: &storm.env,
+        };
+        for k in ops {
+            let op = k.op();
+            if op.cannot_run(&target).is_none() {
+                if let Some(done) = op.prepare(&target) {
+                    out.push(format!("file={i} {k}: {done}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One cell; a `control` cell runs the same pinners and writes with no disruptor.
 pub fn run(
     job: &StormJob,
@@ -292,7 +326,14 @@ fn run_cell(
         write_at: job.write_at,
         cpu_view,
         frames_notrun: frames_notrun.clone(),
+        env: pinstorm_workloads::layout::OpEnv {
+            lab: ctx.lab.cloned(),
+            journal: Some(ctx.scratch.journal()),
+        },
     });
+    // Memory placed where the operations need it, before anything is pinned; control cells
+    // too, so they differ from their storm only by the operations.
+    let placement = place(&storm, &job.ops);
     let (tx, rx) = mpsc::channel::<ThreadOut>();
     let mut started = 0;
     for i in 0..job.pinners.get() {
@@ -452,5 +493,6 @@ fn run_cell(
         control,
         shapes: job.shapes.iter().map(|s| s.name().to_string()).collect(),
         shapes_notrun: pinners.shapes_notrun.into_iter().collect(),
+        placement,
     })
 }

@@ -70,6 +70,7 @@ pub fn disruptor_thread(
             align: storm.align,
             partners: &f.partners,
             cpu_access: storm.cpu_view,
+            env: &storm.env,
         };
         if let Some(why) = boxed[k].cannot_run(&target) {
             storm.unsupported().entry(kind).or_insert(why);
@@ -122,7 +123,7 @@ pub fn disruptor_thread(
                 st.count -= 1;
             }
             Err(e) => {
-                *st.errors.entry(e.errno.name()).or_default() += 1;
+                *st.errors.entry(e.key()).or_default() += 1;
                 out.timeline.at(now).layout_errors += 1;
             }
         }

@@ -41,7 +41,7 @@ use crate::signals;
 
 mod cell;
 mod disruptor;
-mod frames;
+pub(crate) mod frames;
 mod oracle;
 mod pinner;
 mod report;

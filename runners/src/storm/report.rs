@@ -49,6 +49,7 @@ pub fn notrun(
         control: false,
         shapes: job.shapes.iter().map(|s| s.name().to_string()).collect(),
         shapes_notrun: Vec::new(),
+        placement: Vec::new(),
     }
 }
 

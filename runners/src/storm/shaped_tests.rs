@@ -122,6 +122,7 @@ fn planted_after(
         shapes: vec![],
         write_at: None,
         cpu_view: false,
+        env: Default::default(),
         frames_notrun: None,
     };
     let f = &storm.files[0];

@@ -93,6 +93,8 @@ pub struct StormState {
     pub cpu_view: bool,
     /// Why the moved oracle cannot read frames here, if it cannot.
     pub frames_notrun: Option<String>,
+    /// What the run offers the operations (lab guest, journal).
+    pub env: pinstorm_workloads::layout::OpEnv,
 }
 
 impl StormState {

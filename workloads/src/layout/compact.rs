@@ -4,7 +4,7 @@
 
 use rand::RngCore;
 
-use super::{err, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget};
+use super::{err, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget, Requirement};
 
 pub struct Compact;
 
@@ -19,11 +19,13 @@ impl LayoutOp for Compact {
         false
     }
 
+    fn requires(&self) -> &'static [Requirement] {
+        &[Requirement::Root]
+    }
+
     fn unavailable(&self, _t: &LayoutTarget) -> Option<String> {
-        if !std::path::Path::new(TRIGGER).exists() {
-            return Some(format!("no {TRIGGER} (a kernel without CONFIG_COMPACTION)"));
-        }
-        (!crate::is_root()).then(|| format!("writing {TRIGGER} needs root"))
+        (!std::path::Path::new(TRIGGER).exists())
+            .then(|| format!("no {TRIGGER} (a kernel without CONFIG_COMPACTION)"))
     }
 
     fn apply(&self, t: &LayoutTarget, _rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {

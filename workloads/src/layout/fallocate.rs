@@ -60,6 +60,7 @@ impl LayoutOp for Fallocate {
                     op: "ftruncate(extend)",
                     errno: e.into(),
                     partial: Some(Effect::Shifted { offset: off }),
+                    cause: None,
                 })?;
                 Ok(Applied {
                     effect: Effect::Shifted { offset: off },
@@ -75,6 +76,7 @@ impl LayoutOp for Fallocate {
                     op: "ftruncate(shrink)",
                     errno: e.into(),
                     partial: Some(Effect::Shifted { offset: off }),
+                    cause: None,
                 })?;
                 Ok(Applied {
                     effect: Effect::Shifted { offset: off },

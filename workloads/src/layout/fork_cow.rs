@@ -52,6 +52,7 @@ impl LayoutOp for ForkCow {
             op: "waitpid",
             errno: Errno(libc::ECHILD),
             partial: Some(effect),
+            cause: None,
         })?;
         Ok(Applied {
             effect,

@@ -79,6 +79,7 @@ impl LayoutOp for Ksm {
                 op: "madvise(MADV_UNMERGEABLE)",
                 errno: e,
                 partial: Some(effect),
+                cause: None,
             }
         })?;
         Ok(Applied {

@@ -4,35 +4,13 @@
 
 use rand::RngCore;
 
+use super::requires::online_nodes;
 use super::sys::move_pages;
-use super::{err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget};
+use super::{
+    err, pick_range, Applied, Effect, LayoutError, LayoutKind, LayoutOp, LayoutTarget, Requirement,
+};
 
 pub struct Migrate;
-
-const ONLINE: &str = "/sys/devices/system/node/online";
-
-/// The node numbers of a sysfs node list (`0`, `0-1`, `0,2-3`).
-pub(crate) fn parse_nodes(list: &str) -> Option<Vec<i32>> {
-    let mut out = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (a.parse::<i32>().ok()?, b.parse::<i32>().ok()?);
-                if b < a || b - a > 4096 {
-                    return None;
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().ok()?),
-        }
-    }
-    Some(out)
-}
-
-fn online_nodes() -> Result<Vec<i32>, String> {
-    let text = std::fs::read_to_string(ONLINE).map_err(|e| format!("reading {ONLINE}: {e}"))?;
-    parse_nodes(&text).ok_or_else(|| format!("{ONLINE} holds {:?}, not a node list", text.trim()))
-}
 
 impl LayoutOp for Migrate {
     fn kind(&self) -> LayoutKind {
@@ -43,18 +21,8 @@ impl LayoutOp for Migrate {
         false
     }
 
-    fn unavailable(&self, _t: &LayoutTarget) -> Option<String> {
-        match online_nodes() {
-            Err(e) => Some(e),
-            Ok(n) if n.len() < 2 => Some(format!(
-                "one NUMA node ({ONLINE}: {}): there is nowhere to migrate to",
-                n.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )),
-            Ok(_) => None,
-        }
+    fn requires(&self) -> &'static [Requirement] {
+        &[Requirement::TwoNodes]
     }
 
     fn apply(&self, t: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError> {
@@ -89,19 +57,5 @@ impl LayoutOp for Migrate {
                 }
             ),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_nodes;
-
-    #[test]
-    fn node_lists_parse_as_sysfs_writes_them() {
-        assert_eq!(parse_nodes("0\n"), Some(vec![0]));
-        assert_eq!(parse_nodes("0-1"), Some(vec![0, 1]));
-        assert_eq!(parse_nodes("0,2-3"), Some(vec![0, 2, 3]));
-        assert_eq!(parse_nodes("x"), None);
-        assert_eq!(parse_nodes("3-1"), None);
     }
 }

@@ -30,17 +30,22 @@ mod compact;
 mod dedupe;
 mod fallocate;
 mod fork_cow;
+mod hwpoison;
 mod ksm;
 mod madvise;
+mod memory_offline;
 mod migrate;
 mod mremap;
 mod partners;
 mod reflink;
+mod requires;
+mod soft_offline;
 #[allow(unsafe_code)]
 mod sys;
 mod truncate;
 
 pub use partners::{Partner, Partners};
+pub use requires::{KmemNode, LabMachine, OpEnv, Requirement};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -65,6 +70,9 @@ pub enum LayoutKind {
     Compact,
     Migrate,
     Ksm,
+    Hwpoison,
+    SoftOffline,
+    MemoryOffline,
 }
 
 impl LayoutKind {
@@ -89,6 +97,9 @@ impl LayoutKind {
         LayoutKind::Compact,
         LayoutKind::Migrate,
         LayoutKind::Ksm,
+        LayoutKind::Hwpoison,
+        LayoutKind::SoftOffline,
+        LayoutKind::MemoryOffline,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +124,9 @@ impl LayoutKind {
             LayoutKind::Compact => "compact",
             LayoutKind::Migrate => "migrate",
             LayoutKind::Ksm => "ksm",
+            LayoutKind::Hwpoison => "hwpoison",
+            LayoutKind::SoftOffline => "soft-offline",
+            LayoutKind::MemoryOffline => "memory-offline",
         }
     }
 
@@ -160,6 +174,15 @@ impl LayoutKind {
             LayoutKind::Ksm => {
                 "madvise(MADV_MERGEABLE), wait (at most 500 ms) for a full ksmd scan, MADV_UNMERGEABLE (ksmd running)"
             }
+            LayoutKind::Hwpoison => {
+                "madvise(MADV_HWPOISON) of a random page, then MADV_DONTNEED of it (lab guests only)"
+            }
+            LayoutKind::SoftOffline => {
+                "madvise(MADV_SOFT_OFFLINE) of a random aligned range (lab guests only)"
+            }
+            LayoutKind::MemoryOffline => {
+                "move_pages a random range to the guest's kmem node, take the node's blocks holding it offline (bounded), put them back online (lab guests only)"
+            }
         }
     }
 
@@ -184,6 +207,9 @@ impl LayoutKind {
             LayoutKind::Compact => Box::new(compact::Compact),
             LayoutKind::Migrate => Box::new(migrate::Migrate),
             LayoutKind::Ksm => Box::new(ksm::Ksm),
+            LayoutKind::Hwpoison => Box::new(hwpoison::Hwpoison),
+            LayoutKind::SoftOffline => Box::new(soft_offline::SoftOffline),
+            LayoutKind::MemoryOffline => Box::new(memory_offline::MemoryOffline),
         }
     }
 
@@ -226,6 +252,8 @@ pub struct LayoutTarget<'a> {
     /// Whether the CPU may touch the mapping: no operation of the storm cuts the file short
     /// (a page past end of file would SIGBUS).
     pub cpu_access: bool,
+    /// What the run offers the operations (lab guest, journal).
+    pub env: &'a OpEnv,
 }
 
 impl LayoutTarget<'_> {
@@ -276,12 +304,27 @@ pub struct Applied {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{op}: {}", errno.name())]
+#[error("{op}: {}", self.key())]
 pub struct LayoutError {
     pub op: &'static str,
     pub errno: Errno,
     /// What the operation had already done when it failed (e.g. shrunk but not re-extended).
     pub partial: Option<Effect>,
+    /// Why, where the errno alone does not say and the kernel told (memory-offline: the page
+    /// that kept a block online): counted apart, as `EBUSY (cause)`.
+    pub cause: Option<String>,
+}
+
+impl LayoutError {
+    /// How the storm counts this failure: the errno, with its cause when known (the cause
+    /// alone for a call that returned 0 and still failed, e.g. with a signal).
+    pub fn key(&self) -> String {
+        match &self.cause {
+            Some(c) if self.errno.0 == 0 => c.clone(),
+            Some(c) => format!("{} ({c})", self.errno.name()),
+            None => self.errno.name(),
+        }
+    }
 }
 
 impl LayoutError {
@@ -297,6 +340,17 @@ impl LayoutError {
 
 pub trait LayoutOp: Send + Sync {
     fn kind(&self) -> LayoutKind;
+    /// What it needs from the machine, from the one list ([`Requirement`]), checked in
+    /// order by [`LayoutOp::cannot_run`] before anything about the target.
+    fn requires(&self) -> &'static [Requirement] {
+        &[]
+    }
+    /// Whether it leaves pages the CPU must not touch for a while (a poisoned page SIGBUSes
+    /// the process that reads it): like [`LayoutOp::cuts_file`], the storm then never reads
+    /// or writes the mapping with the CPU.
+    fn poisons(&self) -> bool {
+        false
+    }
     /// Whether it changes a file (anonymous memory has none): the layout operations do,
     /// memory-management operations work on any mapping.
     fn needs_file(&self) -> bool {
@@ -317,10 +371,21 @@ pub trait LayoutOp: Send + Sync {
     }
     fn apply(&self, target: &LayoutTarget, rng: &mut dyn RngCore) -> Result<Applied, LayoutError>;
 
+    /// Called once per pinned region before the storm starts, nothing pinned yet, where the
+    /// operation can run ([`LayoutOp::cannot_run`] is `None`): put the memory where the
+    /// operation needs it (memory-offline moves it to the kmem node). Returns what it did,
+    /// for the result's `placement`.
+    fn prepare(&self, _target: &LayoutTarget) -> Option<String> {
+        None
+    }
+
     /// Why this operation cannot run on `target`: it needs a file and there is none, a
     /// declared partner is missing, or [`LayoutOp::unavailable`]. Checked before every
     /// [`LayoutOp::apply`].
     fn cannot_run(&self, target: &LayoutTarget) -> Option<String> {
+        if let Some(why) = self.requires().iter().find_map(|r| r.unmet(target.env)) {
+            return Some(why);
+        }
         if self.needs_file() && target.file.is_none() {
             return Some("anonymous memory has no file whose layout could change".into());
         }
@@ -335,11 +400,19 @@ pub trait LayoutOp: Send + Sync {
     }
 }
 
+/// `move_pages(2)` every page of `m` to NUMA node `node`: each page's node, or a negative
+/// errno where it did not move. For set-up code outside the storms (the lab guest's kmem
+/// node).
+pub fn move_to_node(m: &Mapping, node: i32) -> Result<Vec<i32>, Errno> {
+    sys::move_pages(m, 0, m.len(), Some(node))
+}
+
 pub(crate) fn err(op: &'static str, e: impl Into<Errno>) -> LayoutError {
     LayoutError {
         op,
         errno: e.into(),
         partial: None,
+        cause: None,
     }
 }
 
@@ -405,6 +478,11 @@ mod tests {
         .unwrap()
     }
 
+    static HOST: OpEnv = OpEnv {
+        lab: None,
+        journal: None,
+    };
+
     fn target<'a>(
         m: &'a Mapping,
         p: &'a Partners,
@@ -412,6 +490,7 @@ mod tests {
         hugetlb: bool,
     ) -> LayoutTarget<'a> {
         LayoutTarget {
+            env: &HOST,
             file: None,
             mapping: m,
             map,

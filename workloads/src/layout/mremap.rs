@@ -33,6 +33,7 @@ impl LayoutOp for Mremap {
                 len,
                 contents: op == "mremap(back)",
             }),
+            cause: None,
         })?;
         Ok(Applied {
             effect: Effect::Remapped {

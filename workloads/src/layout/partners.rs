@@ -210,6 +210,7 @@ mod tests {
                 align: 4096,
                 partners: &partners,
                 cpu_access: true,
+                env: &crate::layout::OpEnv::default(),
             };
             for k in LayoutKind::ALL {
                 let op = k.op();
@@ -218,7 +219,14 @@ mod tests {
                         assert!(r.contains(why), "{k} on {fs}: {r}")
                     }
                     // Memory operations may not apply here for reasons of their own.
-                    Some(r) => assert_eq!(op.unavailable(&target), Some(r), "{k}"),
+                    Some(r) => assert_eq!(
+                        op.requires()
+                            .iter()
+                            .find_map(|q| q.unmet(target.env))
+                            .or_else(|| op.unavailable(&target)),
+                        Some(r),
+                        "{k}"
+                    ),
                     None => assert!(op.partners().is_empty(), "{k} ran without its partner"),
                 }
             }

@@ -22,6 +22,10 @@ pub enum Advice {
     Cold,
     Mergeable,
     Unmergeable,
+    /// MADV_HWPOISON: lab guests only (the operation requires one).
+    HwPoison,
+    /// MADV_SOFT_OFFLINE: lab guests only.
+    SoftOffline,
 }
 
 /// `madvise(2)` of `len` bytes at `offset` of `m`.
@@ -39,13 +43,88 @@ pub fn madvise(m: &Mapping, offset: usize, len: usize, advice: Advice) -> Result
         Advice::Cold => A::LinuxCold,
         Advice::Mergeable => A::LinuxMergeable,
         Advice::Unmergeable => A::LinuxUnmergeable,
+        Advice::HwPoison => A::LinuxHwPoison,
+        Advice::SoftOffline => A::LinuxSoftOffline,
     };
     // SAFETY: the range is inside our mapping (checked). None of these advices unmaps it:
     // DONTNEED, FREE and REMOVE drop pages (a later access faults in zeros or the file's
     // page, which raw-pointer copies may observe: no Rust reference into the mapping
     // exists), PAGEOUT, COLD and (UN)MERGEABLE only change how the kernel treats the pages.
+    // SOFT_OFFLINE migrates a page's contents to a new page (or fails). HWPOISON leaves the
+    // range mapped but replaces the page with a poison entry that SIGBUSes an access: the
+    // storm never touches the mapping with the CPU where an operation poisons
+    // (`LayoutOp::poisons`), and the operation drops the entry (DONTNEED) right after.
     unsafe { rustix::mm::madvise((m.addr() + offset) as *mut _, len, a) }.map_err(Errno::from)
 }
+
+/// The thread (its tid) that is injecting a memory failure right now, 0 when none: the one
+/// thread whose action-required SIGBUS the handler absorbs.
+static INJECTING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Action-required memory-failure SIGBUSes absorbed so far.
+static MCE_SIGBUS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static HANDLER: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // SAFETY: the kernel hands a valid siginfo to an SA_SIGINFO handler; gettid and
+    // signal/raise are async-signal-safe; only atomics are touched.
+    unsafe {
+        let code = (*info).si_code;
+        let ours = INJECTING.load(SeqCst) == libc::gettid();
+        if ours && (code == libc::BUS_MCEERR_AR || code == libc::BUS_MCEERR_AO) {
+            // Sent by the kernel to the caller of MADV_HWPOISON while it is in the call (no
+            // instruction faulted): returning resumes after the syscall.
+            MCE_SIGBUS.fetch_add(1, SeqCst);
+            return;
+        }
+        // Anything else is a real fault: die of it as without the handler.
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// `madvise(MADV_HWPOISON)` of `len` bytes at `offset` of `m`; `Ok(true)` when the kernel
+/// also sent the caller an action-required SIGBUS (it does for a page it cannot recover on
+/// some kernels: an unsplittable, pinned THP), which is absorbed and reported instead of
+/// killing the process.
+///
+/// # Panics
+/// If the range is outside the mapping.
+pub fn hwpoison(m: &Mapping, offset: usize, len: usize) -> Result<bool, Errno> {
+    use std::sync::atomic::Ordering::SeqCst;
+    HANDLER.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler only reads its siginfo, touches
+        // atomics and calls async-signal-safe functions. SIGBUS is not used otherwise by
+        // pinstorm; for any SIGBUS that is not an injection in progress the handler restores
+        // the default action and re-raises, so real faults still kill the process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    });
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let before = MCE_SIGBUS.load(SeqCst);
+    // SAFETY: gettid has no preconditions.
+    INJECTING.store(unsafe { libc::gettid() }, SeqCst);
+    let r = madvise(m, offset, len, Advice::HwPoison);
+    INJECTING.store(0, SeqCst);
+    let signalled = MCE_SIGBUS.load(SeqCst) > before;
+    r.map(|()| signalled).map_err(|e| {
+        if signalled {
+            // The errno stays the measurement; the signal is reported through the cause.
+            Errno(e.0 | SIGNALLED)
+        } else {
+            e
+        }
+    })
+}
+
+/// Marks an errno of [`hwpoison`] whose call also got the SIGBUS (never a real errno bit).
+pub const SIGNALLED: i32 = 1 << 24;
 
 /// Serialises every move of a pinstorm mapping in this process: two moves of one mapping at
 /// once could move the other's empty leftover back over the real pages.

@@ -33,6 +33,7 @@ impl LayoutOp for Truncate {
                 offset: new,
                 len: t.size - new,
             }),
+            cause: None,
         })?;
         Ok(Applied {
             effect: Effect::Invalidated {

@@ -37,6 +37,12 @@ pub enum JournalEntry {
         parent: PathBuf,
         name: String,
     },
+    /// A memory block (`/sys/devices/system/memory/memoryN`) about to be taken offline by a
+    /// memory operation, and how it was online: put back that way if it is left offline.
+    MemoryBlock {
+        block: u32,
+        online: crate::memblock::Online,
+    },
 }
 
 impl JournalEntry {
@@ -47,6 +53,9 @@ impl JournalEntry {
             JournalEntry::Mount(n) => format!("mount\t{n}"),
             JournalEntry::Loop(n) => format!("loop\t{n}"),
             JournalEntry::Dir { parent, name } => format!("dir\t{}\t{name}", parent.display()),
+            JournalEntry::MemoryBlock { block, online } => {
+                format!("memory-block\t{block}\t{}", online.state())
+            }
         }
     }
 
@@ -85,6 +94,17 @@ impl JournalEntry {
                     parent: p.to_path_buf(),
                     name: name.to_string(),
                 })
+            }
+            ["memory-block", n, online] => {
+                let Some(online) = crate::memblock::Online::parse(online) else {
+                    return refuse("not a way a memory block is onlined");
+                };
+                match n.parse::<u32>() {
+                    Ok(block) if block.to_string() == *n => {
+                        Ok(JournalEntry::MemoryBlock { block, online })
+                    }
+                    _ => refuse("not a memory block number"),
+                }
             }
             _ => refuse("not a journal entry this version writes"),
         }
@@ -165,6 +185,14 @@ mod tests {
                 parent: "/scratch".into(),
                 name: "pinstorm.run-x".into(),
             },
+            JournalEntry::MemoryBlock {
+                block: 40,
+                online: crate::memblock::Online::Kernel,
+            },
+            JournalEntry::MemoryBlock {
+                block: 0,
+                online: crate::memblock::Online::Movable,
+            },
         ] {
             assert_eq!(JournalEntry::parse(&e.line()), Ok(e));
         }
@@ -188,6 +216,12 @@ mod tests {
             "dir\t/scratch/../etc\tpinstorm.run-x",
             "dir\t/scratch\t../x",
             "owner\t-1",
+            "memory-block\t-1\tonline",
+            "memory-block\t01\tonline",
+            "memory-block\t../../x\tonline",
+            "memory-block\t3\toffline",
+            "memory-block\t3\tonline; reboot",
+            "memory-block\t3",
             "bogus\tline",
             "",
         ] {

@@ -283,7 +283,7 @@ impl ScratchRoot {
             root: self.dir.clone(),
             name,
             run_id: run_id.to_string(),
-            journal: Mutex::new(journal),
+            journal: JournalHandle(Arc::new(Mutex::new(journal))),
             seq: AtomicU64::new(0),
         };
         run.record(&JournalEntry::Owner(std::process::id()))?;
@@ -303,8 +303,30 @@ pub struct RunScratch {
     root: Arc<OwnedDir>,
     name: String,
     run_id: String,
-    journal: Mutex<File>,
+    journal: JournalHandle,
     seq: AtomicU64,
+}
+
+/// The run's journal, for code that outlives a borrow of the [`RunScratch`] (a storm's
+/// threads): [`JournalHandle::record`] appends and syncs an entry like
+/// [`RunScratch::record`].
+#[derive(Clone)]
+pub struct JournalHandle(Arc<Mutex<File>>);
+
+impl JournalHandle {
+    /// Append an entry and make it durable before the action it describes is taken.
+    pub fn record(&self, e: &JournalEntry) -> Result<()> {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        writeln!(f, "{}", e.line()).context("writing the scratch journal")?;
+        f.sync_data().context("syncing the scratch journal")?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for JournalHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JournalHandle")
+    }
 }
 
 impl RunScratch {
@@ -323,10 +345,12 @@ impl RunScratch {
 
     /// Append an entry and make it durable before the action it describes is taken.
     pub fn record(&self, e: &JournalEntry) -> Result<()> {
-        let mut f = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        writeln!(f, "{}", e.line()).context("writing the scratch journal")?;
-        f.sync_data().context("syncing the scratch journal")?;
-        Ok(())
+        self.journal.record(e)
+    }
+
+    /// The journal, for threads that outlive a borrow of this run directory.
+    pub fn journal(&self) -> JournalHandle {
+        self.journal.clone()
     }
 
     /// A unique name for a file or directory of this run.
@@ -499,6 +523,22 @@ pub fn clean_leftover_run(root: &OwnedDir, leftover: Leftover) -> Cleaned {
             match crate::sysctl::write(*sysctl, original) {
                 Ok(()) => c.actions.push(format!("restored {sysctl} = {original}")),
                 Err(err) => c.problems.push(format!("restore {sysctl}: {err:#}")),
+            }
+        }
+    }
+    // Memory blocks a memory operation took offline: put back online the way they were
+    // (journaled before the offline; a block that is online again is left alone).
+    let mut onlined: Vec<u32> = Vec::new();
+    for e in &journal.entries {
+        if let JournalEntry::MemoryBlock { block, online } = e {
+            if onlined.contains(block) {
+                continue;
+            }
+            onlined.push(*block);
+            match crate::memblock::restore(*block, *online) {
+                Ok(Some(done)) => c.actions.push(done),
+                Ok(None) => {}
+                Err(err) => c.problems.push(format!("memory{block}: {err:#}")),
             }
         }
     }

@@ -310,3 +310,51 @@ fn removal_never_follows_symlinks_out_of_our_directories() {
     assert!(!dir.exists());
     assert!(intact(&v));
 }
+
+/// A journaled memory block is put back online only if it reads `offline`: a block that is
+/// online (or does not exist) is left alone, and forged memory-block lines are refused.
+#[test]
+fn journaled_memory_blocks_are_onlined_only_when_offline() {
+    let b = Base::new("memblock");
+    let root = ScratchRoot::open(&b.0.join("root")).unwrap();
+    // The lowest block of this machine, if it has memory blocks (it is online: we run).
+    let online_block = std::fs::read_dir(crate::memblock::MEMORY)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("memory")?
+                .parse::<u32>()
+                .ok()
+        })
+        .min();
+    let mut lines = vec![
+        "memory-block\t4000000000\tonline_kernel".to_string(),
+        "memory-block\t../../../etc\tonline".to_string(),
+        "memory-block\t7\toffline".to_string(),
+    ];
+    let before = online_block.map(|n| crate::memblock::state(n).unwrap());
+    if let Some(n) = online_block {
+        lines.push(format!("memory-block\t{n}\tonline_movable"));
+    }
+    plant_run(&root, "m", &lines);
+    let out: Vec<Cleaned> = root
+        .leftover_runs()
+        .into_iter()
+        .map(|l| root.clean(l))
+        .collect();
+    assert_eq!(out.len(), 1);
+    let problems = out[0].problems.join("\n");
+    assert_eq!(problems.matches("refused").count(), 2, "{problems}");
+    assert!(problems.contains("memory4000000000"), "{problems}");
+    assert!(
+        !out[0].actions.iter().any(|a| a.contains("memory block")),
+        "{:?}",
+        out[0].actions
+    );
+    if let Some(n) = online_block {
+        assert_eq!(Some(crate::memblock::state(n).unwrap()), before);
+    }
+}

@@ -170,6 +170,7 @@ fn latencies_are_numbers_in_seconds_and_oracle_counts_carry_their_unit() {
         control: false,
         shapes: vec![],
         shapes_notrun: vec![],
+        placement: vec![],
     });
     let d = doc(vec![r]);
     let t = test_at(&d, "pinstorm.bench.io_uring.anon.shared.rw.2M.register.p50");
