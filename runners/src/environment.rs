@@ -25,15 +25,6 @@ fn read_trim(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn meminfo_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Effective capability `CAP_IPC_LOCK` (bit 14): not charged against RLIMIT_MEMLOCK.
 fn has_cap_ipc_lock() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -83,7 +74,7 @@ pub fn capture(pins: &PinSettings) -> Environment {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        mem_total_bytes: meminfo_kb("MemTotal:") * 1024,
+        mem_total_bytes: pinstorm_workloads::sysctl::meminfo_kb("MemTotal:").unwrap_or(0) * 1024,
         memlock_soft_bytes: memlock.current,
         memlock_hard_bytes: memlock.maximum,
         cap_ipc_lock: has_cap_ipc_lock(),

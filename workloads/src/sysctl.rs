@@ -76,15 +76,23 @@ pub fn write(sysctl: Sysctl, value: &str) -> Result<()> {
     std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {p}"))
 }
 
+/// The number after `key` (with its colon, `MemTotal:`) in /proc/meminfo's text.
+fn meminfo_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+}
+
+/// One field of /proc/meminfo (`MemAvailable:`, `HardwareCorrupted:`), in its unit (kB for
+/// sizes); None when the file or the field is missing.
+pub fn meminfo_kb(key: &str) -> Option<u64> {
+    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, key)
+}
+
 /// `HugePages_Total`, `HugePages_Free` and `Hugepagesize` (bytes) from /proc/meminfo.
 pub fn hugepage_counts() -> (u64, u64, u64) {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let get = |key: &str| meminfo_field(&text, key).unwrap_or(0);
     (
         get("HugePages_Total:"),
         get("HugePages_Free:"),

@@ -109,14 +109,8 @@ pub struct LabOptions {
 /// NVDIMM), at least one.
 pub fn default_jobs(memory_mib: u64) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let available_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024);
+    let available_mib =
+        pinstorm_workloads::sysctl::meminfo_kb("MemAvailable:").map_or(0, |kb| kb / 1024);
     jobs_for(cpus, available_mib, memory_mib.saturating_add(1024))
 }
 

@@ -20,14 +20,7 @@ pub struct Hwpoison;
 
 /// `HardwareCorrupted` of /proc/meminfo, in kB.
 pub(crate) fn hardware_corrupted_kb() -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("HardwareCorrupted:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    crate::sysctl::meminfo_kb("HardwareCorrupted:")
 }
 
 impl LayoutOp for Hwpoison {
