@@ -13,7 +13,7 @@ use pinstorm_analysis::expect::Cell;
 use pinstorm_analysis::oracle::{Oracle, OracleKind};
 use pinstorm_analysis::schema::{LeakedPins, StormResult};
 use pinstorm_workloads::backing::{Access, Backing, BackingKind, MapKind, RegionError, RegionSpec};
-use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partners};
+use pinstorm_workloads::layout::{LayoutKind, Partners};
 use pinstorm_workloads::pin::{Availability, PinKind, PinPath};
 use pinstorm_workloads::scenario::StormJob;
 use pinstorm_workloads::units::Size;
@@ -202,18 +202,8 @@ fn view_notes(
 /// can run: what each did, one line per file and operation.
 fn place(storm: &StormState, ops: &[LayoutKind]) -> Vec<String> {
     let mut out = Vec::new();
-    for (i, f) in storm.files.iter().enumerate() {
-        let target = LayoutTarget {
-            file: f.region.file.as_ref(),
-            mapping: &f.region.mapping,
-            map: f.region.spec.map,
-            hugetlb: storm.hugetlb,
-            size: storm.size,
-            align: storm.align,
-            partners: &f.partners,
-            cpu_access: storm.cpu_view,
-            env: &storm.env,
-        };
+    for i in 0..storm.files.len() {
+        let target = storm.target(i);
         for k in ops {
             let op = k.op();
             if op.cannot_run(&target).is_none() {

@@ -12,7 +12,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use pinstorm_analysis::hist::Latency;
-use pinstorm_workloads::layout::{LayoutKind, LayoutTarget};
+use pinstorm_workloads::layout::LayoutKind;
 
 use super::state::{StormState, Timeline};
 
@@ -61,17 +61,7 @@ pub fn disruptor_thread(
             continue;
         }
         let f = &storm.files[fi];
-        let target = LayoutTarget {
-            file: f.region.file.as_ref(),
-            mapping: &f.region.mapping,
-            map: f.region.spec.map,
-            hugetlb: storm.hugetlb,
-            size: storm.size,
-            align: storm.align,
-            partners: &f.partners,
-            cpu_access: storm.cpu_view,
-            env: &storm.env,
-        };
+        let target = storm.target(fi);
         if let Some(why) = boxed[k].cannot_run(&target) {
             storm.unsupported().entry(kind).or_insert(why);
             continue;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pinstorm_analysis::hist::Latency;
 use pinstorm_analysis::schema::{StormTotals, TimelinePoint, Violation};
 use pinstorm_workloads::backing::Region;
-use pinstorm_workloads::layout::{LayoutKind, Partners};
+use pinstorm_workloads::layout::{LayoutKind, LayoutTarget, Partners};
 use pinstorm_workloads::pin::PinPath;
 
 use super::oracle::foreign::classify_foreign;
@@ -98,6 +98,22 @@ pub struct StormState {
 }
 
 impl StormState {
+    /// What a layout operation is given to work on file `i`.
+    pub fn target(&self, i: usize) -> LayoutTarget<'_> {
+        let f = &self.files[i];
+        LayoutTarget {
+            file: f.region.file.as_ref(),
+            mapping: &f.region.mapping,
+            map: f.region.spec.map,
+            hugetlb: self.hugetlb,
+            size: self.size,
+            align: self.align,
+            partners: &f.partners,
+            cpu_access: self.cpu_view,
+            env: &self.env,
+        }
+    }
+
     pub fn findings(&self) -> MutexGuard<'_, Findings> {
         self.findings.lock().unwrap_or_else(|p| p.into_inner())
     }
