@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{is_root, pinstorm, serial};
+use common::{build_mm_probe, is_root, pinstorm, serial};
 
 fn cache() -> PathBuf {
     if let Some(c) = std::env::var_os("PINSTORM_CACHE") {
@@ -718,32 +718,6 @@ for c in "anon private soft-offline" "memfd shared soft-offline" "anon private h
 done
 "#;
 
-/// The mm probe, or None (skipped with the reason) where it cannot be built outside CI.
-fn build_mm_probe(dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
-    let out = dir.join("mm_probe");
-    let o = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-luring")
-        .output();
-    match o {
-        Ok(o) if o.status.success() => Some(out),
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => format!("cc: {e}"),
-            };
-            if std::env::var_os("CI").is_some() {
-                panic!("building the mm probe (liburing-dev, installed by scripts/test.sh): {why}");
-            }
-            eprintln!("memory_operations_that_damage_memory: skipped: the mm probe needs liburing-dev: {why}");
-            None
-        }
-    }
-}
-
 /// `mm-vs-pin-lab` in a 6.1 guest with a kmem node: the lab-only operations ran (none is
 /// notrun where it applies), the storm's verdict is the expectations', no pinned page moved,
 /// every memory block the operation took offline is back online (read by the witness, not
@@ -758,7 +732,7 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
     let _g = serial();
     let tmp = tempdir("lab-mm");
     let results = tmp.join("results");
-    let Some(probe) = build_mm_probe(&tmp) else {
+    let Some(probe) = build_mm_probe(&tmp.join("mm_probe")) else {
         return;
     };
     let exec = MM_LAB_EXEC.replace("@PROBE@", probe.to_str().unwrap());

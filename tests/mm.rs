@@ -8,35 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn build_mm_probe() -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-mm-probe");
-    match Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-luring")
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(out),
-        Ok(o) => {
-            skip(
-                "independent mm probe",
-                &format!("it needs liburing-dev: {}", stderr(&o)),
-            );
-            None
-        }
-        Err(e) => {
-            skip("independent mm probe", &format!("no C compiler ({e})"));
-            None
-        }
-    }
-}
 
 /// The witness's name for a pinstorm operation, where it has one.
 fn probe_op(op: &str) -> Option<&'static str> {
@@ -91,7 +66,9 @@ fn mm_operations_run_or_say_why_and_diverged_and_moved_agree_with_an_independent
         );
         return;
     }
-    let Some(probe) = build_mm_probe() else {
+    let Some(probe) =
+        build_mm_probe(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("independent-mm-probe"))
+    else {
         return;
     };
     let _g = serial();

@@ -74,6 +74,32 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("skipped {test}: {why}");
 }
 
+/// The independent mm probe (tests/independent/mm_probe.c) built at `out`, or None when it
+/// cannot be built (no C compiler, no liburing-dev), which [`skip`] reports.
+pub fn build_mm_probe(out: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent/mm_probe.c");
+    match Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(&src)
+        .arg("-luring")
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out.to_path_buf()),
+        Ok(o) => {
+            skip(
+                "independent mm probe",
+                &format!("it needs liburing-dev: {}", stderr(&o)),
+            );
+            None
+        }
+        Err(e) => {
+            skip("independent mm probe", &format!("no C compiler ({e})"));
+            None
+        }
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
