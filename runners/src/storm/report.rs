@@ -126,7 +126,13 @@ pub fn layout_ops(
             }
             let reason = not_run
                 .map(str::to_string)
-                .or_else(|| unsupported.get(&k).cloned());
+                .or_else(|| unsupported.get(&k).cloned())
+                .or_else(|| {
+                    (count == 0 && errors.is_empty()).then(|| {
+                        "never called in this cell: the disruptors did not draw it before the cell ended"
+                            .to_string()
+                    })
+                });
             LayoutOpResult {
                 op: k.name().into(),
                 outcome: if reason.is_some() && count == 0 {
