@@ -232,14 +232,24 @@ impl LayoutOp for MemoryOffline {
                     // Back online at once, the way it was.
                     let back = memblock::write_state(*b, online.state(), Duration::from_secs(10));
                     if !matches!(back, Ok(StateWrite::Done { .. })) {
+                        let errno = match back {
+                            Ok(StateWrite::Failed { errno, .. }) => errno,
+                            _ => Errno(libc::EIO),
+                        };
+                        // A block that holds hardware-poisoned pages (another operation's,
+                        // here) goes offline but never online again until reboot: the kernel's
+                        // memory_block_online() returns -EHWPOISON ("mm/hwpoison: introduce
+                        // per-memory_block hwpoison counter", Oct 2022).
+                        let why = if errno.0 == libc::EHWPOISON {
+                            "left offline: the block holds hardware-poisoned pages, the kernel refuses to online it"
+                        } else {
+                            "left offline: putting it back online failed"
+                        };
                         return Err(LayoutError {
                             op: "putting a memory block back online",
-                            errno: match back {
-                                Ok(StateWrite::Failed { errno, .. }) => errno,
-                                _ => Errno(libc::EIO),
-                            },
+                            errno,
                             partial: Some(effect),
-                            cause: None,
+                            cause: Some(why.to_string()),
                         });
                     }
                     done.push(format!(
