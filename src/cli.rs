@@ -195,7 +195,7 @@ const LAB_HELP: &str = "\
 Each kernel boots under QEMU with virtme-ng (the host's root, read-only, is the guest's
 userland, so the guest runs this very pinstorm binary and the host's ndctl, mkfs.xfs, rdma).
 The guest makes FS-DAX xfs (reflink) and ext4 on an emulated NVDIMM, mounted dax=always and
-checked with STATX_ATTR_DAX, a device-dax namespace with --devdax-namespace, and soft-RoCE (rxe0 on a
+checked with STATX_ATTR_DAX, a device-dax namespace when the scenario has a devdax backing, and soft-RoCE (rxe0 on a
 dummy netdev; no network leaves the guest), then runs the scenario exactly as `pinstorm run`
 does. The backings xfs-dax, ext4-dax and devdax are the DAX targets; xfs/ext4/tmpfs in the
 same guest are the page-cache controls.
@@ -223,7 +223,7 @@ directories together hold the unsharded run's results, each once.
 
 Examples:
   pinstorm lab                                         default scenario on deb:6.1,deb:6.12,deb:sid
-  pinstorm lab --kernels deb:6.12 --devdax-namespace dax-vs-pin
+  pinstorm lab --kernels deb:6.12 dax-vs-pin
   pinstorm lab --kernels path:/src/linux/arch/x86/boot/bzImage --modules /tmp/mods --label gup-v3
   pinstorm lab --kernels tree:/src/linux --label my-series quick
   pinstorm lab --kernels tree:. --build --check 'io_uring:xfs:shared:rw=EFAULT' quick
@@ -298,8 +298,9 @@ pub struct LabArgs {
     /// Persistent memory: nvdimm (labels, ndctl namespaces), memmap (legacy e820), none.
     #[arg(long, value_enum, default_value_t = PmemArg::Nvdimm)]
     pub pmem: PmemArg,
-    /// Also make a device-dax namespace in the guest, for the devdax backing (device-dax
-    /// allows long-term pins: the contrast case to FS-DAX).
+    /// Make a device-dax namespace in the guest even when the scenario has no devdax
+    /// backing (one that has gets it anyway), e.g. for a --guest-exec command. Device-dax
+    /// allows long-term pins: the contrast case to FS-DAX.
     #[arg(long)]
     pub devdax_namespace: bool,
     /// Make an fsdax namespace per filesystem and hand them to the run as --scratch-dev

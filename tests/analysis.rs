@@ -186,7 +186,12 @@ fn two_real_runs_of_the_same_configuration_pass_when_quiet_and_are_inconclusive_
             .unwrap()
             .iter()
             .filter(|l| l["significant"] == true && l["disturbed"].as_array().unwrap().is_empty())
-            .map(|l| (format!("{} {} {}", l["kind"], l["key"], l["stat"]), l.clone()))
+            .map(|l| {
+                (
+                    format!("{} {} {}", l["kind"], l["key"], l["stat"]),
+                    l.clone(),
+                )
+            })
             .collect()
     };
     let (mut code, mut v, mut err) = compare_json(&sb, &a, &b, &gates);

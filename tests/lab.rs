@@ -811,7 +811,10 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
     }
     if left_offline > 0 {
         let hc: u64 = field("hardware-corrupted ")[0].parse().unwrap();
-        assert!(hc > 0, "a block left offline with no poisoned memory: {log}");
+        assert!(
+            hc > 0,
+            "a block left offline with no poisoned memory: {log}"
+        );
         eprintln!("{left_offline} block(s) left offline holding hardware-poisoned pages, as pinstorm reported");
     }
 

@@ -117,6 +117,85 @@ fn counts(m: &std::collections::BTreeMap<String, u32>) -> String {
         .join(", ")
 }
 
+/// Long-term pins of pages in ZONE_MOVABLE: what moved, what it cost, what could not move,
+/// and each fact's verdict (`[migration]`, docs/mm.md).
+pub fn migration(out: &mut String, rows: &[crate::schema::MigrationResult]) {
+    let _ = writeln!(
+        out,
+        "\nPin-time migration out of ZONE_MOVABLE (pages of fresh regions; first pin migrates, pin again does not):"
+    );
+    let p50 = |s: &Option<crate::hist::Stats>| {
+        s.as_ref()
+            .map_or("-".to_string(), |s| human_ns(s.p50_ns as f64))
+    };
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|m| {
+            if m.outcome != "ok" {
+                return vec![m.pin.clone(), m.backing.clone(), m.outcome.clone()];
+            }
+            let differs = m
+                .verdicts
+                .iter()
+                .filter(|v| v.verdict == Verdict::Differs)
+                .map(|v| {
+                    format!(
+                        "{} = {} (expected {})",
+                        v.fact,
+                        v.measured,
+                        v.expected.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>();
+            let judged = m
+                .verdicts
+                .iter()
+                .filter(|v| matches!(v.verdict, Verdict::AsExpected | Verdict::Differs))
+                .count();
+            vec![
+                m.pin.clone(),
+                m.backing.clone(),
+                "ok".into(),
+                format!("{}/{}", m.migrated, m.movable_before),
+                m.movable_while_pinned.to_string(),
+                p50(&m.first_pin),
+                p50(&m.repin),
+                m.held.clone(),
+                if differs.is_empty() {
+                    format!("{judged} as expected")
+                } else {
+                    format!("DIFFERS: {}", differs.join("; "))
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "pin",
+            "backing",
+            "outcome",
+            "moved out",
+            "left in Movable",
+            "first pin p50",
+            "pin again p50",
+            "pages a pipe holds",
+            "verdict",
+        ],
+        &body,
+    ));
+    // Reasons below the table: a long one would widen a column for every row.
+    for m in rows.iter().filter(|m| m.outcome != "ok") {
+        let _ = writeln!(
+            out,
+            "  {} {}: {}: {}",
+            m.pin,
+            m.backing,
+            m.outcome,
+            m.reason.as_deref().unwrap_or("(no reason recorded)")
+        );
+    }
+}
+
 pub fn leases(out: &mut String, l: &LeaseResults) {
     let lbt = &l.lease_break_time;
     let lbt_text = match (lbt.original_s, lbt.used_s) {
@@ -416,6 +495,9 @@ pub fn render(r: &RunResult, result_path: Option<&std::path::Path>) -> String {
         );
         out.push_str(&storm_table(&r.storms));
         storm_details(&mut out, &r.storms);
+    }
+    if !r.migration.is_empty() {
+        migration(&mut out, &r.migration);
     }
     if let Some(l) = &r.leases {
         leases(&mut out, l);

@@ -95,18 +95,41 @@ impl BackingSet {
         kinds: impl IntoIterator<Item = BackingKind>,
         env: &SetupEnv,
         scratch: &RunScratch,
-        log: impl Fn(&str),
+        log: impl Fn(&str) + Sync,
     ) -> Result<BackingSet> {
         let mut map = BTreeMap::new();
-        for k in kinds {
-            signals::check()?;
+        // A filesystem on a loop device (an image, mkfs, losetup, mount: about a second each
+        // in a TCG guest) is made in a thread of its own beside the others; the rest are
+        // quick and made here, one after the other.
+        let (disk, rest): (Vec<BackingKind>, Vec<BackingKind>) =
+            kinds.into_iter().partition(|k| k.makes_a_filesystem());
+        let setup_one = |k: BackingKind| {
             log(&format!("setting up {k}"));
             let b = k.setup(env, scratch);
             if let Err(e) = &b {
                 log(&format!("{k}: notrun: {e}"));
             }
-            map.insert(k, b);
-        }
+            b
+        };
+        signals::check()?;
+        std::thread::scope(|s| -> Result<()> {
+            let threads: Vec<_> = disk
+                .iter()
+                .map(|&k| (k, s.spawn(move || setup_one(k))))
+                .collect();
+            for k in rest {
+                signals::check()?;
+                map.insert(k, setup_one(k));
+            }
+            for (k, t) in threads {
+                let b = t
+                    .join()
+                    .unwrap_or_else(|_| Err(NotRun(format!("setting up {k} panicked"))));
+                map.insert(k, b);
+            }
+            Ok(())
+        })?;
+        signals::check()?;
         Ok(BackingSet { map })
     }
 

@@ -73,3 +73,86 @@ fn a_bench_row_with_failed_calls_shows_its_errno_and_the_counts_of_both_sides() 
         "{out}"
     );
 }
+
+#[test]
+fn pin_migration_rows_show_what_moved_what_it_cost_and_a_differing_fact() {
+    use crate::schema::{FactVerdict, MigrationResult};
+    let stats = |p50: u64| crate::hist::Stats {
+        count: 4,
+        min_ns: p50,
+        p50_ns: p50,
+        p90_ns: p50,
+        p99_ns: p50,
+        p999_ns: p50,
+        max_ns: p50,
+        mean_ns: p50 as f64,
+        stdev_ns: 0.0,
+    };
+    let fact = |name: &str, measured: &str, verdict: Verdict| FactVerdict {
+        fact: name.into(),
+        measured: measured.into(),
+        expected: Some("0".into()),
+        verdict,
+        why: None,
+    };
+    let rows = vec![
+        MigrationResult {
+            pin: "io_uring".into(),
+            backing: "anon".into(),
+            outcome: "ok".into(),
+            reason: None,
+            rounds: 4,
+            pages: 1024,
+            movable_before: 4096,
+            migrated: 4096,
+            movable_while_pinned: 3,
+            first_pin: Some(stats(12_050_000)),
+            repin: Some(stats(470_000)),
+            held: "ENOMEM x4".into(),
+            verdicts: vec![
+                fact("movable_while_pinned", "3", Verdict::Differs),
+                fact("migrated_all", "true", Verdict::AsExpected),
+            ],
+        },
+        MigrationResult {
+            pin: "vmsplice".into(),
+            backing: "anon".into(),
+            outcome: "notrun".into(),
+            reason: Some("no ZONE_MOVABLE (boot with movablecore=)".into()),
+            rounds: 0,
+            pages: 0,
+            movable_before: 0,
+            migrated: 0,
+            movable_while_pinned: 0,
+            first_pin: None,
+            repin: None,
+            held: String::new(),
+            verdicts: Vec::new(),
+        },
+    ];
+    let mut out = String::new();
+    migration(&mut out, &rows);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[2].contains("moved out") && lines[2].contains("first pin p50"),
+        "{out}"
+    );
+    // A notrun reason does not widen the table: it is below it.
+    assert!(lines[2].len() < 160, "{out}");
+    let io = lines.iter().find(|l| l.contains("io_uring")).unwrap();
+    assert!(
+        io.contains("4096/4096") && io.contains("12.05ms") && io.contains("470.00us"),
+        "{out}"
+    );
+    assert!(
+        io.contains("DIFFERS: movable_while_pinned = 3 (expected 0)"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("vmsplice anon: notrun: no ZONE_MOVABLE"),
+        "{out}"
+    );
+}

@@ -49,6 +49,7 @@ pub(crate) fn lock_cache(cache: &Path) -> Result<CacheLock> {
                         | "apt"
                         | "downloads"
                         | "runs"
+                        | "nvdimm"
                         | "lab.lock"
                 ) || n.starts_with("accel-");
                 !known
@@ -114,6 +115,7 @@ pub fn clean_leftovers(cache: &Path) -> Vec<String> {
             )),
         }
     }
+    out.extend(crate::template::clean_partials(cache));
     out
 }
 

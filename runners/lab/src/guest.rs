@@ -25,6 +25,8 @@ use pinstorm_workloads::scratch::ScratchDevice;
 
 use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 
+use crate::template::TemplatePlan;
+
 /// Where the guest mounts and scratches (inside the guest's writable /tmp overlay).
 const GUEST_ROOT: &str = "/tmp/pinstorm-lab";
 
@@ -94,6 +96,10 @@ pub struct GuestPlan {
     /// The kernel was booted with `movablecore=` (`--movablecore`): record the zones.
     #[serde(default)]
     pub movablecore: bool,
+    /// Whether the NVDIMM's backing file is a copy of the cache's template, or this guest
+    /// makes it (see [`crate::template`]).
+    #[serde(default)]
+    pub nvdimm_template: Option<TemplatePlan>,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -167,7 +173,14 @@ fn sh(prog: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The modules the guest's pmem set-up loads (NVDIMM, FS-DAX, device-dax).
-const PMEM_MODULES: &[&str] = &["nfit", "nd_pmem", "dax_pmem", "device_dax", "nd_e820"];
+fn pmem_modules(plan: &GuestPlan) -> &'static [&'static str] {
+    match (plan.pmem, plan.devdax || plan.kmem_node) {
+        (PmemMode::Nvdimm, true) => &["nfit", "nd_pmem", "dax_pmem", "device_dax"],
+        (PmemMode::Nvdimm, false) => &["nfit", "nd_pmem"],
+        (PmemMode::Memmap, _) => &["nd_e820", "nd_pmem"],
+        (PmemMode::None, _) => &[],
+    }
+}
 /// The modules soft-RoCE needs.
 const RXE_MODULES: &[&str] = &["dummy", "rdma_rxe", "ib_uverbs"];
 
@@ -203,6 +216,20 @@ fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
         } else {
             None
         },
+    }
+}
+
+/// Whether the guest of `plan` sets up its persistent memory (the host copies a template
+/// NVDIMM image only then), and whether its scenario uses the devdax backing (the guest
+/// then makes a device-dax namespace whether `--devdax-namespace` was given or not).
+pub(crate) fn wants(plan: &GuestPlan) -> (bool, bool) {
+    match Scenario::parse(&plan.scenario_text, &plan.origin) {
+        Ok(s) => (
+            needs(plan, &s).pmem.is_none(),
+            s.backings_used()
+                .contains(&pinstorm_workloads::backing::BackingKind::Devdax),
+        ),
+        Err(_) => (true, false),
     }
 }
 
@@ -247,15 +274,32 @@ fn sysfs(path: &str) -> String {
         .unwrap_or_else(|e| format!("({path}: {e})"))
 }
 
-/// mkfs and mount a pmem block device `dax=always`; the FS-DAX backing then verifies
-/// STATX_ATTR_DAX on its own files before calling anything DAX.
-fn make_dax_fs(fs: &str, dev: &str) -> Result<PathBuf> {
+/// The fsdax namespaces the guest makes, one per DAX filesystem, and their sizes; and the
+/// device-dax one's (`--devdax-namespace`). A template NVDIMM image is named after them.
+pub const FSDAX_NAMESPACES: &[(&str, &str)] = &[("xfs", "384M"), ("ext4", "256M")];
+pub const DEVDAX_SIZE: &str = "256M";
+
+/// The name a namespace carries in its label, so a guest booted on a copy of a template
+/// finds which is which.
+fn namespace_name(what: &str) -> String {
+    format!("pinstorm-{what}")
+}
+
+/// mkfs on a pmem block device.
+fn mkfs_dax(fs: &str, dev: &str) -> Result<()> {
     let devpath = format!("/dev/{dev}");
     match fs {
         "xfs" => sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", &devpath])?,
         "ext4" => sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &devpath])?,
         _ => bail!("no DAX mkfs for {fs}"),
     };
+    Ok(())
+}
+
+/// Mount a pmem block device's filesystem `dax=always`; the FS-DAX backing then verifies
+/// STATX_ATTR_DAX on its own files before calling anything DAX.
+fn mount_dax(fs: &str, dev: &str) -> Result<PathBuf> {
+    let devpath = format!("/dev/{dev}");
     let mnt = PathBuf::from(format!("{GUEST_ROOT}/{fs}-dax"));
     std::fs::create_dir_all(&mnt)?;
     rustix::mount::mount(
@@ -278,6 +322,171 @@ struct Targets {
     scratch_devs: Vec<(&'static str, PathBuf)>,
 }
 
+/// The namespaces of a template's labels, by their names: the fsdax ones' block devices
+/// and the device-dax one's character device. The kernel probes them when the modules load;
+/// this waits (up to 20 s) until every one has its device.
+fn namespaces_from_labels(devdax: bool) -> Result<(Vec<(&'static str, String)>, Option<String>)> {
+    let t0 = Instant::now();
+    loop {
+        let listed = sh("ndctl", &["list", "-N"]).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+        let all: Vec<&serde_json::Value> = match &v {
+            serde_json::Value::Array(a) => a.iter().collect(),
+            o @ serde_json::Value::Object(_) => vec![o],
+            _ => Vec::new(),
+        };
+        let by_name = |n: &str, key: &str| {
+            all.iter()
+                .find(|ns| ns["name"] == n)
+                .and_then(|ns| json_find(ns, key))
+        };
+        let fsdax: Vec<(&'static str, Option<String>)> = FSDAX_NAMESPACES
+            .iter()
+            .map(|(fs, _)| (*fs, by_name(&namespace_name(fs), "blockdev")))
+            .collect();
+        let dd = devdax.then(|| by_name(&namespace_name("devdax"), "chardev"));
+        let complete =
+            fsdax.iter().all(|(_, d)| d.is_some()) && dd.as_ref().is_none_or(|d| d.is_some());
+        if complete {
+            return Ok((
+                fsdax
+                    .into_iter()
+                    .map(|(fs, d)| (fs, d.unwrap_or_default()))
+                    .collect(),
+                dd.flatten(),
+            ));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("after 20 s the labels show {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Hand the freshly made image to the host for the cache's template (see
+/// [`crate::template::Maker`]) and wait for its answer. Nothing is mounted yet: the image
+/// is quiescent while the host copies it.
+fn hand_over_template(stage: &Path) -> Result<String> {
+    rustix::fs::sync();
+    std::fs::write(stage.join(crate::template::READY), b"")?;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(stage.join(crate::template::DONE)) {
+            if !s.is_empty() {
+                return Ok(s);
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the host did not answer in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Labels, the fsdax namespaces (one per DAX filesystem) and the device-dax one, made from
+/// scratch with ndctl. Fills `fsdax_devs` and `t`; false when the NVDIMM is not usable.
+fn make_namespaces(
+    plan: &GuestPlan,
+    facts: &mut Vec<LabFact>,
+    laps: &mut Laps,
+    t: &mut Targets,
+    fsdax_devs: &mut Vec<(&'static str, Option<String>)>,
+    failed_modules: &[String],
+) -> bool {
+    let setup = (|| -> Result<()> {
+        sh("ndctl", &["disable-region", "all"])?;
+        sh("ndctl", &["init-labels", "-f", "all"])?;
+        sh("ndctl", &["enable-region", "all"])?;
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        facts.push(fact(
+            "pmem",
+            false,
+            format!("emulated NVDIMM not usable: {e:#}; modprobe: {failed_modules:?}"),
+        ));
+        return false;
+    }
+    facts.push(fact(
+        "pmem",
+        true,
+        format!(
+            "emulated NVDIMM with labels; region0 size {}",
+            sysfs("/sys/bus/nd/devices/region0/size")
+        ),
+    ));
+    if plan.pmem_scratch_dev {
+        // A namespace per filesystem, handed to the run as --scratch-dev FS=DEV:
+        // pinstorm's own code formats, mounts and wipes them, as on a host.
+        for (fs, size) in FSDAX_NAMESPACES {
+            let name = format!("scratch-dev-{fs}");
+            match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
+                Ok((v, out)) => match json_find(&v, "blockdev") {
+                    Some(b) => {
+                        let p = PathBuf::from(format!("/dev/{b}"));
+                        facts.push(fact(
+                            &name,
+                            true,
+                            format!(
+                                "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev {fs}={}",
+                                p.display(),
+                                sysfs(&format!("/sys/block/{b}/queue/dax")),
+                                p.display()
+                            ),
+                        ));
+                        t.scratch_devs.push((fs, p));
+                    }
+                    None => facts.push(fact(
+                        &name,
+                        false,
+                        format!("ndctl answered no blockdev: {out}"),
+                    )),
+                },
+                Err(e) => facts.push(fact(&name, false, format!("{e:#}"))),
+            }
+        }
+    } else {
+        for (fs, size) in FSDAX_NAMESPACES {
+            let n = namespace_name(fs);
+            match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size, "-n", &n]) {
+                Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
+                Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
+            }
+        }
+    }
+    laps.lap("pmem");
+    if plan.devdax {
+        let n = namespace_name("devdax");
+        match create_namespace(&["-m", "devdax", "-a", "2M", "-s", DEVDAX_SIZE, "-n", &n]) {
+            Ok((v, out)) => match json_find(&v, "chardev") {
+                Some(c) => {
+                    let p = PathBuf::from(format!("/dev/{c}"));
+                    facts.push(fact(
+                        "devdax",
+                        p.exists(),
+                        format!("{} (ndctl devdax namespace, align 2M)", p.display()),
+                    ));
+                    t.devdax = Some(p);
+                }
+                None => facts.push(fact(
+                    "devdax",
+                    false,
+                    format!("ndctl answered no chardev: {out}"),
+                )),
+            },
+            Err(e) => facts.push(fact("devdax", false, format!("{e:#}"))),
+        }
+    } else {
+        facts.push(fact(
+            "devdax",
+            false,
+            "not asked for (the scenario uses no devdax backing; pinstorm lab --devdax-namespace)",
+        ));
+    }
+    laps.lap("devdax");
+    true
+}
+
 fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Targets {
     let mut t = Targets {
         dax_dirs: BTreeMap::new(),
@@ -285,6 +494,9 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
         scratch_devs: Vec::new(),
     };
     let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
+    // Whether the filesystems are on the namespaces already (a template's copy).
+    let mut formatted = false;
+    let mut make_template = false;
     match plan.pmem {
         PmemMode::None => {
             facts.push(fact(
@@ -295,99 +507,82 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
             return t;
         }
         PmemMode::Nvdimm => {
-            let failed = modprobe(&["nfit", "nd_pmem", "dax_pmem", "device_dax"]);
-            let setup = (|| -> Result<()> {
-                sh("ndctl", &["disable-region", "all"])?;
-                sh("ndctl", &["init-labels", "-f", "all"])?;
-                sh("ndctl", &["enable-region", "all"])?;
-                Ok(())
-            })();
-            if let Err(e) = setup {
-                facts.push(fact(
-                    "pmem",
-                    false,
-                    format!("emulated NVDIMM not usable: {e:#}; modprobe: {failed:?}"),
-                ));
-                return t;
-            }
-            facts.push(fact(
-                "pmem",
-                true,
-                format!(
-                    "emulated NVDIMM with labels; region0 size {}",
-                    sysfs("/sys/bus/nd/devices/region0/size")
-                ),
-            ));
-            if plan.pmem_scratch_dev {
-                // A namespace per filesystem, handed to the run as --scratch-dev FS=DEV:
-                // pinstorm's own code formats, mounts and wipes them, as on a host.
-                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
-                    let name = format!("scratch-dev-{fs}");
-                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
-                        Ok((v, out)) => match json_find(&v, "blockdev") {
-                            Some(b) => {
-                                let p = PathBuf::from(format!("/dev/{b}"));
+            let failed = modprobe(pmem_modules(plan));
+            let template = match (&plan.nvdimm_template, plan.pmem_scratch_dev) {
+                (_, true) => TemplatePlan::Off {
+                    why: "--pmem-scratch-dev: the run formats the namespaces itself".into(),
+                },
+                (Some(t), false) => t.clone(),
+                (None, false) => TemplatePlan::Off {
+                    why: "the host sent no template plan".into(),
+                },
+            };
+            if let TemplatePlan::Use { name } = &template {
+                match namespaces_from_labels(plan.devdax) {
+                    Ok((fsdax, dd)) => {
+                        facts.push(fact(
+                            "pmem",
+                            true,
+                            format!(
+                                "emulated NVDIMM with labels; region0 size {}",
+                                sysfs("/sys/bus/nd/devices/region0/size")
+                            ),
+                        ));
+                        facts.push(fact(
+                            "pmem-template",
+                            true,
+                            format!("namespaces and filesystems from the cache's template {name} (no ndctl or mkfs in this guest)"),
+                        ));
+                        fsdax_devs = fsdax.into_iter().map(|(fs, d)| (fs, Some(d))).collect();
+                        match dd {
+                            Some(c) => {
+                                let p = PathBuf::from(format!("/dev/{c}"));
                                 facts.push(fact(
-                                    &name,
-                                    true,
+                                    "devdax",
+                                    p.exists(),
                                     format!(
-                                        "{} (ndctl fsdax namespace, queue/dax={}), handed to the run as --scratch-dev {fs}={}",
-                                        p.display(),
-                                        sysfs(&format!("/sys/block/{b}/queue/dax")),
+                                        "{} (ndctl devdax namespace, align 2M, from the template)",
                                         p.display()
                                     ),
                                 ));
-                                t.scratch_devs.push((fs, p));
+                                t.devdax = Some(p);
                             }
                             None => facts.push(fact(
-                                &name,
-                                false,
-                                format!("ndctl answered no blockdev: {out}"),
-                            )),
-                        },
-                        Err(e) => facts.push(fact(&name, false, format!("{e:#}"))),
-                    }
-                }
-            } else {
-                for (fs, size) in [("xfs", "384M"), ("ext4", "256M")] {
-                    match create_namespace(&["-m", "fsdax", "--map=mem", "-s", size]) {
-                        Ok((v, _)) => fsdax_devs.push((fs, json_find(&v, "blockdev"))),
-                        Err(e) => facts.push(fact(&format!("fsdax-{fs}"), false, format!("{e:#}"))),
-                    }
-                }
-            }
-            laps.lap("pmem");
-            if plan.devdax {
-                match create_namespace(&["-m", "devdax", "-a", "2M", "-s", "256M"]) {
-                    Ok((v, out)) => match json_find(&v, "chardev") {
-                        Some(c) => {
-                            let p = PathBuf::from(format!("/dev/{c}"));
-                            facts.push(fact(
                                 "devdax",
-                                p.exists(),
-                                format!("{} (ndctl devdax namespace, align 2M)", p.display()),
-                            ));
-                            t.devdax = Some(p);
+                                false,
+                                "not asked for (pinstorm lab --devdax-namespace)",
+                            )),
                         }
-                        None => facts.push(fact(
-                            "devdax",
+                        formatted = true;
+                        laps.lap("pmem");
+                    }
+                    Err(e) => {
+                        facts.push(fact(
+                            "pmem-template",
                             false,
-                            format!("ndctl answered no chardev: {out}"),
-                        )),
-                    },
-                    Err(e) => facts.push(fact("devdax", false, format!("{e:#}"))),
+                            format!("the copy of template {name} is not usable ({e:#}): set up from scratch"),
+                        ));
+                    }
                 }
-            } else {
-                facts.push(fact(
-                    "devdax",
-                    false,
-                    "not asked for (pinstorm lab --devdax-namespace)",
-                ));
             }
-            laps.lap("devdax");
+            if !formatted {
+                if let TemplatePlan::Make { name } = &template {
+                    make_template = true;
+                    facts.push(fact(
+                        "pmem-template",
+                        false,
+                        format!("no template yet ({name}): this guest's set-up makes it"),
+                    ));
+                } else if let TemplatePlan::Off { why } = &template {
+                    facts.push(fact("pmem-template", false, why.clone()));
+                }
+                if !make_namespaces(plan, facts, laps, &mut t, &mut fsdax_devs, &failed) {
+                    return t;
+                }
+            }
         }
         PmemMode::Memmap => {
-            let failed = modprobe(&["nd_e820", "nd_pmem"]);
+            let failed = modprobe(pmem_modules(plan));
             if Path::new("/dev/pmem0").exists() {
                 facts.push(fact(
                     "pmem",
@@ -415,6 +610,7 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
             laps.lap("pmem");
         }
     }
+    let mut made: Vec<(&str, String)> = Vec::new();
     for (fs, dev) in fsdax_devs {
         let name = format!("fsdax-{fs}");
         let Some(dev) = dev else {
@@ -425,8 +621,39 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
             ));
             continue;
         };
+        if !formatted {
+            if let Err(e) = mkfs_dax(fs, &dev) {
+                facts.push(fact(
+                    &name,
+                    false,
+                    format!(
+                        "/dev/{dev} (queue/dax={}): {e:#}",
+                        sysfs(&format!("/sys/block/{dev}/queue/dax"))
+                    ),
+                ));
+                make_template = false;
+                continue;
+            }
+            laps.lap(&format!("mkfs-{fs}"));
+        }
+        made.push((fs, dev));
+    }
+    let complete = made.len() == FSDAX_NAMESPACES.len() && (!plan.devdax || t.devdax.is_some());
+    if make_template && complete {
+        // Every namespace made, every filesystem made and none mounted: the image the next
+        // guests start from.
+        let answer = hand_over_template(&plan.stage).unwrap_or_else(|e| format!("failed: {e:#}"));
+        facts.push(fact(
+            "pmem-template-made",
+            answer.starts_with("ok"),
+            answer.trim().to_string(),
+        ));
+        laps.lap("template");
+    }
+    for (fs, dev) in made {
+        let name = format!("fsdax-{fs}");
         let dax_flag = sysfs(&format!("/sys/block/{dev}/queue/dax"));
-        match make_dax_fs(fs, &dev) {
+        match mount_dax(fs, &dev) {
             Ok(dir) => {
                 facts.push(fact(
                     &name,
@@ -444,8 +671,8 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
                 format!("/dev/{dev} (queue/dax={dax_flag}): {e:#}"),
             )),
         }
-        laps.lap(&format!("mkfs-{fs}"));
     }
+    laps.lap("mount");
     t
 }
 
@@ -639,6 +866,14 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         .backings_used()
         .into_iter()
         .filter_map(|b| b.disk_fs())
+        .chain(
+            (plan.guest_exec.is_some()
+                || scenario
+                    .backings_used()
+                    .into_iter()
+                    .any(|b| b.makes_a_filesystem()))
+            .then_some("loop"),
+        )
         .collect();
     let mut preload = (!fs_modules.is_empty())
         .then(|| {
@@ -655,15 +890,17 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     // Every module the set-up will use, in one modprobe: without udev nothing has loaded
     // them, and each modprobe is a process started from the 9p root (slow under TCG). What
     // this misses, the steps' own modprobe reports.
-    let mut modules = vec!["-a", "loop"];
+    // (The loop driver for the run's disk filesystems comes with their modules, above.)
+    let mut modules = vec!["-a"];
     if needs.pmem.is_none() {
-        modules.extend_from_slice(PMEM_MODULES);
+        modules.extend_from_slice(pmem_modules(&plan));
     }
     if needs.rxe.is_none() {
         modules.extend_from_slice(RXE_MODULES);
     }
-    let _ = sh("modprobe", &modules);
-    let _ = modprobe(&["loop"]);
+    if modules.len() > 1 {
+        let _ = sh("modprobe", &modules);
+    }
     laps.lap("modules");
     let targets = match &needs.pmem {
         None => setup_pmem(&plan, &mut report.facts, &mut laps),
@@ -876,6 +1113,7 @@ mod tests {
             pmem_scratch_dev: false,
             kmem_node: false,
             movablecore: false,
+            nvdimm_template: None,
         };
         (p, s)
     }

@@ -52,8 +52,10 @@ pub fn script(next: &str) -> Option<String> {
         "#!/bin/sh\n\
          # pinstorm lab: hide udev and systemd-tmpfiles from virtme-ng's init, then become it.\n\
          PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
+         read up0 _ < /proc/uptime\n\
          if {}; then\n\
-         \x20   echo 'pinstorm lab init: hid {} from virtme-ng'\"'\"'s init (no systemd-tmpfiles, no udev)' >&2\n\
+         \x20   read up1 _ < /proc/uptime\n\
+         \x20   echo \"pinstorm lab init: hid {} from virtme-ng's init (no systemd-tmpfiles, no udev), uptime $up0 s to $up1 s\" >&2\n\
          else\n\
          \x20   echo 'pinstorm lab init: could not hide udev; virtme-ng'\"'\"'s init runs as it is' >&2\n\
          fi\n\

@@ -18,6 +18,7 @@ use crate::kernels::{self, Kernel, KernelSpec};
 use crate::options::LabOptions;
 use crate::record;
 use crate::status::{self, Evidence, KernelOutcome};
+use crate::template;
 use crate::timings;
 use crate::vm::{self, Accel, GuestEnd};
 
@@ -73,13 +74,14 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     ));
     let accel = choose_accel(lab, spec, &kernel);
     drop(prepared);
-    let prepare = prepare_start.elapsed();
 
     let mut run = RunDir::create(
         &lab.cache,
         (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
     )?;
-    let plan_path = write_plan(lab, spec, &run)?;
+    let (plan_path, template_maker) = write_plan(lab, spec, &run)?;
+    // Fetching, unpacking, the run directory and the NVDIMM template's copy.
+    let prepare = prepare_start.elapsed();
     let exec = format!(
         "{} __lab-guest {}",
         shell_quote(&lab.guest_exe.display().to_string()),
@@ -124,6 +126,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     let host = pinstorm_runners::disturbance::Monitor::start();
     let host_interval = host.begin().ok();
     let (end, console_text) = boot(lab, &mut run, &args, &env)?;
+    drop(template_maker);
     let host_disturbance = host_interval.and_then(|iv| host.measure(&iv).ok());
     drop(host);
 
@@ -231,9 +234,15 @@ fn choose_accel(lab: &Lab, spec: &KernelSpec, kernel: &Kernel) -> Accel {
 }
 
 /// Write the guest's plan into the staging directory; returns its path.
-fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
+/// Write the guest's plan; with the template maker to keep alive while the guest runs when
+/// this guest makes the cache's NVDIMM template.
+fn write_plan(
+    lab: &Lab,
+    spec: &KernelSpec,
+    run: &RunDir,
+) -> Result<(PathBuf, Option<template::Maker>)> {
     let p = &lab.opts.plan;
-    let plan = GuestPlan {
+    let mut plan = GuestPlan {
         scenario_text: p.scenario_text.clone(),
         origin: lab.opts.origin.clone(),
         seed: p.seed,
@@ -249,10 +258,31 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         pmem_scratch_dev: p.pmem_scratch_dev,
         kmem_node: p.kmem_node,
         movablecore: p.movablecore.is_some(),
+        nvdimm_template: None,
     };
+    // A guest that sets up its NVDIMM starts from the cache's template image, or makes it.
+    let mut maker = None;
+    let (pmem, devdax) = crate::guest::wants(&plan);
+    plan.devdax |= devdax && p.pmem == PmemMode::Nvdimm;
+    if p.pmem == PmemMode::Nvdimm && !p.pmem_scratch_dev && pmem {
+        let layout = template::Layout {
+            mib: vm::nvdimm_mib(p.kmem_node),
+            devdax: plan.devdax,
+        };
+        let t = template::prepare(&lab.cache, layout, &run.nvdimm);
+        if matches!(t, template::TemplatePlan::Make { .. }) {
+            maker = Some(template::Maker::start(
+                &lab.cache,
+                layout,
+                &run.nvdimm,
+                &run.stage,
+            ));
+        }
+        plan.nvdimm_template = Some(t);
+    }
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
-    Ok(plan_path)
+    Ok((plan_path, maker))
 }
 
 /// Boot the guest under the watchdog; returns how it ended and its console (with the

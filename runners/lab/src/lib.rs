@@ -35,6 +35,7 @@ mod options;
 mod record;
 pub mod status;
 mod sys;
+pub mod template;
 pub mod timings;
 pub mod vm;
 

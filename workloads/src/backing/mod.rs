@@ -135,6 +135,15 @@ impl BackingKind {
         }
     }
 
+    /// Whether setting it up makes a filesystem (an image, mkfs, a loop device, a mount):
+    /// about a second each in a TCG guest, so a run sets these up beside each other.
+    pub fn makes_a_filesystem(self) -> bool {
+        matches!(
+            self,
+            BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs
+        )
+    }
+
     /// Whether its regions have a file whose layout can change (anonymous memory has none).
     pub fn has_file(self) -> bool {
         !matches!(self, BackingKind::Anon | BackingKind::AnonHugetlb)
