@@ -617,6 +617,128 @@ fn tempdir(tag: &str) -> TempDir {
     TempDir(d)
 }
 
+const TEMPLATE_SCENARIO: &str = r#"
+name = "lab-template"
+description = "the DAX backings on a guest's own set-up, then on a copy of the template it made"
+seed = 1
+[probe]
+pins = ["io_uring"]
+backings = ["xfs-dax", "ext4-dax", "devdax"]
+maps = ["shared"]
+access = ["rw"]
+size = "2M"
+"#;
+
+fn fact<'a>(r: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    r["lab"]["guest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+}
+
+/// The first guest of a layout makes the cache's NVDIMM template (before it mounts
+/// anything), the next boots on a copy of it: no ndctl or mkfs there, yet the same DAX
+/// backings are DAX (STATX_ATTR_DAX on the files the probe made) and device-dax works; the
+/// template itself is not changed by the guest that used it (its bytes, read by the test, are
+/// the same before and after), and it is ours: mode 0600 in a 0700 directory.
+#[test]
+fn a_template_nvdimm_image_is_made_once_and_the_next_guest_boots_on_a_copy() {
+    if skip("a_template_nvdimm_image") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-template");
+    let scenario = tmp.join("template.toml");
+    std::fs::write(&scenario, TEMPLATE_SCENARIO).unwrap();
+    // The templates are the cache's and made again on demand: start without any.
+    let dir = cache().join("nvdimm");
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |results: &Path| {
+        let o = pinstorm()
+            .arg("--results")
+            .arg(results)
+            .args([
+                "--quiet",
+                "lab",
+                "--fresh",
+                "--kernels",
+                "deb:6.1",
+                "--no-rxe",
+            ])
+            .args(["--timeout", "8m"])
+            .arg(&scenario)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        let all = results_in(results);
+        assert_eq!(all.len(), 1, "{err}");
+        all.into_iter().next().unwrap().1
+    };
+    let dax_everywhere = |r: &serde_json::Value| {
+        for b in ["xfs-dax", "ext4-dax", "devdax"] {
+            let cell = probe_row(r, "io_uring", b, "shared", "rw");
+            assert_eq!(cell["dax"], true, "{cell:#}");
+            assert_eq!(cell["verdict"], "as-expected", "{cell:#}");
+        }
+    };
+
+    let first = run(&tmp.join("results-1"));
+    let made =
+        fact(&first, "pmem-template-made").unwrap_or_else(|| panic!("{:#}", first["lab"]["guest"]));
+    assert_eq!(made["outcome"], "ok", "{made:#}");
+    dax_everywhere(&first);
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let template = &files[0];
+    let detail = made["detail"].as_str().unwrap();
+    let name = template.file_name().unwrap().to_str().unwrap();
+    assert!(detail.contains(name), "{detail} vs {name}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(template).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let before = std::fs::read(template).unwrap();
+    // Something was made there (labels and filesystems), not an empty file.
+    assert!(before.iter().any(|b| *b != 0));
+
+    let second = run(&tmp.join("results-2"));
+    let used =
+        fact(&second, "pmem-template").unwrap_or_else(|| panic!("{:#}", second["lab"]["guest"]));
+    assert_eq!(used["outcome"], "ok", "{used:#}");
+    assert!(used["detail"].as_str().unwrap().contains(name), "{used:#}");
+    assert!(fact(&second, "pmem-template-made").is_none());
+    // No namespace or mkfs step in its set-up: they came with the copy.
+    let steps: Vec<&str> = second["lab"]["timings"]["setup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.starts_with("mkfs") || *s == "devdax"),
+        "{steps:?}"
+    );
+    dax_everywhere(&second);
+    assert!(
+        std::fs::read(template).unwrap() == before,
+        "the template changed while a guest ran on its copy"
+    );
+    assert_nothing_left();
+}
+
 const SCRATCH_DEV_SCENARIO: &str = r#"
 name = "lab-scratch-dev"
 description = "the DAX backings on the guest's pmem named as --scratch-dev"
