@@ -233,6 +233,60 @@ pub(crate) fn wants(plan: &GuestPlan) -> (bool, bool) {
     }
 }
 
+/// The disk filesystems' modules a run of `scenario` mounts, and loop for their images (a
+/// `--guest-exec` command may want loop too).
+fn fs_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<&'static str> {
+    let used = scenario.backings_used();
+    let mut m: Vec<&'static str> = used.iter().filter_map(|b| b.disk_fs()).collect();
+    if plan.guest_exec.is_some() || used.iter().any(|b| b.makes_a_filesystem()) {
+        m.push("loop");
+    }
+    m.sort_unstable();
+    m.dedup();
+    m
+}
+
+/// Every module the guest's set-up will load for `plan`: the pmem ones its layout needs,
+/// soft-RoCE's, the disk filesystems' and loop. The lab's init starts loading them in the
+/// background while virtme-ng's init runs ([`crate::guest_init::EarlyModules`]).
+pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<&'static str> {
+    let Ok(scenario) = Scenario::parse(&plan.scenario_text, &plan.origin) else {
+        return Vec::new();
+    };
+    let needs = needs(plan, &scenario);
+    let mut m = Vec::new();
+    if needs.pmem.is_none() {
+        m.extend_from_slice(pmem_modules(plan));
+    }
+    if needs.rxe.is_none() {
+        m.extend_from_slice(RXE_MODULES);
+    }
+    m.extend(fs_modules(plan, &scenario));
+    m
+}
+
+/// Wait for the modules the lab's init is loading in the background, if it is.
+fn wait_for_early_modules() {
+    if !Path::new(crate::guest_init::EARLY_LOADING).exists() {
+        return;
+    }
+    let t0 = Instant::now();
+    while !Path::new(crate::guest_init::EARLY_DONE).exists()
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Of `names`, the modules not in the kernel yet.
+fn not_loaded<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    names
+        .iter()
+        .filter(|n| !Path::new("/sys/module").join(n.replace('-', "_")).exists())
+        .copied()
+        .collect()
+}
+
 fn modprobe(names: &[&str]) -> Vec<String> {
     let mut failed = Vec::new();
     for n in names {
@@ -859,22 +913,12 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         .map_err(anyhow::Error::from)
         .context("the scenario (validated on the host) does not parse in the guest")?;
     let needs = needs(&plan, &scenario);
+    // Whatever the lab's init started loading in the background comes first.
+    wait_for_early_modules();
     // The disk filesystems the run will mount load beside the rest of the set-up, on the
     // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
     // benchmark), xfs ~1 s, each in the run's critical path before.
-    let fs_modules: std::collections::BTreeSet<&str> = scenario
-        .backings_used()
-        .into_iter()
-        .filter_map(|b| b.disk_fs())
-        .chain(
-            (plan.guest_exec.is_some()
-                || scenario
-                    .backings_used()
-                    .into_iter()
-                    .any(|b| b.makes_a_filesystem()))
-            .then_some("loop"),
-        )
-        .collect();
+    let fs_modules = not_loaded(&fs_modules(&plan, &scenario));
     let mut preload = (!fs_modules.is_empty())
         .then(|| {
             Command::new("modprobe")
@@ -890,16 +934,18 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     // Every module the set-up will use, in one modprobe: without udev nothing has loaded
     // them, and each modprobe is a process started from the 9p root (slow under TCG). What
     // this misses, the steps' own modprobe reports.
-    // (The loop driver for the run's disk filesystems comes with their modules, above.)
-    let mut modules = vec!["-a"];
+    let mut wanted: Vec<&str> = Vec::new();
     if needs.pmem.is_none() {
-        modules.extend_from_slice(pmem_modules(&plan));
+        wanted.extend_from_slice(pmem_modules(&plan));
     }
     if needs.rxe.is_none() {
-        modules.extend_from_slice(RXE_MODULES);
+        wanted.extend_from_slice(RXE_MODULES);
     }
-    if modules.len() > 1 {
-        let _ = sh("modprobe", &modules);
+    let wanted = not_loaded(&wanted);
+    if !wanted.is_empty() {
+        let mut args = vec!["-a"];
+        args.extend(wanted);
+        let _ = sh("modprobe", &args);
     }
     laps.lap("modules");
     let targets = match &needs.pmem {

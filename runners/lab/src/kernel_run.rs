@@ -79,7 +79,8 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         &lab.cache,
         (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
     )?;
-    let (plan_path, template_maker) = write_plan(lab, spec, &run)?;
+    let written = write_plan(lab, spec, &run)?;
+    let (plan_path, template_maker) = (written.path.clone(), written.maker);
     // Fetching, unpacking, the run directory and the NVDIMM template's copy.
     let prepare = prepare_start.elapsed();
     let exec = format!(
@@ -104,7 +105,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
     let qemu = vm::qemu_command(&lab.vng, &args, &env);
     // The lab's init in front of virtme-ng's (no udev, no systemd-tmpfiles); the recorded
     // QEMU command is the one that runs.
-    let (args, qemu) = match lab_init(&run, &args, qemu.as_deref()) {
+    let (args, qemu) = match lab_init(&run, &args, qemu.as_deref(), &written.modules) {
         Ok((a, _)) => {
             let q = vm::qemu_command(&lab.vng, &a, &env);
             (a, q)
@@ -204,13 +205,26 @@ fn lab_init(
     run: &RunDir,
     args: &[String],
     qemu: Option<&str>,
+    modules: &[&str],
 ) -> std::result::Result<(Vec<String>, PathBuf), String> {
     use std::os::unix::fs::PermissionsExt;
     let path = run.dir.join("lab-init");
     let q = qemu.ok_or("vng --dry-run printed no QEMU command")?;
     let (a, next) = vm::with_lab_init(args, q, &path)
         .ok_or("its kernel command line could not be rewritten")?;
-    let text = crate::guest_init::script(&next).ok_or("virtme-ng's init path cannot be quoted")?;
+    // The modules directory virtme-ng links into the guest (`virtme_link_mods=BASE/lib/
+    // modules/RELEASE`): the script loads from there before virtme-ng's init links it.
+    let base = q
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("virtme_link_mods="))
+        .and_then(|m| m.rsplitn(3, '/').nth(2))
+        .and_then(|b| b.strip_suffix("/lib"));
+    let early = base.map(|base| crate::guest_init::EarlyModules {
+        base,
+        names: modules,
+    });
+    let text = crate::guest_init::script(&next, early.as_ref())
+        .ok_or("virtme-ng's init path cannot be quoted")?;
     std::fs::write(&path, text)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -233,14 +247,17 @@ fn choose_accel(lab: &Lab, spec: &KernelSpec, kernel: &Kernel) -> Accel {
     accel
 }
 
-/// Write the guest's plan into the staging directory; returns its path.
-/// Write the guest's plan; with the template maker to keep alive while the guest runs when
-/// this guest makes the cache's NVDIMM template.
-fn write_plan(
-    lab: &Lab,
-    spec: &KernelSpec,
-    run: &RunDir,
-) -> Result<(PathBuf, Option<template::Maker>)> {
+/// The guest's plan as written into the staging directory.
+struct WrittenPlan {
+    path: PathBuf,
+    /// Kept alive while the guest runs when this guest makes the cache's NVDIMM template.
+    maker: Option<template::Maker>,
+    /// The modules its set-up loads (the lab's init starts loading them early).
+    modules: Vec<&'static str>,
+}
+
+/// Write the guest's plan into the staging directory.
+fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<WrittenPlan> {
     let p = &lab.opts.plan;
     let mut plan = GuestPlan {
         scenario_text: p.scenario_text.clone(),
@@ -280,9 +297,13 @@ fn write_plan(
         }
         plan.nvdimm_template = Some(t);
     }
-    let plan_path = run.stage.join("plan.json");
-    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
-    Ok((plan_path, maker))
+    let path = run.stage.join("plan.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&plan)?)?;
+    Ok(WrittenPlan {
+        path,
+        maker,
+        modules: crate::guest::early_modules(&plan),
+    })
 }
 
 /// Boot the guest under the watchdog; returns how it ended and its console (with the
