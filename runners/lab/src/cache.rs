@@ -49,6 +49,7 @@ pub(crate) fn lock_cache(cache: &Path) -> Result<CacheLock> {
                         | "apt"
                         | "downloads"
                         | "runs"
+                        | "kselftests"
                         | "lab.lock"
                 ) || n.starts_with("accel-");
                 !known

@@ -94,6 +94,9 @@ pub struct GuestPlan {
     /// The kernel was booted with `movablecore=` (`--movablecore`): record the zones.
     #[serde(default)]
     pub movablecore: bool,
+    /// The kernel selftests to run after the scenario (`--kselftests`), built on the host.
+    #[serde(default)]
+    pub kselftests: Vec<crate::kselftest::GuestSelftest>,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -112,6 +115,10 @@ pub struct GuestReport {
     /// The scenario, from its start to its result.
     #[serde(default)]
     pub run_s: Option<f64>,
+    /// How each kernel selftest ran (its output is `kselftest-NAME.log` in the staging
+    /// directory).
+    #[serde(default)]
+    pub kselftests: Vec<crate::kselftest::GuestSelftestRun>,
 }
 
 /// The file the guest creates in the staging directory as its first step: the host takes
@@ -826,6 +833,15 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         });
         report.guest_exec_status = st.ok().and_then(|s| s.code());
     }
+    if !plan.kselftests.is_empty() {
+        report.kselftests = crate::kselftest::run_in_guest(
+            &plan.kselftests,
+            &plan.stage,
+            Path::new(GUEST_ROOT),
+            crate::kselftest::GUEST_TIMEOUT,
+        );
+        write_report(&report);
+    }
     // After --guest-exec, so a witness there reads the memory blocks as the run left them.
     if let Some(k) = &lab.kmem {
         // Every block the device brought, the ones left out of the operation too.
@@ -876,6 +892,7 @@ mod tests {
             pmem_scratch_dev: false,
             kmem_node: false,
             movablecore: false,
+            kselftests: Vec::new(),
         };
         (p, s)
     }

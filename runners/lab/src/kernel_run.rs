@@ -15,6 +15,7 @@ use crate::cache::RunDir;
 use crate::console;
 use crate::guest::{GuestPlan, GuestReport, PmemMode};
 use crate::kernels::{self, Kernel, KernelSpec};
+use crate::kselftest;
 use crate::options::LabOptions;
 use crate::record;
 use crate::status::{self, Evidence, KernelOutcome};
@@ -72,6 +73,15 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         if kernel.cached { ", cached" } else { "" }
     ));
     let accel = choose_accel(lab, spec, &kernel);
+    // Under the same lock: the selftests' source comes through the same apt state.
+    let selftests = kselftest::prepare(
+        &lab.cache,
+        &lab.apt,
+        &kernel,
+        &opts.plan.kselftests,
+        opts.plan.kselftest_source.as_deref(),
+        log,
+    );
     drop(prepared);
     let prepare = prepare_start.elapsed();
 
@@ -79,7 +89,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         &lab.cache,
         (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
     )?;
-    let plan_path = write_plan(lab, spec, &run)?;
+    let plan_path = write_plan(lab, spec, &run, &selftests)?;
     let exec = format!(
         "{} __lab-guest {}",
         shell_quote(&lab.guest_exe.display().to_string()),
@@ -163,6 +173,14 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
         host_disturbance,
         timings: Some(timings.clone()),
+        kselftests: kselftest::records(
+            &selftests,
+            report
+                .as_ref()
+                .map(|r| r.kselftests.as_slice())
+                .unwrap_or_default(),
+            &run.stage,
+        ),
     };
     let mut result = match guest_result {
         Some(r) => r,
@@ -231,7 +249,12 @@ fn choose_accel(lab: &Lab, spec: &KernelSpec, kernel: &Kernel) -> Accel {
 }
 
 /// Write the guest's plan into the staging directory; returns its path.
-fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
+fn write_plan(
+    lab: &Lab,
+    spec: &KernelSpec,
+    run: &RunDir,
+    selftests: &[kselftest::Prepared],
+) -> Result<PathBuf> {
     let p = &lab.opts.plan;
     let plan = GuestPlan {
         scenario_text: p.scenario_text.clone(),
@@ -249,6 +272,15 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<PathBuf> {
         pmem_scratch_dev: p.pmem_scratch_dev,
         kmem_node: p.kmem_node,
         movablecore: p.movablecore.is_some(),
+        kselftests: selftests
+            .iter()
+            .filter_map(|t| {
+                t.binary.as_ref().ok().map(|b| kselftest::GuestSelftest {
+                    name: t.name.clone(),
+                    binary: b.clone(),
+                })
+            })
+            .collect(),
     };
     let plan_path = run.stage.join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
@@ -331,6 +363,15 @@ fn store(lab: &Lab, run: &mut RunDir, result: &RunResult, console_text: &str) ->
         store::write_atomic(&dir.join("console.log"), console_text.as_bytes())?;
         if let Ok(g) = std::fs::read(run.stage.join("guest-exec.log")) {
             store::write_atomic(&dir.join("guest-exec.log"), &g)?;
+        }
+        // Names from the allow-list only (the record's names are the prepared tests').
+        for k in result.lab.iter().flat_map(|l| &l.kselftests) {
+            let name = kselftest::log_name(&k.name);
+            if crate::kselftest::SELFTESTS.iter().any(|t| t.name == k.name) {
+                if let Ok(g) = std::fs::read(run.stage.join(&name)) {
+                    store::write_atomic(&dir.join(&name), &g)?;
+                }
+            }
         }
         Ok(path)
     })();
