@@ -202,6 +202,21 @@ impl KselftestRecord {
         self.cases.iter().filter(|c| c.result == result).count()
     }
 
+    /// A few words for a table: `gup_longterm fail (7 ok, 1 fail, 42 skip)`, `cow notrun`.
+    pub fn brief(&self) -> String {
+        if self.cases.is_empty() {
+            return format!("{} {}", self.name, self.outcome);
+        }
+        format!(
+            "{} {} ({} ok, {} fail, {} skip)",
+            self.name,
+            self.outcome,
+            self.count("ok"),
+            self.count("fail"),
+            self.count("skip")
+        )
+    }
+
     /// One line: `gup_longterm fail: 10 ok, 2 fail, 20 skip of 32 (linux-source-6.12=6.12.118-1,
     /// not the kernel's 6.1.192-3)`, or `cow notrun: why`.
     pub fn describe(&self) -> String {

@@ -125,16 +125,9 @@ pub fn summarize(r: &RunResult) -> String {
             r.probe.iter().filter(|p| p.outcome == "notrun").count()
         ));
     }
-    if let Some(lab) = &r.lab {
-        for k in &lab.kselftests {
-            parts.push(format!(
-                "kselftest {}",
-                k.describe()
-                    .split(" (linux-source")
-                    .next()
-                    .unwrap_or_default()
-            ));
-        }
+    if let Some(lab) = r.lab.as_ref().filter(|l| !l.kselftests.is_empty()) {
+        let k: Vec<String> = lab.kselftests.iter().map(|k| k.brief()).collect();
+        parts.push(format!("kselftests: {}", k.join(", ")));
     }
     let lost: u64 = r.storms.iter().map(|s| s.oracle.lost_write.count).sum();
     if !r.storms.is_empty() {
