@@ -61,7 +61,7 @@ pub fn parse_names(s: &str) -> Result<Vec<String>, String> {
         if !SELFTESTS.iter().any(|t| t.name == n) {
             let known: Vec<_> = SELFTESTS.iter().map(|t| t.name).collect();
             return Err(format!(
-                "unknown kselftest {n:?}: the lab builds {}",
+                "--kselftests: unknown kselftest {n:?}: the lab builds {}",
                 known.join(", ")
             ));
         }
