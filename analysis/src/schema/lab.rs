@@ -248,3 +248,38 @@ impl KselftestRecord {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selftest_says_its_counts_and_whose_source_it_was_built_from() {
+        let case = |result: &str| KselftestCase {
+            result: result.into(),
+            ..KselftestCase::default()
+        };
+        let k = KselftestRecord {
+            name: "gup_longterm".into(),
+            outcome: "fail".into(),
+            source: Some("linux-source-6.12=6.12.118-1".into()),
+            kernel_version: Some("6.1.192-3".into()),
+            planned: Some(3),
+            cases: vec![case("ok"), case("fail"), case("skip")],
+            ..KselftestRecord::default()
+        };
+        assert_eq!(k.brief(), "gup_longterm fail (1 ok, 1 fail, 1 skip)");
+        assert_eq!(
+            k.describe(),
+            "gup_longterm fail: 1 ok, 1 fail, 1 skip of 3 (linux-source-6.12=6.12.118-1, not the kernel's 6.1.192-3)"
+        );
+        let n = KselftestRecord {
+            name: "cow".into(),
+            outcome: "notrun".into(),
+            reason: Some("no cow.c".into()),
+            ..KselftestRecord::default()
+        };
+        assert_eq!(n.brief(), "cow notrun");
+        assert_eq!(n.describe(), "cow notrun: no cow.c");
+    }
+}
