@@ -352,8 +352,8 @@ pub struct LabArgs {
     /// Refresh the Debian package lists even if they are less than a day old.
     #[arg(long)]
     pub refresh: bool,
-    /// Only fetch and unpack the kernels into the cache (e.g. before going offline) and
-    /// print where they are; boot nothing.
+    /// Only fetch and unpack the kernels into the cache (e.g. before going offline), build
+    /// the --kselftests, and print where they are; boot nothing.
     #[arg(long)]
     pub fetch_only: bool,
     /// Measure every kernel again instead of resuming the matrix.
