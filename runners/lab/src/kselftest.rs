@@ -4,12 +4,15 @@
 //! Host side, before the boot: Debian's `linux-source-X.Y` (arch all, the whole tree as a
 //! `.tar.xz`) is fetched through the lab's private apt (signatures and hashes checked as for
 //! the kernel packages), and only the selftests' directory (`tools/testing/selftests/mm`, or
-//! `vm` before 6.3), the `kselftest*.h` headers and `mm/gup_test.h` are unpacked into
-//! `CACHE/kselftests/PACKAGE_VERSION/`, once per source version. Each test of the
-//! allow-list ([`SELFTESTS`]) is built there with the host's `cc`. The guest runs the
-//! binaries after the scenario (as root, each under a timeout, in a directory on a small
-//! ext4 of its own); the host parses their KTAP output ([`parse_ktap`]) into the result's
-//! `lab.kselftests`.
+//! `vm` in older trees such as 6.1's), the `kselftest*.h` headers, `mm/gup_test.h` and the
+//! uapi headers (installed as `make headers_install` would) are unpacked into
+//! `CACHE/kselftests/PACKAGE_VERSION/`, once per source version. Which version: the booted
+//! kernel's own Debian version, else the newest of its series (the record says so), or the
+//! series `--kselftest-source` names. Each test of the allow-list ([`SELFTESTS`]) is built
+//! there with the host's `cc`. The guest runs the binaries after the scenario
+//! ([`run_in_guest`]: as root, each under a timeout, from a copy on a small ext4 of its own,
+//! with a private tmpfs on /tmp); the host parses their KTAP output ([`parse_ktap`]) into
+//! the result's `lab.kselftests`.
 //!
 //! Owns `CACHE/kselftests` and nothing else: a directory there is reused only when its
 //! marker names the exact package and version (or, for a binary, the exact build command),
