@@ -3,13 +3,16 @@
 # - Debian packages: QEMU, virtme-ng's helpers (busybox-static for its initramfs, kmod for
 #   depmod/modprobe), and the tools the guest runs from the host's root: ndctl, xfsprogs,
 #   e2fsprogs, rdma-core/iproute2 (soft-RoCE), ibverbs-providers (the rxe provider);
-#   dpkg-deb and debian-archive-keyring to fetch and check kernel packages.
+#   dpkg-deb and debian-archive-keyring to fetch and check kernel packages; gcc,
+#   liburing-dev and libnuma-dev to build the kernel's own selftests (`--kselftests`: cow
+#   and gup_longterm use liburing for their io_uring cases, migration links libnuma).
 # - virtme-ng from PyPI in a virtual environment inside the lab cache
 #   ($PINSTORM_CACHE, else $XDG_CACHE_HOME/pinstorm, else ~/.cache/pinstorm).
 set -euo pipefail
 
 packages=(qemu-system-x86 busybox-static kmod ndctl xfsprogs e2fsprogs rdma-core iproute2
-          ibverbs-providers ibverbs-utils python3-venv dpkg debian-archive-keyring xz-utils zstd file)
+          ibverbs-providers ibverbs-utils python3-venv dpkg debian-archive-keyring xz-utils zstd file
+          gcc libc6-dev liburing-dev libnuma-dev)
 virtme_ng_version="1.42"
 
 cache="${PINSTORM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pinstorm}"

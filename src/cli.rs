@@ -320,6 +320,15 @@ pub struct LabArgs {
     /// first. The guest records the zone it got (fact `movablecore`).
     #[arg(long, value_name = "SIZE")]
     pub movablecore: Option<String>,
+    /// Build the kernel's own mm selftests (cow, gup_longterm, migration; comma-separated)
+    /// from Debian's linux-source of each guest's kernel and run them in the guest after the
+    /// scenario; their KTAP verdicts land in the result's lab record (docs/mm.md).
+    #[arg(long, value_name = "TESTS")]
+    pub kselftests: Option<String>,
+    /// Build the selftests from linux-source-SERIES (e.g. 6.12) instead of the kernel's own
+    /// version (for a test the kernel's tree lacks; the record says the versions differ).
+    #[arg(long, value_name = "SERIES", requires = "kselftests")]
+    pub kselftest_source: Option<String>,
     /// Do not set up soft-RoCE in the guest.
     #[arg(long)]
     pub no_rxe: bool,
@@ -344,8 +353,8 @@ pub struct LabArgs {
     /// Refresh the Debian package lists even if they are less than a day old.
     #[arg(long)]
     pub refresh: bool,
-    /// Only fetch and unpack the kernels into the cache (e.g. before going offline) and
-    /// print where they are; boot nothing.
+    /// Only fetch and unpack the kernels into the cache (e.g. before going offline), build
+    /// the --kselftests, and print where they are; boot nothing.
     #[arg(long)]
     pub fetch_only: bool,
     /// Measure every kernel again instead of resuming the matrix.

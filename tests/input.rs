@@ -246,6 +246,37 @@ fn lab_guest_sizes_out_of_range_are_exit_2_naming_the_flag_and_the_range() {
     }
 }
 
+/// Selftest names reach the lab cache as file names: only the allow-list gets through, and a
+/// source series is a series.
+#[test]
+fn lab_kselftests_outside_the_allow_list_are_exit_2_naming_the_flag() {
+    let sb = Sandbox::new("in-lab-kselftests");
+    let cache = sb.base.join("cache");
+    for (args, needle) in [
+        (&["--kselftests", "../../bin/sh"][..], "unknown kselftest"),
+        (
+            &["--kselftests", "gup_longterm,run_vmtests.sh"][..],
+            "unknown kselftest",
+        ),
+        (
+            &["--kselftests", "cow", "--kselftest-source", "../6.12"][..],
+            "a kernel series such as 6.12",
+        ),
+    ] {
+        let mut a = vec![
+            "lab",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--kernels",
+            "deb:6.12",
+        ];
+        a.extend_from_slice(args);
+        a.push("quick");
+        let o = sb.run(&a);
+        refused(&o, &[args[args.len() - 2], needle]);
+    }
+}
+
 /// A real result with every count of its storms at `u64::MAX` (two storms, so that sums
 /// overflow), more cells without an expectation than were checked, and pin counters at the
 /// ends of `i64`.

@@ -1107,3 +1107,194 @@ fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
         assert_eq!(v["verdict"], "as-expected", "{v:#}");
     }
 }
+
+const KSELFTEST_SCENARIO: &str = r#"
+name = "lab-kselftest-witness"
+description = "io_uring long-term pins per backing and map, the cells gup_longterm also tests"
+seed = 1
+
+[probe]
+pins = ["io_uring"]
+backings = ["memfd", "memfd-hugetlb", "tmpfs", "ext4", "xfs"]
+maps = ["shared", "private"]
+access = ["rw"]
+size = "2M"
+"#;
+
+/// The pinstorm cell a gup_longterm case tests, and what the test expects of it, read from
+/// gup_longterm.c (6.5 and later; the 6.12 tree here): only its io_uring cases pin the way
+/// a pinstorm path does (io_uring fixed buffers, always FOLL_WRITE | FOLL_PIN |
+/// FOLL_LONGTERM: pinstorm's `io_uring` cells with access `rw`); the GUP ones need
+/// CONFIG_GUP_TEST's debugfs file, which Debian's kernels lack. `do_test()`:
+/// `should_work = !shared || fs_supports_writable_longterm_pinning(fs_type)`, true only on
+/// tmpfs and hugetlbfs; memfd is tmpfs, memfd hugetlb hugetlbfs, `tmpfile` is made in /tmp
+/// and `local tmpfile` in the working directory (`tmp_fs` and `cwd_fs` in the record).
+/// Returns `(backing, map, should_work)`.
+fn gup_longterm_cell(
+    description: &str,
+    tmp_fs: &str,
+    cwd_fs: &str,
+) -> Option<(String, String, bool)> {
+    let rest = description.strip_prefix("io_uring fixed buffer with MAP_")?;
+    let (map, file) = rest.split_once(" file mapping ... with ")?;
+    let shared = match map {
+        "SHARED" => true,
+        "PRIVATE" => false,
+        _ => return None,
+    };
+    let (backing, fs) = match file {
+        "memfd" => ("memfd", "tmpfs"),
+        // pinstorm's memfd-hugetlb uses the default (2 MiB) huge pages.
+        "memfd hugetlb (2048 kB)" => ("memfd-hugetlb", "hugetlbfs"),
+        "tmpfile" => (tmp_fs, tmp_fs),
+        "local tmpfile" => (cwd_fs, cwd_fs),
+        _ => return None,
+    };
+    if !["memfd", "memfd-hugetlb", "tmpfs", "ext4", "xfs"].contains(&backing) {
+        return None;
+    }
+    let should_work = !shared || matches!(fs, "tmpfs" | "hugetlbfs");
+    Some((backing.to_string(), map.to_ascii_lowercase(), should_work))
+}
+
+/// The kernel's own gup_longterm (and cow) built from Debian's linux-source and run in the
+/// same 6.1 guest as pinstorm's probe: every io_uring case the selftest ran is compared with
+/// pinstorm's cell of the same backing and map. The selftest's observed outcome is its
+/// expectation when the case passed and the opposite when it failed (its result line says
+/// which: "Should have worked" is printed after a pin that worked); pinstorm's cell must
+/// be the same, and at least one pin that works and one the kernel refuses must be compared.
+/// Debian 6.1's tree has neither test (gup_longterm is from 6.5, cow from 6.2), so they are
+/// built from linux-source-6.12 and the record must say the versions differ.
+#[test]
+fn kernel_selftest_gup_longterm_agrees_with_the_probe_cell_by_cell_in_a_lab_guest() {
+    if skip("kernel_selftest_gup_longterm_agrees_with_the_probe") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-kselftest");
+    let results = tmp.join("results");
+    let scenario = tmp.join("kselftest.toml");
+    std::fs::write(&scenario, KSELFTEST_SCENARIO).unwrap();
+    let start = Instant::now();
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.1",
+            "--pmem",
+            "none",
+            "--no-rxe",
+            "--timeout",
+            "6m",
+            "--kselftests",
+            "gup_longterm,cow",
+            "--kselftest-source",
+            "6.12",
+        ])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!(
+        "lab with the selftests: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (path, r) = &all[0];
+    assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
+    let tests = r["lab"]["kselftests"].as_array().unwrap();
+    let named = |n: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} in {tests:#?}"))
+    };
+    let cow = named("cow");
+    assert_ne!(cow["outcome"], "notrun", "{cow:#}");
+    assert_eq!(
+        cow["planned"].as_u64().map(|n| n as usize),
+        Some(cow["cases"].as_array().unwrap().len()),
+        "every planned cow case reported: {cow:#}"
+    );
+    let g = named("gup_longterm");
+    assert_ne!(g["outcome"], "notrun", "{g:#}");
+    assert!(
+        g["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("linux-source-6.12=")),
+        "{g:#}"
+    );
+    assert_eq!(
+        g["source_matches"], false,
+        "a 6.12 tree is not the 6.1 kernel's: {g:#}"
+    );
+    assert!(
+        g["source_note"]
+            .as_str()
+            .unwrap()
+            .contains(g["kernel_version"].as_str().unwrap()),
+        "{g:#}"
+    );
+    assert!(path.with_file_name("kselftest-gup_longterm.log").exists());
+    let tmp_fs = g["tmp_fs"].as_str().unwrap_or("");
+    let cwd_fs = g["cwd_fs"].as_str().unwrap_or("");
+    assert_eq!((tmp_fs, cwd_fs), ("tmpfs", "ext4"), "{g:#}");
+
+    let mut table = Vec::new();
+    let (mut worked, mut refused) = (0, 0);
+    for c in g["cases"].as_array().unwrap() {
+        let desc = c["description"].as_str().unwrap();
+        let Some((backing, map, should_work)) = gup_longterm_cell(desc, tmp_fs, cwd_fs) else {
+            continue;
+        };
+        let observed = match c["result"].as_str().unwrap() {
+            "ok" => should_work,
+            "fail" => !should_work,
+            _ => continue, // skipped: nothing observed
+        };
+        // Up to 6.x the result line says what happened (7.x names the case instead).
+        let message = c["message"].as_str().unwrap();
+        if message.starts_with("Should have") {
+            assert_eq!(
+                message,
+                if observed {
+                    "Should have worked"
+                } else {
+                    "Should have failed"
+                },
+                "the case's own line says what happened: {c:#}"
+            );
+        }
+        let cell = probe_row(r, "io_uring", &backing, &map, "rw");
+        let outcome = cell["outcome"].as_str().unwrap();
+        if outcome == "notrun" {
+            continue;
+        }
+        let pinned = outcome == "ok";
+        table.push(format!(
+            "{backing:14} {map:8} selftest {} ({}), pinstorm {outcome}",
+            if observed { "pinned" } else { "refused" },
+            c["result"].as_str().unwrap()
+        ));
+        assert_eq!(
+            pinned, observed,
+            "io_uring {backing} {map}: pinstorm {outcome}, gup_longterm {desc}: {c:#}"
+        );
+        if pinned {
+            worked += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+    assert!(
+        worked > 0 && refused > 0,
+        "at least one pin that works and one refused must be compared: {table:#?}"
+    );
+    assert_nothing_left();
+}

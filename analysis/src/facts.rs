@@ -310,6 +310,9 @@ pub(crate) fn lab_rows(lab: &crate::schema::LabRecord) -> Vec<(&'static str, Str
             format!("{} {}: {}", f.name, f.outcome, f.detail),
         ));
     }
+    for k in &lab.kselftests {
+        kv.push(("lab kselftest", k.describe()));
+    }
     if lab.console_events.is_empty() {
         kv.push((
             "lab console",

@@ -17,7 +17,9 @@ mod lease;
 pub use crate::oracle::{
     Blocked, BlockedOp, KernelWarnings, LeakedPins, Oracle, OracleFinding, Violation,
 };
-pub use lab::{ConsoleEvent, LabFact, LabPhase, LabRecord, LabTimings};
+pub use lab::{
+    ConsoleEvent, KselftestCase, KselftestRecord, LabFact, LabPhase, LabRecord, LabTimings,
+};
 pub use lease::{
     LayoutLeaseProbe, LeaseBreakResult, LeaseBreakTime, LeaseOverhead, LeaseResults,
     LifecycleResult,

@@ -80,6 +80,11 @@ fn options(
             pmem_scratch_dev: a.pmem_scratch_dev,
             kmem_node: a.kmem_node,
             movablecore: a.movablecore.clone(),
+            kselftests: match &a.kselftests {
+                Some(s) => bad(lab::kselftest::parse_names(s).map_err(anyhow::Error::msg))?,
+                None => Vec::new(),
+            },
+            kselftest_source: a.kselftest_source.clone(),
             build: a.build,
         },
         origin,

@@ -37,6 +37,58 @@ pub struct LabRecord {
     /// recorded.
     #[serde(default)]
     pub timings: Option<LabTimings>,
+    /// The kernel's own selftests run in the same guest after the scenario
+    /// (`pinstorm lab --kselftests`), built on the host from Debian's `linux-source` of the
+    /// kernel; empty when none were asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kselftests: Vec<KselftestRecord>,
+}
+
+/// One kernel selftest (`cow`, `gup_longterm`, `migration`) as it ran in a lab guest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KselftestRecord {
+    pub name: String,
+    /// `ok` (every case passed or was skipped), `fail` (a case failed, or the program did
+    /// not end cleanly: exit status, timeout, no plan), `notrun` (no source, no build, not
+    /// run) with the reason.
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// The source the test was built from: `linux-source-6.12=6.12.118-1`.
+    pub source: Option<String>,
+    /// The booted kernel's Debian version (`6.1.192-3`); none for a kernel not from Debian.
+    pub kernel_version: Option<String>,
+    /// Whether `source` is the booted kernel's own version; when not, `source_note` says
+    /// what differs.
+    pub source_matches: bool,
+    pub source_note: Option<String>,
+    /// Whether it was built with liburing (its io_uring cases exist only then).
+    pub liburing: bool,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub seconds: Option<f64>,
+    /// Its output, next to result.json.
+    pub log: Option<String>,
+    /// The filesystem types (statfs) of the guest's `/tmp` and of the test's working
+    /// directory, where gup_longterm makes its `tmpfile` and `local tmpfile`.
+    pub tmp_fs: Option<String>,
+    pub cwd_fs: Option<String>,
+    /// The KTAP plan (`1..N`) and each case's result.
+    pub planned: Option<u32>,
+    pub cases: Vec<KselftestCase>,
+}
+
+/// One test case of a selftest's KTAP output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KselftestCase {
+    pub number: u32,
+    /// `ok`, `fail` or `skip` (`ok N # SKIP why`); `xfail` for `# XFAIL`.
+    pub result: String,
+    /// What the case tests: the `# [RUN] ...` line before it (cow, gup_longterm), else the
+    /// result line's own text.
+    pub description: String,
+    /// The result line's text after the number (`Should have worked`, the skip reason).
+    pub message: String,
 }
 
 /// Seconds per phase of one kernel's lab run. The top-level phases (prepare, boot, set-up,
@@ -142,4 +194,92 @@ pub struct LabFact {
     pub outcome: String,
     /// Device, mount point, sysfs evidence.
     pub detail: String,
+}
+
+impl KselftestRecord {
+    /// Cases with this result (`ok`, `fail`, `skip`, `xfail`).
+    pub fn count(&self, result: &str) -> usize {
+        self.cases.iter().filter(|c| c.result == result).count()
+    }
+
+    /// A few words for a table: `gup_longterm fail (7 ok, 1 fail, 42 skip)`, `cow notrun`.
+    pub fn brief(&self) -> String {
+        if self.cases.is_empty() {
+            return format!("{} {}", self.name, self.outcome);
+        }
+        format!(
+            "{} {} ({} ok, {} fail, {} skip)",
+            self.name,
+            self.outcome,
+            self.count("ok"),
+            self.count("fail"),
+            self.count("skip")
+        )
+    }
+
+    /// One line: `gup_longterm fail: 10 ok, 2 fail, 20 skip of 32 (linux-source-6.12=6.12.118-1,
+    /// not the kernel's 6.1.192-3)`, or `cow notrun: why`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} {}", self.name, self.outcome);
+        if self.outcome == "notrun" || (self.cases.is_empty() && self.reason.is_some()) {
+            s.push_str(&format!(": {}", self.reason.as_deref().unwrap_or("")));
+        } else {
+            s.push_str(&format!(
+                ": {} ok, {} fail, {} skip",
+                self.count("ok"),
+                self.count("fail"),
+                self.count("skip")
+            ));
+            if let Some(n) = self.planned {
+                s.push_str(&format!(" of {n}"));
+            }
+            if let Some(r) = &self.reason {
+                s.push_str(&format!("; {r}"));
+            }
+        }
+        if let Some(src) = &self.source {
+            let whose = match (&self.kernel_version, self.source_matches) {
+                (Some(v), true) => format!("the kernel's own {v}"),
+                (Some(v), false) => format!("not the kernel's {v}"),
+                (None, _) => "the kernel is not a Debian package".into(),
+            };
+            s.push_str(&format!(" ({src}, {whose})"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selftest_says_its_counts_and_whose_source_it_was_built_from() {
+        let case = |result: &str| KselftestCase {
+            result: result.into(),
+            ..KselftestCase::default()
+        };
+        let k = KselftestRecord {
+            name: "gup_longterm".into(),
+            outcome: "fail".into(),
+            source: Some("linux-source-6.12=6.12.118-1".into()),
+            kernel_version: Some("6.1.192-3".into()),
+            planned: Some(3),
+            cases: vec![case("ok"), case("fail"), case("skip")],
+            ..KselftestRecord::default()
+        };
+        assert_eq!(k.brief(), "gup_longterm fail (1 ok, 1 fail, 1 skip)");
+        assert_eq!(
+            k.describe(),
+            "gup_longterm fail: 1 ok, 1 fail, 1 skip of 3 (linux-source-6.12=6.12.118-1, not the kernel's 6.1.192-3)"
+        );
+        let n = KselftestRecord {
+            name: "cow".into(),
+            outcome: "notrun".into(),
+            reason: Some("no cow.c".into()),
+            ..KselftestRecord::default()
+        };
+        assert_eq!(n.brief(), "cow notrun");
+        assert_eq!(n.describe(), "cow notrun: no cow.c");
+    }
 }

@@ -201,9 +201,13 @@ impl Apt {
         }
         let mut debs = Vec::new();
         for (p, v) in pkgs {
-            // apt escapes ':' in versions as %3a in file names.
-            let name = format!("{p}_{}_amd64.deb", v.replace(':', "%3a"));
-            let path = dest.join(&name);
+            // apt escapes ':' in versions as %3a in file names; linux-source is arch all.
+            let v = v.replace(':', "%3a");
+            let path = ["amd64", "all"]
+                .iter()
+                .map(|arch| dest.join(format!("{p}_{v}_{arch}.deb")))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| dest.join(format!("{p}_{v}_amd64.deb")));
             if !path.exists() {
                 bail!(
                     "apt-get download said it fetched {p}={v} but {} is missing",

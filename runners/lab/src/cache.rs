@@ -50,6 +50,7 @@ pub(crate) fn lock_cache(cache: &Path) -> Result<CacheLock> {
                         | "downloads"
                         | "runs"
                         | "nvdimm"
+                        | "kselftests"
                         | "lab.lock"
                 ) || n.starts_with("accel-");
                 !known

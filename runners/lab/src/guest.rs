@@ -100,6 +100,9 @@ pub struct GuestPlan {
     /// makes it (see [`crate::template`]).
     #[serde(default)]
     pub nvdimm_template: Option<TemplatePlan>,
+    /// The kernel selftests to run after the scenario (`--kselftests`), built on the host.
+    #[serde(default)]
+    pub kselftests: Vec<crate::kselftest::GuestSelftest>,
 }
 
 /// What the guest set up, written next to the result as `guest.json`.
@@ -118,6 +121,10 @@ pub struct GuestReport {
     /// The scenario, from its start to its result.
     #[serde(default)]
     pub run_s: Option<f64>,
+    /// How each kernel selftest ran (its output is `kselftest-NAME.log` in the staging
+    /// directory).
+    #[serde(default)]
+    pub kselftests: Vec<crate::kselftest::GuestSelftestRun>,
 }
 
 /// The file the guest creates in the staging directory as its first step: the host takes
@@ -234,12 +241,16 @@ pub(crate) fn wants(plan: &GuestPlan) -> (bool, bool) {
 }
 
 /// The disk filesystems' modules a run of `scenario` mounts, and loop for their images (a
-/// `--guest-exec` command may want loop too).
+/// `--guest-exec` command may want loop too, the kernel's selftests loop and ext4).
 fn fs_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<&'static str> {
     let used = scenario.backings_used();
     let mut m: Vec<&'static str> = used.iter().filter_map(|b| b.disk_fs()).collect();
     if plan.guest_exec.is_some() || used.iter().any(|b| b.makes_a_filesystem()) {
         m.push("loop");
+    }
+    // The kernel's selftests run from an ext4 image of their own (kselftest::run_in_guest).
+    if !plan.kselftests.is_empty() {
+        m.extend(["loop", "ext4"]);
     }
     m.sort_unstable();
     m.dedup();
@@ -1109,6 +1120,15 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         });
         report.guest_exec_status = st.ok().and_then(|s| s.code());
     }
+    if !plan.kselftests.is_empty() {
+        report.kselftests = crate::kselftest::run_in_guest(
+            &plan.kselftests,
+            &plan.stage,
+            Path::new(GUEST_ROOT),
+            crate::kselftest::GUEST_TIMEOUT,
+        );
+        write_report(&report);
+    }
     // After --guest-exec, so a witness there reads the memory blocks as the run left them.
     if let Some(k) = &lab.kmem {
         // Every block the device brought, the ones left out of the operation too.
@@ -1160,6 +1180,7 @@ mod tests {
             kmem_node: false,
             movablecore: false,
             nvdimm_template: None,
+            kselftests: Vec::new(),
         };
         (p, s)
     }

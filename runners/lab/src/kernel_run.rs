@@ -15,6 +15,7 @@ use crate::cache::RunDir;
 use crate::console;
 use crate::guest::{GuestPlan, GuestReport, PmemMode};
 use crate::kernels::{self, Kernel, KernelSpec};
+use crate::kselftest;
 use crate::options::LabOptions;
 use crate::record;
 use crate::status::{self, Evidence, KernelOutcome};
@@ -73,13 +74,22 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         if kernel.cached { ", cached" } else { "" }
     ));
     let accel = choose_accel(lab, spec, &kernel);
+    // Under the same lock: the selftests' source comes through the same apt state.
+    let selftests = kselftest::prepare(
+        &lab.cache,
+        &lab.apt,
+        &kernel,
+        &opts.plan.kselftests,
+        opts.plan.kselftest_source.as_deref(),
+        log,
+    );
     drop(prepared);
 
     let mut run = RunDir::create(
         &lab.cache,
         (opts.plan.pmem == PmemMode::Nvdimm).then(|| vm::nvdimm_mib(opts.plan.kmem_node)),
     )?;
-    let written = write_plan(lab, spec, &run)?;
+    let written = write_plan(lab, spec, &run, &selftests)?;
     let (plan_path, template_maker) = (written.path.clone(), written.maker);
     // Fetching, unpacking, the run directory and the NVDIMM template's copy.
     let prepare = prepare_start.elapsed();
@@ -167,6 +177,14 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
         host_disturbance,
         timings: Some(timings.clone()),
+        kselftests: kselftest::records(
+            &selftests,
+            report
+                .as_ref()
+                .map(|r| r.kselftests.as_slice())
+                .unwrap_or_default(),
+            &run.stage,
+        ),
     };
     let mut result = match guest_result {
         Some(r) => r,
@@ -257,7 +275,12 @@ struct WrittenPlan {
 }
 
 /// Write the guest's plan into the staging directory.
-fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<WrittenPlan> {
+fn write_plan(
+    lab: &Lab,
+    spec: &KernelSpec,
+    run: &RunDir,
+    selftests: &[kselftest::Prepared],
+) -> Result<WrittenPlan> {
     let p = &lab.opts.plan;
     let mut plan = GuestPlan {
         scenario_text: p.scenario_text.clone(),
@@ -276,6 +299,15 @@ fn write_plan(lab: &Lab, spec: &KernelSpec, run: &RunDir) -> Result<WrittenPlan>
         kmem_node: p.kmem_node,
         movablecore: p.movablecore.is_some(),
         nvdimm_template: None,
+        kselftests: selftests
+            .iter()
+            .filter_map(|t| {
+                t.binary.as_ref().ok().map(|b| kselftest::GuestSelftest {
+                    name: t.name.clone(),
+                    binary: b.clone(),
+                })
+            })
+            .collect(),
     };
     // A guest that sets up its NVDIMM starts from the cache's template image, or makes it.
     let mut maker = None;
@@ -382,6 +414,15 @@ fn store(lab: &Lab, run: &mut RunDir, result: &RunResult, console_text: &str) ->
         store::write_atomic(&dir.join("console.log"), console_text.as_bytes())?;
         if let Ok(g) = std::fs::read(run.stage.join("guest-exec.log")) {
             store::write_atomic(&dir.join("guest-exec.log"), &g)?;
+        }
+        // Names from the allow-list only (the record's names are the prepared tests').
+        for k in result.lab.iter().flat_map(|l| &l.kselftests) {
+            let name = kselftest::log_name(&k.name);
+            if crate::kselftest::SELFTESTS.iter().any(|t| t.name == k.name) {
+                if let Ok(g) = std::fs::read(run.stage.join(&name)) {
+                    store::write_atomic(&dir.join(&name), &g)?;
+                }
+            }
         }
         Ok(path)
     })();

@@ -30,6 +30,7 @@ pub mod guest_init;
 mod kernel_run;
 pub mod kernels;
 mod kmem;
+pub mod kselftest;
 mod matrix;
 mod options;
 mod record;

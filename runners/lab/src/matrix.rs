@@ -108,7 +108,7 @@ fn logger(opts: &LabOptions) -> impl Fn(&str) + Sync + '_ {
     }
 }
 
-/// Fetch and unpack the kernels only (`--fetch-only`).
+/// Fetch and unpack the kernels only (`--fetch-only`), and build the `--kselftests`.
 pub fn fetch(opts: &LabOptions) -> Result<Vec<Kernel>> {
     let cache = scratch::checked_write_path(&opts.cache, "--cache (or PINSTORM_CACHE)")?;
     let _lock = lock_cache(&cache)?;
@@ -117,7 +117,19 @@ pub fn fetch(opts: &LabOptions) -> Result<Vec<Kernel>> {
     opts.plan
         .kernels
         .iter()
-        .map(|spec| prepare_kernel(opts, &cache, &apt, spec, &log))
+        .map(|spec| {
+            let k = prepare_kernel(opts, &cache, &apt, spec, &log)?;
+            // The selftests too (their lines in the log say built or notrun, and why).
+            crate::kselftest::prepare(
+                &cache,
+                &apt,
+                &k,
+                &opts.plan.kselftests,
+                opts.plan.kselftest_source.as_deref(),
+                &log,
+            );
+            Ok(k)
+        })
         .collect()
 }
 

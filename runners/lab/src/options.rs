@@ -53,6 +53,12 @@ pub struct LabPlan {
     /// of that size, or percentage of memory), where a long-term pin must migrate its pages
     /// out first (docs/lab.md).
     pub movablecore: Option<String>,
+    /// `--kselftests`: the kernel's own selftests (allow-listed names) run in each guest
+    /// after the scenario, built from Debian's `linux-source` of the guest's kernel.
+    pub kselftests: Vec<String>,
+    /// `--kselftest-source SERIES`: build them from `linux-source-SERIES` instead (a tree
+    /// that has a test the kernel's own lacks; the record says the versions differ).
+    pub kselftest_source: Option<String>,
 }
 
 /// Whether `s` is a value the kernel takes for `movablecore=`: a size (`512M`, `1G`,
@@ -169,6 +175,17 @@ pub fn check(opts: &LabOptions) -> Result<()> {
             bail!("--movablecore {m:?}: a size (512M, 1G) or a percentage of memory (25%)");
         }
     }
+    if let Some(s) = &opts.plan.kselftest_source {
+        if !crate::kselftest::valid_series(s) {
+            bail!("--kselftest-source {s:?}: a kernel series such as 6.12");
+        }
+        if opts.plan.kselftests.is_empty() {
+            bail!("--kselftest-source without --kselftests: name the tests to build");
+        }
+    }
+    for n in &opts.plan.kselftests {
+        crate::kselftest::parse_names(n).map_err(anyhow::Error::msg)?;
+    }
     if opts.timeout.is_zero() {
         bail!("--timeout must be greater than zero (and at most 168h)");
     }
@@ -259,6 +276,8 @@ mod tests {
             pmem_scratch_dev: false,
             kmem_node: false,
             movablecore: None,
+            kselftests: Vec::new(),
+            kselftest_source: None,
         }
     }
 
@@ -302,6 +321,10 @@ mod tests {
             ("pmem_scratch_dev", |p| p.pmem_scratch_dev = true),
             ("kmem_node", |p| p.kmem_node = true),
             ("movablecore", |p| p.movablecore = Some("25%".into())),
+            ("kselftests", |p| p.kselftests = vec!["gup_longterm".into()]),
+            ("kselftest_source", |p| {
+                p.kselftest_source = Some("6.12".into())
+            }),
         ];
         let base = plan();
         let base_json = serde_json::to_value(&base).unwrap();

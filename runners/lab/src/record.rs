@@ -125,6 +125,10 @@ pub fn summarize(r: &RunResult) -> String {
             r.probe.iter().filter(|p| p.outcome == "notrun").count()
         ));
     }
+    if let Some(lab) = r.lab.as_ref().filter(|l| !l.kselftests.is_empty()) {
+        let k: Vec<String> = lab.kselftests.iter().map(|k| k.brief()).collect();
+        parts.push(format!("kselftests: {}", k.join(", ")));
+    }
     let lost: u64 = r.storms.iter().map(|s| s.oracle.lost_write.count).sum();
     if !r.storms.is_empty() {
         parts.push(format!("storms: {lost} lost writes"));
@@ -162,6 +166,8 @@ mod tests {
                 pmem_scratch_dev: false,
                 kmem_node: false,
                 movablecore: None,
+                kselftests: Vec::new(),
+                kselftest_source: None,
             },
             origin,
             scenario_name: "quick".into(),
@@ -221,6 +227,7 @@ mod tests {
             guest: Vec::new(),
             host_disturbance: None,
             timings: None,
+            kselftests: Vec::new(),
         };
         for (run_id, release, filed_id, filed_release) in [
             ("../../etc", "..", "host-run", "6.1.0-56-amd64"),
