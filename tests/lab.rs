@@ -465,6 +465,12 @@ fn a_panicking_kernel_is_reported_and_the_matrix_goes_on() {
     assert!(reason.contains("Kernel panic"), "{reason}");
     assert_eq!(panicked.1["lab"]["kernel_spec"], "deb:6.1");
     assert_eq!(panicked.1["complete"], false);
+    // A panic after the agent's first step is the kernel's answer: never booted again.
+    assert!(
+        panicked.1["lab"]["boot_retry"].is_null(),
+        "{:#}",
+        panicked.1["lab"]
+    );
     let ok = rs
         .iter()
         .find(|(_, r)| r["lab"]["status"] == "ok")

@@ -42,6 +42,13 @@ pub struct LabRecord {
     /// kernel; empty when none were asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kselftests: Vec<KselftestRecord>,
+    /// Why this is the kernel's second boot: the first died before the lab's agent started
+    /// (a panic or oops while the kernel booted; its console is `console-boot1.log` beside
+    /// this result). Under TCG a stock 6.12 or 7.2 kernel now and then oopses on an int3 of
+    /// its own live text patching while it boots (docs/findings.md). A kernel that fails
+    /// that way twice is reported as it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_retry: Option<String>,
 }
 
 /// One kernel selftest (`cow`, `gup_longterm`, `migration`) as it ran in a lab guest.

@@ -191,6 +191,26 @@ fn pmem_modules(plan: &GuestPlan) -> &'static [&'static str] {
 /// The modules soft-RoCE needs.
 const RXE_MODULES: &[&str] = &["dummy", "rdma_rxe", "ib_uverbs"];
 
+/// Every module a lab guest may load: pmem in both modes, device-dax and kmem, soft-RoCE,
+/// the disk filesystems and loop. The host decompresses these (and what they depend on) once
+/// per unpacked kernel ([`crate::kernels`]): a TCG guest's kmod took seconds to unpack
+/// xfs.ko.xz and ext4.ko.xz on 6.12 and 7.2.
+pub const LAB_MODULES: &[&str] = &[
+    "nfit",
+    "nd_pmem",
+    "dax_pmem",
+    "device_dax",
+    "nd_e820",
+    "kmem",
+    "dummy",
+    "rdma_rxe",
+    "ib_uverbs",
+    "xfs",
+    "ext4",
+    "btrfs",
+    "loop",
+];
+
 /// Which parts of the guest's set-up a run needs: why a part is skipped, or None when it
 /// runs. A `--guest-exec` command may use anything, so it gets everything; otherwise pmem
 /// only for a scenario with a DAX backing (or `--pmem-scratch-dev`), soft-RoCE only for one
@@ -257,53 +277,59 @@ fn fs_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<&'static str> {
     m
 }
 
-/// Every module the guest's set-up will load for `plan`: the pmem ones its layout needs,
-/// soft-RoCE's, the disk filesystems' and loop. The lab's init starts loading them in the
-/// background while virtme-ng's init runs ([`crate::guest_init::EarlyModules`]).
-pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<&'static str> {
+/// Every module the guest's set-up will load for `plan`, in two groups the lab's init loads
+/// side by side in the background while virtme-ng's init runs
+/// ([`crate::guest_init::EarlyModules`]): the devices (the pmem modules its layout needs,
+/// soft-RoCE's), and the filesystems in the order the set-up mounts them (loop last: the
+/// run wants it only after the DAX mounts).
+pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<Vec<&'static str>> {
     let Ok(scenario) = Scenario::parse(&plan.scenario_text, &plan.origin) else {
         return Vec::new();
     };
     let needs = needs(plan, &scenario);
-    let mut m = Vec::new();
+    let mut devices = Vec::new();
     if needs.pmem.is_none() {
-        m.extend_from_slice(pmem_modules(plan));
+        devices.extend_from_slice(pmem_modules(plan));
     }
     if needs.rxe.is_none() {
-        m.extend_from_slice(RXE_MODULES);
+        devices.extend_from_slice(RXE_MODULES);
     }
-    m.extend(fs_modules(plan, &scenario));
-    m
+    let mut fs = fs_modules(plan, &scenario);
+    // The DAX filesystems are mounted in FSDAX_NAMESPACES's order, xfs first.
+    fs.sort_by_key(|m| {
+        FSDAX_NAMESPACES
+            .iter()
+            .position(|(f, _)| f == m)
+            .unwrap_or(FSDAX_NAMESPACES.len() + usize::from(*m == "loop"))
+    });
+    [devices, fs]
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .collect()
 }
 
-/// Wait for the modules the lab's init is loading in the background, if it is.
-fn wait_for_early_modules() {
-    if !Path::new(crate::guest_init::EARLY_LOADING).exists() {
-        return;
-    }
-    let t0 = Instant::now();
-    while !Path::new(crate::guest_init::EARLY_DONE).exists()
-        && t0.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Of `names`, the modules not in the kernel yet.
+/// Of `names`, the modules not in the kernel yet, or still loading: the lab's init may have
+/// started loading them in the background, and a module's sysfs directory appears before
+/// its init (a driver's probe) is done. modprobe of a module another modprobe is loading
+/// waits for it in the kernel, so asking again is always right, only slower.
 fn not_loaded<'a>(names: &[&'a str]) -> Vec<&'a str> {
     names
         .iter()
-        .filter(|n| !Path::new("/sys/module").join(n.replace('-', "_")).exists())
+        .filter(|n| {
+            let d = Path::new("/sys/module").join(n.replace('-', "_"));
+            match std::fs::read_to_string(d.join("initstate")) {
+                Ok(state) => state.trim() != "live",
+                // Built in (no initstate), or not there at all.
+                Err(_) => !d.exists(),
+            }
+        })
         .copied()
         .collect()
 }
 
 fn modprobe(names: &[&str]) -> Vec<String> {
     let mut failed = Vec::new();
-    for n in names {
-        if Path::new("/sys/module").join(n).exists() {
-            continue;
-        }
+    for n in not_loaded(names) {
         if let Err(e) = sh("modprobe", &[n]) {
             failed.push(format!("{n}: {e:#}"));
         }
@@ -924,8 +950,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         .map_err(anyhow::Error::from)
         .context("the scenario (validated on the host) does not parse in the guest")?;
     let needs = needs(&plan, &scenario);
-    // Whatever the lab's init started loading in the background comes first.
-    wait_for_early_modules();
+    // The lab's init has started loading the modules in the background (guest_init): what
+    // is live already is not asked for again.
     // The disk filesystems the run will mount load beside the rest of the set-up, on the
     // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
     // benchmark), xfs ~1 s, each in the run's critical path before.

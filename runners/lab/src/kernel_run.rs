@@ -18,7 +18,7 @@ use crate::kernels::{self, Kernel, KernelSpec};
 use crate::kselftest;
 use crate::options::LabOptions;
 use crate::record;
-use crate::status::{self, Evidence, KernelOutcome};
+use crate::status::{self, Evidence, KernelOutcome, KernelStatus};
 use crate::template;
 use crate::timings;
 use crate::vm::{self, Accel, GuestEnd};
@@ -60,8 +60,19 @@ pub(crate) fn prepare_kernel(
     }
 }
 
-/// Boot `spec` once and file what came of it.
+/// Boot `spec` and file what came of it: once, or twice when the first boot died before
+/// the lab's agent started (see `LabRecord::boot_retry`).
 pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> {
+    boot_and_file(lab, spec, None)
+}
+
+/// The first boot that died before the agent: why, and its console.
+struct EarlyDeath {
+    reason: String,
+    console: String,
+}
+
+fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Result<KernelOutcome> {
     let opts = lab.opts;
     let log = lab.log;
     let prepare_start = std::time::Instant::now();
@@ -152,6 +163,27 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         timeout: opts.timeout,
     });
 
+    // A kernel that died while booting, before the agent's first step (no inject asked for
+    // it: an injected panic comes after that step), gets one more boot.
+    if first.is_none()
+        && end.first_step.is_none()
+        && matches!(judgement.guest, KernelStatus::Panic | KernelStatus::Oops)
+    {
+        let reason = judgement.reason.clone().unwrap_or_default();
+        log(&format!(
+            "{spec}: the kernel died while booting, before the lab's agent started ({}); booting it once more",
+            reason.lines().next().unwrap_or("")
+        ));
+        drop(run);
+        return boot_and_file(
+            lab,
+            spec,
+            Some(EarlyDeath {
+                reason,
+                console: console_text,
+            }),
+        );
+    }
     let timings = timings::account(&timings::Measured {
         prepare,
         wall: end.wall,
@@ -177,6 +209,7 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         guest: report.as_ref().map(|r| r.facts.clone()).unwrap_or_default(),
         host_disturbance,
         timings: Some(timings.clone()),
+        boot_retry: first.as_ref().map(|f| f.reason.clone()),
         kselftests: kselftest::records(
             &selftests,
             report
@@ -204,6 +237,13 @@ pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> 
         &kernel.release,
     );
     let path = store(lab, &mut run, &result, &console_text)?;
+    if let Some(f) = &first {
+        // Beside the result: what the first boot's console showed.
+        let _ = store::write_atomic(
+            &path.with_file_name("console-boot1.log"),
+            f.console.as_bytes(),
+        );
+    }
     drop(run);
 
     Ok(KernelOutcome {
@@ -223,7 +263,7 @@ fn lab_init(
     run: &RunDir,
     args: &[String],
     qemu: Option<&str>,
-    modules: &[&str],
+    modules: &[Vec<&'static str>],
 ) -> std::result::Result<(Vec<String>, PathBuf), String> {
     use std::os::unix::fs::PermissionsExt;
     let path = run.dir.join("lab-init");
@@ -239,9 +279,10 @@ fn lab_init(
         .and_then(|b| b.strip_suffix("/lib"));
     let early = base.map(|base| crate::guest_init::EarlyModules {
         base,
-        names: modules,
+        groups: modules,
     });
-    let text = crate::guest_init::script(&next, early.as_ref())
+    let busybox = std::fs::metadata(crate::guest_init::BUSYBOX).is_ok_and(|m| m.is_file());
+    let text = crate::guest_init::script(&next, early.as_ref(), busybox)
         .ok_or("virtme-ng's init path cannot be quoted")?;
     std::fs::write(&path, text)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
@@ -270,8 +311,8 @@ struct WrittenPlan {
     path: PathBuf,
     /// Kept alive while the guest runs when this guest makes the cache's NVDIMM template.
     maker: Option<template::Maker>,
-    /// The modules its set-up loads (the lab's init starts loading them early).
-    modules: Vec<&'static str>,
+    /// The modules its set-up loads, in groups (the lab's init starts loading them early).
+    modules: Vec<Vec<&'static str>>,
 }
 
 /// Write the guest's plan into the staging directory.

@@ -12,6 +12,7 @@
 //! (never installed), `depmod` runs there, and a `.complete` marker makes the next run use
 //! them without downloading anything.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -227,6 +228,17 @@ pub fn prepare_deb(
         depmod(&dir, &release)?;
         std::fs::write(&marker, format!("{image_pkg}={version}\n"))?;
     }
+    // Once per unpacked kernel (and again when the list changes); a kernel whose modules
+    // cannot be decompressed still boots, its guest only unpacks them itself.
+    match decompress_lab_modules(&dir, &release) {
+        Ok(0) => {}
+        Ok(n) => log(&format!(
+            "decompressed {n} modules the lab loads (and their dependencies) of {image_pkg}"
+        )),
+        Err(e) => log(&format!(
+            "warning: the lab's modules of {image_pkg} stay compressed: {e:#}"
+        )),
+    }
     let boot = [
         dir.join(format!("boot/vmlinuz-{release}")),
         dir.join(format!("lib/modules/{release}/vmlinuz")),
@@ -262,6 +274,102 @@ fn modules_release(dir: &Path) -> Result<String> {
         0 => bail!("no kernel modules directory in {}", dir.display()),
         _ => bail!("several kernels in {}: {}", dir.display(), names.join(", ")),
     }
+}
+
+/// Marks an unpacked kernel whose lab modules are decompressed; its text is the list they
+/// were chosen from, so a changed list decompresses again.
+const DECOMPRESSED_MARKER: &str = ".lab-modules-decompressed";
+
+/// The files of `wanted` modules and of everything they depend on, from `modules.dep`
+/// (paths relative to the release directory).
+fn module_closure(dep: &str, wanted: &[&str]) -> Vec<String> {
+    let name_of = |path: &str| -> String {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split(".ko").next().unwrap_or(file).replace('-', "_")
+    };
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep.lines() {
+        let Some((m, rest)) = line.split_once(':') else {
+            continue;
+        };
+        deps.insert(
+            name_of(m),
+            (
+                m.to_string(),
+                rest.split_whitespace().map(str::to_string).collect(),
+            ),
+        );
+    }
+    let mut todo: Vec<String> = wanted.iter().map(|w| w.replace('-', "_")).collect();
+    let mut files = BTreeSet::new();
+    while let Some(n) = todo.pop() {
+        let Some((path, d)) = deps.get(&n) else {
+            continue;
+        };
+        if files.insert(path.clone()) {
+            todo.extend(d.iter().map(|p| name_of(p)));
+        }
+    }
+    files.into_iter().collect()
+}
+
+/// Decompress the lab's modules of an unpacked kernel (`.ko.xz`, `.ko.zst`, `.ko.gz`, with
+/// the host's xz, zstd or gzip) and run depmod again. Only in a kernel the lab unpacked
+/// itself, never in a user's `--modules` directory. Returns how many it decompressed.
+fn decompress_lab_modules(dir: &Path, release: &str) -> Result<usize> {
+    let marker = dir.join(DECOMPRESSED_MARKER);
+    let list = crate::guest::LAB_MODULES.join(" ");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == list) {
+        return Ok(0);
+    }
+    let rel = dir.join("lib/modules").join(release);
+    let dep = std::fs::read_to_string(rel.join("modules.dep"))
+        .with_context(|| format!("reading {}", rel.join("modules.dep").display()))?;
+    let mut n = 0;
+    for f in module_closure(&dep, crate::guest::LAB_MODULES) {
+        let tool = match f.rsplit_once(".ko.") {
+            Some((_, "xz")) => "xz",
+            Some((_, "zst")) => "zstd",
+            Some((_, "gz")) => "gzip",
+            _ => continue,
+        };
+        // Paths from modules.dep stay inside the release directory.
+        if f.starts_with('/') || f.split('/').any(|c| c == "..") {
+            bail!("modules.dep names {f:?} outside its directory");
+        }
+        let src = rel.join(&f);
+        let dst = rel.join(
+            f.rsplit_once(".ko.")
+                .map(|(a, _)| format!("{a}.ko"))
+                .unwrap_or_default(),
+        );
+        if !src.exists() && dst.exists() {
+            // Decompressed by a lab killed before its depmod: modules.dep is redone below.
+            n += 1;
+            continue;
+        }
+        let tmp = dst.with_extension("ko.partial");
+        let out =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let st = Command::new(tool)
+            .arg("-dc")
+            .arg(&src)
+            .stdout(out)
+            .status()
+            .with_context(|| format!("running {tool} (to decompress {})", src.display()))?;
+        if !st.success() {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("{tool} -dc {} failed", src.display());
+        }
+        std::fs::rename(&tmp, &dst)?;
+        std::fs::remove_file(&src)?;
+        n += 1;
+    }
+    if n > 0 {
+        depmod(dir, release)?;
+    }
+    std::fs::write(&marker, list)?;
+    Ok(n)
 }
 
 fn depmod(base: &Path, release: &str) -> Result<()> {
@@ -385,6 +493,29 @@ pub fn prepare_tree(dir: &Path) -> Result<Kernel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lab_modules_closure_follows_modules_dep() {
+        let dep = "kernel/fs/xfs/xfs.ko.xz: kernel/lib/libcrc32c.ko.xz\n\
+                   kernel/lib/libcrc32c.ko.xz:\n\
+                   kernel/drivers/acpi/nfit/nfit.ko.xz: kernel/drivers/nvdimm/libnvdimm.ko.xz\n\
+                   kernel/drivers/nvdimm/libnvdimm.ko.xz:\n\
+                   kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/nd_btt.ko kernel/drivers/nvdimm/libnvdimm.ko.xz\n\
+                   kernel/drivers/nvdimm/nd_btt.ko:\n\
+                   kernel/sound/snd.ko.xz:\n";
+        let c = module_closure(dep, &["xfs", "nd_pmem"]);
+        assert_eq!(
+            c,
+            [
+                "kernel/drivers/nvdimm/libnvdimm.ko.xz",
+                "kernel/drivers/nvdimm/nd_btt.ko",
+                "kernel/drivers/nvdimm/nd_pmem.ko",
+                "kernel/fs/xfs/xfs.ko.xz",
+                "kernel/lib/libcrc32c.ko.xz",
+            ]
+        );
+        assert!(module_closure(dep, &["nope"]).is_empty());
+    }
 
     #[test]
     fn specs_parse_and_refuse_relative_paths() {
