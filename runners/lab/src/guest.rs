@@ -416,7 +416,11 @@ struct Targets {
 /// The namespaces of a template's labels, by their names: the fsdax ones' block devices
 /// and the device-dax one's character device. The kernel probes them when the modules load;
 /// this waits (up to 20 s) until every one has its device.
-fn namespaces_from_labels(devdax: bool) -> Result<(Vec<(&'static str, String)>, Option<String>)> {
+/// The fsdax namespaces' block devices by filesystem, and the device-dax one's character
+/// device.
+type LabelledNamespaces = (Vec<(&'static str, String)>, Option<String>);
+
+fn namespaces_from_labels(devdax: bool) -> Result<LabelledNamespaces> {
     let t0 = Instant::now();
     loop {
         let listed = sh("ndctl", &["list", "-N"]).unwrap_or_default();

@@ -228,6 +228,7 @@ mod tests {
             host_disturbance: None,
             timings: None,
             kselftests: Vec::new(),
+            boot_retry: None,
         };
         for (run_id, release, filed_id, filed_release) in [
             ("../../etc", "..", "host-run", "6.1.0-56-amd64"),

@@ -365,6 +365,7 @@ mod tests {
         let f = OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o660)
             .open(&t)
             .unwrap();
