@@ -370,6 +370,27 @@ pub struct MigrationResult {
     pub verdicts: Vec<FactVerdict>,
 }
 
+impl MigrationResult {
+    /// A pin path whose migration facts could not be measured, and why.
+    pub fn notrun(pin: &str, backing: &str, rounds: u32, pages: u64, why: String) -> Self {
+        MigrationResult {
+            pin: pin.into(),
+            backing: backing.into(),
+            outcome: "notrun".into(),
+            reason: Some(why),
+            rounds,
+            pages,
+            movable_before: 0,
+            migrated: 0,
+            movable_while_pinned: 0,
+            first_pin: None,
+            repin: None,
+            held: String::new(),
+            verdicts: Vec::new(),
+        }
+    }
+}
+
 /// One fact of a storm judged against the expectations: `registrations` (did every
 /// registration that raced no layout operation give the outcome `[[expect]]` says) or an
 /// oracle's count (`lost_write`, ...; against `[[oracle]]`).

@@ -131,21 +131,7 @@ fn outcome_of(r: &Result<(), PinError>) -> Result<Option<String>> {
 }
 
 fn notrun(pin: PinKind, job: &MigrationJob, pages: u64, why: String) -> MigrationResult {
-    MigrationResult {
-        pin: pin.name().into(),
-        backing: "anon".into(),
-        outcome: "notrun".into(),
-        reason: Some(why),
-        rounds: job.rounds,
-        pages,
-        movable_before: 0,
-        migrated: 0,
-        movable_while_pinned: 0,
-        first_pin: None,
-        repin: None,
-        held: String::new(),
-        verdicts: Vec::new(),
-    }
+    MigrationResult::notrun(pin.name(), "anon", job.rounds, pages, why)
 }
 
 /// What the facts are, from what was measured.

@@ -114,21 +114,13 @@ fn pin_migration_rows_show_what_moved_what_it_cost_and_a_differing_fact() {
                 fact("migrated_all", "true", Verdict::AsExpected),
             ],
         },
-        MigrationResult {
-            pin: "vmsplice".into(),
-            backing: "anon".into(),
-            outcome: "notrun".into(),
-            reason: Some("no ZONE_MOVABLE (boot with movablecore=)".into()),
-            rounds: 0,
-            pages: 0,
-            movable_before: 0,
-            migrated: 0,
-            movable_while_pinned: 0,
-            first_pin: None,
-            repin: None,
-            held: String::new(),
-            verdicts: Vec::new(),
-        },
+        MigrationResult::notrun(
+            "vmsplice",
+            "anon",
+            0,
+            0,
+            "no ZONE_MOVABLE (boot with movablecore=)".into(),
+        ),
     ];
     let mut out = String::new();
     migration(&mut out, &rows);

@@ -249,15 +249,13 @@ fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
 /// Whether the guest of `plan` sets up its persistent memory (the host copies a template
 /// NVDIMM image only then), and whether its scenario uses the devdax backing (the guest
 /// then makes a device-dax namespace whether `--devdax-namespace` was given or not).
-pub(crate) fn wants(plan: &GuestPlan) -> (bool, bool) {
-    match Scenario::parse(&plan.scenario_text, &plan.origin) {
-        Ok(s) => (
-            needs(plan, &s).pmem.is_none(),
-            s.backings_used()
-                .contains(&pinstorm_workloads::backing::BackingKind::Devdax),
-        ),
-        Err(_) => (true, false),
-    }
+pub(crate) fn wants(plan: &GuestPlan, scenario: &Scenario) -> (bool, bool) {
+    (
+        needs(plan, scenario).pmem.is_none(),
+        scenario
+            .backings_used()
+            .contains(&pinstorm_workloads::backing::BackingKind::Devdax),
+    )
 }
 
 /// The disk filesystems' modules a run of `scenario` mounts, and loop for their images (a
@@ -277,16 +275,13 @@ fn fs_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<&'static str> {
     m
 }
 
-/// Every module the guest's set-up will load for `plan`, in two groups the lab's init loads
-/// side by side in the background while virtme-ng's init runs
-/// ([`crate::guest_init::EarlyModules`]): the devices (the pmem modules its layout needs,
-/// soft-RoCE's), and the filesystems in the order the set-up mounts them (loop last: the
-/// run wants it only after the DAX mounts).
-pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<Vec<&'static str>> {
-    let Ok(scenario) = Scenario::parse(&plan.scenario_text, &plan.origin) else {
-        return Vec::new();
-    };
-    let needs = needs(plan, &scenario);
+/// Every module the guest's set-up will load for `plan`, in two groups: the devices (the
+/// pmem modules its layout needs, soft-RoCE's), and the filesystems in the order the set-up
+/// mounts them (loop last: the run wants it only after the DAX mounts). The lab's init loads
+/// the groups side by side in the background while virtme-ng's init runs
+/// ([`crate::guest_init::EarlyModules`]); the agent then asks for what is not live yet.
+fn module_groups(plan: &GuestPlan, scenario: &Scenario) -> [Vec<&'static str>; 2] {
+    let needs = needs(plan, scenario);
     let mut devices = Vec::new();
     if needs.pmem.is_none() {
         devices.extend_from_slice(pmem_modules(plan));
@@ -294,7 +289,7 @@ pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<Vec<&'static str>> {
     if needs.rxe.is_none() {
         devices.extend_from_slice(RXE_MODULES);
     }
-    let mut fs = fs_modules(plan, &scenario);
+    let mut fs = fs_modules(plan, scenario);
     // The DAX filesystems are mounted in FSDAX_NAMESPACES's order, xfs first.
     fs.sort_by_key(|m| {
         FSDAX_NAMESPACES
@@ -303,6 +298,11 @@ pub(crate) fn early_modules(plan: &GuestPlan) -> Vec<Vec<&'static str>> {
             .unwrap_or(FSDAX_NAMESPACES.len() + usize::from(*m == "loop"))
     });
     [devices, fs]
+}
+
+/// [`module_groups`] for the lab's init on the host: the groups that are not empty.
+pub(crate) fn early_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<Vec<&'static str>> {
+    module_groups(plan, scenario)
         .into_iter()
         .filter(|g| !g.is_empty())
         .collect()
@@ -413,13 +413,13 @@ struct Targets {
     scratch_devs: Vec<(&'static str, PathBuf)>,
 }
 
-/// The namespaces of a template's labels, by their names: the fsdax ones' block devices
-/// and the device-dax one's character device. The kernel probes them when the modules load;
-/// this waits (up to 20 s) until every one has its device.
 /// The fsdax namespaces' block devices by filesystem, and the device-dax one's character
 /// device.
 type LabelledNamespaces = (Vec<(&'static str, String)>, Option<String>);
 
+/// The namespaces of a template's labels, by their names: the fsdax ones' block devices
+/// and the device-dax one's character device. The kernel probes them when the modules load;
+/// this waits (up to 20 s) until every one has its device.
 fn namespaces_from_labels(devdax: bool) -> Result<LabelledNamespaces> {
     let t0 = Instant::now();
     loop {
@@ -478,6 +478,36 @@ fn hand_over_template(stage: &Path) -> Result<String> {
     }
 }
 
+/// The `pmem` fact of an emulated NVDIMM whose labels are usable.
+fn nvdimm_fact() -> LabFact {
+    fact(
+        "pmem",
+        true,
+        format!(
+            "emulated NVDIMM with labels; region0 size {}",
+            sysfs("/sys/bus/nd/devices/region0/size")
+        ),
+    )
+}
+
+/// Why a guest has no device-dax namespace when it was not asked for one.
+const DEVDAX_NOT_ASKED: &str =
+    "not asked for (the scenario uses no devdax backing; pinstorm lab --devdax-namespace)";
+
+/// The device-dax namespace's character device (or why there is none) as the `devdax` fact,
+/// and as the run's devdax target when there is one.
+fn devdax_target(t: &mut Targets, chardev: Result<String, String>, how: &str) -> LabFact {
+    match chardev {
+        Ok(c) => {
+            let p = PathBuf::from(format!("/dev/{c}"));
+            let f = fact("devdax", p.exists(), format!("{} ({how})", p.display()));
+            t.devdax = Some(p);
+            f
+        }
+        Err(why) => fact("devdax", false, why),
+    }
+}
+
 /// Labels, the fsdax namespaces (one per DAX filesystem) and the device-dax one, made from
 /// scratch with ndctl. Fills `fsdax_devs` and `t`; false when the NVDIMM is not usable.
 fn make_namespaces(
@@ -502,14 +532,7 @@ fn make_namespaces(
         ));
         return false;
     }
-    facts.push(fact(
-        "pmem",
-        true,
-        format!(
-            "emulated NVDIMM with labels; region0 size {}",
-            sysfs("/sys/bus/nd/devices/region0/size")
-        ),
-    ));
+    facts.push(nvdimm_fact());
     if plan.pmem_scratch_dev {
         // A namespace per filesystem, handed to the run as --scratch-dev FS=DEV:
         // pinstorm's own code formats, mounts and wipes them, as on a host.
@@ -550,34 +573,18 @@ fn make_namespaces(
         }
     }
     laps.lap("pmem");
-    if plan.devdax {
+    facts.push(if plan.devdax {
         let n = namespace_name("devdax");
-        match create_namespace(&["-m", "devdax", "-a", "2M", "-s", DEVDAX_SIZE, "-n", &n]) {
-            Ok((v, out)) => match json_find(&v, "chardev") {
-                Some(c) => {
-                    let p = PathBuf::from(format!("/dev/{c}"));
-                    facts.push(fact(
-                        "devdax",
-                        p.exists(),
-                        format!("{} (ndctl devdax namespace, align 2M)", p.display()),
-                    ));
-                    t.devdax = Some(p);
-                }
-                None => facts.push(fact(
-                    "devdax",
-                    false,
-                    format!("ndctl answered no chardev: {out}"),
-                )),
-            },
-            Err(e) => facts.push(fact("devdax", false, format!("{e:#}"))),
-        }
+        let chardev =
+            match create_namespace(&["-m", "devdax", "-a", "2M", "-s", DEVDAX_SIZE, "-n", &n]) {
+                Ok((v, out)) => json_find(&v, "chardev")
+                    .ok_or_else(|| format!("ndctl answered no chardev: {out}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+        devdax_target(t, chardev, "ndctl devdax namespace, align 2M")
     } else {
-        facts.push(fact(
-            "devdax",
-            false,
-            "not asked for (the scenario uses no devdax backing; pinstorm lab --devdax-namespace)",
-        ));
-    }
+        fact("devdax", false, DEVDAX_NOT_ASKED)
+    });
     laps.lap("devdax");
     true
 }
@@ -615,39 +622,21 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
             if let TemplatePlan::Use { name } = &template {
                 match namespaces_from_labels(plan.devdax) {
                     Ok((fsdax, dd)) => {
-                        facts.push(fact(
-                            "pmem",
-                            true,
-                            format!(
-                                "emulated NVDIMM with labels; region0 size {}",
-                                sysfs("/sys/bus/nd/devices/region0/size")
-                            ),
-                        ));
+                        facts.push(nvdimm_fact());
                         facts.push(fact(
                             "pmem-template",
                             true,
                             format!("namespaces and filesystems from the cache's template {name} (no ndctl or mkfs in this guest)"),
                         ));
                         fsdax_devs = fsdax.into_iter().map(|(fs, d)| (fs, Some(d))).collect();
-                        match dd {
-                            Some(c) => {
-                                let p = PathBuf::from(format!("/dev/{c}"));
-                                facts.push(fact(
-                                    "devdax",
-                                    p.exists(),
-                                    format!(
-                                        "{} (ndctl devdax namespace, align 2M, from the template)",
-                                        p.display()
-                                    ),
-                                ));
-                                t.devdax = Some(p);
-                            }
-                            None => facts.push(fact(
-                                "devdax",
-                                false,
-                                "not asked for (pinstorm lab --devdax-namespace)",
-                            )),
-                        }
+                        facts.push(match dd {
+                            Some(c) => devdax_target(
+                                &mut t,
+                                Ok(c),
+                                "ndctl devdax namespace, align 2M, from the template",
+                            ),
+                            None => fact("devdax", false, DEVDAX_NOT_ASKED),
+                        });
                         formatted = true;
                         laps.lap("pmem");
                     }
@@ -959,7 +948,8 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     // The disk filesystems the run will mount load beside the rest of the set-up, on the
     // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
     // benchmark), xfs ~1 s, each in the run's critical path before.
-    let fs_modules = not_loaded(&fs_modules(&plan, &scenario));
+    let [devices, fs] = module_groups(&plan, &scenario);
+    let fs_modules = not_loaded(&fs);
     let mut preload = (!fs_modules.is_empty())
         .then(|| {
             Command::new("modprobe")
@@ -975,14 +965,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     // Every module the set-up will use, in one modprobe: without udev nothing has loaded
     // them, and each modprobe is a process started from the 9p root (slow under TCG). What
     // this misses, the steps' own modprobe reports.
-    let mut wanted: Vec<&str> = Vec::new();
-    if needs.pmem.is_none() {
-        wanted.extend_from_slice(pmem_modules(&plan));
-    }
-    if needs.rxe.is_none() {
-        wanted.extend_from_slice(RXE_MODULES);
-    }
-    let wanted = not_loaded(&wanted);
+    let wanted = not_loaded(&devices);
     if !wanted.is_empty() {
         let mut args = vec!["-a"];
         args.extend(wanted);

@@ -22,6 +22,7 @@ use crate::status::{self, Evidence, KernelOutcome, KernelStatus};
 use crate::template;
 use crate::timings;
 use crate::vm::{self, Accel, GuestEnd};
+use pinstorm_workloads::scenario::Scenario;
 
 /// What every kernel of a lab run shares.
 pub(crate) struct Lab<'a> {
@@ -352,7 +353,11 @@ fn write_plan(
     };
     // A guest that sets up its NVDIMM starts from the cache's template image, or makes it.
     let mut maker = None;
-    let (pmem, devdax) = crate::guest::wants(&plan);
+    // Validated on the host already; the guest parses the same text.
+    let scenario = Scenario::parse(&plan.scenario_text, &plan.origin).ok();
+    let (pmem, devdax) = scenario
+        .as_ref()
+        .map_or((true, false), |s| crate::guest::wants(&plan, s));
     plan.devdax |= devdax && p.pmem == PmemMode::Nvdimm;
     if p.pmem == PmemMode::Nvdimm && !p.pmem_scratch_dev && pmem {
         let layout = template::Layout {
@@ -375,7 +380,10 @@ fn write_plan(
     Ok(WrittenPlan {
         path,
         maker,
-        modules: crate::guest::early_modules(&plan),
+        modules: scenario
+            .as_ref()
+            .map(|s| crate::guest::early_modules(&plan, s))
+            .unwrap_or_default(),
     })
 }
 
