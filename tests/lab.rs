@@ -292,10 +292,30 @@ fn check_lab_result(path: &Path, r: &serde_json::Value) {
             && !lab["accel_reason"].as_str().unwrap().is_empty(),
         "{lab:#}"
     );
-    assert!(lab["qemu_command"]
-        .as_str()
-        .is_some_and(|q| q.contains("nvdimm")));
+    let qemu = lab["qemu_command"].as_str().unwrap_or("");
+    assert!(qemu.contains("nvdimm"), "{qemu}");
     assert!(path.with_file_name("console.log").exists());
+    // Debian's kernel boots through QEMU's PVH entry: the last -kernel QEMU got is the
+    // uncompressed vmlinux of this release, and the console has the kernel's banner but not
+    // the line the bzImage's real-mode set-up prints ("Probing EDD"), which PVH skips.
+    let kernel = qemu
+        .rsplit(" -kernel ")
+        .next()
+        .and_then(|k| k.split_whitespace().next())
+        .unwrap_or("");
+    assert!(
+        kernel.ends_with(&format!("/boot/vmlinux-{release}")),
+        "QEMU's last -kernel is {kernel}: {qemu}"
+    );
+    let console = std::fs::read_to_string(path.with_file_name("console.log")).unwrap();
+    assert!(
+        console.contains(&format!("Linux version {release}")),
+        "{console}"
+    );
+    assert!(
+        !console.contains("Probing EDD"),
+        "a bzImage boot: {console}"
+    );
     // Its phases: the guest got through boot and set-up and ran every job, each timed, and
     // the phases that follow one another add up to no more than the whole.
     let t = &lab["timings"];

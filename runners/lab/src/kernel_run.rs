@@ -120,6 +120,7 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
         cpus: opts.plan.cpus,
         kmem_node: opts.plan.kmem_node,
         movablecore: opts.plan.movablecore.clone(),
+        pvh: kernel.pvh.as_deref(),
         exec,
     };
     let args = vm::vng_args(&shape);

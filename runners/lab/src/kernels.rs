@@ -83,6 +83,9 @@ pub struct Kernel {
     pub release: String,
     /// What `vng -r` gets: the image, or the build tree.
     pub boot: PathBuf,
+    /// The uncompressed kernel QEMU boots instead through its PVH entry (Debian's images:
+    /// [`crate::pvh`]), when there is one.
+    pub pvh: Option<PathBuf>,
     /// Where it came from: Debian packages with versions, or the user's paths.
     pub source: Vec<String>,
     /// Whether the kernel came from the cache without downloading.
@@ -251,10 +254,32 @@ pub fn prepare_deb(
             dir.display()
         )
     })?;
+    // Once per unpacked kernel; a kernel without it boots its bzImage.
+    // (Usr-merged images have their vmlinuz in lib/modules/RELEASE/ and no boot/.)
+    let pvh = match std::fs::create_dir_all(dir.join("boot"))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| crate::pvh::prepare(&boot, &dir.join(format!("boot/vmlinux-{release}"))))
+    {
+        Ok((p, made)) => {
+            if made {
+                log(&format!(
+                    "decompressed the kernel of {image_pkg} for QEMU's PVH entry (no bzImage boot)"
+                ));
+            }
+            Some(p)
+        }
+        Err(e) => {
+            log(&format!(
+                "warning: {image_pkg} boots its bzImage (slower under TCG): {e:#}"
+            ));
+            None
+        }
+    };
     Ok(Kernel {
         spec: format!("deb:{want}"),
         release,
         boot,
+        pvh,
         source: vec![format!("debian:{image_pkg}={version}")],
         cached,
     })
@@ -459,6 +484,8 @@ pub fn prepare_path(cache: &Path, image: &Path, modules: Option<&Path>) -> Resul
     Ok(Kernel {
         spec: format!("path:{}", image.display()),
         boot: dir.join(format!("boot/vmlinuz-{release}")),
+        // A user's image may be rebuilt in place: it boots as it is.
+        pvh: None,
         release,
         source,
         cached: true,
@@ -485,6 +512,9 @@ pub fn prepare_tree(dir: &Path) -> Result<Kernel> {
         spec: format!("tree:{}", dir.display()),
         release,
         boot: dir.clone(),
+        // vng boots the tree's own bzImage (the tree's vmlinux may carry the PVH note too;
+        // not used yet).
+        pvh: None,
         source: vec![format!("tree:{}", dir.display())],
         cached: true,
     })

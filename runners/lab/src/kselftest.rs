@@ -999,6 +999,7 @@ ok 5 # xfail not this time
             spec: "deb:6.1".into(),
             release: "6.1.0-57-amd64".into(),
             boot: "/k".into(),
+            pvh: None,
             source: vec!["debian:linux-image-6.1.0-57-amd64=6.1.192-3".into()],
             cached: true,
         };

@@ -33,6 +33,7 @@ mod kmem;
 pub mod kselftest;
 mod matrix;
 mod options;
+pub mod pvh;
 mod record;
 pub mod status;
 mod sys;

@@ -194,6 +194,10 @@ pub struct GuestShape<'a> {
     pub kmem_node: bool,
     /// `movablecore=` for the kernel (`--movablecore`).
     pub movablecore: Option<String>,
+    /// The uncompressed kernel for QEMU's PVH entry ([`crate::pvh`]): given to QEMU after
+    /// vng's `-kernel` (QEMU keeps the last), so vng still finds the kernel's version and
+    /// modules from the image it is given.
+    pub pvh: Option<&'a Path>,
     pub exec: String,
 }
 
@@ -283,6 +287,9 @@ pub fn vng_args(s: &GuestShape) -> Vec<String> {
             a.push("--memory".into());
             a.push(format!("{}M", s.memory_mib));
         }
+    }
+    if let Some(k) = s.pvh.and_then(|p| shlex::try_quote(p.to_str()?).ok()) {
+        a.push(format!("--qemu-opts=-kernel {k}"));
     }
     a.push(format!("--append={}", append.join(" ")));
     a.push(format!("--exec={}", s.exec));
@@ -542,6 +549,7 @@ mod tests {
             cpus: 2,
             kmem_node: false,
             movablecore: None,
+            pvh: None,
             exec: "/bin/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
         }
     }
@@ -579,6 +587,21 @@ mod tests {
         assert!(!a.iter().any(|x| x.starts_with("--numa")) && !q.contains("node="));
         // --kmem-node: node 0 holds the RAM and the CPUs, node 1 is memoryless and owns
         // the NVDIMM.
+        // The PVH kernel comes after vng's own -kernel, quoted for vng's shell split.
+        let pvh = vng_args(&GuestShape {
+            pvh: Some(Path::new("/cache/kernels/a b/boot/vmlinux-6.1.0-56-amd64")),
+            ..shape(&tcg, PmemMode::Nvdimm)
+        });
+        let k = pvh
+            .iter()
+            .position(|x| x.starts_with("--qemu-opts=-kernel "))
+            .unwrap();
+        assert_eq!(
+            pvh[k],
+            "--qemu-opts=-kernel '/cache/kernels/a b/boot/vmlinux-6.1.0-56-amd64'"
+        );
+        assert!(pvh.iter().position(|x| x.contains("nvdimm=on")).unwrap() < k);
+        assert!(!a.iter().any(|x| x.contains("-kernel")));
         let k = vng_args(&GuestShape {
             kmem_node: true,
             ..shape(&tcg, PmemMode::Nvdimm)
