@@ -1149,6 +1149,132 @@ fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
     }
 }
 
+const MIGRATION_SCENARIO: &str = r#"
+name = "lab-migration-witness"
+description = "move_pages between two nodes under io_uring pins on anonymous memory, the ground migration.c covers without pins"
+seed = 1
+
+[storm]
+pins = ["io_uring"]
+backings = ["anon"]
+maps = ["private"]
+ops = ["migrate"]
+file_size = "2M"
+pinners = 1
+disruptors = 1
+hold = "2ms"
+rate = 100
+duration = "2s"
+"#;
+
+/// The kernel's own migration selftest (6.12's tree, its own kernel) on a guest with a kmem
+/// node, so two nodes with memory, and three CPUs (it needs two threads besides its own),
+/// beside a `migrate` storm on the same kind of memory: `migration.private_anon` moves an
+/// unpinned private anonymous buffer between the two nodes while threads read it and passes
+/// when every `move_pages` succeeds; pinstorm's storm moves ranges of a private anonymous
+/// buffer that is registered as an io_uring fixed buffer now and then, and says per call
+/// how many pages moved. The selftest passes exactly where pinstorm saw pages move, and
+/// none of pinstorm's pinned pages moved (its moved oracle, where it judged).
+#[test]
+fn kernel_selftest_migration_agrees_with_a_migrate_storm_on_a_kmem_node_in_a_lab_guest() {
+    if skip("kernel_selftest_migration_agrees_with_a_migrate_storm") {
+        return;
+    }
+    let _g = serial();
+    let tmp = tempdir("lab-migration");
+    let results = tmp.join("results");
+    let scenario = tmp.join("migration.toml");
+    std::fs::write(&scenario, MIGRATION_SCENARIO).unwrap();
+    let o = pinstorm()
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--quiet",
+            "lab",
+            "--fresh",
+            "--kernels",
+            "deb:6.12",
+            "--no-rxe",
+            "--kmem-node",
+            "--cpus",
+            "3",
+            "--timeout",
+            "8m",
+            "--kselftests",
+            "migration",
+        ])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let all = results_in(&results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (_, r) = &all[0];
+    assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
+    let m = r["lab"]["kselftests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "migration")
+        .unwrap_or_else(|| panic!("{:#}", r["lab"]["kselftests"]));
+    assert_ne!(m["outcome"], "notrun", "{m:#}");
+    assert_eq!(m["source_matches"], true, "6.12's own tree: {m:#}");
+    let case = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["description"] == "migration.private_anon")
+        .unwrap_or_else(|| panic!("no private_anon case: {m:#}"));
+    let selftest_moved = match case["result"].as_str().unwrap() {
+        "ok" => true,
+        "fail" => false,
+        other => panic!("private_anon {other} with two nodes and three CPUs: {case:#}"),
+    };
+
+    let storm = r["storms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["backing"] == "anon" && s["control"] != true)
+        .unwrap_or_else(|| panic!("{:#}", r["storms"]));
+    let op = storm["layout_ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["op"] == "migrate")
+        .unwrap();
+    assert_eq!(op["outcome"], "ok", "{op:#}");
+    // "migrate file=0: move_pages 40960+1916928 node 0 -> 1: 467 of 468 moved (EBUSY x1)"
+    let calls: Vec<(u64, u64)> = storm["sequence_head"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|per_file| per_file.as_array().unwrap())
+        .filter_map(|l| {
+            let l = l.as_str()?;
+            let (_, tail) = l.split_once(" moved")?.0.rsplit_once(": ")?;
+            let (n, of) = tail.split_once(" of ")?;
+            Some((n.parse().ok()?, of.parse().ok()?))
+        })
+        .collect();
+    assert!(!calls.is_empty(), "no move_pages call described: {storm:#}");
+    let pinstorm_moved = calls.iter().any(|(n, _)| *n > 0);
+    eprintln!(
+        "migration.private_anon {}; pinstorm's move_pages calls (moved of asked): {calls:?}",
+        case["result"]
+    );
+    assert_eq!(
+        pinstorm_moved, selftest_moved,
+        "migration.private_anon {case:#} against pinstorm's calls {calls:?}"
+    );
+    let moved = &storm["oracle"]["moved"];
+    assert!(
+        moved["notrun"].is_string() || moved["count"] == 0,
+        "a pinned page moved: {moved:#}"
+    );
+    assert_nothing_left();
+}
+
 const KSELFTEST_SCENARIO: &str = r#"
 name = "lab-kselftest-witness"
 description = "io_uring long-term pins per backing and map, the cells gup_longterm also tests"
