@@ -1305,13 +1305,16 @@ duration = "2s"
 /// cases register anonymous private memory as an io_uring fixed buffer (FOLL_WRITE |
 /// FOLL_PIN | FOLL_LONGTERM), fork, write it in the parent and have the device read it back:
 /// the pin must see the parent's write. pinstorm's `fork-cow` storms do the same (the child
-/// writes too) and judge it with the diverged oracle, both ways. "base page" is pinstorm's
-/// `anon` (Debian's kernels make THP only on madvise, which pinstorm's anon backing never
-/// asks for) and "hugetlb (2048 kB)" its `anon-hugetlb`; cow.c's THP, swapped-out and
+/// writes too) and judge it with the diverged oracle, both ways. pinstorm's `anon` is
+/// whatever the kernel gives a 2 MiB private anonymous mapping: Debian builds THP `always`,
+/// so a THP where the mapping happens to be 2 MiB-aligned (kernels from 6.7 align such
+/// mappings) and base pages otherwise; pinstorm does not record which. So both cow.c's
+/// "base page" and "THP (2048 kB)" cases are compared with it, and each must agree;
+/// "hugetlb (2048 kB)" is its `anon-hugetlb`. cow.c's swapped-out, PTE-mapped and
 /// partially-mapped variants have no pinstorm cell.
 fn cow_fork_cell(description: &str) -> Option<&'static str> {
     match description.strip_prefix("fork() with an iouring fixed buffer ... with ")? {
-        "base page" => Some("anon"),
+        "base page" | "THP (2048 kB)" => Some("anon"),
         "hugetlb (2048 kB)" => Some("anon-hugetlb"),
         _ => None,
     }

@@ -37,8 +37,15 @@ impl LayoutOp for Migrate {
             .map_err(|e| err("move_pages", e))?;
         let moved = status.iter().filter(|s| **s == to).count();
         let mut refused = std::collections::BTreeMap::<String, usize>::new();
-        for s in status.iter().filter(|s| **s < 0) {
-            *refused.entry(crate::sys::Errno(-s).name()).or_default() += 1;
+        for s in status.iter().filter(|s| **s != to) {
+            // A page that failed to migrate without an errno of its own keeps its node as its
+            // status (move_pages then returns how many did not move).
+            let k = if *s < 0 {
+                crate::sys::Errno(-s).name()
+            } else {
+                format!("stayed on node {s}")
+            };
+            *refused.entry(k).or_default() += 1;
         }
         let refused: Vec<String> = refused.iter().map(|(e, n)| format!("{e} x{n}")).collect();
         Ok(Applied {
