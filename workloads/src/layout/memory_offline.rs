@@ -88,8 +88,8 @@ fn statuses(status: &[i32], node: i32) -> String {
 
 /// Put a block this call took offline back online the way it was. A block that holds
 /// hardware-poisoned pages (another operation's, here) goes offline but never online again
-/// until reboot on kernels with "mm/hwpoison: introduce per-memory_block hwpoison counter"
-/// (Oct 2022): `memory_block_online()` returns -EHWPOISON. Measured: Debian's 6.1 onlines
+/// until reboot on kernels with 5033091de814 "mm/hwpoison: introduce per-memory_block
+/// hwpoison counter" (6.2): `memory_block_online()` returns -EHWPOISON. Measured: Debian's 6.1 onlines
 /// such a block (docs/mm.md).
 fn put_back(block: u32, online: Online, effect: Effect) -> Result<(), LayoutError> {
     let back = memblock::write_state(block, online.state(), Duration::from_secs(10));
