@@ -118,6 +118,42 @@ fn results_in(root: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     out
 }
 
+/// One lab run that must file exactly one result: `pinstorm --results RESULTS --quiet lab
+/// --fresh ARGS` (the kernels, options and scenario).
+struct OneLab {
+    code: Option<i32>,
+    err: String,
+    path: PathBuf,
+    r: serde_json::Value,
+}
+
+fn lab_once(results: &Path, args: &[&str]) -> OneLab {
+    let o = pinstorm()
+        .arg("--results")
+        .arg(results)
+        .args(["--quiet", "lab", "--fresh"])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let all = results_in(results);
+    assert_eq!(all.len(), 1, "{err}");
+    let (path, r) = all.into_iter().next().unwrap();
+    OneLab {
+        code: o.status.code(),
+        err,
+        path,
+        r,
+    }
+}
+
+/// A scenario file `name` in `dir` with `text`; its path for the command line.
+fn scenario_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 fn probe_row<'a>(
     r: &'a serde_json::Value,
     pin: &str,
@@ -690,32 +726,24 @@ fn a_template_nvdimm_image_is_made_once_and_the_next_guest_boots_on_a_copy() {
     }
     let _g = serial();
     let tmp = tempdir("lab-template");
-    let scenario = tmp.join("template.toml");
-    std::fs::write(&scenario, TEMPLATE_SCENARIO).unwrap();
+    let scenario = scenario_file(&tmp, "template.toml", TEMPLATE_SCENARIO);
     // The templates are the cache's and made again on demand: start without any.
     let dir = cache().join("nvdimm");
     let _ = std::fs::remove_dir_all(&dir);
     let run = |results: &Path| {
-        let o = pinstorm()
-            .arg("--results")
-            .arg(results)
-            .args([
-                "--quiet",
-                "lab",
-                "--fresh",
+        let l = lab_once(
+            results,
+            &[
                 "--kernels",
                 "deb:6.1",
                 "--no-rxe",
-            ])
-            .args(["--timeout", "8m"])
-            .arg(&scenario)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(0), "{err}");
-        let all = results_in(results);
-        assert_eq!(all.len(), 1, "{err}");
-        all.into_iter().next().unwrap().1
+                "--timeout",
+                "8m",
+                &scenario,
+            ],
+        );
+        assert_eq!(l.code, Some(0), "{}", l.err);
+        l.r
     };
     let dax_everywhere = |r: &serde_json::Value| {
         for b in ["xfs-dax", "ext4-dax", "devdax"] {
@@ -803,29 +831,21 @@ fn the_guests_pmem_as_a_scratch_device_gets_dax_and_is_blank_afterwards() {
     }
     let _g = serial();
     let tmp = tempdir("lab-scratch-dev");
-    let results = tmp.join("results");
-    let scenario = tmp.join("scratch-dev.toml");
-    std::fs::write(&scenario, SCRATCH_DEV_SCENARIO).unwrap();
-    let o = pinstorm()
-        .arg("--results")
-        .arg(&results)
-        .args([
-            "--quiet",
-            "lab",
-            "--fresh",
+    let scenario = scenario_file(&tmp, "scratch-dev.toml", SCRATCH_DEV_SCENARIO);
+    let OneLab { code, err, r, .. } = lab_once(
+        &tmp.join("results"),
+        &[
             "--kernels",
             "deb:6.1",
             "--no-rxe",
-        ])
-        .args(["--pmem-scratch-dev", "--timeout", "8m"])
-        .arg(&scenario)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{err}");
-    let all = results_in(&results);
-    assert_eq!(all.len(), 1, "{err}");
-    let r = &all[0].1;
+            "--pmem-scratch-dev",
+            "--timeout",
+            "8m",
+            &scenario,
+        ],
+    );
+    assert!(matches!(code, Some(0) | Some(3)), "{err}");
+    let r = &r;
     let facts = r["lab"]["guest"].as_array().unwrap();
     let fact = |name: &str| {
         facts
@@ -899,13 +919,9 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
         return;
     };
     let exec = MM_LAB_EXEC.replace("@PROBE@", probe.to_str().unwrap());
-    let o = pinstorm()
-        .arg("--results")
-        .arg(&results)
-        .args([
-            "--quiet",
-            "lab",
-            "--fresh",
+    let OneLab { code, err, path, r } = lab_once(
+        &results,
+        &[
             "--kernels",
             "deb:6.1",
             "--no-rxe",
@@ -915,15 +931,11 @@ fn memory_operations_that_damage_memory_agree_with_the_witnesses_in_a_lab_guest(
             "--guest-exec",
             &exec,
             "mm-vs-pin-lab",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let all = results_in(&results);
-    assert_eq!(all.len(), 1, "{err}");
-    let (path, r) = &all[0];
+        ],
+    );
+    let (path, r) = (&path, &r);
     assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(code, Some(0), "{err}");
     let facts = r["lab"]["guest"].as_array().unwrap();
     let kmem = facts.iter().find(|f| f["name"] == "kmem-node").unwrap();
     assert_eq!(kmem["outcome"], "ok", "{kmem:#}");
@@ -1101,14 +1113,14 @@ fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
     }
     let _g = serial();
     let tmp = tempdir("lab-movable");
-    let results = tmp.join("results");
-    let o = pinstorm()
-        .arg("--results")
-        .arg(&results)
-        .args([
-            "--quiet",
-            "lab",
-            "--fresh",
+    let OneLab {
+        code,
+        err,
+        path,
+        r,
+    } = lab_once(
+        &tmp.join("results"),
+        &[
             "--kernels",
             "deb:6.1",
             "--no-rxe",
@@ -1119,15 +1131,11 @@ fn a_long_term_pin_moves_pages_out_of_zone_movable_in_a_lab_guest() {
             "--guest-exec",
             "awk '/^Node/ {z=$4} z==\"Movable\" && $1==\"present\" {print \"movable-present\", $2}' /proc/zoneinfo",
             "pin-migration",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let all = results_in(&results);
-    assert_eq!(all.len(), 1, "{err}");
-    let (path, r) = &all[0];
+        ],
+    );
+    let (path, r) = (&path, &r);
     assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(code, Some(0), "{err}");
     let log = std::fs::read_to_string(path.with_file_name("guest-exec.log")).unwrap();
     let present: u64 = log
         .lines()
@@ -1182,16 +1190,10 @@ fn kernel_selftest_migration_agrees_with_a_migrate_storm_on_a_kmem_node_in_a_lab
     }
     let _g = serial();
     let tmp = tempdir("lab-migration");
-    let results = tmp.join("results");
-    let scenario = tmp.join("migration.toml");
-    std::fs::write(&scenario, MIGRATION_SCENARIO).unwrap();
-    let o = pinstorm()
-        .arg("--results")
-        .arg(&results)
-        .args([
-            "--quiet",
-            "lab",
-            "--fresh",
+    let scenario = scenario_file(&tmp, "migration.toml", MIGRATION_SCENARIO);
+    let OneLab { err, r, .. } = lab_once(
+        &tmp.join("results"),
+        &[
             "--kernels",
             "deb:6.12",
             "--no-rxe",
@@ -1202,14 +1204,10 @@ fn kernel_selftest_migration_agrees_with_a_migrate_storm_on_a_kmem_node_in_a_lab
             "8m",
             "--kselftests",
             "migration",
-        ])
-        .arg(&scenario)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let all = results_in(&results);
-    assert_eq!(all.len(), 1, "{err}");
-    let (_, r) = &all[0];
+            &scenario,
+        ],
+    );
+    let r = &r;
     assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
     let m = r["lab"]["kselftests"]
         .as_array()
@@ -1373,17 +1371,11 @@ fn kernel_selftests_gup_longterm_and_cow_agree_with_pinstorm_cell_by_cell_in_a_l
     }
     let _g = serial();
     let tmp = tempdir("lab-kselftest");
-    let results = tmp.join("results");
-    let scenario = tmp.join("kselftest.toml");
-    std::fs::write(&scenario, KSELFTEST_SCENARIO).unwrap();
+    let scenario = scenario_file(&tmp, "kselftest.toml", KSELFTEST_SCENARIO);
     let start = Instant::now();
-    let o = pinstorm()
-        .arg("--results")
-        .arg(&results)
-        .args([
-            "--quiet",
-            "lab",
-            "--fresh",
+    let OneLab { err, path, r, .. } = lab_once(
+        &tmp.join("results"),
+        &[
             "--kernels",
             "deb:6.1",
             "--pmem",
@@ -1395,18 +1387,14 @@ fn kernel_selftests_gup_longterm_and_cow_agree_with_pinstorm_cell_by_cell_in_a_l
             "gup_longterm,cow",
             "--kselftest-source",
             "6.12",
-        ])
-        .arg(&scenario)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+            &scenario,
+        ],
+    );
     eprintln!(
         "lab with the selftests: {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let all = results_in(&results);
-    assert_eq!(all.len(), 1, "{err}");
-    let (path, r) = &all[0];
+    let (path, r) = (&path, &r);
     assert_eq!(r["lab"]["status"], "ok", "{err} {:#}", r["lab"]);
     let tests = r["lab"]["kselftests"].as_array().unwrap();
     let named = |n: &str| {
