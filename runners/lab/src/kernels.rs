@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::apt::{version_cmp, Apt};
+use crate::decompress::{decompress, Codec, Input};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KernelSpec {
@@ -375,41 +376,24 @@ fn decompress_lab_modules(dir: &Path, release: &str) -> Result<usize> {
         .with_context(|| format!("reading {}", rel.join("modules.dep").display()))?;
     let mut n = 0;
     for f in module_closure(&dep, &wanted) {
-        let tool = match f.rsplit_once(".ko.") {
-            Some((_, "xz")) => "xz",
-            Some((_, "zst")) => "zstd",
-            Some((_, "gz")) => "gzip",
-            _ => continue,
+        let Some((stem, codec)) = f
+            .rsplit_once(".ko.")
+            .and_then(|(stem, suffix)| Some((stem, Codec::of_suffix(suffix)?)))
+        else {
+            continue;
         };
         // Paths from modules.dep stay inside the release directory.
         if f.starts_with('/') || f.split('/').any(|c| c == "..") {
             bail!("modules.dep names {f:?} outside its directory");
         }
         let src = rel.join(&f);
-        let dst = rel.join(
-            f.rsplit_once(".ko.")
-                .map(|(a, _)| format!("{a}.ko"))
-                .unwrap_or_default(),
-        );
+        let dst = rel.join(format!("{stem}.ko"));
         if !src.exists() && dst.exists() {
             // Decompressed by a lab killed before its depmod: modules.dep is redone below.
             n += 1;
             continue;
         }
-        let tmp = dst.with_extension("ko.partial");
-        let out =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let st = Command::new(tool)
-            .arg("-dc")
-            .arg(&src)
-            .stdout(out)
-            .status()
-            .with_context(|| format!("running {tool} (to decompress {})", src.display()))?;
-        if !st.success() {
-            let _ = std::fs::remove_file(&tmp);
-            bail!("{tool} -dc {} failed", src.display());
-        }
-        std::fs::rename(&tmp, &dst)?;
+        decompress(codec, Input::File(&src), &dst, |_| Ok(()))?;
         std::fs::remove_file(&src)?;
         n += 1;
     }

@@ -25,6 +25,7 @@ pub mod apt;
 pub mod build;
 mod cache;
 pub mod console;
+mod decompress;
 pub mod guest;
 pub mod guest_init;
 mod kernel_run;

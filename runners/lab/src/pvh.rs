@@ -10,41 +10,11 @@
 //! gives QEMU that file. Nothing here executes the kernel's code: the bzImage's setup header
 //! says where the payload is.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
-/// How a bzImage's payload is compressed, and the host tool that decompresses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    Xz,
-    Zstd,
-    Gzip,
-}
-
-impl Codec {
-    fn tool(self) -> &'static str {
-        match self {
-            Codec::Xz => "xz",
-            Codec::Zstd => "zstd",
-            Codec::Gzip => "gzip",
-        }
-    }
-
-    fn of(payload: &[u8]) -> Option<Codec> {
-        if payload.starts_with(b"\xfd7zXZ\x00") {
-            Some(Codec::Xz)
-        } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
-            Some(Codec::Zstd)
-        } else if payload.starts_with(b"\x1f\x8b") {
-            Some(Codec::Gzip)
-        } else {
-            None
-        }
-    }
-}
+use crate::decompress::{decompress, Codec, Input};
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -83,7 +53,7 @@ pub fn payload(image: &[u8]) -> Result<(Codec, &[u8], Option<u32>)> {
     let p = image
         .get(start..start + len)
         .context("the payload runs past the end of the image")?;
-    let codec = Codec::of(p).context("the payload is not xz, zstd or gzip")?;
+    let codec = Codec::of_magic(p).context("the payload is not xz, zstd or gzip")?;
     Ok(match codec {
         Codec::Gzip => (codec, p, None),
         _ => {
@@ -143,33 +113,8 @@ pub fn prepare(image: &Path, out: &Path) -> Result<(PathBuf, bool)> {
     }
     let bz = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let (codec, data, size) = payload(&bz).with_context(|| image.display().to_string())?;
-    let mut partial = out.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let mut child = Command::new(codec.tool())
-        .arg("-dc")
-        .stdin(Stdio::piped())
-        .stdout(file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {} (to decompress the kernel)", codec.tool()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let fed = stdin.write_all(data);
-    drop(stdin);
-    let done = child.wait_with_output()?;
-    let check = || -> Result<()> {
-        fed.context("feeding the payload")?;
-        if !done.status.success() {
-            bail!(
-                "{} -dc: {}: {}",
-                codec.tool(),
-                done.status,
-                String::from_utf8_lossy(&done.stderr).trim()
-            );
-        }
-        let elf = std::fs::read(&partial)?;
+    decompress(codec, Input::Bytes(data), out, |partial| {
+        let elf = std::fs::read(partial)?;
         if let Some(n) = size {
             ensure!(
                 elf.len() == n as usize,
@@ -182,18 +127,15 @@ pub fn prepare(image: &Path, out: &Path) -> Result<(PathBuf, bool)> {
             "the kernel has no PVH entry note (CONFIG_PVH)"
         );
         Ok(())
-    };
-    if let Err(e) = check() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
-    std::fs::rename(&partial, out)?;
+    })?;
     Ok((out.to_path_buf(), true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
 
     /// A bzImage's first bytes with a setup header pointing at `payload`.
     fn bzimage(payload: &[u8]) -> Vec<u8> {
