@@ -591,8 +591,6 @@ mod tests {
         assert!(q.contains("nvdimm=on") && q.contains("label-size=128K"));
         assert!(q.contains("mem-path=/cache/runs/r/nvdimm.img"));
         assert!(!a.iter().any(|x| x.starts_with("--numa")) && !q.contains("node="));
-        // --kmem-node: node 0 holds the RAM and the CPUs, node 1 is memoryless and owns
-        // the NVDIMM.
         // The PVH kernel comes after vng's own -kernel, quoted for vng's shell split.
         let pvh = vng_args(&GuestShape {
             pvh: Some(Path::new("/cache/kernels/a b/boot/vmlinux-6.1.0-56-amd64")),
@@ -608,6 +606,8 @@ mod tests {
         );
         assert!(pvh.iter().position(|x| x.contains("nvdimm=on")).unwrap() < k);
         assert!(!a.iter().any(|x| x.contains("-kernel")));
+        // --kmem-node: node 0 holds the RAM and the CPUs, node 1 is memoryless and owns
+        // the NVDIMM.
         let k = vng_args(&GuestShape {
             kmem_node: true,
             ..shape(&tcg, PmemMode::Nvdimm)

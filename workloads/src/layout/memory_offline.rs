@@ -89,8 +89,8 @@ fn statuses(status: &[i32], node: i32) -> String {
 /// Put a block this call took offline back online the way it was. A block that holds
 /// hardware-poisoned pages (another operation's, here) goes offline but never online again
 /// until reboot on kernels with 5033091de814 "mm/hwpoison: introduce per-memory_block
-/// hwpoison counter" (6.2): `memory_block_online()` returns -EHWPOISON. Measured: Debian's 6.1 onlines
-/// such a block (docs/mm.md).
+/// hwpoison counter" (6.2): `memory_block_online()` returns -EHWPOISON. Measured: Debian's
+/// 6.1 onlines such a block (docs/mm.md).
 fn put_back(block: u32, online: Online, effect: Effect) -> Result<(), LayoutError> {
     let back = memblock::write_state(block, online.state(), Duration::from_secs(10));
     if matches!(back, Ok(StateWrite::Done { .. })) {
@@ -269,6 +269,9 @@ impl LayoutOp for MemoryOffline {
                     ));
                 }
                 StateWrite::Failed { errno, ms } => {
+                    if offline_now {
+                        put_back(*b, online, effect)?;
+                    }
                     done.push(format!(
                         "memory{b} ({pages} pages): {} after {ms:.1} ms",
                         errno.name()
@@ -294,9 +297,6 @@ impl LayoutOp for MemoryOffline {
                         })),
                     ));
                 }
-            }
-            if offline_now && matches!(w, StateWrite::Failed { .. }) {
-                put_back(*b, online, effect)?;
             }
         }
         let desc = format!(
