@@ -300,12 +300,52 @@ fn module_groups(plan: &GuestPlan, scenario: &Scenario) -> [Vec<&'static str>; 2
     [devices, fs]
 }
 
-/// [`module_groups`] for the lab's init on the host: the groups that are not empty.
-pub(crate) fn early_modules(plan: &GuestPlan, scenario: &Scenario) -> Vec<Vec<&'static str>> {
-    module_groups(plan, scenario)
+/// The tags of [`module_groups`]' two groups, in order (their loaders' names, see
+/// [`crate::guest_init::loader_name`]).
+const GROUP_TAGS: [&str; 2] = ["devices", "fs"];
+
+/// How long the agent waits for one of the init's loaders before it asks kmod itself.
+const LOADER_BOUND: Duration = Duration::from_secs(60);
+
+/// [`module_groups`] for the lab's init on the host: the groups that are not empty, each
+/// with its tag (the files to load are the host's to add).
+pub(crate) fn early_modules(
+    plan: &GuestPlan,
+    scenario: &Scenario,
+) -> Vec<crate::guest_init::EarlyGroup> {
+    GROUP_TAGS
         .into_iter()
-        .filter(|g| !g.is_empty())
+        .zip(module_groups(plan, scenario))
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(tag, modules)| crate::guest_init::EarlyGroup {
+            tag,
+            modules,
+            files: None,
+        })
         .collect()
+}
+
+/// Wait while the lab's init still loads the group `tag` (a process with its loader's name
+/// is alive), at most `bound`; returns how long it waited. Then [`not_loaded`] tells what
+/// it left for kmod: asking kmod while the loader runs costs a modprobe process started
+/// over 9p (0.5-1 s under TCG) only to wait for the same modules.
+fn wait_for_loader(tag: &str, bound: Duration) -> Duration {
+    let name = crate::guest_init::loader_name(tag);
+    let start = Instant::now();
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == name.as_bytes()))
+            })
+    };
+    while start.elapsed() < bound && alive() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
 }
 
 /// Of `names`, the modules not in the kernel yet, or still loading: the lab's init may have
@@ -1010,27 +1050,38 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
     // benchmark), xfs ~1 s, each in the run's critical path before.
     let [devices, fs] = module_groups(&plan, &scenario);
-    let fs_modules = not_loaded(&fs);
-    let mut preload = (!fs_modules.is_empty())
-        .then(|| {
-            Command::new("modprobe")
-                .arg("-a")
-                .args(&fs_modules)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .ok()
+    // What the init's fs loader leaves missing, kmod loads on a thread of its own.
+    let fs_loader = (!fs.is_empty()).then(|| {
+        std::thread::spawn(move || {
+            wait_for_loader(GROUP_TAGS[1], LOADER_BOUND);
+            let missing = not_loaded(&fs);
+            if !missing.is_empty() {
+                let mut args = vec!["-a"];
+                args.extend(missing);
+                let _ = sh("modprobe", &args);
+            }
         })
-        .flatten();
+    });
     std::fs::create_dir_all(GUEST_ROOT)?;
-    // Every module the set-up will use, in one modprobe: without udev nothing has loaded
-    // them, and each modprobe is a process started from the 9p root (slow under TCG). What
-    // this misses, the steps' own modprobe reports.
+    // Every module the set-up will use, in one modprobe, for what the init's loader could
+    // not load: without udev nothing else loads them. What this misses, the steps' own
+    // modprobe reports.
+    wait_for_loader(GROUP_TAGS[0], LOADER_BOUND);
     let wanted = not_loaded(&devices);
     if !wanted.is_empty() {
         let mut args = vec!["-a"];
         args.extend(wanted);
         let _ = sh("modprobe", &args);
+    }
+    laps.lap("modules");
+    // The DAX filesystems' mounts need their modules: without them, each mount would have
+    // the kernel start a modprobe of its own.
+    let mut fs_loader = fs_loader;
+    if needs.pmem.is_none() {
+        if let Some(t) = fs_loader.take() {
+            let _ = t.join();
+            laps.lap("fs-modules");
+        }
     }
     laps.lap("modules");
     let targets = match &needs.pmem {
@@ -1058,9 +1109,9 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         }
         Some(why) => report.facts.push(fact("rxe", false, why.clone())),
     }
-    if let Some(c) = preload.as_mut() {
+    if let Some(t) = fs_loader {
         // Whatever it could not load, the run's mount asks for again and reports.
-        let _ = c.wait();
+        let _ = t.join();
         laps.lap("fs-modules");
     }
     report.setup = laps.phases;

@@ -129,7 +129,12 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
     // The lab's init in front of virtme-ng's (no udev, no systemd-tmpfiles); the recorded
     // QEMU command is the one that runs.
     let (args, qemu) = match lab_init(&run, &args, qemu.as_deref(), &written.modules) {
-        Ok((a, _)) => {
+        Ok((a, _, initramfs_why)) => {
+            if let Some(why) = initramfs_why {
+                log(&format!(
+                    "{spec}: booting virtme-ng's initramfs (the lab's init loads the modules): {why}"
+                ));
+            }
             let q = vm::qemu_command(&lab.vng, &a, &env);
             (a, q)
         }
@@ -260,13 +265,15 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
 }
 
 /// The vng arguments that boot the lab's init script (written into the run directory, which
-/// the guest cannot write) in front of virtme-ng's, and the script's path.
+/// the guest cannot write) in front of virtme-ng's, and the lab's initramfs in place of
+/// virtme-ng's (see [`crate::initramfs`]); the script's path; and why the initramfs is
+/// virtme-ng's after all, if it is.
 fn lab_init(
     run: &RunDir,
     args: &[String],
     qemu: Option<&str>,
-    modules: &[Vec<&'static str>],
-) -> std::result::Result<(Vec<String>, PathBuf), String> {
+    modules: &[crate::guest_init::EarlyGroup],
+) -> std::result::Result<(Vec<String>, PathBuf, Option<String>), String> {
     use std::os::unix::fs::PermissionsExt;
     let path = run.dir.join("lab-init");
     let q = qemu.ok_or("vng --dry-run printed no QEMU command")?;
@@ -274,22 +281,77 @@ fn lab_init(
         .ok_or("its kernel command line could not be rewritten")?;
     // The modules directory virtme-ng links into the guest (`virtme_link_mods=BASE/lib/
     // modules/RELEASE`): the script loads from there before virtme-ng's init links it.
-    let base = q
+    let link_mods = q
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("virtme_link_mods="))
+        .find_map(|w| w.strip_prefix("virtme_link_mods="));
+    let base = link_mods
         .and_then(|m| m.rsplitn(3, '/').nth(2))
         .and_then(|b| b.strip_suffix("/lib"));
+    // Each group's files in load order, from that directory's modules.dep, softdep and
+    // alias files: busybox's insmod loads them without a kmod process (the script checks
+    // each path).
+    let index = link_mods.and_then(|m| crate::kernels::ModIndex::read(Path::new(m)).ok());
+    let groups: Vec<crate::guest_init::EarlyGroup> = modules
+        .iter()
+        .map(|g| crate::guest_init::EarlyGroup {
+            files: index.as_ref().zip(link_mods).map(|(ix, dir)| {
+                ix.load_order(&g.modules)
+                    .into_iter()
+                    .map(|f| format!("{dir}/{f}"))
+                    .collect()
+            }),
+            ..g.clone()
+        })
+        .collect();
+    let busybox = std::fs::metadata(crate::guest_init::BUSYBOX).is_ok_and(|m| m.is_file());
+    // The 9p root's modules, for the lab's initramfs.
+    let boot: Vec<String> = index
+        .as_ref()
+        .zip(link_mods)
+        .map(|(ix, dir)| {
+            ix.load_order(crate::kernels::BOOT_MODULES)
+                .into_iter()
+                .map(|f| format!("{dir}/{f}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let initrd = run.dir.join("initrd.cpio");
+    let built = if !busybox {
+        Err(format!("no {}", crate::guest_init::BUSYBOX))
+    } else {
+        crate::initramfs::build(
+            &initrd,
+            Path::new(crate::guest_init::BUSYBOX),
+            &boot,
+            &groups,
+        )
+        .and_then(|()| {
+            initrd
+                .to_str()
+                .and_then(|p| shlex::try_quote(p).ok())
+                .map(|p| format!("--qemu-opts=-initrd {p}"))
+                .ok_or_else(|| format!("{} cannot be quoted", initrd.display()))
+        })
+    };
+    let (a, early_groups, why) = match built {
+        // QEMU keeps the last -initrd: the lab's, whose loaders started the modules.
+        Ok(opt) => {
+            let mut a = a;
+            a.push(opt);
+            (a, &[][..], None)
+        }
+        Err(why) => (a, &groups[..], Some(why)),
+    };
     let early = base.map(|base| crate::guest_init::EarlyModules {
         base,
-        groups: modules,
+        groups: early_groups,
     });
-    let busybox = std::fs::metadata(crate::guest_init::BUSYBOX).is_ok_and(|m| m.is_file());
     let text = crate::guest_init::script(&next, early.as_ref(), busybox)
         .ok_or("virtme-ng's init path cannot be quoted")?;
     std::fs::write(&path, text)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok((a, path))
+    Ok((a, path, why))
 }
 
 /// KVM or TCG for this kernel (the probe boots it under KVM), and say which.
@@ -314,7 +376,7 @@ struct WrittenPlan {
     /// Kept alive while the guest runs when this guest makes the cache's NVDIMM template.
     maker: Option<template::Maker>,
     /// The modules its set-up loads, in groups (the lab's init starts loading them early).
-    modules: Vec<Vec<&'static str>>,
+    modules: Vec<crate::guest_init::EarlyGroup>,
 }
 
 /// Write the guest's plan into the staging directory.

@@ -310,7 +310,7 @@ const DECOMPRESSED_MARKER: &str = ".lab-modules-decompressed";
 /// root, consoles and overlays), which a compressed module would have it decompress under
 /// TCG on every boot (7.2: 1.3 s from `Run /init` to the switch to the root, 0.8 s on 6.1,
 /// whose modules are not compressed).
-const BOOT_MODULES: &[&str] = &[
+pub(crate) const BOOT_MODULES: &[&str] = &[
     "9p",
     "9pnet_virtio",
     "virtiofs",
@@ -328,37 +328,143 @@ fn decompressed_modules() -> Vec<&'static str> {
     m
 }
 
-/// The files of `wanted` modules and of everything they depend on, from `modules.dep`
-/// (paths relative to the release directory).
-fn module_closure(dep: &str, wanted: &[&str]) -> Vec<String> {
-    let name_of = |path: &str| -> String {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        file.split(".ko").next().unwrap_or(file).replace('-', "_")
-    };
-    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-    for line in dep.lines() {
-        let Some((m, rest)) = line.split_once(':') else {
-            continue;
-        };
-        deps.insert(
-            name_of(m),
-            (
-                m.to_string(),
-                rest.split_whitespace().map(str::to_string).collect(),
-            ),
-        );
-    }
-    let mut todo: Vec<String> = wanted.iter().map(|w| w.replace('-', "_")).collect();
-    let mut files = BTreeSet::new();
-    while let Some(n) = todo.pop() {
-        let Some((path, d)) = deps.get(&n) else {
-            continue;
-        };
-        if files.insert(path.clone()) {
-            todo.extend(d.iter().map(|p| name_of(p)));
+/// A module's name from its file in `modules.dep` (`kernel/fs/xfs/xfs.ko.xz` -> `xfs`).
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// What kmod reads of a release's modules directory to load a module: `modules.dep` (each
+/// module's file and the files it needs), the `pre:` soft dependencies of
+/// `modules.softdep`, and `modules.alias` for the soft dependencies that name an alias
+/// (`softdep libcrc32c pre: crc32c`, where `crc32c` is crc32c_intel or crc32c_generic).
+#[derive(Default)]
+pub(crate) struct ModIndex {
+    deps: BTreeMap<String, (String, Vec<String>)>,
+    soft_pre: BTreeMap<String, Vec<String>>,
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl ModIndex {
+    /// From the texts of `modules.dep`, `modules.softdep` and `modules.alias` (the last two
+    /// may be empty).
+    pub(crate) fn parse(dep: &str, softdep: &str, alias: &str) -> ModIndex {
+        let deps = dep
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(m, rest)| {
+                (
+                    module_name(m),
+                    (
+                        m.to_string(),
+                        rest.split_whitespace().map(str::to_string).collect(),
+                    ),
+                )
+            })
+            .collect();
+        let mut soft_pre: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in softdep.lines() {
+            let mut w = line.split_whitespace();
+            if w.next() != Some("softdep") {
+                continue;
+            }
+            let Some(m) = w.next() else { continue };
+            // `pre:` names up to a `post:` (or the line's end).
+            let mut pre = false;
+            for t in w {
+                match t {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    _ if pre => soft_pre
+                        .entry(m.replace('-', "_"))
+                        .or_default()
+                        .push(t.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        // Only the aliases a soft dependency names: modules.alias is large.
+        let wanted: BTreeSet<&str> = soft_pre.values().flatten().map(String::as_str).collect();
+        let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in alias.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some("alias"), Some(a), Some(m)) = (w.next(), w.next(), w.next()) {
+                if wanted.contains(a) {
+                    aliases
+                        .entry(a.to_string())
+                        .or_default()
+                        .push(m.replace('-', "_"));
+                }
+            }
+        }
+        ModIndex {
+            deps,
+            soft_pre,
+            aliases,
         }
     }
-    files.into_iter().collect()
+
+    /// Read the index of the release directory `rel` (`lib/modules/RELEASE`).
+    pub(crate) fn read(rel: &Path) -> Result<ModIndex> {
+        let dep = std::fs::read_to_string(rel.join("modules.dep"))
+            .with_context(|| format!("reading {}", rel.join("modules.dep").display()))?;
+        let opt = |f: &str| std::fs::read_to_string(rel.join(f)).unwrap_or_default();
+        Ok(ModIndex::parse(
+            &dep,
+            &opt("modules.softdep"),
+            &opt("modules.alias"),
+        ))
+    }
+
+    /// The module a soft dependency's target names: a module by that name, else the first
+    /// module `modules.alias` gives for it.
+    fn resolve(&self, target: &str) -> Option<String> {
+        let n = target.replace('-', "_");
+        if self.deps.contains_key(&n) {
+            return Some(n);
+        }
+        self.aliases
+            .get(target)?
+            .iter()
+            .find(|m| self.deps.contains_key(*m))
+            .cloned()
+    }
+
+    /// The files to load for `wanted`, each after its soft `pre:` dependencies and the
+    /// files it depends on, each once (paths relative to the release directory), as
+    /// modprobe would load them. A name `modules.dep` lacks (built in, or not built) has no
+    /// file: whoever loads these asks kmod afterwards for what is still missing.
+    pub(crate) fn load_order(&self, wanted: &[&str]) -> Vec<String> {
+        fn visit(ix: &ModIndex, n: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+            if !seen.insert(n.to_string()) {
+                return;
+            }
+            for t in ix.soft_pre.get(n).into_iter().flatten() {
+                if let Some(m) = ix.resolve(t) {
+                    visit(ix, &m, seen, out);
+                }
+            }
+            let Some((path, d)) = ix.deps.get(n) else {
+                return;
+            };
+            for p in d {
+                visit(ix, &module_name(p), seen, out);
+            }
+            out.push(path.clone());
+        }
+        let (mut seen, mut out) = (BTreeSet::new(), Vec::new());
+        for w in wanted {
+            visit(self, &w.replace('-', "_"), &mut seen, &mut out);
+        }
+        out
+    }
+
+    /// The files of `wanted` and of everything they need, sorted: [`Self::load_order`]'s.
+    fn closure(&self, wanted: &[&str]) -> Vec<String> {
+        let mut f = self.load_order(wanted);
+        f.sort();
+        f
+    }
 }
 
 /// Decompress the lab's modules and virtme-ng's boot modules of an unpacked kernel (`.ko.xz`, `.ko.zst`, `.ko.gz`, with
@@ -367,15 +473,14 @@ fn module_closure(dep: &str, wanted: &[&str]) -> Vec<String> {
 fn decompress_lab_modules(dir: &Path, release: &str) -> Result<usize> {
     let marker = dir.join(DECOMPRESSED_MARKER);
     let wanted = decompressed_modules();
-    let list = wanted.join(" ");
+    // The text says how the list was closed over, so a change of rule decompresses again.
+    let list = format!("with soft dependencies: {}", wanted.join(" "));
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == list) {
         return Ok(0);
     }
     let rel = dir.join("lib/modules").join(release);
-    let dep = std::fs::read_to_string(rel.join("modules.dep"))
-        .with_context(|| format!("reading {}", rel.join("modules.dep").display()))?;
     let mut n = 0;
-    for f in module_closure(&dep, &wanted) {
+    for f in ModIndex::read(&rel)?.closure(&wanted) {
         let Some((stem, codec)) = f
             .rsplit_once(".ko.")
             .and_then(|(stem, suffix)| Some((stem, Codec::of_suffix(suffix)?)))
@@ -540,7 +645,7 @@ mod tests {
                    kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/nd_btt.ko kernel/drivers/nvdimm/libnvdimm.ko.xz\n\
                    kernel/drivers/nvdimm/nd_btt.ko:\n\
                    kernel/sound/snd.ko.xz:\n";
-        let c = module_closure(dep, &["xfs", "nd_pmem"]);
+        let c = ModIndex::parse(dep, "", "").closure(&["xfs", "nd_pmem"]);
         assert_eq!(
             c,
             [
@@ -551,7 +656,73 @@ mod tests {
                 "kernel/lib/libcrc32c.ko.xz",
             ]
         );
-        assert!(module_closure(dep, &["nope"]).is_empty());
+        assert!(ModIndex::parse(dep, "", "").closure(&["nope"]).is_empty());
+    }
+
+    #[test]
+    fn modules_load_after_what_they_depend_on_each_once() {
+        // As 7.2's modules.dep has them: ext4's dependencies in one list, nd_pmem's with one
+        // shared with nfit.
+        let dep = "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko kernel/lib/crc/crc16.ko\n\
+                   kernel/fs/jbd2/jbd2.ko:\n\
+                   kernel/fs/mbcache.ko:\n\
+                   kernel/lib/crc/crc16.ko:\n\
+                   kernel/drivers/acpi/nfit/nfit.ko: kernel/drivers/nvdimm/libnvdimm.ko\n\
+                   kernel/drivers/nvdimm/libnvdimm.ko:\n\
+                   kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/nd_btt.ko kernel/drivers/nvdimm/libnvdimm.ko\n\
+                   kernel/drivers/nvdimm/nd_btt.ko: kernel/drivers/nvdimm/libnvdimm.ko\n\
+                   kernel/fs/xfs/xfs.ko:\n";
+        let ix = ModIndex::parse(dep, "", "");
+        let o = ix.load_order(&["nfit", "nd_pmem", "ext4", "libcrc32c", "nd-btt"]);
+        assert_eq!(
+            o,
+            [
+                "kernel/drivers/nvdimm/libnvdimm.ko",
+                "kernel/drivers/acpi/nfit/nfit.ko",
+                "kernel/drivers/nvdimm/nd_btt.ko",
+                "kernel/drivers/nvdimm/nd_pmem.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/lib/crc/crc16.ko",
+                "kernel/fs/ext4/ext4.ko",
+            ]
+        );
+        // Built in or not built (libcrc32c here): no file, and nothing else lost.
+        assert!(ix.load_order(&["libcrc32c"]).is_empty());
+    }
+
+    #[test]
+    fn soft_dependencies_load_first_through_their_alias() {
+        // 6.12: xfs needs libcrc32c, whose init wants the "crc32c" crypto module; without
+        // it first, xfs failed with "Unknown symbol crc32c" in the lab's initramfs.
+        let dep = "kernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko\n\
+                   kernel/lib/libcrc32c.ko:\n\
+                   kernel/arch/x86/crypto/crc32c-intel.ko.xz:\n\
+                   kernel/crypto/crc32c_generic.ko.xz:\n\
+                   kernel/fs/jbd2/jbd2.ko:\n";
+        let soft = "# comment\n\
+                    softdep libcrc32c pre: crc32c\n\
+                    softdep jbd2 pre: crypto-crc32c post: nothing\n\
+                    softdep cifs gcm\n";
+        let alias = "alias crypto-crc32c crc32c_intel\n\
+                     alias crc32c crc32c_intel\n\
+                     alias crypto-crc32c crc32c_generic\n\
+                     alias crc32c crc32c_generic\n\
+                     alias pci:v* snd_hda\n";
+        let ix = ModIndex::parse(dep, soft, alias);
+        assert_eq!(
+            ix.load_order(&["xfs", "jbd2"]),
+            [
+                "kernel/arch/x86/crypto/crc32c-intel.ko.xz",
+                "kernel/lib/libcrc32c.ko",
+                "kernel/fs/xfs/xfs.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+            ]
+        );
+        // And the cache decompresses what they need.
+        assert!(ix
+            .closure(&["xfs"])
+            .contains(&"kernel/arch/x86/crypto/crc32c-intel.ko.xz".to_string()));
     }
 
     #[test]

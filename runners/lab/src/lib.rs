@@ -28,6 +28,7 @@ pub mod console;
 mod decompress;
 pub mod guest;
 pub mod guest_init;
+mod initramfs;
 mod kernel_run;
 pub mod kernels;
 mod kmem;
