@@ -127,6 +127,22 @@ pub fn build(
         ));
     }
     let boot_list: Vec<String> = boot_names.iter().map(|n| q(&format!("/{n}"))).collect();
+    // The loaders keep busybox and their files on a tmpfs: switch_root deletes this
+    // filesystem's files, not another's. No modules to load (a scenario that needs none, or
+    // all built in): no loaders.
+    let loaders = if loaders.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "if $B mount -t tmpfs -o mode=0700 pinstorm-lab-modules /lab &&\n\
+             \x20   $B cp -R /lab-files/* $B /lab/; then\n\
+             {loaders}\
+             \x20   say 'modules loading in the background; switching to the host root'\n\
+             else\n\
+             \x20   say 'could not copy the modules to a tmpfs; the agent loads them'\n\
+             fi\n"
+        )
+    };
     // The 9p root's modules first, in the foreground: a module load waits for the one in
     // progress at some steps, and xfs's takes seconds under TCG (loaded beside it, the root's
     // mount came 3 s late). The set-up's modules start once the root is mounted.
@@ -151,15 +167,7 @@ pub fn build(
          \x20   if [ $n -ge 50 ]; then say 'cannot mount the host root over 9p'; exit 1; fi\n\
          \x20   $B sleep 0.1\n\
          done\n\
-         # The loaders keep busybox and their files on a tmpfs: switch_root deletes this\n\
-         # filesystem's files, not another's.\n\
-         if $B mount -t tmpfs -o mode=0700 pinstorm-lab-modules /lab &&\n\
-         \x20   $B cp -R /lab-files/* $B /lab/; then\n\
          {loaders}\
-         \x20   say 'modules loading in the background; switching to the host root'\n\
-         else\n\
-         \x20   say 'could not copy the modules to a tmpfs; the agent loads them'\n\
-         fi\n\
          exec $B switch_root /newroot \"$init\"\n",
         boot_list.join(" ")
     );
@@ -321,6 +329,20 @@ mod tests {
         assert!(build(&out.with_file_name("x"), Path::new(&busybox), &boot, &bad).is_err());
         assert!(build(&out.with_file_name("x"), Path::new(&busybox), &[], &groups).is_err());
         assert!(!out.with_file_name("x").exists());
+        // Nothing to load: no tmpfs, no loaders, straight to init=.
+        let none = out.with_file_name("none.cpio");
+        build(&none, Path::new(&busybox), &boot, &groups[1..]).unwrap();
+        let init = entries(&none)
+            .into_iter()
+            .find(|x| x.0 == "init")
+            .unwrap()
+            .3;
+        let init = String::from_utf8(init).unwrap();
+        assert!(
+            !init.contains("pinstorm-lab-modules") && !init.contains("mount -t tmpfs"),
+            "{init}"
+        );
+        assert!(init.contains("exec $B switch_root"), "{init}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
