@@ -107,6 +107,19 @@ pub fn decompress(
     Ok(())
 }
 
+/// `data` compressed by the host's gzip, for tests that need a real compressed input.
+#[cfg(test)]
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut c = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    c.wait_with_output().unwrap().stdout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,14 +139,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pinstorm-decompress-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut c = Command::new("gzip")
-            .arg("-c")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(b"hello").unwrap();
-        let gz = c.wait_with_output().unwrap().stdout;
+        let gz = gzip(b"hello");
         std::fs::write(dir.join("a.gz"), &gz).unwrap();
 
         decompress(

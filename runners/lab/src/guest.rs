@@ -367,6 +367,17 @@ fn not_loaded<'a>(names: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Of `names`, what is not live yet, in one `modprobe -a` (one process over 9p, not one
+/// per module). Whatever it cannot load, the step that needs it reports.
+fn modprobe_missing(names: &[&str]) {
+    let missing = not_loaded(names);
+    if !missing.is_empty() {
+        let mut args = vec!["-a"];
+        args.extend(missing);
+        let _ = sh("modprobe", &args);
+    }
+}
+
 fn modprobe(names: &[&str]) -> Vec<String> {
     let mut failed = Vec::new();
     for n in not_loaded(names) {
@@ -1044,39 +1055,25 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         .map_err(anyhow::Error::from)
         .context("the scenario (validated on the host) does not parse in the guest")?;
     let needs = needs(&plan, &scenario);
-    // The lab's init has started loading the modules in the background (guest_init): what
-    // is live already is not asked for again.
-    // The disk filesystems the run will mount load beside the rest of the set-up, on the
-    // guest's other CPU: btrfs alone took ~3 s of a 6.12 guest's run under TCG (its raid6
-    // benchmark), xfs ~1 s, each in the run's critical path before.
+    // The lab's initramfs (or, without it, the lab's init) has started loading the modules
+    // in the background, one loader per group; the agent waits for each and asks kmod only
+    // for what is not live then. The filesystems' group finishes on a thread of its own,
+    // beside the rest of the set-up, unless the DAX mounts need it first.
     let [devices, fs] = module_groups(&plan, &scenario);
-    // What the init's fs loader leaves missing, kmod loads on a thread of its own.
-    let fs_loader = (!fs.is_empty()).then(|| {
+    let mut fs_loader = (!fs.is_empty()).then(|| {
         std::thread::spawn(move || {
             wait_for_loader(GROUP_TAGS[1], LOADER_BOUND);
-            let missing = not_loaded(&fs);
-            if !missing.is_empty() {
-                let mut args = vec!["-a"];
-                args.extend(missing);
-                let _ = sh("modprobe", &args);
-            }
+            modprobe_missing(&fs);
         })
     });
     std::fs::create_dir_all(GUEST_ROOT)?;
-    // Every module the set-up will use, in one modprobe, for what the init's loader could
-    // not load: without udev nothing else loads them. What this misses, the steps' own
-    // modprobe reports.
+    // Without udev nothing else loads them. What this misses, the steps' own modprobe
+    // reports.
     wait_for_loader(GROUP_TAGS[0], LOADER_BOUND);
-    let wanted = not_loaded(&devices);
-    if !wanted.is_empty() {
-        let mut args = vec!["-a"];
-        args.extend(wanted);
-        let _ = sh("modprobe", &args);
-    }
+    modprobe_missing(&devices);
     laps.lap("modules");
     // The DAX filesystems' mounts need their modules: without them, each mount would have
     // the kernel start a modprobe of its own.
-    let mut fs_loader = fs_loader;
     if needs.pmem.is_none() {
         if let Some(t) = fs_loader.take() {
             let _ = t.join();

@@ -50,6 +50,24 @@ pub struct EarlyGroup {
     pub files: Option<Vec<String>>,
 }
 
+/// The shell line that starts group `tag`'s loader in the background: `shell -c BODY NAME
+/// ARGS`, with [`loader_name`] as the shell's `$0` (so on its command line) and `; :` after
+/// the body, which keeps the shell alive (no exec of its last command) until the whole group
+/// is done. `args` are single-quoted: the callers pass nothing that holds a quote.
+pub(crate) fn loader_line(shell: &str, body: &str, tag: &str, args: &[String]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    format!(
+        "{shell} -c '{body}; :' {} {} >/dev/null 2>&1 &\n",
+        loader_name(tag),
+        args.join(" ")
+    )
+}
+
+/// The loop a loader runs over its files with `insmod` (busybox's, at `busybox`).
+pub(crate) fn insmod_body(busybox: &str) -> String {
+    format!("for f in \"$@\"; do {busybox} insmod \"$f\"; done")
+}
+
 /// The name a group's loader runs under (its shell's `$0`, so its command line): the agent
 /// waits while a process with it is alive, then asks kmod only for what is still missing.
 pub fn loader_name(tag: &str) -> String {
@@ -103,25 +121,18 @@ pub fn script(next: &str, early: Option<&EarlyModules>, busybox: bool) -> Option
                 .filter(|g| !g.modules.is_empty() && g.modules.iter().all(|n| is_module(n)))
                 .filter(|g| is_module(g.tag))
                 .map(|g| {
-                    // The shell's `$0` is the loader's name; `; :` keeps the shell alive
-                    // (no exec of its last command), so the name stays on a process until
-                    // the whole group is done. Arguments are single-quoted: a file passes
-                    // `is_file` and the base `quotable`, neither holds a quote.
-                    let (body, args) = match &g.files {
-                        Some(f) if busybox && !f.is_empty() && f.iter().all(|f| is_file(f)) => (
-                            format!("for f in \"$@\"; do {BUSYBOX} insmod \"$f\"; done; :"),
-                            f.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>(),
+                    // A file passes `is_file` and the base `quotable`: neither holds a quote.
+                    match &g.files {
+                        Some(f) if busybox && !f.is_empty() && f.iter().all(|f| is_file(f)) => {
+                            loader_line(&shell, &insmod_body(BUSYBOX), g.tag, f)
+                        }
+                        _ => loader_line(
+                            &shell,
+                            &format!("{MODPROBE} -d \"$1\" -a {}", g.modules.join(" ")),
+                            g.tag,
+                            &[e.base.to_string()],
                         ),
-                        _ => (
-                            format!("{MODPROBE} -d \"$1\" -a {}; :", g.modules.join(" ")),
-                            vec![format!("'{}'", e.base)],
-                        ),
-                    };
-                    format!(
-                        "{shell} -c '{body}' {} {} >/dev/null 2>&1 &\n",
-                        loader_name(g.tag),
-                        args.join(" ")
-                    )
+                    }
                 })
                 .collect::<String>()
         })

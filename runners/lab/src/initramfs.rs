@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::guest_init::{loader_name, EarlyGroup, BUSYBOX};
+use crate::guest_init::{insmod_body, loader_line, EarlyGroup, BUSYBOX};
 
 /// The 9p mount virtme-ng's initramfs makes of the host's root (`virtme/mkinitramfs.py`).
 const ROOT_MOUNT: &str =
@@ -118,12 +118,14 @@ pub fn build(
             let name = archive_name(&dir, i, f)?;
             entries.push(Entry::File(name.clone(), 0o644, read(f)?));
             // Where the loader finds it: on the tmpfs at /lab.
-            in_guest.push(q(&format!("/lab/{}", &name["lab-files/".len()..])));
+            in_guest.push(format!("/lab/{}", &name["lab-files/".len()..]));
         }
-        loaders.push_str(&format!(
-            "    $B sh -c 'for f in \"$@\"; do /lab/busybox insmod \"$f\"; done; :' {} {} >/dev/null 2>&1 &\n",
-            loader_name(g.tag),
-            in_guest.join(" ")
+        loaders.push_str("    ");
+        loaders.push_str(&loader_line(
+            "$B sh",
+            &insmod_body("/lab/busybox"),
+            g.tag,
+            &in_guest,
         ));
     }
     let boot_list: Vec<String> = boot_names.iter().map(|n| q(&format!("/{n}"))).collect();

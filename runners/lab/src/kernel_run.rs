@@ -291,30 +291,24 @@ fn lab_init(
     // alias files: busybox's insmod loads them without a kmod process (the script checks
     // each path).
     let index = link_mods.and_then(|m| crate::kernels::ModIndex::read(Path::new(m)).ok());
+    let files_of = |names: &[&str]| -> Option<Vec<String>> {
+        index.as_ref().zip(link_mods).map(|(ix, dir)| {
+            ix.load_order(names)
+                .into_iter()
+                .map(|f| format!("{dir}/{f}"))
+                .collect()
+        })
+    };
     let groups: Vec<crate::guest_init::EarlyGroup> = modules
         .iter()
         .map(|g| crate::guest_init::EarlyGroup {
-            files: index.as_ref().zip(link_mods).map(|(ix, dir)| {
-                ix.load_order(&g.modules)
-                    .into_iter()
-                    .map(|f| format!("{dir}/{f}"))
-                    .collect()
-            }),
+            files: files_of(&g.modules),
             ..g.clone()
         })
         .collect();
     let busybox = std::fs::metadata(crate::guest_init::BUSYBOX).is_ok_and(|m| m.is_file());
     // The 9p root's modules, for the lab's initramfs.
-    let boot: Vec<String> = index
-        .as_ref()
-        .zip(link_mods)
-        .map(|(ix, dir)| {
-            ix.load_order(crate::kernels::BOOT_MODULES)
-                .into_iter()
-                .map(|f| format!("{dir}/{f}"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let boot = files_of(crate::kernels::BOOT_MODULES).unwrap_or_default();
     let initrd = run.dir.join("initrd.cpio");
     let built = if !busybox {
         Err(format!("no {}", crate::guest_init::BUSYBOX))

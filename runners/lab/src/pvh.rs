@@ -134,8 +134,6 @@ pub fn prepare(image: &Path, out: &Path) -> Result<(PathBuf, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::process::{Command, Stdio};
 
     /// A bzImage's first bytes with a setup header pointing at `payload`.
     fn bzimage(payload: &[u8]) -> Vec<u8> {
@@ -220,16 +218,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pinstorm-pvh-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let gz = |data: &[u8]| {
-            let mut c = Command::new("gzip")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            c.stdin.take().unwrap().write_all(data).unwrap();
-            c.wait_with_output().unwrap().stdout
-        };
+        let gz = crate::decompress::gzip;
         let good = elf(&[(b"Xen\0", 18)]);
         std::fs::write(dir.join("vmlinuz"), bzimage(&gz(&good))).unwrap();
         let out = dir.join("vmlinux");
