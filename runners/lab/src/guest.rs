@@ -872,6 +872,22 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
     t
 }
 
+/// Which init started the agent: PID 1's command line, as the kernel shows it (the lab's
+/// own init is the busybox shell running the run's `lab-init`; virtme-ng's is its binary).
+fn init_fact() -> LabFact {
+    match std::fs::read("/proc/1/cmdline") {
+        Ok(c) => {
+            let words: Vec<String> = c
+                .split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            fact("init", true, words.join(" "))
+        }
+        Err(e) => fact("init", false, format!("/proc/1/cmdline: {e}")),
+    }
+}
+
 /// The Movable zones of `/proc/zoneinfo` with their present pages (`node 0 Movable`).
 fn movable_zones(zoneinfo: &str) -> Vec<(String, u64)> {
     let mut zones = Vec::new();
@@ -1050,6 +1066,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         None => {}
     }
     let setup_start = Instant::now();
+    report.facts.push(init_fact());
     let mut laps = Laps::new();
     let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
         .map_err(anyhow::Error::from)

@@ -13,6 +13,10 @@
 //! execs the real init as PID 1. Whatever fails there, the real init still runs, with udev:
 //! slower, not broken.
 //!
+//! Where it can (busybox, and nothing on virtme-ng's command line it does not know), the
+//! script is the agent's init itself and virtme-ng's init does not run at all: see
+//! [`OwnInit`]. Should its set-up fail, the script goes on as above.
+//!
 //! A script, not this binary: pinstorm is large (a debug build is over 100 MB) and every page
 //! of it comes over 9p; `/bin/sh`, `mount` and `mknod` are small.
 
@@ -80,10 +84,139 @@ pub fn loader_name(tag: &str) -> String {
 /// (1.3-1.8 s of a TCG guest's boot for the seven of them).
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// What the lab's init needs to run the agent itself, in place of virtme-ng's init (from
+/// [`crate::vm::own_init`]): the command virtme-ng would run, the host directories it would
+/// mount (9p tag, guest path), the modules directory it would link at
+/// `/lib/modules/RELEASE`, and the host name.
+///
+/// Why: virtme-ng-init's work before the command is 8 overlays over the 9p root, the
+/// script's I/O ports, the network and its own start (a Rust binary and its libraries over
+/// 9p), 1.5-3 s of a TCG guest's boot while the module loaders hold both CPUs. The agent
+/// needs /proc, /sys, /dev, a writable /tmp, the staging directory and the modules
+/// directory; the lab's init does that much with busybox and runs the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnInit {
+    pub exec: String,
+    pub mounts: Vec<(String, String)>,
+    pub link_mods: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// Where the lab's own init keeps its overlays' upper and work directories.
+const OWN: &str = "/run/pinstorm-lab-init/own";
+
+/// The script's part that is the lab's own init (busybox only): the mounts, the agent with
+/// the console as its stdout and stderr (as virtme-ng's init ran it here: it finds its
+/// script I/O ports by udev's links, which the lab's guests do not have; and the serial
+/// console and vng's stderr port each open the host's console file at offset 0, so writing
+/// to both overwrites the console's start), its exit status into the `virtme.ret` port
+/// found in sysfs (vng exits with it), power off. When a mount the agent needs fails, it
+/// says so and the script goes on to virtme-ng's init. None when a value cannot be quoted.
+fn own_init(own: &OwnInit) -> Option<String> {
+    let q = |s: &str| -> Option<String> {
+        (!s.is_empty() && !s.contains(['\n', '\0']))
+            .then(|| shlex::try_quote(s).ok().map(|c| c.into_owned()))
+            .flatten()
+    };
+    let b = BUSYBOX;
+    let mut needed = vec![
+        format!("{b} mount -t proc proc /proc"),
+        format!("{b} mount -t sysfs sysfs /sys"),
+        format!("{b} mount -t devtmpfs devtmpfs /dev"),
+        format!("{b} mount -t tmpfs -o mode=0755 pinstorm-lab-init /run"),
+    ];
+    // Writable overlays over the host's /tmp, as virtme-ng's (the agent's binary may be
+    // there: a cargo target directory under /tmp), and /lib when the modules directory is
+    // linked there (the host may have no /lib/modules to mount over).
+    let overlays: &[&str] = if own.link_mods.is_some() {
+        &["tmp", "lib"]
+    } else {
+        &["tmp"]
+    };
+    for d in overlays {
+        needed.push(format!("{b} mkdir -p {OWN}/{d}/upper {OWN}/{d}/work"));
+        needed.push(format!(
+            "{b} mount -t overlay -o lowerdir=/{d},upperdir={OWN}/{d}/upper,workdir={OWN}/{d}/work pinstorm-lab-init /{d}"
+        ));
+    }
+    for (tag, path) in &own.mounts {
+        if !tag.starts_with("virtme.initmount") || !path.starts_with('/') {
+            return None;
+        }
+        needed.push(format!(
+            "{b} mount -t 9p -o version=9p2000.L,trans=virtio,access=any,msize=524288 {} {}",
+            q(tag)?,
+            q(path)?
+        ));
+    }
+    let mut optional = vec![
+        format!("{b} mkdir -p /dev/pts /dev/shm"),
+        format!("{b} mount -t devpts -o nosuid,noexec devpts /dev/pts"),
+        format!("{b} mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm"),
+        format!("{b} mount -t tmpfs -o nosuid,nodev tmpfs /var/tmp"),
+        format!("{b} mount -t cgroup2 cgroup2 /sys/fs/cgroup"),
+        format!("{b} mount -t debugfs debugfs /sys/kernel/debug"),
+        format!("{b} mount -t tracefs tracefs /sys/kernel/tracing"),
+        format!("{b} ln -s /proc/self/fd /dev/fd"),
+        format!("{b} ln -s /proc/self/fd/0 /dev/stdin"),
+        format!("{b} ln -s /proc/self/fd/1 /dev/stdout"),
+        format!("{b} ln -s /proc/self/fd/2 /dev/stderr"),
+        format!("{b} ip link set lo up"),
+    ];
+    if let Some(m) = &own.link_mods {
+        // A tmpfs over the host's own modules, if it has any, as virtme-ng's.
+        optional.push(format!(
+            "{b} mkdir -p /lib/modules && {b} mount -t tmpfs -o mode=0755 pinstorm-lab-init /lib/modules"
+        ));
+        optional.push(format!(
+            "{b} ln -s {} \"/lib/modules/$({b} uname -r)\"",
+            q(m)?
+        ));
+    }
+    if let Some(h) = &own.hostname {
+        optional.push(format!("{b} hostname {}", q(h)?));
+    }
+    let optional: String = optional
+        .iter()
+        .map(|c| {
+            format!(
+                "    {c} || say {}\n",
+                q(&format!("failed: {c}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    Some(format!(
+        "# The lab's own init, in place of virtme-ng's (guest_init::OwnInit).\n\
+         if {}; then\n\
+         {optional}\
+         \x20   say 'the lab'\"'\"'s own init runs the agent (not virtme-ng'\"'\"'s init)'\n\
+         \x20   cd /\n\
+         \x20   {b} env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=linux \\\n\
+         \x20       /bin/sh -c {} </dev/null\n\
+         \x20   rc=$?\n\
+         \x20   for p in /sys/class/virtio-ports/*; do\n\
+         \x20       if [ \"$({b} cat \"$p/name\" 2>/dev/null)\" = virtme.ret ]; then\n\
+         \x20           printf %s \"$rc\" > \"/dev/${{p##*/}}\"\n\
+         \x20       fi\n\
+         \x20   done\n\
+         \x20   {b} sync\n\
+         \x20   {b} poweroff -f\n\
+         fi\n\
+         say 'the lab'\"'\"'s own init could not set up; virtme-ng'\"'\"'s init runs'\n",
+        needed.join(" &&\n    "),
+        q(&own.exec)?
+    ))
+}
+
 /// The init script that hides [`HIDDEN`], starts loading `early` in the background, and
 /// execs `next` (virtme-ng's init); with `busybox`, its shell and tools do the work. None
 /// when `next` cannot be quoted for the shell as it is.
-pub fn script(next: &str, early: Option<&EarlyModules>, busybox: bool) -> Option<String> {
+pub fn script(
+    next: &str,
+    early: Option<&EarlyModules>,
+    busybox: bool,
+    own: Option<&OwnInit>,
+) -> Option<String> {
     let bb = if busybox {
         format!("{BUSYBOX} ")
     } else {
@@ -137,6 +270,11 @@ pub fn script(next: &str, early: Option<&EarlyModules>, busybox: bool) -> Option
                 .collect::<String>()
         })
         .unwrap_or_default();
+    // Busybox's tools only: the part runs before anything is mounted.
+    let own = own
+        .filter(|_| busybox)
+        .and_then(own_init)
+        .unwrap_or_default();
     let mut hide = vec![format!(
         "{bb}mount -t tmpfs -o mode=0755 pinstorm-lab-init /run"
     )];
@@ -158,14 +296,18 @@ pub fn script(next: &str, early: Option<&EarlyModules>, busybox: bool) -> Option
     let hidden: Vec<String> = HIDDEN.iter().map(|(m, p)| format!("{m}/{p}")).collect();
     Some(format!(
         "#!{shell}\n\
-         # pinstorm lab: hide udev and systemd-tmpfiles from virtme-ng's init, then become it.\n\
+         # pinstorm lab (runners/lab/src/guest_init.rs): start the module loaders, run the\n\
+         # agent as the lab's own init, or else hide udev and systemd-tmpfiles from\n\
+         # virtme-ng's init and become it.\n\
          PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         if {}; then\n\
-         \x20   echo \"pinstorm lab init: hid {} from virtme-ng's init (no systemd-tmpfiles, no udev)\" >&2\n\
-         else\n\
-         \x20   echo 'pinstorm lab init: could not hide udev; virtme-ng'\"'\"'s init runs as it is' >&2\n\
-         fi\n\
+         say() {{ echo \"pinstorm lab init: $*\" >&2; }}\n\
          {early}\
+         {own}\
+         if {}; then\n\
+         \x20   say \"hid {} from virtme-ng's init (no systemd-tmpfiles, no udev)\"\n\
+         else\n\
+         \x20   say 'could not hide udev; virtme-ng'\"'\"'s init runs as it is'\n\
+         fi\n\
          exec '{next}'\n",
         hide.join(" &&\n    "),
         hidden.join(", ")
@@ -178,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_init_script_hides_udev_and_tmpfiles_and_always_execs_the_real_init() {
-        let s = script("/venv/virtme/guest/bin/virtme-ng-init", None, false).unwrap();
+        let s = script("/venv/virtme/guest/bin/virtme-ng-init", None, false, None).unwrap();
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(
             s.contains("mknod /run/pinstorm-lab-init/0/upper/systemd c 0 0"),
@@ -199,8 +341,8 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("modprobe"), "{s}");
-        assert!(script("/x'y", None, false).is_none());
-        assert!(script("", None, false).is_none());
+        assert!(script("/x'y", None, false, None).is_none());
+        assert!(script("", None, false, None).is_none());
     }
 
     fn group(tag: &'static str, modules: &[&'static str], files: Option<&[&str]>) -> EarlyGroup {
@@ -221,7 +363,7 @@ mod tests {
             base: "/cache/kernels/k",
             groups: &groups,
         };
-        let s = script("/init", Some(&early), false).unwrap();
+        let s = script("/init", Some(&early), false, None).unwrap();
         let bg: Vec<&str> = s
             .lines()
             .filter(|l| l.contains("modprobe"))
@@ -250,7 +392,7 @@ mod tests {
             ("/a", &none),
         ] {
             let bad = EarlyModules { base, groups };
-            assert!(!script("/init", Some(&bad), false)
+            assert!(!script("/init", Some(&bad), false, None)
                 .unwrap()
                 .contains("modprobe"));
         }
@@ -273,7 +415,7 @@ mod tests {
             base: "/k",
             groups: &groups,
         };
-        let s = script("/init", Some(&early), true).unwrap();
+        let s = script("/init", Some(&early), true, None).unwrap();
         assert!(s.starts_with("#!/bin/busybox sh\n"), "{s}");
         for l in s
             .lines()
@@ -312,9 +454,85 @@ mod tests {
                     groups: &g,
                 }),
                 true,
+                None,
             )
             .unwrap();
             assert!(!s.contains("insmod") && s.contains("modprobe"), "{f}: {s}");
         }
+    }
+
+    fn own() -> OwnInit {
+        OwnInit {
+            exec: "/t/pinstorm __lab-guest /s/plan.json".into(),
+            mounts: vec![("virtme.initmount0".into(), "/s".into())],
+            link_mods: Some("/k/lib/modules/7.2".into()),
+            hostname: Some("pinstorm-lab".into()),
+        }
+    }
+
+    #[test]
+    fn the_labs_own_init_runs_the_agent_on_the_console_and_falls_back_to_virtme_ngs() {
+        let s = script("/init", None, true, Some(&own())).unwrap();
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}: {s}"));
+        // What the agent needs, before it runs; virtme-ng's init only when that failed.
+        let needed = [
+            "/bin/busybox mount -t proc proc /proc",
+            "/bin/busybox mount -t devtmpfs devtmpfs /dev",
+            "lowerdir=/tmp,",
+            "lowerdir=/lib,",
+            "/bin/busybox mount -t 9p -o version=9p2000.L,trans=virtio,access=any,msize=524288 virtme.initmount0 /s; then",
+        ];
+        let mut last = 0;
+        for n in needed {
+            let i = at(n);
+            assert!(i > last, "{n} out of order: {s}");
+            last = i;
+        }
+        // On the console (PID 1's stdout and stderr), nothing to read.
+        let run = at("/bin/sh -c '/t/pinstorm __lab-guest /s/plan.json' </dev/null\n");
+        assert!(run > last);
+        assert!(at("ln -s /k/lib/modules/7.2 \"/lib/modules/$(/bin/busybox uname -r)\"") < run);
+        assert!(at("hostname pinstorm-lab") < run);
+        // The status goes to vng through virtme.ret; then the guest powers off.
+        // Found by its name in sysfs.
+        assert!(run < at("= virtme.ret ]"));
+        assert!(at("= virtme.ret ]") < at("printf %s \"$rc\" > \"/dev/${p##*/}\""));
+        assert!(at("printf %s") < at("/bin/busybox poweroff -f"));
+        // After the own init's block: the hide and virtme-ng's init, as without it.
+        assert!(at("poweroff -f") < at("could not set up; virtme-ng"));
+        assert!(
+            at("could not set up; virtme-ng") < at("mknod /run/pinstorm-lab-init/0/upper/systemd")
+        );
+        assert!(s.trim_end().ends_with("exec '/init'"), "{s}");
+        // Loaders the initramfs did not start (it could not be built) start first.
+        let groups = vec![group("fs", &["xfs"], Some(&["/k/xfs.ko"]))];
+        let early = EarlyModules {
+            base: "/k",
+            groups: &groups,
+        };
+        let s = script("/init", Some(&early), true, Some(&own())).unwrap();
+        assert!(
+            s.find("insmod").unwrap() < s.find("# The lab's own init, in place").unwrap(),
+            "{s}"
+        );
+        // Without busybox, or with a value it cannot quote: virtme-ng's init runs the agent.
+        let plain = script("/init", None, false, Some(&own())).unwrap();
+        assert!(
+            !plain.contains("poweroff") && !plain.contains("virtme.ret"),
+            "{plain}"
+        );
+        let bad = OwnInit {
+            exec: "a\nb".into(),
+            ..own()
+        };
+        let s = script("/init", None, true, Some(&bad)).unwrap();
+        assert!(!s.contains("poweroff"), "{s}");
+        let bad = OwnInit {
+            mounts: vec![("virtme.initmount0".into(), "s".into())],
+            ..own()
+        };
+        assert!(!script("/init", None, true, Some(&bad))
+            .unwrap()
+            .contains("poweroff"));
     }
 }

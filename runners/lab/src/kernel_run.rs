@@ -129,14 +129,19 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
     // The lab's init in front of virtme-ng's (no udev, no systemd-tmpfiles); the recorded
     // QEMU command is the one that runs.
     let (args, qemu) = match lab_init(&run, &args, qemu.as_deref(), &written.modules) {
-        Ok((a, _, initramfs_why)) => {
-            if let Some(why) = initramfs_why {
+        Ok(init) => {
+            if let Some(why) = init.initramfs_why {
                 log(&format!(
                     "{spec}: booting virtme-ng's initramfs (the lab's init loads the modules): {why}"
                 ));
             }
-            let q = vm::qemu_command(&lab.vng, &a, &env);
-            (a, q)
+            if let Some(why) = init.own_why {
+                log(&format!(
+                    "{spec}: virtme-ng's init runs the agent (not the lab's own init): {why}"
+                ));
+            }
+            let q = vm::qemu_command(&lab.vng, &init.args, &env);
+            (init.args, q)
         }
         Err(why) => {
             log(&format!(
@@ -266,14 +271,14 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
 
 /// The vng arguments that boot the lab's init script (written into the run directory, which
 /// the guest cannot write) in front of virtme-ng's, and the lab's initramfs in place of
-/// virtme-ng's (see [`crate::initramfs`]); the script's path; and why the initramfs is
-/// virtme-ng's after all, if it is.
+/// virtme-ng's (see [`crate::initramfs`]), and the script as the agent's init in place of
+/// virtme-ng's (see [`crate::guest_init::OwnInit`]) where it can be.
 fn lab_init(
     run: &RunDir,
     args: &[String],
     qemu: Option<&str>,
     modules: &[crate::guest_init::EarlyGroup],
-) -> std::result::Result<(Vec<String>, PathBuf, Option<String>), String> {
+) -> std::result::Result<LabInit, String> {
     use std::os::unix::fs::PermissionsExt;
     let path = run.dir.join("lab-init");
     let q = qemu.ok_or("vng --dry-run printed no QEMU command")?;
@@ -340,12 +345,29 @@ fn lab_init(
         base,
         groups: early_groups,
     });
-    let text = crate::guest_init::script(&next, early.as_ref(), busybox)
+    let own = if busybox {
+        vm::own_init(args, q)
+    } else {
+        Err(format!("no {}", crate::guest_init::BUSYBOX))
+    };
+    let text = crate::guest_init::script(&next, early.as_ref(), busybox, own.as_ref().ok())
         .ok_or("virtme-ng's init path cannot be quoted")?;
     std::fs::write(&path, text)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok((a, path, why))
+    Ok(LabInit {
+        args: a,
+        initramfs_why: why,
+        own_why: own.err(),
+    })
+}
+
+/// The guest's boot with the lab's init: the vng arguments, and why the initramfs or the
+/// init that runs the agent is virtme-ng's after all, where it is.
+struct LabInit {
+    args: Vec<String>,
+    initramfs_why: Option<String>,
+    own_why: Option<String>,
 }
 
 /// KVM or TCG for this kernel (the probe boots it under KVM), and say which.

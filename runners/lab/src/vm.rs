@@ -338,6 +338,79 @@ pub fn with_lab_init(
     Some((a, next.to_string()))
 }
 
+/// What the lab's own init needs to run the agent in place of virtme-ng's init (see
+/// [`crate::guest_init::OwnInit`]), read from the kernel command line `vng --dry-run`
+/// printed and from the lab's own `--exec`. Err says why virtme-ng's init runs after all:
+/// a parameter of virtme-ng's this code does not know (a newer virtme-ng may want more than
+/// these mounts), a host mount that is not 9p, or a value that cannot be quoted.
+pub fn own_init(
+    args: &[String],
+    qemu_line: &str,
+) -> std::result::Result<crate::guest_init::OwnInit, String> {
+    let words = shlex::split(qemu_line).ok_or("the QEMU command cannot be split")?;
+    let i = words
+        .iter()
+        .rposition(|w| w == "-append")
+        .ok_or("the QEMU command has no -append")?;
+    let cmdline = words.get(i + 1).ok_or("-append has no value")?;
+    let exec = args
+        .iter()
+        .rev()
+        .find_map(|a| a.strip_prefix("--exec="))
+        .ok_or("no --exec")?;
+    let mut own = crate::guest_init::OwnInit {
+        exec: exec.to_string(),
+        mounts: Vec::new(),
+        link_mods: None,
+        hostname: None,
+    };
+    let mut fstypes = Vec::new();
+    // The kernel hands init the parameters it does not know; virtme-ng's init acts on
+    // these. The base64 script (`virtme.exec`) is the lab's own `--exec`.
+    for w in cmdline.split_whitespace() {
+        let Some((key, value)) = w.split_once('=') else {
+            continue;
+        };
+        let Some(name) = key.strip_prefix("virtme_") else {
+            continue;
+        };
+        match name {
+            "hostname" => own.hostname = Some(value.to_string()),
+            "link_mods" => own.link_mods = Some(value.to_string()),
+            // The ttyS0 console, `--cwd /` (the agent runs in /), root: what the lab's init
+            // does anyway. The writable overlays: the agent writes only /tmp (its own
+            // directory there) and the staging directory.
+            "console" | "chdir" | "root_user" => {}
+            _ if name.starts_with("rw_overlay") => {}
+            _ => {
+                let Some(n) = name.strip_prefix("initmount") else {
+                    return Err(format!(
+                        "virtme-ng's parameter {key} is not known to the lab"
+                    ));
+                };
+                match n.split_once('_') {
+                    None if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                        own.mounts
+                            .push((format!("virtme.initmount{n}"), format!("/{value}")));
+                    }
+                    Some((_, "fstype")) => fstypes.push(value.to_string()),
+                    Some((_, "access")) if value == "rw" => {}
+                    _ => return Err(format!("virtme-ng's parameter {w} is not known to the lab")),
+                }
+            }
+        }
+    }
+    if let Some(f) = fstypes.iter().find(|f| f.as_str() != "9p") {
+        return Err(format!("a host directory is shared as {f}, not 9p"));
+    }
+    own.mounts = own
+        .mounts
+        .into_iter()
+        .map(|(tag, path)| (tag, path.replacen("//", "/", 1)))
+        .collect();
+    Ok(own)
+}
+
 /// The environment `vng` runs with: its venv first on PATH (it calls `virtme-run`), and
 /// HOME/TMPDIR inside the lab's own directories so virtme-ng's caches and temporary files
 /// land there and nowhere else on the host.
@@ -655,5 +728,44 @@ mod tests {
         assert_eq!(get("HOME").as_deref(), Some("/cache/runs/r/home"));
         assert_eq!(get("TMPDIR").as_deref(), Some("/cache/runs/r/tmp"));
         assert!(get("PATH").unwrap().starts_with("/cache/venv/bin:"));
+    }
+
+    #[test]
+    fn the_labs_own_init_takes_virtme_ngs_mounts_from_its_command_line_and_nothing_unknown() {
+        let line = |extra: &str| {
+            format!(
+                "/usr/bin/qemu-system-x86_64 -name pinstorm-lab -append 'virtme_hostname=pinstorm-lab \
+                 nr_open=1048576 virtme_link_mods=/cache/kernels/k/lib/modules/7.2 \
+                 virtme_initmount0=cache/runs/r/stage virtme_initmount0_fstype=9p \
+                 virtme_initmount0_access=rw virtme_rw_overlay0=/etc virtme_rw_overlay7=/tmp \
+                 virtme_console=ttyS0 console=ttyS0 panic=-1 virtme.exec=`L2Jpbi90cnVl` \
+                 virtme_chdir=. virtme_root_user=1 {extra}init=/venv/bin/virtme-ng-init'"
+            )
+        };
+        let args = vec![
+            "--run".to_string(),
+            "/k/vmlinuz".into(),
+            "--exec=/t/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
+        ];
+        let own = own_init(&args, &line("")).unwrap();
+        assert_eq!(
+            own,
+            crate::guest_init::OwnInit {
+                exec: "/t/pinstorm __lab-guest /cache/runs/r/stage/plan.json".into(),
+                mounts: vec![("virtme.initmount0".into(), "/cache/runs/r/stage".into())],
+                link_mods: Some("/cache/kernels/k/lib/modules/7.2".into()),
+                hostname: Some("pinstorm-lab".into()),
+            }
+        );
+        // Something of virtme-ng's it does not know, a share that is not 9p, no command:
+        // virtme-ng's init, and why.
+        let e = own_init(&args, &line("virtme_user=alice ")).unwrap_err();
+        assert!(e.contains("virtme_user"), "{e}");
+        let e = own_init(&args, &line("virtme_initmount1_fstype=virtiofs ")).unwrap_err();
+        assert!(e.contains("virtiofs"), "{e}");
+        let e = own_init(&args, &line("virtme_initmount0_access=ro ")).unwrap_err();
+        assert!(e.contains("virtme_initmount0_access=ro"), "{e}");
+        assert!(own_init(&args[..2], &line("")).is_err());
+        assert!(own_init(&args, "qemu-system-x86_64 -name x").is_err());
     }
 }
