@@ -8,8 +8,11 @@ use pinstorm_workloads::backing::{Access, BackingKind, RegionError, RegionSpec};
 use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
 
+use std::time::Duration;
+
 use crate::job::{with_memlock_hint, Job, JobContext, Progress};
 use crate::signals;
+use crate::watchdog::CellWatch;
 
 impl Job for ProbeJob {
     fn name(&self) -> &'static str {
@@ -188,6 +191,9 @@ fn run(
     progress: &Progress,
     out: &mut Vec<ProbeRow>,
 ) -> anyhow::Result<()> {
+    // A cell takes milliseconds on a host and about a second at most in a TCG guest; one
+    // stuck in the kernel says where, on the log (the lab's console), while it is stuck.
+    let watch = CellWatch::start(CELL_REPORT_AFTER, |r| eprintln!("pinstorm: probe {r}"));
     for &kind in &job.backings {
         for &pin in &job.pins {
             let path: Box<dyn PinPath> = pin.path(ctx.pins);
@@ -206,11 +212,9 @@ fn run(
                         map,
                         access,
                     };
-                    progress.step(&format!(
-                        "probe {pin} {kind} {} {}",
-                        map.name(),
-                        access.name()
-                    ));
+                    let label = format!("{pin} {kind} {} {}", map.name(), access.name());
+                    progress.step(&format!("probe {label}"));
+                    watch.enter(label);
                     // A cell of this pin path and backing, and the same with `notrun`.
                     let cell = |fs: &str,
                                 spec: &RegionSpec,
@@ -293,12 +297,16 @@ fn run(
                         Err(PinError::Tool(e)) => return Err(e),
                     };
                     out.push(r);
+                    watch.leave();
                 }
             }
         }
     }
     Ok(())
 }
+
+/// How long a probe cell runs before [`CellWatch`] reports what it waits on.
+const CELL_REPORT_AFTER: Duration = Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {

@@ -147,6 +147,95 @@ impl Watchdog {
     }
 }
 
+/// One job's current cell, for a job that runs its cells one at a time on one thread (the
+/// probe): when a cell runs longer than the threshold, what every thread of the process
+/// waits on (its `wchan` and kernel stack, io_uring's `iou-wrk` workers included) goes to
+/// `report` once, so a cell stuck in the kernel (an interruptible wait is invisible to the
+/// kernel's hung-task detector) leaves its evidence in the log, or a lab guest's console,
+/// before anyone kills it.
+pub struct CellWatch {
+    current: Arc<Mutex<Option<(String, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CellWatch {
+    pub fn start(threshold: Duration, report: impl Fn(String) + Send + 'static) -> CellWatch {
+        let current: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (current.clone(), stop.clone());
+        let tick = (threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let thread = std::thread::spawn(move || {
+            let mut reported: Option<Instant> = None;
+            while !st.load(Ordering::SeqCst) {
+                std::thread::sleep(tick);
+                let now = c.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match now {
+                    Some((label, since))
+                        if since.elapsed() >= threshold && reported != Some(since) =>
+                    {
+                        reported = Some(since);
+                        report(format!(
+                            "{label}: still running after {:.0} s; the threads wait in:\n{}",
+                            since.elapsed().as_secs_f64(),
+                            threads_waiting()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        CellWatch {
+            current,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The job starts the cell `label`.
+    pub fn enter(&self, label: String) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((label, Instant::now()));
+    }
+
+    /// The cell is done.
+    pub fn leave(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Drop for CellWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every thread of this process: id, name, `wchan` and kernel stack (what is readable).
+fn threads_waiting() -> String {
+    let mut out = String::new();
+    let tids = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    for tid in tids {
+        let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        let (wchan, stack) = pinstorm_workloads::sys::thread_wait_state(tid);
+        out.push_str(&format!(
+            "  {tid} {comm}: {}\n",
+            wchan.as_deref().unwrap_or("-")
+        ));
+        for l in stack.iter().flat_map(|s| s.lines()) {
+            out.push_str(&format!("      {l}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +285,41 @@ mod tests {
             wd.scan();
         }
         assert!(wd.reports().is_empty());
+    }
+
+    #[test]
+    fn a_cell_over_the_threshold_is_reported_once_with_every_threads_wait() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let w = CellWatch::start(Duration::from_millis(100), move |r| {
+            s2.lock().unwrap().push(r)
+        });
+        w.enter("probe io_uring anon shared rw".into());
+        // A real blocking syscall on this thread while the cell runs: read from a pipe
+        // nobody writes to, until a helper writes after the threshold.
+        let (r, wr) = rustix::pipe::pipe().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            rustix::io::write(&wr, b"x").unwrap();
+        });
+        let mut b = [0u8; 1];
+        rustix::io::read(&r, &mut b).unwrap();
+        t.join().unwrap();
+        w.leave();
+        // A quick cell is not reported.
+        w.enter("probe io_uring anon shared ro".into());
+        w.leave();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(w);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with("probe io_uring anon shared rw: still running after"),
+            "{}",
+            seen[0]
+        );
+        // This thread, by its id, waiting in the pipe read (where wchan is readable).
+        let me = pinstorm_workloads::sys::gettid();
+        assert!(seen[0].contains(&format!("\n  {me} ")), "{}", seen[0]);
     }
 }
