@@ -378,14 +378,16 @@ fn unjudged_storm(s: &StormResult) -> Vec<FactVerdict> {
 /// The device I/O check of a probe cell that pinned: the device's write through the pin must
 /// land in the mapping and its read must return what the CPU sees. No kernel or device is
 /// expected to move data wrongly, so a mismatch or short write differs on every kernel (an
-/// rxe ODP path that corrupted multi-packet writes was `ok` here before). An errno from the
+/// rxe ODP path that corrupted multi-packet writes was `ok` here before), and so does a
+/// transfer that never completed (`blocked(...)`: a blocked operation). An errno from the
 /// device is measured but not judged: whether a device may refuse I/O there is a property
 /// of the device, not data corruption.
 fn device_io_fact(p: &crate::schema::ProbeRow) -> Option<Judged> {
     let d = p.device_io.as_deref()?;
     let verdict = if d.starts_with("ok") {
         Verdict::AsExpected
-    } else if d.starts_with("mismatch") || d.starts_with("short-write") {
+    } else if d.starts_with("mismatch") || d.starts_with("short-write") || d.starts_with("blocked")
+    {
         Verdict::Differs
     } else if d.starts_with("notrun") {
         return None;

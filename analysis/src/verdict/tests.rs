@@ -396,6 +396,30 @@ fn a_device_write_that_does_not_land_differs_even_where_the_pin_is_as_expected()
     assert_exports_agree(&r);
 }
 
+#[test]
+fn a_device_transfer_that_never_completed_is_a_blocked_operation_and_differs() {
+    let mut r = result();
+    let mut cell = probe("rw", "ok", Some("ok"), Verdict::AsExpected);
+    cell.device_io =
+        Some("blocked(READ_FIXED: no completion in 30 s; cancelled, then res -125)".into());
+    let mut refused = probe("rw", "ok", Some("ok"), Verdict::AsExpected);
+    refused.device_io = Some("EFAULT".into());
+    r.probe = vec![cell, refused];
+    let j = judge(&r);
+    assert_eq!(j.status, Status::Differs);
+    let d: Vec<_> = j
+        .facts
+        .iter()
+        .filter(|f| f.name.ends_with("device_io"))
+        .collect();
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(d[0].verdict, Verdict::Differs, "{d:#?}");
+    // A refusal is the device's to make: measured, not judged.
+    assert_eq!(d[1].verdict, Verdict::NoExpectation, "{d:#?}");
+    assert_eq!(j.exit_code(), 3);
+    assert_exports_agree(&r);
+}
+
 /// A bench row as results before bench cells were judged wrote it: no `errors`,
 /// `baseline_errors`, `dax`, `expected`, `verdict` or `expected_because`.
 const OLD_BENCH_ROW: &str = r#"{"pin": "io_uring", "backing": "anon", "fs": "anon",

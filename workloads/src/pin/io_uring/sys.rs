@@ -5,6 +5,7 @@
 //! the kernel sees it, so the callers above need no `unsafe` at all.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -108,22 +109,166 @@ impl FixedRing {
         self.run_one(sqe, "WRITE_FIXED")
     }
 
-    /// Submit one request and wait for its completion.
+    /// Submit one request and wait for its completion, at most [`WAIT_BOUND`].
     fn run_one(&mut self, sqe: squeue::Entry, op: &'static str) -> Result<i32, PinError> {
+        self.run_one_within(sqe, op, WAIT_BOUND)
+    }
+
+    /// Submit one request and wait for its completion, at most `bound`. A request that has
+    /// not completed by then, or whose completion is in the CQ while the wait was not woken,
+    /// is a blocked operation: `PinError::Device` with a `blocked(...)` status saying which,
+    /// after an attempt to cancel it (`IORING_REGISTER_SYNC_CANCEL`), and the ring's
+    /// `fdinfo` on stderr.
+    fn run_one_within(
+        &mut self,
+        sqe: squeue::Entry,
+        op: &'static str,
+        bound: Duration,
+    ) -> Result<i32, PinError> {
         // SAFETY: the SQE points into the registered buffer (checked by the callers above
         // against `self.registered`), whose pages the kernel holds pinned while registered,
-        // and at a descriptor the caller lends for the call; we wait for the completion before
-        // returning, so nothing the request refers to outlives the call.
+        // and at a descriptor the caller lends for the call; the kernel holds its own
+        // reference to that file for the request. We wait for the completion, or cancel the
+        // request, before returning; one that outlives the call (a cancel that failed) only
+        // writes into pages the ring keeps pinned, never into memory Rust owns.
         unsafe { self.ring.submission().push(&sqe) }
             .map_err(|_| PinError::Tool(anyhow::anyhow!("{op}: submission queue full")))?;
-        self.ring
-            .submit_and_wait(1)
-            .map_err(|e| PinError::kernel("io_uring_enter", &e))?;
-        let cqe = self
-            .ring
-            .completion()
-            .next()
-            .ok_or_else(|| PinError::Tool(anyhow::anyhow!("{op}: no completion after wait")))?;
-        Ok(cqe.result())
+        let start = Instant::now();
+        loop {
+            let left = bound.saturating_sub(start.elapsed());
+            let ts = types::Timespec::new()
+                .sec(left.as_secs())
+                .nsec(left.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                Err(e) => return Err(PinError::kernel("io_uring_enter", &e)),
+            }
+            let cqe = self.ring.completion().next();
+            let late = start.elapsed() >= bound;
+            match cqe {
+                Some(c) if !late => return Ok(c.result()),
+                Some(c) => {
+                    return Err(self.blocked(
+                        op,
+                        format!(
+                            "io_uring_enter waited {} s; its completion (res {}) was in the CQ",
+                            bound.as_secs_f64(),
+                            c.result()
+                        ),
+                    ))
+                }
+                None if late => {
+                    let cancel = match self.ring.submitter().register_sync_cancel(
+                        Some(types::Timespec::new().sec(5)),
+                        types::CancelBuilder::any(),
+                    ) {
+                        Ok(()) => "cancelled".to_string(),
+                        Err(e) => format!("cancel failed: {e}"),
+                    };
+                    let after = match self.ring.completion().next() {
+                        Some(c) => format!("then res {}", c.result()),
+                        None => "no completion".into(),
+                    };
+                    return Err(self.blocked(
+                        op,
+                        format!(
+                            "no completion in {} s; {cancel}, {after}",
+                            bound.as_secs_f64()
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The blocked operation's error; the ring's state (`/proc/self/fdinfo`) on stderr.
+    fn blocked(&self, op: &'static str, what: String) -> PinError {
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.ring.as_raw_fd()))
+                .unwrap_or_default();
+        let state: Vec<&str> = fdinfo
+            .lines()
+            .filter(|l| {
+                [
+                    "SqHead",
+                    "SqTail",
+                    "CachedSqHead",
+                    "CqHead",
+                    "CqTail",
+                    "CachedCqTail",
+                ]
+                .iter()
+                .any(|k| l.starts_with(&format!("{k}:")))
+            })
+            .map(str::trim)
+            .collect();
+        eprintln!(
+            "pinstorm: io_uring {op} blocked: {what}; ring: {}",
+            state.join(" ")
+        );
+        PinError::Device {
+            op,
+            status: format!("blocked({op}: {what})"),
+        }
+    }
+}
+
+/// How long one fixed-buffer request may take before it is a blocked operation: a copy
+/// between a memfd and pinned memory takes microseconds on a host and milliseconds in a TCG
+/// guest. Seen on 7.2 in a TCG guest under host load: a READ_FIXED or WRITE_FIXED of the
+/// probe's `hugetlbfs private rw` cell whose wait never returned (io_cqring_wait, no io-wq
+/// worker).
+const WAIT_BOUND: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_never_completes_is_blocked_and_cancelled_not_waited_for() {
+        let mut ring = FixedRing::new(4).unwrap();
+        // Written by the kernel only through the registration; never read here.
+        let mut buf = vec![0u8; 4096];
+        let addr = buf.as_mut_ptr();
+        let target = PinTarget {
+            addr: addr as usize,
+            len: buf.len(),
+            writable: true,
+        };
+        if let Err(e) = ring.register(target) {
+            eprintln!("skipped: IORING_REGISTER_BUFFERS: {e} (memlock limit?)");
+            return;
+        }
+        // A READ_FIXED from an empty pipe nobody writes to: the kernel waits for data.
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let sqe = opcode::ReadFixed::new(types::Fd(r.as_raw_fd()), addr, 16, 0)
+            .offset(u64::MAX)
+            .build();
+        let e = ring
+            .run_one_within(sqe, "READ_FIXED", Duration::from_millis(300))
+            .unwrap_err();
+        let status = e.outcome().unwrap();
+        assert!(
+            status.starts_with(
+                "blocked(READ_FIXED: no completion in 0.3 s; cancelled, then res -125"
+            ),
+            "{status}"
+        );
+        // The ring is usable again: a request that completes is not blocked.
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w2, b"pinstorm").unwrap();
+        let sqe = opcode::ReadFixed::new(types::Fd(r2.as_raw_fd()), addr, 8, 0)
+            .offset(u64::MAX)
+            .build();
+        assert_eq!(
+            ring.run_one_within(sqe, "READ_FIXED", Duration::from_secs(5))
+                .unwrap(),
+            8
+        );
+        ring.unregister().unwrap();
+        drop(buf);
     }
 }
