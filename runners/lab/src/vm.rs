@@ -306,9 +306,7 @@ pub fn with_lab_init(
     qemu_line: &str,
     init_path: &Path,
 ) -> Option<(Vec<String>, String)> {
-    let words = shlex::split(qemu_line)?;
-    let i = words.iter().rposition(|w| w == "-append")?;
-    let cmdline = words.get(i + 1)?;
+    let cmdline = kernel_cmdline(qemu_line)?;
     let init = init_path.to_str()?;
     // The kernel splits its command line on spaces and takes quotes: a path with either
     // cannot be init= as it is.
@@ -347,12 +345,7 @@ pub fn own_init(
     args: &[String],
     qemu_line: &str,
 ) -> std::result::Result<crate::guest_init::OwnInit, String> {
-    let words = shlex::split(qemu_line).ok_or("the QEMU command cannot be split")?;
-    let i = words
-        .iter()
-        .rposition(|w| w == "-append")
-        .ok_or("the QEMU command has no -append")?;
-    let cmdline = words.get(i + 1).ok_or("-append has no value")?;
+    let cmdline = kernel_cmdline(qemu_line).ok_or("the QEMU command has no kernel command line")?;
     let exec = args
         .iter()
         .rev()
@@ -390,8 +383,11 @@ pub fn own_init(
                 };
                 match n.split_once('_') {
                     None if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                        own.mounts
-                            .push((format!("virtme.initmount{n}"), format!("/{value}")));
+                        // virtme-ng names it relative to its init's working directory, /.
+                        own.mounts.push((
+                            format!("virtme.initmount{n}"),
+                            format!("/{}", value.trim_start_matches('/')),
+                        ));
                     }
                     Some((_, "fstype")) => fstypes.push(value.to_string()),
                     Some((_, "access")) if value == "rw" => {}
@@ -403,12 +399,15 @@ pub fn own_init(
     if let Some(f) = fstypes.iter().find(|f| f.as_str() != "9p") {
         return Err(format!("a host directory is shared as {f}, not 9p"));
     }
-    own.mounts = own
-        .mounts
-        .into_iter()
-        .map(|(tag, path)| (tag, path.replacen("//", "/", 1)))
-        .collect();
     Ok(own)
+}
+
+/// The kernel command line of a QEMU command: the value of its last `-append` (QEMU keeps
+/// the last).
+fn kernel_cmdline(qemu_line: &str) -> Option<String> {
+    let words = shlex::split(qemu_line)?;
+    let i = words.iter().rposition(|w| w == "-append")?;
+    words.into_iter().nth(i + 1)
 }
 
 /// The environment `vng` runs with: its venv first on PATH (it calls `virtme-run`), and

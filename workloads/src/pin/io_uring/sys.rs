@@ -118,7 +118,7 @@ impl FixedRing {
     /// not completed by then, or whose completion is in the CQ while the wait was not woken,
     /// is a blocked operation: `PinError::Device` with a `blocked(...)` status saying which,
     /// after an attempt to cancel it (`IORING_REGISTER_SYNC_CANCEL`), and the ring's
-    /// `fdinfo` on stderr.
+    /// `fdinfo` heads and tails, as the wait left them, on stderr.
     fn run_one_within(
         &mut self,
         sqe: squeue::Entry,
@@ -150,16 +150,20 @@ impl FixedRing {
             match cqe {
                 Some(c) if !late => return Ok(c.result()),
                 Some(c) => {
-                    return Err(self.blocked(
+                    let ring = self.ring_state();
+                    return Err(blocked(
                         op,
+                        &ring,
                         format!(
                             "io_uring_enter waited {} s; its completion (res {}) was in the CQ",
                             bound.as_secs_f64(),
                             c.result()
                         ),
-                    ))
+                    ));
                 }
                 None if late => {
+                    // The ring as the wait left it, before the cancel changes it.
+                    let ring = self.ring_state();
                     let cancel = match self.ring.submitter().register_sync_cancel(
                         Some(types::Timespec::new().sec(5)),
                         types::CancelBuilder::any(),
@@ -171,8 +175,9 @@ impl FixedRing {
                         Some(c) => format!("then res {}", c.result()),
                         None => "no completion".into(),
                     };
-                    return Err(self.blocked(
+                    return Err(blocked(
                         op,
+                        &ring,
                         format!(
                             "no completion in {} s; {cancel}, {after}",
                             bound.as_secs_f64()
@@ -184,8 +189,8 @@ impl FixedRing {
         }
     }
 
-    /// The blocked operation's error; the ring's state (`/proc/self/fdinfo`) on stderr.
-    fn blocked(&self, op: &'static str, what: String) -> PinError {
+    /// The ring's submission and completion heads and tails, from `/proc/self/fdinfo`.
+    fn ring_state(&self) -> String {
         let fdinfo =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.ring.as_raw_fd()))
                 .unwrap_or_default();
@@ -205,22 +210,24 @@ impl FixedRing {
             })
             .map(str::trim)
             .collect();
-        eprintln!(
-            "pinstorm: io_uring {op} blocked: {what}; ring: {}",
-            state.join(" ")
-        );
-        PinError::Device {
-            op,
-            status: format!("blocked({op}: {what})"),
-        }
+        state.join(" ")
+    }
+}
+
+/// The blocked operation's error; `ring` (its state when the wait gave up) on stderr.
+fn blocked(op: &'static str, ring: &str, what: String) -> PinError {
+    eprintln!("pinstorm: io_uring {op} blocked: {what}; ring: {ring}");
+    PinError::Device {
+        op,
+        status: format!("blocked({op}: {what})"),
     }
 }
 
 /// How long one fixed-buffer request may take before it is a blocked operation: a copy
 /// between a memfd and pinned memory takes microseconds on a host and milliseconds in a TCG
-/// guest. Seen on 7.2 in a TCG guest under host load: a READ_FIXED or WRITE_FIXED of the
-/// probe's `hugetlbfs private rw` cell whose wait never returned (io_cqring_wait, no io-wq
-/// worker).
+/// guest. Seen on 7.2 in a TCG guest under host load: a READ_FIXED of the probe's
+/// `private rw` cells on hugetlb memory that was never run (io_cqring_wait, no io-wq worker;
+/// docs/findings.md).
 const WAIT_BOUND: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
