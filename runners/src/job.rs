@@ -2,11 +2,10 @@
 //! given: the backings set up for the run, the progress bar, the run's context.
 //!
 //! A job says which backings it pins, how many huge pages it holds at once and how many
-//! cells it has; the run ([`crate::run`]) sets up the backings and huge pages once for all
-//! jobs, totals the progress, runs each job and writes the result after each. Nothing here
+//! cells it has; the run ([`crate::run`]) sets up the backings (beside the jobs,
+//! [`crate::backings`]) and huge pages once for all jobs, totals the progress, runs each job and writes the result after each. Nothing here
 //! imports a job or the run, so every job can import this module without a cycle.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
@@ -16,13 +15,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use pinstorm_analysis::expect::Expectations;
 use pinstorm_analysis::kernel::KernelRelease;
-use pinstorm_analysis::schema::{BackingRecord, RunResult};
-use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
+use pinstorm_analysis::schema::RunResult;
+use pinstorm_workloads::backing::BackingKind;
 use pinstorm_workloads::pin::PinSettings;
 use pinstorm_workloads::scratch::RunScratch;
 
+pub use crate::backings::BackingSet;
 use crate::kmsg::Kmsg;
-use crate::signals;
 
 /// One job of a scenario.
 pub trait Job {
@@ -81,94 +80,6 @@ pub fn with_memlock_hint(mut reason: String, errno: &str, hint: Option<&str>) ->
         reason.push_str(&format!(" ({h})"));
     }
     reason
-}
-
-/// The backings set up for a run, or why each could not be.
-pub struct BackingSet {
-    map: BTreeMap<BackingKind, Result<Box<dyn Backing>, NotRun>>,
-}
-
-impl BackingSet {
-    /// Set up each of `kinds`; one that cannot be is recorded with its reason. `log` hears
-    /// what happens.
-    pub fn set_up(
-        kinds: impl IntoIterator<Item = BackingKind>,
-        env: &SetupEnv,
-        scratch: &RunScratch,
-        log: impl Fn(&str) + Sync,
-    ) -> Result<BackingSet> {
-        let mut map = BTreeMap::new();
-        // A filesystem on a loop device (an image, mkfs, losetup, mount: about a second each
-        // in a TCG guest) is made in a thread of its own beside the others; the rest are
-        // quick and made here, one after the other.
-        let (disk, rest): (Vec<BackingKind>, Vec<BackingKind>) =
-            kinds.into_iter().partition(|k| k.makes_a_filesystem());
-        let setup_one = |k: BackingKind| {
-            log(&format!("setting up {k}"));
-            let b = k.setup(env, scratch);
-            if let Err(e) = &b {
-                log(&format!("{k}: notrun: {e}"));
-            }
-            b
-        };
-        signals::check()?;
-        std::thread::scope(|s| -> Result<()> {
-            let threads: Vec<_> = disk
-                .iter()
-                .map(|&k| (k, s.spawn(move || setup_one(k))))
-                .collect();
-            for k in rest {
-                signals::check()?;
-                map.insert(k, setup_one(k));
-            }
-            for (k, t) in threads {
-                let b = t
-                    .join()
-                    .unwrap_or_else(|_| Err(NotRun(format!("setting up {k} panicked"))));
-                map.insert(k, b);
-            }
-            Ok(())
-        })?;
-        signals::check()?;
-        Ok(BackingSet { map })
-    }
-
-    pub fn get(&self, kind: BackingKind) -> Result<&dyn Backing, NotRun> {
-        match self.map.get(&kind) {
-            Some(Ok(b)) => Ok(b.as_ref()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(NotRun(format!("{kind} was not set up for this run"))),
-        }
-    }
-
-    pub fn records(&self) -> Vec<BackingRecord> {
-        self.map
-            .iter()
-            .map(|(k, b)| match b {
-                Ok(b) => {
-                    let i = b.info();
-                    BackingRecord {
-                        backing: k.name().into(),
-                        outcome: "ok".into(),
-                        reason: None,
-                        fs: Some(i.fs.clone()),
-                        mount_source: i.mount_source.clone(),
-                        mount_options: i.mount_options.clone(),
-                        page_size: Some(i.page_size),
-                    }
-                }
-                Err(e) => BackingRecord {
-                    backing: k.name().into(),
-                    outcome: "notrun".into(),
-                    reason: Some(e.0.clone()),
-                    fs: None,
-                    mount_source: None,
-                    mount_options: None,
-                    page_size: None,
-                },
-            })
-            .collect()
-    }
 }
 
 /// A progress bar on stderr when it is a terminal; otherwise nothing at all.

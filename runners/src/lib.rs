@@ -2,6 +2,7 @@
 //!
 //! - [`run`]: the run itself, from the checked paths to the final result file, on a host or
 //!   inside a lab guest;
+//! - [`backings`]: the backings of a run, set up beside its jobs;
 //! - [`job`]: the [`job::Job`] trait every job of a scenario implements, and what jobs are
 //!   given (backings, progress, context);
 //! - [`probe`], [`bench`], [`storm`], [`lease`]: the jobs of a scenario;
@@ -18,6 +19,7 @@
 // No unsafe code here: the system edges are in pinstorm-workloads' `sys` modules.
 #![deny(unsafe_code)]
 
+pub mod backings;
 pub mod bench;
 pub mod cleanup;
 pub mod disturbance;

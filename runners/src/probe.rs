@@ -194,7 +194,11 @@ fn run(
     // A cell takes milliseconds on a host and about a second at most in a TCG guest; one
     // stuck in the kernel says where, on the log (the lab's console), while it is stuck.
     let watch = CellWatch::start(CELL_REPORT_AFTER, |r| eprintln!("pinstorm: probe {r}"));
-    for &kind in &job.backings {
+    // The backings as their set-up ends (in a lab guest the DAX filesystems may be ready
+    // before the loop devices' ones); the rows go back to the scenario's order at the end.
+    let mut left = job.backings.clone();
+    while let Some(kind) = ctx.backings.next_ready(&left) {
+        left.retain(|&k| k != kind);
         for &pin in &job.pins {
             let path: Box<dyn PinPath> = pin.path(ctx.pins);
             let path_avail = path.availability();
@@ -302,6 +306,15 @@ fn run(
             }
         }
     }
+    // The scenario's order (a stable sort: within a backing, the order measured).
+    out.sort_by_key(|r| {
+        job.backings
+            .iter()
+            .position(|k| k.name() == r.backing)
+            .unwrap_or(usize::MAX)
+    });
+    // Interrupted while waiting for a backing: say so, as at any other step.
+    signals::check()?;
     Ok(())
 }
 

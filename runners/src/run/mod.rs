@@ -4,10 +4,12 @@
 //!
 //! Order: lock the scratch root and clean what dead runs left -> capture the environment ->
 //! start measuring how disturbed the machine is (the whole run, and each job) -> write an
-//! initial (incomplete) result -> reserve huge pages -> set up the backings of every
-//! job -> run the jobs (probe, bench, leases, storm), rewriting the result after each -> tear
-//! down backings and huge pages -> settle pin counters -> write the final result. The result
-//! is rewritten atomically after every job, so an interrupted run keeps what it measured.
+//! initial (incomplete) result -> reserve huge pages -> start setting up the backings of
+//! every job, beside the jobs ([`crate::backings`]) -> run the jobs (probe, bench, leases,
+//! storm), each waiting only for the backing it pins, rewriting the result after each ->
+//! tear down backings and huge pages -> settle pin counters -> write the final result. The
+//! result is rewritten atomically after every job, so an interrupted run keeps what it
+//! measured.
 //!
 //! The jobs are [`Job`]s: this module never looks inside one.
 
@@ -25,7 +27,8 @@ use pinstorm_workloads::backing::{BackingKind, SetupEnv};
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::{HugePageReservation, ScratchRoot};
 
-use crate::job::{self, BackingSet, Job, JobContext, Progress};
+use crate::backings::{Arriving, BackingSet, DaxTargets, Setup};
+use crate::job::{self, Job, JobContext, Progress};
 use crate::signals::{self, Interrupted};
 use crate::{cleanup, disturbance, environment, kmsg};
 
@@ -164,35 +167,6 @@ fn settle_pins(target: i64, bound: Duration) -> (i64, u64) {
     }
 }
 
-/// Make the filesystem on one of the user's scratch devices and hand its mount point to
-/// its DAX backing; what fails is that backing's notrun reason.
-fn scratch_device(
-    opts: &RunOptions,
-    d: &pinstorm_workloads::scratch::ScratchDevice,
-    scratch: &pinstorm_workloads::scratch::RunScratch,
-    env: &mut SetupEnv,
-) -> Option<pinstorm_workloads::scratch::DeviceFs> {
-    let dev = d.path().display();
-    let fs = d.fs();
-    log(opts, &format!("making {fs} on the scratch device {dev}"));
-    let made = pinstorm_workloads::scratch::DeviceFs::make(d, scratch).and_then(|made| {
-        let (_, mnt) = made.mount();
-        let dir = ScratchDir::new(mnt, &format!("--scratch-dev {fs}={dev} at "))?;
-        env.dax_dirs.insert(fs.to_string(), dir);
-        Ok(made)
-    });
-    match made {
-        Ok(m) => Some(m),
-        Err(e) => {
-            env.unavailable.insert(
-                format!("{fs}-dax"),
-                format!("--scratch-dev {fs}={dev}: {e:#}"),
-            );
-            None
-        }
-    }
-}
-
 fn log(opts: &RunOptions, msg: &str) {
     if opts.verbose {
         eprintln!("pinstorm: {msg}");
@@ -200,6 +174,13 @@ fn log(opts: &RunOptions, msg: &str) {
 }
 
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
+    run_with(opts, None)
+}
+
+/// [`run`], with what another thread is still making when the run starts (a lab guest's
+/// disk filesystems' modules and DAX targets): the backings that need it wait for it, the
+/// jobs start at once. Its DAX targets add to those of `opts`.
+pub fn run_with(opts: &RunOptions, arriving: Option<Arriving>) -> Result<RunOutcome> {
     if let Some(why) = lab_only_refusal(&opts.scenario, opts.lab.is_some()) {
         anyhow::bail!(why);
     }
@@ -230,12 +211,11 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         let scratch = root.new_run(&run_id)?;
         let is_root = pinstorm_workloads::is_root();
         let jobs = jobs(&opts.scenario);
-        let mut kinds: Vec<BackingKind> = jobs
+        // In the order the jobs use them: the first job's first backing is set up first.
+        let kinds: Vec<BackingKind> = jobs
             .iter()
             .flat_map(|j| j.backings().iter().copied())
             .collect();
-        kinds.sort();
-        kinds.dedup();
 
         // Huge pages first: hugetlb backings look at the pool when they are set up.
         let need = if kinds.iter().any(|k| k.uses_hugetlb()) && is_root {
@@ -256,22 +236,22 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         } else {
             None
         };
-        let mut setup_env = SetupEnv {
+        let setup_env = SetupEnv {
             is_root,
             scratch_dir: opts.scratch_dir.clone(),
             dax_dirs: opts.dax_dirs.clone(),
             devdax: opts.devdax.clone(),
             unavailable: opts.unavailable.clone(),
         };
-        // Declared before the backings, so dropped after them: their files live on it.
-        let _device_fs: Vec<_> = opts
-            .scratch_devs
-            .iter()
-            .filter_map(|d| scratch_device(opts, d, &scratch, &mut setup_env))
-            .collect();
-        let backings = BackingSet::set_up(kinds, &setup_env, &scratch, |m| log(opts, m))?;
-        result.backings = backings.records();
-
+        let log_setup = |m: &str| log(opts, m);
+        let setup = Setup {
+            env: &setup_env,
+            scratch: &scratch,
+            scratch_devs: &opts.scratch_devs,
+            log: &log_setup,
+        };
+        let backings = BackingSet::new(kinds);
+        signals::check()?;
         let progress = Progress::new(opts.progress, jobs.iter().map(|j| j.cells()).sum());
         let kmsg = std::sync::Mutex::new(kmsg::Kmsg::open());
         // A preset by its name, a file by its path.
@@ -296,14 +276,24 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             reproduce_as: &opts.reproduce_as,
             lab: opts.lab.as_ref(),
         };
-        let outcome = jobs.iter().try_for_each(|job| {
-            log(opts, job.name());
-            let measured = noise.job();
-            let r = job.run(&ctx, &progress, &mut result);
-            noise.record(measured.map(|iv| (job.name(), iv)), &mut result);
-            writer.write(&mut result)?;
-            r
+        let arriving = arriving.unwrap_or_else(|| Arriving::now(DaxTargets::default()));
+        let outcome = std::thread::scope(|s| {
+            backings.start(s, &setup, arriving);
+            let outcome = jobs.iter().try_for_each(|job| {
+                log(opts, job.name());
+                let measured = noise.job();
+                let r = job.run(&ctx, &progress, &mut result);
+                noise.record(measured.map(|iv| (job.name(), iv)), &mut result);
+                result.backings = backings.records();
+                writer.write(&mut result)?;
+                r
+            });
+            // What is still being set up (a backing no job reached) finishes or gives up
+            // before the scope ends.
+            backings.finish();
+            outcome
         });
+        result.backings = backings.records();
         progress.finish();
         // Tear down in reverse: backings (unmount, detach), then huge pages, then the run dir.
         log(opts, "cleaning up");
