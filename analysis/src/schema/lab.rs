@@ -111,13 +111,20 @@ pub struct LabTimings {
     /// QEMU start to the guest agent's first step (firmware, kernel, virtme-ng's init);
     /// null when the guest never got there.
     pub boot_s: Option<f64>,
-    /// The guest's set-up of pmem, DAX filesystems, device-dax and soft-RoCE.
+    /// The guest agent's start to the scenario's start: the set-up of pmem, DAX
+    /// filesystems, device-dax and soft-RoCE when the scenario waits for it, next to
+    /// nothing when it runs beside the scenario (`beside`).
     pub setup_s: Option<f64>,
     /// Each set-up step, in order: `modules`, `pmem`, `devdax`, `mkfs-xfs`, `mkfs-ext4`, `rxe`,
     /// `fs-modules`; a step the scenario does not need is not run.
     pub setup: Vec<LabPhase>,
     /// The scenario in the guest, from its start to its result.
     pub run_s: Option<f64>,
+    /// The guest's set-up steps that ran beside the scenario rather than before it (the
+    /// modules, pmem and DAX filesystems while the probe's in-memory cells run), in order;
+    /// empty when the scenario waited for them (they are then in `setup`).
+    #[serde(default)]
+    pub beside: Vec<LabPhase>,
     /// Each job of the run, in order (from the result's per-job `disturbance` intervals).
     pub jobs: Vec<LabPhase>,
     /// The scenario's end to QEMU gone (report, power-off, QEMU exit).
@@ -134,19 +141,28 @@ pub struct LabTimings {
 
 impl LabTimings {
     /// One readable line: `prepare 0.1s, boot 12.3s, set-up 6.1s (pmem 2.0, ...), run 20.0s
-    /// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`.
+    /// (probe 3.0, ...), end 1.2s; scenario at 18.4s, total 40.1s`; set-up steps that ran
+    /// beside the scenario follow its jobs (`run 20.0s (probe 3.0, ...; beside it: pmem
+    /// 2.0, ...)`).
     pub fn describe(&self) -> String {
         let t = self;
+        fn each(p: &[LabPhase]) -> String {
+            p.iter()
+                .map(|x| format!("{} {:.1}", x.name, x.seconds))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
         fn parts(p: &[LabPhase]) -> String {
             if p.is_empty() {
                 return String::new();
             }
-            let each: Vec<String> = p
-                .iter()
-                .map(|x| format!("{} {:.1}", x.name, x.seconds))
-                .collect();
-            format!(" ({})", each.join(", "))
+            format!(" ({})", each(p))
         }
+        let run_parts = match (t.jobs.is_empty(), t.beside.is_empty()) {
+            (_, true) => parts(&t.jobs),
+            (true, false) => format!(" (beside it: {})", each(&t.beside)),
+            (false, false) => format!(" ({}; beside it: {})", each(&t.jobs), each(&t.beside)),
+        };
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.1}s"));
         format!(
             "prepare {:.1}s, boot {}, set-up {}{}, run {}{}, end {}; scenario at {}, first result at {}, total {:.1}s",
@@ -155,7 +171,7 @@ impl LabTimings {
             opt(t.setup_s),
             parts(&t.setup),
             opt(t.run_s),
-            parts(&t.jobs),
+            run_parts,
             opt(t.end_s),
             opt(t.to_scenario_s),
             opt(t.first_result_s),

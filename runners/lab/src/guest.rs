@@ -23,6 +23,7 @@ use pinstorm_workloads::layout::LabMachine;
 use pinstorm_workloads::scenario::Scenario;
 use pinstorm_workloads::scratch::ScratchDevice;
 
+use pinstorm_runners::backings::{Arriving, ArrivingSender, DaxTargets};
 use pinstorm_runners::run::{self, RunOptions, ScratchDir, WriteDir};
 
 use crate::template::TemplatePlan;
@@ -113,11 +114,16 @@ pub struct GuestReport {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub guest_exec_status: Option<i32>,
-    /// Each set-up step and how long it took, by the guest's clock.
+    /// Each set-up step and how long it took, by the guest's clock, when the run waited
+    /// for them.
     #[serde(default)]
     pub setup: Vec<LabPhase>,
+    /// The agent's start to the run's start.
     #[serde(default)]
     pub setup_s: Option<f64>,
+    /// Each set-up step when they ran beside the run (see [`main`]).
+    #[serde(default)]
+    pub beside: Vec<LabPhase>,
     /// The scenario, from its start to its result.
     #[serde(default)]
     pub run_s: Option<f64>,
@@ -457,6 +463,7 @@ fn mount_dax(fs: &str, dev: &str) -> Result<PathBuf> {
     Ok(scratch)
 }
 
+#[derive(Default)]
 struct Targets {
     dax_dirs: BTreeMap<String, PathBuf>,
     devdax: Option<PathBuf>,
@@ -702,11 +709,7 @@ fn make_namespaces(
 }
 
 fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Targets {
-    let mut t = Targets {
-        dax_dirs: BTreeMap::new(),
-        devdax: None,
-        scratch_devs: Vec::new(),
-    };
+    let mut t = Targets::default();
     let mut fsdax_devs: Vec<(&str, Option<String>)> = Vec::new();
     // Whether the filesystems are on the namespaces already (a template's copy).
     let mut formatted = false;
@@ -870,6 +873,143 @@ fn setup_pmem(plan: &GuestPlan, facts: &mut Vec<LabFact>, laps: &mut Laps) -> Ta
     }
     laps.lap("mount");
     t
+}
+
+/// What the guest's set-up made: the DAX targets, its facts and timed steps, and the lab
+/// machine the memory operations are told about.
+struct SetUp {
+    targets: Targets,
+    facts: Vec<LabFact>,
+    laps: Vec<LabPhase>,
+    lab: LabMachine,
+}
+
+impl SetUp {
+    fn failed(why: &str) -> SetUp {
+        SetUp {
+            targets: Targets::default(),
+            facts: vec![fact("setup", false, why)],
+            laps: Vec::new(),
+            lab: LabMachine::default(),
+        }
+    }
+}
+
+/// How long the run's backings wait for the set-up's modules and DAX targets: far more
+/// than a TCG guest takes (~10 s), far less than the host's timeout.
+const SETUP_BOUND: Duration = Duration::from_secs(300);
+
+/// The guest's set-up: the modules the lab's init is loading, pmem and the DAX filesystems
+/// (or device-dax), the kmem node, soft-RoCE. What the run's backings wait for goes to
+/// `send` as soon as it is there: the disk filesystems' modules when their loader is done,
+/// the DAX targets when pmem is set up.
+fn set_up(plan: &GuestPlan, scenario: &Scenario, send: ArrivingSender) -> SetUp {
+    let needs = needs(plan, scenario);
+    let mut facts = Vec::new();
+    let mut laps = Laps::new();
+    // The lab's initramfs (or, without it, the lab's init) has started loading the modules
+    // in the background, one loader per group; the set-up waits for each and asks kmod only
+    // for what is not live then. The filesystems' group finishes on a thread of its own,
+    // beside the rest of the set-up, unless the DAX mounts need it first.
+    let [devices, fs] = module_groups(plan, scenario);
+    let disks = send.disks;
+    let mut fs_loader = Some(std::thread::spawn(move || {
+        if !fs.is_empty() {
+            wait_for_loader(GROUP_TAGS[1], LOADER_BOUND);
+            modprobe_missing(&fs);
+        }
+        // Whatever it could not load, the run's mount asks for again and reports.
+        let _ = disks.send(());
+    }));
+    // Without udev nothing else loads them. What this misses, the steps' own modprobe
+    // reports.
+    wait_for_loader(GROUP_TAGS[0], LOADER_BOUND);
+    modprobe_missing(&devices);
+    laps.lap("modules");
+    // The DAX filesystems' mounts need their modules: without them, each mount would have
+    // the kernel start a modprobe of its own.
+    if needs.pmem.is_none() {
+        if let Some(t) = fs_loader.take() {
+            let _ = t.join();
+            laps.lap("fs-modules");
+        }
+    }
+    let targets = match &needs.pmem {
+        None => setup_pmem(plan, &mut facts, &mut laps),
+        Some(why) => {
+            facts.push(fact("pmem", false, why.clone()));
+            Targets::default()
+        }
+    };
+    let _ = send.dax.send(dax_targets(&targets, &facts));
+    let lab = setup_kmem(plan, &mut facts);
+    if plan.kmem_node {
+        laps.lap("kmem-node");
+    }
+    if plan.movablecore {
+        facts.push(movable_zone());
+    }
+    match &needs.rxe {
+        None => {
+            setup_rxe(&mut facts);
+            laps.lap("rxe");
+        }
+        Some(why) => facts.push(fact("rxe", false, why.clone())),
+    }
+    if let Some(t) = fs_loader {
+        let _ = t.join();
+        laps.lap("fs-modules");
+    }
+    SetUp {
+        targets,
+        facts,
+        laps: laps.phases,
+        lab,
+    }
+}
+
+/// The run's DAX targets from what the set-up made; what it could not make (a fact that is
+/// not ok) is the notrun reason of its backings.
+fn dax_targets(t: &Targets, facts: &[LabFact]) -> DaxTargets {
+    let mut d = DaxTargets::default();
+    for f in facts.iter().filter(|f| f.outcome != "ok") {
+        let backings: &[&str] = match f.name.as_str() {
+            "fsdax-xfs" => &["xfs-dax"],
+            "fsdax-ext4" => &["ext4-dax"],
+            "devdax" => &["devdax"],
+            "pmem" => &["xfs-dax", "ext4-dax", "devdax"],
+            _ => &[],
+        };
+        for b in backings {
+            d.unavailable
+                .entry(b.to_string())
+                .or_insert_with(|| format!("lab guest: {}", f.detail));
+        }
+    }
+    for (fs, dir) in &t.dax_dirs {
+        match ScratchDir::new(dir, &format!("the guest's {fs} DAX directory")) {
+            Ok(s) => {
+                d.dax_dirs.insert(fs.clone(), s);
+            }
+            Err(e) => {
+                d.unavailable
+                    .entry(format!("{fs}-dax"))
+                    .or_insert_with(|| format!("lab guest: {e:#}"));
+            }
+        }
+    }
+    d.devdax = t.devdax.clone();
+    for (fs, dev) in &t.scratch_devs {
+        match ScratchDevice::new(&format!("{fs}={}", dev.display()), false) {
+            Ok(s) => d.scratch_devs.push(s),
+            Err(e) => {
+                d.unavailable
+                    .entry(format!("{fs}-dax"))
+                    .or_insert_with(|| format!("lab guest: {e:#}"));
+            }
+        }
+    }
+    d
 }
 
 /// Which init started the agent: PID 1's command line, as the kernel shows it (the lab's
@@ -1067,79 +1207,85 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     }
     let setup_start = Instant::now();
     report.facts.push(init_fact());
-    let mut laps = Laps::new();
     let scenario = Scenario::parse(&plan.scenario_text, &plan.origin)
         .map_err(anyhow::Error::from)
         .context("the scenario (validated on the host) does not parse in the guest")?;
     let needs = needs(&plan, &scenario);
-    // The lab's initramfs (or, without it, the lab's init) has started loading the modules
-    // in the background, one loader per group; the agent waits for each and asks kmod only
-    // for what is not live then. The filesystems' group finishes on a thread of its own,
-    // beside the rest of the set-up, unless the DAX mounts need it first.
-    let [devices, fs] = module_groups(&plan, &scenario);
-    let mut fs_loader = (!fs.is_empty()).then(|| {
-        std::thread::spawn(move || {
-            wait_for_loader(GROUP_TAGS[1], LOADER_BOUND);
-            modprobe_missing(&fs);
-        })
-    });
     std::fs::create_dir_all(GUEST_ROOT)?;
-    // Without udev nothing else loads them. What this misses, the steps' own modprobe
-    // reports.
-    wait_for_loader(GROUP_TAGS[0], LOADER_BOUND);
-    modprobe_missing(&devices);
-    laps.lap("modules");
-    // The DAX filesystems' mounts need their modules: without them, each mount would have
-    // the kernel start a modprobe of its own.
-    if needs.pmem.is_none() {
-        if let Some(t) = fs_loader.take() {
-            let _ = t.join();
-            laps.lap("fs-modules");
-        }
-    }
-    laps.lap("modules");
-    let targets = match &needs.pmem {
-        None => setup_pmem(&plan, &mut report.facts, &mut laps),
-        Some(why) => {
-            report.facts.push(fact("pmem", false, why.clone()));
-            Targets {
-                dax_dirs: BTreeMap::new(),
-                devdax: None,
-                scratch_devs: Vec::new(),
-            }
-        }
-    };
-    let lab = setup_kmem(&plan, &mut report.facts);
-    if plan.kmem_node {
-        laps.lap("kmem-node");
-    }
-    if plan.movablecore {
-        report.facts.push(movable_zone());
-    }
-    match &needs.rxe {
-        None => {
-            setup_rxe(&mut report.facts);
-            laps.lap("rxe");
-        }
-        Some(why) => report.facts.push(fact("rxe", false, why.clone())),
-    }
-    if let Some(t) = fs_loader {
-        // Whatever it could not load, the run's mount asks for again and reports.
-        let _ = t.join();
-        laps.lap("fs-modules");
-    }
-    report.setup = laps.phases;
-    report.setup_s = Some(setup_start.elapsed().as_secs_f64());
-    write_report(&report);
-
-    let mut scenario = scenario;
+    // The run starts beside the guest's set-up (its in-memory cells while the modules load
+    // and the pmem filesystems are made) unless it reads at its start what the set-up
+    // makes: the RDMA device soft-RoCE brings (the run records the one it finds) or the
+    // kmem node (the memory operations' target).
+    let beside = needs.rxe.is_some() && !plan.kmem_node;
+    let (send, arriving) = Arriving::channel("the lab guest's set-up", SETUP_BOUND);
+    let mut run_scenario = scenario.clone();
     if let Some(s) = plan.seed {
-        scenario.seed = s;
+        run_scenario.seed = s;
     }
     let expectations = match &plan.expectations {
         None => Expectations::builtin(),
         Some(sources) => Expectations::from_sources(sources)?,
     };
+    let opts = |lab: LabMachine| -> Result<RunOptions> {
+        Ok(RunOptions {
+            scenario: run_scenario.clone(),
+            origin: plan.origin.clone(),
+            results_root: WriteDir::new(
+                &plan.stage.join("results"),
+                "the lab's staging directory",
+            )?,
+            scratch_root: WriteDir::new(
+                &PathBuf::from(format!("{GUEST_ROOT}/scratch")),
+                "the guest's scratch root",
+            )?,
+            scratch_dir: None,
+            // The DAX targets arrive from the set-up (`arriving`).
+            scratch_devs: Vec::new(),
+            dax_dirs: BTreeMap::new(),
+            devdax: None,
+            unavailable: BTreeMap::new(),
+            label: plan.label.clone(),
+            expectations: expectations.clone(),
+            command: std::env::args().collect(),
+            progress: false,
+            verbose: true,
+            holder_exe: None,
+            reproduce_as: plan.reproduce_as.clone(),
+            // The one place that says "this run is in a lab guest".
+            lab: Some(lab),
+        })
+    };
+    let timed_run = |opts: Result<RunOptions>, arriving: Arriving| {
+        let start = Instant::now();
+        let run = opts.and_then(|o| run::run_with(&o, Some(arriving)));
+        (run, start.elapsed().as_secs_f64())
+    };
+    let (setup, (run, run_s)) = std::thread::scope(|s| {
+        if beside {
+            let t = s.spawn(|| set_up(&plan, &scenario, send));
+            report.setup_s = Some(setup_start.elapsed().as_secs_f64());
+            write_report(&report);
+            let run = timed_run(opts(LabMachine::default()), arriving);
+            let setup = t
+                .join()
+                .unwrap_or_else(|_| SetUp::failed("the set-up panicked"));
+            report.beside = setup.laps.clone();
+            (setup, run)
+        } else {
+            let setup = set_up(&plan, &scenario, send);
+            report.setup = setup.laps.clone();
+            report.setup_s = Some(setup_start.elapsed().as_secs_f64());
+            report.facts.extend(setup.facts.iter().cloned());
+            write_report(&report);
+            let run = timed_run(opts(setup.lab.clone()), arriving);
+            (setup, run)
+        }
+    });
+    if beside {
+        report.facts.extend(setup.facts.iter().cloned());
+    }
+    let SetUp { targets, lab, .. } = setup;
+    report.run_s = Some(run_s);
     let exec_env: Vec<(String, String)> = [
         ("PINSTORM_LAB_XFS_DAX", targets.dax_dirs.get("xfs")),
         ("PINSTORM_LAB_EXT4_DAX", targets.dax_dirs.get("ext4")),
@@ -1153,61 +1299,6 @@ pub fn main(plan_path: &Path) -> Result<i32> {
         )
     })
     .collect();
-    // What the guest could not set up is the notrun reason of its backing.
-    let mut unavailable: BTreeMap<String, String> = BTreeMap::new();
-    for f in report.facts.iter().filter(|f| f.outcome != "ok") {
-        let backings: &[&str] = match f.name.as_str() {
-            "fsdax-xfs" => &["xfs-dax"],
-            "fsdax-ext4" => &["ext4-dax"],
-            "devdax" => &["devdax"],
-            "pmem" => &["xfs-dax", "ext4-dax", "devdax"],
-            _ => &[],
-        };
-        for b in backings {
-            unavailable
-                .entry(b.to_string())
-                .or_insert_with(|| format!("lab guest: {}", f.detail));
-        }
-    }
-    let opts = RunOptions {
-        scenario,
-        origin: plan.origin.clone(),
-        results_root: WriteDir::new(&plan.stage.join("results"), "the lab's staging directory")?,
-        scratch_root: WriteDir::new(
-            &PathBuf::from(format!("{GUEST_ROOT}/scratch")),
-            "the guest's scratch root",
-        )?,
-        scratch_dir: None,
-        scratch_devs: targets
-            .scratch_devs
-            .iter()
-            .map(|(fs, d)| ScratchDevice::new(&format!("{fs}={}", d.display()), false))
-            .collect::<anyhow::Result<_>>()?,
-        dax_dirs: targets
-            .dax_dirs
-            .iter()
-            .map(|(fs, d)| {
-                Ok((
-                    fs.clone(),
-                    ScratchDir::new(d, &format!("the guest's {fs} DAX directory"))?,
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?,
-        devdax: targets.devdax,
-        unavailable,
-        label: plan.label.clone(),
-        expectations,
-        command: std::env::args().collect(),
-        progress: false,
-        verbose: true,
-        holder_exe: None,
-        reproduce_as: plan.reproduce_as.clone(),
-        // The one place that says "this run is in a lab guest".
-        lab: Some(lab.clone()),
-    };
-    let run_start = Instant::now();
-    let run = run::run(&opts);
-    report.run_s = Some(run_start.elapsed().as_secs_f64());
     // The device the run was handed must be blank again, as on a host: blkid, not pinstorm,
     // says so.
     for (fs, d) in &targets.scratch_devs {

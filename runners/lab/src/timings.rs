@@ -73,6 +73,7 @@ pub(crate) fn account(m: &Measured) -> LabTimings {
         setup_s: setup,
         setup: m.report.map(|r| r.setup.clone()).unwrap_or_default(),
         run_s: run,
+        beside: m.report.map(|r| r.beside.clone()).unwrap_or_default(),
         jobs,
         end_s: end,
         to_scenario_s: boot.zip(setup).map(|(b, s)| b + s),
@@ -254,5 +255,30 @@ mod tests {
         // The first result: boot 5, set-up 2, and the probe's end 2.5 s into the run.
         assert_eq!(t.first_result_s, Some(5.0 + 2.0 + 2.5));
         assert!(describe(&t).contains("first result at 9.5s"));
+
+        // The set-up beside the run: its steps follow the jobs, and the scenario starts
+        // (and its first result comes) as soon as the agent starts the run.
+        let beside = GuestReport {
+            beside: r.setup.clone(),
+            setup: Vec::new(),
+            setup_s: Some(0.1),
+            ..r
+        };
+        let t = account(&Measured {
+            prepare: secs(0.0),
+            wall: secs(20.0),
+            first_step: Some(secs(5.0)),
+            report: Some(&beside),
+            result: Some(&res),
+        });
+        let line = describe(&t);
+        assert!(
+            line.contains(
+                "set-up 0.1s, run 10.0s (probe 1.5, bench 7.0; beside it: pmem 1.0, rxe 1.0)"
+            ),
+            "{line}"
+        );
+        assert!((t.first_result_s.unwrap() - 7.6).abs() < 1e-9, "{t:?}");
+        assert!(top_level_sum(&t) <= t.total_s + 1e-9, "{t:?}");
     }
 }
