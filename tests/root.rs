@@ -421,3 +421,74 @@ fn without_root_unavailable_backings_are_notrun_with_a_reason() {
     }
     assert_left_as_found(&sb.base, &before);
 }
+
+#[test]
+fn a_loop_filesystem_is_made_before_its_gate_and_attached_only_after_it() {
+    use pinstorm_workloads::backing::{BackingKind, Gate, LoopFs, SetupEnv};
+    use pinstorm_workloads::scratch::ScratchRoot;
+    use std::sync::{Arc, Mutex};
+    let test = "loop gate";
+    if !need_root(test) || !need_tools(test, &["mkfs.ext4", "losetup", "blkid"]) {
+        return;
+    }
+    let _g = serial();
+    let sb = Sandbox::new("loopgate");
+    let before = machine_state(&sb.base);
+    let root = ScratchRoot::open(&sb.scratch).unwrap();
+    // What the machine showed while the set-up stood at the gate: the image's filesystem
+    // (blkid, not pinstorm, reads it) and the loop devices on the sandbox's files.
+    let at_gate = |image: std::path::PathBuf, open: bool, seen: Arc<Mutex<Vec<String>>>| {
+        let base = sb.base.clone();
+        Gate::new(move || {
+            let fs = std::process::Command::new("blkid")
+                .args(["-p", "-o", "value", "-s", "TYPE"])
+                .arg(&image)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let loops = machine_state(&base).loops_below;
+            seen.lock()
+                .unwrap()
+                .push(format!("fs={fs} loops={loops:?}"));
+            if open {
+                Ok(())
+            } else {
+                Err("the test's modules never came".into())
+            }
+        })
+    };
+    // A gate that never opens: the filesystem was made, nothing was attached, and the
+    // gate's reason is the backing's.
+    let run = root.new_run("closed").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let env = SetupEnv {
+        before_attach: Some(at_gate(run.owned().join("ext4.img"), false, seen.clone())),
+        ..SetupEnv::default()
+    };
+    let e = LoopFs::create(BackingKind::Ext4, &env, &run).err().unwrap();
+    assert_eq!(e.0, "the test's modules never came");
+    assert_eq!(*seen.lock().unwrap(), ["fs=ext4 loops=[]"]);
+    assert!(machine_state(&sb.base).loops_below.is_empty());
+    drop(run);
+    // A gate that opens: attached and mounted after it.
+    let run = root.new_run("open").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let env = SetupEnv {
+        before_attach: Some(at_gate(run.owned().join("ext4.img"), true, seen.clone())),
+        ..SetupEnv::default()
+    };
+    let l = LoopFs::create(BackingKind::Ext4, &env, &run).unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["fs=ext4 loops=[]"]);
+    let now = machine_state(&sb.base);
+    assert_eq!(now.loops_below.len(), 1, "{now:?}");
+    assert!(
+        now.mounts_below
+            .iter()
+            .any(|m| m.contains(&*l.mount_point().to_string_lossy())),
+        "{now:?}"
+    );
+    drop(l);
+    drop(run);
+    drop(root);
+    assert_left_as_found(&sb.base, &before);
+}

@@ -382,7 +382,7 @@ fn renaming_the_loop_image_mid_setup_never_formats_or_mounts_another_file() {
     let mut outcomes = Vec::new();
     for i in 0..4 {
         let run = root.new_run(&format!("race{i}")).unwrap();
-        match LoopFs::create(BackingKind::Xfs, &run) {
+        match LoopFs::create(BackingKind::Xfs, &Default::default(), &run) {
             Ok(l) => {
                 // Mounted: it must be our image's filesystem, not the victim.
                 let dev = l.device().unwrap().to_path_buf();

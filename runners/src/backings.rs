@@ -18,12 +18,12 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use pinstorm_analysis::schema::BackingRecord;
-use pinstorm_workloads::backing::{Backing, BackingKind, NotRun, SetupEnv};
+use pinstorm_workloads::backing::{Backing, BackingKind, Gate, NotRun, SetupEnv};
 use pinstorm_workloads::scratch::{DeviceFs, RunScratch, ScratchDevice, ScratchDir};
 
 use crate::signals;
@@ -99,7 +99,7 @@ pub struct BackingSet {
     lock: Mutex<()>,
     filled: Condvar,
     /// The run is over: what is still being waited for is not needed.
-    done: AtomicBool,
+    done: Arc<AtomicBool>,
     /// The filesystems made on scratch devices, declared after the slots so they are
     /// dropped after them: the DAX backings' files live on them.
     device_fs: Mutex<Vec<DeviceFs>>,
@@ -140,7 +140,7 @@ impl BackingSet {
             order,
             lock: Mutex::new(()),
             filled: Condvar::new(),
-            done: AtomicBool::new(false),
+            done: Arc::new(AtomicBool::new(false)),
             device_fs: Mutex::new(Vec::new()),
         }
     }
@@ -177,27 +177,25 @@ impl BackingSet {
                 self.fill(k, self.setup_one(k, setup.env, setup));
             }
         });
-        let maker_disks = maker.clone();
         if !disks.is_empty() {
+            // Each makes its image and filesystem at once, and waits for the modules only
+            // to attach and mount it.
+            let mut env = setup.env.clone();
+            env.before_attach = Some(self.gate(disks_rx, &maker, bound));
             scope.spawn(move || {
                 let _rest = FillRest(self, disks.clone());
-                let what = "the disk filesystems' modules";
-                match self.wait_for(&disks_rx, what, &maker_disks, bound) {
-                    Ok(()) => std::thread::scope(|s| {
-                        for &k in &disks {
-                            s.spawn(move || self.fill(k, self.setup_one(k, setup.env, setup)));
-                        }
-                    }),
-                    Err(why) => disks
-                        .iter()
-                        .for_each(|&k| self.fill(k, Err(NotRun(why.clone())))),
-                }
+                std::thread::scope(|s| {
+                    for &k in &disks {
+                        let env = &env;
+                        s.spawn(move || self.fill(k, self.setup_one(k, env, setup)));
+                    }
+                });
             });
         }
         if !dax.is_empty() {
             scope.spawn(move || {
                 let _rest = FillRest(self, dax.clone());
-                match self.wait_for(&dax_rx, "the DAX targets", &maker, bound) {
+                match wait_for(&dax_rx, "the DAX targets", &maker, bound, &self.done) {
                     Ok(t) => {
                         let env = self.dax_env(setup, t);
                         for &k in &dax {
@@ -278,40 +276,21 @@ impl BackingSet {
         b
     }
 
-    /// Wait for what `rx` stands for, at most `bound`; Err is the waiting backings' notrun
-    /// reason.
-    fn wait_for<T>(
-        &self,
-        rx: &Receiver<T>,
-        what: &str,
-        maker: &str,
-        bound: Duration,
-    ) -> Result<T, String> {
-        let start = Instant::now();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(v) => return Ok(v),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(format!("{maker} ended without {what}"))
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            if let Some(sig) = signals::pending() {
-                return Err(format!(
-                    "the run was interrupted ({}) while waiting for {what} from {maker}",
-                    signals::signal_name(sig)
-                ));
-            }
-            if self.done.load(Ordering::Relaxed) {
-                return Err(format!("the run ended before {maker} made {what}"));
-            }
-            if start.elapsed() >= bound {
-                return Err(format!(
-                    "{maker} had not made {what} after {} s",
-                    bound.as_secs()
-                ));
-            }
-        }
+    /// The gate of the loop filesystems: every one that reaches it waits for the disk
+    /// filesystems' modules from `rx` (one wait, its outcome shared).
+    fn gate(&self, rx: Receiver<()>, maker: &str, bound: Duration) -> Gate {
+        let rx = Mutex::new(rx);
+        let outcome: OnceLock<Result<(), String>> = OnceLock::new();
+        let done = self.done.clone();
+        let maker = maker.to_string();
+        Gate::new(move || {
+            outcome
+                .get_or_init(|| {
+                    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                    wait_for(&rx, "the disk filesystems' modules", &maker, bound, &done)
+                })
+                .clone()
+        })
     }
 
     fn fill(&self, k: BackingKind, r: Result<Box<dyn Backing>, NotRun>) {
@@ -406,6 +385,42 @@ impl BackingSet {
                 },
             })
             .collect()
+    }
+}
+
+/// Wait for what `rx` stands for, at most `bound`, or until `done`; Err is the waiting
+/// backings' notrun reason.
+fn wait_for<T>(
+    rx: &Receiver<T>,
+    what: &str,
+    maker: &str,
+    bound: Duration,
+    done: &AtomicBool,
+) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(v) => return Ok(v),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(format!("{maker} ended without {what}"))
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(sig) = signals::pending() {
+            return Err(format!(
+                "the run was interrupted ({}) while waiting for {what} from {maker}",
+                signals::signal_name(sig)
+            ));
+        }
+        if done.load(Ordering::Relaxed) {
+            return Err(format!("the run ended before {maker} made {what}"));
+        }
+        if start.elapsed() >= bound {
+            return Err(format!(
+                "{maker} had not made {what} after {} s",
+                bound.as_secs()
+            ));
+        }
     }
 }
 

@@ -4,11 +4,12 @@
 
 use pinstorm_analysis::expect::{judge, Cell};
 use pinstorm_analysis::schema::{ProbeRow, RunResult};
-use pinstorm_workloads::backing::{Access, BackingKind, RegionError, RegionSpec};
+use pinstorm_workloads::backing::{Access, BackingKind, MapKind, RegionError, RegionSpec};
 use pinstorm_workloads::pin::{Availability, PinError, PinPath, Pinner};
 use pinstorm_workloads::scenario::ProbeJob;
+use pinstorm_workloads::sysctl::hugepage_counts;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::job::{with_memlock_hint, Job, JobContext, Progress};
 use crate::signals;
@@ -243,12 +244,18 @@ fn run(
                         out.push(notrun(&fs, &spec, r.clone(), None));
                         continue;
                     }
+                    if kind.uses_hugetlb() {
+                        huge_pages_back(&spec);
+                    }
                     let region = match backing.region(&spec) {
                         Ok(r) => r,
                         Err(RegionError::Kernel { op, errno }) => {
                             let mut why = format!("making the region failed: {op}: {errno}");
                             if kind.uses_hugetlb() {
-                                why.push_str(" (not enough free huge pages?)");
+                                let (total, free, _) = hugepage_counts();
+                                why.push_str(&format!(
+                                    " (not enough free huge pages? {free} of {total} free)"
+                                ));
                             }
                             out.push(notrun(&fs, &spec, why, None));
                             continue;
@@ -317,6 +324,26 @@ fn run(
     signals::check()?;
     Ok(())
 }
+
+/// Wait, at most [`HUGE_PAGES_BACK`], until the pool has the huge pages a region of `spec`
+/// takes (twice its pages for a private mapping: its copy-on-write copies). The cell before
+/// gave its pages back, but the kernel may free a huge page later than the unmap (from a
+/// workqueue, when it must first restore the page's vmemmap); in a busy 6.12 guest a cell
+/// found the pool short once and was notrun with mmap ENOMEM.
+fn huge_pages_back(spec: &RegionSpec) {
+    let (_, _, hp) = hugepage_counts();
+    if hp == 0 {
+        return;
+    }
+    let pages = spec.size.bytes().div_ceil(hp) * if spec.map == MapKind::Private { 2 } else { 1 };
+    let start = Instant::now();
+    while hugepage_counts().1 < pages && start.elapsed() < HUGE_PAGES_BACK {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a hugetlb cell waits for the pool to have its pages back.
+const HUGE_PAGES_BACK: Duration = Duration::from_secs(2);
 
 /// How long a probe cell runs before [`CellWatch`] reports what it waits on.
 const CELL_REPORT_AFTER: Duration = Duration::from_secs(20);

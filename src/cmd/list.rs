@@ -109,6 +109,7 @@ impl List {
             dax_dirs: g.dax_dirs()?,
             devdax: g.devdax.clone(),
             unavailable: Default::default(),
+            before_attach: None,
         };
         let pin_paths = PinKind::ALL
             .iter()

@@ -242,6 +242,7 @@ pub fn run_with(opts: &RunOptions, arriving: Option<Arriving>) -> Result<RunOutc
             dax_dirs: opts.dax_dirs.clone(),
             devdax: opts.devdax.clone(),
             unavailable: opts.unavailable.clone(),
+            before_attach: None,
         };
         let log_setup = |m: &str| log(opts, m);
         let setup = Setup {

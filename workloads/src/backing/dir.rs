@@ -143,8 +143,12 @@ impl DirBacking {
         DirBacking::new(BackingKind::Hugetlbfs, d, true, Owned::Mount(mnt))
     }
 
-    pub fn loop_fs(kind: BackingKind, scratch: &RunScratch) -> Result<DirBacking, NotRun> {
-        let lfs = LoopFs::create(kind, scratch)?;
+    pub fn loop_fs(
+        kind: BackingKind,
+        env: &super::SetupEnv,
+        scratch: &RunScratch,
+    ) -> Result<DirBacking, NotRun> {
+        let lfs = LoopFs::create(kind, env, scratch)?;
         let d = open_mounted(scratch, lfs.mount_point())?;
         DirBacking::new(kind, d, false, Owned::Loop(lfs))
     }

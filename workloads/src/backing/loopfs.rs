@@ -22,7 +22,13 @@ const IMAGE_SIZE: u64 = 512 << 20;
 
 fn mkfs_command(kind: BackingKind) -> (&'static str, &'static [&'static str], &'static str) {
     match kind {
-        BackingKind::Ext4 => ("mkfs.ext4", &["-F", "-q", "-E", "nodiscard"], "e2fsprogs"),
+        // lazy_itable_init said outright: mke2fs picks it only if the ext4 module is loaded
+        // (/sys/fs/ext4/features), which a lab guest's may not be yet when the image is made.
+        BackingKind::Ext4 => (
+            "mkfs.ext4",
+            &["-F", "-q", "-E", "nodiscard,lazy_itable_init=1"],
+            "e2fsprogs",
+        ),
         BackingKind::Xfs => (
             "mkfs.xfs",
             &["-f", "-q", "-K", "-m", "reflink=1"],
@@ -57,12 +63,21 @@ pub(super) fn availability(kind: BackingKind, env: &SetupEnv) -> Availability {
     if find_program("losetup").is_none() {
         return Availability::NotRun("losetup not found (install util-linux/mount)".into());
     }
-    if !Path::new("/dev/loop-control").exists() {
-        return Availability::NotRun(
-            "no /dev/loop-control (kernel without loop device support)".into(),
-        );
+    // With a gate before the attach, the loop module may still be loading: checked after it.
+    if env.before_attach.is_none() {
+        if let Err(why) = loop_control() {
+            return Availability::NotRun(why);
+        }
     }
     Availability::Usable
+}
+
+fn loop_control() -> Result<(), String> {
+    if Path::new("/dev/loop-control").exists() {
+        Ok(())
+    } else {
+        Err("no /dev/loop-control (kernel without loop device support)".into())
+    }
 }
 
 pub struct LoopFs {
@@ -100,7 +115,13 @@ fn run_tool(cmd: &mut Command) -> Result<String, NotRun> {
 }
 
 impl LoopFs {
-    pub fn create(kind: BackingKind, scratch: &RunScratch) -> Result<LoopFs, NotRun> {
+    /// Make the image and its filesystem, then (after `env`'s gate, if any) attach and
+    /// mount it.
+    pub fn create(
+        kind: BackingKind,
+        env: &SetupEnv,
+        scratch: &RunScratch,
+    ) -> Result<LoopFs, NotRun> {
         let fs = kind.name();
         let image_name = format!("{fs}.img");
         let mnt_name = format!("{fs}.mnt");
@@ -126,6 +147,10 @@ impl LoopFs {
         let (mkfs, args, _) = mkfs_command(kind);
         let mkfs = find_program(mkfs).ok_or_else(|| NotRun(format!("{mkfs} not found")))?;
         run_tool(Command::new(mkfs).args(args).arg(&by_fd))?;
+        if let Some(gate) = &env.before_attach {
+            gate.wait().map_err(NotRun)?;
+            loop_control().map_err(NotRun)?;
+        }
         scratch
             .record(&JournalEntry::Loop(image_name.clone()))
             .map_err(|e| NotRun(format!("{e:#}")))?;

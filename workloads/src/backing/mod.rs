@@ -228,7 +228,7 @@ impl BackingKind {
             BackingKind::Tmpfs => dir::DirBacking::tmpfs(ctx, scratch).map(boxed),
             BackingKind::Hugetlbfs => dir::DirBacking::hugetlbfs(scratch).map(boxed),
             BackingKind::Ext4 | BackingKind::Xfs | BackingKind::Btrfs => {
-                dir::DirBacking::loop_fs(self, scratch).map(boxed)
+                dir::DirBacking::loop_fs(self, ctx, scratch).map(boxed)
             }
             BackingKind::ScratchDir => {
                 dir::DirBacking::user_dir(ctx.scratch_dir.as_ref().expect("checked above"), scratch)
@@ -286,6 +286,31 @@ pub struct SetupEnv {
     /// Why a backing cannot be set up, known before the run (e.g. a lab guest whose
     /// namespace could not be made): by backing name, reported as its notrun reason.
     pub unavailable: std::collections::BTreeMap<String, String>,
+    /// What a filesystem on a loop device waits for between making its image and attaching
+    /// it (a lab guest's loop and filesystem modules, still loading when the run starts);
+    /// None: nothing.
+    pub before_attach: Option<Gate>,
+}
+
+/// A wait a backing's set-up goes through at one step ([`SetupEnv::before_attach`]): Err
+/// is why it cannot go on, the backing's notrun reason.
+#[derive(Clone)]
+pub struct Gate(std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl Gate {
+    pub fn new(wait: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Gate {
+        Gate(std::sync::Arc::new(wait))
+    }
+
+    pub fn wait(&self) -> Result<(), String> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Gate")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
