@@ -413,7 +413,10 @@ fn check_lab_result(path: &Path, r: &serde_json::Value) {
         "{init:#}"
     );
     assert!(
-        console.contains("pinstorm lab init: the lab's own init runs the agent"),
+        console
+            .lines()
+            .any(|l| l.starts_with("pinstorm lab init: [")
+                && l.ends_with("] the lab's own init runs the agent (not virtme-ng's init)")),
         "{console}"
     );
 

@@ -351,6 +351,18 @@ impl BackingSet {
         }
     }
 
+    /// Wait until every backing's set-up is over (or the run is interrupted).
+    pub fn wait_all(&self) {
+        let mut g = lock(&self.lock);
+        while self.slots.values().any(|s| s.get().is_none()) && signals::pending().is_none() {
+            g = self
+                .filled
+                .wait_timeout(g, Duration::from_millis(100))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// The run is over: set-up still waiting for what has not arrived gives up.
     pub fn finish(&self) {
         self.done.store(true, Ordering::Relaxed);
@@ -505,6 +517,7 @@ mod tests {
             );
             assert_eq!(e.0, "the test has no device");
             sender.join().unwrap();
+            set.wait_all();
             // Set up by now: it comes first among those ready.
             assert_eq!(
                 set.next_ready(&[BackingKind::Devdax, BackingKind::Anon]),

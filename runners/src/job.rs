@@ -33,6 +33,12 @@ pub trait Job {
     fn hugepages(&self, hp_size: u64) -> u64;
     /// Its cells: the progress bar's steps.
     fn cells(&self) -> u64;
+    /// Whether it measures time (latencies, rates): such a job starts only once every
+    /// backing of the run is set up, so no mkfs or module load runs beside what it times.
+    /// A job of facts only (the probe) starts at once and waits per backing.
+    fn measures_time(&self) -> bool {
+        true
+    }
     /// Run it, recording into its part of `result` as it goes, so an interrupted job keeps
     /// what it measured.
     fn run(&self, ctx: &JobContext, progress: &Progress, result: &mut RunResult) -> Result<()>;

@@ -895,6 +895,27 @@ impl SetUp {
     }
 }
 
+/// The nice value of the run while the set-up runs beside it. Measured in three
+/// interleaved sid pairs: with it, xfs was loaded 1.1-1.5 s sooner and the first result
+/// came 0.2-0.7 s sooner. The jobs that time anything start only once the set-up is over
+/// ([`pinstorm_runners::job::Job::measures_time`]), at nice 0 again.
+const BESIDE_NICE: i32 = 19;
+
+/// Every thread of this process to nice `n` (the run's threads, back from
+/// [`BESIDE_NICE`]).
+fn renice_all(n: i32) {
+    for e in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let tid = e.file_name().to_str().and_then(|t| t.parse::<i32>().ok());
+        if let Some(pid) = tid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::setpriority_process(Some(pid), n);
+        }
+    }
+}
+
 /// How long the run's backings wait for the set-up's modules and DAX targets: far more
 /// than a TCG guest takes (~10 s), far less than the host's timeout.
 const SETUP_BOUND: Duration = Duration::from_secs(300);
@@ -1183,6 +1204,11 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     .context("parsing the lab plan")?;
     // Before anything else: the host's boot phase ends here.
     let _ = std::fs::write(plan.stage.join(STARTED_MARKER), b"");
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    eprintln!(
+        "pinstorm lab guest: [{}] the agent starts",
+        uptime.split_whitespace().next().unwrap_or("?")
+    );
     let report_path = plan.stage.join("guest.json");
     let mut report = GuestReport::default();
     let write_report = |r: &GuestReport| {
@@ -1262,7 +1288,14 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     };
     let (setup, (run, run_s)) = std::thread::scope(|s| {
         if beside {
-            let t = s.spawn(|| set_up(&plan, &scenario, send));
+            let t = s.spawn(|| {
+                let setup = set_up(&plan, &scenario, send);
+                renice_all(0);
+                setup
+            });
+            // The run yields the vCPUs to the set-up while it runs (the module loads are
+            // the critical path); its threads, and the mkfs they start, inherit this.
+            let _ = rustix::process::setpriority_process(None, BESIDE_NICE);
             report.setup_s = Some(setup_start.elapsed().as_secs_f64());
             write_report(&report);
             let run = timed_run(opts(LabMachine::default()), arriving);

@@ -300,7 +300,7 @@ pub fn script(
          # agent as the lab's own init, or else hide udev and systemd-tmpfiles from\n\
          # virtme-ng's init and become it.\n\
          PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         say() {{ echo \"pinstorm lab init: $*\" >&2; }}\n\
+         say() {{ up=; read -r up _ 2>/dev/null </proc/uptime; echo \"pinstorm lab init: ${{up:+[$up] }}$*\" >&2; }}\n\
          {early}\
          {own}\
          if {}; then\n\

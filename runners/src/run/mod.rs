@@ -281,6 +281,10 @@ pub fn run_with(opts: &RunOptions, arriving: Option<Arriving>) -> Result<RunOutc
         let outcome = std::thread::scope(|s| {
             backings.start(s, &setup, arriving);
             let outcome = jobs.iter().try_for_each(|job| {
+                if job.measures_time() {
+                    backings.wait_all();
+                    signals::check()?;
+                }
                 log(opts, job.name());
                 let measured = noise.job();
                 let r = job.run(&ctx, &progress, &mut result);
