@@ -178,20 +178,40 @@ impl Disturbance {
 }
 
 impl RunDisturbance {
-    /// Every disturbed interval, `bench job: reason; reason` (`whole run: ...` for the run
-    /// when no job shows it).
+    /// Every disturbed interval of a job that times something, `bench job: reason; reason`
+    /// (`whole run: ...` for the run when no job shows it). A job that times nothing (the
+    /// probe, whose outcomes are facts, judged whatever the load) is not among them even when
+    /// it ran beside other work ([`RunDisturbance::disturbed_untimed`]): in a lab guest the
+    /// probe runs while the guest still loads its modules.
     pub fn disturbed(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .jobs
             .iter()
-            .filter(|j| j.measured.disturbed)
+            .filter(|j| j.measured.disturbed && times_anything(&j.job))
             .map(|j| format!("{} job: {}", j.job, j.measured.reasons.join("; ")))
             .collect();
-        if out.is_empty() && self.run.disturbed {
+        let any_job = self.jobs.iter().any(|j| j.measured.disturbed);
+        if out.is_empty() && !any_job && self.run.disturbed {
             out.push(format!("whole run: {}", self.run.reasons.join("; ")));
         }
         out
     }
+
+    /// The disturbed intervals of jobs that time nothing, in the same words.
+    pub fn disturbed_untimed(&self) -> Vec<String> {
+        self.jobs
+            .iter()
+            .filter(|j| j.measured.disturbed && !times_anything(&j.job))
+            .map(|j| format!("{} job: {}", j.job, j.measured.reasons.join("; ")))
+            .collect()
+    }
+}
+
+/// Whether a job measures latencies a comparison judges (a job [`job_of`] names).
+pub fn times_anything(job: &str) -> bool {
+    crate::metrics::LATENCY_KINDS
+        .iter()
+        .any(|k| job_of(k) == Some(job))
 }
 
 /// The thresholds, for help texts and notes.
@@ -233,6 +253,14 @@ pub fn summary_lines(r: &RunResult) -> String {
             out,
             "  WARNING: the machine was disturbed while this run measured ({}); `pinstorm compare` does not judge latency gates on this run unless --judge-disturbed",
             bad.join("; ")
+        );
+    }
+    let untimed = d.disturbed_untimed();
+    if !untimed.is_empty() {
+        let _ = writeln!(
+            out,
+            "  note: {}; that job times nothing, and its outcomes are judged whatever the load",
+            untimed.join("; ")
         );
     }
     out
@@ -494,6 +522,26 @@ mod tests {
             "{text}"
         );
         assert!(summary_lines(&planted()).contains("not recorded"));
+
+        // Only the probe ran beside other work (a lab guest loading its modules): nothing
+        // it measured is a timing, so the run is quiet for comparisons and the summary says
+        // why it mentions it.
+        let d = r.disturbance.as_mut().unwrap();
+        d.jobs[0].measured = interval(5.0, 40.0, 0.0, 1.0);
+        d.jobs[1].measured = quiet.clone();
+        d.run = interval(10.0, 25.0, 0.0, 1.0);
+        assert_eq!(RunNoise::of(&r, Some("bench")), RunNoise::Quiet);
+        assert_eq!(RunNoise::of(&r, None), RunNoise::Quiet);
+        let text = summary_lines(&r);
+        assert!(text.contains("Machine while measuring: quiet"), "{text}");
+        assert!(!text.contains("WARNING"), "{text}");
+        assert!(
+            text.contains("note: probe job: other processes used 40% of a CPU")
+                && text.contains("that job times nothing"),
+            "{text}"
+        );
+        assert!(times_anything("bench") && times_anything("storm") && times_anything("leases"));
+        assert!(!times_anything("probe"));
     }
 
     #[test]
