@@ -61,13 +61,17 @@ pub(crate) fn prepare_kernel(
     }
 }
 
-/// Boot `spec` and file what came of it: once, or twice when the first boot died before
-/// the lab's agent started (see `LabRecord::boot_retry`).
+/// Boot `spec` and file what came of it: once, or twice when the first boot died or
+/// stopped before the lab's agent started (see `LabRecord::boot_retry`).
 pub(crate) fn run_kernel(lab: &Lab, spec: &KernelSpec) -> Result<KernelOutcome> {
     boot_and_file(lab, spec, None)
 }
 
-/// The first boot that died before the agent: why, and its console.
+/// How long a booting guest's console may stay silent before its agent starts (a normal
+/// boot prints every second or so, slower than 5 s only under heavy load).
+const BOOT_STALL: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The first boot that died (or stopped) before the agent: why, and its console.
 struct EarlyDeath {
     reason: String,
     console: String,
@@ -179,11 +183,13 @@ fn boot_and_file(lab: &Lab, spec: &KernelSpec, first: Option<EarlyDeath>) -> Res
     // it: an injected panic comes after that step), gets one more boot.
     if first.is_none()
         && end.first_step.is_none()
-        && matches!(judgement.guest, KernelStatus::Panic | KernelStatus::Oops)
+        && (end.stalled.is_some()
+            || matches!(judgement.guest, KernelStatus::Panic | KernelStatus::Oops))
     {
         let reason = judgement.reason.clone().unwrap_or_default();
         log(&format!(
-            "{spec}: the kernel died while booting, before the lab's agent started ({}); booting it once more",
+            "{spec}: the kernel {} while booting, before the lab's agent started ({}); booting it once more",
+            if end.stalled.is_some() { "stopped" } else { "died" },
             reason.lines().next().unwrap_or("")
         ));
         drop(run);
@@ -486,6 +492,7 @@ fn boot(
             stdout: &stdout_path,
             pgid: &run.dir.join("pgid"),
             started: &run.stage.join(crate::guest::STARTED_MARKER),
+            stall: BOOT_STALL,
         },
         lab.opts.timeout,
     );

@@ -191,6 +191,15 @@ fn guest_status(e: &Evidence) -> (KernelStatus, Option<String>) {
             )),
         );
     }
+    if let Some(last) = &e.end.stalled {
+        return (
+            KernelStatus::Timeout,
+            Some(format!(
+                "the boot stopped before the lab's agent started: the console was silent after {last:?}; the guest was killed; console tail:\n{}",
+                console::tail(text, 30)
+            )),
+        );
+    }
     if e.end.timed_out {
         let hung = e.events.iter().find(|ev| ev.kind == "hung-task");
         return (
@@ -326,6 +335,7 @@ mod tests {
             panicked: false,
             wall: Duration::from_secs(30),
             first_step: Some(Duration::from_secs(10)),
+            stalled: None,
         }
     }
 
@@ -403,6 +413,25 @@ mod tests {
             .reason
             .unwrap()
             .contains("wrote its result but did not exit"));
+
+        // A boot that stopped before the agent: killed then, and said so.
+        let stalled = GuestEnd {
+            first_step: None,
+            exit: None,
+            stalled: Some("[    2.319620] sched_clock: Marking stable".into()),
+            ..end()
+        };
+        let j = judged(
+            "[    2.319620] sched_clock: Marking stable\n",
+            &stalled,
+            None,
+        );
+        assert_eq!(j.guest, Timeout);
+        let why = j.reason.unwrap();
+        assert!(
+            why.starts_with("the boot stopped before the lab's agent started: the console was silent after \"[    2.319620] sched_clock: Marking stable\""),
+            "{why}"
+        );
 
         let stopped = GuestEnd {
             interrupted: Some(15),

@@ -470,6 +470,9 @@ pub struct GuestEnd {
     /// When the guest's first step was seen (its marker in the staging directory), from
     /// QEMU's start; None if it never got there.
     pub first_step: Option<Duration>,
+    /// The boot stopped before the guest's first step: the console was silent for
+    /// [`BootFiles::stall`]; its last line (the guest was killed then).
+    pub stalled: Option<String>,
 }
 
 /// The files of one boot: where the console and the guest's stdout go, where the process
@@ -479,6 +482,10 @@ pub struct BootFiles<'a> {
     pub stdout: &'a Path,
     pub pgid: &'a Path,
     pub started: &'a Path,
+    /// How long the console may stay silent before the guest's first step: a kernel that
+    /// stops while booting (seen once: 6.1 under TCG, right after its sched_clock static-key
+    /// flip) is killed then rather than at the timeout.
+    pub stall: Duration,
 }
 
 /// Run `vng` with `args`, console (stderr) into `files.console`, guest stdout into
@@ -526,9 +533,12 @@ pub fn boot(
         panicked: false,
         wall: Duration::ZERO,
         first_step: None,
+        stalled: None,
     };
     let mut panic_seen: Option<Instant> = None;
     let mut last_len = 0u64;
+    let mut last_line = String::new();
+    let mut last_growth = Instant::now();
     loop {
         if let Some(st) = child.try_wait()? {
             end.exit = st.code();
@@ -558,9 +568,19 @@ pub fn boot(
                     if console::panicked(&console::events(&text)).is_some() {
                         panic_seen = Some(Instant::now());
                     }
+                    if upto > 0 {
+                        last_growth = Instant::now();
+                        if let Some(l) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                            last_line = l.trim().to_string();
+                        }
+                    }
                     last_len += upto as u64;
                 }
             }
+        }
+        if end.first_step.is_none() && panic_seen.is_none() && last_growth.elapsed() > files.stall {
+            end.stalled = Some(last_line.clone());
+            break;
         }
         if panic_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) {
             break;
@@ -622,6 +642,73 @@ pub fn kill_leftover(pgid_file: &Path, run_dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `boot` of a stand-in for vng (a shell script: what it prints is the console) with a
+    /// 1 s stall bound.
+    fn boot_stand_in(name: &str, script: &str, timeout: Duration) -> (GuestEnd, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("pinstorm-stall-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let vng = dir.join("vng");
+        let started = dir.join("started");
+        std::fs::write(
+            &vng,
+            format!("#!/bin/sh\nSTARTED={}\n{script}\n", started.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&vng, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let end = boot(
+            &vng,
+            &[],
+            &[],
+            &BootFiles {
+                console: &dir.join("console.log"),
+                stdout: &dir.join("stdout.log"),
+                pgid: &dir.join("pgid"),
+                started: &started,
+                stall: Duration::from_secs(1),
+            },
+            timeout,
+        )
+        .unwrap();
+        (end, dir)
+    }
+
+    #[test]
+    fn a_boot_whose_console_stops_before_the_first_step_is_ended_as_stalled() {
+        // The guest's group (this sleep) must be dead afterwards: its pid is kept to check.
+        let (end, dir) = boot_stand_in(
+            "stopped",
+            "echo '[    2.3] early line' >&2\necho '[    2.319620] sched_clock: Marking stable' >&2\necho $$ > \"$STARTED.pid\"\nexec sleep 60",
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            end.stalled.as_deref(),
+            Some("[    2.319620] sched_clock: Marking stable")
+        );
+        assert!(!end.timed_out && end.first_step.is_none());
+        assert!(end.wall < Duration::from_secs(20), "{:?}", end.wall);
+        let pid: i32 = std::fs::read_to_string(dir.join("started.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the stand-in survived"
+        );
+        // Once the guest's first step is there, silence is the agent's business: only the
+        // timeout ends it.
+        let (end, _) = boot_stand_in(
+            "started",
+            "echo booting >&2\ntouch \"$STARTED\"\nexec sleep 60",
+            Duration::from_secs(3),
+        );
+        assert!(end.stalled.is_none() && end.timed_out && end.first_step.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     fn shape<'a>(accel: &'a Accel, pmem: PmemMode) -> GuestShape<'a> {
         GuestShape {
