@@ -1289,9 +1289,15 @@ pub fn main(plan_path: &Path) -> Result<i32> {
     let (setup, (run, run_s)) = std::thread::scope(|s| {
         if beside {
             let t = s.spawn(|| {
-                let setup = set_up(&plan, &scenario, send);
-                renice_all(0);
-                setup
+                // Whatever ends the set-up (a panic too), the run gets its priority back.
+                struct Restore;
+                impl Drop for Restore {
+                    fn drop(&mut self) {
+                        renice_all(0);
+                    }
+                }
+                let _restore = Restore;
+                set_up(&plan, &scenario, send)
             });
             // The run yields the vCPUs to the set-up while it runs (the module loads are
             // the critical path); its threads, and the mkfs they start, inherit this.
@@ -1549,6 +1555,37 @@ mod tests {
         let (mut p, s) = plan("quick", None);
         p.kmem_node = true;
         assert_eq!(needs(&p, &s).pmem, None);
+    }
+
+    /// The nice value of thread `tid` of this process (/proc's `stat`, field 19).
+    fn nice_of(tid: i32) -> i64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn renice_all_gives_every_thread_its_priority_back() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("skipped: raising a thread's priority again needs root");
+            return;
+        }
+        // A thread that yielded (as the run does beside the set-up), and stays alive.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            rustix::process::setpriority_process(None, BESIDE_NICE).unwrap();
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_eq!(nice_of(tid), i64::from(BESIDE_NICE));
+        renice_all(0);
+        assert_eq!(nice_of(tid), 0);
+        drop(done_tx);
+        t.join().unwrap();
     }
 
     #[test]
