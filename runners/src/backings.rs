@@ -116,11 +116,6 @@ pub struct Setup<'a> {
     pub log: &'a (dyn Fn(&str) + Sync),
 }
 
-/// Whether a backing waits for the DAX targets.
-fn is_dax(k: BackingKind) -> bool {
-    k.dax_fs().is_some() || k == BackingKind::Devdax
-}
-
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -156,7 +151,7 @@ impl BackingSet {
             .order
             .iter()
             .copied()
-            .filter(|&k| !k.makes_a_filesystem() && !is_dax(k))
+            .filter(|&k| !k.makes_a_filesystem() && !k.is_dax())
             .collect();
         let disks: Vec<BackingKind> = self
             .order
@@ -164,7 +159,7 @@ impl BackingSet {
             .copied()
             .filter(|k| k.makes_a_filesystem())
             .collect();
-        let dax: Vec<BackingKind> = self.order.iter().copied().filter(|&k| is_dax(k)).collect();
+        let dax: Vec<BackingKind> = self.order.iter().copied().filter(|k| k.is_dax()).collect();
         let Arriving {
             disks: disks_rx,
             dax: dax_rx,
@@ -258,11 +253,8 @@ impl BackingSet {
         env: &SetupEnv,
         setup: &Setup,
     ) -> Result<Box<dyn Backing>, NotRun> {
-        if let Some(sig) = signals::pending() {
-            return Err(NotRun(format!(
-                "the run was interrupted ({}) before {k} was set up",
-                signals::signal_name(sig)
-            )));
+        if signals::pending().is_some() {
+            return Err(interrupted_before(k));
         }
         if self.done.load(Ordering::Relaxed) {
             return Err(NotRun(format!("the run ended before {k} was set up")));
@@ -306,19 +298,23 @@ impl BackingSet {
         let Some(slot) = self.slots.get(&kind) else {
             return Err(NotRun(format!("{kind} was not set up for this run")));
         };
+        match self.wait_until(|| slot.get()) {
+            Some(Ok(b)) => Ok(b.as_ref()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(interrupted_before(kind)),
+        }
+    }
+
+    /// Wait until `ready` (looked at with the slots' lock held, so no filling is missed)
+    /// says something; None when the run is interrupted first.
+    fn wait_until<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
         let mut g = lock(&self.lock);
         loop {
-            if let Some(r) = slot.get() {
-                return match r {
-                    Ok(b) => Ok(b.as_ref()),
-                    Err(e) => Err(e.clone()),
-                };
+            if let Some(v) = ready() {
+                return Some(v);
             }
-            if let Some(sig) = signals::pending() {
-                return Err(NotRun(format!(
-                    "the run was interrupted ({}) before {kind} was set up",
-                    signals::signal_name(sig)
-                )));
+            if signals::pending().is_some() {
+                return None;
             }
             g = self
                 .filled
@@ -334,33 +330,20 @@ impl BackingSet {
     /// this run does not set up is over at once ([`BackingSet::get`] says so); None for
     /// none, or when the run is interrupted (its job stops at its next check).
     pub fn next_ready(&self, kinds: &[BackingKind]) -> Option<BackingKind> {
-        let mut g = lock(&self.lock);
-        loop {
-            let ready = kinds
+        if kinds.is_empty() {
+            return None;
+        }
+        self.wait_until(|| {
+            kinds
                 .iter()
                 .copied()
-                .find(|k| self.slots.get(k).is_none_or(|s| s.get().is_some()));
-            if ready.is_some() || kinds.is_empty() || signals::pending().is_some() {
-                return ready;
-            }
-            g = self
-                .filled
-                .wait_timeout(g, Duration::from_millis(100))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+                .find(|k| self.slots.get(k).is_none_or(|s| s.get().is_some()))
+        })
     }
 
     /// Wait until every backing's set-up is over (or the run is interrupted).
     pub fn wait_all(&self) {
-        let mut g = lock(&self.lock);
-        while self.slots.values().any(|s| s.get().is_none()) && signals::pending().is_none() {
-            g = self
-                .filled
-                .wait_timeout(g, Duration::from_millis(100))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+        self.wait_until(|| self.slots.values().all(|s| s.get().is_some()).then_some(()));
     }
 
     /// The run is over: set-up still waiting for what has not arrived gives up.
@@ -398,6 +381,14 @@ impl BackingSet {
             })
             .collect()
     }
+}
+
+/// Why `kind` was not set up: the run was interrupted first.
+fn interrupted_before(kind: BackingKind) -> NotRun {
+    let sig = signals::pending().map_or("a signal", signals::signal_name);
+    NotRun(format!(
+        "the run was interrupted ({sig}) before {kind} was set up"
+    ))
 }
 
 /// Wait for what `rx` stands for, at most `bound`, or until `done`; Err is the waiting

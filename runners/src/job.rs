@@ -3,7 +3,8 @@
 //!
 //! A job says which backings it pins, how many huge pages it holds at once and how many
 //! cells it has; the run ([`crate::run`]) sets up the backings (beside the jobs,
-//! [`crate::backings`]) and huge pages once for all jobs, totals the progress, runs each job and writes the result after each. Nothing here
+//! [`crate::backings`]) and huge pages once for all jobs, totals the progress, runs each
+//! job and writes the result after each. Nothing here
 //! imports a job or the run, so every job can import this module without a cycle.
 
 use std::io::IsTerminal;

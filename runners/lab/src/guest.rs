@@ -229,10 +229,7 @@ struct Needs {
 
 fn needs(plan: &GuestPlan, scenario: &Scenario) -> Needs {
     let everything = plan.guest_exec.is_some();
-    let dax = scenario
-        .backings_used()
-        .into_iter()
-        .any(|b| b.dax_fs().is_some() || b == pinstorm_workloads::backing::BackingKind::Devdax);
+    let dax = scenario.backings_used().into_iter().any(|b| b.is_dax());
     let settings = scenario.pin_settings();
     let rdma = scenario
         .pins_used()
@@ -924,8 +921,7 @@ const SETUP_BOUND: Duration = Duration::from_secs(300);
 /// (or device-dax), the kmem node, soft-RoCE. What the run's backings wait for goes to
 /// `send` as soon as it is there: the disk filesystems' modules when their loader is done,
 /// the DAX targets when pmem is set up.
-fn set_up(plan: &GuestPlan, scenario: &Scenario, send: ArrivingSender) -> SetUp {
-    let needs = needs(plan, scenario);
+fn set_up(plan: &GuestPlan, scenario: &Scenario, needs: &Needs, send: ArrivingSender) -> SetUp {
     let mut facts = Vec::new();
     let mut laps = Laps::new();
     // The lab's initramfs (or, without it, the lab's init) has started loading the modules
@@ -1297,7 +1293,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
                     }
                 }
                 let _restore = Restore;
-                set_up(&plan, &scenario, send)
+                set_up(&plan, &scenario, &needs, send)
             });
             // The run yields the vCPUs to the set-up while it runs (the module loads are
             // the critical path); its threads, and the mkfs they start, inherit this.
@@ -1311,7 +1307,7 @@ pub fn main(plan_path: &Path) -> Result<i32> {
             report.beside = setup.laps.clone();
             (setup, run)
         } else {
-            let setup = set_up(&plan, &scenario, send);
+            let setup = set_up(&plan, &scenario, &needs, send);
             report.setup = setup.laps.clone();
             report.setup_s = Some(setup_start.elapsed().as_secs_f64());
             report.facts.extend(setup.facts.iter().cloned());

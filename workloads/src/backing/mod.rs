@@ -124,6 +124,11 @@ impl BackingKind {
         }
     }
 
+    /// Whether it is a DAX backing: a file on FS-DAX (`xfs-dax`, `ext4-dax`) or device-dax.
+    pub fn is_dax(self) -> bool {
+        self.dax_fs().is_some() || self == BackingKind::Devdax
+    }
+
     /// The disk filesystem the backing mounts (`xfs` for `xfs` and `xfs-dax`), which may be a
     /// kernel module: a lab guest loads it early, beside its other set-up.
     pub fn disk_fs(self) -> Option<&'static str> {
